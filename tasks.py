@@ -53,4 +53,32 @@ def doctor(c, json=False, target=None):
     print(stage.to_json(report) if json else stage.to_table(report))
 
 
-ns = Collection(doctor)
+
+# ── patch-cutlass ──────────────────────────────────────────────────────────────────────────────────────────────────
+@task(help={
+    "cutlass_dir": "CUTLASS source tree to patch (default: the pinned nvidia-cutlass source, materialized in the cache)",
+    "check": "only check: exit 0 when fully patched with the current rules, 1 otherwise",
+    "revert": "restore the original files from their .orig backups",
+})
+@_friendly
+def patch_cutlass(c, cutlass_dir=None, check=False, revert=False):
+    """Apply the SM110 patch rules (patches/*.toml) to CUTLASS: all or nothing, idempotent, revertible."""
+    from triforce import cutlass as stage
+
+    if check and revert:
+        raise TriforceError("--check and --revert exclude each other: pass one of them")
+    root = stage.resolve(_cfg(c, "cutlass", "cutlass_dir", cutlass_dir), create=not (check or revert))
+    if check:
+        status = stage.check(root)
+        print(f"CUTLASS {status.cutlass_version} at {root}: " + ("fully patched" if status.ok else "NOT fully patched"))
+        for problem in status.problems:
+            print(f"  {problem}")
+        if not status.ok:
+            raise Exit(code=1)
+    elif revert:
+        restored = stage.revert(root, on_file=lambda rel: print(f"  restored {rel}"))
+        print(f"reverted {len(restored)} files in {root}" if restored else f"nothing to revert in {root}")
+    else:
+        print("\n".join(stage.describe(stage.patch(root))))
+
+ns = Collection(doctor, patch_cutlass)
