@@ -52,6 +52,7 @@ class PromptTokenizer:
     """Shared prompt building and padding; subclasses only encode one piece of text."""
 
     kind = ""
+    bos_id = 0
 
     def __init__(self, max_len: int, vocab_size: int):
         self.max_len = max_len
@@ -61,7 +62,7 @@ class PromptTokenizer:
         raise NotImplementedError
 
     def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        ids = [tokenizer_spec()["bos_id"]]
+        ids = [self.bos_id]
         for piece in prompt_pieces(prompt, state):
             ids += self.encode(piece)
         if len(ids) > self.max_len:
@@ -95,6 +96,9 @@ class SentencePieceTokenizer(PromptTokenizer):
             raise TriforceError(f"tokenizer {path} has {self._sp.vocab_size()} pieces but the model embeds only "
                                 f"{vocab_size}: it is not this model's vocabulary")
         self.path = path
+        self.bos_id = self._sp.bos_id()  # add_bos=True in openpi: the file's own <bos> (2 in PaliGemma's)
+        if self.bos_id < 0:
+            raise TriforceError(f"tokenizer {path} has no <bos> piece: it is not PaliGemma's tokenizer")
 
     def encode(self, text: str) -> list[int]:
         return list(self._sp.encode(text))
@@ -108,6 +112,7 @@ class ByteTokenizer(PromptTokenizer):
     def __init__(self, max_len: int, vocab_size: int):
         super().__init__(max_len, vocab_size)
         self.offset = tokenizer_spec()["byte_offset"]
+        self.bos_id = tokenizer_spec()["bos_id"]
         if self.offset + 256 > vocab_size:
             raise TriforceError(f"the byte-level stand-in needs a vocabulary of at least {self.offset + 256} ids, the "
                                 f"model has {vocab_size}: pass a sentencepiece tokenizer file")
