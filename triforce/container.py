@@ -33,7 +33,7 @@ Log = Callable[[str], None]
 @dataclass
 class Engine:
     api: docker.APIClient
-    where: str          # how the user named it: the --host value, a context name, DOCKER_HOST, or "local engine"
+    where: str          # how the user named it: the --host value, a context name, DOCKER_HOST, or the default URL
 
     @property
     def is_local(self) -> bool:
@@ -60,7 +60,7 @@ def _client_kwargs(host: str | None) -> tuple[str, dict]:
         if os.environ.get("DOCKER_HOST"):
             return f"DOCKER_HOST={os.environ['DOCKER_HOST']}", docker.utils.kwargs_from_env()
         ctx = ContextAPI.get_current_context()
-        return ("local engine" if ctx.Name == "default" else f"context {ctx.Name}"), _context_kwargs(ctx)
+        return (ctx.Host if ctx.Name == "default" else f"context {ctx.Name}"), _context_kwargs(ctx)
     if "://" in host:
         return host, _url_kwargs(host)
     ctx = ContextAPI.get_context(host)
@@ -117,13 +117,13 @@ def on_hosts(hosts: list[str] | None, work: Callable[[Engine, Log], int], log: L
         def host_log(line, _host=host):
             log(f"[{_host}] {line}")
         try:
-            results[host] = (work(connect(host), host_log), "ok")
+            results[host] = work(connect(host), host_log)
         except TriforceError as err:
             host_log(f"error: {err}")
-            results[host] = (err.exit_code, str(err))
-    for host, (code, note) in results.items():
-        log(f"{host}: {'ok' if code == 0 else f'FAILED (exit {code})'}{'' if code == 0 else f': {note}'}")
-    return max(code for code, _ in results.values())
+            results[host] = err.exit_code
+    for host, code in results.items():
+        log(f"{host}: {'ok' if code == 0 else f'FAILED (exit {code})'}")
+    return max(results.values())
 
 
 # ── container state ──────────────────────────────────────────────────────────────────────────────────────────────────
@@ -331,3 +331,15 @@ def run_once(engine: Engine, image: str, argv: list[str], binds: dict[str, str],
         return engine.api.wait(cid)["StatusCode"]
     finally:
         engine.api.remove_container(cid, force=True)
+
+
+def invoke_in_image(engine: Engine, image: str, invoke_argv: list[str], src_dir: Path, log: Log = print) -> int:
+    """`python3 -m invoke <argv>` in a fresh container of image with this checkout bind-mounted at /src (its tasks.py
+    and triforce/ are the ones used), as this user, so what it writes (wheels/) lands here owned by us."""
+    if not engine.is_local:
+        raise UnsupportedError(f"building in a container bind-mounts this checkout, so it needs an engine on this "
+                               f"machine, not {engine.where}: run the same command on that host instead")
+    env = {"PYTHONPATH": "/src", "HOME": "/tmp", "TRIFORCE_CACHE_DIR": "/src/.cache/triforce"}
+    log(f"[{image}] $ python3 -m invoke {' '.join(invoke_argv)}  (checkout mounted at /src)")
+    return run_once(engine, image, ["python3", "-m", "invoke", *invoke_argv], binds={str(Path(src_dir).resolve()): "/src"},
+                    workdir="/src", env=env, log=log)
