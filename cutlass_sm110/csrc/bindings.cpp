@@ -1,0 +1,268 @@
+// The extension module triforce_kernels._C. Tensor checks that need torch live here; the CUTLASS translation units
+// take raw pointers (triforce_gemm.h). Ops of a family are compiled and registered only in that family's build
+// (TRIFORCE_FAMILY_HOPPER / TRIFORCE_FAMILY_BLACKWELL), so a hopper wheel has no nvfp4 ops at all.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/extension.h>
+
+#include "act_quant.h"
+#include "triforce_gemm.h"
+
+#if defined(TRIFORCE_FAMILY_HOPPER) == defined(TRIFORCE_FAMILY_BLACKWELL)
+#error "define exactly one of TRIFORCE_FAMILY_HOPPER or TRIFORCE_FAMILY_BLACKWELL"
+#endif
+
+namespace {
+
+const char* family() {
+#if defined(TRIFORCE_FAMILY_HOPPER)
+  return "hopper";
+#else
+  return "blackwell";
+#endif
+}
+
+void check_tensor(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor (got ", t.device(), ")");
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, " (got ", t.scalar_type(), ")");
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": ", name, " must be 16-byte aligned");
+}
+
+// The stream-K/persistent grids (and so the workspace sizes) depend on the SM count of the current device.
+int sm_count() {
+  int device = 0, count = 0;
+  TORCH_CHECK(cudaGetDevice(&device) == cudaSuccess, "triforce_kernels: cudaGetDevice failed");
+  TORCH_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) == cudaSuccess,
+              "triforce_kernels: cannot read the SM count of device ", device);
+  return count;
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// ── W4A16 ───────────────────────────────────────────────────────────────────────────────────────────────────────
+triforce::W4A16Problem w4a16_problem(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor& out) {
+  const char* op = "w4a16_gemm";
+  check_tensor(x, op, "x", at::kBFloat16);
+  check_tensor(w, op, "packed_weight", at::kByte);
+  check_tensor(s, op, "packed_scales", at::kBFloat16);
+  check_tensor(out, op, "out", at::kBFloat16);
+  TORCH_CHECK(x.dim() == 2 && out.dim() == 2 && w.dim() == 2 && s.dim() == 2, op, ": x, weight, scales, out must be 2-D");
+  int64_t m = x.size(0), k = x.size(1), n = out.size(1);
+  TORCH_CHECK(out.size(0) == m, op, ": out has ", out.size(0), " rows, x has ", m);
+  TORCH_CHECK(w.size(0) == n && w.size(1) * 2 == k, op, ": packed_weight must be [", n, ", ", k / 2, "], got ", w.sizes());
+  TORCH_CHECK(s.size(0) * 128 == k && s.size(1) == n, op, ": packed_scales must be [", k / 128, ", ", n, "], got ", s.sizes());
+  TORCH_CHECK(m > 0 && n % 8 == 0 && k % 128 == 0, op, ": needs M > 0, N % 8 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  return {x.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), int(m), int(n), int(k), sm_count()};
+}
+
+triforce::W4A16Problem w4a16_shape_only(int64_t m, int64_t n, int64_t k) {
+  TORCH_CHECK(m > 0 && n > 0 && n % 8 == 0 && k > 0 && k % 128 == 0,
+              "w4a16_workspace_size: needs M > 0, N % 8 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  return {nullptr, nullptr, nullptr, nullptr, int(m), int(n), int(k), sm_count()};
+}
+
+#if defined(TRIFORCE_FAMILY_HOPPER)
+// Token tile by M: small tiles keep the tensor cores from computing padding at decode-like M, where the GEMM is
+// bound by the weight read; 128 at prefill M, where it is bound by math and each weight tile is converted once.
+size_t w4a16_workspace_for(const triforce::W4A16Problem& p) {
+  if (p.m <= 16) return triforce::w4a16_sm90_tok16_workspace(p);
+  if (p.m <= 64) return triforce::w4a16_sm90_tok64_workspace(p);
+  return triforce::w4a16_sm90_tok128_workspace(p);
+}
+void w4a16_run(const triforce::W4A16Problem& p, void* ws, size_t bytes, cudaStream_t st) {
+  if (p.m <= 16) return triforce::w4a16_sm90_tok16_run(p, ws, bytes, st);
+  if (p.m <= 64) return triforce::w4a16_sm90_tok64_run(p, ws, bytes, st);
+  return triforce::w4a16_sm90_tok128_run(p, ws, bytes, st);
+}
+#else
+size_t w4a16_workspace_for(const triforce::W4A16Problem& p) { return triforce::w4a16_sm100_workspace(p); }
+void w4a16_run(const triforce::W4A16Problem& p, void* ws, size_t bytes, cudaStream_t st) {
+  triforce::w4a16_sm100_run(p, ws, bytes, st);
+}
+#endif
+
+int64_t w4a16_workspace_size(int64_t m, int64_t n, int64_t k) {
+  return int64_t(w4a16_workspace_for(w4a16_shape_only(m, n, k)));
+}
+
+void w4a16_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out, at::Tensor workspace) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto p = w4a16_problem(x, w, s, out);
+  check_tensor(workspace, "w4a16_gemm", "workspace", at::kByte);
+  w4a16_run(p, workspace.data_ptr(), size_t(workspace.numel()), current_stream());
+}
+
+// Canonical int4 [N, K/2] + scales [N, K/128] -> what the family's kernel reads. Scales become [K/128, N] (the
+// mixed-input mainloops want them N-major); Hopper also shuffles the int4 (w4a16_gemm_sm90.cuh).
+std::tuple<at::Tensor, at::Tensor> w4a16_prepack(const at::Tensor& qweight, const at::Tensor& scales) {
+  const char* op = "w4a16_prepack";
+  check_tensor(qweight, op, "qweight", at::kByte);
+  check_tensor(scales, op, "scales", at::kBFloat16);
+  TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2, op, ": qweight and scales must be 2-D");
+  int64_t n = qweight.size(0), k = qweight.size(1) * 2;
+  TORCH_CHECK(n % 8 == 0 && k % 128 == 0, op, ": needs N % 8 == 0 and K % 128 == 0 (got N=", n, " K=", k, ")");
+  TORCH_CHECK(scales.size(0) == n && scales.size(1) * 128 == k, op, ": scales must be [", n, ", ", k / 128, "], got ",
+              scales.sizes());
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  at::Tensor packed_scales = scales.t().contiguous();
+#if defined(TRIFORCE_FAMILY_HOPPER)
+  auto offsets = at::empty({n * k}, qweight.options().dtype(at::kLong));
+  triforce::w4a16_sm90_reorder_offsets(offsets.data_ptr<int64_t>(), int(n), int(k), current_stream());
+  auto nibbles = at::stack({at::bitwise_and(qweight, 0xF), at::bitwise_right_shift(qweight, 4)}, -1).reshape({n * k});
+  auto shuffled = at::empty_like(nibbles).index_put_({offsets}, nibbles).reshape({n * k / 2, 2});
+  auto low = shuffled.select(1, 0), high = shuffled.select(1, 1);
+  at::Tensor packed_weight = at::bitwise_or(low, at::bitwise_left_shift(high, 4)).reshape({n, k / 2}).contiguous();
+#else
+  at::Tensor packed_weight = qweight.clone();  // tcgen05 mixed-input reads the canonical K-major int4 as is
+#endif
+  return {packed_weight, packed_scales};
+}
+
+// ── NVFP4 (Blackwell only) ──────────────────────────────────────────────────────────────────────────────────────
+#if defined(TRIFORCE_FAMILY_BLACKWELL)
+// Swizzled scale-factor bytes of a [rows, K] operand: 128x4 atoms of 512 bytes (rows padded to 128, K/16 to 4).
+int64_t nvfp4_sf_bytes(int64_t rows, int64_t k) {
+  TORCH_CHECK(rows > 0 && k > 0 && k % 16 == 0, "nvfp4_sf_bytes: needs rows > 0 and K % 16 == 0 (got ", rows, ", ", k, ")");
+  return (rows + 127) / 128 * 128 * ((k / 16 + 3) / 4 * 4);
+}
+
+triforce::Nvfp4Problem nvfp4_shape_only(int64_t m, int64_t n, int64_t k) {
+  TORCH_CHECK(m > 0 && n > 0 && n % 8 == 0 && k > 0 && k % 128 == 0,
+              "nvfp4: needs M > 0, N % 8 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  return {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, int(m), int(n), int(k), sm_count()};
+}
+
+int64_t nvfp4_workspace_size(int64_t m, int64_t n, int64_t k) {
+  return int64_t(triforce::nvfp4_sm100_workspace(nvfp4_shape_only(m, n, k)));
+}
+
+void nvfp4_gemm(const at::Tensor& a, const at::Tensor& a_sf, const at::Tensor& b, const at::Tensor& b_sf,
+                const at::Tensor& alpha, at::Tensor out, at::Tensor workspace) {
+  const char* op = "nvfp4_gemm";
+  for (auto [t, name] : {std::pair{&a, "a"}, {&a_sf, "a_sf"}, {&b, "b"}, {&b_sf, "b_sf"}, {&workspace, "workspace"}})
+    check_tensor(*t, op, name, at::kByte);
+  check_tensor(alpha, op, "alpha", at::kFloat);
+  check_tensor(out, op, "out", at::kBFloat16);
+  int64_t m = a.size(0), k = a.size(1) * 2, n = b.size(0);
+  TORCH_CHECK(b.size(1) * 2 == k, op, ": a is [", m, ", ", k / 2, "] but b is ", b.sizes());
+  TORCH_CHECK(out.size(0) == m && out.size(1) == n, op, ": out must be [", m, ", ", n, "], got ", out.sizes());
+  TORCH_CHECK(alpha.numel() == 1, op, ": alpha must have one element");
+  TORCH_CHECK(a_sf.numel() == nvfp4_sf_bytes(m, k), op, ": a_sf must have ", nvfp4_sf_bytes(m, k), " bytes");
+  TORCH_CHECK(b_sf.numel() == nvfp4_sf_bytes(n, k), op, ": b_sf must have ", nvfp4_sf_bytes(n, k), " bytes");
+  const c10::cuda::CUDAGuard guard(a.device());
+  auto p = nvfp4_shape_only(m, n, k);
+  p.a = a.data_ptr(); p.a_sf = a_sf.data_ptr(); p.b = b.data_ptr(); p.b_sf = b_sf.data_ptr();
+  p.alpha = alpha.data_ptr<float>(); p.out = out.data_ptr();
+  triforce::nvfp4_sm100_run(p, workspace.data_ptr(), size_t(workspace.numel()), current_stream());
+}
+#endif
+
+// ── fused activation quantization (act_quant.cu: arch-generic, every family) ─────────────────────────────────────
+// The Python wrappers check shapes with full messages; these checks keep a direct _C call from reading out of bounds.
+void check_rows(const at::Tensor& t, const char* op, const char* name, int64_t rows, int64_t cols) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, op, ": ", name, " must be [", rows, ", ", cols,
+              "], got ", t.sizes());
+}
+
+bool norm_weight_is_bf16(const at::Tensor& w, const char* op, int64_t dim) {
+  check_tensor(w, op, "weight", w.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == dim, op, ": weight must be [", dim, "], got ", w.sizes());
+  return w.scalar_type() == at::kBFloat16;
+}
+
+void check_scalar_scale(const at::Tensor& t, const char* op, const char* name) {
+  check_tensor(t, op, name, at::kFloat);
+  TORCH_CHECK(t.numel() == 1, op, ": ", name, " must have one element");
+}
+
+void check_nvfp4_out(const at::Tensor& out, const at::Tensor& out_sf, const char* op, int64_t rows, int64_t cols) {
+  check_tensor(out, op, "out", at::kByte);
+  check_rows(out, op, "out", rows, cols / 2);
+  check_tensor(out_sf, op, "out_sf", at::kByte);
+  const auto sf_bytes = int64_t(triforce::act_quant_nvfp4_sf_bytes(int(rows), int(cols)));
+  TORCH_CHECK(out_sf.numel() == sf_bytes, op, ": out_sf must have ", sf_bytes, " bytes, got ", out_sf.numel());
+}
+
+void rmsnorm_quant_fp8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& inv_scale, at::Tensor out,
+                       double eps) {
+  const char* op = "rmsnorm_quant_fp8";
+  check_tensor(x, op, "x", at::kBFloat16);
+  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D");
+  const bool bf16_weight = norm_weight_is_bf16(weight, op, x.size(1));
+  check_scalar_scale(inv_scale, op, "inv_scale");
+  check_tensor(out, op, "out", at::kFloat8_e4m3fn);
+  check_rows(out, op, "out", x.size(0), x.size(1));
+  const c10::cuda::CUDAGuard guard(x.device());
+  triforce::rmsnorm_quant_fp8(x.data_ptr(), weight.data_ptr(), bf16_weight, inv_scale.data_ptr<float>(),
+                              out.data_ptr(), int(x.size(0)), int(x.size(1)), float(eps), current_stream());
+}
+
+void rmsnorm_quant_nvfp4(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& global_scale, at::Tensor out,
+                         at::Tensor out_sf, double eps) {
+  const char* op = "rmsnorm_quant_nvfp4";
+  check_tensor(x, op, "x", at::kBFloat16);
+  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D");
+  const bool bf16_weight = norm_weight_is_bf16(weight, op, x.size(1));
+  check_scalar_scale(global_scale, op, "global_scale");
+  check_nvfp4_out(out, out_sf, op, x.size(0), x.size(1));
+  const c10::cuda::CUDAGuard guard(x.device());
+  triforce::rmsnorm_quant_nvfp4(x.data_ptr(), weight.data_ptr(), bf16_weight, global_scale.data_ptr<float>(),
+                                out.data_ptr(), out_sf.data_ptr(), int(x.size(0)), int(x.size(1)), float(eps),
+                                current_stream());
+}
+
+void geglu_quant_fp8(const at::Tensor& gate_up, const at::Tensor& inv_scale, at::Tensor out) {
+  const char* op = "geglu_quant_fp8";
+  check_tensor(gate_up, op, "gate_up", at::kBFloat16);
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, op, ": gate_up must be [M, 2I]");
+  check_scalar_scale(inv_scale, op, "inv_scale");
+  check_tensor(out, op, "out", at::kFloat8_e4m3fn);
+  check_rows(out, op, "out", gate_up.size(0), gate_up.size(1) / 2);
+  const c10::cuda::CUDAGuard guard(gate_up.device());
+  triforce::geglu_quant_fp8(gate_up.data_ptr(), inv_scale.data_ptr<float>(), out.data_ptr(), int(gate_up.size(0)),
+                            int(gate_up.size(1) / 2), current_stream());
+}
+
+void geglu_quant_nvfp4(const at::Tensor& gate_up, const at::Tensor& global_scale, at::Tensor out, at::Tensor out_sf) {
+  const char* op = "geglu_quant_nvfp4";
+  check_tensor(gate_up, op, "gate_up", at::kBFloat16);
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, op, ": gate_up must be [M, 2I]");
+  check_scalar_scale(global_scale, op, "global_scale");
+  check_nvfp4_out(out, out_sf, op, gate_up.size(0), gate_up.size(1) / 2);
+  const c10::cuda::CUDAGuard guard(gate_up.device());
+  triforce::geglu_quant_nvfp4(gate_up.data_ptr(), global_scale.data_ptr<float>(), out.data_ptr(), out_sf.data_ptr(),
+                              int(gate_up.size(0)), int(gate_up.size(1) / 2), current_stream());
+}
+
+void quant_nvfp4(const at::Tensor& x, const at::Tensor& global_scale, at::Tensor out, at::Tensor out_sf) {
+  const char* op = "quant_nvfp4";
+  check_tensor(x, op, "x", at::kBFloat16);
+  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D");
+  check_scalar_scale(global_scale, op, "global_scale");
+  check_nvfp4_out(out, out_sf, op, x.size(0), x.size(1));
+  const c10::cuda::CUDAGuard guard(x.device());
+  triforce::quant_nvfp4(x.data_ptr(), global_scale.data_ptr<float>(), out.data_ptr(), out_sf.data_ptr(),
+                        int(x.size(0)), int(x.size(1)), current_stream());
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Thor Triforce CUTLASS kernels";
+  m.attr("family") = family();
+  m.def("w4a16_prepack", &w4a16_prepack, "canonical int4 [N,K/2] + bf16 scales [N,K/128] -> (packed weight, scales)");
+  m.def("w4a16_workspace_size", &w4a16_workspace_size, "workspace bytes of w4a16_gemm for (M, N, K)");
+  m.def("w4a16_gemm", &w4a16_gemm, "out[M,N] = x[M,K] @ dequant(W)^T (bf16 out, int4 W, group 128)");
+  m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
+  m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
+  m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");
+  m.def("geglu_quant_nvfp4", &geglu_quant_nvfp4, "gelu_tanh(gate) * up of bf16 [M, 2I], then NVFP4");
+  m.def("quant_nvfp4", &quant_nvfp4, "bf16 [M, K] -> NVFP4 codes [M, K/2] + swizzled block scales");
+#if defined(TRIFORCE_FAMILY_BLACKWELL)
+  m.def("nvfp4_sf_bytes", &nvfp4_sf_bytes, "bytes of a swizzled NVFP4 scale-factor tensor for [rows, K]");
+  m.def("nvfp4_workspace_size", &nvfp4_workspace_size, "workspace bytes of nvfp4_gemm for (M, N, K)");
+  m.def("nvfp4_gemm", &nvfp4_gemm, "out[M,N] = alpha * dequant(a) @ dequant(b)^T (NVFP4 in, bf16 out)");
+#endif
+}

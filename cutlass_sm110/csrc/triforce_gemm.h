@@ -1,0 +1,53 @@
+// Host entry points of the CUTLASS GEMM translation units. Plain C++ (no torch headers) so the CUTLASS TUs compile
+// without torch; bindings.cpp checks the tensors and calls these with raw pointers on torch's current stream.
+// Each function throws std::runtime_error with a one-line message when CUTLASS refuses the problem.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime_api.h>
+
+namespace triforce {
+
+// W4A16: out[M, N] (bf16, row-major) = x[M, K] (bf16) @ dequant(W)^T, W int4 [N, K] in the family's packed layout,
+// scales bf16 [K/128, N] (N contiguous). `sm_count` sizes the persistent/stream-K grid (and so the workspace).
+struct W4A16Problem {
+  const void* x;
+  const void* weight;
+  const void* scales;
+  void* out;
+  int m, n, k;
+  int sm_count;
+};
+
+#if defined(TRIFORCE_FAMILY_HOPPER)
+// One tile configuration per translation unit: the token tile (N of the swapped problem) is 16, 64 or 128.
+size_t w4a16_sm90_tok16_workspace(const W4A16Problem& p);
+void w4a16_sm90_tok16_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+size_t w4a16_sm90_tok64_workspace(const W4A16Problem& p);
+void w4a16_sm90_tok64_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+size_t w4a16_sm90_tok128_workspace(const W4A16Problem& p);
+void w4a16_sm90_tok128_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+// Byte offset map of the Hopper shuffled int4 layout: offsets[n * K + k] = element index of (n, k) in the packed weight.
+void w4a16_sm90_reorder_offsets(int64_t* offsets, int n, int k, cudaStream_t stream);
+#endif
+
+#if defined(TRIFORCE_FAMILY_BLACKWELL)
+size_t w4a16_sm100_workspace(const W4A16Problem& p);
+void w4a16_sm100_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// NVFP4: out[M, N] (bf16) = alpha * dequant(a)[M, K] @ dequant(b)[N, K]^T; scale factors in CUTLASS's swizzled layout.
+struct Nvfp4Problem {
+  const void* a;
+  const void* a_sf;
+  const void* b;
+  const void* b_sf;
+  const float* alpha;  // device pointer: alpha stays on the GPU (CUDA-graph safe)
+  void* out;
+  int m, n, k;
+  int sm_count;
+};
+size_t nvfp4_sm100_workspace(const Nvfp4Problem& p);
+void nvfp4_sm100_run(const Nvfp4Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+#endif
+
+}  // namespace triforce

@@ -1,0 +1,74 @@
+"""Development build of triforce_kernels._C for the GPU at hand (tests and benches on a lent GPU, no wheel).
+
+The wheel is built by triforce/kernels.py; this compiles the same units of kernels.toml with the same flags through
+torch.utils.cpp_extension.load, and registers the module as `triforce_kernels._C` so the wrappers use it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+# Compute capability -> (family, TORCH_CUDA_ARCH_LIST entry). 'a' targets only: plain ones compile to stubs.
+_ARCHS = {(9, 0): ("hopper", "9.0a"), (10, 0): ("blackwell", "10.0a"), (11, 0): ("blackwell", "11.0a")}
+
+
+def cutlass_source() -> Path:
+    """CUTLASS source root (include/, tools/util/include): TRIFORCE_CUTLASS_SOURCE, the carried copy, or the wheel."""
+    for cand in (os.environ.get("TRIFORCE_CUTLASS_SOURCE"), REPO / ".device_carry" / "cutlass"):
+        if cand and (Path(cand) / "include" / "cutlass").is_dir():
+            return Path(cand)
+    import cutlass_library  # the pinned nvidia-cutlass wheel
+
+    return Path(cutlass_library.__file__).parent / "source"
+
+
+def units(family: str) -> list[dict]:
+    table = tomllib.loads((HERE / "kernels.toml").read_text())
+    return [u for u in table["unit"] if family in u["families"]]
+
+
+def build(verbose: bool = False):
+    import torch
+    from torch.utils import cpp_extension
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("devbuild: no CUDA GPU visible; build wheels with `invoke build-kernels` instead")
+    cc = torch.cuda.get_device_capability()
+    if cc not in _ARCHS:
+        raise RuntimeError(f"devbuild: compute capability {cc[0]}.{cc[1]} has no kernel family; expected one of "
+                           f"{sorted(_ARCHS)}")
+    family, arch = _ARCHS[cc]
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch  # exactly one -gencode, the arch-specific one
+    src = cutlass_source()
+    define = f"-DTRIFORCE_FAMILY_{family.upper()}"
+    sources = [str(HERE / s) for u in units(family) for s in u["sources"]]
+    build_dir = Path(os.environ.get("TRIFORCE_DEVBUILD_DIR", REPO / "build" / f"devbuild-{family}"))
+    build_dir.mkdir(parents=True, exist_ok=True)
+    module = cpp_extension.load(
+        name="_C", sources=sources, build_directory=str(build_dir), verbose=verbose,
+        extra_include_paths=[str(src / "include"), str(src / "tools" / "util" / "include"), str(HERE / "csrc")],
+        extra_cflags=["-O2", define],  # the C++ standard torch's headers need (torch picks it)
+        extra_cuda_cflags=["-std=c++17", "--expt-relaxed-constexpr", "-DNDEBUG", define])
+    sys.modules["triforce_kernels._C"] = module
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import triforce_kernels
+
+    triforce_kernels._C = module
+    return triforce_kernels
+
+
+def load(verbose: bool = False):
+    """The installed triforce_kernels if its extension imports, else a development build of this checkout."""
+    try:
+        import triforce_kernels
+        from triforce_kernels import _C  # noqa: F401
+
+        return triforce_kernels
+    except ImportError:
+        return build(verbose)

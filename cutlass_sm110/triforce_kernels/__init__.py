@@ -1,0 +1,191 @@
+"""Thor Triforce CUTLASS kernels: Python wrappers over the extension `triforce_kernels._C`.
+
+Every op checks shapes, dtypes, contiguity, alignment, device and arch before it reaches CUDA, and refuses with a
+one-line error naming the op, the arch this wheel was built for and the GPU's compute capability. Ops allocate
+nothing: the caller passes outputs and workspace (CUDA-graph safe); they run on torch's current stream.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+import torch
+
+GROUP_SIZE = 128  # int4 scale group along K
+NVFP4_BLOCK = 16  # NVFP4 scale block along K
+
+# The compute capabilities each family's binaries run on (sm_90a: 9.0; sm_100a: 10.x; sm_110a: 11.0).
+_FAMILY_CAPABILITIES = {"hopper": {(9, 0)}, "blackwell": {(10, 0), (10, 3), (11, 0)}}
+_ARCH_CAPABILITY = {"sm_90a": (9, 0), "sm_100a": (10, 0), "sm_100f": (10, 0), "sm_110a": (11, 0), "sm_110f": (11, 0)}
+
+
+class KernelError(RuntimeError):
+    """A kernel op was called with input it cannot take; the message says what to change."""
+
+
+class UnsupportedError(KernelError):
+    """The op does not exist in this wheel or cannot run on this GPU (never silently replaced)."""
+
+
+def _ext():
+    from . import _C  # the compiled extension; a missing one is an install problem, said plainly
+
+    return _C
+
+
+@lru_cache(maxsize=1)
+def build_info() -> dict:
+    """What the build wrote into the package (arch, family, CUTLASS and CUDA versions, git commit)."""
+    try:
+        return json.loads(resources.files(__name__).joinpath("build_info.json").read_text())
+    except FileNotFoundError:
+        return {"family": family(), "arch": None, "note": "no build_info.json: a development build"}
+
+
+def family() -> str:
+    """'hopper' or 'blackwell': the kernel family compiled into this wheel."""
+    return _ext().family
+
+
+def has_op(name: str) -> bool:
+    return hasattr(_ext(), name)
+
+
+def _built_for() -> str:
+    info = build_info()
+    return info.get("arch") or info.get("family") or family()
+
+
+def _check_device(op: str, t: torch.Tensor) -> None:
+    if not t.is_cuda:
+        raise KernelError(f"{op}: tensors must be on a CUDA device, got {t.device}; move them with .cuda()")
+    cc = torch.cuda.get_device_capability(t.device)
+    arch = build_info().get("arch")
+    ok = cc == _ARCH_CAPABILITY[arch] if arch in _ARCH_CAPABILITY else cc in _FAMILY_CAPABILITIES[family()]
+    if not ok:
+        raise UnsupportedError(
+            f"{op}: this wheel was built for {_built_for()} but the GPU is compute capability {cc[0]}.{cc[1]}; "
+            f"install the wheel built for this GPU")
+
+
+def _require_op(op: str) -> None:
+    if not has_op(op):
+        raise UnsupportedError(
+            f"{op}: not in this wheel (built for {_built_for()}); it needs a Blackwell (sm_100a/sm_110a) build")
+
+
+def _check(op: str, name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise KernelError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise KernelError(f"{op}: {name} must be {dtype}, got {t.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise KernelError(f"{op}: {name} must have shape {list(shape)}, got {list(t.shape)}")
+    if not t.is_contiguous():
+        raise KernelError(f"{op}: {name} must be contiguous; call .contiguous() once at load time")
+    if t.data_ptr() % 16:
+        raise KernelError(f"{op}: {name} must be 16-byte aligned (a view at an odd offset?)")
+
+
+def _check_same_device(op: str, *tensors: torch.Tensor) -> None:
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise KernelError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
+    _check_device(op, tensors[0])
+
+
+def _check_gemm_dims(op: str, m: int, n: int, k: int) -> None:
+    if m <= 0 or n <= 0 or k <= 0:
+        raise KernelError(f"{op}: M, N, K must be positive, got M={m} N={n} K={k}")
+    if n % 8:
+        raise KernelError(f"{op}: N={n} must be a multiple of 8 (16-byte rows of the bf16 output)")
+    if k % GROUP_SIZE:
+        raise KernelError(f"{op}: K={k} must be a multiple of {GROUP_SIZE}")
+
+
+def _check_workspace(op: str, workspace: torch.Tensor, need: int) -> None:
+    _check(op, "workspace", workspace, torch.uint8)
+    if workspace.numel() < need:
+        raise KernelError(f"{op}: workspace has {workspace.numel()} bytes, needs {need}; size it with the op's "
+                          f"*_workspace_size(M, N, K)")
+
+
+# ── W4A16 ───────────────────────────────────────────────────────────────────────────────────────────────────────
+def w4a16_prepack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical int4 uint8 [N, K//2] + bf16 scales [N, K//128] -> (packed_weight, packed_scales) for this family.
+
+    Runs on the GPU once at load time (it allocates its outputs and temporaries)."""
+    op = "w4a16_prepack"
+    if qweight.dim() != 2:
+        raise KernelError(f"{op}: qweight must be 2-D uint8 [N, K//2], got shape {list(qweight.shape)}")
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    _check(op, "qweight", qweight, torch.uint8)
+    _check(op, "scales", scales, torch.bfloat16, (n, k // GROUP_SIZE))
+    _check_gemm_dims(op, 1, n, k)
+    _check_same_device(op, qweight, scales)
+    return _ext().w4a16_prepack(qweight, scales)
+
+
+def w4a16_workspace_size(m: int, n: int, k: int) -> int:
+    """Bytes of workspace w4a16_gemm needs for out[M, N] = x[M, K] @ W^T (allocate once, reuse)."""
+    _check_gemm_dims("w4a16_workspace_size", m, n, k)
+    return int(_ext().w4a16_workspace_size(m, n, k))
+
+
+def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torch.Tensor, out: torch.Tensor,
+               workspace: torch.Tensor) -> None:
+    """out[M, N] = x[M, K] @ dequant(W)^T, bf16 activations and output, int4 weights with bf16 group-128 scales."""
+    op = "w4a16_gemm"
+    if x.dim() != 2 or out.dim() != 2:
+        raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
+    m, k = x.shape
+    n = out.shape[1]
+    _check_gemm_dims(op, m, n, k)
+    _check(op, "x", x, torch.bfloat16)
+    _check(op, "out", out, torch.bfloat16, (m, n))
+    _check(op, "packed_weight", packed_weight, torch.uint8, (n, k // 2))
+    _check(op, "packed_scales", packed_scales, torch.bfloat16, (k // GROUP_SIZE, n))
+    _check_same_device(op, x, packed_weight, packed_scales, out, workspace)
+    _check_workspace(op, workspace, w4a16_workspace_size(m, n, k))
+    _ext().w4a16_gemm(x, packed_weight, packed_scales, out, workspace)
+
+
+# ── NVFP4 (Blackwell) ───────────────────────────────────────────────────────────────────────────────────────────
+def nvfp4_sf_bytes(rows: int, k: int) -> int:
+    """Bytes of a swizzled NVFP4 scale-factor tensor for a [rows, K] operand (rows padded to 128, K/16 to 4)."""
+    if rows <= 0 or k <= 0 or k % NVFP4_BLOCK:
+        raise KernelError(f"nvfp4_sf_bytes: needs rows > 0 and K a positive multiple of 16, got {rows}, {k}")
+    return -(-rows // 128) * 128 * (-(-(k // NVFP4_BLOCK) // 4) * 4)
+
+
+def nvfp4_workspace_size(m: int, n: int, k: int) -> int:
+    """Bytes of workspace nvfp4_gemm needs (Blackwell wheels only)."""
+    _require_op("nvfp4_workspace_size")
+    _check_gemm_dims("nvfp4_workspace_size", m, n, k)
+    return int(_ext().nvfp4_workspace_size(m, n, k))
+
+
+def nvfp4_gemm(a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.Tensor, alpha: torch.Tensor,
+               out: torch.Tensor, workspace: torch.Tensor) -> None:
+    """out[M, N] = alpha * dequant(a)[M, K] @ dequant(b)[N, K]^T; NVFP4 operands, swizzled E4M3 block scales."""
+    op = "nvfp4_gemm"
+    _require_op(op)
+    if a.dim() != 2 or b.dim() != 2:
+        raise KernelError(f"{op}: a and b must be 2-D uint8 [rows, K//2], got {list(a.shape)} and {list(b.shape)}")
+    m, k = a.shape[0], a.shape[1] * 2
+    n = b.shape[0]
+    _check_gemm_dims(op, m, n, k)
+    _check(op, "a", a, torch.uint8)
+    _check(op, "b", b, torch.uint8, (n, k // 2))
+    for name, sf, rows in (("a_sf", a_sf, m), ("b_sf", b_sf, n)):
+        _check(op, name, sf, torch.uint8)
+        if sf.numel() != nvfp4_sf_bytes(rows, k):
+            raise KernelError(f"{op}: {name} has {sf.numel()} bytes, the swizzled scales of [{rows}, {k}] have "
+                              f"{nvfp4_sf_bytes(rows, k)} (nvfp4_sf_bytes)")
+    _check(op, "alpha", alpha, torch.float32, (1,))
+    _check(op, "out", out, torch.bfloat16, (m, n))
+    _check_same_device(op, a, a_sf, b, b_sf, alpha, out, workspace)
+    _check_workspace(op, workspace, nvfp4_workspace_size(m, n, k))
+    _ext().nvfp4_gemm(a, a_sf, b, b_sf, alpha, out, workspace)

@@ -1,0 +1,179 @@
+"""GPU tests of the CUTLASS GEMM ops (triforce_kernels): correctness against an fp32 reference of the canonical
+formats (triforce.quant.formats), poisoned outputs, CUDA-graph capture, and loud refusals of bad input.
+
+Uses the installed triforce_kernels wheel if there is one, else a development build of cutlass_sm110/ for this GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from triforce.quant import formats
+
+pytestmark = pytest.mark.gpu
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
+
+GEMMA_MLP = [(16384, 2048), (2048, 16384)]  # (N, K): gate/up and down projections of Gemma 2B
+TOKENS = [10, 64, 712]
+
+
+@pytest.fixture(scope="session")
+def tk():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import devbuild
+
+    return devbuild.load()
+
+
+def _weights(n: int, k: int, gen: torch.Generator):
+    w = torch.randn(n, k, device="cuda", generator=gen) * 0.05
+    return formats.quantize_int4_g128(w)
+
+
+def _reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x.float() @ formats.dequantize_int4_g128(q, scales).T
+
+
+def _run_w4a16(tk, x, packed_w, packed_s, n):
+    m, k = x.shape
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")  # poisoned: every element must be written
+    ws = torch.empty(tk.w4a16_workspace_size(m, n, k), dtype=torch.uint8, device="cuda")
+    tk.w4a16_gemm(x, packed_w, packed_s, out, ws)
+    torch.cuda.synchronize()
+    return out
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture(scope="session")
+def gemma_weights(tk):
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    packed = {}
+    for n, k in GEMMA_MLP:
+        q, s = _weights(n, k, gen)
+        packed[(n, k)] = (q, s, *tk.w4a16_prepack(q, s))
+    return packed
+
+
+@pytest.mark.parametrize("n,k", GEMMA_MLP)
+@pytest.mark.parametrize("m", TOKENS)
+def test_w4a16_matches_reference_on_gemma_shapes(tk, gemma_weights, m, n, k):
+    q, s, pw, ps = gemma_weights[(n, k)]
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = _run_w4a16(tk, x, pw, ps, n)
+    assert torch.isfinite(out).all(), "some outputs were never written (still NaN)"
+    assert _rel_err(out, _reference(x, q, s)) < 1e-2
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 8, 128), (3, 264, 384), (17, 136, 256), (65, 1024, 1152), (129, 520, 640)])
+def test_w4a16_matches_reference_on_ragged_shapes(tk, m, n, k):
+    gen = torch.Generator(device="cuda").manual_seed(m * 7 + n)
+    q, s = _weights(n, k, gen)
+    pw, ps = tk.w4a16_prepack(q, s)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = _run_w4a16(tk, x, pw, ps, n)
+    assert torch.isfinite(out).all()
+    assert _rel_err(out, _reference(x, q, s)) < 1e-2
+
+
+def test_w4a16_is_exact_on_single_nonzero_weight(tk):
+    """One weight of 1 at (n=5, k=77) with scale 1: the output column 5 equals x[:, 77] and every other is 0 —
+    catches a wrong shuffle or nibble order that random data might average away."""
+    n, k, m = 128, 256, 16
+    codes = torch.zeros(n, k, dtype=torch.int8, device="cuda")
+    codes[5, 77] = 1
+    codes[100, 200] = -8
+    q = formats.pack_int4(codes)
+    s = torch.ones(n, k // 128, dtype=torch.bfloat16, device="cuda")
+    pw, ps = tk.w4a16_prepack(q, s)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = _run_w4a16(tk, x, pw, ps, n).float()
+    expect = torch.zeros(m, n, device="cuda")
+    expect[:, 5] = x[:, 77].float()
+    expect[:, 100] = -8 * x[:, 200].float()
+    torch.testing.assert_close(out, expect, rtol=1e-2, atol=1e-2)
+
+
+def test_w4a16_runs_in_a_cuda_graph(tk, gemma_weights):
+    q, s, pw, ps = gemma_weights[(2048, 16384)]
+    m, n, k = 10, 2048, 16384
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    ws = torch.empty(tk.w4a16_workspace_size(m, n, k), dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        tk.w4a16_gemm(x, pw, ps, out, ws)  # warm-up outside capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            tk.w4a16_gemm(x, pw, ps, out, ws)
+    out.fill_(float("nan"))
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert _rel_err(out, _reference(x, q, s)) < 1e-2
+
+
+def _bad_inputs(tk):
+    m, n, k = 10, 256, 512
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q, s = _weights(n, k, gen)
+    pw, ps = tk.w4a16_prepack(q, s)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    ws = torch.empty(tk.w4a16_workspace_size(m, n, k), dtype=torch.uint8, device="cuda")
+    return x, pw, ps, out, ws
+
+
+BAD_CASES = {
+    "x fp16": lambda x, pw, ps, out, ws: (x.half(), pw, ps, out, ws),
+    "x on cpu": lambda x, pw, ps, out, ws: (x.cpu(), pw, ps, out, ws),
+    "x not contiguous": lambda x, pw, ps, out, ws: (torch.cat([x, x], 1)[:, ::2], pw, ps, out, ws),
+    "x wrong K": lambda x, pw, ps, out, ws: (x[:, :384].contiguous(), pw, ps, out, ws),
+    "out wrong rows": lambda x, pw, ps, out, ws: (x, pw, ps, out[:5], ws),
+    "out fp32": lambda x, pw, ps, out, ws: (x, pw, ps, out.float(), ws),
+    "unpacked scales": lambda x, pw, ps, out, ws: (x, pw, ps.t().contiguous(), out, ws),
+    "weight int8": lambda x, pw, ps, out, ws: (x, pw.view(torch.int8), ps, out, ws),
+    "workspace too small": lambda x, pw, ps, out, ws: (x, pw, ps, out, ws[: max(ws.numel() - 1, 0)]),
+    "N not multiple of 8": lambda x, pw, ps, out, ws: (x, pw[:250], ps[:, :250], out[:, :250], ws),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_w4a16_refuses_bad_input(tk, case):
+    x, pw, ps, out, ws = _bad_inputs(tk)
+    if case == "workspace too small" and ws.numel() == 0:
+        pytest.skip("this problem needs no workspace")
+    out.fill_(1.0)
+    with pytest.raises(tk.KernelError):
+        tk.w4a16_gemm(*BAD_CASES[case](x, pw, ps, out, ws))
+    torch.cuda.synchronize()
+    assert bool((out == 1.0).all()), "a refused call must leave the output untouched"
+
+
+def test_w4a16_prepack_refuses_bad_input(tk):
+    q = torch.zeros(256, 200, dtype=torch.uint8, device="cuda")  # K = 400: not a multiple of 128
+    with pytest.raises(tk.KernelError, match="multiple of 128"):
+        tk.w4a16_prepack(q, torch.ones(256, 3, dtype=torch.bfloat16, device="cuda"))
+    q = torch.zeros(256, 256, dtype=torch.uint8, device="cuda")
+    with pytest.raises(tk.KernelError, match="scales"):
+        tk.w4a16_prepack(q, torch.ones(256, 3, dtype=torch.bfloat16, device="cuda"))
+
+
+def test_nvfp4_refuses_loudly_off_blackwell(tk):
+    if tk.family() == "blackwell":
+        pytest.skip("this GPU runs the NVFP4 GEMM")
+    assert not tk.has_op("nvfp4_gemm"), "a hopper wheel must not contain the NVFP4 GEMM"
+    m, n, k = 16, 128, 256
+    u8 = lambda *shape: torch.zeros(*shape, dtype=torch.uint8, device="cuda")  # noqa: E731
+    with pytest.raises(tk.UnsupportedError, match="nvfp4_gemm.*built for"):
+        tk.nvfp4_gemm(u8(m, k // 2), u8(tk.nvfp4_sf_bytes(m, k)), u8(n, k // 2), u8(tk.nvfp4_sf_bytes(n, k)),
+                      torch.ones(1, device="cuda"), torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), u8(16))
+    with pytest.raises(tk.UnsupportedError):
+        tk.nvfp4_workspace_size(m, n, k)
