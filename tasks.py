@@ -81,4 +81,167 @@ def patch_cutlass(c, cutlass_dir=None, check=False, revert=False):
     else:
         print("\n".join(stage.describe(stage.patch(root))))
 
-ns = Collection(doctor, patch_cutlass)
+
+# ── serve ──────────────────────────────────────────────────────────────────────────────────────────────────────────
+@task(help={
+    "checkpoint": "openpi checkpoint dir (model.safetensors + assets/), a .safetensors file, or synthetic:<config>",
+    "config": "model config (pi05_libero, pi05_droid, pi05_tiny); its client keys are in triforce/data/io_specs.toml",
+    "plan": "ref (fp32 eager, CPU or GPU), a (bf16 CUDA graph), b (quantized)",
+    "device": "torch device (cpu, cuda, cuda:1); default: cuda for plans a/b, the best available for ref",
+    "host": "address to listen on (0.0.0.0 serves other machines, as openpi does)",
+    "port": "TCP port (0 picks a free one and prints it)",
+    "tokenizer": "PaliGemma's paligemma_tokenizer.model; without it a real checkpoint takes token ids only",
+    "norm_stats": "norm_stats.json to unnormalize actions with (default: <checkpoint>/assets/<asset_id>/norm_stats.json)",
+})
+@_friendly
+def serve(c, checkpoint=None, config=None, plan=None, device=None, host=None, port=None, tokenizer=None, norm_stats=None):
+    """Serve a policy over openpi's websocket protocol (openpi-client, LIBERO and DROID clients) until SIGTERM."""
+    from triforce import server as stage
+
+    stats = stage.serve(
+        _cfg(c, "serve", "checkpoint", checkpoint), _cfg(c, "serve", "config", config), _cfg(c, "serve", "plan", plan),
+        _cfg(c, "serve", "device", device), _cfg(c, "serve", "host", host), _cfg(c, "serve", "port", port),
+        _cfg(c, "serve", "tokenizer", tokenizer), _cfg(c, "serve", "norm_stats", norm_stats))
+    print(f"stopped: {stats.connections} connections, {stats.requests} requests served, {stats.errors} errors, "
+          f"{stats.dropped} dropped (client left while queued)", flush=True)
+
+# ── build-image / up / deploy / validate (the eval container turbo_pi_eval) ────────────────────────────────────────
+_HOST_HELP = ("Docker engine: unix://, tcp://, ssh://user@thor-01, or a docker context name (default: DOCKER_HOST or "
+              "the current context); give it more than once to run against each")
+
+
+def _exit_with(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+@task(iterable=["host"], help={
+    "target": "target whose image to render/build (thor, blackwell, hopper: triforce/data/targets.toml)",
+    "base_image": "base image (default: the target's base_image, e.g. nvcr.io/nvidia/pytorch:25.09-py3)",
+    "tag": "image tag (default: turbo_pi_eval:<target>, docker/image.toml)",
+    "ca_bundle": "PEM CA bundle pip trusts during the build (needed behind a TLS-intercepting proxy)",
+    "print_": "only print the rendered Dockerfile",
+    "host": _HOST_HELP,
+})
+@_friendly
+def build_image(c, target=None, base_image=None, tag=None, ca_bundle=None, print_=False, host=None):
+    """Render docker/Dockerfile.j2 for a target and build the eval image (classic builder, no cross-builds)."""
+    from triforce import container, image
+
+    spec = image.make_spec(_cfg(c, "image", "target", target), _cfg(c, "image", "base_image", base_image),
+                           _cfg(c, "image", "tag", tag), _cfg(c, "image", "ca_bundle", ca_bundle))
+    if print_:
+        print(image.render_dockerfile(spec), end="")
+        return
+    _exit_with(container.on_hosts(host, lambda engine, log: (image.build_image(engine, spec, log=log), 0)[1]))
+
+
+@task(iterable=["host"], help={
+    "name": "container name",
+    "target": "target whose image to run when --image is not given (its default tag)",
+    "image": "image to run (default: turbo_pi_eval:<target>)",
+    "replace": "remove a same-named container of another image first",
+    "checkpoint_cache": "checkpoint cache on the engine's host, mounted at /root/.cache/openpi",
+    "reports_dir": "reports folder on the engine's host, mounted at /opt/triforce/reports",
+    "host": _HOST_HELP,
+})
+@_friendly
+def up(c, name=None, target=None, image=None, replace=False, checkpoint_cache=None, reports_dir=None, host=None):
+    """Create and start the eval container (nvidia runtime on Thor, GPUs elsewhere); reuse it when already up."""
+    from pathlib import Path
+
+    from triforce import container
+    from triforce import image as image_stage
+
+    name = _cfg(c, "container", "name", name)
+    tag = _cfg(c, "container", "image", image) or image_stage.default_tag(_cfg(c, "container", "target", target))
+    cache = os.path.expanduser(_cfg(c, "container", "checkpoint_cache", checkpoint_cache))
+    reports = str(Path(_cfg(c, "container", "reports_dir", reports_dir)).resolve())
+
+    def work(engine, log):
+        if engine.is_local:  # remote engines create missing bind sources themselves
+            os.makedirs(cache, exist_ok=True)
+            os.makedirs(reports, exist_ok=True)
+        result = container.up(engine, name, tag, {cache: "/root/.cache/openpi", reports: "/opt/triforce/reports"},
+                              replace=replace, log=log)
+        log(f"{result.action} container {result.name} ({result.image}) on {engine.where}; GPU: {result.gpu}")
+        return 0
+
+    _exit_with(container.on_hosts(host, work))
+
+
+@task(iterable=["host", "wheel"], help={
+    "container": "the eval container to deploy into",
+    "wheel": "wheel file name from the manifest (repeatable; default: every manifest wheel that fits the container)",
+    "wheel_dir": "folder with the wheels and manifest.json",
+    "dry_run": "check the wheels against the container and say what would be installed; change nothing",
+    "host": _HOST_HELP,
+})
+@_friendly
+def deploy(c, container=None, wheel=None, wheel_dir=None, dry_run=False, host=None):
+    """Check kernel wheels against the container, install them, run their import checks; roll back on any failure."""
+    from triforce import container as container_stage
+    from triforce import deploy as stage
+
+    name = _cfg(c, "deploy", "container", container)
+    folder = _cfg(c, "deploy", "wheel_dir", wheel_dir)
+
+    def work(engine, log):
+        for r in stage.deploy(engine, name, folder, wheel or None, dry_run=dry_run, log=log):
+            log(f"{r.action}: {r.package} {r.version} ({r.wheel}), previously {r.previous or 'not installed'}")
+        return 0
+
+    _exit_with(container_stage.on_hosts(host, work))
+
+
+@task(iterable=["host"], help={
+    "plan": "validation plan: 0 (environment), a, b (triforce/data/validation.toml); extra script args go after --",
+    "local": "run the script on this host (report into --report-dir) instead of in the container",
+    "container": "the eval container to run in",
+    "report_dir": "where reports are written (locally) or copied back to (from the container)",
+    "host": _HOST_HELP + "; with several, reports go to <report-dir>/<host>/",
+})
+@_friendly
+def validate(c, plan=None, local=False, container=None, report_dir=None, host=None):
+    """Run a validation plan's script (in the container, or --local); exit with its code (0 pass, 1 gate, 2 input, 4 no GPU)."""
+    import shlex
+    from pathlib import Path
+
+    from triforce import container as container_stage
+    from triforce import validate as stage
+
+    plan = str(_cfg(c, "validate", "plan", plan))
+    extra = shlex.split(c.remainder or "")
+    reports = Path(_cfg(c, "validate", "report_dir", report_dir))
+    stage.plan_script(plan)  # an unknown plan fails before any engine is contacted
+    if local:
+        if host:
+            raise TriforceError("--local runs on this host: drop --host, or drop --local to run in the container")
+        outcome = stage.run_local(plan, extra, reports)
+        _print_outcome(outcome, print)
+        _exit_with(outcome.exit_code)
+        return
+    several = len(host or []) > 1
+    name = _cfg(c, "validate", "container", container)
+
+    def work(engine, log):
+        folder = reports / _safe_name(engine.where) if several else reports
+        outcome = stage.run_in_container(engine, name, plan, extra, folder, log=log)
+        _print_outcome(outcome, log)
+        return outcome.exit_code
+
+    _exit_with(container_stage.on_hosts(host, work))
+
+
+def _print_outcome(outcome, log):
+    files = ", ".join(str(p) for p in outcome.reports) or "none"
+    log(f"plan {outcome.plan} on {outcome.where}: exit {outcome.exit_code} ({outcome.meaning}); reports: {files}")
+
+
+def _safe_name(where: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", where).strip("_")
+
+
+ns = Collection(doctor, patch_cutlass, serve, build_image, up, deploy, validate)
