@@ -54,6 +54,25 @@ def doctor(c, json=False, target=None):
 
 
 
+
+# ── build-kernels ──────────────────────────────────────────────────────────────────────────────────────────────────
+@task(help={
+    "arch": "CUDA arch with its 'a'/'f' suffix: sm_110a (Thor), sm_100a, sm_90a (default: the target's)",
+    "jobs": "parallel nvcc jobs (0: as many as cores and memory allow, ~6.5 GB each)",
+    "target": "target whose arch to build for (thor, blackwell, hopper, local)",
+    "cutlass_dir": "patched CUTLASS tree (default: the pinned one, materialized and patched in the cache)",
+    "wheel_dir": "where the wheel and manifest.json go",
+})
+@_friendly
+def build_kernels(c, arch=None, jobs=None, target=None, cutlass_dir=None, wheel_dir=None):
+    """Compile cutlass_sm110/ for one arch into a wheel + manifest.json, gated by the SASS check."""
+    from triforce import kernels as stage
+
+    result = stage.build(arch=_cfg(c, "build", "arch", arch), jobs=int(_cfg(c, "build", "jobs", jobs)),
+                         target=_cfg(c, "build", "target", target), cutlass_dir=_cfg(c, "build", "cutlass_dir", cutlass_dir),
+                         wheel_dir=_cfg(c, "build", "wheel_dir", wheel_dir))
+    print("\n".join(stage.describe(result)))
+
 # ── patch-cutlass ──────────────────────────────────────────────────────────────────────────────────────────────────
 @task(help={
     "cutlass_dir": "CUTLASS source tree to patch (default: the pinned nvidia-cutlass source, materialized in the cache)",
@@ -244,4 +263,4 @@ def _safe_name(where: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", where).strip("_")
 
 
-ns = Collection(doctor, patch_cutlass, serve, build_image, up, deploy, validate)
+ns = Collection(doctor, patch_cutlass, build_kernels, serve, build_image, up, deploy, validate)
