@@ -189,3 +189,98 @@ def nvfp4_gemm(a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch
     _check_same_device(op, a, a_sf, b, b_sf, alpha, out, workspace)
     _check_workspace(op, workspace, nvfp4_workspace_size(m, n, k))
     _ext().nvfp4_gemm(a, a_sf, b, b_sf, alpha, out, workspace)
+
+
+# ── Fused activation quantization (arch-generic CUDA, every family) ─────────────────────────────────────────────
+# Formats and rounding: triforce/quant/formats.py (the CPU reference). fp8: e4m3(y * inv_scale), saturated to +-448.
+# NVFP4: codes [M, D//2] (even column in the low nibble) and E4M3 block scales in CUTLASS's swizzled layout, every
+# byte of out_sf written (padding 0); global_scale g = 448 * 6 / amax(y) from calibration; the GEMM's alpha is
+# 1 / (g_a * g_b).
+_FP8_ALIGN = 8  # 8 bf16 per 16-byte load
+
+
+def _check_act_2d(op: str, name: str, t: torch.Tensor, multiple: int, what: str = "the row length") -> tuple[int, int]:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        raise KernelError(f"{op}: {name} must be a 2-D bf16 tensor, got {getattr(t, 'shape', type(t).__name__)}")
+    rows, cols = t.shape
+    _check(op, name, t, torch.bfloat16)
+    if rows <= 0 or cols <= 0 or cols % multiple:
+        raise KernelError(f"{op}: {what} must be a positive multiple of {multiple}, got {name} of shape {list(t.shape)}")
+    return rows, cols
+
+
+def _check_norm_weight(op: str, weight: torch.Tensor, dim: int) -> None:
+    dtype = getattr(weight, "dtype", type(weight).__name__)
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise KernelError(f"{op}: weight must be a float32 or bfloat16 tensor [{dim}], got {dtype}")
+    _check(op, "weight", weight, dtype, (dim,))
+
+
+def _check_nvfp4_out(op: str, out: torch.Tensor, out_sf: torch.Tensor, rows: int, cols: int) -> None:
+    _check(op, "out", out, torch.uint8, (rows, cols // 2))
+    _check(op, "out_sf", out_sf, torch.uint8, (nvfp4_sf_bytes(rows, cols),))
+
+
+def _check_geglu(op: str, gate_up: torch.Tensor, multiple: int) -> tuple[int, int]:
+    rows, cols = _check_act_2d(op, "gate_up", gate_up, 2 * multiple, f"2I (I the MLP width, a multiple of {multiple})")
+    return rows, cols // 2
+
+
+def rmsnorm_quant_fp8(x: torch.Tensor, weight: torch.Tensor, inv_scale: torch.Tensor, out: torch.Tensor,
+                      eps: float = 1e-6) -> None:
+    """out = e4m3(rmsnorm(x) * inv_scale): Gemma RMSNorm x * rsqrt(mean(x^2) + eps) * (1 + weight) in fp32.
+    x bf16 [M, D] (D % 8 == 0), weight fp32/bf16 [D], inv_scale fp32 [1], out float8_e4m3fn [M, D]."""
+    op = "rmsnorm_quant_fp8"
+    m, d = _check_act_2d(op, "x", x, _FP8_ALIGN)
+    _check_norm_weight(op, weight, d)
+    _check(op, "inv_scale", inv_scale, torch.float32, (1,))
+    _check(op, "out", out, torch.float8_e4m3fn, (m, d))
+    _check_same_device(op, x, weight, inv_scale, out)
+    _ext().rmsnorm_quant_fp8(x, weight, inv_scale, out, float(eps))
+
+
+def rmsnorm_quant_nvfp4(x: torch.Tensor, weight: torch.Tensor, global_scale: torch.Tensor, out: torch.Tensor,
+                        out_sf: torch.Tensor, eps: float = 1e-6) -> None:
+    """NVFP4 of the Gemma RMSNorm of x. x bf16 [M, D] (D % 16 == 0), weight fp32/bf16 [D], global_scale fp32 [1],
+    out uint8 [M, D//2], out_sf uint8 [nvfp4_sf_bytes(M, D)] (swizzled)."""
+    op = "rmsnorm_quant_nvfp4"
+    m, d = _check_act_2d(op, "x", x, NVFP4_BLOCK)
+    _check_norm_weight(op, weight, d)
+    _check(op, "global_scale", global_scale, torch.float32, (1,))
+    _check_nvfp4_out(op, out, out_sf, m, d)
+    _check_same_device(op, x, weight, global_scale, out, out_sf)
+    _ext().rmsnorm_quant_nvfp4(x, weight, global_scale, out, out_sf, float(eps))
+
+
+def geglu_quant_fp8(gate_up: torch.Tensor, inv_scale: torch.Tensor, out: torch.Tensor) -> None:
+    """out = e4m3(gelu_tanh(gate) * up * inv_scale). gate_up bf16 [M, 2I] (gate first, I % 8 == 0),
+    inv_scale fp32 [1], out float8_e4m3fn [M, I]."""
+    op = "geglu_quant_fp8"
+    m, inner = _check_geglu(op, gate_up, _FP8_ALIGN)
+    _check(op, "inv_scale", inv_scale, torch.float32, (1,))
+    _check(op, "out", out, torch.float8_e4m3fn, (m, inner))
+    _check_same_device(op, gate_up, inv_scale, out)
+    _ext().geglu_quant_fp8(gate_up, inv_scale, out)
+
+
+def geglu_quant_nvfp4(gate_up: torch.Tensor, global_scale: torch.Tensor, out: torch.Tensor,
+                      out_sf: torch.Tensor) -> None:
+    """NVFP4 of gelu_tanh(gate) * up. gate_up bf16 [M, 2I] (gate first, I % 16 == 0), global_scale fp32 [1],
+    out uint8 [M, I//2], out_sf uint8 [nvfp4_sf_bytes(M, I)] (swizzled)."""
+    op = "geglu_quant_nvfp4"
+    m, inner = _check_geglu(op, gate_up, NVFP4_BLOCK)
+    _check(op, "global_scale", global_scale, torch.float32, (1,))
+    _check_nvfp4_out(op, out, out_sf, m, inner)
+    _check_same_device(op, gate_up, global_scale, out, out_sf)
+    _ext().geglu_quant_nvfp4(gate_up, global_scale, out, out_sf)
+
+
+def quant_nvfp4(x: torch.Tensor, global_scale: torch.Tensor, out: torch.Tensor, out_sf: torch.Tensor) -> None:
+    """NVFP4 of x. x bf16 [M, K] (K % 16 == 0), global_scale fp32 [1], out uint8 [M, K//2],
+    out_sf uint8 [nvfp4_sf_bytes(M, K)] (swizzled)."""
+    op = "quant_nvfp4"
+    m, k = _check_act_2d(op, "x", x, NVFP4_BLOCK)
+    _check(op, "global_scale", global_scale, torch.float32, (1,))
+    _check_nvfp4_out(op, out, out_sf, m, k)
+    _check_same_device(op, x, global_scale, out, out_sf)
+    _ext().quant_nvfp4(x, global_scale, out, out_sf)
