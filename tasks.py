@@ -51,6 +51,8 @@ def doctor(c, json=False, target=None):
 
     report = stage.probe(_cfg(c, "build", "target", target))
     print(stage.to_json(report) if json else stage.to_table(report))
+    if not report["ok"]:
+        raise Exit(code=1)
 
 
 
