@@ -70,7 +70,7 @@ def eval_image(docker_engine, base_image):
 
     spec = image.make_spec("hopper", base_image=base_image, tag=TEST_EVAL_IMAGE, ca_bundle=HOST_CA_BUNDLE)
     image.build_image(docker_engine, spec)
-    return TEST_EVAL_IMAGE
+    return spec  # .tag, and .commit as recorded (HEAD moves while others commit to the shared tree)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +79,7 @@ def eval_container(docker_engine, eval_image, tmp_path_factory):
     from triforce import container
 
     cache = tmp_path_factory.mktemp("openpi-cache")
-    container.up(docker_engine, TEST_EVAL_CONTAINER, eval_image, mounts={str(cache): "/root/.cache/openpi"},
+    container.up(docker_engine, TEST_EVAL_CONTAINER, eval_image.tag, mounts={str(cache): "/root/.cache/openpi"},
                  replace=True)
     yield TEST_EVAL_CONTAINER
     docker_engine.api.remove_container(TEST_EVAL_CONTAINER, force=True)
