@@ -43,6 +43,7 @@ class ModelConfig:
     rope_base: float
     time_min_period: float
     time_max_period: float
+    token_buckets: tuple
     vision: TowerConfig
     prefix: TowerConfig
     expert: TowerConfig
@@ -50,6 +51,9 @@ class ModelConfig:
     @property
     def tokens_per_image(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    def token_bucket(self, n_tokens: int) -> int:
+        return next(b for b in self.token_buckets if b >= n_tokens)
 
 
 def _table() -> dict:
@@ -68,6 +72,7 @@ def load_config(name: str) -> ModelConfig:
     for tower in ("vision", "prefix", "expert"):
         spec[tower] = TowerConfig(**spec[tower])
     spec["image_slots"] = tuple(spec["image_slots"])
+    spec["token_buckets"] = tuple(sorted(spec["token_buckets"]))
     cfg = ModelConfig(name=name, **spec)
     _check(cfg)
     return cfg
@@ -75,6 +80,8 @@ def load_config(name: str) -> ModelConfig:
 
 def _check(cfg: ModelConfig) -> None:
     """The joint attention needs the expert and the prefix to share heads and head size."""
+    if not cfg.token_buckets or cfg.token_buckets[-1] != cfg.max_token_len:
+        raise TriforceError(f"config {cfg.name}: token_buckets must end at max_token_len={cfg.max_token_len}")
     p, e = cfg.prefix, cfg.expert
     if (p.num_heads, p.kv_heads, p.dim_head) != (e.num_heads, e.kv_heads, e.dim_head):
         raise TriforceError(f"config {cfg.name}: prefix and expert attention shapes differ")

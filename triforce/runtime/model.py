@@ -20,8 +20,9 @@ def gelu_tanh(x):
 
 
 def rms_normalize(x, eps):
+    """x / rms(x), computed in fp32 and returned in x's dtype (as openpi does)."""
     x32 = x.float()
-    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def rope(x, pos, base):
@@ -43,12 +44,14 @@ def time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: flo
 
 
 class ReferencePi05:
-    """fp32 eager Pi0.5. `weights`: name -> tensor as loaded by checkpoint.load_state."""
+    """Eager Pi0.5. `weights`: name -> tensor as loaded by checkpoint.load_state. fp32 is the reference; bf16 is the
+    straightforward half-precision port, used to measure the precision floor that any bf16 engine starts from."""
 
-    def __init__(self, cfg: ModelConfig, weights: dict, device="cpu"):
+    def __init__(self, cfg: ModelConfig, weights: dict, device="cpu", dtype=torch.float32):
         self.cfg = cfg
         self.device = torch.device(device)
-        self.w = {k: v.to(self.device, torch.float32) for k, v in weights.items()}
+        self.dtype = dtype
+        self.w = {k: v.to(self.device, dtype) for k, v in weights.items()}
 
     # ── vision ────────────────────────────────────────────────────────────────────────────────────────────────
     def embed_images(self, images):
@@ -119,7 +122,7 @@ class ReferencePi05:
     def time_condition(self, t):
         """The adaRMS condition for flow time t (a 1-element tensor)."""
         w, e, cfg = self.w, self.cfg.expert, self.cfg
-        emb = time_embedding(t, e.width, cfg.time_min_period, cfg.time_max_period)
+        emb = time_embedding(t, e.width, cfg.time_min_period, cfg.time_max_period).to(self.dtype)
         h = F.silu(F.linear(emb, w["time_mlp_in.weight"], w["time_mlp_in.bias"]))
         return F.silu(F.linear(h, w["time_mlp_out.weight"], w["time_mlp_out.bias"]))[0]
 
@@ -154,6 +157,7 @@ class ReferencePi05:
     def sample_actions(self, images, image_masks, tokens, token_mask, noise):
         """images [slots, H, W, 3], image_masks [slots], tokens/token_mask [L], noise [H, A] -> actions [H, A]."""
         cfg = self.cfg
+        images, noise = images.to(self.dtype), noise.to(self.dtype)
         img_emb = self.embed_images(images)                                   # [slots, T, width]
         txt_emb = self.w[TOKEN_EMBEDDING][tokens] * math.sqrt(cfg.prefix.width)
         prefix = torch.cat([img_emb.reshape(-1, cfg.prefix.width), txt_emb])
@@ -164,4 +168,4 @@ class ReferencePi05:
         for step in range(cfg.num_steps):
             t = torch.tensor([1.0 + step * dt], device=x.device)
             x = x + dt * self.velocity(x, t, cache, valid, n_valid)
-        return x
+        return x.float()

@@ -1,0 +1,119 @@
+"""Plan A validation: engine vs fp32 reference (per-sample worst cosine), the bf16 floor, latency per stage, Hz,
+cold start and peak memory, on the standard workload."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import report as rep
+from ..runtime.checkpoint import load_state, resolve_checkpoint
+from ..runtime.config import load_config
+from ..runtime.observation import check_observation
+from ..timing import time_cuda, time_wall
+from ..workload import STANDARD, cosine, random_noise, random_observation
+
+GATE_COSINE = 0.999
+
+
+def compare_with_reference(policy, cfg, path, n_obs: int, seed: int) -> dict:
+    """Worst and median per-sample cosine of the engine and of a plain bf16 port against the fp32 reference."""
+    import torch
+
+    from ..runtime.model import ReferencePi05
+
+    rng = np.random.default_rng(seed)
+    cases = [(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), random_noise(cfg, rng))
+             for _ in range(n_obs)]
+    engine_out = [policy.infer(o, n) for o, n in cases]
+    state = load_state(path, cfg, device="cuda")
+    results = {}
+    for label, dtype in (("fp32", torch.float32), ("bf16_port", torch.bfloat16)):
+        model = ReferencePi05(cfg, state, "cuda", dtype=dtype)
+        results[label] = [_run_ref(model, check_observation(o, cfg), n) for o, n in cases]
+        del model
+        torch.cuda.empty_cache()
+    engine_cos = [cosine(e, r) for e, r in zip(engine_out, results["fp32"])]
+    floor_cos = [cosine(b, r) for b, r in zip(results["bf16_port"], results["fp32"])]
+    return {"observations": n_obs, "engine_vs_fp32": _stats(engine_cos), "bf16_port_vs_fp32": _stats(floor_cos),
+            "max_abs_err": float(max(np.abs(e - r).max() for e, r in zip(engine_out, results["fp32"])))}
+
+
+def _run_ref(model, obs, noise):
+    import torch
+
+    t = lambda a: torch.from_numpy(a).to("cuda")  # noqa: E731
+    return model.sample_actions(t(obs.images), t(obs.image_masks), t(obs.tokens), t(obs.token_mask), t(noise)).cpu().numpy()
+
+
+def _stats(values) -> dict:
+    return {"worst": float(np.min(values)), "median": float(np.median(values))}
+
+
+def measure_latency(policy, cfg, runs: int, seed: int) -> dict:
+    """Graph replay (device events) and the full predict call (host in/out) for 16- and 48-token prompts."""
+    engine, rng = policy.backend, np.random.default_rng(seed + 1)
+    out = {}
+    for tokens in (STANDARD["prompt_tokens"], STANDARD["also_prompt_tokens"]):
+        tokens = min(tokens, cfg.max_token_len)
+        obs, noise = random_observation(cfg, rng, STANDARD["real_views"], tokens), random_noise(cfg, rng)
+        slot = engine.slot_for(check_observation(obs, cfg))
+        engine.load_inputs(slot, check_observation(obs, cfg), noise)
+        replay = time_cuda(slot.graph.replay, runs=runs, warmup_s=1.5)
+        predict = time_wall(lambda: policy.infer(obs, noise), runs=runs)
+        out[f"prompt_{tokens}"] = {"graph_replay": replay, "predict_call": predict,
+                                   "hz": 1e3 / replay["median_ms"], "bucket": slot.tokens.shape[0]}
+    obs, noise = random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), random_noise(cfg, rng)
+    out["stages_ms"] = engine.stage_times_ms(check_observation(obs, cfg), noise, replays=runs)
+    return out
+
+
+def run(checkpoint: str, config: str, observations: int, runs: int, seed: int = 0) -> tuple[dict, int]:
+    import torch
+
+    from ..runtime.policy import Policy
+
+    if not torch.cuda.is_available():
+        return {"status": "no_gpu", "message": "Plan A validation needs a CUDA GPU; none is visible"}, rep.EXIT_NO_GPU
+    torch.backends.cuda.matmul.allow_tf32 = False   # the reference must be real fp32
+    torch.backends.cudnn.allow_tf32 = False
+    cfg = load_config(config)
+    path, synthetic = resolve_checkpoint(checkpoint, cfg)   # a synthetic checkpoint is written before the clock starts
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    policy = Policy.load(checkpoint, config, plan="a")
+    first = random_observation(cfg, np.random.default_rng(seed), STANDARD["real_views"], STANDARD["prompt_tokens"])
+    policy.infer(first)
+    cold_start = time.perf_counter() - start
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30
+    latency = measure_latency(policy, cfg, runs, seed)
+    precision = compare_with_reference(policy, cfg, path, observations, seed)
+    passed = precision["engine_vs_fp32"]["worst"] >= GATE_COSINE
+    report = {"plan": "a", "config": config, "checkpoint": checkpoint, "synthetic_weights": synthetic,
+              "note": rep.RANDOM_WEIGHTS_NOTE if synthetic else "", "workload": STANDARD,
+              "gate": {"worst_cosine_vs_fp32": GATE_COSINE, "passed": passed},
+              "precision": precision, "latency": latency, "cold_start_s": cold_start,
+              "load_s": policy.load_seconds, "peak_gpu_memory_gb": peak_gb,
+              "weight_bytes": policy.backend.weight_bytes()}
+    return report, rep.EXIT_PASS if passed else rep.EXIT_GATE_FAILED
+
+
+def print_summary(report: dict) -> None:
+    if report.get("status") == "no_gpu":
+        print(report["message"])
+        return
+    p, lat = report["precision"], report["latency"]
+    rows = [["worst cosine engine vs fp32", p["engine_vs_fp32"]["worst"], f">= {GATE_COSINE}"],
+            ["worst cosine plain bf16 port vs fp32 (floor)", p["bf16_port_vs_fp32"]["worst"], "reported"]]
+    for key in [k for k in lat if k.startswith("prompt_")]:
+        rows.append([f"graph replay ms ({key})", lat[key]["graph_replay"]["median_ms"], f"{lat[key]['hz']:.1f} Hz"])
+        rows.append([f"predict call ms ({key})", lat[key]["predict_call"]["median_ms"], "host in/out"])
+    st = lat["stages_ms"]
+    rows += [["vision ms", st["vision"], ""], ["prefix ms", st["prefix"], ""],
+             ["denoise ms (10 steps)", st["denoise_total"], f"{st['denoise_steps'][0]:.3f}/step"],
+             ["cold start s (load + capture)", report["cold_start_s"], "<= 10"],
+             ["peak GPU memory GB", report["peak_gpu_memory_gb"], ""]]
+    rep.print_table(f"Plan A — {report['config']} on {report['device']['gpu']} ({'synthetic' if report['synthetic_weights'] else 'real'} weights)",
+                    ["metric", "value", "gate / note"], rows)
+    print("PASS" if report["gate"]["passed"] else "FAIL: worst cosine below the gate")

@@ -1,0 +1,86 @@
+"""Reports and benchmark records: device facts, git commit, JSON files, and rich tables for the terminal."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RANDOM_WEIGHTS_NOTE = "synthetic (random) weights: no activation outliers, so quantization error is optimistic vs a real checkpoint"
+
+# Exit codes every validation script uses (documented in the README).
+EXIT_PASS, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_NO_GPU = 0, 1, 2, 4
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def device_facts() -> dict:
+    """What ran it: GPU name and capability, driver/CUDA/torch versions (empty GPU fields without one)."""
+    facts = {"host_platform": platform.machine(), "python": sys.version.split()[0]}
+    try:
+        import torch
+    except ImportError:
+        return {**facts, "torch": None, "gpu": None}
+    facts.update(torch=torch.__version__, torch_cuda=torch.version.cuda, gpu=None)
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        facts.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
+                     gpu_memory_gb=round(props.total_memory / 2**30, 1), driver=_driver_version())
+    return facts
+
+
+def _driver_version():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def stamp(command: str) -> dict:
+    """The fields every report and benchmark record carries."""
+    return {"date": now_utc(), "command": command, "commit": git_commit(), "device": device_facts()}
+
+
+def print_table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    Console(width=140).print(table)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if 0.99 < v < 1.0:                      # cosines: show how many nines
+            return f"{v:.6f}"
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)

@@ -1,0 +1,321 @@
+"""Plan A: the bf16 Pi0.5 engine, the whole inference (vision -> prefix -> every denoise step) in one CUDA graph.
+
+What makes it fast, each exact up to bf16 rounding:
+- masked image slots are dropped, and the prompt is cut to its length bucket (nothing attends to padding);
+- the prefix's last layer stops after its K/V (nothing reads its output);
+- the (1 + w) RMSNorm weights are folded into the next projection; QKV and gate/up are fused GEMMs;
+- the time condition and every adaRMS scale/shift/gate are precomputed for the fixed flow steps;
+- residual add + norm, RoPE + KV-cache write and GeGLU are single fused kernels (runtime/fused.py);
+- one kv head: the 8 query heads are laid out as 8·S rows of one head, so attention is one plain MQA call;
+- static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..errors import TriforceError
+from . import fused
+from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION
+from .config import ModelConfig
+from .model import time_embedding
+
+BF16 = torch.bfloat16
+# SigLIP attention (no mask, head dim 72) goes to FlashAttention; anything else (the math fallback) is an error.
+VISION_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+def _bf16(t):
+    return t.to("cuda", BF16).contiguous()
+
+
+def _f32(t):
+    return t.to("cuda", torch.float32).contiguous()
+
+
+def additive_mask(valid):
+    """Key mask as an additive bf16 bias [T]: 0 where a key may be attended, -inf elsewhere."""
+    return torch.zeros(valid.shape, dtype=BF16, device=valid.device).masked_fill_(~valid, float("-inf"))
+
+
+class Linear:
+    """y = x W^T (+ b): bf16 cuBLAS by default; Plan B swaps in a quantized implementation with the same call."""
+
+    def __init__(self, weight, bias=None):
+        self.weight = _bf16(weight)
+        self.bias = None if bias is None else _bf16(bias)
+
+    def __call__(self, x):
+        if self.bias is None:
+            return x @ self.weight.t()
+        return torch.addmm(self.bias, x, self.weight.t())
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+
+@dataclass
+class GraphSlot:
+    """Static input buffers, the captured graph and its output, for one (views, bucket) key."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    noise: torch.Tensor
+    graph: torch.cuda.CUDAGraph
+    actions: torch.Tensor
+    capture_seconds: float
+
+
+class Pi05Engine:
+    def __init__(self, cfg: ModelConfig, state: dict, quant=None, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.slots: dict = {}
+        self._build_weights(state)
+        if quant is not None:
+            quant.apply(self)            # Plan B: replaces Linear objects in place, before any capture
+        self.quant = quant
+        self._precompute_time_tables(state)
+        e = cfg.expert
+        max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
+        self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
+
+    # ── weights ───────────────────────────────────────────────────────────────────────────────────────────────
+    def _build_weights(self, s):
+        cfg, v = self.cfg, self.cfg.vision
+        pw = s[f"{VISION}.embeddings.patch_embedding.weight"]
+        self.patch = Linear(pw.reshape(v.width, -1), s[f"{VISION}.embeddings.patch_embedding.bias"])
+        self.pos_emb = _f32(s[f"{VISION}.embeddings.position_embedding.weight"])
+        self.vision_layers = []
+        for i in range(v.depth):
+            n = f"{VISION}.encoder.layers.{i}"
+            g = lambda k: s[f"{n}.{k}"]  # noqa: E731
+            self.vision_layers.append({
+                "ln1": (_f32(g("layer_norm1.weight")), _f32(g("layer_norm1.bias"))),
+                "ln2": (_f32(g("layer_norm2.weight")), _f32(g("layer_norm2.bias"))),
+                "qkv": Linear(torch.cat([g(f"self_attn.{p}_proj.weight") for p in "qkv"]),
+                              torch.cat([g(f"self_attn.{p}_proj.bias") for p in "qkv"])),
+                "o": Linear(g("self_attn.out_proj.weight"), g("self_attn.out_proj.bias")),
+                "fc1": Linear(g("mlp.fc1.weight"), g("mlp.fc1.bias")),
+                "fc2": Linear(g("mlp.fc2.weight"), g("mlp.fc2.bias")),
+            })
+        self.post_ln = (_f32(s[f"{VISION}.post_layernorm.weight"]), _f32(s[f"{VISION}.post_layernorm.bias"]))
+        self.projector = Linear(s[f"{PG}.model.multi_modal_projector.linear.weight"], s[f"{PG}.model.multi_modal_projector.linear.bias"])
+        self.embedding = _bf16(s[TOKEN_EMBEDDING])
+        self.prefix_layers = [self._gemma_layer(s, f"{LANG}.layers.{i}", fold=True) for i in range(cfg.prefix.depth)]
+        self.expert_layers = [self._gemma_layer(s, f"{EXPERT}.model.layers.{i}", fold=False) for i in range(cfg.expert.depth)]
+        self.action_in = (_f32(s["action_in_proj.weight"]), _f32(s["action_in_proj.bias"]))
+        self.action_out = (_f32(s["action_out_proj.weight"]), _f32(s["action_out_proj.bias"]))
+
+    @staticmethod
+    def _gemma_layer(s, n, fold: bool):
+        """Fused QKV and gate/up. In the prefix the (1 + w) RMSNorm weight is folded into their input columns."""
+        qkv = torch.cat([s[f"{n}.self_attn.{p}_proj.weight"].float() for p in "qkv"])
+        gu = torch.cat([s[f"{n}.mlp.gate_proj.weight"].float(), s[f"{n}.mlp.up_proj.weight"].float()])
+        if fold:
+            qkv = qkv * (1 + s[f"{n}.input_layernorm.weight"].float())[None, :]
+            gu = gu * (1 + s[f"{n}.post_attention_layernorm.weight"].float())[None, :]
+        return {"qkv": Linear(qkv), "o": Linear(s[f"{n}.self_attn.o_proj.weight"]),
+                "gate_up": Linear(gu), "down": Linear(s[f"{n}.mlp.down_proj.weight"])}
+
+    def _precompute_time_tables(self, s):
+        """The 10 flow times are fixed: the time MLP and every adaRMS modulation are tables, computed once in fp32."""
+        cfg, e = self.cfg, self.cfg.expert
+        w = lambda k: _f32(s[k])  # noqa: E731
+        ts = torch.tensor([1.0 - k / cfg.num_steps for k in range(cfg.num_steps)], device="cuda")
+        emb = time_embedding(ts, e.width, cfg.time_min_period, cfg.time_max_period)
+        cond = F.silu(F.linear(F.silu(F.linear(emb, w("time_mlp_in.weight"), w("time_mlp_in.bias"))),
+                               w("time_mlp_out.weight"), w("time_mlp_out.bias")))      # [steps, width]
+
+        def mod(name):
+            scale, shift, gate = F.linear(cond, w(f"{name}.dense.weight"), w(f"{name}.dense.bias")).chunk(3, dim=-1)
+            return (1 + scale).contiguous(), shift.contiguous(), gate.contiguous()   # each [steps, width]
+
+        self.ada = [[mod(f"{EXPERT}.model.layers.{i}.{norm}") for norm in ("input_layernorm", "post_attention_layernorm")]
+                    for i in range(e.depth)]
+        self.ada_final = mod(f"{EXPERT}.model.norm")
+
+    # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
+    def _vision(self, images):
+        """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
+        cfg, v = self.cfg, self.cfg.vision
+        n_views, p, g = images.shape[0], cfg.patch_size, cfg.image_size // cfg.patch_size
+        patches = images.to(BF16).view(n_views, g, p, g, p, 3).permute(0, 1, 3, 5, 2, 4).reshape(n_views * g * g, 3 * p * p)
+        x = (self.patch(patches).float().view(n_views, g * g, v.width) + self.pos_emb).view(n_views * g * g, v.width)
+        h = torch.empty(x.shape, dtype=BF16, device="cuda")
+        pending = None
+        for layer in self.vision_layers:
+            fused.add_norm(x, h, y=pending, weight=layer["ln1"][0], bias=layer["ln1"][1], eps=cfg.norm_eps, layernorm=True)
+            qkv = layer["qkv"](h).view(n_views, g * g, 3, v.num_heads, v.dim_head).permute(2, 0, 3, 1, 4)
+            with sdpa_kernel(VISION_ATTENTION):
+                att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            att = att.transpose(1, 2).reshape(n_views * g * g, v.width)
+            fused.add_norm(x, h, y=layer["o"](att), weight=layer["ln2"][0], bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True)
+            pending = layer["fc2"](fused.gelu_(layer["fc1"](h)))
+        fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
+        return self.projector(h)
+
+    def _prefix(self, img_tokens, tokens, token_mask, kv):
+        """Gemma 2B over [image tokens | prompt bucket]; fills the per-layer K/V cache. Returns (valid, positions)."""
+        cfg, p = self.cfg, self.cfg.prefix
+        n_img = img_tokens.shape[0]
+        seq = n_img + tokens.shape[0]
+        x = torch.empty(seq, p.width, dtype=torch.float32, device="cuda")
+        x[:n_img] = img_tokens
+        x[n_img:] = self.embedding[tokens].float() * math.sqrt(p.width)
+        valid = torch.cat([torch.ones(n_img, dtype=torch.bool, device="cuda"), token_mask])
+        pos = (torch.cumsum(valid.int(), 0) - 1).int()
+        mask = additive_mask(valid)
+        h = torch.empty(seq, p.width, dtype=BF16, device="cuda")
+        q = torch.empty(seq * p.num_heads, p.dim_head, dtype=BF16, device="cuda")
+        pending = None
+        for i, layer in enumerate(self.prefix_layers):
+            k_cache, v_cache = kv[i]
+            fused.add_norm(x, h, y=pending, eps=cfg.norm_eps)
+            fused.rope_qkv(layer["qkv"](h), pos, self.cos, self.sin, q, k_cache, v_cache, 0, p.num_heads, p.dim_head)
+            if i == len(self.prefix_layers) - 1:
+                break                       # the expert reads only this layer's K/V
+            att = self._attend(q, k_cache[:seq], v_cache[:seq], mask).view(seq, -1)
+            fused.add_norm(x, h, y=layer["o"](att), eps=cfg.norm_eps)
+            act = torch.empty(seq, p.mlp_dim, dtype=BF16, device="cuda")
+            pending = layer["down"](fused.geglu(layer["gate_up"](h), act))
+        return valid, pos
+
+    def _denoise_step(self, step, x_t, pos, mask, kv, seq):
+        """One Euler step of the action expert: x_t (fp32 [H, A]) += dt · v(x_t, t_step), in place."""
+        cfg, e = self.cfg, self.cfg.expert
+        horizon = x_t.shape[0]
+        x = F.linear(x_t, *self.action_in)
+        h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
+        q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
+        act = torch.empty(horizon, e.mlp_dim, dtype=BF16, device="cuda")
+        pending, pending_gate = None, None
+        for i, layer in enumerate(self.expert_layers):
+            (s1, b1, g1), (s2, b2, g2) = self.ada[i]
+            k_cache, v_cache = kv[i]
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps)
+            fused.rope_qkv(layer["qkv"](h), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
+            att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
+            fused.add_norm(x, h, y=layer["o"](att), gate=g1[step], scale=s2[step], shift=b2[step], eps=cfg.norm_eps)
+            pending, pending_gate = layer["down"](fused.geglu(layer["gate_up"](h), act)), g2[step]
+        sf, bf, _ = self.ada_final
+        fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
+        x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)
+
+    @staticmethod
+    def _attend(q, k, v, bias):
+        """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
+        (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over rows fills the GPU.)"""
+        out = torch.empty_like(q)
+        return fused.mqa_attention(q, k, v, bias, out, block_m=16 if q.shape[0] <= 256 else 32)
+
+    def _forward(self, slot_bufs, events=None):
+        """The whole inference on static buffers; `events` (optional) are recorded between stages for timing."""
+        cfg, e = self.cfg, self.cfg.expert
+        images, tokens, token_mask, noise = slot_bufs
+        seq = images.shape[0] * cfg.tokens_per_image + tokens.shape[0]
+        kv = [(torch.empty(seq + cfg.action_horizon, e.dim_head, dtype=BF16, device="cuda"),
+               torch.empty(seq + cfg.action_horizon, e.dim_head, dtype=BF16, device="cuda")) for _ in range(e.depth)]
+        mark = (lambda i: events[i].record()) if events else (lambda i: None)
+        mark(0)
+        img = self._vision(images)
+        mark(1)
+        valid, _ = self._prefix(img, tokens, token_mask, kv)
+        mark(2)
+        # Actions sit after the valid prefix tokens; they see the valid prefix and each other.
+        horizon = cfg.action_horizon
+        pos = (valid.int().sum() + torch.arange(horizon, device="cuda", dtype=torch.int32)).int()
+        mask = additive_mask(torch.cat([valid, torch.ones(horizon, dtype=torch.bool, device="cuda")]))
+        x_t = noise.clone()
+        for step in range(cfg.num_steps):
+            self._denoise_step(step, x_t, pos, mask, kv, seq)
+            mark(3 + step)
+        return x_t
+
+    # ── graphs ────────────────────────────────────────────────────────────────────────────────────────────────
+    def _key(self, obs):
+        views = tuple(int(i) for i in np.flatnonzero(obs.image_masks))
+        return views, self.cfg.token_bucket(obs.num_tokens)
+
+    def _new_buffers(self, key):
+        cfg = self.cfg
+        views, bucket = key
+        return (torch.zeros(len(views), cfg.image_size, cfg.image_size, 3, device="cuda"),
+                torch.zeros(bucket, dtype=torch.long, device="cuda"),
+                torch.zeros(bucket, dtype=torch.bool, device="cuda"),
+                torch.zeros(cfg.action_horizon, cfg.action_dim, device="cuda"))
+
+    def capture(self, key, events=None) -> GraphSlot:
+        """Warm up on a side stream, then capture the whole inference into one CUDA graph."""
+        start = time.perf_counter()
+        bufs = self._new_buffers(key)
+        bufs[2][:1] = True                       # a valid token, so warm-up runs on a well-formed mask
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(2):
+                self._forward(bufs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            actions = self._forward(bufs, events)
+        torch.cuda.synchronize()
+        return GraphSlot(*bufs, graph, actions, time.perf_counter() - start)
+
+    def slot_for(self, obs) -> GraphSlot:
+        key = self._key(obs)
+        if key not in self.slots:
+            views, bucket = key
+            slot_names = [self.cfg.image_slots[i] for i in views]
+            self.log(f"[engine] capturing a CUDA graph for views {slot_names}, prompt bucket {bucket} (first use of this shape)")
+            self.slots[key] = self.capture(key)
+            self.log(f"[engine] captured in {self.slots[key].capture_seconds:.2f} s")
+        return self.slots[key]
+
+    def load_inputs(self, slot: GraphSlot, obs, noise):
+        views = np.flatnonzero(obs.image_masks)
+        bucket = slot.tokens.shape[0]
+        slot.images.copy_(torch.from_numpy(obs.images[views]), non_blocking=False)
+        slot.tokens.copy_(torch.from_numpy(obs.tokens[:bucket]))
+        slot.token_mask.copy_(torch.from_numpy(obs.token_mask[:bucket]))
+        slot.noise.copy_(torch.from_numpy(noise))
+
+    def infer(self, obs, noise) -> np.ndarray:
+        if obs.num_tokens > self.cfg.max_token_len:
+            raise TriforceError(f"prompt of {obs.num_tokens} tokens exceeds max_token_len={self.cfg.max_token_len}")
+        slot = self.slot_for(obs)
+        self.load_inputs(slot, obs, noise)
+        slot.graph.replay()
+        return slot.actions.cpu().numpy()
+
+    def stage_times_ms(self, obs, noise, replays: int = 50) -> dict:
+        """Median per-stage times from an instrumented copy of the graph (timing events captured between stages)."""
+        n_events = 3 + self.cfg.num_steps
+        events = [torch.cuda.Event(enable_timing=True, external=True) for _ in range(n_events)]
+        slot = self.capture(self._key(obs), events)
+        self.load_inputs(slot, obs, noise)
+        samples = []
+        for _ in range(replays):
+            slot.graph.replay()
+            torch.cuda.synchronize()
+            samples.append([events[i].elapsed_time(events[i + 1]) for i in range(n_events - 1)])
+        med = np.median(np.array(samples), axis=0)
+        steps = med[2:]
+        return {"vision": float(med[0]), "prefix": float(med[1]), "denoise_steps": [float(s) for s in steps],
+                "denoise_total": float(steps.sum()), "total": float(med.sum())}
+
+    def weight_bytes(self) -> dict:
+        """Bytes of the GEMM weights per stage (what quantization shrinks)."""
+        def total(layers):
+            return sum(lin.nbytes for layer in layers for lin in layer.values() if hasattr(lin, "nbytes"))
+        return {"vision": total(self.vision_layers) + self.patch.nbytes + self.projector.nbytes,
+                "prefix": total(self.prefix_layers), "expert": total(self.expert_layers)}

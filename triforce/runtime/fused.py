@@ -1,0 +1,173 @@
+"""Fused elementwise kernels of the Plan A engine (Triton): each replaces 3-6 eager launches inside the graph.
+
+residual add + (gated) + RMS/Layer norm (+ adaRMS scale/shift), RoPE + KV-cache write, GeGLU. fp32 math, bf16 out.
+They also run under TRITON_INTERPRET=1 on a CPU, which is how CI checks them against the reference formulas.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _add_norm_kernel(X, Y, GATE, SCALE, SHIFT, W, B, OUT, stride_x, stride_y, stride_out, N, eps,
+                     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                     LAYERNORM: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    m = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    if HAS_Y:
+        y = tl.load(Y + row * stride_y + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_GATE:
+            y = y * tl.load(GATE + cols, mask=m, other=0.0).to(tl.float32)
+        x = x + y
+        tl.store(X + row * stride_x + cols, x, mask=m)
+    if LAYERNORM:
+        mean = tl.sum(x, 0) / N
+        xc = tl.where(m, x - mean, 0.0)
+        h = xc * (1.0 / tl.sqrt(tl.sum(xc * xc, 0) / N + eps))
+        h = h * tl.load(W + cols, mask=m, other=0.0).to(tl.float32) + tl.load(B + cols, mask=m, other=0.0).to(tl.float32)
+    else:
+        h = x * (1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps))
+        if HAS_SCALE:
+            h = h * tl.load(SCALE + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            h = h + tl.load(SHIFT + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
+
+
+def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bias=None, eps=1e-6, layernorm=False):
+    """x (fp32 residual, updated in place) += y [* gate]; out = norm(x) [* scale + shift] (RMS) or LayerNorm(w, b)."""
+    rows, n = x.shape
+    dummy = x
+    _add_norm_kernel[(rows,)](
+        x, y if y is not None else dummy, gate if gate is not None else dummy, scale if scale is not None else dummy,
+        shift if shift is not None else dummy, weight if weight is not None else dummy, bias if bias is not None else dummy,
+        out, x.stride(0), y.stride(0) if y is not None else 0, out.stride(0), n, eps,
+        HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+        LAYERNORM=layernorm, BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 1024 else 8)
+    return out
+
+
+@triton.jit
+def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, kv_offset, stride_qkv,
+                     H: tl.constexpr, D: tl.constexpr):
+    s = tl.program_id(0)
+    half: tl.constexpr = D // 2
+    i = tl.arange(0, half)
+    pos = tl.load(POS + s)
+    cos = tl.load(COS + pos * half + i)
+    sin = tl.load(SIN + pos * half + i)
+    base = QKV + s * stride_qkv
+    for h in tl.static_range(H + 1):  # H query heads, then the one key head
+        x1 = tl.load(base + h * D + i).to(tl.float32)
+        x2 = tl.load(base + h * D + half + i).to(tl.float32)
+        if h < H:
+            dst = QOUT + (s * H + h) * D
+        else:
+            dst = KC + (kv_offset + s) * D
+        tl.store(dst + i, (x1 * cos - x2 * sin).to(QOUT.dtype.element_ty))
+        tl.store(dst + half + i, (x2 * cos + x1 * sin).to(QOUT.dtype.element_ty))
+    j = tl.arange(0, D)
+    tl.store(VC + (kv_offset + s) * D + j, tl.load(base + (H + 1) * D + j))
+
+
+def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int):
+    """qkv [S, (H+2)·D] -> q_out [S·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated)."""
+    _rope_qkv_kernel[(qkv.shape[0],)](qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset, qkv.stride(0),
+                                       H=heads, D=head_dim, num_warps=4)
+
+
+@triton.jit
+def _geglu_kernel(GU, OUT, stride_gu, stride_out, I, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < I
+    g = tl.load(GU + row * stride_gu + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(GU + row * stride_gu + I + cols, mask=m, other=0.0).to(tl.float32)
+    z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+    tl.store(OUT + row * stride_out + cols, (g * tl.sigmoid(2.0 * z) * u).to(OUT.dtype.element_ty), mask=m)
+
+
+def geglu(gate_up, out):
+    """out = gelu_tanh(gate) * up for gate_up = [gate | up] along the last dim."""
+    rows, inter = out.shape
+    block = 1024
+    _geglu_kernel[(rows, triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4)
+    return out
+
+
+@triton.jit
+def _gelu_kernel(X, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+    z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    tl.store(X + offs, (x * tl.sigmoid(2.0 * z)).to(X.dtype.element_ty), mask=m)
+
+
+def gelu_(x):
+    """In-place gelu_tanh of a contiguous tensor."""
+    n = x.numel()
+    _gelu_kernel[(triton.cdiv(n, 2048),)](x, n, BLOCK=2048, num_warps=4)
+    return x
+
+
+def rope_tables(max_pos: int, head_dim: int, base: float, device):
+    """cos/sin [max_pos, head_dim/2] fp32 for the half-split rotary embedding."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    ang = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return torch.cos(ang).float().to(device).contiguous(), torch.sin(ang).float().to(device).contiguous()
+
+
+@triton.jit
+def _mqa_attention_kernel(Q, K, V, BIAS, O, R, T, qk_scale, stride_q, stride_k, stride_v, stride_o,
+                          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < R
+    d = tl.arange(0, D)
+    q = tl.load(Q + rows[:, None] * stride_q + d[None, :], mask=rmask[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)   # finite: a fully masked key block then contributes exactly 0
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        cmask = cols < T
+        k = tl.load(K + cols[:, None] * stride_k + d[None, :], mask=cmask[:, None], other=0.0)
+        bias = tl.load(BIAS + cols, mask=cmask, other=float("-inf")).to(tl.float32)
+        if DOT_F32:   # Triton's CPU interpreter cannot multiply bf16 tiles
+            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale + bias[None, :] * 1.4426950408889634
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        v = tl.load(V + cols[:, None] * stride_v + d[None, :], mask=cmask[:, None], other=0.0)
+        if DOT_F32:
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
+
+
+def mqa_attention(q, k, v, bias, out, block_m: int = 32, block_n: int = 64):
+    """Attention of every query row (all heads of all tokens, one kv head) over keys k/v [T, D] with an additive
+    key bias [T] (0 or -inf). softmax scale 1/sqrt(D). Rows are independent, so their order is the caller's."""
+    rows, dim = q.shape
+    keys = k.shape[0]
+    _mqa_attention_kernel[(triton.cdiv(rows, block_m),)](
+        q, k, v, bias, out, rows, keys, dim ** -0.5 * 1.4426950408889634,
+        q.stride(0), k.stride(0), v.stride(0), out.stride(0), D=dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        DOT_F32=INTERPRETED, num_warps=4, num_stages=2)
+    return out

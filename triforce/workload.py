@@ -1,0 +1,31 @@
+"""The standard workload (DESIGN.md §4) and random observations for validation and benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .runtime.config import ModelConfig
+from .runtime.observation import Observation
+
+STANDARD = {"config": "pi05_libero", "real_views": 2, "prompt_tokens": 16, "also_prompt_tokens": 48}
+
+
+def random_observation(cfg: ModelConfig, rng: np.random.Generator, real_views: int = 2, prompt_tokens: int = 16) -> Observation:
+    """`real_views` random images in [-1, 1] (the remaining slots masked), a random prompt of `prompt_tokens` ids in
+    max_token_len slots."""
+    images = {slot: rng.uniform(-1, 1, (cfg.image_size, cfg.image_size, 3)).astype(np.float32)
+              for slot in cfg.image_slots[:real_views]}
+    tokens = np.zeros(cfg.max_token_len, np.int64)
+    mask = np.zeros(cfg.max_token_len, bool)
+    tokens[:prompt_tokens] = rng.integers(0, cfg.vocab_size, prompt_tokens)
+    mask[:prompt_tokens] = True
+    return Observation(images=images, tokens=tokens, token_mask=mask)
+
+
+def random_noise(cfg: ModelConfig, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
