@@ -262,29 +262,57 @@ def serve(checkpoint: str, config: str, plan: str, device: str | None, host: str
     return asyncio.run(main())
 
 
-# ── latency through the server ──────────────────────────────────────────────────────────────────────────────────────
+# ── client side ─────────────────────────────────────────────────────────────────────────────────────────────────────
+class PolicyClient:
+    """A minimal openpi-protocol client (what openpi-client's WebsocketClientPolicy does), with timeouts, and server
+    errors as TriforceError. Used by measure_round_trip and scripts/libero_eval.py."""
+
+    def __init__(self, host: str, port: int, timeout_s: float = 120.0):
+        from websockets.exceptions import WebSocketException
+        from websockets.sync.client import connect
+
+        self.where, self.timeout_s = f"ws://{host}:{port}", timeout_s
+        try:
+            self._ws = connect(self.where, compression=None, max_size=None, open_timeout=timeout_s)
+            self.metadata = unpack(self._ws.recv(timeout=timeout_s))
+        except (OSError, WebSocketException, TimeoutError) as err:
+            raise TriforceError(f"no policy server at {self.where} ({err}): start one with `invoke serve`") from None
+
+    def infer(self, obs: dict) -> dict:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self._ws.send(pack(obs))
+            reply = self._ws.recv(timeout=self.timeout_s)
+        except ConnectionClosed as err:
+            raise TriforceError(f"policy server at {self.where} closed the connection ({err}): is it still running?") from None
+        except TimeoutError:
+            raise TriforceError(f"policy server at {self.where} did not answer in {self.timeout_s:.0f} s") from None
+        if isinstance(reply, str):
+            raise TriforceError(f"policy server at {self.where} refused the observation: {reply.strip().splitlines()[-1]}")
+        return unpack(reply)
+
+    def close(self) -> None:
+        self._ws.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def measure_round_trip(host: str, port: int, n: int, make_obs, warmup: int = 2, timeout_s: float = 120.0) -> dict:
     """Median client round trip (pack, send, wait, unpack) vs the server's own time for `n` requests of `make_obs()`,
     after `warmup` unmeasured ones. The difference is what the wire and (de)serialization cost."""
-    from websockets.exceptions import WebSocketException
-    from websockets.sync.client import connect
-
     if n < 1:
         raise TriforceError(f"n={n}: measure at least one request")
-    try:
-        ws = connect(f"ws://{host}:{port}", compression=None, max_size=None, open_timeout=timeout_s)
-    except (OSError, WebSocketException, TimeoutError) as err:
-        raise TriforceError(f"no policy server at ws://{host}:{port} ({err}): start one with `invoke serve`") from None
     round_trip, server_infer, model_infer = [], [], []
-    with ws:
-        unpack(ws.recv(timeout=timeout_s))  # metadata
+    with PolicyClient(host, port, timeout_s) as client:
         for i in range(warmup + n):
+            obs = make_obs()
             start = time.perf_counter()
-            ws.send(pack(make_obs()))
-            reply = ws.recv(timeout=timeout_s)
-            if isinstance(reply, str):
-                raise TriforceError(f"server at {host}:{port} refused the observation: {reply.splitlines()[0]}")
-            reply = unpack(reply)
+            reply = client.infer(obs)
             elapsed = (time.perf_counter() - start) * 1000
             if i >= warmup:
                 round_trip.append(elapsed)
