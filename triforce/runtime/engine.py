@@ -46,13 +46,16 @@ def additive_mask(valid):
 
 
 class Linear:
-    """y = x W^T (+ b): bf16 cuBLAS by default; Plan B swaps in a quantized implementation with the same call."""
+    """y = x W^T (+ b) with bf16 weights: cuBLAS, or for a few rows (the denoise step) the weight-streaming
+    skinny kernel (fp32 out; every consumer reads either). Plan B swaps in quantized layers with the same call."""
 
     def __init__(self, weight, bias=None):
         self.weight = _bf16(weight)
         self.bias = None if bias is None else _bf16(bias)
 
     def __call__(self, x):
+        if self.bias is None and x.shape[0] <= fused.SKINNY_MAX_ROWS:
+            return fused.skinny_linear(x, self.weight)
         if self.bias is None:
             return x @ self.weight.t()
         return torch.addmm(self.bias, x, self.weight.t())
@@ -216,7 +219,9 @@ class Pi05Engine:
         """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
         (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over rows fills the GPU.)"""
         out = torch.empty_like(q)
-        return fused.mqa_attention(q, k, v, bias, out, block_m=16 if q.shape[0] <= 256 else 32)
+        if q.shape[0] <= 256:
+            return fused.mqa_attention_split(q, k, v, bias, out)
+        return fused.mqa_attention(q, k, v, bias, out)
 
     def _forward(self, slot_bufs, events=None):
         """The whole inference on static buffers; `events` (optional) are recorded between stages for timing."""

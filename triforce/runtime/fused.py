@@ -76,7 +76,7 @@ def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, kv_offset, stride_qkv,
         tl.store(dst + i, (x1 * cos - x2 * sin).to(QOUT.dtype.element_ty))
         tl.store(dst + half + i, (x2 * cos + x1 * sin).to(QOUT.dtype.element_ty))
     j = tl.arange(0, D)
-    tl.store(VC + (kv_offset + s) * D + j, tl.load(base + (H + 1) * D + j))
+    tl.store(VC + (kv_offset + s) * D + j, tl.load(base + (H + 1) * D + j).to(VC.dtype.element_ty))
 
 
 def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int):
@@ -170,4 +170,111 @@ def mqa_attention(q, k, v, bias, out, block_m: int = 32, block_n: int = 64):
         q, k, v, bias, out, rows, keys, dim ** -0.5 * 1.4426950408889634,
         q.stride(0), k.stride(0), v.stride(0), out.stride(0), D=dim, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_F32=INTERPRETED, num_warps=4, num_stages=2)
+    return out
+
+
+@triton.jit
+def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, R, T, qk_scale, stride_q, stride_k, stride_v,
+                        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+    """Split-KV pass: one key block per program; writes the block's row max, row sum and unnormalized output."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    split = tl.program_id(1)
+    rmask = rows < R
+    cols = split * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < T
+    d = tl.arange(0, D)
+    q = tl.load(Q + rows[:, None] * stride_q + d[None, :], mask=rmask[:, None], other=0.0)
+    k = tl.load(K + cols[:, None] * stride_k + d[None, :], mask=cmask[:, None], other=0.0)
+    v = tl.load(V + cols[:, None] * stride_v + d[None, :], mask=cmask[:, None], other=0.0)
+    bias = tl.load(BIAS + cols, mask=cmask, other=float("-inf")).to(tl.float32)
+    if DOT_F32:
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * qk_scale + bias[None, :] * 1.4426950408889634
+    m = tl.maximum(tl.max(s, 1), -1.0e30)             # a fully masked block gives p = 0, not NaN
+    p = tl.exp2(s - m[:, None])
+    if DOT_F32:
+        acc = tl.dot(p, v.to(tl.float32))
+    else:
+        acc = tl.dot(p.to(v.dtype), v)
+    base = split * R + rows
+    tl.store(PM + base, m, mask=rmask)
+    tl.store(PL + base, tl.sum(p, 1), mask=rmask)
+    tl.store(PO + base[:, None] * D + d[None, :], acc, mask=rmask[:, None])
+
+
+@triton.jit
+def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPLITS_PAD: tl.constexpr):
+    row = tl.program_id(0)
+    sp = tl.arange(0, SPLITS_PAD)
+    smask = sp < SPLITS
+    m = tl.load(PM + sp * R + row, mask=smask, other=-1.0e30)
+    mx = tl.max(m, 0)
+    w = tl.where(smask, tl.exp2(m - mx), 0.0)
+    total = tl.sum(w * tl.load(PL + sp * R + row, mask=smask, other=0.0), 0)
+    d = tl.arange(0, D)
+    acc = tl.load(PO + (sp[:, None] * R + row) * D + d[None, :], mask=smask[:, None], other=0.0)
+    out = tl.sum(acc * w[:, None], 0) / total
+    tl.store(O + row * stride_o + d, out.to(O.dtype.element_ty))
+
+
+def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64):
+    """mqa_attention for few query rows (the denoise step): the keys are split over programs, then combined, so
+    the GPU is filled even with 80 rows."""
+    rows, dim = q.shape
+    keys = k.shape[0]
+    splits = triton.cdiv(keys, block_n)
+    po = torch.empty(splits, rows, dim, dtype=torch.float32, device=q.device)
+    pm = torch.empty(splits, rows, dtype=torch.float32, device=q.device)
+    pl = torch.empty_like(pm)
+    _mqa_partial_kernel[(triton.cdiv(rows, block_m), splits)](
+        q, k, v, bias, po, pm, pl, rows, keys, dim ** -0.5 * 1.4426950408889634, q.stride(0), k.stride(0), v.stride(0),
+        D=dim, BLOCK_M=block_m, BLOCK_N=block_n, DOT_F32=INTERPRETED, num_warps=4)
+    _mqa_combine_kernel[(rows,)](po, pm, pl, out, rows, splits, out.stride(0), D=dim,
+                                 SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4)
+    return out
+
+
+@triton.jit
+def _skinny_gemm_kernel(X, W, OUT, M, N, K_SPLIT, stride_x, stride_w, stride_o,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """out[M, N] += x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M); split-K partials meet by atomics."""
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_start = tl.program_id(1) * K_SPLIT
+    m = tl.arange(0, BLOCK_M)
+    nmask = n < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(k_start, k_start + K_SPLIT, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
+        w = tl.load(W + n[:, None] * stride_w + k[None, :], mask=nmask[:, None], other=0.0)
+        if DOT_F32:
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+        else:
+            acc += tl.dot(x, tl.trans(w))
+    tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=(m[:, None] < M) & nmask[None, :])
+
+
+SKINNY_MAX_ROWS = 16
+_TARGET_PROGRAMS = 256
+
+
+def skinny_linear(x, w, out=None, block_n: int = 64, block_k: int = 128):
+    """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 16: weight streaming over >= 256 programs (split-K with
+    atomics), where cuBLAS reaches under half the copy bandwidth."""
+    rows, kdim = x.shape
+    n = w.shape[0]
+    if rows > SKINNY_MAX_ROWS or kdim % block_k:
+        raise ValueError(f"skinny_linear takes <= {SKINNY_MAX_ROWS} rows and K % {block_k} == 0, got {tuple(x.shape)}")
+    n_blocks = triton.cdiv(n, block_n)
+    k_blocks = kdim // block_k
+    split = 1
+    while split * 2 <= k_blocks and n_blocks * split < _TARGET_PROGRAMS and k_blocks % (split * 2) == 0:
+        split *= 2
+    if out is None:
+        out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
+    _skinny_gemm_kernel[(n_blocks, split)](x, w, out, rows, n, kdim // split, x.stride(0), w.stride(0), out.stride(0),
+                                           BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+                                           DOT_F32=INTERPRETED, num_warps=4, num_stages=3)
     return out
