@@ -13,13 +13,14 @@ chunk before asking again; an episode succeeds when the simulator says done with
 declared in triforce/data/io_specs.toml [libero.standin]) that speaks LIBERO's observation keys, so the same loop is
 tested without LIBERO. The JSON report has per-suite success rates and the plan's criterion (LIBERO >= 95% for plan a,
 >= 90% for plan b), which applies only to a real checkpoint in the real simulator.
+Exit codes (as the validation scripts): 0 done (criterion passed or not applicable), 1 criterion failed, 2 bad input
+or no server.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import sys
 import tomllib
@@ -29,9 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from triforce.errors import TriforceError
-from triforce.runtime.preprocess import resize_with_pad
-from triforce.server import PolicyClient
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout without installing
+
+from triforce import report as rep  # noqa: E402
+from triforce.errors import TriforceError  # noqa: E402
+from triforce.runtime.preprocess import resize_with_pad  # noqa: E402
+from triforce.server import PolicyClient  # noqa: E402
 
 
 def libero_spec() -> dict:
@@ -271,18 +275,16 @@ def main(argv=None) -> int:
                               f"{result.queries} queries")
 
         results = evaluate(client, suites, args.episodes, spec, progress)
-    report = {"env": args.env, "server": meta, "episodes_per_task": args.episodes, "seed": args.seed,
+    report = {**rep.stamp(" ".join(sys.argv)), "env": args.env, "server": meta, "episodes_per_task": args.episodes, "seed": args.seed,
               "replan_steps": spec["replan_steps"], "suites": results, "criterion": criterion(results, meta, args.env, spec)}
-    path = Path(args.report or f"reports/libero_{meta.get('config')}_plan{meta.get('plan')}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = rep.write_json(Path(args.report or f"reports/libero_{meta.get('config')}_plan{meta.get('plan')}.json"), report)
     for name, r in results.items():
         print(f"{name}: {r['successes']}/{r['episodes']} = {r['success_rate']:.1%}")
     crit = report["criterion"]
     print(f"criterion: {'PASS' if crit.get('passed') else 'FAIL'} (>= {crit['threshold']:.0%})" if crit["applies"]
           else f"criterion: not applied ({crit['reason']})")
     print(f"report: {path}")
-    return 1 if crit.get("applies") and not crit["passed"] else 0
+    return rep.EXIT_GATE_FAILED if crit.get("applies") and not crit["passed"] else rep.EXIT_PASS
 
 
 if __name__ == "__main__":
@@ -290,7 +292,7 @@ if __name__ == "__main__":
         sys.exit(main())
     except TriforceError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        sys.exit(rep.EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

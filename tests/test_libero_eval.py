@@ -165,7 +165,7 @@ def _free_port():
 def test_bad_arguments(args, message, tmp_path):
     args = tuple(str(_free_port()) if a == "PORT" else a for a in args)
     run = _run(*args, "--report", str(tmp_path / "r.json"), "--timeout", "5")
-    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith("error: ") and message in run.stderr
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("error: ") and message in run.stderr
     assert not (tmp_path / "r.json").exists()
 
 
