@@ -64,10 +64,20 @@ def doctor(c, json=False, target=None):
     "target": "target whose arch to build for (thor, blackwell, hopper, local)",
     "cutlass_dir": "patched CUTLASS tree (default: the pinned one, materialized and patched in the cache)",
     "wheel_dir": "where the wheel and manifest.json go",
+    "in_container": "build inside the target's image (checkout mounted at /src, wheels land here): aarch64 on a Thor",
+    "image": "image for --in-container (default: turbo_pi_eval:<target>)",
 })
 @_friendly
-def build_kernels(c, arch=None, jobs=None, target=None, cutlass_dir=None, wheel_dir=None):
+def build_kernels(c, arch=None, jobs=None, target=None, cutlass_dir=None, wheel_dir=None, in_container=False,
+                  image=None):
     """Compile cutlass_sm110/ for one arch into a wheel + manifest.json, gated by the SASS check."""
+    if in_container:  # the same task, run by the image's Python on the mounted checkout
+        from triforce import container
+
+        flags = {"arch": arch, "jobs": jobs, "target": target, "cutlass_dir": cutlass_dir, "wheel_dir": wheel_dir}
+        _exit_with(container.build_kernels_in_container(
+            image, _cfg(c, "build", "target", target), flags, src_dir=os.path.dirname(os.path.abspath(__file__))))
+        return
     from triforce import kernels as stage
 
     result = stage.build(arch=_cfg(c, "build", "arch", arch), jobs=int(_cfg(c, "build", "jobs", jobs)),

@@ -343,3 +343,35 @@ def invoke_in_image(engine: Engine, image: str, invoke_argv: list[str], src_dir:
     log(f"[{image}] $ python3 -m invoke {' '.join(invoke_argv)}  (checkout mounted at /src)")
     return run_once(engine, image, ["python3", "-m", "invoke", *invoke_argv], binds={str(Path(src_dir).resolve()): "/src"},
                     workdir="/src", env=env, log=log)
+
+
+def build_kernels_in_container(image: str | None, target: str, flags: dict, src_dir: str, host: str | None = None,
+                               log: Log = print) -> int:
+    """`invoke build-kernels` with the given flags, run inside the target's image on the mounted checkout."""
+    from .image import default_tag
+
+    argv = ["build-kernels"]
+    for key, value in flags.items():
+        if value is None:
+            continue  # the container reads the same invoke.yaml defaults from the mounted checkout
+        if key in ("wheel_dir", "cutlass_dir"):
+            value = _mounted_path(value, src_dir, key)
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    engine = connect(host)
+    image = image or default_tag(target)
+    platform = image_labels(engine, image).get(f"{LABEL_PREFIX}.platform")
+    arch = engine.api.version().get("Arch")
+    if platform and platform != f"linux/{arch}":
+        raise UnsupportedError(f"image {image} is {platform} but the engine at {engine.where} runs linux/{arch}: "
+                               f"build in the container on a {platform} machine (e.g. on the Thor itself)")
+    return invoke_in_image(engine, image, argv, Path(src_dir), log)
+
+
+def _mounted_path(value: str, src_dir: str, flag: str) -> str:
+    """A path as the container sees it: only the checkout is mounted (at /src)."""
+    path = Path(src_dir, value).resolve()
+    root = Path(src_dir).resolve()
+    if path != root and root not in path.parents:
+        raise TriforceError(f"--{flag.replace('_', '-')} {value} is outside the checkout, the only folder mounted into "
+                            f"the build container: use a path inside {root}")
+    return str(PurePosixPath("/src", *path.relative_to(root).parts))

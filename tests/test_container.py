@@ -1,0 +1,152 @@
+"""up / exec / archives / engines, against the real local Docker engine (and dead ones)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from triforce import container
+from triforce.errors import TriforceError
+
+REPO = Path(__file__).resolve().parents[1]
+UP_NAME = "triforce-test-up"
+
+
+def _invoke(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert text in result.stderr, result.stderr
+
+
+# ── engines ──────────────────────────────────────────────────────────────────────────────────────────────────────────
+def test_unreachable_engines_are_one_line_errors(tmp_path):
+    _one_line_error(_invoke("up", "--host", "tcp://127.0.0.1:1"), 1,
+                    "Docker engine at tcp://127.0.0.1:1 is unreachable (connection refused)")
+    dead = tmp_path / "dead.sock"  # a socket file nobody listens on any more
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(dead))
+    sock.close()
+    _one_line_error(_invoke("deploy", "--host", f"unix://{dead}"), 1, f"Docker engine at unix://{dead} is unreachable")
+    with pytest.raises(TriforceError, match="neither an engine URL .* nor a docker context"):
+        container.connect("no-such-context")
+
+
+def test_several_hosts_report_each_and_fail_if_any_did():
+    lines = []
+
+    def work(engine, log):
+        log("reached")
+        return 0
+
+    code = container.on_hosts(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"], work, log=lines.append)
+    assert code == 1
+    assert lines[-2:] == ["tcp://127.0.0.1:1: FAILED (exit 1)", "tcp://127.0.0.1:2: FAILED (exit 1)"]
+    assert any(line.startswith("[tcp://127.0.0.1:2] error: Docker engine") for line in lines)
+
+
+@pytest.mark.docker
+def test_several_hosts_one_good_one_dead(docker_engine, eval_container):
+    result = _invoke("up", "--name", eval_container, "--image", "triforce-test/turbo_pi_eval:hopper",
+                     "--host", "unix:///var/run/docker.sock", "--host", "tcp://127.0.0.1:1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[unix:///var/run/docker.sock] reused container" in result.stdout
+    assert "unix:///var/run/docker.sock: ok" in result.stdout and "tcp://127.0.0.1:1: FAILED (exit 1)" in result.stdout
+
+
+# ── up ───────────────────────────────────────────────────────────────────────────────────────────────────────────────
+@pytest.fixture
+def up_name(docker_engine):
+    yield UP_NAME
+    if container.inspect(docker_engine, UP_NAME):
+        docker_engine.api.remove_container(UP_NAME, force=True)
+
+
+@pytest.mark.docker
+def test_up_is_idempotent_and_refuses_a_name_clash(docker_engine, eval_image, base_image, up_name, tmp_path):
+    args = ["up", "--name", up_name, "--image", eval_image.tag, "--checkpoint-cache", str(tmp_path / "openpi"),
+            "--reports-dir", str(tmp_path / "reports")]
+    first = _invoke(*args)
+    assert first.returncode == 0, first.stderr
+    assert f"created container {up_name}" in first.stdout and "GPU: none" in first.stdout
+    first_id = container.inspect(docker_engine, up_name)["Id"]
+    binds = container.inspect(docker_engine, up_name)["HostConfig"]["Binds"]
+    assert f"{tmp_path / 'openpi'}:/root/.cache/openpi:rw" in binds
+    assert f"{tmp_path / 'reports'}:/opt/triforce/reports:rw" in binds
+
+    second = _invoke(*args)
+    assert second.returncode == 0 and f"reused container {up_name}" in second.stdout
+    assert container.inspect(docker_engine, up_name)["Id"] == first_id
+
+    docker_engine.api.stop(up_name, timeout=1)
+    _one_line_error(_invoke("validate", "--plan", "0", "--container", up_name), 1,
+                    f"container {up_name} on unix:///var/run/docker.sock is exited, not running")
+    third = _invoke(*args)
+    assert third.returncode == 0 and f"started container {up_name}" in third.stdout
+    assert container.inspect(docker_engine, up_name)["Id"] == first_id
+
+    # A same-named container of another image: refused unless --replace.
+    docker_engine.api.remove_container(up_name, force=True)
+    docker_engine.api.create_container(base_image, name=up_name, command=["sleep", "infinity"])
+    _one_line_error(_invoke(*args), 1, f"container {up_name} on unix:///var/run/docker.sock runs another image")
+    replaced = _invoke(*args, "--replace")
+    assert replaced.returncode == 0 and f"replaced container {up_name}" in replaced.stdout
+    info = container.inspect(docker_engine, up_name)
+    assert info["Config"]["Image"] == eval_image.tag and info["State"]["Status"] == "running"
+
+
+@pytest.mark.docker
+def test_up_without_the_image_says_build_it(docker_engine, up_name):
+    _one_line_error(_invoke("up", "--name", up_name, "--image", "triforce-test/never-built:1"), 1,
+                    "image triforce-test/never-built:1 not found")
+    assert container.inspect(docker_engine, up_name) is None
+
+
+# ── exec and archives ────────────────────────────────────────────────────────────────────────────────────────────────
+@pytest.mark.docker
+def test_exec_streams_both_streams_and_returns_the_exit_code(docker_engine, eval_container):
+    lines = []
+    code = container.exec_stream(docker_engine, eval_container,
+                                 ["sh", "-c", "echo one; echo two >&2; printf 'no newline'; exit 3"], log=lines.append)
+    assert code == 3
+    assert lines == ["one", "two", "no newline"] or sorted(lines) == ["no newline", "one", "two"]
+
+
+@pytest.mark.docker
+def test_put_and_get_archive_round_trip(docker_engine, eval_container, tmp_path):
+    src = tmp_path / "payload.json"
+    src.write_text('{"ok": true}\n')
+    container.put_files(docker_engine, eval_container, "/tmp/roundtrip/in", [src])
+    assert container.exec_capture(docker_engine, eval_container, ["cat", "/tmp/roundtrip/in/payload.json"])[1] == \
+        src.read_text()
+    written = container.get_dir(docker_engine, eval_container, "/tmp/roundtrip", tmp_path / "back")
+    assert written == [tmp_path / "back" / "in" / "payload.json"] and written[0].read_text() == src.read_text()
+    with pytest.raises(TriforceError, match="does not exist in"):
+        container.get_dir(docker_engine, eval_container, "/tmp/not-there", tmp_path / "none")
+
+
+@pytest.mark.docker
+def test_missing_container_is_a_one_line_error(docker_engine):
+    _one_line_error(_invoke("validate", "--plan", "0", "--container", "triforce-test-absent"), 1,
+                    "container triforce-test-absent not found on unix:///var/run/docker.sock: create it with `invoke up")
+
+
+# ── build-kernels --in-container ────────────────────────────────────────────────────────────────────────────────────
+@pytest.mark.docker
+def test_build_kernels_in_container_runs_the_task_on_the_mounted_checkout(docker_engine, eval_image):
+    """The test image has no CUDA: the in-container task must run on /src and fail with the build stage's own error."""
+    result = _invoke("build-kernels", "--in-container", "--target", "hopper", "--image", eval_image.tag)
+    assert "$ python3 -m invoke build-kernels --target hopper  (checkout mounted at /src)" in result.stdout
+    assert result.returncode != 0 and "error:" in result.stdout + result.stderr
+
+
+def test_build_kernels_in_container_refuses_paths_outside_the_checkout():
+    _one_line_error(_invoke("build-kernels", "--in-container", "--target", "hopper", "--wheel-dir", "/tmp/elsewhere"),
+                    1, "--wheel-dir /tmp/elsewhere is outside the checkout")
