@@ -1,6 +1,6 @@
 """Fused activation-quantization kernels (cutlass_sm110/csrc/act_quant.cu) against the CPU references of
 triforce/quant/formats.py, on random data. Needs a CUDA GPU and an importable triforce_kernels (any family: the
-kernels are arch-generic, so they run on the H100 too).
+kernels are arch-generic, so they run on the H100 too): the installed wheel, else a development build.
 
 quant_nvfp4 is pure rounding, so its codes and its whole swizzled scale tensor (padding included) must be
 bit-identical. RMSNorm (reduction order, rsqrt) and GeGLU (tanh) differ from the CPU in the last fp32 bits, so a
@@ -8,6 +8,9 @@ value sitting on a rounding boundary may land one quantization step away: those 
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +25,12 @@ ROWS = [1, 10, 130, 712]  # 130 crosses a 128-row scale atom; 712 is the Pi0.5 p
 
 @pytest.fixture(scope="module")
 def tk():
+    """The installed triforce_kernels wheel, else a development build of cutlass_sm110/ for this GPU."""
     assert torch.cuda.is_available(), "these tests need a CUDA GPU"
-    import triforce_kernels
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
+    import devbuild
 
-    return triforce_kernels
+    return devbuild.load()
 
 
 @pytest.fixture(autouse=True)
