@@ -45,6 +45,32 @@ def additive_mask(valid):
     return torch.zeros(valid.shape, dtype=BF16, device=valid.device).masked_fill_(~valid, float("-inf"))
 
 
+FUSED_PARTS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "input_layernorm"),
+               "gate_up": ("mlp.gate_proj", "mlp.up_proj", None, "post_attention_layernorm")}
+
+
+def fused_gemma_weight(s, n: str, which: str, fold: bool):
+    """fp32 fused QKV [q; k; v] or gate/up [gate; up] of one Gemma layer. With fold, the (1 + w) RMSNorm weight is
+    folded into the input columns (the prefix; the expert's adaRMS modulation varies per step)."""
+    *parts, norm = FUSED_PARTS[which]
+    w = torch.cat([s[f"{n}.{p}.weight"].float() for p in parts if p])
+    return w * (1 + s[f"{n}.{norm}.weight"].float())[None, :] if fold else w
+
+
+def in_dtype(layer):
+    """The activation dtype a GEMM layer reads (FP8 layers read E4M3 that the producer kernel quantized)."""
+    return getattr(layer, "input_dtype", BF16)
+
+
+def quant_scale(layer):
+    return getattr(layer, "input_quant_scale", None)
+
+
+def channel_scale(layer):
+    """Per-input-channel 1/s of an AWQ-smoothed layer, applied by the norm that feeds it (None: no smoothing)."""
+    return getattr(layer, "input_channel_scale", None)
+
+
 class Linear:
     """y = x W^T (+ b) with bf16 weights: cuBLAS, or for a few rows (the denoise step) the weight-streaming
     skinny kernel (fp32 out; every consumer reads either). Plan B swaps in quantized layers with the same call."""
@@ -83,16 +109,20 @@ class Pi05Engine:
         self.cfg = cfg
         self.log = log
         self.slots: dict = {}
+        self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
-        if quant is not None:
-            quant.apply(self)            # Plan B: replaces Linear objects in place, before any capture
-        self.quant = quant
         self._precompute_time_tables(state)
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
 
     # ── weights ───────────────────────────────────────────────────────────────────────────────────────────────
+    def _linear(self, layer_id: str, build):
+        """A GEMM layer: the quantized one Plan B prepared for this id, else the bf16 one `build()` makes."""
+        if self.quant is not None and self.quant.has(layer_id):
+            return self.quant.layer(layer_id)
+        return build()
+
     def _build_weights(self, s):
         cfg, v = self.cfg, self.cfg.vision
         pw = s[f"{VISION}.embeddings.patch_embedding.weight"]
@@ -101,34 +131,33 @@ class Pi05Engine:
         self.vision_layers = []
         for i in range(v.depth):
             n = f"{VISION}.encoder.layers.{i}"
-            g = lambda k: s[f"{n}.{k}"]  # noqa: E731
+            g = lambda k, n=n: s[f"{n}.{k}"]  # noqa: E731
+            lin = lambda name, build, i=i: self._linear(f"vision.{i}.{name}", build)  # noqa: E731
             self.vision_layers.append({
                 "ln1": (_f32(g("layer_norm1.weight")), _f32(g("layer_norm1.bias"))),
                 "ln2": (_f32(g("layer_norm2.weight")), _f32(g("layer_norm2.bias"))),
-                "qkv": Linear(torch.cat([g(f"self_attn.{p}_proj.weight") for p in "qkv"]),
-                              torch.cat([g(f"self_attn.{p}_proj.bias") for p in "qkv"])),
-                "o": Linear(g("self_attn.out_proj.weight"), g("self_attn.out_proj.bias")),
-                "fc1": Linear(g("mlp.fc1.weight"), g("mlp.fc1.bias")),
-                "fc2": Linear(g("mlp.fc2.weight"), g("mlp.fc2.bias")),
+                "qkv": lin("qkv", lambda: Linear(torch.cat([g(f"self_attn.{p}_proj.weight") for p in "qkv"]),
+                                                 torch.cat([g(f"self_attn.{p}_proj.bias") for p in "qkv"]))),
+                "o": lin("o", lambda: Linear(g("self_attn.out_proj.weight"), g("self_attn.out_proj.bias"))),
+                "fc1": lin("fc1", lambda: Linear(g("mlp.fc1.weight"), g("mlp.fc1.bias"))),
+                "fc2": lin("fc2", lambda: Linear(g("mlp.fc2.weight"), g("mlp.fc2.bias"))),
             })
         self.post_ln = (_f32(s[f"{VISION}.post_layernorm.weight"]), _f32(s[f"{VISION}.post_layernorm.bias"]))
         self.projector = Linear(s[f"{PG}.model.multi_modal_projector.linear.weight"], s[f"{PG}.model.multi_modal_projector.linear.bias"])
         self.embedding = _bf16(s[TOKEN_EMBEDDING])
-        self.prefix_layers = [self._gemma_layer(s, f"{LANG}.layers.{i}", fold=True) for i in range(cfg.prefix.depth)]
-        self.expert_layers = [self._gemma_layer(s, f"{EXPERT}.model.layers.{i}", fold=False) for i in range(cfg.expert.depth)]
+        self.prefix_layers = [self._gemma_layer(s, "prefix", i, f"{LANG}.layers.{i}") for i in range(cfg.prefix.depth)]
+        self.expert_layers = [self._gemma_layer(s, "expert", i, f"{EXPERT}.model.layers.{i}") for i in range(cfg.expert.depth)]
         self.action_in = (_f32(s["action_in_proj.weight"]), _f32(s["action_in_proj.bias"]))
         self.action_out = (_f32(s["action_out_proj.weight"]), _f32(s["action_out_proj.bias"]))
 
-    @staticmethod
-    def _gemma_layer(s, n, fold: bool):
-        """Fused QKV and gate/up. In the prefix the (1 + w) RMSNorm weight is folded into their input columns."""
-        qkv = torch.cat([s[f"{n}.self_attn.{p}_proj.weight"].float() for p in "qkv"])
-        gu = torch.cat([s[f"{n}.mlp.gate_proj.weight"].float(), s[f"{n}.mlp.up_proj.weight"].float()])
-        if fold:
-            qkv = qkv * (1 + s[f"{n}.input_layernorm.weight"].float())[None, :]
-            gu = gu * (1 + s[f"{n}.post_attention_layernorm.weight"].float())[None, :]
-        return {"qkv": Linear(qkv), "o": Linear(s[f"{n}.self_attn.o_proj.weight"]),
-                "gate_up": Linear(gu), "down": Linear(s[f"{n}.mlp.down_proj.weight"])}
+    def _gemma_layer(self, s, stage: str, i: int, n: str):
+        """Fused QKV and gate/up (fused_gemma_weight); bf16 unless Plan B quantized the layer."""
+        lin = lambda name, build: self._linear(f"{stage}.{i}.{name}", build)  # noqa: E731
+        fused_w = lambda which: fused_gemma_weight(s, n, which, fold=stage == "prefix")  # noqa: E731
+        return {"qkv": lin("qkv", lambda: Linear(fused_w("qkv"))),
+                "o": lin("o", lambda: Linear(s[f"{n}.self_attn.o_proj.weight"])),
+                "gate_up": lin("gate_up", lambda: Linear(fused_w("gate_up"))),
+                "down": lin("down", lambda: Linear(s[f"{n}.mlp.down_proj.weight"]))}
 
     def _precompute_time_tables(self, s):
         """The 10 flow times are fixed: the time MLP and every adaRMS modulation are tables, computed once in fp32."""
@@ -139,11 +168,14 @@ class Pi05Engine:
         cond = F.silu(F.linear(F.silu(F.linear(emb, w("time_mlp_in.weight"), w("time_mlp_in.bias"))),
                                w("time_mlp_out.weight"), w("time_mlp_out.bias")))      # [steps, width]
 
-        def mod(name):
+        def mod(name, consumer=None):
             scale, shift, gate = F.linear(cond, w(f"{name}.dense.weight"), w(f"{name}.dense.bias")).chunk(3, dim=-1)
-            return (1 + scale).contiguous(), shift.contiguous(), gate.contiguous()   # each [steps, width]
+            inv_s = channel_scale(consumer) if consumer is not None else None
+            scale1p, shift = (1 + scale, shift) if inv_s is None else ((1 + scale) * inv_s, shift * inv_s)
+            return scale1p.contiguous(), shift.contiguous(), gate.contiguous()   # each [steps, width]
 
-        self.ada = [[mod(f"{EXPERT}.model.layers.{i}.{norm}") for norm in ("input_layernorm", "post_attention_layernorm")]
+        self.ada = [[mod(f"{EXPERT}.model.layers.{i}.{norm}", self.expert_layers[i][consumer])
+                     for norm, consumer in (("input_layernorm", "qkv"), ("post_attention_layernorm", "gate_up"))]
                     for i in range(e.depth)]
         self.ada_final = mod(f"{EXPERT}.model.norm")
 
@@ -154,16 +186,24 @@ class Pi05Engine:
         n_views, p, g = images.shape[0], cfg.patch_size, cfg.image_size // cfg.patch_size
         patches = images.to(BF16).view(n_views, g, p, g, p, 3).permute(0, 1, 3, 5, 2, 4).reshape(n_views * g * g, 3 * p * p)
         x = (self.patch(patches).float().view(n_views, g * g, v.width) + self.pos_emb).view(n_views * g * g, v.width)
-        h = torch.empty(x.shape, dtype=BF16, device="cuda")
+        rows = n_views * g * g
         pending = None
         for layer in self.vision_layers:
-            fused.add_norm(x, h, y=pending, weight=layer["ln1"][0], bias=layer["ln1"][1], eps=cfg.norm_eps, layernorm=True)
-            qkv = layer["qkv"](h).view(n_views, g * g, 3, v.num_heads, v.dim_head).permute(2, 0, 3, 1, 4)
+            qkv_l, fc1, fc2 = layer["qkv"], layer["fc1"], layer["fc2"]
+            h = torch.empty(rows, v.width, dtype=in_dtype(qkv_l), device="cuda")
+            fused.add_norm(x, h, y=pending, weight=layer["ln1"][0], bias=layer["ln1"][1], eps=cfg.norm_eps,
+                           layernorm=True, quant_scale=quant_scale(qkv_l))
+            qkv = qkv_l(h).view(n_views, g * g, 3, v.num_heads, v.dim_head).permute(2, 0, 3, 1, 4)
             with sdpa_kernel(VISION_ATTENTION):
                 att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-            att = att.transpose(1, 2).reshape(n_views * g * g, v.width)
-            fused.add_norm(x, h, y=layer["o"](att), weight=layer["ln2"][0], bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True)
-            pending = layer["fc2"](fused.gelu_(layer["fc1"](h)))
+            att = att.transpose(1, 2).reshape(rows, v.width)
+            h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
+            fused.add_norm(x, h, y=layer["o"](att), weight=layer["ln2"][0], bias=layer["ln2"][1], eps=cfg.norm_eps,
+                           layernorm=True, quant_scale=quant_scale(fc1))
+            mid = fc1(h)
+            act = mid if in_dtype(fc2) == mid.dtype else torch.empty(mid.shape, dtype=in_dtype(fc2), device="cuda")
+            pending = fc2(fused.gelu(mid, act, quant_scale=quant_scale(fc2)))
+        h = torch.empty(rows, v.width, dtype=BF16, device="cuda")
         fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
 
@@ -178,19 +218,21 @@ class Pi05Engine:
         valid = torch.cat([torch.ones(n_img, dtype=torch.bool, device="cuda"), token_mask])
         pos = (torch.cumsum(valid.int(), 0) - 1).int()
         mask = additive_mask(valid)
-        h = torch.empty(seq, p.width, dtype=BF16, device="cuda")
         q = torch.empty(seq * p.num_heads, p.dim_head, dtype=BF16, device="cuda")
         pending = None
         for i, layer in enumerate(self.prefix_layers):
             k_cache, v_cache = kv[i]
-            fused.add_norm(x, h, y=pending, eps=cfg.norm_eps)
-            fused.rope_qkv(layer["qkv"](h), pos, self.cos, self.sin, q, k_cache, v_cache, 0, p.num_heads, p.dim_head)
+            qkv_l, gu_l, down_l = layer["qkv"], layer["gate_up"], layer["down"]
+            h = torch.empty(seq, p.width, dtype=in_dtype(qkv_l), device="cuda")
+            fused.add_norm(x, h, y=pending, scale=channel_scale(qkv_l), eps=cfg.norm_eps, quant_scale=quant_scale(qkv_l))
+            fused.rope_qkv(qkv_l(h), pos, self.cos, self.sin, q, k_cache, v_cache, 0, p.num_heads, p.dim_head)
             if i == len(self.prefix_layers) - 1:
                 break                       # the expert reads only this layer's K/V
             att = self._attend(q, k_cache[:seq], v_cache[:seq], mask).view(seq, -1)
-            fused.add_norm(x, h, y=layer["o"](att), eps=cfg.norm_eps)
-            act = torch.empty(seq, p.mlp_dim, dtype=BF16, device="cuda")
-            pending = layer["down"](fused.geglu(layer["gate_up"](h), act))
+            h = torch.empty(seq, p.width, dtype=in_dtype(gu_l), device="cuda")
+            fused.add_norm(x, h, y=layer["o"](att), scale=channel_scale(gu_l), eps=cfg.norm_eps, quant_scale=quant_scale(gu_l))
+            act = torch.empty(seq, p.mlp_dim, dtype=in_dtype(down_l), device="cuda")
+            pending = down_l(fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l)))
         return valid, pos
 
     def _denoise_step(self, step, x_t, pos, mask, kv, seq):
@@ -198,18 +240,23 @@ class Pi05Engine:
         cfg, e = self.cfg, self.cfg.expert
         horizon = x_t.shape[0]
         x = F.linear(x_t, *self.action_in)
-        h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
-        act = torch.empty(horizon, e.mlp_dim, dtype=BF16, device="cuda")
         pending, pending_gate = None, None
         for i, layer in enumerate(self.expert_layers):
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
-            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps)
-            fused.rope_qkv(layer["qkv"](h), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
+            qkv_l, gu_l, down_l = layer["qkv"], layer["gate_up"], layer["down"]
+            h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(qkv_l))
+            fused.rope_qkv(qkv_l(h), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
-            fused.add_norm(x, h, y=layer["o"](att), gate=g1[step], scale=s2[step], shift=b2[step], eps=cfg.norm_eps)
-            pending, pending_gate = layer["down"](fused.geglu(layer["gate_up"](h), act)), g2[step]
+            h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
+            fused.add_norm(x, h, y=layer["o"](att), gate=g1[step], scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
+            act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
+            pending, pending_gate = down_l(fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l))), g2[step]
+        h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
         sf, bf, _ = self.ada_final
         fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
         x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)

@@ -16,9 +16,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _add_norm_kernel(X, Y, GATE, SCALE, SHIFT, W, B, OUT, stride_x, stride_y, stride_out, N, eps,
+def _add_norm_kernel(X, Y, GATE, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stride_y, stride_out, N, eps,
                      HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                     LAYERNORM: tl.constexpr, BLOCK: tl.constexpr):
+                     LAYERNORM: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     m = cols < N
@@ -40,19 +40,24 @@ def _add_norm_kernel(X, Y, GATE, SCALE, SHIFT, W, B, OUT, stride_x, stride_y, st
             h = h * tl.load(SCALE + cols, mask=m, other=0.0).to(tl.float32)
         if HAS_SHIFT:
             h = h + tl.load(SHIFT + cols, mask=m, other=0.0).to(tl.float32)
+    if QUANT:   # FP8 E4M3 with a static per-tensor scale: the next GEMM reads it directly
+        h = tl.minimum(tl.maximum(h * tl.load(QSCALE), -448.0), 448.0)
     tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
-def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bias=None, eps=1e-6, layernorm=False):
-    """x (fp32 residual, updated in place) += y [* gate]; out = norm(x) [* scale + shift] (RMS) or LayerNorm(w, b)."""
+def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bias=None, eps=1e-6, layernorm=False,
+             quant_scale=None):
+    """x (fp32 residual, updated in place) += y [* gate]; out = norm(x) [* scale + shift] (RMS) or LayerNorm(w, b).
+    With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM."""
     rows, n = x.shape
     dummy = x
     _add_norm_kernel[(rows,)](
         x, y if y is not None else dummy, gate if gate is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy, weight if weight is not None else dummy, bias if bias is not None else dummy,
-        out, x.stride(0), y.stride(0) if y is not None else 0, out.stride(0), n, eps,
-        HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        LAYERNORM=layernorm, BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 1024 else 8)
+        out, quant_scale if quant_scale is not None else dummy, x.stride(0), y.stride(0) if y is not None else 0,
+        out.stride(0), n, eps, HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_SCALE=scale is not None,
+        HAS_SHIFT=shift is not None, LAYERNORM=layernorm, QUANT=quant_scale is not None,
+        BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 1024 else 8)
     return out
 
 
@@ -86,38 +91,56 @@ def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads:
 
 
 @triton.jit
-def _geglu_kernel(GU, OUT, stride_gu, stride_out, I, BLOCK: tl.constexpr):
+def _geglu_kernel(GU, OUT, QSCALE, stride_gu, stride_out, I, QUANT: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < I
     g = tl.load(GU + row * stride_gu + cols, mask=m, other=0.0).to(tl.float32)
     u = tl.load(GU + row * stride_gu + I + cols, mask=m, other=0.0).to(tl.float32)
     z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-    tl.store(OUT + row * stride_out + cols, (g * tl.sigmoid(2.0 * z) * u).to(OUT.dtype.element_ty), mask=m)
+    h = g * tl.sigmoid(2.0 * z) * u
+    if QUANT:
+        h = tl.minimum(tl.maximum(h * tl.load(QSCALE), -448.0), 448.0)
+    tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
-def geglu(gate_up, out):
-    """out = gelu_tanh(gate) * up for gate_up = [gate | up] along the last dim."""
+def geglu(gate_up, out, quant_scale=None):
+    """out = gelu_tanh(gate) * up for gate_up = [gate | up] along the last dim (FP8 out with quant_scale)."""
     rows, inter = out.shape
     block = 1024
-    _geglu_kernel[(rows, triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4)
+    _geglu_kernel[(rows, triton.cdiv(inter, block))](
+        gate_up, out, quant_scale if quant_scale is not None else gate_up, gate_up.stride(0), out.stride(0), inter,
+        QUANT=quant_scale is not None, BLOCK=block, num_warps=4)
     return out
 
 
 @triton.jit
-def _gelu_kernel(X, N, BLOCK: tl.constexpr):
+def _gelu_kernel(X, OUT, QSCALE, N, GELU: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
-    z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    tl.store(X + offs, (x * tl.sigmoid(2.0 * z)).to(X.dtype.element_ty), mask=m)
+    if GELU:
+        z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = x * tl.sigmoid(2.0 * z)
+    if QUANT:
+        x = tl.minimum(tl.maximum(x * tl.load(QSCALE), -448.0), 448.0)
+    tl.store(OUT + offs, x.to(OUT.dtype.element_ty), mask=m)
 
 
-def gelu_(x):
-    """In-place gelu_tanh of a contiguous tensor."""
+def gelu(x, out, quant_scale=None):
+    """out = gelu_tanh(x) for contiguous tensors (in place when out is x; FP8 out with quant_scale)."""
     n = x.numel()
-    _gelu_kernel[(triton.cdiv(n, 2048),)](x, n, BLOCK=2048, num_warps=4)
-    return x
+    _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale if quant_scale is not None else x, n, GELU=True,
+                                          QUANT=quant_scale is not None, BLOCK=2048, num_warps=4)
+    return out
+
+
+def quantize_fp8(x, out, quant_scale):
+    """out = e4m3(clamp(x · quant_scale)) for contiguous tensors: the one unfused activation quantization (inputs
+    that come from cuBLAS/FlashAttention)."""
+    n = x.numel()
+    _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale, n, GELU=False, QUANT=True, BLOCK=2048, num_warps=4)
+    return out
 
 
 def rope_tables(max_pos: int, head_dim: int, base: float, device):
