@@ -145,6 +145,10 @@ def deploy(engine: Engine, name: str, wheel_dir: Path, wheels: list[str] | None 
     log(f"{where}: {facts.platform}, {facts.python_tag}, torch {facts.torch or 'none'}, "
         f"image arch {facts.target_arch or 'unlabelled'}, {gpu}")
     chosen = select(records, wheels, facts, where, log)
+    packages = [r.package for r in chosen]
+    if len(set(packages)) != len(packages):
+        twice = sorted({p for p in packages if packages.count(p) > 1})
+        raise TriforceError(f"more than one wheel of {', '.join(twice)} selected: name one per package with --wheel")
     for record in chosen:
         verify_wheel(wheel_dir, record)
     if dry_run:
