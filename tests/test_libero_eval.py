@@ -16,6 +16,8 @@ import pytest
 from serve_process import REPO, ServeProcess
 from triforce.errors import TriforceError
 
+# openpi-client 0.1.2 connects without a context manager; websockets >= 17.1 warns about it
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 SCRIPT = REPO / "scripts" / "libero_eval.py"
 
 

@@ -273,7 +273,7 @@ class PolicyClient:
 
         self.where, self.timeout_s = f"ws://{host}:{port}", timeout_s
         try:
-            self._ws = connect(self.where, compression=None, max_size=None, open_timeout=timeout_s)
+            self._ws = connect(self.where, compression=None, max_size=None, open_timeout=timeout_s).__enter__()
             self.metadata = unpack(self._ws.recv(timeout=timeout_s))
         except (OSError, WebSocketException, TimeoutError) as err:
             raise TriforceError(f"no policy server at {self.where} ({err}): start one with `invoke serve`") from None
