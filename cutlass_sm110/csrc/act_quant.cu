@@ -244,7 +244,8 @@ __global__ void nvfp4_flat_kernel(const ElementIn* in, const float* global_scale
     } else {
       load_bf16(in + size_t(row) * cols + kb * kBlock, y, kBlock);
     }
-    *reinterpret_cast<uint2*>(out + size_t(row) * (cols / 2) + kb * (kBlock / 2)) = nvfp4_block(y, g, div_rn(g, kE2M1Max), sf);
+    uint2* dst = reinterpret_cast<uint2*>(out + size_t(row) * (cols / 2) + kb * (kBlock / 2));
+    *dst = nvfp4_block(y, g, div_rn(g, kE2M1Max), sf);
   }
   out_sf[sf_offset(row, kb, padded_kblocks)] = sf;
 }
