@@ -72,7 +72,7 @@ def test_w4a16_matches_reference_on_gemma_shapes(tk, gemma_weights, m, n, k):
     assert _rel_err(out, _reference(x, q, s)) < 1e-2
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 8, 128), (3, 264, 384), (17, 136, 256), (65, 1024, 1152), (129, 520, 640)])
+@pytest.mark.parametrize("m,n,k", [(1, 16, 128), (3, 272, 384), (17, 144, 256), (65, 1024, 1152), (129, 528, 640)])
 def test_w4a16_matches_reference_on_ragged_shapes(tk, m, n, k):
     gen = torch.Generator(device="cuda").manual_seed(m * 7 + n)
     q, s = _weights(n, k, gen)
@@ -141,7 +141,7 @@ BAD_CASES = {
     "unpacked scales": lambda x, pw, ps, out, ws: (x, pw, ps.t().contiguous(), out, ws),
     "weight int8": lambda x, pw, ps, out, ws: (x, pw.view(torch.int8), ps, out, ws),
     "workspace too small": lambda x, pw, ps, out, ws: (x, pw, ps, out, ws[: max(ws.numel() - 1, 0)]),
-    "N not multiple of 8": lambda x, pw, ps, out, ws: (x, pw[:250], ps[:, :250], out[:, :250], ws),
+    "N not multiple of 16": lambda x, pw, ps, out, ws: (x, pw[:248], ps[:, :248].contiguous(), out[:, :248], ws),
 }
 
 
@@ -161,6 +161,9 @@ def test_w4a16_prepack_refuses_bad_input(tk):
     q = torch.zeros(256, 200, dtype=torch.uint8, device="cuda")  # K = 400: not a multiple of 128
     with pytest.raises(tk.KernelError, match="multiple of 128"):
         tk.w4a16_prepack(q, torch.ones(256, 3, dtype=torch.bfloat16, device="cuda"))
+    q = torch.zeros(8, 64, dtype=torch.uint8, device="cuda")  # N = 8: not whole 16-row shuffle atoms
+    with pytest.raises(tk.KernelError, match="multiple of 16"):
+        tk.w4a16_prepack(q, torch.ones(8, 1, dtype=torch.bfloat16, device="cuda"))
     q = torch.zeros(256, 256, dtype=torch.uint8, device="cuda")
     with pytest.raises(tk.KernelError, match="scales"):
         tk.w4a16_prepack(q, torch.ones(256, 3, dtype=torch.bfloat16, device="cuda"))

@@ -53,13 +53,13 @@ triforce::W4A16Problem w4a16_problem(const at::Tensor& x, const at::Tensor& w, c
   TORCH_CHECK(out.size(0) == m, op, ": out has ", out.size(0), " rows, x has ", m);
   TORCH_CHECK(w.size(0) == n && w.size(1) * 2 == k, op, ": packed_weight must be [", n, ", ", k / 2, "], got ", w.sizes());
   TORCH_CHECK(s.size(0) * 128 == k && s.size(1) == n, op, ": packed_scales must be [", k / 128, ", ", n, "], got ", s.sizes());
-  TORCH_CHECK(m > 0 && n % 8 == 0 && k % 128 == 0, op, ": needs M > 0, N % 8 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  TORCH_CHECK(m > 0 && n % 16 == 0 && k % 128 == 0, op, ": needs M > 0, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
   return {x.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), int(m), int(n), int(k), sm_count()};
 }
 
 triforce::W4A16Problem w4a16_shape_only(int64_t m, int64_t n, int64_t k) {
-  TORCH_CHECK(m > 0 && n > 0 && n % 8 == 0 && k > 0 && k % 128 == 0,
-              "w4a16_workspace_size: needs M > 0, N % 8 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  TORCH_CHECK(m > 0 && n > 0 && n % 16 == 0 && k > 0 && k % 128 == 0,
+              "w4a16_workspace_size: needs M > 0, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
   return {nullptr, nullptr, nullptr, nullptr, int(m), int(n), int(k), sm_count()};
 }
 
@@ -102,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> w4a16_prepack(const at::Tensor& qweight, cons
   check_tensor(scales, op, "scales", at::kBFloat16);
   TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2, op, ": qweight and scales must be 2-D");
   int64_t n = qweight.size(0), k = qweight.size(1) * 2;
-  TORCH_CHECK(n % 8 == 0 && k % 128 == 0, op, ": needs N % 8 == 0 and K % 128 == 0 (got N=", n, " K=", k, ")");
+  TORCH_CHECK(n > 0 && n % 16 == 0 && k > 0 && k % 128 == 0, op, ": needs N % 16 == 0 and K % 128 == 0 (got N=", n, " K=", k, ")");
   TORCH_CHECK(scales.size(0) == n && scales.size(1) * 128 == k, op, ": scales must be [", n, ", ", k / 128, "], got ",
               scales.sizes());
   const c10::cuda::CUDAGuard guard(qweight.device());

@@ -91,7 +91,7 @@ void w4a16_sm100_run(const W4A16Problem& p, void* ws, size_t ws_bytes, cudaStrea
   auto fail = [&](const char* what, cutlass::Status st) {
     throw std::runtime_error(name + ": " + what + " failed (" + cutlassGetStatusString(st) + ") for M=" +
                              std::to_string(p.m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k) +
-                             "; N must be a multiple of 8 and K of 128");
+                             "; N must be a multiple of 16 and K of 128");
   };
   size_t need = Gemm::get_workspace_size(args);
   if (ws_bytes < need)

@@ -120,7 +120,7 @@ struct W4A16Sm90 {
     auto fail = [&](const char* what, cutlass::Status st) {
       throw std::runtime_error(std::string(name) + ": " + what + " failed (" + cutlassGetStatusString(st) +
                                ") for M=" + std::to_string(p.m) + " N=" + std::to_string(p.n) + " K=" +
-                               std::to_string(p.k) + "; N must be a multiple of 8 and K of 128");
+                               std::to_string(p.k) + "; N must be a multiple of 16 and K of 128");
     };
     size_t need = Gemm::get_workspace_size(args);
     if (ws_bytes < need)

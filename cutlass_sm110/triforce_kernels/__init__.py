@@ -14,6 +14,7 @@ from importlib import resources
 import torch
 
 GROUP_SIZE = 128  # int4 scale group along K
+W4A16_N_MULTIPLE = 16  # weight rows: whole 16-row shuffle atoms (Hopper), same rule everywhere
 NVFP4_BLOCK = 16  # NVFP4 scale block along K
 
 # The compute capabilities each family's binaries run on (sm_90a: 9.0; sm_100a: 10.x; sm_110a: 11.0).
@@ -96,11 +97,12 @@ def _check_same_device(op: str, *tensors: torch.Tensor) -> None:
     _check_device(op, tensors[0])
 
 
-def _check_gemm_dims(op: str, m: int, n: int, k: int) -> None:
+def _check_gemm_dims(op: str, m: int, n: int, k: int, n_multiple: int = 8) -> None:
     if m <= 0 or n <= 0 or k <= 0:
         raise KernelError(f"{op}: M, N, K must be positive, got M={m} N={n} K={k}")
-    if n % 8:
-        raise KernelError(f"{op}: N={n} must be a multiple of 8 (16-byte rows of the bf16 output)")
+    if n % n_multiple:
+        raise KernelError(f"{op}: N={n} must be a multiple of {n_multiple} (16-byte output rows"
+                          f"{'; 16-row int4 shuffle atoms' if n_multiple == W4A16_N_MULTIPLE else ''})")
     if k % GROUP_SIZE:
         raise KernelError(f"{op}: K={k} must be a multiple of {GROUP_SIZE}")
 
@@ -123,14 +125,14 @@ def w4a16_prepack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Te
     n, k = qweight.shape[0], qweight.shape[1] * 2
     _check(op, "qweight", qweight, torch.uint8)
     _check(op, "scales", scales, torch.bfloat16, (n, k // GROUP_SIZE))
-    _check_gemm_dims(op, 1, n, k)
+    _check_gemm_dims(op, 1, n, k, W4A16_N_MULTIPLE)
     _check_same_device(op, qweight, scales)
     return _ext().w4a16_prepack(qweight, scales)
 
 
 def w4a16_workspace_size(m: int, n: int, k: int) -> int:
     """Bytes of workspace w4a16_gemm needs for out[M, N] = x[M, K] @ W^T (allocate once, reuse)."""
-    _check_gemm_dims("w4a16_workspace_size", m, n, k)
+    _check_gemm_dims("w4a16_workspace_size", m, n, k, W4A16_N_MULTIPLE)
     return int(_ext().w4a16_workspace_size(m, n, k))
 
 
@@ -142,7 +144,7 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
         raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
     m, k = x.shape
     n = out.shape[1]
-    _check_gemm_dims(op, m, n, k)
+    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
     _check(op, "x", x, torch.bfloat16)
     _check(op, "out", out, torch.bfloat16, (m, n))
     _check(op, "packed_weight", packed_weight, torch.uint8, (n, k // 2))
