@@ -211,6 +211,7 @@ def test_real_checkpoint_unnormalizes_and_needs_a_tokenizer_for_text(checkpoint_
      "no I/O spec for model config 'pi05_base'"),
     ((*TINY, "--port", "http"), "--port 'http' is not a number"),
     ((*TINY, "--port", "0", "--tokenizer", "/nonexistent/tok.model"), "tokenizer file /nonexistent/tok.model does not exist"),
+    ((*TINY, "--port", "0", "--norm-stats", "/nonexistent/norm_stats.json"), "no norm stats at /nonexistent/norm_stats.json"),
     ((*TINY[:4], "--plan", "a", "--device", "cpu", "--port", "0"), "plan a"),  # no GPU here; a GPU refuses device cpu
 ])
 def test_bad_flags_fail_in_one_line(args, message):
