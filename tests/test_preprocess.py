@@ -135,6 +135,11 @@ def test_resize_with_pad_matches_openpi(shape):
     assert np.array_equal(resize_with_pad(img, 224), image_tools.resize_with_pad(img, 224, 224))
 
 
+def test_degenerate_image_is_refused():
+    with pytest.raises(TriforceError, match="vanishes"):
+        resize_with_pad(np.zeros((1, 1000, 3), np.uint8), 224)
+
+
 def test_parse_image_conversions():
     chw = np.zeros((3, 10, 12), np.uint8)
     assert parse_image(chw, "k").shape == (10, 12, 3)

@@ -131,6 +131,8 @@ def resize_with_pad(img: np.ndarray, size: int) -> np.ndarray:
         return img
     ratio = max(w / size, h / size)
     new_h, new_w = int(h / ratio), int(w / ratio)
+    if min(new_h, new_w) < 1:
+        raise TriforceError(f"image of {h}x{w} pixels vanishes when fitted into {size}x{size}: send a camera image")
     resized = np.asarray(Image.fromarray(img).resize((new_w, new_h), resample=Image.BILINEAR))
     out = np.zeros((size, size, 3), np.uint8)
     top, left = max(0, int((size - new_h) / 2)), max(0, int((size - new_w) / 2))
