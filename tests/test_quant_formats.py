@@ -181,6 +181,19 @@ def test_nvfp4_large_activations_need_the_global_scale():
     assert bool(((deq - x).abs() <= _nvfp4_error_bound(x, sf, g)).all())
 
 
+def test_nvfp4_gemm_alpha_undoes_both_global_scales():
+    """What the block-scaled GEMM computes (codes times block scales, times alpha) equals dequant(a) @ dequant(b)^T."""
+    a, b = torch.randn(8, 256) * 50, torch.randn(16, 256) * 0.02
+    g_a, g_b = fmt.nvfp4_global_scale(a.abs().max().item()), fmt.nvfp4_global_scale(b.abs().max().item())
+    (qa, sfa), (qb, sfb) = fmt.quantize_nvfp4(a, g_a), fmt.quantize_nvfp4(b, g_b)
+    scaled = lambda q, sf: (fmt.e2m1_decode(fmt.unpack_nibbles(q)).reshape(q.shape[0], -1, 16)
+                            * sf.float()[..., None]).reshape(q.shape[0], -1)
+    gemm = fmt.nvfp4_gemm_alpha(g_a, g_b) * (scaled(qa, sfa).double() @ scaled(qb, sfb).double().T)
+    reference = fmt.dequantize_nvfp4(qa, sfa, g_a).double() @ fmt.dequantize_nvfp4(qb, sfb, g_b).double().T
+    assert torch.allclose(gemm, reference, rtol=1e-5, atol=1e-5)  # fp32 scales: the formula, not rounding
+    assert fmt.nvfp4_gemm_alpha(torch.tensor([2.0]), torch.tensor([4.0])).tolist() == [0.125]
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: fmt.quantize_nvfp4(torch.randn(4, 40), torch.tensor([1.0])), "K=40 is not a multiple of 16"),
     (lambda: fmt.quantize_nvfp4(torch.randn(64), torch.tensor([1.0])), "expected a 2-D"),

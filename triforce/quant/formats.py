@@ -163,6 +163,11 @@ def nvfp4_global_scale(amax: float) -> torch.Tensor:
     return torch.tensor([FP8_E4M3_MAX * E2M1_MAX / amax], dtype=torch.float32)
 
 
+def nvfp4_gemm_alpha(a_global_scale: torch.Tensor, b_global_scale: torch.Tensor) -> torch.Tensor:
+    """alpha of nvfp4_gemm (fp32 [1]): the block-scaled GEMM sums q_a*sf_a * q_b*sf_b, so alpha = 1 / (g_a * g_b)."""
+    return (1.0 / (a_global_scale.float().reshape(1) * b_global_scale.float().reshape(1))).to(torch.float32)
+
+
 def nvfp4_block_scales(x: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
     """x [M, K] -> E4M3 block scales [M, K//16] (linear layout): e4m3(amax_block * (g / 6))."""
     m, k = _require_2d_k_multiple(x, NVFP4_BLOCK, "nvfp4_block_scales")
