@@ -79,9 +79,13 @@ class Linear:
         self.weight = _bf16(weight)
         self.bias = None if bias is None else _bf16(bias)
 
-    def __call__(self, x):
+    def __call__(self, x, arena=None, geglu_input=False):
+        """arena: zeroed accumulators for the skinny path; geglu_input: x is [gate | up] (skinny path only)."""
         if self.bias is None and x.shape[0] <= fused.SKINNY_MAX_ROWS:
-            return fused.skinny_linear(x, self.weight)
+            out = arena.take(x.shape[0], self.weight.shape[0]) if arena is not None else None
+            return fused.skinny_linear(x, self.weight, out=out, geglu_input=geglu_input)
+        if geglu_input:
+            raise ValueError("geglu_input is only fused into the skinny path")
         if self.bias is None:
             return x @ self.weight.t()
         return torch.addmm(self.bias, x, self.weight.t())
@@ -241,6 +245,8 @@ class Pi05Engine:
         horizon = x_t.shape[0]
         x = F.linear(x_t, *self.action_in)
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
+        arena = fused.ZeroArena(horizon * e.depth * sum(l.weight.shape[0] for l in self.expert_layers[0].values()
+                                                        if isinstance(l, Linear)), "cuda")
         pending, pending_gate = None, None
         for i, layer in enumerate(self.expert_layers):
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
@@ -249,17 +255,27 @@ class Pi05Engine:
             h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(qkv_l))
-            fused.rope_qkv(qkv_l(h), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
+            fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
-            fused.add_norm(x, h, y=layer["o"](att), gate=g1[step], scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
-                           quant_scale=quant_scale(gu_l))
-            act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
-            pending, pending_gate = down_l(fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l))), g2[step]
+            fused.add_norm(x, h, y=self._call(layer["o"], att, arena), gate=g1[step], scale=s2[step], shift=b2[step],
+                           eps=cfg.norm_eps, quant_scale=quant_scale(gu_l))
+            gate_up = self._call(gu_l, h, arena)
+            if isinstance(down_l, Linear):      # bf16: GeGLU is read inside the down GEMM
+                pending = down_l(gate_up, arena, geglu_input=True)
+            else:
+                act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
+                pending = down_l(fused.geglu(gate_up, act, quant_scale=quant_scale(down_l)))
+            pending_gate = g2[step]
         h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
         sf, bf, _ = self.ada_final
         fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
         x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)
+
+    @staticmethod
+    def _call(layer, x, arena):
+        """bf16 layers take the step's zeroed accumulators; quantized layers manage their own outputs."""
+        return layer(x, arena) if isinstance(layer, Linear) else layer(x)
 
     @staticmethod
     def _attend(q, k, v, bias):

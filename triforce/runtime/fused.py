@@ -260,9 +260,11 @@ def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64
 
 
 @triton.jit
-def _skinny_gemm_kernel(X, W, OUT, M, N, K_SPLIT, stride_x, stride_w, stride_o,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
-    """out[M, N] += x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M); split-K partials meet by atomics."""
+def _skinny_gemm_kernel(X, W, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GEGLU: tl.constexpr,
+                        DOT_F32: tl.constexpr):
+    """out[M, N] += x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M); split-K partials meet by atomics
+    in a zeroed fp32 out. With GEGLU, x is [gate | up] (2K wide) and the GEMM reads gelu_tanh(gate) * up."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
     m = tl.arange(0, BLOCK_M)
@@ -271,6 +273,10 @@ def _skinny_gemm_kernel(X, W, OUT, M, N, K_SPLIT, stride_x, stride_w, stride_o,
     for k0 in range(k_start, k_start + K_SPLIT, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
+        if GEGLU:
+            g = x.to(tl.float32)
+            u = tl.load(X + m[:, None] * stride_x + K + k[None, :], mask=m[:, None] < M, other=0.0).to(tl.float32)
+            x = (g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * u).to(tl.bfloat16)
         w = tl.load(W + n[:, None] * stride_w + k[None, :], mask=nmask[:, None], other=0.0)
         if DOT_F32:
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
@@ -283,10 +289,12 @@ SKINNY_MAX_ROWS = 16
 _TARGET_PROGRAMS = 256
 
 
-def skinny_linear(x, w, out=None, block_n: int = 64, block_k: int = 128):
+def skinny_linear(x, w, out=None, geglu_input: bool = False, block_n: int = 64, block_k: int = 128):
     """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 16: weight streaming over >= 256 programs (split-K with
-    atomics), where cuBLAS reaches under half the copy bandwidth."""
+    atomics into `out`, which must be zeroed; allocated zeroed when not given). geglu_input: x is [gate | up]."""
     rows, kdim = x.shape
+    if geglu_input:
+        kdim //= 2
     n = w.shape[0]
     if rows > SKINNY_MAX_ROWS or kdim % block_k:
         raise ValueError(f"skinny_linear takes <= {SKINNY_MAX_ROWS} rows and K % {block_k} == 0, got {tuple(x.shape)}")
@@ -297,7 +305,24 @@ def skinny_linear(x, w, out=None, block_n: int = 64, block_k: int = 128):
         split *= 2
     if out is None:
         out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
-    _skinny_gemm_kernel[(n_blocks, split)](x, w, out, rows, n, kdim // split, x.stride(0), w.stride(0), out.stride(0),
-                                           BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+    _skinny_gemm_kernel[(n_blocks, split)](x, w, out, rows, n, kdim, kdim // split, x.stride(0), w.stride(0), out.stride(0),
+                                           BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, GEGLU=geglu_input,
                                            DOT_F32=INTERPRETED, num_warps=4, num_stages=3)
     return out
+
+
+class ZeroArena:
+    """One zeroed fp32 block, handed out in slices: the split-K accumulators of a whole denoise step cost one memset
+    instead of one per GEMM."""
+
+    def __init__(self, floats: int, device):
+        self.buf = torch.zeros(floats, dtype=torch.float32, device=device)
+        self.used = 0
+
+    def take(self, rows: int, cols: int):
+        n = rows * cols
+        if self.used + n > self.buf.numel():
+            raise RuntimeError(f"ZeroArena of {self.buf.numel()} floats exhausted (asked {n} more after {self.used})")
+        view = self.buf[self.used:self.used + n].view(rows, cols)
+        self.used += n
+        return view
