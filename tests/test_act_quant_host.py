@@ -1,12 +1,17 @@
-"""act_quant.cu without a GPU: the translation unit compiles for sm_90a and sm_110a, and its per-element math (the
-__host__ __device__ helpers every kernel uses: NVFP4 block quantization, e4m3 conversion, bf16 unpacking, the
-swizzled scale offsets), run on the host, is bit-identical to the CPU reference triforce/quant/formats.py.
+"""The fused activation-quantization ops without a GPU.
+
+- act_quant.cu compiles for sm_90a and sm_110a, and its per-element math (the __host__ __device__ helpers every
+  kernel uses: NVFP4 block quantization, e4m3 conversion, bf16 unpacking, the swizzled scale offsets), run on the
+  host, is bit-identical to the CPU reference triforce/quant/formats.py (marked compile: real nvcc).
+- The Python wrappers refuse bad input with a one-line KernelError before anything reaches the extension.
 The kernels themselves (indexing, reductions) are checked on a GPU by tests/test_act_quant_gpu.py."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +19,6 @@ import pytest
 import torch
 
 from triforce.quant import formats as fmt
-
-pytestmark = pytest.mark.compile
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, COLS = 300, 4304  # 4304/16 = 269 scale columns: padded to 272
@@ -54,6 +57,7 @@ def _run(probe: Path, tmp_path: Path, x: torch.Tensor, g: float) -> dict:
             "unpacked": read("unpacked.f32", np.float32), "offsets": read("offsets.i64", np.int64)}
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("g", [1.0, 0.37, 448.0 * 6 / 3e4, 1e4])
 def test_nvfp4_block_math_is_bit_exact(probe, tmp_path, g):
     x = _values()
@@ -63,6 +67,7 @@ def test_nvfp4_block_math_is_bit_exact(probe, tmp_path, g):
     assert torch.equal(got["sf"], sf.view(torch.uint8).reshape(-1))
 
 
+@pytest.mark.compile
 def test_fp8_conversion_and_bf16_unpack_are_bit_exact(probe, tmp_path):
     x = _values()
     got = _run(probe, tmp_path, x, 1.0)
@@ -70,7 +75,59 @@ def test_fp8_conversion_and_bf16_unpack_are_bit_exact(probe, tmp_path):
     assert torch.equal(got["unpacked"], x.to(torch.bfloat16).float())
 
 
+@pytest.mark.compile
 def test_scale_offsets_match_the_reference_swizzle(probe, tmp_path):
     got = _run(probe, tmp_path, _values(), 1.0)
     sf = torch.randint(1, 256, (ROWS, COLS // 16), dtype=torch.int32).to(torch.uint8)
     assert torch.equal(fmt.swizzle_block_scales(sf)[got["offsets"]], sf.reshape(-1))
+
+
+# ── wrapper refusals (CPU tensors: every check runs before the extension is touched) ─────────────────────────────
+@pytest.fixture(scope="module")
+def tk():
+    sys.path.insert(0, str(REPO / "cutlass_sm110"))
+    import triforce_kernels
+
+    return triforce_kernels
+
+
+def _bf16(rows, cols):
+    return torch.randn(rows, cols).to(torch.bfloat16)
+
+
+def _nvfp4_out(rows, cols):
+    return torch.zeros(rows, cols // 2, dtype=torch.uint8), torch.zeros(fmt.nvfp4_sf_bytes(rows, cols), dtype=torch.uint8)
+
+
+_FP8 = torch.float8_e4m3fn
+_CASES = {
+    "x must be torch.bfloat16": lambda tk: tk.quant_nvfp4(_bf16(4, 64).float(), torch.ones(1), *_nvfp4_out(4, 64)),
+    "row length must be a positive multiple of 16":
+        lambda tk: tk.quant_nvfp4(_bf16(4, 56), torch.ones(1), *_nvfp4_out(4, 64)),
+    "row length must be a positive multiple of 8":
+        lambda tk: tk.rmsnorm_quant_fp8(_bf16(4, 20), torch.ones(20), torch.ones(1), torch.zeros(4, 20, dtype=_FP8)),
+    "out_sf must have shape [512]":
+        lambda tk: tk.quant_nvfp4(_bf16(4, 64), torch.ones(1), _nvfp4_out(4, 64)[0], torch.zeros(500, dtype=torch.uint8)),
+    "out must have shape [4, 32]":
+        lambda tk: tk.rmsnorm_quant_nvfp4(_bf16(4, 64), torch.ones(64), torch.ones(1), *_nvfp4_out(2, 64)),
+    "x must be contiguous": lambda tk: tk.rmsnorm_quant_fp8(
+        _bf16(64, 4).t(), torch.ones(64), torch.ones(1), torch.zeros(4, 64, dtype=_FP8)),
+    "weight must be a float32 or bfloat16 tensor [64], got torch.float16": lambda tk: tk.rmsnorm_quant_fp8(
+        _bf16(4, 64), torch.ones(64).half(), torch.ones(1), torch.zeros(4, 64, dtype=_FP8)),
+    "weight must have shape [64]": lambda tk: tk.rmsnorm_quant_nvfp4(
+        _bf16(4, 64), torch.ones(32), torch.ones(1), *_nvfp4_out(4, 64)),
+    "inv_scale must have shape [1]": lambda tk: tk.geglu_quant_fp8(
+        _bf16(4, 64), torch.ones(2), torch.zeros(4, 32, dtype=_FP8)),
+    "out must be torch.float8_e4m3fn": lambda tk: tk.geglu_quant_fp8(_bf16(4, 64), torch.ones(1), torch.zeros(4, 32)),
+    "global_scale must be torch.float32": lambda tk: tk.geglu_quant_nvfp4(
+        _bf16(4, 64), torch.ones(1, dtype=torch.float64), *_nvfp4_out(4, 32)),
+    "a multiple of 16": lambda tk: tk.geglu_quant_nvfp4(_bf16(4, 48), torch.ones(1), *_nvfp4_out(4, 32)),
+    "tensors must be on a CUDA device": lambda tk: tk.quant_nvfp4(_bf16(4, 64), torch.ones(1), *_nvfp4_out(4, 64)),
+}
+
+
+@pytest.mark.parametrize("match", list(_CASES))
+def test_wrappers_refuse_bad_input(tk, match):
+    with pytest.raises(tk.KernelError, match=re.escape(match)) as err:
+        _CASES[match](tk)
+    assert "\n" not in str(err.value)
