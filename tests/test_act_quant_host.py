@@ -96,7 +96,8 @@ def _bf16(rows, cols):
 
 
 def _nvfp4_out(rows, cols):
-    return torch.zeros(rows, cols // 2, dtype=torch.uint8), torch.zeros(fmt.nvfp4_sf_bytes(rows, cols), dtype=torch.uint8)
+    sf_bytes = fmt.nvfp4_sf_bytes(rows, cols)
+    return torch.zeros(rows, cols // 2, dtype=torch.uint8), torch.zeros(sf_bytes, dtype=torch.uint8)
 
 
 _FP8 = torch.float8_e4m3fn
@@ -106,8 +107,8 @@ _CASES = {
         lambda tk: tk.quant_nvfp4(_bf16(4, 56), torch.ones(1), *_nvfp4_out(4, 64)),
     "row length must be a positive multiple of 8":
         lambda tk: tk.rmsnorm_quant_fp8(_bf16(4, 20), torch.ones(20), torch.ones(1), torch.zeros(4, 20, dtype=_FP8)),
-    "out_sf must have shape [512]":
-        lambda tk: tk.quant_nvfp4(_bf16(4, 64), torch.ones(1), _nvfp4_out(4, 64)[0], torch.zeros(500, dtype=torch.uint8)),
+    "out_sf must have shape [512]": lambda tk: tk.quant_nvfp4(
+        _bf16(4, 64), torch.ones(1), _nvfp4_out(4, 64)[0], torch.zeros(500, dtype=torch.uint8)),
     "out must have shape [4, 32]":
         lambda tk: tk.rmsnorm_quant_nvfp4(_bf16(4, 64), torch.ones(64), torch.ones(1), *_nvfp4_out(2, 64)),
     "x must be contiguous": lambda tk: tk.rmsnorm_quant_fp8(
