@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 UP_NAME = "triforce-test-up"
 
 
-def _invoke(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True)
+def _invoke(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
 
 
 def _one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:
@@ -59,6 +61,22 @@ def test_several_hosts_one_good_one_dead(docker_engine, eval_container):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "[unix:///var/run/docker.sock] reused container" in result.stdout
     assert "unix:///var/run/docker.sock: ok" in result.stdout and "tcp://127.0.0.1:1: FAILED (exit 1)" in result.stdout
+
+
+@pytest.mark.docker
+def test_docker_contexts_and_docker_host_select_the_engine(docker_engine, eval_image, eval_container, tmp_path):
+    """A fleet is addressed like the docker CLI does: --host <context>, the current context, or DOCKER_HOST."""
+    cli_env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    subprocess.run(["docker", "context", "create", "robot-01", "--docker", "host=unix:///var/run/docker.sock"],
+                   env=cli_env, check=True, capture_output=True)
+    args = ["up", "--name", eval_container, "--image", eval_image.tag]
+    by_name = _invoke(*args, "--host", "robot-01", env={"DOCKER_CONFIG": str(tmp_path)})
+    assert by_name.returncode == 0 and "on context robot-01" in by_name.stdout, by_name.stdout + by_name.stderr
+    subprocess.run(["docker", "context", "use", "robot-01"], env=cli_env, check=True, capture_output=True)
+    current = _invoke(*args, env={"DOCKER_CONFIG": str(tmp_path)})
+    assert current.returncode == 0 and "on context robot-01" in current.stdout, current.stdout + current.stderr
+    _one_line_error(_invoke(*args, env={"DOCKER_HOST": "tcp://127.0.0.1:1"}), 1,
+                    "Docker engine at DOCKER_HOST=tcp://127.0.0.1:1 is unreachable")
 
 
 # ── up ───────────────────────────────────────────────────────────────────────────────────────────────────────────────

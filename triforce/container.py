@@ -6,7 +6,9 @@ an exit code, and put/get of files with tar archives. Engine paths (bind mounts)
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -16,7 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import docker
-from docker.context import ContextAPI
+from docker.constants import DEFAULT_UNIX_SOCKET
+from docker.context.config import get_current_context_name
 from docker.errors import APIError, DockerException, NotFound
 from docker.types import DeviceRequest
 
@@ -56,24 +59,39 @@ def connect(host: str | None = None) -> Engine:
 
 
 def _client_kwargs(host: str | None) -> tuple[str, dict]:
-    if not host:
-        if os.environ.get("DOCKER_HOST"):
-            return f"DOCKER_HOST={os.environ['DOCKER_HOST']}", docker.utils.kwargs_from_env()
-        ctx = ContextAPI.get_current_context()
-        return (ctx.Host if ctx.Name == "default" else f"context {ctx.Name}"), _context_kwargs(ctx)
-    if "://" in host:
+    """Resolve the engine as the docker CLI does: --host, DOCKER_HOST, DOCKER_CONTEXT, then the current context."""
+    if host and "://" in host:
         return host, _url_kwargs(host)
-    ctx = ContextAPI.get_context(host)
-    if ctx is None:
-        raise TriforceError(f"'{host}' is neither an engine URL (unix://, tcp://, ssh://) nor a docker context: "
-                            f"see `docker context ls`")
-    return f"context {host}", _context_kwargs(ctx)
+    if host:
+        return f"context {host}", _context_kwargs(host)
+    if os.environ.get("DOCKER_HOST"):
+        return f"DOCKER_HOST={os.environ['DOCKER_HOST']}", docker.utils.kwargs_from_env()
+    name = os.environ.get("DOCKER_CONTEXT") or get_current_context_name()
+    if name == "default":
+        return DEFAULT_UNIX_SOCKET.replace("http+unix://", "unix://"), {}
+    return f"context {name}", _context_kwargs(name)
 
 
-def _context_kwargs(ctx) -> dict:
-    kwargs = _url_kwargs(ctx.Host) if ctx.Host else {}
-    if ctx.TLSConfig:
-        kwargs["tls"] = ctx.TLSConfig
+def _context_kwargs(name: str) -> dict:
+    """A docker CLI context from its store ($DOCKER_CONFIG or ~/.docker)/contexts: meta/<sha256(name)>/meta.json, TLS
+    material in tls/<sha256(name)>/docker/. (The SDK's own reader only finds the store when a config.json exists.)"""
+    store = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "contexts"
+    context_id = hashlib.sha256(name.encode()).hexdigest()
+    meta = store / "meta" / context_id / "meta.json"
+    if not meta.is_file():
+        raise TriforceError(f"'{name}' is neither an engine URL (unix://, tcp://, ssh://) nor a docker context in "
+                            f"{store}: see `docker context ls`")
+    endpoint = json.loads(meta.read_text()).get("Endpoints", {}).get("docker", {})
+    if not endpoint.get("Host"):
+        raise TriforceError(f"docker context {name} ({meta}) has no docker endpoint: recreate it with "
+                            f"`docker context create {name} --docker host=...`")
+    kwargs = _url_kwargs(endpoint["Host"])
+    tls = store / "tls" / context_id / "docker"
+    if tls.is_dir():
+        cert = (str(tls / "cert.pem"), str(tls / "key.pem")) if (tls / "cert.pem").is_file() else None
+        ca = str(tls / "ca.pem") if (tls / "ca.pem").is_file() else None
+        kwargs["tls"] = docker.tls.TLSConfig(client_cert=cert, ca_cert=ca,
+                                             verify=bool(ca) and not endpoint.get("SkipTLSVerify"))
     return kwargs
 
 
