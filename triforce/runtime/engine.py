@@ -146,6 +146,11 @@ class Pi05Engine:
                 "fc1": lin("fc1", lambda: Linear(g("mlp.fc1.weight"), g("mlp.fc1.bias"))),
                 "fc2": lin("fc2", lambda: Linear(g("mlp.fc2.weight"), g("mlp.fc2.bias"))),
             })
+        for layer in self.vision_layers:   # AWQ-smoothed layers read x / s: the LayerNorm that feeds them divides
+            for ln, consumer in (("ln1", "qkv"), ("ln2", "fc1")):
+                inv_s = channel_scale(layer[consumer])
+                if inv_s is not None:
+                    layer[ln] = (layer[ln][0] * inv_s, layer[ln][1] * inv_s)
         self.post_ln = (_f32(s[f"{VISION}.post_layernorm.weight"]), _f32(s[f"{VISION}.post_layernorm.bias"]))
         self.projector = Linear(s[f"{PG}.model.multi_modal_projector.linear.weight"], s[f"{PG}.model.multi_modal_projector.linear.bias"])
         self.embedding = _bf16(s[TOKEN_EMBEDDING])

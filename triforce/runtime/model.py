@@ -52,6 +52,11 @@ class ReferencePi05:
         self.device = torch.device(device)
         self.dtype = dtype
         self.w = {k: v.to(self.device, dtype) for k, v in weights.items()}
+        self.recorder = None   # calibration: called with (engine layer id, the GEMM's input as the engine sees it)
+
+    def _rec(self, layer_id: str, x):
+        if self.recorder is not None:
+            self.recorder(layer_id, x)
 
     # ── vision ────────────────────────────────────────────────────────────────────────────────────────────────
     def embed_images(self, images):
@@ -61,21 +66,26 @@ class ReferencePi05:
         x = F.conv2d(x, w[f"{VISION}.embeddings.patch_embedding.weight"], w[f"{VISION}.embeddings.patch_embedding.bias"], stride=cfg.patch_size)
         x = x.flatten(2).transpose(1, 2) + w[f"{VISION}.embeddings.position_embedding.weight"]
         for i in range(v.depth):
-            x = self._vision_layer(x, f"{VISION}.encoder.layers.{i}")
+            x = self._vision_layer(x, f"{VISION}.encoder.layers.{i}", f"vision.{i}")
         x = F.layer_norm(x, (v.width,), w[f"{VISION}.post_layernorm.weight"], w[f"{VISION}.post_layernorm.bias"], eps=cfg.norm_eps)
         return F.linear(x, w[f"{PG}.model.multi_modal_projector.linear.weight"], w[f"{PG}.model.multi_modal_projector.linear.bias"])
 
-    def _vision_layer(self, x, name):
+    def _vision_layer(self, x, name, lid):
         w, v, eps = self.w, self.cfg.vision, self.cfg.norm_eps
         lin = lambda t, p: F.linear(t, w[f"{name}.{p}.weight"], w[f"{name}.{p}.bias"])  # noqa: E731
         h = F.layer_norm(x, (v.width,), w[f"{name}.layer_norm1.weight"], w[f"{name}.layer_norm1.bias"], eps=eps)
+        self._rec(f"{lid}.qkv", h)
         n, s, _ = h.shape
         heads = lambda t: t.view(n, s, v.num_heads, v.dim_head).transpose(1, 2)  # noqa: E731
         q, k, vv = heads(lin(h, "self_attn.q_proj")), heads(lin(h, "self_attn.k_proj")), heads(lin(h, "self_attn.v_proj"))
-        att = torch.softmax(q @ k.transpose(-1, -2) * v.dim_head ** -0.5, dim=-1) @ vv
-        x = x + lin(att.transpose(1, 2).reshape(n, s, v.width), "self_attn.out_proj")
+        att = (torch.softmax(q @ k.transpose(-1, -2) * v.dim_head ** -0.5, dim=-1) @ vv).transpose(1, 2).reshape(n, s, v.width)
+        self._rec(f"{lid}.o", att)
+        x = x + lin(att, "self_attn.out_proj")
         h = F.layer_norm(x, (v.width,), w[f"{name}.layer_norm2.weight"], w[f"{name}.layer_norm2.bias"], eps=eps)
-        return x + lin(gelu_tanh(lin(h, "mlp.fc1")), "mlp.fc2")
+        self._rec(f"{lid}.fc1", h)
+        act = gelu_tanh(lin(h, "mlp.fc1"))
+        self._rec(f"{lid}.fc2", act)
+        return x + lin(act, "mlp.fc2")
 
     # ── gemma towers ──────────────────────────────────────────────────────────────────────────────────────────
     def _attention(self, q_in, name, tower, pos, kv_prefix=None):
@@ -95,11 +105,13 @@ class ReferencePi05:
         logits = logits.masked_fill(~key_mask[None], float("-inf"))
         return torch.softmax(logits, dim=-1) @ v
 
-    def _mlp(self, h, name):
+    def _mlp(self, h, name, lid):
         w = self.w
         gate = F.linear(h, w[f"{name}.mlp.gate_proj.weight"])
         up = F.linear(h, w[f"{name}.mlp.up_proj.weight"])
-        return F.linear(gelu_tanh(gate) * up, w[f"{name}.mlp.down_proj.weight"])
+        act = gelu_tanh(gate) * up
+        self._rec(f"{lid}.down", act)
+        return F.linear(act, w[f"{name}.mlp.down_proj.weight"])
 
     def prefix_kv(self, prefix_emb, prefix_valid):
         """Run the Gemma 2B prefix; return per-layer (k, v) and the position ids. Prefix attention is bidirectional
@@ -110,13 +122,16 @@ class ReferencePi05:
         x, cache = prefix_emb, []
         for i in range(p.depth):
             name = f"{LANG}.layers.{i}"
-            h = rms_normalize(x, cfg.norm_eps) * (1 + w[f"{name}.input_layernorm.weight"])
-            q, k, v = self._attention(h, name, p, pos)
+            xn = rms_normalize(x, cfg.norm_eps)
+            self._rec(f"prefix.{i}.qkv", xn)          # the engine folds (1 + w) into the weights
+            q, k, v = self._attention(xn * (1 + w[f"{name}.input_layernorm.weight"]), name, p, pos)
             cache.append((k, v))
             att = self._attend(q, k, v, mask, p.dim_head).transpose(0, 1).reshape(x.shape[0], -1)
+            self._rec(f"prefix.{i}.o", att)
             x = x + F.linear(att, w[f"{name}.self_attn.o_proj.weight"])
-            h = rms_normalize(x, cfg.norm_eps) * (1 + w[f"{name}.post_attention_layernorm.weight"])
-            x = x + self._mlp(h, name)
+            xn = rms_normalize(x, cfg.norm_eps)
+            self._rec(f"prefix.{i}.gate_up", xn)
+            x = x + self._mlp(xn * (1 + w[f"{name}.post_attention_layernorm.weight"]), name, f"prefix.{i}")
         return cache, pos
 
     def time_condition(self, t):
@@ -143,12 +158,15 @@ class ReferencePi05:
         for i in range(e.depth):
             name = f"{EXPERT}.model.layers.{i}"
             h, gate = self._ada_norm(x, f"{name}.input_layernorm", cond)
+            self._rec(f"expert.{i}.qkv", h)
             q, k, v = self._attention(h, name, e, pos)
             pk, pv = cache[i]
-            att = self._attend(q, torch.cat([pk, k]), torch.cat([pv, v]), key_mask, e.dim_head)
-            x = x + F.linear(att.transpose(0, 1).reshape(horizon, -1), w[f"{name}.self_attn.o_proj.weight"]) * gate
+            att = self._attend(q, torch.cat([pk, k]), torch.cat([pv, v]), key_mask, e.dim_head).transpose(0, 1).reshape(horizon, -1)
+            self._rec(f"expert.{i}.o", att)
+            x = x + F.linear(att, w[f"{name}.self_attn.o_proj.weight"]) * gate
             h, gate = self._ada_norm(x, f"{name}.post_attention_layernorm", cond)
-            x = x + self._mlp(h, name) * gate
+            self._rec(f"expert.{i}.gate_up", h)
+            x = x + self._mlp(h, name, f"expert.{i}") * gate
         h, _ = self._ada_norm(x, f"{EXPERT}.model.norm", cond)
         return F.linear(h, w["action_out_proj.weight"], w["action_out_proj.bias"])
 

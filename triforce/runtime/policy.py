@@ -36,7 +36,7 @@ class Policy:
         self._rng = np.random.default_rng()
 
     @classmethod
-    def load(cls, checkpoint: str, config: str, plan: str = "a", device: str | None = None, recipe=None, **engine_options) -> "Policy":
+    def load(cls, checkpoint: str, config: str, plan: str = "a", device: str | None = None, recipe=None, **options) -> "Policy":
         if plan not in PLANS:
             raise TriforceError(f"unknown plan '{plan}': choose one of {', '.join(PLANS)}")
         cfg = load_config(config)
@@ -46,7 +46,7 @@ class Policy:
             if device not in (None, "cuda") and not str(device).startswith("cuda"):
                 raise UnsupportedError(f"plan {plan} runs on a CUDA device, not '{device}'")
         path, synthetic = resolve_checkpoint(checkpoint, cfg)
-        backend = _make_backend(cfg, path, plan, device, recipe, engine_options)
+        backend = _make_backend(cfg, path, plan, device, recipe, options)
         return cls(cfg, backend, plan, synthetic, path, time.perf_counter() - start)
 
     def infer(self, obs: Observation, noise=None) -> np.ndarray:
@@ -68,15 +68,14 @@ def _make_backend(cfg, path, plan, device, recipe, options):
         return ReferenceBackend(ReferencePi05(cfg, load_state(path, cfg), dev))
     from .engine import Pi05Engine
 
-    state = load_state(path, cfg, device="cuda")
-    quant = None
     if plan == "b":
-        from ..quant.plan_b import prepare_quantized
+        from ..quant.plan_b import prepare_plan_b
 
-        quant = prepare_quantized(cfg, state, path, recipe)
-    elif recipe is not None:
+        quant, state = prepare_plan_b(cfg, path, recipe, **options)
+        return Pi05Engine(cfg, state, quant=quant)
+    if recipe is not None:
         raise TriforceError("a recipe applies to plan b only")
-    return Pi05Engine(cfg, state, quant=quant, **options)
+    return Pi05Engine(cfg, load_state(path, cfg, device="cuda"), **options)
 
 
 class ReferenceBackend:

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Plan B validation (in the container or with --local): quantized engine vs bf16 engine and fp32 reference, latency, speed-up, weight bytes.
+Exit codes: 0 pass, 1 gate failed, 2 bad input, 4 no usable GPU."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from triforce import report as rep  # noqa: E402
+from triforce.errors import TriforceError  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--report-dir", default="reports", help="where the JSON report is written")
+    ap.add_argument("--checkpoint", default="synthetic:pi05_libero", help="checkpoint dir/file or synthetic:<config>")
+    ap.add_argument("--config", default="pi05_libero", help="model config")
+    ap.add_argument("--recipe", default="auto", help="recipe name (triforce/data/recipes.toml) or .toml file; auto: Phase 0's roofline")
+    ap.add_argument("--calibration", type=int, default=16, help="observations for activation calibration")
+    ap.add_argument("--observations", type=int, default=64, help="random observations compared with the references")
+    ap.add_argument("--runs", type=int, default=50, help="timed graph replays after warm-up")
+    args = ap.parse_args()
+    if args.observations < 1 or args.runs < 1 or args.calibration < 1:
+        print("error: --observations, --runs and --calibration must be >= 1", file=sys.stderr)
+        return rep.EXIT_BAD_INPUT
+    from triforce.checks import plan_b
+
+    try:
+        report, code = plan_b.run(args.checkpoint, args.config, args.recipe, args.observations, args.runs, args.calibration)
+    except TriforceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return rep.EXIT_BAD_INPUT
+    report = {**rep.stamp(" ".join(sys.argv)), **report}
+    path = rep.write_json(Path(args.report_dir) / "plan_b.json", report)
+    plan_b.print_summary(report)
+    print(f"report: {path}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

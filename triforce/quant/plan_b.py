@@ -1,0 +1,286 @@
+"""Plan B at run time: quantized GEMM layers (FP8 W8A8, INT4 W4A16, NVFP4) inside the Plan A graph, built from a
+quantized checkpoint or by quantizing a bf16 one on load. A backend this GPU cannot run is an error, never a
+fallback."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import TriforceError, UnsupportedError
+from ..runtime import fused
+from ..runtime.checkpoint import load_state
+from ..runtime.config import ModelConfig
+from .quantize import FORMAT, expected_quantized
+
+BF16, FP8 = torch.bfloat16, torch.float8_e4m3fn
+
+
+# ── what this GPU can run ─────────────────────────────────────────────────────────────────────────────────────────
+def _gpu() -> tuple[str, tuple[int, int]]:
+    if not torch.cuda.is_available():
+        raise UnsupportedError("Plan B needs a CUDA GPU and none is visible here")
+    return torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
+
+
+def _kernels(backend: str):
+    try:
+        import triforce_kernels
+    except ImportError as err:
+        raise UnsupportedError(f"the {backend} backend needs the triforce_kernels wheel ({err}): `invoke build-kernels` then install it") from None
+    return triforce_kernels
+
+
+def check_backend(precision: str) -> None:
+    """Raise, naming the backend and the GPU, if this GPU (or the installed kernel wheel) cannot run `precision`."""
+    name, (major, minor) = _gpu()
+    gpu = f"{name} (compute capability {major}.{minor})"
+    if precision == "fp8" and (major, minor) < (8, 9):
+        raise UnsupportedError(f"FP8 W8A8 needs FP8 tensor cores (compute capability >= 8.9); this GPU is {gpu}")
+    if precision == "nvfp4" and major not in (10, 11):
+        raise UnsupportedError(f"NVFP4 needs Blackwell's block-scaled tensor cores (sm_100a / sm_110a); this GPU is {gpu}")
+    if precision in ("w4a16", "nvfp4"):
+        tk = _kernels(precision)
+        op = "w4a16_gemm" if precision == "w4a16" else "nvfp4_gemm"
+        built = tk.build_info().get("compute_capability") if hasattr(tk, "build_info") else None
+        if not tk.has_op(op) or (built and built != f"{major}.{minor}"):
+            raise UnsupportedError(f"the installed triforce_kernels wheel ({tk.build_info().get('arch')}) has no {op} "
+                                   f"for {gpu}: rebuild with `invoke build-kernels --arch` for this GPU")
+
+
+# ── layers ────────────────────────────────────────────────────────────────────────────────────────────────────────
+class Bf16Linear:
+    def __init__(self, t: dict):
+        from ..runtime.engine import Linear
+
+        self.inner = Linear(t["weight"], t.get("bias"))
+        self.nbytes = self.inner.nbytes
+
+    def __call__(self, x):
+        y = self.inner(x)
+        return y
+
+
+class Fp8Linear:
+    """W8A8: E4M3 weights with per-output-channel scales, a static per-tensor activation scale (calibrated); the
+    producer kernel writes E4M3 directly (input_quant_scale), cuBLASLt multiplies (torch._scaled_mm, row-wise)."""
+
+    input_dtype = FP8
+
+    def __init__(self, t: dict):
+        self.weight = t["weight"].cuda()                       # [N, K] e4m3
+        self.weight_scale = t["weight_scale"].cuda().float().view(1, -1)
+        self.input_scale = t["input_scale"].cuda().float().view(1)
+        self.input_quant_scale = (1.0 / self.input_scale).contiguous()
+        self.bias = t["bias"].cuda() if "bias" in t else None
+        self._scale_a: dict = {}
+        self.nbytes = self.weight.numel() + self.weight_scale.numel() * 4
+
+    def __call__(self, x):
+        if x.dtype != FP8:                                      # an unfused producer (cuBLAS/FlashAttention output)
+            x = fused.quantize_fp8(x.contiguous(), torch.empty(x.shape, dtype=FP8, device=x.device), self.input_quant_scale)
+        rows = x.shape[0]
+        if rows not in self._scale_a:
+            self._scale_a[rows] = self.input_scale.expand(rows, 1).contiguous()
+        return torch._scaled_mm(x, self.weight.t(), scale_a=self._scale_a[rows], scale_b=self.weight_scale,
+                                bias=self.bias, out_dtype=BF16)
+
+
+class W4A16Linear:
+    """INT4 weights (group 128, AWQ-smoothed) with bf16 activations through the kernel wheel's CUTLASS GEMM."""
+
+    input_dtype = BF16
+
+    def __init__(self, t: dict):
+        tk = _kernels("w4a16")
+        self.tk = tk
+        qweight, scales = t["qweight"].cuda(), t["scales"].cuda()
+        self.n, self.k = qweight.shape[0], qweight.shape[1] * 2
+        self.packed_weight, self.packed_scales = tk.w4a16_prepack(qweight, scales)
+        self.input_channel_scale = t["channel_scale"].cuda().float() if "channel_scale" in t else None
+        self._workspace: dict = {}
+        self.nbytes = qweight.numel() + scales.numel() * 2
+
+    def __call__(self, x):
+        if x.dtype != BF16:
+            x = x.to(BF16)
+        x = x.contiguous()
+        rows = x.shape[0]
+        if rows not in self._workspace:
+            self._workspace[rows] = torch.empty(max(1, self.tk.w4a16_workspace_size(rows, self.n, self.k)), dtype=torch.uint8, device="cuda")
+        out = torch.empty(rows, self.n, dtype=BF16, device="cuda")
+        self.tk.w4a16_gemm(x, self.packed_weight, self.packed_scales, out, self._workspace[rows])
+        return out
+
+
+class NvFp4Linear:
+    """NVFP4 W4A4 (Blackwell only): E2M1 weights with swizzled E4M3 block scales and a global scale; activations
+    quantized by the wheel's fused kernel with their calibrated global scale."""
+
+    input_dtype = BF16
+
+    def __init__(self, t: dict):
+        tk = _kernels("nvfp4")
+        self.tk = tk
+        self.weight, self.weight_sf = t["qweight"].cuda(), t["weight_sf"].cuda()
+        self.n, self.k = self.weight.shape[0], self.weight.shape[1] * 2
+        self.input_global = t["input_global"].cuda().float()
+        self.alpha = (1.0 / (self.input_global * t["weight_global"].cuda().float())).contiguous()
+        self.bias = t["bias"].cuda() if "bias" in t else None
+        self.input_channel_scale = t["channel_scale"].cuda().float() if "channel_scale" in t else None
+        self._buffers: dict = {}
+        self.nbytes = self.weight.numel() + self.weight_sf.numel()
+
+    def __call__(self, x):
+        rows = x.shape[0]
+        if rows not in self._buffers:
+            self._buffers[rows] = (torch.empty(rows, self.k // 2, dtype=torch.uint8, device="cuda"),
+                                   torch.empty(self.tk.nvfp4_sf_bytes(rows, self.k), dtype=torch.uint8, device="cuda"),
+                                   torch.empty(max(1, self.tk.nvfp4_workspace_size(rows, self.n, self.k)), dtype=torch.uint8, device="cuda"))
+        a, a_sf, ws = self._buffers[rows]
+        self.tk.quant_nvfp4(x.to(BF16).contiguous(), self.input_global, a, a_sf)
+        out = torch.empty(rows, self.n, dtype=BF16, device="cuda")
+        self.tk.nvfp4_gemm(a, a_sf, self.weight, self.weight_sf, self.alpha, out, ws)
+        return out + self.bias if self.bias is not None else out
+
+
+LAYERS = {"bf16": Bf16Linear, "fp8": Fp8Linear, "w4a16": W4A16Linear, "nvfp4": NvFp4Linear}
+
+
+class QuantizedModel:
+    """Every engine GEMM layer by id, as the recipe says. The engine asks has(id) / layer(id) while building."""
+
+    def __init__(self, plan: dict, tensors: dict, meta: dict):
+        for precision in sorted(set(plan.values())):
+            if precision != "bf16":
+                check_backend(precision)
+        self.plan, self.meta = plan, meta
+        self.tensors = tensors
+
+    def has(self, layer_id: str) -> bool:
+        return layer_id in self.plan
+
+    def layer(self, layer_id: str):
+        prefix = f"gemm.{layer_id}."
+        t = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        return LAYERS[self.plan[layer_id]](t)
+
+
+# ── entry points ──────────────────────────────────────────────────────────────────────────────────────────────────
+def is_quantized_checkpoint(path: Path) -> bool:
+    return (Path(path).parent / "recipe.json").is_file()
+
+
+def load_quantized(cfg: ModelConfig, path: Path, recipe: str | None = None) -> tuple[QuantizedModel, dict]:
+    """A checkpoint written by `invoke quantize`: strict, and its recipe must be for this config."""
+    from safetensors import SafetensorError, safe_open
+
+    meta = json.loads((Path(path).parent / "recipe.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise TriforceError(f"{path.parent}/recipe.json is not a {FORMAT} recipe (format={meta.get('format')})")
+    if meta.get("config") != cfg.name:
+        raise TriforceError(f"quantized checkpoint {path.parent} was made for config '{meta.get('config')}', not '{cfg.name}'")
+    if recipe is not None and recipe != meta.get("recipe"):
+        raise TriforceError(f"quantized checkpoint {path.parent} holds recipe '{meta.get('recipe')}'; requested '{recipe}' "
+                            f"(re-run `invoke quantize` with it)")
+    from .recipes import layer_ids
+
+    plan = meta["layers"]
+    if set(plan) != set(layer_ids(cfg)):
+        raise TriforceError(f"quantized checkpoint {path.parent}: its recipe does not list exactly the GEMM layers of {cfg.name}")
+    expected = expected_quantized(cfg, plan, meta)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            names = set(f.keys())
+            missing, unexpected = sorted(expected - names), sorted(names - expected)
+            if missing or unexpected:
+                raise TriforceError(f"quantized checkpoint {path}: {len(missing)} missing ({', '.join(missing[:4])}), "
+                                    f"{len(unexpected)} unexpected ({', '.join(unexpected[:4])}) tensors")
+            tensors = {k: f.get_tensor(k) for k in names}
+    except SafetensorError as err:
+        raise TriforceError(f"quantized checkpoint {path} is not a readable safetensors file ({err})") from None
+    return QuantizedModel(plan, tensors, meta), {k: v.cuda() for k, v in tensors.items() if not k.startswith("gemm.")}
+
+
+def quantize_in_memory(cfg: ModelConfig, path: Path, recipe: str, calibration: int, device: str, log=print):
+    """(tensors, plan, meta): calibrate the reference on `calibration` observations, then quantize per recipe."""
+    from ..runtime.model import ReferencePi05
+    from .calibrate import calibrate
+    from .quantize import quantize_state
+    from .recipes import resolve_recipe
+
+    auto = None
+    if recipe == "auto":
+        auto = _auto_recommendation(cfg)
+    plan = resolve_recipe(recipe, cfg, auto)
+    state = load_state(path, cfg)
+    start = time.perf_counter()
+    model = ReferencePi05(cfg, state, device)
+    stats = calibrate(model, cfg, calibration)
+    del model
+    tensors = quantize_state(cfg, state, plan, stats, device)
+    log(f"[quantize] {recipe}: calibrated on {calibration} observations and quantized in {time.perf_counter() - start:.1f} s")
+    return tensors, plan, {"recipe": recipe, "calibration_observations": calibration, "source": str(path)}
+
+
+def _auto_recommendation(cfg):
+    from ..checks.phase0 import gpu_precisions, measure_ceilings
+    from ..roofline import analyse
+
+    _, (major, minor) = _gpu()
+    ceilings = measure_ceilings(runs=5)
+    return analyse(cfg, ceilings["tflops"], ceilings["copy_gbs"], gpu_precisions(f"{major}.{minor}"))["recommendation"]
+
+
+def prepare_plan_b(cfg: ModelConfig, path: Path, recipe: str | None, calibration: int = 16):
+    """(QuantizedModel, non-GEMM state on the GPU) for Policy.load(plan='b')."""
+    if is_quantized_checkpoint(path):
+        return load_quantized(cfg, path, recipe)
+    if recipe is None:
+        raise TriforceError("plan b on a bf16 checkpoint needs --recipe (e.g. h100, thor, fp8, auto) or a checkpoint from `invoke quantize`")
+    tensors, plan, meta = quantize_in_memory(cfg, path, recipe, calibration, "cuda")
+    return QuantizedModel(plan, tensors, meta), {k: v.cuda() for k, v in tensors.items() if not k.startswith("gemm.")}
+
+
+def stage_bytes(tensors: dict, plan: dict, bf16: bool = False) -> dict:
+    """GEMM weight bytes per stage: as stored (quantized), or what the bf16 engine holds for the same layers."""
+    out: dict = {}
+    for lid in plan:
+        stage = lid.split(".")[0]
+        prefix = f"gemm.{lid}."
+        mine = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+        if bf16:
+            n = mine[prefix + ("weight" if plan[lid] in ("bf16", "fp8") else "qweight")].shape
+            k = n[1] * (1 if plan[lid] in ("bf16", "fp8") else 2)
+            size = n[0] * k * 2
+        else:
+            size = sum(v.numel() * v.element_size() for k, v in mine.items() if not k.endswith((".bias", ".channel_scale")))
+        out[stage] = out.get(stage, 0) + size
+    return out
+
+
+def quantize_checkpoint(checkpoint: str, config: str, recipe: str, out_dir: str, calibration: int = 16,
+                        device: str | None = None, log=print) -> dict:
+    """`invoke quantize`: a quantized checkpoint dir (model.safetensors + recipe.json) and the bytes per stage."""
+    from ..runtime.checkpoint import resolve_checkpoint
+    from ..runtime.config import load_config
+    from .quantize import write_quantized
+
+    cfg = load_config(config)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TriforceError(f"--out {out_dir} exists and is not an empty directory: choose a new one")
+    if calibration < 1:
+        raise TriforceError("calibration needs at least one observation (--calibration >= 1)")
+    path, synthetic = resolve_checkpoint(checkpoint, cfg)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tensors, plan, meta = quantize_in_memory(cfg, path, recipe, calibration, device, log)
+    before, after = stage_bytes(tensors, plan, bf16=True), stage_bytes(tensors, plan)
+    meta.update(synthetic_weights=synthetic, weight_bytes_bf16=before, weight_bytes_quantized=after)
+    write_quantized(out, cfg, tensors, plan, meta)
+    return {"out": str(out), "recipe": recipe, "config": config, "synthetic_weights": synthetic,
+            "precisions": {p: sum(1 for v in plan.values() if v == p) for p in sorted(set(plan.values()))},
+            "weight_bytes": {s: {"bf16": before[s], "quantized": after[s], "ratio": after[s] / before[s]} for s in before}}
