@@ -127,6 +127,16 @@ def test_up_without_the_image_says_build_it(docker_engine, up_name):
     assert container.inspect(docker_engine, up_name) is None
 
 
+@pytest.mark.docker
+def test_a_thor_image_needs_the_nvidia_runtime(docker_engine, up_name):
+    """Jetson containers run with --runtime nvidia: an engine without it is refused, not silently run without GPU."""
+    docker_engine.api.import_image_from_data(b"\0" * 1024, repository="triforce-test/thor-labelled", tag="1",
+                                             changes=["LABEL org.triforce.target=thor", 'CMD ["sleep", "infinity"]'])
+    _one_line_error(_invoke("up", "--name", up_name, "--image", "triforce-test/thor-labelled:1"), 3,
+                    "(target thor) needs the 'nvidia' runtime but the engine at unix:///var/run/docker.sock has only")
+    assert container.inspect(docker_engine, up_name) is None
+
+
 # ── exec and archives ────────────────────────────────────────────────────────────────────────────────────────────────
 @pytest.mark.docker
 def test_exec_streams_both_streams_and_returns_the_exit_code(docker_engine, eval_container):

@@ -184,9 +184,9 @@ def up(engine: Engine, name: str, image: str, mounts: dict[str, str], replace: b
     """Create and start the eval container, or reuse the one already there when it runs the same image.
 
     mounts: engine-host path -> container path."""
-    image_id = engine.api.inspect_image(image)["Id"] if _has_image(engine, image) else None
-    if image_id is None:
+    if not _has_image(engine, image):
         raise TriforceError(f"image {image} not found on {engine.where}: build it with `invoke build-image`")
+    image_id = engine.api.inspect_image(image)["Id"]
     existing = inspect(engine, name)
     action = "created"
     if existing is not None:
