@@ -27,7 +27,7 @@ from .errors import TriforceError, UnsupportedError
 from .targets import get_target
 
 DockerAPIError = APIError
-PING_TIMEOUT_S = 10
+PING_TIMEOUT_S = 15  # first contact; ssh to a robot can take a few seconds
 LABEL_PREFIX = "org.triforce"
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 Log = Callable[[str], None]
@@ -65,7 +65,8 @@ def _client_kwargs(host: str | None) -> tuple[str, dict]:
     if host:
         return f"context {host}", _context_kwargs(host)
     if os.environ.get("DOCKER_HOST"):
-        return f"DOCKER_HOST={os.environ['DOCKER_HOST']}", docker.utils.kwargs_from_env()
+        kwargs = docker.utils.kwargs_from_env()  # also DOCKER_TLS_VERIFY / DOCKER_CERT_PATH
+        return f"DOCKER_HOST={os.environ['DOCKER_HOST']}", {**kwargs, **_url_kwargs(kwargs["base_url"])}
     name = os.environ.get("DOCKER_CONTEXT") or get_current_context_name()
     if name == "default":
         return DEFAULT_UNIX_SOCKET.replace("http+unix://", "unix://"), {}
@@ -328,11 +329,11 @@ def get_dir(engine: Engine, name: str, path: str, local_dir: Path) -> list[Path]
 # ── one-off runs (build-kernels --in-container) ──────────────────────────────────────────────────────────────────────
 def run_once(engine: Engine, image: str, argv: list[str], binds: dict[str, str], workdir: str, env: dict,
              log: Log = print) -> int:
-    """Run argv in a fresh container of image (removed afterwards), streaming its output; return its exit code."""
-    if not _has_image(engine, image):
-        raise TriforceError(f"image {image} not found on {engine.where}: build it with `invoke build-image`")
-    host_config = engine.api.create_host_config(
-        binds={src: {"bind": dst, "mode": "rw"} for src, dst in binds.items()}, init=True)
+    """Run argv in a fresh container of image (removed afterwards), streaming its output; return its exit code.
+
+    It gets the same runtime/GPU as `up` gives the eval container (the build imports torch and checks the wheel)."""
+    host_config, gpu = _host_config(engine, image, binds)
+    log(f"[{image}] GPU: {gpu}")
     created = engine.api.create_container(image, command=argv, working_dir=workdir, environment=env,
                                           host_config=host_config, user=f"{os.getuid()}:{os.getgid()}",
                                           labels={f"{LABEL_PREFIX}.role": "build"})
