@@ -41,6 +41,12 @@ def test_unreachable_engines_are_one_line_errors(tmp_path):
         container.connect("no-such-context")
 
 
+def test_an_unreachable_ssh_engine_is_a_one_line_error():
+    """ssh:// (a robot of the fleet) goes through paramiko: a dead host is one line, no ssh noise on stderr."""
+    _one_line_error(_invoke("validate", "--plan", "0", "--host", "ssh://robot@127.0.0.1:1"), 1,
+                    "Docker engine at ssh://robot@127.0.0.1:1 is unreachable")
+
+
 def test_several_hosts_report_each_and_fail_if_any_did():
     lines = []
 

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from docker.constants import DEFAULT_UNIX_SOCKET
 from docker.context.config import get_current_context_name
 from docker.errors import APIError, DockerException, NotFound
 from docker.types import DeviceRequest
+from paramiko.ssh_exception import SSHException
 
 from .errors import TriforceError, UnsupportedError
 from .targets import get_target
@@ -51,7 +51,7 @@ def connect(host: str | None = None) -> Engine:
     try:
         api = docker.APIClient(timeout=PING_TIMEOUT_S, **kwargs)
         api.ping()
-    except (DockerException, OSError) as err:
+    except (DockerException, OSError, SSHException) as err:
         raise TriforceError(f"Docker engine at {where} is unreachable ({_short(err)}): start dockerd there or fix "
                             f"--host / DOCKER_HOST / the docker context") from None
     api.timeout = None  # builds and validation runs stream for long; only the first contact is time-limited
@@ -97,10 +97,7 @@ def _context_kwargs(name: str) -> dict:
 
 
 def _url_kwargs(url: str) -> dict:
-    if url.startswith("ssh://"):
-        if shutil.which("ssh") is None:
-            raise TriforceError(f"{url} needs the ssh client: install openssh-client")
-        return {"base_url": url, "use_ssh_client": True}
+    """ssh:// goes through paramiko (docker[ssh]), which reads ~/.ssh/config and trusts only ~/.ssh/known_hosts."""
     return {"base_url": url}
 
 
