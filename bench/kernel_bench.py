@@ -29,6 +29,9 @@ from triforce.quant import formats  # noqa: E402
 
 SHAPES = [(16384, 2048), (2048, 16384)]  # (N, K): Gemma 2B MLP gate/up and down
 TOKENS = [10, 64, 712]
+# Hopper work decompositions timed beside 'auto' (triforce_kernels._W4A16_MODES).
+SCHEDULES = ["heuristic", "data_parallel", "stream_k", "stream_k_nd", "split_k:2", "split_k:4", "split_k:8",
+             "split_k_nd:4", "split_k_nd:8", "split_k_nd:16"]
 
 
 def median_ms(fn, iters: int, warmup_s: float = 0.3) -> float:
@@ -69,6 +72,20 @@ def graph_median_ms(fn, calls: int, iters: int) -> float:
     return median_ms(lambda i: graph.replay(), iters) / calls
 
 
+def host_us(fn, calls: int = 200) -> float:
+    """Host time of one call (the GPU keeps up, so this is the Python + C++ launch path alone)."""
+    import time
+
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
 def copy_bandwidth_gbs() -> float:
     """Device-to-device copy of 1 GiB: bytes read + written per second."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
@@ -107,11 +124,28 @@ def bench_shape(tk, n: int, k: int, iters: int, l2: int, gen: torch.Generator) -
         t_mm = graph_median_ms(mm_call, 2 * len(bf16_sets), iters)
         t_w4_eager = median_ms(w4_call, iters)
         t_mm_eager = median_ms(mm_call, iters)
+        schedules = {}
+        for name in SCHEDULES if tk.family() == "hopper" else []:
+            ws_s = torch.empty(tk.w4a16_workspace_size(m, n, k, name), dtype=torch.uint8, device="cuda")
+            out_s = torch.full_like(out, float("nan"))
+            tk.w4a16_gemm(x, pw, ps, out_s, ws_s, name)
+            torch.cuda.synchronize()
+            call = lambda i, ws_s=ws_s, out_s=out_s, name=name: tk.w4a16_gemm(  # noqa: E731
+                x, *int4_sets[i % len(int4_sets)], out_s, ws_s, name)
+            schedules[name] = {"ms": graph_median_ms(call, 2 * len(int4_sets), iters),
+                               "rel_err": ((out_s.float() - ref).norm() / ref.norm()).item(),
+                               "workspace_bytes": ws_s.numel()}
+        sched = tk._w4a16_schedule("bench", "auto", m, n, k)
+        host = {"wrapper_us": host_us(lambda: tk.w4a16_gemm(x, pw, ps, out, ws)),
+                "extension_call_us": host_us(lambda: tk._ext().w4a16_gemm(x, pw, ps, out, ws, *sched)),
+                "workspace_size_us": host_us(lambda: tk.w4a16_workspace_size(m, n, k)),
+                "torch_mm_us": host_us(lambda: torch.mm(x, w_bf16.t(), out=out_mm))}
         rows.append({
             "M": m, "N": n, "K": k,
             "w4a16_rel_err": err, "cublas_bf16_rel_err": err_mm, "all_written": bool(torch.isfinite(out).all()),
             "w4a16_ms": t_w4, "cublas_bf16_ms": t_mm, "speedup": t_mm / t_w4,
             "w4a16_eager_ms": t_w4_eager, "cublas_bf16_eager_ms": t_mm_eager,
+            "auto_schedule": tk.w4a16_auto_schedule(m, n, k), "schedules": schedules, "host_overhead": host,
             "w4a16_weight_bytes": int4_bytes, "w4a16_weight_gbs": int4_bytes / t_w4 / 1e6,
             "cublas_weight_gbs": w_bf16.numel() * 2 / t_mm / 1e6,
             "w4a16_tflops": 2 * m * n * k / t_w4 / 1e9, "cublas_tflops": 2 * m * n * k / t_mm / 1e9,
@@ -170,6 +204,19 @@ def main() -> int:
               f"{r['w4a16_eager_ms'] * 1e3:>8.1f} {r['cublas_bf16_eager_ms'] * 1e3:>8.1f} | "
               f"{r['w4a16_rel_err']:>8.1e} {r['cublas_bf16_rel_err']:>10.1e}")
 
+    if any(r["schedules"] for r in rows):
+        print("\nper schedule (us inside a CUDA graph; * = fastest):")
+        print(f"{'M':>5} {'N':>6} {'K':>6} | " + " ".join(f"{s_:>13}" for s_ in SCHEDULES))
+        for r in rows:
+            best = min(r["schedules"], key=lambda s_: r["schedules"][s_]["ms"])
+            cells = [f"{r['schedules'][s_]['ms'] * 1e3:>12.1f}{'*' if s_ == best else ' '}" for s_ in SCHEDULES]
+            print(f"{r['M']:>5} {r['N']:>6} {r['K']:>6} | " + " ".join(cells))
+    print("\nhost time per call (us): wrapper / extension call / workspace_size / torch.mm")
+    for r in rows:
+        h = r["host_overhead"]
+        print(f"{r['M']:>5} {r['N']:>6} {r['K']:>6} | {h['wrapper_us']:8.1f} {h['extension_call_us']:8.1f} "
+              f"{h['workspace_size_us']:8.1f} {h['torch_mm_us']:8.1f}")
+
     now = dt.datetime.now(dt.timezone.utc)
     result = {
         "device": props.name, "compute_capability": f"{props.major}.{props.minor}", "sm_count": props.multi_processor_count,
@@ -187,7 +234,8 @@ def main() -> int:
     path = out_dir / f"kernel_bench_{props.name.replace(' ', '_')}_{now:%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {path}")
-    bad = [r for r in rows if not r["all_written"] or not r["w4a16_rel_err"] < 1e-2]
+    bad = [r for r in rows if not r["all_written"] or not r["w4a16_rel_err"] < 1e-2
+           or any(not v["rel_err"] < 1e-2 for v in r["schedules"].values())]
     return 1 if bad else 0
 
 

@@ -83,6 +83,31 @@ def test_w4a16_matches_reference_on_ragged_shapes(tk, m, n, k):
     assert _rel_err(out, _reference(x, q, s)) < 1e-2
 
 
+HOPPER_SCHEDULES = ["heuristic", "data_parallel", "stream_k", "stream_k_nd", "split_k:3", "split_k_nd:8"]
+
+
+@pytest.mark.parametrize("schedule", HOPPER_SCHEDULES)
+@pytest.mark.parametrize("m", [10, 64, 200])
+def test_w4a16_every_schedule_matches_reference(tk, gemma_weights, schedule, m):
+    if tk.family() != "hopper":
+        pytest.skip("work decompositions exist only in the Hopper kernel")
+    q, s, pw, ps = gemma_weights[(2048, 16384)]
+    n, k = 2048, 16384
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    ws = torch.empty(tk.w4a16_workspace_size(m, n, k, schedule), dtype=torch.uint8, device="cuda")
+    tk.w4a16_gemm(x, pw, ps, out, ws, schedule)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
+    assert _rel_err(out, _reference(x, q, s)) < 1e-2
+
+
+@pytest.mark.parametrize("schedule", ["split_k", "split_k:x", "stream_k:2", "fastest", ""])
+def test_w4a16_refuses_unknown_schedule(tk, schedule):
+    with pytest.raises(tk.KernelError, match="schedule"):
+        tk.w4a16_workspace_size(10, 256, 512, schedule)
+
+
 def test_w4a16_is_exact_on_single_nonzero_weight(tk):
     """One weight of 1 at (n=5, k=77) with scale 1: the output column 5 equals x[:, 77] and every other is 0 —
     catches a wrong shuffle or nibble order that random data might average away."""

@@ -54,13 +54,24 @@ triforce::W4A16Problem w4a16_problem(const at::Tensor& x, const at::Tensor& w, c
   TORCH_CHECK(w.size(0) == n && w.size(1) * 2 == k, op, ": packed_weight must be [", n, ", ", k / 2, "], got ", w.sizes());
   TORCH_CHECK(s.size(0) * 128 == k && s.size(1) == n, op, ": packed_scales must be [", k / 128, ", ", n, "], got ", s.sizes());
   TORCH_CHECK(m > 0 && n % 16 == 0 && k % 128 == 0, op, ": needs M > 0, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
-  return {x.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), int(m), int(n), int(k), sm_count()};
+  return {x.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), int(m), int(n), int(k), sm_count(), {}};
+}
+
+// mode: W4A16Decomposition (0 heuristic, 1 data-parallel, 2 split-K, 3 stream-K); Blackwell takes only 0.
+triforce::W4A16Schedule w4a16_schedule(int64_t mode, int64_t splits, bool nondeterministic) {
+  TORCH_CHECK(mode >= 0 && mode <= 3 && splits >= 1, "w4a16 schedule: mode must be 0..3 and splits >= 1 (got mode=",
+              mode, " splits=", splits, ")");
+#if defined(TRIFORCE_FAMILY_BLACKWELL)
+  TORCH_CHECK(mode == 0 && splits == 1 && !nondeterministic,
+              "w4a16 schedule: the Blackwell W4A16 kernel has one schedule (heuristic); got mode=", mode);
+#endif
+  return {static_cast<triforce::W4A16Decomposition>(mode), int(splits), nondeterministic};
 }
 
 triforce::W4A16Problem w4a16_shape_only(int64_t m, int64_t n, int64_t k) {
   TORCH_CHECK(m > 0 && n > 0 && n % 16 == 0 && k > 0 && k % 128 == 0,
               "w4a16_workspace_size: needs M > 0, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
-  return {nullptr, nullptr, nullptr, nullptr, int(m), int(n), int(k), sm_count()};
+  return {nullptr, nullptr, nullptr, nullptr, int(m), int(n), int(k), sm_count(), {}};
 }
 
 #if defined(TRIFORCE_FAMILY_HOPPER)
@@ -83,13 +94,17 @@ void w4a16_run(const triforce::W4A16Problem& p, void* ws, size_t bytes, cudaStre
 }
 #endif
 
-int64_t w4a16_workspace_size(int64_t m, int64_t n, int64_t k) {
-  return int64_t(w4a16_workspace_for(w4a16_shape_only(m, n, k)));
+int64_t w4a16_workspace_size(int64_t m, int64_t n, int64_t k, int64_t mode, int64_t splits, bool nondeterministic) {
+  auto p = w4a16_shape_only(m, n, k);
+  p.schedule = w4a16_schedule(mode, splits, nondeterministic);
+  return int64_t(w4a16_workspace_for(p));
 }
 
-void w4a16_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out, at::Tensor workspace) {
+void w4a16_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out, at::Tensor workspace,
+                int64_t mode, int64_t splits, bool nondeterministic) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto p = w4a16_problem(x, w, s, out);
+  p.schedule = w4a16_schedule(mode, splits, nondeterministic);
   check_tensor(workspace, "w4a16_gemm", "workspace", at::kByte);
   w4a16_run(p, workspace.data_ptr(), size_t(workspace.numel()), current_stream());
 }
@@ -253,8 +268,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Thor Triforce CUTLASS kernels";
   m.attr("family") = family();
   m.def("w4a16_prepack", &w4a16_prepack, "canonical int4 [N,K/2] + bf16 scales [N,K/128] -> (packed weight, scales)");
-  m.def("w4a16_workspace_size", &w4a16_workspace_size, "workspace bytes of w4a16_gemm for (M, N, K)");
-  m.def("w4a16_gemm", &w4a16_gemm, "out[M,N] = x[M,K] @ dequant(W)^T (bf16 out, int4 W, group 128)");
+  m.def("w4a16_workspace_size", &w4a16_workspace_size, "workspace bytes of w4a16_gemm for (M, N, K, schedule)",
+        py::arg("m"), py::arg("n"), py::arg("k"), py::arg("mode") = 0, py::arg("splits") = 1,
+        py::arg("nondeterministic") = false);
+  m.def("w4a16_gemm", &w4a16_gemm, "out[M,N] = x[M,K] @ dequant(W)^T (bf16 out, int4 W, group 128)", py::arg("x"),
+        py::arg("packed_weight"), py::arg("packed_scales"), py::arg("out"), py::arg("workspace"), py::arg("mode") = 0,
+        py::arg("splits") = 1, py::arg("nondeterministic") = false);
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

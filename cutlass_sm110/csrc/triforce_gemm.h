@@ -10,6 +10,15 @@ namespace triforce {
 
 // W4A16: out[M, N] (bf16, row-major) = x[M, K] (bf16) @ dequant(W)^T, W int4 [N, K] in the family's packed layout,
 // scales bf16 [K/128, N] (N contiguous). `sm_count` sizes the persistent/stream-K grid (and so the workspace).
+// How the output tiles are spread over the SMs (Hopper's stream-K scheduler; Blackwell takes only kHeuristic).
+// At decode-like M a weight-bound problem has fewer output tiles than SMs, so K must be split to use them all.
+enum class W4A16Decomposition : int { kHeuristic = 0, kDataParallel = 1, kSplitK = 2, kStreamK = 3 };
+struct W4A16Schedule {
+  W4A16Decomposition mode = W4A16Decomposition::kHeuristic;
+  int splits = 1;                 // split-K only
+  bool nondeterministic = false;  // stream-K/split-K partial sums reduced in arrival order (faster, not bitwise stable)
+};
+
 struct W4A16Problem {
   const void* x;
   const void* weight;
@@ -17,6 +26,7 @@ struct W4A16Problem {
   void* out;
   int m, n, k;
   int sm_count;
+  W4A16Schedule schedule;
 };
 
 #if defined(TRIFORCE_FAMILY_HOPPER)

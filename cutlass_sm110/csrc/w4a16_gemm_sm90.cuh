@@ -97,6 +97,18 @@ struct W4A16Sm90 {
   using StrideScale = typename CollectiveMainloop::StrideScale;
   using StrideOut   = typename GemmKernel::StrideD;
 
+  using Decomposition = cutlass::gemm::kernel::detail::DecompositionMode;
+  using Reduction     = cutlass::gemm::kernel::detail::ReductionMode;
+
+  static Decomposition decomposition(W4A16Decomposition mode) {
+    switch (mode) {
+      case W4A16Decomposition::kDataParallel: return Decomposition::DataParallel;
+      case W4A16Decomposition::kSplitK: return Decomposition::SplitK;
+      case W4A16Decomposition::kStreamK: return Decomposition::StreamK;
+      default: return Decomposition::Heuristic;
+    }
+  }
+
   static typename Gemm::Arguments arguments(const W4A16Problem& p) {
     auto stride_x   = cutlass::make_cute_packed_stride(StrideX{}, make_shape(p.m, p.k, 1));
     auto stride_s   = cutlass::make_cute_packed_stride(StrideScale{}, make_shape(p.n, p.k / GroupSize, 1));
@@ -109,6 +121,10 @@ struct W4A16Sm90 {
          static_cast<const ElementScale*>(p.scales), stride_s, GroupSize},
         {{1.0f, 0.0f}, nullptr, stride_out, static_cast<ElementOut*>(p.out), stride_out}};
     args.hw_info.sm_count = p.sm_count;
+    args.scheduler.decomposition_mode = decomposition(p.schedule.mode);
+    args.scheduler.splits             = p.schedule.splits;
+    args.scheduler.reduction_mode     = p.schedule.nondeterministic ? Reduction::Nondeterministic
+                                                                     : Reduction::Deterministic;
     return args;
   }
 

@@ -115,6 +115,31 @@ def _check_workspace(op: str, workspace: torch.Tensor, need: int) -> None:
 
 
 # ── W4A16 ───────────────────────────────────────────────────────────────────────────────────────────────────────
+# Work decompositions of the Hopper kernel (stream-K tile scheduler): name -> (mode, nondeterministic). Blackwell has
+# one. "split_k:S" / "split_k_nd:S" add a split count. "_nd": partial sums reduced in arrival order (not bitwise
+# reproducible run to run).
+_W4A16_MODES = {"heuristic": (0, False), "data_parallel": (1, False), "split_k": (2, False), "split_k_nd": (2, True),
+                "stream_k": (3, False), "stream_k_nd": (3, True)}
+
+
+def w4a16_auto_schedule(m: int, n: int, k: int) -> str:
+    """The schedule 'auto' means for a problem (measured on an H100: bench/kernel_bench.py)."""
+    return "heuristic"
+
+
+def _w4a16_schedule(op: str, schedule: str, m: int, n: int, k: int) -> tuple[int, int, bool]:
+    name = w4a16_auto_schedule(m, n, k) if schedule == "auto" else schedule
+    base, _, splits = name.partition(":")
+    if base not in _W4A16_MODES or bool(splits) != base.startswith("split_k") or (splits and not splits.isdigit()):
+        raise KernelError(f"{op}: unknown schedule '{schedule}'; use auto, {', '.join(_W4A16_MODES)} "
+                          f"(split_k needs ':S', e.g. split_k:4)")
+    mode, nondeterministic = _W4A16_MODES[base]
+    if family() != "hopper" and name != "heuristic":
+        raise UnsupportedError(f"{op}: schedule '{schedule}' exists only in the Hopper kernel; this wheel was built "
+                               f"for {_built_for()} (use schedule='auto')")
+    return mode, int(splits or 1), nondeterministic
+
+
 def w4a16_prepack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical int4 uint8 [N, K//2] + bf16 scales [N, K//128] -> (packed_weight, packed_scales) for this family.
 
@@ -130,15 +155,19 @@ def w4a16_prepack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Te
     return _ext().w4a16_prepack(qweight, scales)
 
 
-def w4a16_workspace_size(m: int, n: int, k: int) -> int:
-    """Bytes of workspace w4a16_gemm needs for out[M, N] = x[M, K] @ W^T (allocate once, reuse)."""
-    _check_gemm_dims("w4a16_workspace_size", m, n, k, W4A16_N_MULTIPLE)
-    return int(_ext().w4a16_workspace_size(m, n, k))
+def w4a16_workspace_size(m: int, n: int, k: int, schedule: str = "auto") -> int:
+    """Bytes of workspace w4a16_gemm needs for out[M, N] = x[M, K] @ W^T with this schedule (allocate once)."""
+    op = "w4a16_workspace_size"
+    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
+    return int(_ext().w4a16_workspace_size(m, n, k, *_w4a16_schedule(op, schedule, m, n, k)))
 
 
 def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torch.Tensor, out: torch.Tensor,
-               workspace: torch.Tensor) -> None:
-    """out[M, N] = x[M, K] @ dequant(W)^T, bf16 activations and output, int4 weights with bf16 group-128 scales."""
+               workspace: torch.Tensor, schedule: str = "auto") -> None:
+    """out[M, N] = x[M, K] @ dequant(W)^T, bf16 activations and output, int4 weights with bf16 group-128 scales.
+
+    `schedule` picks how the work is spread over the SMs (Hopper only; see _W4A16_MODES); the workspace must have
+    been sized with the same schedule."""
     op = "w4a16_gemm"
     if x.dim() != 2 or out.dim() != 2:
         raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
@@ -150,8 +179,9 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
     _check(op, "packed_weight", packed_weight, torch.uint8, (n, k // 2))
     _check(op, "packed_scales", packed_scales, torch.bfloat16, (k // GROUP_SIZE, n))
     _check_same_device(op, x, packed_weight, packed_scales, out, workspace)
-    _check_workspace(op, workspace, w4a16_workspace_size(m, n, k))
-    _ext().w4a16_gemm(x, packed_weight, packed_scales, out, workspace)
+    sched = _w4a16_schedule(op, schedule, m, n, k)
+    _check_workspace(op, workspace, int(_ext().w4a16_workspace_size(m, n, k, *sched)))
+    _ext().w4a16_gemm(x, packed_weight, packed_scales, out, workspace, *sched)
 
 
 # ── NVFP4 (Blackwell) ───────────────────────────────────────────────────────────────────────────────────────────
