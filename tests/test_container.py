@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,65 @@ def test_docker_contexts_and_docker_host_select_the_engine(docker_engine, eval_i
     assert current.returncode == 0 and "on context robot-01" in current.stdout, current.stdout + current.stderr
     _one_line_error(_invoke(*args, env={"DOCKER_HOST": "tcp://127.0.0.1:1"}), 1,
                     "Docker engine at DOCKER_HOST=tcp://127.0.0.1:1 is unreachable")
+
+
+@pytest.fixture(scope="module")
+def ssh_robot(tmp_path_factory):
+    """This machine's engine behind a private sshd, reached as ssh://robot-sim the way a robot of the fleet is: through
+    ~/.ssh/config and known_hosts of a throwaway HOME (nothing of the real user's ssh setup is touched)."""
+    tmp = tmp_path_factory.mktemp("ssh")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
+    (tmp / "authorized_keys").write_text((tmp / "client_key.pub").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'host_key'}\nAuthorizedKeysFile {tmp / 'authorized_keys'}\n"
+        f"PidFile {tmp / 'sshd.pid'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        f"StrictModes no\nPermitRootLogin prohibit-password\n")
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(tmp / "sshd_config")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    home = tmp / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(f"Host robot-sim\n  HostName 127.0.0.1\n  User root\n"
+                                          f"  IdentityFile {tmp / 'client_key'}\n")
+    host_pub = (tmp / "host_key.pub").read_text().split()
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    for _ in range(50):
+        with socket.socket() as conn:
+            if conn.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    # The docker SDK takes the port from the URL (default 22), not from ~/.ssh/config.
+    yield f"ssh://robot-sim:{port}", {"HOME": str(home)}
+    sshd.terminate()
+    sshd.wait(timeout=10)
+
+
+@pytest.mark.docker
+def test_the_fleet_path_over_ssh(docker_engine, eval_image, ssh_robot, tmp_path):
+    """up and validate against ssh://robot-sim, and validate against two hosts at once with per-host reports."""
+    name = "triforce-test-ssh"
+    url, env = ssh_robot
+    try:
+        first = _invoke("up", "--name", name, "--image", eval_image.tag, "--host", url,
+                        "--checkpoint-cache", str(tmp_path / "openpi"), "--reports-dir", str(tmp_path / "mounted"),
+                        env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert f"created container {name} ({eval_image.tag}) on {url}" in first.stdout
+        both = _invoke("validate", "--plan", "0", "--container", name, "--report-dir", str(tmp_path / "reports"),
+                       "--host", url, "--host", "unix:///var/run/docker.sock", env=env)
+        assert both.returncode == 4, both.stdout + both.stderr  # no GPU on either: the script's own code
+        assert f"{url}: FAILED (exit 4)" in both.stdout
+        assert any(line.startswith(f"[{url}] plan 0 on container {name}") for line in both.stdout.splitlines())
+        reports = sorted(p.relative_to(tmp_path / "reports").as_posix() for p in (tmp_path / "reports").rglob("*.json"))
+        assert reports == sorted([f"ssh_robot-sim_{url.rsplit(':', 1)[1]}/phase0.json",
+                                  "unix_var_run_docker.sock/phase0.json"])
+    finally:
+        if container.inspect(docker_engine, name):
+            docker_engine.api.remove_container(name, force=True)
 
 
 # ── up ───────────────────────────────────────────────────────────────────────────────────────────────────────────────
