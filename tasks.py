@@ -231,9 +231,10 @@ def deploy(c, container=None, wheel=None, wheel_dir=None, dry_run=False, host=No
     "container": "the eval container to run in",
     "report_dir": "where reports are written (locally) or copied back to (from the container)",
     "host": _HOST_HELP + "; with several, reports go to <report-dir>/<host>/",
+    "recipe": "plan b: recipe name (triforce/data/recipes.toml) or .toml file (default: auto, Phase 0's roofline)",
 })
 @_friendly
-def validate(c, plan=None, local=False, container=None, report_dir=None, host=None):
+def validate(c, plan=None, local=False, container=None, report_dir=None, host=None, recipe=None):
     """Run a validation plan's script (in the container, or --local); exit with its code (0 pass, 1 gate, 2 input, 4 no GPU)."""
     import shlex
     from pathlib import Path
@@ -243,6 +244,10 @@ def validate(c, plan=None, local=False, container=None, report_dir=None, host=No
 
     plan = str(_cfg(c, "validate", "plan", plan))
     extra = shlex.split(c.remainder or "")
+    if recipe:
+        if plan != "b":
+            raise TriforceError(f"--recipe applies to plan b, not plan {plan}")
+        extra += ["--recipe", recipe]
     reports = Path(_cfg(c, "validate", "report_dir", report_dir))
     stage.plan_script(plan)  # an unknown plan fails before any engine is contacted
     if local:
@@ -275,4 +280,70 @@ def _safe_name(where: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", where).strip("_")
 
 
-ns = Collection(doctor, patch_cutlass, build_kernels, serve, build_image, up, deploy, validate)
+# ── runtime: infer / quantize / bench ──────────────────────────────────────────────────────────────────────────────
+@task(help={
+    "checkpoint": "checkpoint dir/file, or synthetic:<config> (deterministic random weights in openpi's format)",
+    "config": "model config (pi05_libero, pi05_droid, pi05_base, pi05_tiny)",
+    "plan": "ref (fp32 eager), a (bf16 one-graph engine, GPU), b (quantized, GPU); default: a with a GPU, else ref",
+    "device": "cpu or cuda (the engines need cuda)",
+    "recipe": "plan b: recipe name (triforce/data/recipes.toml) or .toml file",
+    "seed": "seed of the random observation",
+})
+@_friendly
+def infer(c, checkpoint=None, config=None, plan=None, device=None, recipe=None, seed=0):
+    """Run one inference on a random observation; print the action shape and the timing."""
+    from triforce import infer as stage
+
+    result = stage.run_once(_cfg(c, "infer", "checkpoint", checkpoint), _cfg(c, "infer", "config", config),
+                            plan, device, recipe, int(seed))
+    print(stage.describe(result))
+
+
+@task(help={
+    "checkpoint": "bf16 checkpoint dir/file, or synthetic:<config>",
+    "config": "model config",
+    "recipe": "recipe name (triforce/data/recipes.toml) or .toml file; auto: Phase 0's roofline for this GPU",
+    "out": "output directory (must not exist or be empty): model.safetensors + recipe.json",
+    "calibration": "observations for activation calibration (>= 1)",
+    "device": "where calibration and quantization run (default: cuda if present, else cpu)",
+})
+@_friendly
+def quantize(c, checkpoint=None, config=None, recipe=None, out=None, calibration=None, device=None):
+    """Write a quantized checkpoint (per-layer FP8 / INT4 W4A16 / NVFP4) that loads without re-quantizing."""
+    from triforce import report as rep
+    from triforce.quant.plan_b import quantize_checkpoint
+
+    if not out:
+        raise TriforceError("--out is required: the directory the quantized checkpoint is written to")
+    result = quantize_checkpoint(_cfg(c, "quantize", "checkpoint", checkpoint), _cfg(c, "quantize", "config", config),
+                                 _cfg(c, "quantize", "recipe", recipe), out,
+                                 int(_cfg(c, "quantize", "calibration", calibration)), device)
+    rep.print_table(f"quantized {result['config']} with recipe {result['recipe']} -> {result['out']}",
+                    ["stage", "bf16 MB", "quantized MB", "ratio"],
+                    [[s, v["bf16"] / 1e6, v["quantized"] / 1e6, v["ratio"]] for s, v in result["weight_bytes"].items()])
+    print(f"layers per precision: {result['precisions']}")
+
+
+@task(help={
+    "plan": "a, b or all: which engines to time beside the fp32 reference",
+    "checkpoint": "checkpoint dir/file, or synthetic:<config>",
+    "config": "model config",
+    "recipe": "plan b recipe",
+    "runs": "timed runs after warm-up (>= 50)",
+    "out_dir": "where the JSON record goes",
+    "server": "also time a round trip through the policy server",
+})
+@_friendly
+def bench(c, plan=None, checkpoint=None, config=None, recipe=None, runs=None, out_dir=None, server=None):
+    """Time the fp32 reference, Plan A and Plan B in one run (device events, medians); record bench/results/*.json."""
+    from triforce import bench as stage
+
+    result, path = stage.run(_cfg(c, "bench", "checkpoint", checkpoint), _cfg(c, "bench", "config", config),
+                             _cfg(c, "bench", "plan", plan), _cfg(c, "bench", "recipe", recipe),
+                             int(_cfg(c, "bench", "runs", runs)), _cfg(c, "bench", "out_dir", out_dir),
+                             bool(_cfg(c, "bench", "server", server)), "invoke bench " + " ".join(sys.argv[2:]))
+    stage.print_summary(result)
+    print(f"recorded: {path}")
+
+
+ns = Collection(doctor, patch_cutlass, build_kernels, serve, build_image, up, deploy, validate, infer, quantize, bench)

@@ -151,7 +151,7 @@ def e2m1_encode(x: torch.Tensor) -> torch.Tensor:
 
 def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
     """uint8 E2M1 codes -> fp32 values."""
-    table = torch.tensor(E2M1_VALUES, dtype=torch.float32)
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=codes.device)
     mag = table[(codes & 0x7).long()]
     return torch.where((codes & 0x8) > 0, -mag, mag)
 

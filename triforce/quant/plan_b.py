@@ -235,12 +235,21 @@ def _auto_recommendation(cfg):
     return analyse(cfg, ceilings["tflops"], ceilings["copy_gbs"], gpu_precisions(f"{major}.{minor}"))["recommendation"]
 
 
+def check_recipe_backends(cfg: ModelConfig, recipe: str) -> None:
+    from .recipes import resolve_recipe
+
+    plan = resolve_recipe(recipe, cfg, _auto_recommendation(cfg) if recipe == "auto" else None)
+    for precision in sorted(set(plan.values()) - {"bf16"}):
+        check_backend(precision)
+
+
 def prepare_plan_b(cfg: ModelConfig, path: Path, recipe: str | None, calibration: int = 16):
     """(QuantizedModel, non-GEMM state on the GPU) for Policy.load(plan='b')."""
     if is_quantized_checkpoint(path):
         return load_quantized(cfg, path, recipe)
     if recipe is None:
         raise TriforceError("plan b on a bf16 checkpoint needs --recipe (e.g. h100, thor, fp8, auto) or a checkpoint from `invoke quantize`")
+    check_recipe_backends(cfg, recipe)          # refuse before spending a minute on calibration
     tensors, plan, meta = quantize_in_memory(cfg, path, recipe, calibration, "cuda")
     return QuantizedModel(plan, tensors, meta), {k: v.cuda() for k, v in tensors.items() if not k.startswith("gemm.")}
 
