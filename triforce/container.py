@@ -218,7 +218,7 @@ def _has_image(engine: Engine, image: str) -> bool:
 
 
 def _host_config(engine: Engine, image: str, mounts: dict[str, str]) -> tuple[dict, str]:
-    """The target's runtime (nvidia on Jetson), or all GPUs by device request where the engine has the nvidia runtime."""
+    """The target's runtime (nvidia on Jetson), or all GPUs by device request where the engine has nvidia's runtime."""
     target_name = image_labels(engine, image).get(f"{LABEL_PREFIX}.target")
     runtime = get_target(target_name).docker_runtime if target_name else ""
     runtimes = engine.api.info().get("Runtimes") or {}
@@ -357,8 +357,8 @@ def invoke_in_image(engine: Engine, image: str, invoke_argv: list[str], src_dir:
                                f"machine, not {engine.where}: run the same command on that host instead")
     env = {"PYTHONPATH": "/src", "HOME": "/tmp", "TRIFORCE_CACHE_DIR": "/src/.cache/triforce"}
     log(f"[{image}] $ python3 -m invoke {' '.join(invoke_argv)}  (checkout mounted at /src)")
-    return run_once(engine, image, ["python3", "-m", "invoke", *invoke_argv], binds={str(Path(src_dir).resolve()): "/src"},
-                    workdir="/src", env=env, log=log)
+    return run_once(engine, image, ["python3", "-m", "invoke", *invoke_argv],
+                    binds={str(Path(src_dir).resolve()): "/src"}, workdir="/src", env=env, log=log)
 
 
 def build_kernels_in_container(image: str | None, target: str, flags: dict, src_dir: str, host: str | None = None,

@@ -79,8 +79,9 @@ def probe(engine: Engine, name: str, packages: list[str]) -> ContainerFacts:
     info = container.require_running(engine, name)
     code, out, err = container.exec_capture(engine, name, ["python3", "-c", _PROBE, *packages])
     if code != 0:
-        raise TriforceError(f"cannot inspect Python in {name} on {engine.where} (exit {code}: "
-                            f"{err.strip().splitlines()[-1] if err.strip() else 'no output'}): is python3 in the image?")
+        last = err.strip().splitlines()[-1] if err.strip() else "no output"
+        raise TriforceError(f"cannot inspect Python in {name} on {engine.where} (exit {code}: {last}): "
+                            f"is python3 in the image?")
     facts = json.loads(out.strip().splitlines()[-1])
     labels = info["Config"].get("Labels") or {}
     return ContainerFacts(target_arch=labels.get(f"{container.LABEL_PREFIX}.arch"), **facts)
@@ -233,7 +234,8 @@ class _Step:
             return f"{pkg} {self.previous} restored"
         except TriforceError as err:
             raise TriforceError(f"deploy of {self.record.wheel} failed and so did restoring {pkg} {self.previous} "
-                                f"({err}): the container {self.name} needs a manual fix or `invoke up --replace`") from None
+                                f"({err}): the container {self.name} needs a manual fix or `invoke up --replace`"
+                                ) from None
 
     def _has_kept_wheel(self, folder: str) -> bool:
         code, _, _ = container.exec_capture(self.engine, self.name, ["test", "-f", f"{folder}/{RECORD_NAME}"])

@@ -133,9 +133,9 @@ def check_platform(engine: container.Engine, spec: ImageSpec) -> None:
     builds = f"linux/{_ENGINE_ARCH.get(arch, arch)}"
     if builds != spec.target.platform:
         raise UnsupportedError(
-            f"target {spec.target.name} is {spec.target.platform} but the engine at {engine.where} builds {builds}: the docker "
-            f"SDK's classic builder cannot cross-build; run build-image against a {spec.target.platform} engine "
-            f"(--host ssh://<thor>) or pipe `invoke build-image --print` into `docker buildx build --platform "
+            f"target {spec.target.name} is {spec.target.platform} but the engine at {engine.where} builds {builds}: "
+            f"the docker SDK's classic builder cannot cross-build; run build-image against a {spec.target.platform} "
+            f"engine (--host ssh://<thor>) or pipe `invoke build-image --print` into `docker buildx build --platform "
             f"{spec.target.platform}`")
 
 
@@ -145,12 +145,13 @@ def build_image(engine: container.Engine, spec: ImageSpec, log=print) -> str:
     The engine reports a failed step inside a successful HTTP response (`errorDetail`): that becomes a TriforceError
     naming the step."""
     check_platform(engine, spec)
-    log(f"building {spec.tag} for {spec.target.name} ({spec.target.platform}) from {spec.base_image} on {engine.where}: "
-        f"classic builder via the docker SDK (no BuildKit)")
+    log(f"building {spec.tag} for {spec.target.name} ({spec.target.platform}) from {spec.base_image} on "
+        f"{engine.where}: classic builder via the docker SDK (no BuildKit)")
     step, image_id = "(before the first step)", None
     try:
-        for chunk in engine.api.build(fileobj=build_context(spec), custom_context=True, tag=spec.tag, rm=True, forcerm=True,
-                               decode=True, platform=spec.target.platform, buildargs=container.proxy_env()):
+        for chunk in engine.api.build(fileobj=build_context(spec), custom_context=True, tag=spec.tag, rm=True,
+                                      forcerm=True, decode=True, platform=spec.target.platform,
+                                      buildargs=container.proxy_env()):
             if "errorDetail" in chunk or "error" in chunk:
                 message = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error", "")
                 raise TriforceError(f"image build of {spec.tag} failed at step {step}: {_one_line(message)}")
@@ -158,7 +159,7 @@ def build_image(engine: container.Engine, spec: ImageSpec, log=print) -> str:
             for line in text.splitlines():
                 match = _STEP_RE.match(line.strip())
                 if match:
-                    step = f"{match.group(1)} ({match.group(2)})"
+                    step = f"{match.group(1)} ({_clip(match.group(2), 60)})"
                 if line.strip():
                     log(line.rstrip())
             if "aux" in chunk and "ID" in chunk["aux"]:
@@ -173,3 +174,8 @@ def build_image(engine: container.Engine, spec: ImageSpec, log=print) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _clip(text: str, width: int) -> str:
+    text = _one_line(text)
+    return text if len(text) <= width else text[:width - 3] + "..."
