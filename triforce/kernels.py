@@ -251,7 +251,7 @@ def _run_child_build(config: dict, tc: Toolchain, jobs: int, build_dir: Path, lo
                             bufsize=1)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
-    start, tail = time.monotonic(), []
+    start, tail, errors = time.monotonic(), [], 0
     while True:
         try:
             line = lines.get(timeout=30)
@@ -266,12 +266,19 @@ def _run_child_build(config: dict, tc: Toolchain, jobs: int, build_dir: Path, lo
             src = re.search(r"(\S+\.(?:cu|cpp|cc|cxx|c))\s+-o\s", line)
             what = Path(src.group(1)).name if src else "link"
             log(f"  [{step.group(1)}/{step.group(2)}] {what} done ({_elapsed(start)})")
-        elif "error" in line.lower() and "warning" not in line.lower():
+        elif "error" in line.lower() and not _is_traceback(line):
+            errors += 1
             log(f"  {line.rstrip()[:300]}")
     if proc.wait() != 0:
-        log("\n".join(tail[-25:]))
+        if not errors:  # nothing streamed: show the last words of the compiler/ninja, without Python's traceback
+            log("\n".join(x for x in tail if not _is_traceback(x))[-4000:])
         raise TriforceError(f"compiling the kernels failed (nvcc/ninja output above; full log: rerun with "
                             f"TRIFORCE_DEBUG=1, build dir {build_dir})")
+
+
+def _is_traceback(line: str) -> bool:
+    """Lines of the child's Python traceback (setuptools/torch wrapping ninja's failure): noise next to nvcc's."""
+    return line.startswith(("Traceback", "  File ", "    ", "RuntimeError", "subprocess.", "The above exception"))
 
 
 def _elapsed(start: float) -> str:
