@@ -61,6 +61,7 @@ class PatchResult:
     files_written: list = field(default_factory=list)
     recovered: list = field(default_factory=list)  # files restored from an interrupted run
     stamp: dict = field(default_factory=dict)
+    stamp_written: bool = False
 
     @property
     def changed(self) -> bool:
@@ -325,6 +326,7 @@ def patch(cutlass_dir: Path, rules: list[Rule] | None = None,
                 on_file(rel)
     if read_stamp(root) != result.stamp:
         _write_json(root / STAMP_NAME, result.stamp)
+        result.stamp_written = True
     (root / JOURNAL_NAME).unlink(missing_ok=True)
     return result
 
@@ -409,6 +411,8 @@ def describe(result: PatchResult) -> list[str]:
     lines += [f"  skipped  {rid}: {reason}" for rid, reason in result.skipped]
     if result.files_written:
         lines.append(f"patched {len(result.files_written)} files (originals kept as *.orig; --revert restores them)")
+    elif result.stamp_written:
+        lines.append(f"already patched: only {STAMP_NAME} was (re)written")
     else:
         lines.append("already patched: nothing changed")
     return lines
