@@ -181,6 +181,14 @@ def test_up_is_idempotent_and_refuses_a_name_clash(docker_engine, eval_image, ba
     docker_engine.api.remove_container(up_name, force=True)
     docker_engine.api.create_container(base_image, name=up_name, command=["sleep", "infinity"])
     _one_line_error(_invoke(*args), 1, f"container {up_name} on unix:///var/run/docker.sock runs another image")
+    # The same tag rebuilt (a new image id) is not the same image either.
+    docker_engine.api.remove_container(up_name, force=True)
+    docker_engine.api.tag(base_image, "triforce-test/rebuilt", "1")
+    docker_engine.api.create_container("triforce-test/rebuilt:1", name=up_name, command=["sleep", "infinity"])
+    docker_engine.api.tag(eval_image.tag, "triforce-test/rebuilt", "1", force=True)
+    _one_line_error(_invoke(*args[:3], "--image", "triforce-test/rebuilt:1"), 1,
+                    f"container {up_name} on unix:///var/run/docker.sock runs an older build of triforce-test/rebuilt:1")
+    docker_engine.api.remove_image("triforce-test/rebuilt:1")
     replaced = _invoke(*args, "--replace")
     assert replaced.returncode == 0 and f"replaced container {up_name}" in replaced.stdout
     info = container.inspect(docker_engine, up_name)

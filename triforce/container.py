@@ -196,8 +196,9 @@ def up(engine: Engine, name: str, image: str, mounts: dict[str, str], replace: b
             return UpResult(name, image, "started", _gpu_of(existing))
         if not replace:
             other = existing["Config"]["Image"]
-            raise TriforceError(f"container {name} on {engine.where} runs another image ({other}, not {image}): "
-                                f"pass --replace to recreate it, or choose another --name")
+            what = f"an older build of {image}" if other == image else f"another image ({other}, not {image})"
+            raise TriforceError(f"container {name} on {engine.where} runs {what}: pass --replace to recreate it, "
+                                f"or choose another --name")
         log(f"removing container {name} (image {existing['Config']['Image']}) to replace it")
         engine.api.remove_container(name, force=True)
         action = "replaced"
