@@ -174,8 +174,19 @@ def is_quantized_checkpoint(path: Path) -> bool:
     return (Path(path).parent / "recipe.json").is_file()
 
 
+def quantized_path(path) -> Path:
+    path = Path(path)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
 def load_quantized(cfg: ModelConfig, path: Path, recipe: str | None = None) -> tuple[QuantizedModel, dict]:
-    """A checkpoint written by `invoke quantize`: strict, and its recipe must be for this config."""
+    """A checkpoint written by `invoke quantize`, ready for the engine: (layers, non-GEMM state on the GPU)."""
+    plan, tensors, meta = read_quantized(cfg, path, recipe)
+    return QuantizedModel(plan, tensors, meta), {k: v.cuda() for k, v in tensors.items() if not k.startswith("gemm.")}
+
+
+def read_quantized(cfg: ModelConfig, path: Path, recipe: str | None = None) -> tuple[dict, dict, dict]:
+    """(plan, tensors, recipe metadata) of a quantized checkpoint: strict, and its recipe must be for this config."""
     from safetensors import SafetensorError, safe_open
 
     meta = json.loads((Path(path).parent / "recipe.json").read_text())
@@ -202,7 +213,7 @@ def load_quantized(cfg: ModelConfig, path: Path, recipe: str | None = None) -> t
             tensors = {k: f.get_tensor(k) for k in names}
     except SafetensorError as err:
         raise TriforceError(f"quantized checkpoint {path} is not a readable safetensors file ({err})") from None
-    return QuantizedModel(plan, tensors, meta), {k: v.cuda() for k, v in tensors.items() if not k.startswith("gemm.")}
+    return plan, tensors, meta
 
 
 def quantize_in_memory(cfg: ModelConfig, path: Path, recipe: str, calibration: int, device: str, log=print):

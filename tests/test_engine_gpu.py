@@ -1,0 +1,66 @@
+"""Plan A / Plan B engines on a real GPU (marked gpu: run on the lent H100, not in CI)."""
+
+import numpy as np
+import pytest
+import torch
+
+from triforce.errors import UnsupportedError
+from triforce.runtime import fused
+from triforce.runtime.config import load_config
+from triforce.runtime.policy import Policy
+from triforce.workload import cosine, random_noise, random_observation
+
+pytestmark = pytest.mark.gpu
+TINY = load_config("pi05_tiny")
+
+
+@pytest.fixture(scope="module")
+def policies():
+    return Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="ref", device="cuda"), Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="a")
+
+
+def test_engine_matches_reference_and_recaptures_new_buckets(policies, capsys):
+    ref, eng = policies
+    rng = np.random.default_rng(0)
+    for tokens in (3, 7, 16, 3):                     # buckets 4, 8, 16, then a cached one
+        obs, noise = random_observation(TINY, rng, 2, tokens), random_noise(TINY, rng)
+        assert cosine(eng.infer(obs, noise), ref.infer(obs, noise)) >= 0.999
+    out = capsys.readouterr().out
+    assert out.count("capturing a CUDA graph") == 3 and "prompt bucket 8" in out
+
+
+def test_one_view_is_its_own_graph(policies):
+    ref, eng = policies
+    rng = np.random.default_rng(1)
+    obs, noise = random_observation(TINY, rng, 1, 4), random_noise(TINY, rng)
+    assert cosine(eng.infer(obs, noise), ref.infer(obs, noise)) >= 0.999
+
+
+def test_fp8_norm_output_is_exact_e4m3():
+    x = torch.randn(64, 1024, device="cuda")
+    out = torch.empty(64, 1024, dtype=torch.float8_e4m3fn, device="cuda")
+    want = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * 3.0).clamp(-448, 448).to(torch.float8_e4m3fn)
+    fused.add_norm(x.clone(), out, quant_scale=torch.tensor([3.0], device="cuda"))
+    assert (out.float() != want.float()).float().mean() < 1e-3
+
+
+def test_plan_b_h100_recipe_on_tiny():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
+    import devbuild
+
+    devbuild.load()
+    ref = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="ref", device="cuda")
+    b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
+    rng = np.random.default_rng(2)
+    for _ in range(4):
+        obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+        assert cosine(b.infer(obs, noise), ref.infer(obs, noise)) >= 0.98
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] in (10, 11), reason="Blackwell runs NVFP4")
+def test_nvfp4_refused_on_this_gpu():
+    with pytest.raises(UnsupportedError, match="NVFP4 needs Blackwell.*this GPU is"):
+        Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="thor")

@@ -1,0 +1,14 @@
+"""The Plan A engine's Triton kernels, checked against their reference formulas on CPU (Triton's interpreter)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_fused_kernels_match_reference_formulas():
+    r = subprocess.run([sys.executable, str(REPO / "tests/fused_interpret_check.py")], cwd=REPO, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all fused kernels match" in r.stdout

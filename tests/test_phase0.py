@@ -1,0 +1,50 @@
+"""Phase 0 without a GPU (documented exit code 4, report still written) and the roofline it recommends from."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from triforce.roofline import analyse, hardware_table, workload_gemms
+from triforce.runtime.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+LIBERO = load_config("pi05_libero")
+
+
+def test_workload_gemm_shapes():
+    g = {(x.stage, x.name): x for x in workload_gemms(LIBERO)}
+    assert (g["prefix", "gate_up"].m, g["prefix", "gate_up"].n, g["prefix", "gate_up"].k) == (528, 32768, 2048)
+    assert (g["expert", "down"].m, g["expert", "down"].repeat) == (10, 180)
+    assert g["prefix", "down"].repeat == 17          # the last prefix layer stops after its K/V
+
+
+def test_roofline_picks_precision_per_stage():
+    thor = hardware_table()["thor"]
+    rec = analyse(LIBERO, thor["tflops"], thor["bandwidth_gbs"], thor["precisions"])["recommendation"]
+    assert rec["expert"] == "w4a16"                 # weight-read bound at M = 10
+    h100 = analyse(LIBERO, {"bf16": 600, "fp8": 1200}, 3000, ["bf16", "fp8", "w4a16"])
+    assert h100["recommendation"] == {"vision": "fp8", "prefix": "fp8", "expert": "w4a16"}
+    bounds = {(g["stage"], g["gemm"]): g["bound_bf16"] for g in h100["gemms"]}
+    assert bounds["prefix", "gate_up"] == "compute" and bounds["expert", "gate_up"] == "memory"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU report")
+def test_phase0_without_gpu_exits_4_with_a_report(tmp_path):
+    r = subprocess.run([sys.executable, "scripts/phase0_environment_check.py", "--report-dir", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 4, r.stderr
+    report = json.loads((tmp_path / "phase0.json").read_text())
+    assert report["status"] == "no_gpu" and report["thor_estimate"]["label"].startswith("ESTIMATE")
+    assert "commit" in report and report["device"]["gpu"] is None
+
+
+def test_validation_scripts_reject_bad_arguments(tmp_path):
+    for script, args in (("validate_plan_a.py", ["--runs", "0"]), ("validate_plan_b.py", ["--calibration", "0"]),
+                         ("phase0_environment_check.py", ["--config", "nope"])):
+        r = subprocess.run([sys.executable, f"scripts/{script}", "--report-dir", str(tmp_path), *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr.startswith("error:"), (script, r.stderr)

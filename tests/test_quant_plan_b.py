@@ -1,0 +1,171 @@
+"""Plan B on CPU: recipes as data and their errors, `invoke quantize` round trips on pi05_tiny, strict loading of
+quantized checkpoints, and the refusals (NVFP4 without Blackwell, calibration with no observation, inf weights)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from triforce.errors import TriforceError, UnsupportedError
+from triforce.quant import formats as fm
+from triforce.quant.plan_b import quantize_checkpoint, read_quantized
+from triforce.quant.quantize import engine_weight
+from triforce.quant.recipes import layer_ids, resolve_recipe
+from triforce.runtime.checkpoint import load_state, write_synthetic
+from triforce.runtime.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = load_config("pi05_tiny")
+
+
+def test_named_recipes_resolve_every_layer():
+    plan = resolve_recipe("h100", TINY)
+    assert set(plan) == set(layer_ids(TINY))
+    assert plan["vision.0.fc1"] == "fp8" and plan["prefix.1.down"] == "fp8" and plan["expert.0.qkv"] == "w4a16"
+    assert set(resolve_recipe("thor", TINY).values()) == {"nvfp4", "w4a16"}
+
+
+@pytest.mark.parametrize("body, message", [
+    ('vision = "fp8"\nprefix_attn = "fp8"\n', "unknown stage"),
+    ('vision = "int3"\n', "unknown precision 'int3'"),
+    ('[overrides]\n"prefix.99.qkv" = "bf16"\n', "unknown layer"),
+    ('vision = "w4a16"\n', "w4a16 for vision.0.qkv is not supported"),
+    ('vision = [\n', "not valid TOML"),
+])
+def test_bad_recipe_files(tmp_path, body, message):
+    path = tmp_path / "r.toml"
+    path.write_text(body)
+    with pytest.raises(TriforceError, match=message):
+        resolve_recipe(str(path), TINY)
+
+
+def test_recipe_overrides_one_layer(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('expert_mlp = "w4a16"\n[overrides]\n"expert.1.down" = "bf16"\n')
+    plan = resolve_recipe(str(path), TINY)
+    assert plan["expert.0.down"] == "w4a16" and plan["expert.1.down"] == "bf16" and plan["vision.0.qkv"] == "bf16"
+
+
+def test_unknown_recipe_and_auto_without_gpu():
+    with pytest.raises(TriforceError, match="unknown recipe"):
+        resolve_recipe("fastest", TINY)
+    with pytest.raises(TriforceError, match="needs Phase 0"):
+        resolve_recipe("auto", TINY)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "h100"
+    report = quantize_checkpoint("synthetic:pi05_tiny", "pi05_tiny", "h100", str(out), calibration=2, device="cpu", log=lambda *a: None)
+    return out, report
+
+
+def test_quantize_reports_bytes_per_stage(quantized):
+    _, report = quantized
+    wb = report["weight_bytes"]
+    assert 0.5 < wb["prefix"]["ratio"] < 0.53          # fp8 + per-channel scales
+    assert 0.25 < wb["expert"]["ratio"] < 0.27         # int4 + bf16 scale per 128
+    assert report["precisions"] == {"fp8": 16, "w4a16": 8}
+
+
+def test_quantized_checkpoint_round_trips(quantized):
+    out, _ = quantized
+    plan, tensors, meta = read_quantized(TINY, out / "model.safetensors")
+    assert meta["recipe"] == "h100" and meta["config"] == "pi05_tiny" and plan == resolve_recipe("h100", TINY)
+    state = load_state(write_synthetic(TINY), TINY)
+    x = torch.randn(32, TINY.prefix.width)
+    # FP8 layer: dequantized weights reproduce the layer (prefix qkv, RMSNorm weight folded)
+    w, _ = engine_weight(state, "prefix.0.qkv")
+    deq = fm.dequantize_fp8_weight(tensors["gemm.prefix.0.qkv.weight"], tensors["gemm.prefix.0.qkv.weight_scale"])
+    assert torch.linalg.norm(x @ deq.T - x @ w.T) / torch.linalg.norm(x @ w.T) < 0.05
+    # INT4 AWQ layer: (x / s) @ dequant(W s)^T ~= x @ W^T
+    w, _ = engine_weight(state, "expert.0.gate_up")
+    deq = fm.dequantize_int4_g128(tensors["gemm.expert.0.gate_up.qweight"], tensors["gemm.expert.0.gate_up.scales"])
+    xs = x * tensors["gemm.expert.0.gate_up.channel_scale"]
+    assert torch.linalg.norm(xs @ deq.T - x @ w.T) / torch.linalg.norm(x @ w.T) < 0.15
+    assert "gemm.expert.0.gate_up.input_scale" not in tensors
+
+
+def test_quantized_checkpoint_of_another_config_is_refused(quantized, tmp_path):
+    out, _ = quantized
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    meta = json.loads((bad / "recipe.json").read_text())
+    meta["config"] = "pi05_libero"
+    (bad / "recipe.json").write_text(json.dumps(meta))
+    with pytest.raises(TriforceError, match="made for config 'pi05_libero'"):
+        read_quantized(TINY, bad / "model.safetensors")
+
+
+def test_quantized_checkpoint_with_a_missing_tensor_is_refused(quantized, tmp_path):
+    out, _ = quantized
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    del tensors["gemm.expert.1.down.scales"]
+    save_file(tensors, str(bad / "model.safetensors"))
+    with pytest.raises(TriforceError, match=r"1 missing \(gemm.expert.1.down.scales\)"):
+        read_quantized(TINY, bad / "model.safetensors")
+
+
+def test_requested_recipe_must_match_the_stored_one(quantized):
+    out, _ = quantized
+    with pytest.raises(TriforceError, match="holds recipe 'h100'; requested 'thor'"):
+        read_quantized(TINY, out / "model.safetensors", recipe="thor")
+
+
+def test_nvfp4_quantization_runs_on_cpu_and_stores_swizzled_scales(tmp_path):
+    out = tmp_path / "thor"
+    quantize_checkpoint("synthetic:pi05_tiny", "pi05_tiny", "thor", str(out), calibration=1, device="cpu", log=lambda *a: None)
+    _, tensors, _ = read_quantized(TINY, out / "model.safetensors")
+    sf = tensors["gemm.prefix.0.gate_up.weight_sf"]
+    n, k = 2 * TINY.prefix.mlp_dim, TINY.prefix.width
+    assert sf.numel() == fm.nvfp4_sf_bytes(n, k)
+    linear_sf = fm.unswizzle_block_scales(sf, n, k)
+    deq = fm.dequantize_nvfp4(tensors["gemm.prefix.0.gate_up.qweight"], linear_sf, tensors["gemm.prefix.0.gate_up.weight_global"])
+    assert deq.shape == (n, k) and torch.isfinite(deq).all()
+
+
+def test_calibration_needs_observations(tmp_path):
+    with pytest.raises(TriforceError, match="at least one observation"):
+        quantize_checkpoint("synthetic:pi05_tiny", "pi05_tiny", "h100", str(tmp_path / "x"), calibration=0, device="cpu")
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_dir_must_be_new(quantized):
+    out, _ = quantized
+    with pytest.raises(TriforceError, match="exists and is not an empty directory"):
+        quantize_checkpoint("synthetic:pi05_tiny", "pi05_tiny", "h100", str(out), calibration=1, device="cpu")
+
+
+def test_weights_with_nan_are_refused(tmp_path):
+    state = load_file(str(write_synthetic(TINY)))
+    state["paligemma_with_expert.gemma_expert.model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    ckpt = tmp_path / "nan"
+    ckpt.mkdir()
+    save_file(state, str(ckpt / "model.safetensors"))
+    with pytest.raises(TriforceError, match="inf/NaN"):
+        quantize_checkpoint(str(ckpt), "pi05_tiny", "h100", str(tmp_path / "out"), calibration=1, device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_nvfp4_without_gpu_is_refused():
+    from triforce.quant.plan_b import check_backend
+
+    with pytest.raises(UnsupportedError, match="needs a CUDA GPU"):
+        check_backend("nvfp4")
+
+
+def test_invoke_quantize_round_trip_and_errors(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "invoke", "quantize", *a], cwd=REPO, capture_output=True, text=True, timeout=900)  # noqa: E731
+    r = run("--checkpoint", "synthetic:pi05_tiny", "--config", "pi05_tiny", "--recipe", "w4a16", "--out", str(tmp_path / "q"), "--calibration", "1")
+    assert r.returncode == 0, r.stderr
+    assert "expert" in r.stdout and (tmp_path / "q" / "recipe.json").is_file()
+    r = run("--checkpoint", "synthetic:pi05_tiny", "--config", "pi05_tiny", "--recipe", "nope", "--out", str(tmp_path / "q2"))
+    assert r.returncode == 1 and r.stderr.startswith("error: unknown recipe") and not (tmp_path / "q2").exists()

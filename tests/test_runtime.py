@@ -1,0 +1,183 @@
+"""The Pi0.5 runtime on CPU: openpi naming, strict loading of real safetensors files, input validation, the
+reference path through the Policy API and `invoke infer`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from triforce.errors import TriforceError, UnsupportedError
+from triforce.runtime.checkpoint import IGNORED, expected_tensors, load_state, write_synthetic
+from triforce.runtime.config import load_config
+from triforce.runtime.observation import Observation
+from triforce.runtime.policy import Policy
+from triforce.workload import random_noise, random_observation
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = load_config("pi05_tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    path = write_synthetic(TINY)
+    return path, load_file(str(path))
+
+
+def test_expected_tensors_match_openpi_checkpoint_exactly():
+    ref = json.loads((REPO / "tests/data/openpi_pi05_keys.json").read_text())["tensors"]
+    ref = {k: (tuple(v["shape"]), v["dtype"]) for k, v in ref.items() if k not in IGNORED}
+    assert expected_tensors(load_config("pi05_libero")) == ref
+    assert len(ref) == 811
+
+
+@pytest.mark.parametrize("name", ["pi05_libero", "pi05_droid", "pi05_base"])
+def test_configs_horizons(name):
+    assert load_config(name).action_horizon == {"pi05_libero": 10, "pi05_droid": 15, "pi05_base": 50}[name]
+
+
+def test_unknown_config():
+    with pytest.raises(TriforceError, match="unknown model config"):
+        load_config("pi0_fast")
+
+
+def _write(tmp_path, tensors):
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    return path
+
+
+def test_strict_load_accepts_synthetic_and_the_ignored_lm_head(tmp_path, tiny_state):
+    _, state = tiny_state
+    extra = {**state, "paligemma_with_expert.gemma_expert.lm_head.weight": torch.zeros(8, TINY.expert.width, dtype=torch.bfloat16)}
+    loaded = load_state(_write(tmp_path, extra), TINY)
+    assert set(loaded) == set(expected_tensors(TINY))
+
+
+def test_missing_tensor_is_listed(tmp_path, tiny_state):
+    _, state = tiny_state
+    name = "time_mlp_in.bias"
+    with pytest.raises(TriforceError, match=r"1 missing \(time_mlp_in.bias\)"):
+        load_state(_write(tmp_path, {k: v for k, v in state.items() if k != name}), TINY)
+
+
+def test_unexpected_tensor_is_listed(tmp_path, tiny_state):
+    _, state = tiny_state
+    with pytest.raises(TriforceError, match="1 unexpected .*bogus.weight"):
+        load_state(_write(tmp_path, {**state, "bogus.weight": torch.zeros(2)}), TINY)
+
+
+def test_misshaped_tensor(tmp_path, tiny_state):
+    _, state = tiny_state
+    bad = {**state, "action_in_proj.weight": torch.zeros(3, 3)}
+    with pytest.raises(TriforceError, match=r"action_in_proj.weight: float32\[3, 3\] \(expected float32\[128, 32\]\)"):
+        load_state(_write(tmp_path, bad), TINY)
+
+
+def test_wrong_dtype(tmp_path, tiny_state):
+    _, state = tiny_state
+    bad = {**state, "action_in_proj.weight": state["action_in_proj.weight"].to(torch.bfloat16)}
+    with pytest.raises(TriforceError, match="wrong shape or dtype.*bfloat16"):
+        load_state(_write(tmp_path, bad), TINY)
+
+
+def test_truncated_file(tmp_path, tiny_state):
+    path, _ = tiny_state
+    data = path.read_bytes()
+    cut = tmp_path / "model.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TriforceError, match="not a readable safetensors file"):
+        load_state(cut, TINY)
+
+
+def test_missing_checkpoint_dir(tmp_path):
+    with pytest.raises(TriforceError, match="no model.safetensors"):
+        Policy.load(str(tmp_path), "pi05_tiny", plan="ref", device="cpu")
+
+
+def test_synthetic_for_another_config_is_refused():
+    with pytest.raises(TriforceError, match="is for config 'pi05_libero'"):
+        Policy.load("synthetic:pi05_libero", "pi05_tiny", plan="ref", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    return Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="ref", device="cpu")
+
+
+def test_reference_inference_shape_and_determinism(tiny_policy):
+    rng = np.random.default_rng(3)
+    obs, noise = random_observation(TINY, rng, 2, 6), random_noise(TINY, rng)
+    a, b = tiny_policy.infer(obs, noise), tiny_policy.infer(obs, noise)
+    assert a.shape == (TINY.action_horizon, TINY.action_dim) and a.dtype == np.float32
+    assert np.isfinite(a).all() and np.array_equal(a, b)
+    assert not np.allclose(a, noise)           # the model did something
+    assert tiny_policy.synthetic
+
+
+def test_masked_padding_and_masked_view_do_not_change_actions(tiny_policy):
+    """What the engine relies on to drop them: padding tokens and a masked view are never attended."""
+    rng = np.random.default_rng(4)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    base = tiny_policy.infer(obs, noise)
+    obs.tokens[5:] = rng.integers(0, TINY.vocab_size, TINY.max_token_len - 5)
+    obs.images[TINY.image_slots[2]] = rng.uniform(-1, 1, (224, 224, 3)).astype(np.float32)
+    obs.image_masks[TINY.image_slots[2]] = False
+    np.testing.assert_allclose(tiny_policy.infer(obs, noise), base, rtol=1e-4, atol=1e-4)
+
+
+def _obs(**over):
+    rng = np.random.default_rng(0)
+    obs = random_observation(TINY, rng, 2, 4)
+    for k, v in over.items():
+        setattr(obs, k, v)
+    return obs
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda o: o.images.update(base_0_rgb=np.zeros((100, 100, 3), np.float32)), "has shape"),
+    (lambda o: o.images.update(base_0_rgb=np.zeros((224, 224, 3), np.uint8)), "expected float"),
+    (lambda o: o.images["base_0_rgb"].__setitem__((0, 0, 0), np.nan), "NaN"),
+    (lambda o: o.images["base_0_rgb"].__setitem__((0, 0, 0), 3.0), r"expected \[-1, 1\]"),
+    (lambda o: o.images.update(top_rgb=np.zeros((224, 224, 3), np.float32)), "unknown image slot"),
+    (lambda o: setattr(o, "tokens", np.ones(TINY.max_token_len + 1, np.int64)) or setattr(o, "token_mask", np.ones(TINY.max_token_len + 1, bool)), "longer than max_token_len"),
+    (lambda o: o.tokens.__setitem__(0, TINY.vocab_size), "out of vocabulary"),
+    (lambda o: o.token_mask.__setitem__(slice(None), False), "prompt is empty"),
+])
+def test_bad_observations(tiny_policy, mutate, message):
+    obs = _obs()
+    mutate(obs)
+    with pytest.raises(TriforceError, match=message):
+        tiny_policy.infer(obs)
+
+
+def test_bad_noise(tiny_policy):
+    with pytest.raises(TriforceError, match="noise has shape"):
+        tiny_policy.infer(_obs(), noise=np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+@pytest.mark.parametrize("plan", ["a", "b"])
+def test_engines_refuse_without_cuda(plan):
+    with pytest.raises(UnsupportedError, match="needs a CUDA GPU"):
+        Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan=plan, recipe="h100")
+
+
+def _invoke(*args):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_invoke_infer_on_cpu():
+    r = _invoke("infer", "--checkpoint", "synthetic:pi05_tiny", "--config", "pi05_tiny", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert f"actions ({TINY.action_horizon}, {TINY.action_dim}) (finite)" in r.stdout and "plan ref" in r.stdout
+
+
+def test_invoke_infer_engine_on_cpu_is_one_line_error():
+    r = _invoke("infer", "--plan", "a", "--device", "cpu")
+    assert r.returncode == 3
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: plan a")
