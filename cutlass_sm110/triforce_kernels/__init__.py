@@ -122,9 +122,22 @@ _W4A16_MODES = {"heuristic": (0, False), "data_parallel": (1, False), "split_k":
                 "stream_k": (3, False), "stream_k_nd": (3, True)}
 
 
+# Token tiles of the Hopper units (bindings.cpp runs the smallest that covers M) and their weight-row tile.
+_W4A16_TOKEN_TILES = (16, 64, 128)
+_W4A16_WEIGHT_TILE = 128
+
+
 def w4a16_auto_schedule(m: int, n: int, k: int) -> str:
-    """The schedule 'auto' means for a problem (measured on an H100: bench/kernel_bench.py)."""
-    return "heuristic"
+    """The schedule 'auto' picks, from the H100 measurements in bench/results/kernel_bench_*.json:
+    output tiles that (nearly) fill the SMs run data-parallel (CUTLASS's heuristic); fewer tiles split K with
+    stream-K, reduced in arrival order at decode-like M (17 vs 22 us at M=10, N=2048, K=16384) and in order above."""
+    if family() != "hopper":
+        return "heuristic"
+    token_tile = next((t for t in _W4A16_TOKEN_TILES if m <= t), _W4A16_TOKEN_TILES[-1])
+    tiles = -(-n // _W4A16_WEIGHT_TILE) * -(-m // token_tile)
+    if tiles >= 0.9 * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count:
+        return "heuristic"
+    return "stream_k_nd" if m <= 64 else "stream_k"
 
 
 def _w4a16_schedule(op: str, schedule: str, m: int, n: int, k: int) -> tuple[int, int, bool]:
