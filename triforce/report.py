@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -16,6 +17,9 @@ EXIT_PASS, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_NO_GPU = 0, 1, 2, 4
 
 
 def git_commit() -> str:
+    """The checkout's HEAD; TRIFORCE_COMMIT names it where the tree travelled without .git (a lent GPU)."""
+    if os.environ.get("TRIFORCE_COMMIT"):
+        return os.environ["TRIFORCE_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parent.parent)

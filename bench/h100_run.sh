@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every H100 measurement of a session, for the device tool (two calls: each stays under the 10-minute limit).
+#   part 1: the kernel wheel (development build), its GPU tests and benchmark, the engine GPU tests, Phase 0, Plan A
+#   part 2: Plan B validation (h100 recipe, 64 observations), the NVFP4 refusal, the engine + server benchmark
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2   (carry .device_carry and .whl)
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=$PWD:$PWD/cutlass_sm110:/tmp/site PYTHONUNBUFFERED=1 MAX_JOBS=14
+LOG="$OUT/log$1.txt"
+run() { echo "== $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"; }
+if [ "$1" = 1 ]; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
+  run python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
+  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+else
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe thor --observations 2 --report-dir /tmp/thor
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100 --runs 50 --out-dir "$OUT"
+fi
