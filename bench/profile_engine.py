@@ -82,12 +82,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="pi05_libero", help="model config")
     ap.add_argument("--top", type=int, default=30, help="rows of the kernel table")
+    ap.add_argument("--plan", default="a", help="a or b")
+    ap.add_argument("--recipe", default="h100", help="plan b recipe")
     args = ap.parse_args()
-    policy = Policy.load(f"synthetic:{args.config}", args.config, plan="a")
+    policy = Policy.load(f"synthetic:{args.config}", args.config, plan=args.plan,
+                         recipe=args.recipe if args.plan == "b" else None)
     cfg = policy.config
     kernel_table(policy.backend, cfg, args.top)
-    attention_table(cfg, 2 * cfg.tokens_per_image + cfg.token_bucket(16))
-    gemm_table(policy.backend, cfg)
+    if args.plan == "a":
+        attention_table(cfg, 2 * cfg.tokens_per_image + cfg.token_bucket(16))
+        gemm_table(policy.backend, cfg)
 
 
 if __name__ == "__main__":
