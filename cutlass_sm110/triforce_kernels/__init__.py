@@ -31,8 +31,11 @@ class UnsupportedError(KernelError):
 
 
 def _ext():
-    from . import _C  # the compiled extension; a missing one is an install problem, said plainly
-
+    try:
+        from . import _C  # the compiled extension of the wheel (or of cutlass_sm110/devbuild.py)
+    except ImportError as err:
+        raise UnsupportedError(f"triforce_kernels: the compiled extension _C does not load ({err}); install the "
+                               f"wheel built for this GPU (invoke build-kernels / deploy)") from None
     return _C
 
 
@@ -59,12 +62,18 @@ def _built_for() -> str:
     return info.get("arch") or info.get("family") or family()
 
 
+@lru_cache(maxsize=None)
+def _device_capability_ok(index: int) -> tuple[bool, tuple[int, int]]:
+    """Whether this wheel's binaries run on GPU `index` (checked once per device: it is on every call's path)."""
+    cc = torch.cuda.get_device_capability(index)
+    arch = build_info().get("arch")
+    return (cc == _ARCH_CAPABILITY[arch] if arch in _ARCH_CAPABILITY else cc in _FAMILY_CAPABILITIES[family()]), cc
+
+
 def _check_device(op: str, t: torch.Tensor) -> None:
     if not t.is_cuda:
         raise KernelError(f"{op}: tensors must be on a CUDA device, got {t.device}; move them with .cuda()")
-    cc = torch.cuda.get_device_capability(t.device)
-    arch = build_info().get("arch")
-    ok = cc == _ARCH_CAPABILITY[arch] if arch in _ARCH_CAPABILITY else cc in _FAMILY_CAPABILITIES[family()]
+    ok, cc = _device_capability_ok(t.device.index if t.device.index is not None else torch.cuda.current_device())
     if not ok:
         raise UnsupportedError(
             f"{op}: this wheel was built for {_built_for()} but the GPU is compute capability {cc[0]}.{cc[1]}; "
@@ -172,7 +181,8 @@ def w4a16_workspace_size(m: int, n: int, k: int, schedule: str = "auto") -> int:
     """Bytes of workspace w4a16_gemm needs for out[M, N] = x[M, K] @ W^T with this schedule (allocate once)."""
     op = "w4a16_workspace_size"
     _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
-    return int(_ext().w4a16_workspace_size(m, n, k, *_w4a16_schedule(op, schedule, m, n, k)))
+    sched = _w4a16_schedule(op, schedule, m, n, k)
+    return int(_ext().w4a16_workspace_size(m, n, k, *sched))
 
 
 def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torch.Tensor, out: torch.Tensor,
