@@ -22,8 +22,12 @@ def cutlass_source() -> Path:
     for cand in (os.environ.get("TRIFORCE_CUTLASS_SOURCE"), REPO / ".device_carry" / "cutlass"):
         if cand and (Path(cand) / "include" / "cutlass").is_dir():
             return Path(cand)
-    import cutlass_library  # the pinned nvidia-cutlass wheel
-
+    try:
+        import cutlass_library  # the pinned nvidia-cutlass wheel
+    except ImportError:
+        raise RuntimeError("devbuild: no CUTLASS source: set TRIFORCE_CUTLASS_SOURCE to a tree with include/ and "
+                           "tools/util/include, copy one to .device_carry/cutlass, or pip install "
+                           "nvidia-cutlass==4.2.0.0") from None
     return Path(cutlass_library.__file__).parent / "source"
 
 
