@@ -89,5 +89,13 @@ try:
 except RuntimeError:
     print("arena overflow: refused")
 
+from triforce.quant import formats as fm  # noqa: E402
+
+w4 = torch.randn(192, 512)
+packed, scales = fm.quantize_int4_g128(w4)
+deq = fm.dequantize_int4_g128(packed, scales)
+check("skinny W4A16 (canonical int4)", fused.skinny_w4a16(xs, packed, scales), xs.float() @ deq.T, 1e-2)
+check("skinny W4A16, GeGLU read inside", fused.skinny_w4a16(gus, packed, scales, geglu_input=True), act @ deq.T, 2e-2)
+
 print("FAILED: " + ", ".join(failures) if failures else "all fused kernels match")
 sys.exit(1 if failures else 0)

@@ -90,29 +90,38 @@ class Fp8Linear:
 
 
 class W4A16Linear:
-    """INT4 weights (group 128, AWQ-smoothed) with bf16 activations through the kernel wheel's CUTLASS GEMM."""
+    """INT4 weights (group 128, AWQ-smoothed) with bf16 activations. Few rows (the denoise step, M <= 16): the
+    weight-streaming Triton kernel on the canonical int4 (measured faster there than the CUTLASS kernel, whose
+    tiles are sized for many tokens); more rows: the kernel wheel's CUTLASS GEMM on prepacked weights."""
 
     input_dtype = BF16
+    takes_arena = True
+    fuses_geglu = True
 
     def __init__(self, t: dict):
-        tk = _kernels("w4a16")
-        self.tk = tk
-        qweight, scales = t["qweight"].cuda(), t["scales"].cuda()
-        self.n, self.k = qweight.shape[0], qweight.shape[1] * 2
-        self.packed_weight, self.packed_scales = tk.w4a16_prepack(qweight, scales)
+        self.tk = _kernels("w4a16")
+        self.qweight, self.scales = t["qweight"].cuda().contiguous(), t["scales"].cuda().contiguous()
+        self.n, self.k = self.qweight.shape[0], self.qweight.shape[1] * 2
+        self.out_features = self.n
         self.input_channel_scale = t["channel_scale"].cuda().float() if "channel_scale" in t else None
+        self._packed = None
         self._workspace: dict = {}
-        self.nbytes = qweight.numel() + scales.numel() * 2
+        self.nbytes = self.qweight.numel() + self.scales.numel() * 2
 
-    def __call__(self, x):
-        if x.dtype != BF16:
-            x = x.to(BF16)
-        x = x.contiguous()
+    def __call__(self, x, arena=None, geglu_input=False):
         rows = x.shape[0]
+        if rows <= fused.SKINNY_MAX_ROWS:
+            out = arena.take(rows, self.n) if arena is not None else None
+            return fused.skinny_w4a16(x, self.qweight, self.scales, out=out, geglu_input=geglu_input)
+        if geglu_input:
+            raise ValueError("geglu_input is only fused into the few-row path")
+        if self._packed is None:              # first many-row call (a warm-up, before any capture)
+            self._packed = self.tk.w4a16_prepack(self.qweight, self.scales)
+        x = x.to(BF16).contiguous()
         if rows not in self._workspace:
             self._workspace[rows] = torch.empty(max(1, self.tk.w4a16_workspace_size(rows, self.n, self.k)), dtype=torch.uint8, device="cuda")
         out = torch.empty(rows, self.n, dtype=BF16, device="cuda")
-        self.tk.w4a16_gemm(x, self.packed_weight, self.packed_scales, out, self._workspace[rows])
+        self.tk.w4a16_gemm(x, *self._packed, out, self._workspace[rows])
         return out
 
 

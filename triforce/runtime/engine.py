@@ -75,6 +75,9 @@ class Linear:
     """y = x W^T (+ b) with bf16 weights: cuBLAS, or for a few rows (the denoise step) the weight-streaming
     skinny kernel (fp32 out; every consumer reads either). Plan B swaps in quantized layers with the same call."""
 
+    takes_arena = True      # few-row calls accumulate into the step's zeroed arena
+    fuses_geglu = True      # ... and can read [gate | up] through GeGLU themselves
+
     def __init__(self, weight, bias=None):
         self.weight = _bf16(weight)
         self.bias = None if bias is None else _bf16(bias)
@@ -93,6 +96,10 @@ class Linear:
     @property
     def nbytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
 
 
 @dataclass
@@ -250,8 +257,8 @@ class Pi05Engine:
         horizon = x_t.shape[0]
         x = F.linear(x_t, *self.action_in)
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
-        arena = fused.ZeroArena(horizon * e.depth * sum(l.weight.shape[0] for l in self.expert_layers[0].values()
-                                                        if isinstance(l, Linear)), "cuda")
+        arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
+                                              if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
         for i, layer in enumerate(self.expert_layers):
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
@@ -266,7 +273,7 @@ class Pi05Engine:
             fused.add_norm(x, h, y=self._call(layer["o"], att, arena), gate=g1[step], scale=s2[step], shift=b2[step],
                            eps=cfg.norm_eps, quant_scale=quant_scale(gu_l))
             gate_up = self._call(gu_l, h, arena)
-            if isinstance(down_l, Linear):      # bf16: GeGLU is read inside the down GEMM
+            if getattr(down_l, "fuses_geglu", False) and horizon <= fused.SKINNY_MAX_ROWS:   # GeGLU read inside the down GEMM
                 pending = down_l(gate_up, arena, geglu_input=True)
             else:
                 act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
@@ -279,8 +286,8 @@ class Pi05Engine:
 
     @staticmethod
     def _call(layer, x, arena):
-        """bf16 layers take the step's zeroed accumulators; quantized layers manage their own outputs."""
-        return layer(x, arena) if isinstance(layer, Linear) else layer(x)
+        """Skinny-capable layers take the step's zeroed accumulators; the others manage their own outputs."""
+        return layer(x, arena) if getattr(layer, "takes_arena", False) else layer(x)
 
     @staticmethod
     def _attend(q, k, v, bias):

@@ -326,3 +326,64 @@ class ZeroArena:
         view = self.buf[self.used:self.used + n].view(rows, cols)
         self.used += n
         return view
+
+
+@triton.jit
+def _skinny_w4a16_kernel(X, QW, SC, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, stride_sc, stride_o,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, GEGLU: tl.constexpr,
+                         DOT_F32: tl.constexpr):
+    """out[M, N] += x[M, K-range] @ dequant(W)[N, K-range]^T, W canonical int4 (low nibble = even k, group-128 bf16
+    scales). One group per step: even and odd k are two half-K dots, so the nibbles are never interleaved."""
+    HALF: tl.constexpr = GROUP // 2
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_start = tl.program_id(1) * K_SPLIT
+    m = tl.arange(0, BLOCK_M)
+    j = tl.arange(0, HALF)
+    nmask = n < N
+    mmask = m[:, None] < M
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(k_start, k_start + K_SPLIT, GROUP):
+        ke = k0 + 2 * j
+        xe = tl.load(X + m[:, None] * stride_x + ke[None, :], mask=mmask, other=0.0)
+        xo = tl.load(X + m[:, None] * stride_x + ke[None, :] + 1, mask=mmask, other=0.0)
+        if GEGLU:
+            ge, go = xe.to(tl.float32), xo.to(tl.float32)
+            ue = tl.load(X + m[:, None] * stride_x + K + ke[None, :], mask=mmask, other=0.0).to(tl.float32)
+            uo = tl.load(X + m[:, None] * stride_x + K + ke[None, :] + 1, mask=mmask, other=0.0).to(tl.float32)
+            xe = (ge * tl.sigmoid(1.5957691216057308 * (ge + 0.044715 * ge * ge * ge)) * ue).to(tl.bfloat16)
+            xo = (go * tl.sigmoid(1.5957691216057308 * (go + 0.044715 * go * go * go)) * uo).to(tl.bfloat16)
+        p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int32)
+        lo = p & 0xF
+        hi = (p >> 4) & 0xF
+        lo = tl.where(lo >= 8, lo - 16, lo)
+        hi = tl.where(hi >= 8, hi - 16, hi)
+        if DOT_F32:
+            part = tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32))) + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32)))
+        else:
+            part = tl.dot(xe.to(tl.bfloat16), tl.trans(lo.to(tl.bfloat16))) + tl.dot(xo.to(tl.bfloat16), tl.trans(hi.to(tl.bfloat16)))
+        s = tl.load(SC + n * stride_sc + k0 // GROUP, mask=nmask, other=0.0).to(tl.float32)
+        acc += part * s[None, :]
+    tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=mmask & nmask[None, :])
+
+
+def skinny_w4a16(x, qweight, scales, out=None, geglu_input: bool = False, block_n: int = 64):
+    """y (fp32 [M, N]) = x [M, K] @ dequant(W)^T for M <= 16 with canonical int4 weights (uint8 [N, K/2], bf16 scales
+    [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear. geglu_input: x is [gate | up]."""
+    rows, kdim = x.shape
+    if geglu_input:
+        kdim //= 2
+    n = qweight.shape[0]
+    group = 128
+    if rows > SKINNY_MAX_ROWS or kdim % group or qweight.shape[1] * 2 != kdim:
+        raise ValueError(f"skinny_w4a16: <= {SKINNY_MAX_ROWS} rows, K % 128 == 0 and weights [N, K/2]; got x {tuple(x.shape)}, w {tuple(qweight.shape)}")
+    n_blocks, k_blocks = triton.cdiv(n, block_n), kdim // group
+    split = 1
+    while split * 2 <= k_blocks and n_blocks * split < _TARGET_PROGRAMS and k_blocks % (split * 2) == 0:
+        split *= 2
+    if out is None:
+        out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
+    _skinny_w4a16_kernel[(n_blocks, split)](x, qweight, scales, out, rows, n, kdim, kdim // split, x.stride(0),
+                                            qweight.stride(0), scales.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
+                                            BLOCK_N=block_n, GROUP=group, GEGLU=geglu_input, DOT_F32=INTERPRETED,
+                                            num_warps=4, num_stages=3)
+    return out
