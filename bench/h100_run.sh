@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every H100 measurement of a session, for the device tool (two calls: each stays under the 10-minute limit).
 #   part 1: the kernel wheel (development build), its GPU tests and benchmark, the engine GPU tests, Phase 0, Plan A
-#   part 2: Plan B validation (h100 recipe, 64 observations), the NVFP4 refusal, the engine + server benchmark
+#   part 2: the few-row GEMM paths, Plan B validation (h100 recipe, 64 observations), the NVFP4 refusal, the engine + server benchmark
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -18,6 +18,7 @@ if [ "$1" = 1 ]; then
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
 else
+  run python3 bench/w4a16_paths.py --out "$OUT"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe thor --observations 2 --report-dir /tmp/thor
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100 --runs 50 --out-dir "$OUT"
