@@ -78,6 +78,12 @@ def _assert_wheel(build: _Build, family: str, opcodes: set) -> None:
     ninja = (build.build_dir / "obj" / "build.ninja").read_text()
     num = build.arch.removeprefix("sm_")
     assert ninja.count("-gencode") == 1 and f"-gencode=arch=compute_{num},code=sm_{num}" in ninja
+    # pip accepts the wheel, and what it installs imports with this torch (the manifest's import check).
+    target = build.build_dir / "pip-target"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                    str(build.wheel_dir / record.wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-c", f"import torch; {record.import_check}"], check=True, cwd=target,
+                   env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, timeout=300)
 
 
 @pytest.mark.compile
@@ -157,7 +163,7 @@ def test_sass_gate_never_passes_vacuously(probe_objects):
     ("sm_110", 3, "error: arch 'sm_110' has no 'a'/'f' suffix: nvcc would compile the tcgen05/wgmma kernels to a "
                   "stub with no tensor-core code (it traps at run time); use 'sm_110a'"),
     ("sm_100", 3, "use 'sm_100a'"),
-])
+], ids=["unknown", "sm_110-stub", "sm_100-stub"])
 def test_bad_arch_is_refused(tmp_path, arch, code, message):
     proc = _invoke("--arch", arch, "--wheel-dir", str(tmp_path / "wheels"))
     assert proc.returncode == code

@@ -90,15 +90,14 @@ class Fp8Linear:
 
 
 class W4A16Linear:
-    """INT4 weights (group 128, AWQ-smoothed) with bf16 activations. Few rows (the denoise step, M <= 16): the
-    weight-streaming Triton kernel on the canonical int4 (measured faster there than the CUTLASS kernel, whose
-    tiles are sized for many tokens); more rows: the kernel wheel's CUTLASS GEMM on prepacked weights."""
+    """INT4 weights (group 128, AWQ-smoothed) with bf16 activations: the kernel wheel's CUTLASS GEMM on prepacked
+    weights, or for few rows (the denoise step) where it measured faster (bench/results/w4a16_paths-*.json: expert
+    qkv, o, down) the weight-streaming Triton kernel on the canonical int4."""
 
     input_dtype = BF16
-    takes_arena = True
-    fuses_geglu = True
 
-    def __init__(self, t: dict):
+    def __init__(self, t: dict, few_row_kernel: bool = True):
+        self.takes_arena = self.fuses_geglu = few_row_kernel
         self.tk = _kernels("w4a16")
         self.qweight, self.scales = t["qweight"].cuda().contiguous(), t["scales"].cuda().contiguous()
         self.n, self.k = self.qweight.shape[0], self.qweight.shape[1] * 2
@@ -110,7 +109,7 @@ class W4A16Linear:
 
     def __call__(self, x, arena=None, geglu_input=False):
         rows = x.shape[0]
-        if rows <= fused.SKINNY_MAX_ROWS:
+        if self.takes_arena and rows <= fused.SKINNY_MAX_ROWS:
             out = arena.take(rows, self.n) if arena is not None else None
             return fused.skinny_w4a16(x, self.qweight, self.scales, out=out, geglu_input=geglu_input)
         if geglu_input:
@@ -175,7 +174,10 @@ class QuantizedModel:
     def layer(self, layer_id: str):
         prefix = f"gemm.{layer_id}."
         t = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-        return LAYERS[self.plan[layer_id]](t)
+        precision = self.plan[layer_id]
+        if precision == "w4a16":   # few rows: the Triton kernel except where CUTLASS measured faster (gate_up)
+            return W4A16Linear(t, few_row_kernel=not layer_id.endswith(".gate_up"))
+        return LAYERS[precision](t)
 
 
 # ── entry points ──────────────────────────────────────────────────────────────────────────────────────────────────

@@ -75,16 +75,17 @@ class Linear:
     """y = x W^T (+ b) with bf16 weights: cuBLAS, or for a few rows (the denoise step) the weight-streaming
     skinny kernel (fp32 out; every consumer reads either). Plan B swaps in quantized layers with the same call."""
 
-    takes_arena = True      # few-row calls accumulate into the step's zeroed arena
-    fuses_geglu = True      # ... and can read [gate | up] through GeGLU themselves
-
-    def __init__(self, weight, bias=None):
+    def __init__(self, weight, bias=None, few_row_kernel: bool = False):
         self.weight = _bf16(weight)
         self.bias = None if bias is None else _bf16(bias)
+        # Few rows (the denoise step): the Triton weight-streaming kernel where it measured faster than cuBLAS
+        # (bench/results/w4a16_paths-*.json: expert o and down); it accumulates into the step's zeroed arena and
+        # can read [gate | up] through GeGLU itself.
+        self.takes_arena = self.fuses_geglu = few_row_kernel and bias is None
 
     def __call__(self, x, arena=None, geglu_input=False):
-        """arena: zeroed accumulators for the skinny path; geglu_input: x is [gate | up] (skinny path only)."""
-        if self.bias is None and x.shape[0] <= fused.SKINNY_MAX_ROWS:
+        """arena: zeroed accumulators for the few-row kernel; geglu_input: x is [gate | up] (few-row kernel only)."""
+        if self.takes_arena and x.shape[0] <= fused.SKINNY_MAX_ROWS:
             out = arena.take(x.shape[0], self.weight.shape[0]) if arena is not None else None
             return fused.skinny_linear(x, self.weight, out=out, geglu_input=geglu_input)
         if geglu_input:
@@ -170,10 +171,11 @@ class Pi05Engine:
         """Fused QKV and gate/up (fused_gemma_weight); bf16 unless Plan B quantized the layer."""
         lin = lambda name, build: self._linear(f"{stage}.{i}.{name}", build)  # noqa: E731
         fused_w = lambda which: fused_gemma_weight(s, n, which, fold=stage == "prefix")  # noqa: E731
+        few = stage == "expert"
         return {"qkv": lin("qkv", lambda: Linear(fused_w("qkv"))),
-                "o": lin("o", lambda: Linear(s[f"{n}.self_attn.o_proj.weight"])),
+                "o": lin("o", lambda: Linear(s[f"{n}.self_attn.o_proj.weight"], few_row_kernel=few)),
                 "gate_up": lin("gate_up", lambda: Linear(fused_w("gate_up"))),
-                "down": lin("down", lambda: Linear(s[f"{n}.mlp.down_proj.weight"]))}
+                "down": lin("down", lambda: Linear(s[f"{n}.mlp.down_proj.weight"], few_row_kernel=few))}
 
     def _precompute_time_tables(self, s):
         """The 10 flow times are fixed: the time MLP and every adaRMS modulation are tables, computed once in fp32."""
