@@ -409,38 +409,37 @@ def _rope_mqa_partial_kernel(QKV, POS, COS, SIN, KC, VC, BIAS, PO, PM, PL, R, S,
     qpos = tl.load(POS + tok, mask=rmask, other=0)
     qc = tl.load(COS + qpos[:, None] * HALF + i[None, :])
     qs = tl.load(SIN + qpos[:, None] * HALF + i[None, :])
-    q1, q2 = (q1 * qc - q2 * qs).to(tl.bfloat16), (q2 * qc + q1 * qs).to(tl.bfloat16)
+    q1, q2 = q1 * qc - q2 * qs, q2 * qc + q1 * qs
     cols = split * BLOCK_N + tl.arange(0, BLOCK_N)
     in_cache = cols < S
     is_act = (cols >= S) & (cols < T)
     act = tl.where(is_act, cols - S, 0)
-    # K/V tiles stay bf16 (register budget); only the few action keys are rotated in fp32.
-    k1 = tl.load(KC + cols[:, None] * D + i[None, :], mask=in_cache[:, None], other=0.0)
-    k2 = tl.load(KC + cols[:, None] * D + HALF + i[None, :], mask=in_cache[:, None], other=0.0)
+    k1 = tl.load(KC + cols[:, None] * D + i[None, :], mask=in_cache[:, None], other=0.0).to(tl.float32)
+    k2 = tl.load(KC + cols[:, None] * D + HALF + i[None, :], mask=in_cache[:, None], other=0.0).to(tl.float32)
     kbase = QKV + act[:, None] * stride_qkv + H * D + i[None, :]
     a1 = tl.load(kbase, mask=is_act[:, None], other=0.0).to(tl.float32)
     a2 = tl.load(kbase + HALF, mask=is_act[:, None], other=0.0).to(tl.float32)
     kpos = tl.load(POS + act, mask=is_act, other=0)
     kc = tl.load(COS + kpos[:, None] * HALF + i[None, :])
     ks = tl.load(SIN + kpos[:, None] * HALF + i[None, :])
-    k1 = tl.where(is_act[:, None], (a1 * kc - a2 * ks).to(tl.bfloat16), k1.to(tl.bfloat16))
-    k2 = tl.where(is_act[:, None], (a2 * kc + a1 * ks).to(tl.bfloat16), k2.to(tl.bfloat16))
+    k1 = tl.where(is_act[:, None], a1 * kc - a2 * ks, k1)
+    k2 = tl.where(is_act[:, None], a2 * kc + a1 * ks, k2)
     d = tl.arange(0, D)
-    v = tl.load(VC + cols[:, None] * D + d[None, :], mask=in_cache[:, None], other=0.0)
-    va = tl.load(QKV + act[:, None] * stride_qkv + (H + 1) * D + d[None, :], mask=is_act[:, None], other=0.0)
-    v = tl.where(is_act[:, None], va.to(tl.bfloat16), v.to(tl.bfloat16))
-    if DOT_F32:   # Triton's CPU interpreter cannot multiply bf16 tiles
-        s = tl.dot(q1.to(tl.float32), tl.trans(k1.to(tl.float32))) + tl.dot(q2.to(tl.float32), tl.trans(k2.to(tl.float32)))
-    else:
+    v = tl.load(VC + cols[:, None] * D + d[None, :], mask=in_cache[:, None], other=0.0).to(tl.float32)
+    va = tl.load(QKV + act[:, None] * stride_qkv + (H + 1) * D + d[None, :], mask=is_act[:, None], other=0.0).to(tl.float32)
+    v = tl.where(is_act[:, None], va, v)
+    if DOT_F32:
         s = tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))
+    else:   # bf16 operands like the rest of the engine (the reference rounds rotated q/k to bf16 too)
+        s = tl.dot(q1.to(tl.bfloat16), tl.trans(k1.to(tl.bfloat16))) + tl.dot(q2.to(tl.bfloat16), tl.trans(k2.to(tl.bfloat16)))
     bias = tl.load(BIAS + cols, mask=cols < T, other=float("-inf")).to(tl.float32)
     s = s * qk_scale + bias[None, :] * 1.4426950408889634
     m = tl.maximum(tl.max(s, 1), -1.0e30)
     p = tl.exp2(s - m[:, None])
     if DOT_F32:
-        acc = tl.dot(p, v.to(tl.float32))
+        acc = tl.dot(p, v)
     else:
-        acc = tl.dot(p.to(tl.bfloat16), v)
+        acc = tl.dot(p.to(tl.bfloat16), v.to(tl.bfloat16))
     base = split * R + rows
     tl.store(PM + base, m, mask=rmask)
     tl.store(PL + base, tl.sum(p, 1), mask=rmask)
