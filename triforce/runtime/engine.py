@@ -7,7 +7,6 @@ What makes it fast, each exact up to bf16 rounding:
 - the time condition and every adaRMS scale/shift/gate are precomputed for the fixed flow steps;
 - residual add + norm, RoPE + KV-cache write and GeGLU are single fused kernels (runtime/fused.py);
 - one kv head: the 8 query heads are laid out as 8·S rows of one head, so attention is one plain MQA call;
-- in the denoise step RoPE runs inside the attention kernel, straight from the fused QKV output;
 - static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so.
 """
 
@@ -247,7 +246,7 @@ class Pi05Engine:
             fused.rope_qkv(qkv_l(h), pos, self.cos, self.sin, q, k_cache, v_cache, 0, p.num_heads, p.dim_head)
             if i == len(self.prefix_layers) - 1:
                 break                       # the expert reads only this layer's K/V
-            att = self._attend(q, k_cache, v_cache, mask).view(seq, -1)
+            att = self._attend(q, k_cache[:seq], v_cache[:seq], mask).view(seq, -1)
             h = torch.empty(seq, p.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=layer["o"](att), scale=channel_scale(gu_l), eps=cfg.norm_eps, quant_scale=quant_scale(gu_l))
             act = torch.empty(seq, p.mlp_dim, dtype=in_dtype(down_l), device="cuda")
@@ -259,6 +258,7 @@ class Pi05Engine:
         cfg, e = self.cfg, self.cfg.expert
         horizon = x_t.shape[0]
         x = F.linear(x_t, *self.action_in)
+        q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
@@ -269,9 +269,8 @@ class Pi05Engine:
             h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(qkv_l))
-            att = fused.rope_mqa_attention(self._call(qkv_l, h, arena), pos, self.cos, self.sin, k_cache, v_cache, seq,
-                                           mask, torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda"),
-                                           e.num_heads).view(horizon, -1)
+            fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
+            att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=self._call(layer["o"], att, arena), gate=g1[step], scale=s2[step], shift=b2[step],
                            eps=cfg.norm_eps, quant_scale=quant_scale(gu_l))
@@ -294,16 +293,20 @@ class Pi05Engine:
 
     @staticmethod
     def _attend(q, k, v, bias):
-        """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T]."""
-        return fused.mqa_attention(q, k, v, bias, torch.empty_like(q))
+        """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
+        (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over rows fills the GPU.)"""
+        out = torch.empty_like(q)
+        if q.shape[0] <= 256:
+            return fused.mqa_attention_split(q, k, v, bias, out)
+        return fused.mqa_attention(q, k, v, bias, out)
 
     def _forward(self, slot_bufs, events=None):
         """The whole inference on static buffers; `events` (optional) are recorded between stages for timing."""
         cfg, e = self.cfg, self.cfg.expert
         images, tokens, token_mask, noise = slot_bufs
         seq = images.shape[0] * cfg.tokens_per_image + tokens.shape[0]
-        kv = [(torch.empty(seq, e.dim_head, dtype=BF16, device="cuda"), torch.empty(seq, e.dim_head, dtype=BF16, device="cuda"))
-              for _ in range(e.depth)]      # the prefix's K/V; the actions' own K/V never leave the attention kernel
+        kv = [(torch.empty(seq + cfg.action_horizon, e.dim_head, dtype=BF16, device="cuda"),
+               torch.empty(seq + cfg.action_horizon, e.dim_head, dtype=BF16, device="cuda")) for _ in range(e.depth)]
         mark = (lambda i: events[i].record()) if events else (lambda i: None)
         mark(0)
         img = self._vision(images)

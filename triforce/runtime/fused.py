@@ -243,9 +243,8 @@ def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPL
 
 
 def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64):
-    """mqa_attention for few query rows: the keys are split over programs, then combined, so the GPU is filled
-    even with 80 rows. The engine's denoise step runs its RoPE-fused sibling (rope_mqa_attention); this one is the
-    plain formulation that sibling is tested against."""
+    """mqa_attention for few query rows (the denoise step): the keys are split over programs, then combined, so
+    the GPU is filled even with 80 rows."""
     rows, dim = q.shape
     keys = k.shape[0]
     splits = triton.cdiv(keys, block_n)
@@ -387,80 +386,4 @@ def skinny_w4a16(x, qweight, scales, out=None, geglu_input: bool = False, block_
                                             qweight.stride(0), scales.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
                                             BLOCK_N=block_n, GROUP=group, GEGLU=geglu_input, DOT_F32=INTERPRETED,
                                             num_warps=4, num_stages=3)
-    return out
-
-
-@triton.jit
-def _rope_mqa_partial_kernel(QKV, POS, COS, SIN, KC, VC, BIAS, PO, PM, PL, R, S, T, qk_scale, stride_qkv,
-                             H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                             DOT_F32: tl.constexpr):
-    """Split-KV pass of the denoise step's attention with RoPE inside: queries come straight from the fused QKV
-    output (rotated here), keys/values from the prefix cache for columns < S and from the QKV output (keys rotated
-    here) for the action columns S..T, so the step writes no rotated Q and no action K/V anywhere."""
-    HALF: tl.constexpr = D // 2
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    split = tl.program_id(1)
-    rmask = rows < R
-    i = tl.arange(0, HALF)
-    tok = rows // H
-    qbase = QKV + tok[:, None] * stride_qkv + (rows % H)[:, None] * D + i[None, :]
-    q1 = tl.load(qbase, mask=rmask[:, None], other=0.0).to(tl.float32)
-    q2 = tl.load(qbase + HALF, mask=rmask[:, None], other=0.0).to(tl.float32)
-    qpos = tl.load(POS + tok, mask=rmask, other=0)
-    qc = tl.load(COS + qpos[:, None] * HALF + i[None, :])
-    qs = tl.load(SIN + qpos[:, None] * HALF + i[None, :])
-    q1, q2 = q1 * qc - q2 * qs, q2 * qc + q1 * qs
-    cols = split * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_cache = cols < S
-    is_act = (cols >= S) & (cols < T)
-    act = tl.where(is_act, cols - S, 0)
-    k1 = tl.load(KC + cols[:, None] * D + i[None, :], mask=in_cache[:, None], other=0.0).to(tl.float32)
-    k2 = tl.load(KC + cols[:, None] * D + HALF + i[None, :], mask=in_cache[:, None], other=0.0).to(tl.float32)
-    kbase = QKV + act[:, None] * stride_qkv + H * D + i[None, :]
-    a1 = tl.load(kbase, mask=is_act[:, None], other=0.0).to(tl.float32)
-    a2 = tl.load(kbase + HALF, mask=is_act[:, None], other=0.0).to(tl.float32)
-    kpos = tl.load(POS + act, mask=is_act, other=0)
-    kc = tl.load(COS + kpos[:, None] * HALF + i[None, :])
-    ks = tl.load(SIN + kpos[:, None] * HALF + i[None, :])
-    k1 = tl.where(is_act[:, None], a1 * kc - a2 * ks, k1)
-    k2 = tl.where(is_act[:, None], a2 * kc + a1 * ks, k2)
-    d = tl.arange(0, D)
-    v = tl.load(VC + cols[:, None] * D + d[None, :], mask=in_cache[:, None], other=0.0).to(tl.float32)
-    va = tl.load(QKV + act[:, None] * stride_qkv + (H + 1) * D + d[None, :], mask=is_act[:, None], other=0.0).to(tl.float32)
-    v = tl.where(is_act[:, None], va, v)
-    if DOT_F32:
-        s = tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))
-    else:   # bf16 operands like the rest of the engine (the reference rounds rotated q/k to bf16 too)
-        s = tl.dot(q1.to(tl.bfloat16), tl.trans(k1.to(tl.bfloat16))) + tl.dot(q2.to(tl.bfloat16), tl.trans(k2.to(tl.bfloat16)))
-    bias = tl.load(BIAS + cols, mask=cols < T, other=float("-inf")).to(tl.float32)
-    s = s * qk_scale + bias[None, :] * 1.4426950408889634
-    m = tl.maximum(tl.max(s, 1), -1.0e30)
-    p = tl.exp2(s - m[:, None])
-    if DOT_F32:
-        acc = tl.dot(p, v)
-    else:
-        acc = tl.dot(p.to(tl.bfloat16), v.to(tl.bfloat16))
-    base = split * R + rows
-    tl.store(PM + base, m, mask=rmask)
-    tl.store(PL + base, tl.sum(p, 1), mask=rmask)
-    tl.store(PO + base[:, None] * D + d[None, :], acc, mask=rmask[:, None])
-
-
-def rope_mqa_attention(qkv, pos, cos, sin, k_cache, v_cache, prefix_len: int, bias, out, heads: int,
-                       block_m: int = 16, block_n: int = 64):
-    """Attention of the action tokens (rows token*heads + head of `out` [tokens*heads, D]) over the prefix K/V cache
-    rows [0, prefix_len) and their own keys, RoPE applied in the kernel. qkv: the fused projection [tokens, (H+2)*D];
-    bias: additive key mask [prefix_len + tokens]."""
-    tokens = qkv.shape[0]
-    dim = k_cache.shape[1]
-    rows, keys = tokens * heads, prefix_len + tokens
-    splits = triton.cdiv(keys, block_n)
-    po = torch.empty(splits, rows, dim, dtype=torch.float32, device=qkv.device)
-    pm = torch.empty(splits, rows, dtype=torch.float32, device=qkv.device)
-    pl = torch.empty_like(pm)
-    _rope_mqa_partial_kernel[(triton.cdiv(rows, block_m), splits)](
-        qkv, pos, cos, sin, k_cache, v_cache, bias, po, pm, pl, rows, prefix_len, keys, dim ** -0.5 * 1.4426950408889634,
-        qkv.stride(0), H=heads, D=dim, BLOCK_M=block_m, BLOCK_N=block_n, DOT_F32=INTERPRETED, num_warps=4)
-    _mqa_combine_kernel[(rows,)](po, pm, pl, out, rows, splits, out.stride(0), D=dim,
-                                 SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4)
     return out
