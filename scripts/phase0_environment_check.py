@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from triforce import report as rep  # noqa: E402
-from triforce.errors import TriforceError  # noqa: E402
+from triforce.checks import phase0  # noqa: E402
+from triforce.checks.script import finish  # noqa: E402
 
 
 def main() -> int:
@@ -17,18 +17,7 @@ def main() -> int:
     ap.add_argument("--report-dir", default="reports", help="where phase0.json is written")
     ap.add_argument("--config", default="pi05_libero", help="model config whose GEMMs are analysed")
     args = ap.parse_args()
-    from triforce.checks import phase0
-
-    try:
-        report, code = phase0.run(args.config)
-    except TriforceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return rep.EXIT_BAD_INPUT
-    report = {**rep.stamp(" ".join(sys.argv)), **report}
-    path = rep.write_json(Path(args.report_dir) / "phase0.json", report)
-    phase0.print_summary(report)
-    print(f"report: {path}")
-    return code
+    return finish("phase0", args.report_dir, lambda: phase0.run(args.config), phase0.print_summary)
 
 
 if __name__ == "__main__":

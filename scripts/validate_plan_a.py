@@ -8,33 +8,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from triforce import report as rep  # noqa: E402
-from triforce.errors import TriforceError  # noqa: E402
+from triforce.checks.script import bad_input, finish  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--report-dir", default="reports", help="where the JSON report is written")
+    ap.add_argument("--report-dir", default="reports", help="where plan_a.json is written")
     ap.add_argument("--checkpoint", default="synthetic:pi05_libero", help="checkpoint dir/file or synthetic:<config>")
     ap.add_argument("--config", default="pi05_libero", help="model config")
     ap.add_argument("--observations", type=int, default=32, help="random observations compared with the reference")
     ap.add_argument("--runs", type=int, default=50, help="timed graph replays after warm-up")
     args = ap.parse_args()
     if args.observations < 1 or args.runs < 1:
-        print("error: --observations and --runs must be >= 1", file=sys.stderr)
-        return rep.EXIT_BAD_INPUT
+        return bad_input("--observations and --runs must be >= 1")
     from triforce.checks import plan_a
 
-    try:
-        report, code = plan_a.run(args.checkpoint, args.config, args.observations, args.runs)
-    except TriforceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return rep.EXIT_BAD_INPUT
-    report = {**rep.stamp(" ".join(sys.argv)), **report}
-    path = rep.write_json(Path(args.report_dir) / "plan_a.json", report)
-    plan_a.print_summary(report)
-    print(f"report: {path}")
-    return code
+    return finish("plan_a", args.report_dir, lambda: plan_a.run(args.checkpoint, args.config, args.observations, args.runs),
+                  plan_a.print_summary)
 
 
 if __name__ == "__main__":

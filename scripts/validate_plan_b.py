@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Plan B validation (in the container or with --local): quantized engine vs bf16 engine and fp32 reference, latency, speed-up, weight bytes.
-Exit codes: 0 pass, 1 gate failed, 2 bad input, 4 no usable GPU."""
+"""Plan B validation (in the container or with --local): quantized engine vs bf16 engine and fp32 reference,
+latency, speed-up over Plan A, weight bytes, Thor estimate. Exit codes: 0 pass, 1 gate failed, 2 bad input, 4 no GPU."""
 
 import argparse
 import sys
@@ -8,13 +8,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from triforce import report as rep  # noqa: E402
-from triforce.errors import TriforceError  # noqa: E402
+from triforce.checks.script import bad_input, finish  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--report-dir", default="reports", help="where the JSON report is written")
+    ap.add_argument("--report-dir", default="reports", help="where plan_b.json is written")
     ap.add_argument("--checkpoint", default="synthetic:pi05_libero", help="checkpoint dir/file or synthetic:<config>")
     ap.add_argument("--config", default="pi05_libero", help="model config")
     ap.add_argument("--recipe", default="auto", help="recipe name (triforce/data/recipes.toml) or .toml file; auto: Phase 0's roofline")
@@ -23,20 +22,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50, help="timed graph replays after warm-up")
     args = ap.parse_args()
     if args.observations < 1 or args.runs < 1 or args.calibration < 1:
-        print("error: --observations, --runs and --calibration must be >= 1", file=sys.stderr)
-        return rep.EXIT_BAD_INPUT
+        return bad_input("--observations, --runs and --calibration must be >= 1")
     from triforce.checks import plan_b
 
-    try:
-        report, code = plan_b.run(args.checkpoint, args.config, args.recipe, args.observations, args.runs, args.calibration)
-    except TriforceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return rep.EXIT_BAD_INPUT
-    report = {**rep.stamp(" ".join(sys.argv)), **report}
-    path = rep.write_json(Path(args.report_dir) / "plan_b.json", report)
-    plan_b.print_summary(report)
-    print(f"report: {path}")
-    return code
+    return finish("plan_b", args.report_dir, lambda: plan_b.run(args.checkpoint, args.config, args.recipe, args.observations,
+                                                                args.runs, args.calibration), plan_b.print_summary)
 
 
 if __name__ == "__main__":

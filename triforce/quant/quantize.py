@@ -104,12 +104,17 @@ def smooth_layer_group(weights: dict, plan: dict, stats, stage: str, i: int, hea
         weights[lid("down")][0].mul_(s[None, :])
         stats.smooth(lid("down"), s)
     for name in ("qkv", "gate_up"):
-        if plan[lid(name)] in SMOOTHED:
-            s = awq_scale(weights[lid(name)][0], stats.samples[lid(name)], stats.mean_abs(lid(name)), plan[lid(name)])
-            weights[lid(name)][0].mul_(s[None, :])
-            stats.smooth(lid(name), s)
-            channel[lid(name)] = (1.0 / s).float()
+        _smooth_through_norm(weights, plan, stats, lid(name), channel)
     return channel
+
+
+def _smooth_through_norm(weights: dict, plan: dict, stats, layer_id: str, channel: dict) -> None:
+    """A layer fed by a norm: W <- W s, and the norm divides by s (channel_scale = 1/s)."""
+    if plan[layer_id] in SMOOTHED:
+        s = awq_scale(weights[layer_id][0], stats.samples[layer_id], stats.mean_abs(layer_id), plan[layer_id])
+        weights[layer_id][0].mul_(s[None, :])
+        stats.smooth(layer_id, s)
+        channel[layer_id] = (1.0 / s).float()
 
 
 def smooth_vision_layer(weights: dict, plan: dict, stats, i: int) -> dict:
@@ -124,11 +129,7 @@ def smooth_vision_layer(weights: dict, plan: dict, stats, i: int) -> dict:
         weights[lid("o")][0].mul_(s[None, :])
         stats.smooth(lid("o"), s)
     for name in ("qkv", "fc1"):
-        if plan[lid(name)] in SMOOTHED:
-            s = awq_scale(weights[lid(name)][0], stats.samples[lid(name)], stats.mean_abs(lid(name)), plan[lid(name)])
-            weights[lid(name)][0].mul_(s[None, :])
-            stats.smooth(lid(name), s)
-            channel[lid(name)] = (1.0 / s).float()
+        _smooth_through_norm(weights, plan, stats, lid(name), channel)
     return channel
 
 
