@@ -181,3 +181,16 @@ def test_invoke_infer_engine_on_cpu_is_one_line_error():
     r = _invoke("infer", "--plan", "a", "--device", "cpu")
     assert r.returncode == 3
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: plan a")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU paths")
+def test_invoke_bench_and_plan_a_validation_without_gpu(tmp_path):
+    r = _invoke("bench", "--runs", "10")
+    assert r.returncode == 3 and r.stderr.startswith("error: --runs 10: benchmarks time at least 50 runs")
+    r = _invoke("bench")
+    assert r.returncode == 3 and "needs a GPU" in r.stderr
+    r = _invoke("validate", "--plan", "a", "--local", "--report-dir", str(tmp_path))
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert json.loads((tmp_path / "plan_a.json").read_text())["status"] == "no_gpu"
+    r = _invoke("validate", "--plan", "a", "--local", "--recipe", "h100")
+    assert r.returncode == 1 and "--recipe applies to plan b" in r.stderr
