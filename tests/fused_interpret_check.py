@@ -60,9 +60,21 @@ check("rope q", q, rope(qkv[:, :H * D].float().view(S, H, D).transpose(0, 1), po
 check("rope k -> cache", kc[2:8], rope(qkv[:, H * D:(H + 1) * D].float(), pos, 10000.0), 1e-2)
 check("v -> cache", vc[2:8], qkv[:, (H + 1) * D:], 0)
 
+cs = torch.rand((H + 2) * D) + 0.5
+q_cs = torch.empty(S * H, D, dtype=torch.bfloat16)
+kc_cs, vc_cs = torch.zeros(10, D, dtype=torch.bfloat16), torch.zeros(10, D, dtype=torch.bfloat16)
+fused.rope_qkv(qkv, pos, cos, sin, q_cs, kc_cs, vc_cs, 2, H, D, channel_scale=cs)
+scaled = qkv.float() * cs
+check("rope with deferred channel scales: q", q_cs, rope(scaled[:, :H * D].view(S, H, D).transpose(0, 1), pos, 10000.0).transpose(0, 1).reshape(S * H, D), 1e-2)
+check("rope with deferred channel scales: v", vc_cs[2:8], scaled[:, (H + 1) * D:], 1e-2)
+
 gu = torch.randn(3, 80).bfloat16()
 o = torch.empty(3, 40, dtype=torch.bfloat16)
 check("geglu", fused.geglu(gu, o), F.gelu(gu[:, :40].float(), approximate="tanh") * gu[:, 40:].float(), 1e-2)
+gcs = torch.rand(80) + 0.5
+gs = gu.float() * gcs
+check("geglu with deferred channel scales", fused.geglu(gu, torch.empty(3, 40, dtype=torch.bfloat16), channel_scale=gcs),
+      F.gelu(gs[:, :40], approximate="tanh") * gs[:, 40:], 1e-2)
 h = torch.randn(4, 64).bfloat16()
 check("gelu", fused.gelu(h, torch.empty_like(h)), F.gelu(h.float(), approximate="tanh"), 1e-2)
 

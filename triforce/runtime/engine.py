@@ -66,6 +66,11 @@ def quant_scale(layer):
     return getattr(layer, "input_quant_scale", None)
 
 
+def out_scale(layer):
+    """Per-output-channel scales an FP8 layer left for its consumer kernel to apply (None: already applied)."""
+    return getattr(layer, "output_channel_scale", None)
+
+
 def channel_scale(layer):
     """Per-input-channel 1/s of an AWQ-smoothed layer, applied by the norm that feeds it (None: no smoothing)."""
     return getattr(layer, "input_channel_scale", None)
@@ -237,20 +242,24 @@ class Pi05Engine:
         pos = (torch.cumsum(valid.int(), 0) - 1).int()
         mask = additive_mask(valid)
         q = torch.empty(seq * p.num_heads, p.dim_head, dtype=BF16, device="cuda")
-        pending = None
+        pending = pending_scale = None
         for i, layer in enumerate(self.prefix_layers):
             k_cache, v_cache = kv[i]
             qkv_l, gu_l, down_l = layer["qkv"], layer["gate_up"], layer["down"]
             h = torch.empty(seq, p.width, dtype=in_dtype(qkv_l), device="cuda")
-            fused.add_norm(x, h, y=pending, scale=channel_scale(qkv_l), eps=cfg.norm_eps, quant_scale=quant_scale(qkv_l))
-            fused.rope_qkv(qkv_l(h), pos, self.cos, self.sin, q, k_cache, v_cache, 0, p.num_heads, p.dim_head)
+            fused.add_norm(x, h, y=pending, gate=pending_scale, scale=channel_scale(qkv_l), eps=cfg.norm_eps,
+                           quant_scale=quant_scale(qkv_l))
+            fused.rope_qkv(qkv_l(h), pos, self.cos, self.sin, q, k_cache, v_cache, 0, p.num_heads, p.dim_head,
+                           channel_scale=out_scale(qkv_l))
             if i == len(self.prefix_layers) - 1:
                 break                       # the expert reads only this layer's K/V
             att = self._attend(q, k_cache[:seq], v_cache[:seq], mask).view(seq, -1)
             h = torch.empty(seq, p.width, dtype=in_dtype(gu_l), device="cuda")
-            fused.add_norm(x, h, y=layer["o"](att), scale=channel_scale(gu_l), eps=cfg.norm_eps, quant_scale=quant_scale(gu_l))
+            fused.add_norm(x, h, y=layer["o"](att), gate=out_scale(layer["o"]), scale=channel_scale(gu_l), eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
             act = torch.empty(seq, p.mlp_dim, dtype=in_dtype(down_l), device="cuda")
-            pending = down_l(fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l)))
+            pending = down_l(fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l), channel_scale=out_scale(gu_l)))
+            pending_scale = out_scale(down_l)
         return valid, pos
 
     def _denoise_step(self, step, x_t, pos, mask, kv, seq):

@@ -62,8 +62,8 @@ def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bia
 
 
 @triton.jit
-def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, kv_offset, stride_qkv,
-                     H: tl.constexpr, D: tl.constexpr):
+def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, CS, kv_offset, stride_qkv,
+                     H: tl.constexpr, D: tl.constexpr, HAS_CS: tl.constexpr):
     s = tl.program_id(0)
     half: tl.constexpr = D // 2
     i = tl.arange(0, half)
@@ -74,6 +74,9 @@ def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, kv_offset, stride_qkv,
     for h in tl.static_range(H + 1):  # H query heads, then the one key head
         x1 = tl.load(base + h * D + i).to(tl.float32)
         x2 = tl.load(base + h * D + half + i).to(tl.float32)
+        if HAS_CS:   # an FP8 GEMM's per-output-channel weight scales, applied here instead of in its epilogue
+            x1 = x1 * tl.load(CS + h * D + i)
+            x2 = x2 * tl.load(CS + h * D + half + i)
         if h < H:
             dst = QOUT + (s * H + h) * D
         else:
@@ -81,22 +84,31 @@ def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, kv_offset, stride_qkv,
         tl.store(dst + i, (x1 * cos - x2 * sin).to(QOUT.dtype.element_ty))
         tl.store(dst + half + i, (x2 * cos + x1 * sin).to(QOUT.dtype.element_ty))
     j = tl.arange(0, D)
-    tl.store(VC + (kv_offset + s) * D + j, tl.load(base + (H + 1) * D + j).to(VC.dtype.element_ty))
+    v = tl.load(base + (H + 1) * D + j).to(tl.float32)
+    if HAS_CS:
+        v = v * tl.load(CS + (H + 1) * D + j)
+    tl.store(VC + (kv_offset + s) * D + j, v.to(VC.dtype.element_ty))
 
 
-def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int):
-    """qkv [S, (H+2)·D] -> q_out [S·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated)."""
-    _rope_qkv_kernel[(qkv.shape[0],)](qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset, qkv.stride(0),
-                                       H=heads, D=head_dim, num_warps=4)
+def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int, channel_scale=None):
+    """qkv [S, (H+2)·D] -> q_out [S·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated).
+    channel_scale: fp32 [(H+2)·D] multiplied into qkv first (an FP8 GEMM's deferred per-channel weight scales)."""
+    _rope_qkv_kernel[(qkv.shape[0],)](qkv, pos, cos, sin, q_out, k_cache, v_cache,
+                                       channel_scale if channel_scale is not None else cos, kv_offset, qkv.stride(0),
+                                       H=heads, D=head_dim, HAS_CS=channel_scale is not None, num_warps=4)
 
 
 @triton.jit
-def _geglu_kernel(GU, OUT, QSCALE, stride_gu, stride_out, I, QUANT: tl.constexpr, BLOCK: tl.constexpr):
+def _geglu_kernel(GU, OUT, QSCALE, CS, stride_gu, stride_out, I, QUANT: tl.constexpr, HAS_CS: tl.constexpr,
+                  BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < I
     g = tl.load(GU + row * stride_gu + cols, mask=m, other=0.0).to(tl.float32)
     u = tl.load(GU + row * stride_gu + I + cols, mask=m, other=0.0).to(tl.float32)
+    if HAS_CS:   # deferred per-channel weight scales of an FP8 gate/up GEMM
+        g = g * tl.load(CS + cols, mask=m, other=0.0)
+        u = u * tl.load(CS + I + cols, mask=m, other=0.0)
     z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
     h = g * tl.sigmoid(2.0 * z) * u
     if QUANT:
@@ -104,13 +116,15 @@ def _geglu_kernel(GU, OUT, QSCALE, stride_gu, stride_out, I, QUANT: tl.constexpr
     tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
-def geglu(gate_up, out, quant_scale=None):
-    """out = gelu_tanh(gate) * up for gate_up = [gate | up] along the last dim (FP8 out with quant_scale)."""
+def geglu(gate_up, out, quant_scale=None, channel_scale=None):
+    """out = gelu_tanh(gate) * up for gate_up = [gate | up] along the last dim (FP8 out with quant_scale;
+    channel_scale: fp32 [2I] deferred per-channel weight scales multiplied into gate_up first)."""
     rows, inter = out.shape
     block = 1024
     _geglu_kernel[(rows, triton.cdiv(inter, block))](
-        gate_up, out, quant_scale if quant_scale is not None else gate_up, gate_up.stride(0), out.stride(0), inter,
-        QUANT=quant_scale is not None, BLOCK=block, num_warps=4)
+        gate_up, out, quant_scale if quant_scale is not None else gate_up,
+        channel_scale if channel_scale is not None else gate_up, gate_up.stride(0), out.stride(0), inter,
+        QUANT=quant_scale is not None, HAS_CS=channel_scale is not None, BLOCK=block, num_warps=4)
     return out
 
 
