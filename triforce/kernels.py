@@ -22,7 +22,7 @@ import threading
 import time
 import tomllib
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path

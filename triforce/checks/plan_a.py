@@ -58,12 +58,11 @@ def measure_latency(policy, cfg, runs: int, seed: int) -> dict:
     for tokens in (STANDARD["prompt_tokens"], STANDARD["also_prompt_tokens"]):
         tokens = min(tokens, cfg.max_token_len)
         obs, noise = random_observation(cfg, rng, STANDARD["real_views"], tokens), random_noise(cfg, rng)
-        slot = engine.slot_for(check_observation(obs, cfg))
-        engine.load_inputs(slot, check_observation(obs, cfg), noise)
-        replay = time_cuda(slot.graph.replay, runs=runs, warmup_s=1.5)
+        checked = check_observation(obs, cfg)
+        replay = time_cuda(engine.ready_replay(checked, noise), runs=runs, warmup_s=1.5)
         predict = time_wall(lambda: policy.infer(obs, noise), runs=runs)
         out[f"prompt_{tokens}"] = {"graph_replay": replay, "predict_call": predict,
-                                   "hz": 1e3 / replay["median_ms"], "bucket": slot.tokens.shape[0]}
+                                   "hz": 1e3 / replay["median_ms"], "bucket": cfg.token_bucket(checked.num_tokens)}
     obs, noise = random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), random_noise(cfg, rng)
     out["stages_ms"] = engine.stage_times_ms(check_observation(obs, cfg), noise, replays=runs)
     return out

@@ -380,6 +380,12 @@ class Pi05Engine:
         slot.token_mask.copy_(torch.from_numpy(obs.token_mask[:bucket]))
         slot.noise.copy_(torch.from_numpy(noise))
 
+    def ready_replay(self, obs, noise):
+        """The graph for `obs`, loaded with it and `noise`: its replay, for timing with device events."""
+        slot = self.slot_for(obs)
+        self.load_inputs(slot, obs, noise)
+        return slot.graph.replay
+
     def infer(self, obs, noise) -> np.ndarray:
         if obs.num_tokens > self.cfg.max_token_len:
             raise TriforceError(f"prompt of {obs.num_tokens} tokens exceeds max_token_len={self.cfg.max_token_len}")

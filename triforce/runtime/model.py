@@ -149,7 +149,7 @@ class ReferencePi05:
 
     def velocity(self, x_t, t, cache, prefix_valid, n_prefix_valid):
         """The action expert: predicted velocity for noisy actions x_t [H, action_dim] at time t."""
-        cfg, w, e = self.cfg, self.w, self.cfg.expert
+        w, e = self.w, self.cfg.expert
         cond = self.time_condition(t)
         x = F.linear(x_t, w["action_in_proj.weight"], w["action_in_proj.bias"])
         horizon = x.shape[0]
