@@ -76,9 +76,6 @@ def run(config: str = "pi05_libero") -> tuple[dict, int]:
 
 
 def print_summary(report: dict) -> None:
-    if report["status"] == "no_gpu":
-        print(f"Phase 0: {report['message']} (exit {rep.EXIT_NO_GPU})")
-        return
     m = report["measured"]
     rep.print_table(f"Phase 0 — {report['gpu']} (cc {report['compute_capability']})", ["ceiling", "measured"],
                     [["copy GB/s", m["copy_gbs"]]] + [[f"{p} TFLOP/s", v] for p, v in m["tflops"].items()])

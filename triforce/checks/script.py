@@ -18,7 +18,10 @@ def finish(name: str, report_dir: str, run, print_summary) -> int:
         return rep.EXIT_BAD_INPUT
     report = {**rep.stamp(" ".join(sys.argv)), **report}
     path = rep.write_json(Path(report_dir) / f"{name}.json", report)
-    print_summary(report)
+    if report.get("status") == "no_gpu":
+        print(f"{name}: {report['message']} (exit {rep.EXIT_NO_GPU})")
+    else:
+        print_summary(report)
     print(f"report: {path}")
     return code
 
