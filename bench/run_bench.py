@@ -9,13 +9,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from triforce import bench  # noqa: E402
+from triforce.checks.script import add_model_args  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--plan", default="all", help="a, b or all")
-    ap.add_argument("--checkpoint", default="synthetic:pi05_libero", help="checkpoint or synthetic:<config>")
-    ap.add_argument("--config", default="pi05_libero", help="model config")
+    add_model_args(ap)
     ap.add_argument("--recipe", default="h100", help="plan b recipe")
     ap.add_argument("--runs", type=int, default=50, help="timed runs (>= 50)")
     ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")

@@ -8,14 +8,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from triforce.checks.script import bad_input, finish  # noqa: E402
+from triforce.checks.script import add_model_args, bad_input, finish  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--report-dir", default="reports", help="where plan_b.json is written")
-    ap.add_argument("--checkpoint", default="synthetic:pi05_libero", help="checkpoint dir/file or synthetic:<config>")
-    ap.add_argument("--config", default="pi05_libero", help="model config")
+    add_model_args(ap, "plan_b")
     ap.add_argument("--recipe", default="auto", help="recipe name (triforce/data/recipes.toml) or .toml file; auto: Phase 0's roofline")
     ap.add_argument("--calibration", type=int, default=16, help="observations for activation calibration")
     ap.add_argument("--observations", type=int, default=64, help="random observations compared with the references")

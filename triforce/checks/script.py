@@ -26,6 +26,14 @@ def finish(name: str, report_dir: str, run, print_summary) -> int:
     return code
 
 
+def add_model_args(ap, report_name: str | None = None) -> None:
+    """The flags every check and benchmark script shares: where the report goes, which checkpoint and config."""
+    if report_name:
+        ap.add_argument("--report-dir", default="reports", help=f"where {report_name}.json is written")
+    ap.add_argument("--checkpoint", default="synthetic:pi05_libero", help="checkpoint dir/file or synthetic:<config>")
+    ap.add_argument("--config", default="pi05_libero", help="model config")
+
+
 def bad_input(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return rep.EXIT_BAD_INPUT
