@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TriforceError
-from . import fused
+from . import expert_layer, fused
 from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION
 from .config import ModelConfig
 from .model import time_embedding
@@ -129,6 +129,12 @@ class Pi05Engine:
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
+        self.expert_shifts = self._fused_expert_tables()
+        # Choices read at capture (bench/denoise_variants.py compares them in one run).
+        self.fused_expert = self.expert_shifts is not None
+        self.pdl = self.fused_expert and fused.pdl_supported()
+        log(f"[engine] denoise expert: {'fused few-row layer (expert_layer.py)' if self.fused_expert else 'per-GEMM layers'}"
+            f"{', programmatic dependent launch' if self.pdl else ''}")
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -202,6 +208,19 @@ class Pi05Engine:
                     for i in range(e.depth)]
         self.ada_final = mod(f"{EXPERT}.model.norm")
 
+    def _fused_expert_tables(self):
+        """The fused expert layer (expert_layer.py) runs bf16 weights for <= MAX_ROWS rows; it needs each step's adaRMS
+        shifts through the qkv and gate/up weights. None: the per-GEMM path (a quantized expert, a long horizon)."""
+        e = self.cfg.expert
+        eligible = (self.cfg.action_horizon <= expert_layer.MAX_ROWS and e.width % expert_layer.BLOCK_K == 0
+                    and (e.dim_head // 2) % expert_layer.BLOCK_N == 0 and e.mlp_dim % expert_layer.BLOCK_N == 0
+                    and all(type(lin) is Linear and lin.bias is None for layer in self.expert_layers for lin in layer.values()))
+        if not eligible:
+            return None
+        return [(expert_layer.shift_tables(layer["qkv"].weight, ada[0][1]),
+                 expert_layer.shift_tables(layer["gate_up"].weight, ada[1][1]))
+                for layer, ada in zip(self.expert_layers, self.ada)]
+
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
         """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
@@ -268,6 +287,36 @@ class Pi05Engine:
         horizon = x_t.shape[0]
         x = F.linear(x_t, *self.action_in)
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
+        if self.fused_expert:
+            self._fused_expert(step, x, q, pos, mask, kv, seq)
+            pending = pending_gate = None
+        else:
+            pending, pending_gate = self._expert_per_gemm(step, x, q, pos, mask, kv, seq)
+        h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
+        sf, bf, _ = self.ada_final
+        fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
+        x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)
+
+    def _fused_expert(self, step, x, q, pos, mask, kv, seq):
+        """The expert layers in six launches each (expert_layer.py); x, the fp32 residual, is updated in place."""
+        cfg, e, pdl = self.cfg, self.cfg.expert, self.pdl
+        act = torch.empty(x.shape[0], e.mlp_dim, dtype=BF16, device="cuda")
+        att = torch.empty_like(q)
+        for i, layer in enumerate(self.expert_layers):
+            (s1, _, g1), (s2, _, g2) = self.ada[i]
+            qkv_shift, gu_shift = self.expert_shifts[i]
+            k_cache, v_cache = kv[i]
+            expert_layer.qkv_rope(x, s1[step], layer["qkv"].weight, qkv_shift[step], pos, self.cos, self.sin, q,
+                                  k_cache, v_cache, seq, e.num_heads, e.dim_head, cfg.norm_eps, pdl=pdl)
+            fused.mqa_attention_split(q, k_cache, v_cache, mask, att, pdl=pdl)
+            fused.skinny_linear(att.view(x.shape[0], -1), layer["o"].weight, out=x, gate=g1[step], pdl=pdl)
+            expert_layer.gate_up_geglu(x, s2[step], layer["gate_up"].weight, gu_shift[step], act, cfg.norm_eps, pdl=pdl)
+            fused.skinny_linear(act, layer["down"].weight, out=x, gate=g2[step], pdl=pdl)
+
+    def _expert_per_gemm(self, step, x, q, pos, mask, kv, seq):
+        """The expert layers GEMM by GEMM (quantized layers, long horizons); returns the last (pending, gate)."""
+        cfg, e = self.cfg, self.cfg.expert
+        horizon = x.shape[0]
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
@@ -290,10 +339,7 @@ class Pi05Engine:
                 act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
                 pending = down_l(fused.geglu(gate_up, act, quant_scale=quant_scale(down_l)))
             pending_gate = g2[step]
-        h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
-        sf, bf, _ = self.ada_final
-        fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
-        x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)
+        return pending, pending_gate
 
     @staticmethod
     def _call(layer, x, arena):

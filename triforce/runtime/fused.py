@@ -8,11 +8,37 @@ from __future__ import annotations
 
 import os
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def pdl_supported() -> bool:
+    """Programmatic dependent launch (sm_90+): a kernel starts while its predecessor drains, waits for its results
+    with griddepcontrol.wait, and streams its weights meanwhile (`prefetch_l2`). Not in Triton's CPU interpreter."""
+    return not INTERPRETED and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """One L2 prefetch per pointer (pass one per 128-byte line): a weight slice streams while the kernel waits."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def pdl_enter(USE_PDL: tl.constexpr):
+    """Wait until the previous kernel's writes are visible, then let the next kernel launch (and prefetch): at
+    most two kernels of the chain overlap."""
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit
@@ -212,8 +238,10 @@ def mqa_attention(q, k, v, bias, out, block_m: int = 32, block_n: int = 64):
 
 @triton.jit
 def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, R, T, qk_scale, stride_q, stride_k, stride_v,
-                        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+                        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr,
+                        DOT_F32: tl.constexpr):
     """Split-KV pass: one key block per program; writes the block's row max, row sum and unnormalized output."""
+    pdl_enter(USE_PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     split = tl.program_id(1)
     rmask = rows < R
@@ -242,7 +270,9 @@ def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, R, T, qk_scale, stride_q, str
 
 
 @triton.jit
-def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPLITS_PAD: tl.constexpr):
+def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                        USE_PDL: tl.constexpr):
+    pdl_enter(USE_PDL)
     row = tl.program_id(0)
     sp = tl.arange(0, SPLITS_PAD)
     smask = sp < SPLITS
@@ -256,9 +286,9 @@ def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPL
     tl.store(O + row * stride_o + d, out.to(O.dtype.element_ty))
 
 
-def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64):
+def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64, pdl: bool = False):
     """mqa_attention for few query rows (the denoise step): the keys are split over programs, then combined, so
-    the GPU is filled even with 80 rows."""
+    the GPU is filled even with 80 rows. pdl: both launches are programmatic dependents (see pdl_supported)."""
     rows, dim = q.shape
     keys = k.shape[0]
     splits = triton.cdiv(keys, block_n)
@@ -267,22 +297,27 @@ def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64
     pl = torch.empty_like(pm)
     _mqa_partial_kernel[(triton.cdiv(rows, block_m), splits)](
         q, k, v, bias, po, pm, pl, rows, keys, dim ** -0.5 * 1.4426950408889634, q.stride(0), k.stride(0), v.stride(0),
-        D=dim, BLOCK_M=block_m, BLOCK_N=block_n, DOT_F32=INTERPRETED, num_warps=4)
+        D=dim, BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl, DOT_F32=INTERPRETED, num_warps=4, **pdl_launch(pdl))
     _mqa_combine_kernel[(rows,)](po, pm, pl, out, rows, splits, out.stride(0), D=dim,
-                                 SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4)
+                                 SPLITS_PAD=triton.next_power_of_2(splits), USE_PDL=pdl, num_warps=4, **pdl_launch(pdl))
     return out
 
 
 @triton.jit
-def _skinny_gemm_kernel(X, W, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
+def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, stride_x, stride_w, stride_o, K_SPLIT: tl.constexpr, PF_LINES: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GEGLU: tl.constexpr,
-                        DOT_F32: tl.constexpr):
-    """out[M, N] += x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M); split-K partials meet by atomics
-    in a zeroed fp32 out. With GEGLU, x is [gate | up] (2K wide) and the GEMM reads gelu_tanh(gate) * up."""
+                        HAS_GATE: tl.constexpr, USE_PDL: tl.constexpr, DOT_F32: tl.constexpr):
+    """out[M, N] += [gate ⊙] x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M); split-K partials meet by
+    atomics in fp32 out (zeroed, or the residual stream itself). With GEGLU, x is [gate | up] (2K wide) and the GEMM
+    reads gelu_tanh(gate) * up."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
     m = tl.arange(0, BLOCK_M)
     nmask = n < N
+    if USE_PDL:   # the weights do not depend on the previous kernel: stream them into L2 before waiting for it
+        lines = k_start + tl.minimum(tl.arange(0, PF_LINES) * 64, K_SPLIT - 64)   # 64 bf16 = one 128-byte line
+        prefetch_l2(W + tl.where(nmask, n, 0)[:, None] * stride_w + lines[None, :])
+    pdl_enter(USE_PDL)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(k_start, k_start + K_SPLIT, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -296,22 +331,28 @@ def _skinny_gemm_kernel(X, W, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
         else:
             acc += tl.dot(x, tl.trans(w))
+    if HAS_GATE:
+        acc = acc * tl.load(GATE + n, mask=nmask, other=0.0)[None, :]
     tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=(m[:, None] < M) & nmask[None, :])
 
 
-SKINNY_MAX_ROWS = 16
+SKINNY_MAX_ROWS = 16     # where the few-row kernels measured faster than cuBLAS (the libero/droid horizons)
+SKINNY_ROWS_LIMIT = 64   # what one program of skinny_linear can hold (the fused expert layer goes up to pi05_base's 50)
 _TARGET_PROGRAMS = 256
 
 
-def skinny_linear(x, w, out=None, geglu_input: bool = False, block_n: int = 64, block_k: int = 128):
-    """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 16: weight streaming over >= 256 programs (split-K with
-    atomics into `out`, which must be zeroed; allocated zeroed when not given). geglu_input: x is [gate | up]."""
+def skinny_linear(x, w, out=None, geglu_input: bool = False, gate=None, pdl: bool = False, block_n: int = 64,
+                  block_k: int = 128):
+    """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 64: weight streaming over >= 256 programs (split-K with
+    atomics into `out`, which must be zeroed; allocated zeroed when not given). geglu_input: x is [gate | up].
+    gate (fp32 [N]): out += gate ⊙ (x @ w^T) instead; with out the fp32 residual this is a gated residual add.
+    pdl: launch as a programmatic dependent of the previous kernel (its weight slice prefetched meanwhile)."""
     rows, kdim = x.shape
     if geglu_input:
         kdim //= 2
     n = w.shape[0]
-    if rows > SKINNY_MAX_ROWS or kdim % block_k:
-        raise ValueError(f"skinny_linear takes <= {SKINNY_MAX_ROWS} rows and K % {block_k} == 0, got {tuple(x.shape)}")
+    if rows > SKINNY_ROWS_LIMIT or kdim % block_k:
+        raise ValueError(f"skinny_linear takes <= {SKINNY_ROWS_LIMIT} rows and K % {block_k} == 0, got {tuple(x.shape)}")
     n_blocks = triton.cdiv(n, block_n)
     k_blocks = kdim // block_k
     split = 1
@@ -319,10 +360,18 @@ def skinny_linear(x, w, out=None, geglu_input: bool = False, block_n: int = 64, 
         split *= 2
     if out is None:
         out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
-    _skinny_gemm_kernel[(n_blocks, split)](x, w, out, rows, n, kdim, kdim // split, x.stride(0), w.stride(0), out.stride(0),
-                                           BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, GEGLU=geglu_input,
-                                           DOT_F32=INTERPRETED, num_warps=4, num_stages=3)
+    _skinny_gemm_kernel[(n_blocks, split)](x, w, gate if gate is not None else out, out, rows, n, kdim, x.stride(0),
+                                           w.stride(0), out.stride(0), K_SPLIT=kdim // split,
+                                           PF_LINES=triton.next_power_of_2(kdim // split // 64),
+                                           BLOCK_M=max(16, triton.next_power_of_2(rows)), BLOCK_N=block_n,
+                                           BLOCK_K=block_k, GEGLU=geglu_input, HAS_GATE=gate is not None, USE_PDL=pdl,
+                                           DOT_F32=INTERPRETED, num_warps=4, num_stages=3, **pdl_launch(pdl))
     return out
+
+
+def pdl_launch(pdl: bool) -> dict:
+    """Launch options of a kernel that takes part in programmatic dependent launch."""
+    return {"launch_pdl": True} if pdl else {}
 
 
 class ZeroArena:
