@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
     a = ap.parse_args()
     policy = Policy.load(f"synthetic:{a.config}", a.config, plan="a")
-    eng, cfg = policy.backend, policy.cfg
+    eng, cfg = policy.backend, policy.config
     rng = np.random.default_rng(0)
     obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
     noise = random_noise(cfg, rng)

@@ -309,9 +309,9 @@ class Pi05Engine:
             expert_layer.qkv_rope(x, s1[step], layer["qkv"].weight, qkv_shift[step], pos, self.cos, self.sin, q,
                                   k_cache, v_cache, seq, e.num_heads, e.dim_head, cfg.norm_eps, pdl=pdl)
             fused.mqa_attention_split(q, k_cache, v_cache, mask, att, pdl=pdl)
-            fused.skinny_linear(att.view(x.shape[0], -1), layer["o"].weight, out=x, gate=g1[step], pdl=pdl)
+            expert_layer.gated_residual(x, att.view(x.shape[0], -1), layer["o"].weight, g1[step], "o", pdl=pdl)
             expert_layer.gate_up_geglu(x, s2[step], layer["gate_up"].weight, gu_shift[step], act, cfg.norm_eps, pdl=pdl)
-            fused.skinny_linear(act, layer["down"].weight, out=x, gate=g2[step], pdl=pdl)
+            expert_layer.gated_residual(x, act, layer["down"].weight, g2[step], "down", pdl=pdl)
 
     def _expert_per_gemm(self, step, x, q, pos, mask, kv, seq):
         """The expert layers GEMM by GEMM (quantized layers, long horizons); returns the last (pending, gate)."""

@@ -24,7 +24,14 @@ import triton.language as tl
 from . import fused
 
 BLOCK_N = 16      # output columns per program and per half (RoPE pairs / gate-up pairs): 16 is tl.dot's minimum
-BLOCK_K = 128
+BLOCK_K = 128     # the width must be a multiple
+# Launch shapes per kernel (bench/expert_kernels.py sweeps them); PREFETCH: with PDL, stream the weight slice into L2
+# before waiting for the previous kernel.
+TUNING = {"qkv": {"BLOCK_K": 128, "num_warps": 4, "num_stages": 3},
+          "gate_up": {"BLOCK_K": 128, "num_warps": 4, "num_stages": 3},
+          "o": {"block_n": 64, "block_k": 128, "programs": 256, "num_warps": 4, "num_stages": 3},
+          "down": {"block_n": 64, "block_k": 128, "programs": 256, "num_warps": 4, "num_stages": 3}}
+PREFETCH = {"on": True}
 MAX_ROWS = fused.SKINNY_ROWS_LIMIT   # rows (the action horizon) one program holds: pi05_base's 50 fits
 
 
@@ -32,7 +39,7 @@ MAX_ROWS = fused.SKINNY_ROWS_LIMIT   # rows (the action horizon) one program hol
 def _norm_gemv_kernel(X, XS, W, SHIFT, POS, COS, SIN, Q, KC, VC, ACT, M, I, kv_offset, stride_x, stride_w,
                       stride_act, eps, K: tl.constexpr, PF_LINES: tl.constexpr, QKV_ROPE: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
-                      DOT_F32: tl.constexpr):
+                      PREFETCH: tl.constexpr, DOT_F32: tl.constexpr):
     """Two column blocks a, b of adaRMS(x) @ W^T: RoPE pairs (d, d + D/2) of one head, or gate/up pairs (j, I + j)."""
     pid = tl.program_id(0)
     j = tl.arange(0, BLOCK_N)
@@ -47,7 +54,7 @@ def _norm_gemv_kernel(X, XS, W, SHIFT, POS, COS, SIN, Q, KC, VC, ACT, M, I, kv_o
     else:
         col_a = pid * BLOCK_N + j
         col_b = I + col_a
-    if USE_PDL:   # the weights do not depend on the previous kernel: stream them into L2 before waiting for it
+    if PREFETCH:   # the weights do not depend on the previous kernel: stream them into L2 before waiting for it
         lines = tl.minimum(tl.arange(0, PF_LINES) * 64, K - 64)     # 64 bf16 = one 128-byte line
         fused.prefetch_l2(W + col_a[:, None] * stride_w + lines[None, :])
         fused.prefetch_l2(W + col_b[:, None] * stride_w + lines[None, :])
@@ -99,8 +106,18 @@ def _block_m(rows: int) -> int:
     return max(16, triton.next_power_of_2(rows))
 
 
+def _launch(kernel: str, pdl: bool) -> dict:
+    return {**TUNING[kernel], "USE_PDL": pdl, "PREFETCH": pdl and PREFETCH["on"], "DOT_F32": fused.INTERPRETED,
+            **fused.pdl_launch(pdl)}
+
+
+def _prefetch_lines(k: int) -> int:
+    """128-byte lines of one bf16 weight row of length k, rounded up to a power of two (tl.arange)."""
+    return triton.next_power_of_2(k // 64)
+
+
 def _check_k(x, w):
-    if x.shape[1] % BLOCK_K or w.shape[1] != x.shape[1] or x.dtype != torch.float32 or w.dtype != torch.bfloat16:
+    if x.shape[1] % max(t["BLOCK_K"] for t in TUNING.values()) or w.shape[1] != x.shape[1] or x.dtype != torch.float32 or w.dtype != torch.bfloat16:
         raise ValueError(f"norm_gemv: x fp32 [M, K] with K % {BLOCK_K} == 0 and bf16 weights [N, K]; "
                          f"got x {tuple(x.shape)} {x.dtype}, w {tuple(w.shape)} {w.dtype}")
 
@@ -118,9 +135,9 @@ def qkv_rope(x, scale1p, w_qkv, shift_w, pos, cos, sin, q, k_cache, v_cache, kv_
     rows = x.shape[0]
     grid = ((heads + 2) * (half // BLOCK_N),)
     _norm_gemv_kernel[grid](x, scale1p, w_qkv, shift_w, pos, cos, sin, q, k_cache, v_cache, q, rows, 0, kv_offset,
-                            x.stride(0), w_qkv.stride(0), 0, eps, K=x.shape[1], PF_LINES=triton.next_power_of_2(x.shape[1] // 64), QKV_ROPE=True, H=heads, D=head_dim,
-                            BLOCK_M=_block_m(rows), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, USE_PDL=pdl,
-                            DOT_F32=fused.INTERPRETED, num_warps=4, num_stages=3, **fused.pdl_launch(pdl))
+                            x.stride(0), w_qkv.stride(0), 0, eps, K=x.shape[1], PF_LINES=_prefetch_lines(x.shape[1]),
+                            QKV_ROPE=True, H=heads, D=head_dim,
+                            BLOCK_M=_block_m(rows), BLOCK_N=BLOCK_N, **_launch("qkv", pdl))
 
 
 def gate_up_geglu(x, scale1p, w_gate_up, shift_w, act, eps: float, pdl: bool = False):
@@ -133,10 +150,15 @@ def gate_up_geglu(x, scale1p, w_gate_up, shift_w, act, eps: float, pdl: bool = F
     rows = x.shape[0]
     _norm_gemv_kernel[(inter // BLOCK_N,)](x, scale1p, w_gate_up, shift_w, x, x, x, act, act, act, act, rows, inter, 0,
                                            x.stride(0), w_gate_up.stride(0), act.stride(0), eps, K=x.shape[1],
+                                           PF_LINES=_prefetch_lines(x.shape[1]),
                                            QKV_ROPE=False, H=1, D=2 * BLOCK_N, BLOCK_M=_block_m(rows), BLOCK_N=BLOCK_N,
-                                           BLOCK_K=BLOCK_K, USE_PDL=pdl, DOT_F32=fused.INTERPRETED, num_warps=4,
-                                           num_stages=3, **fused.pdl_launch(pdl))
+                                           **_launch("gate_up", pdl))
     return act
+
+
+def gated_residual(x, inp, w, gate, kernel: str, pdl: bool = False):
+    """x += gate ⊙ (inp @ w^T): the o / down projection straight into the fp32 residual (fused.skinny_linear)."""
+    return fused.skinny_linear(inp, w, out=x, gate=gate, pdl=pdl, prefetch=PREFETCH["on"], **TUNING[kernel])
 
 
 def shift_tables(w, shift):

@@ -306,7 +306,7 @@ def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64
 @triton.jit
 def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, stride_x, stride_w, stride_o, K_SPLIT: tl.constexpr, PF_LINES: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GEGLU: tl.constexpr,
-                        HAS_GATE: tl.constexpr, USE_PDL: tl.constexpr, DOT_F32: tl.constexpr):
+                        HAS_GATE: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, DOT_F32: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M); split-K partials meet by
     atomics in fp32 out (zeroed, or the residual stream itself). With GEGLU, x is [gate | up] (2K wide) and the GEMM
     reads gelu_tanh(gate) * up."""
@@ -314,7 +314,7 @@ def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, stride_x, stride_w, stride_o, 
     k_start = tl.program_id(1) * K_SPLIT
     m = tl.arange(0, BLOCK_M)
     nmask = n < N
-    if USE_PDL:   # the weights do not depend on the previous kernel: stream them into L2 before waiting for it
+    if PREFETCH:   # the weights do not depend on the previous kernel: stream them into L2 before waiting for it
         lines = k_start + tl.minimum(tl.arange(0, PF_LINES) * 64, K_SPLIT - 64)   # 64 bf16 = one 128-byte line
         prefetch_l2(W + tl.where(nmask, n, 0)[:, None] * stride_w + lines[None, :])
     pdl_enter(USE_PDL)
@@ -341,12 +341,13 @@ SKINNY_ROWS_LIMIT = 64   # what one program of skinny_linear can hold (the fused
 _TARGET_PROGRAMS = 256
 
 
-def skinny_linear(x, w, out=None, geglu_input: bool = False, gate=None, pdl: bool = False, block_n: int = 64,
-                  block_k: int = 128):
+def skinny_linear(x, w, out=None, geglu_input: bool = False, gate=None, pdl: bool = False, prefetch: bool = True,
+                  block_n: int = 64, block_k: int = 128, programs: int = 256, num_warps: int = 4, num_stages: int = 3):
     """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 64: weight streaming over >= 256 programs (split-K with
     atomics into `out`, which must be zeroed; allocated zeroed when not given). geglu_input: x is [gate | up].
     gate (fp32 [N]): out += gate ⊙ (x @ w^T) instead; with out the fp32 residual this is a gated residual add.
-    pdl: launch as a programmatic dependent of the previous kernel (its weight slice prefetched meanwhile)."""
+    pdl: launch as a programmatic dependent of the previous kernel (with prefetch: its weight slice streamed into L2
+    meanwhile). programs: split K until about this many programs run."""
     rows, kdim = x.shape
     if geglu_input:
         kdim //= 2
@@ -356,7 +357,7 @@ def skinny_linear(x, w, out=None, geglu_input: bool = False, gate=None, pdl: boo
     n_blocks = triton.cdiv(n, block_n)
     k_blocks = kdim // block_k
     split = 1
-    while split * 2 <= k_blocks and n_blocks * split < _TARGET_PROGRAMS and k_blocks % (split * 2) == 0:
+    while split * 2 <= k_blocks and n_blocks * split < programs and k_blocks % (split * 2) == 0:
         split *= 2
     if out is None:
         out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
@@ -365,7 +366,8 @@ def skinny_linear(x, w, out=None, geglu_input: bool = False, gate=None, pdl: boo
                                            PF_LINES=triton.next_power_of_2(kdim // split // 64),
                                            BLOCK_M=max(16, triton.next_power_of_2(rows)), BLOCK_N=block_n,
                                            BLOCK_K=block_k, GEGLU=geglu_input, HAS_GATE=gate is not None, USE_PDL=pdl,
-                                           DOT_F32=INTERPRETED, num_warps=4, num_stages=3, **pdl_launch(pdl))
+                                           PREFETCH=pdl and prefetch, DOT_F32=INTERPRETED, num_warps=num_warps,
+                                           num_stages=num_stages, **pdl_launch(pdl))
     return out
 
 
