@@ -106,8 +106,9 @@ def _block_m(rows: int) -> int:
     return max(16, triton.next_power_of_2(rows))
 
 
-def _launch(kernel: str, pdl: bool) -> dict:
-    return {**TUNING[kernel], "USE_PDL": pdl, "PREFETCH": pdl and PREFETCH["on"], "DOT_F32": fused.INTERPRETED,
+def _launch(kernel: str, pdl: bool, k: int) -> dict:
+    shape = {**TUNING[kernel], "BLOCK_K": min(TUNING[kernel]["BLOCK_K"], k)}    # a narrow model takes K in one block
+    return {**shape, "USE_PDL": pdl, "PREFETCH": pdl and PREFETCH["on"], "DOT_F32": fused.INTERPRETED,
             **fused.pdl_launch(pdl)}
 
 
@@ -116,9 +117,9 @@ def _prefetch_lines(k: int) -> int:
     return triton.next_power_of_2(k // 64)
 
 
-def _check_k(x, w):
-    if x.shape[1] % max(t["BLOCK_K"] for t in TUNING.values()) or w.shape[1] != x.shape[1] or x.dtype != torch.float32 or w.dtype != torch.bfloat16:
-        raise ValueError(f"norm_gemv: x fp32 [M, K] with K % {BLOCK_K} == 0 and bf16 weights [N, K]; "
+def _check_k(x, w, kernel: str):
+    if x.shape[1] % min(TUNING[kernel]["BLOCK_K"], x.shape[1]) or x.shape[1] % BLOCK_K or w.shape[1] != x.shape[1] or x.dtype != torch.float32 or w.dtype != torch.bfloat16:
+        raise ValueError(f"{kernel}: x fp32 [M, K] with K % {BLOCK_K} == 0 and bf16 weights [N, K]; "
                          f"got x {tuple(x.shape)} {x.dtype}, w {tuple(w.shape)} {w.dtype}")
 
 
@@ -127,7 +128,7 @@ def qkv_rope(x, scale1p, w_qkv, shift_w, pos, cos, sin, q, k_cache, v_cache, kv_
     """q [M·H, D] (token-major) and K/V-cache rows kv_offset.. from adaRMS(x) (scale1p = 1 + scale, fp32 [W]) through
     the fused [q; k; v] weights [(H + 2)·D, W]; shift_w = W_qkv · shift (fp32 [(H + 2)·D], this step's).
     pdl: launch as a programmatic dependent of the previous kernel (fused.pdl_supported)."""
-    _check_k(x, w_qkv)
+    _check_k(x, w_qkv, "qkv")
     half = head_dim // 2
     if half % BLOCK_N or w_qkv.shape[0] != (heads + 2) * head_dim:
         raise ValueError(f"qkv_rope: head_dim/2 % {BLOCK_N} == 0 and weights [(H + 2)·D, W]; got D={head_dim}, "
@@ -137,12 +138,12 @@ def qkv_rope(x, scale1p, w_qkv, shift_w, pos, cos, sin, q, k_cache, v_cache, kv_
     _norm_gemv_kernel[grid](x, scale1p, w_qkv, shift_w, pos, cos, sin, q, k_cache, v_cache, q, rows, 0, kv_offset,
                             x.stride(0), w_qkv.stride(0), 0, eps, K=x.shape[1], PF_LINES=_prefetch_lines(x.shape[1]),
                             QKV_ROPE=True, H=heads, D=head_dim,
-                            BLOCK_M=_block_m(rows), BLOCK_N=BLOCK_N, **_launch("qkv", pdl))
+                            BLOCK_M=_block_m(rows), BLOCK_N=BLOCK_N, **_launch("qkv", pdl, x.shape[1]))
 
 
 def gate_up_geglu(x, scale1p, w_gate_up, shift_w, act, eps: float, pdl: bool = False):
     """act (bf16 [M, I]) = gelu_tanh(gate) · up of adaRMS(x) @ [gate; up]^T (weights [2I, W]; shift_w = W · shift)."""
-    _check_k(x, w_gate_up)
+    _check_k(x, w_gate_up, "gate_up")
     inter = act.shape[1]
     if inter % BLOCK_N or w_gate_up.shape[0] != 2 * inter:
         raise ValueError(f"gate_up_geglu: I % {BLOCK_N} == 0 and weights [2I, W]; got act {tuple(act.shape)}, "
@@ -152,7 +153,7 @@ def gate_up_geglu(x, scale1p, w_gate_up, shift_w, act, eps: float, pdl: bool = F
                                            x.stride(0), w_gate_up.stride(0), act.stride(0), eps, K=x.shape[1],
                                            PF_LINES=_prefetch_lines(x.shape[1]),
                                            QKV_ROPE=False, H=1, D=2 * BLOCK_N, BLOCK_M=_block_m(rows), BLOCK_N=BLOCK_N,
-                                           **_launch("gate_up", pdl))
+                                           **_launch("gate_up", pdl, x.shape[1]))
     return act
 
 
