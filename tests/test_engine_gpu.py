@@ -49,7 +49,7 @@ def test_expert_paths_agree(policies):
         for fused_expert, pdl in ((False, False), (True, False), (True, fused.pdl_supported())):
             eng.fused_expert, eng.pdl = fused_expert, pdl
             eng.slots.clear()
-            assert cosine(eng.infer(obs, noise), want) >= 0.999, (fused_expert, pdl)
+            assert cosine(policy.infer(obs, noise), want) >= 0.999, (fused_expert, pdl)
     finally:
         eng.fused_expert, eng.pdl = True, fused.pdl_supported()
         eng.slots.clear()
