@@ -103,7 +103,8 @@ class W4A16Linear:
     input_dtype = BF16
 
     def __init__(self, t: dict, few_row_kernel: bool = True):
-        self.takes_arena = self.fuses_geglu = few_row_kernel
+        # Few rows: qkv accumulates into the step's zeroed arena; o and down add straight into the residual.
+        self.takes_arena = self.adds_into_residual = few_row_kernel
         self.tk = _kernels("w4a16")
         self.qweight, self.scales = t["qweight"].cuda().contiguous(), t["scales"].cuda().contiguous()
         self.n, self.k = self.qweight.shape[0], self.qweight.shape[1] * 2
@@ -113,13 +114,11 @@ class W4A16Linear:
         self._workspace: dict = {}
         self.nbytes = self.qweight.numel() + self.scales.numel() * 2
 
-    def __call__(self, x, arena=None, geglu_input=False):
+    def __call__(self, x, arena=None):
         rows = x.shape[0]
         if self.takes_arena and rows <= fused.SKINNY_MAX_ROWS:
             out = arena.take(rows, self.n) if arena is not None else None
-            return fused.skinny_w4a16(x, self.qweight, self.scales, out=out, geglu_input=geglu_input)
-        if geglu_input:
-            raise ValueError("geglu_input is only fused into the few-row path")
+            return fused.skinny_w4a16(x, self.qweight, self.scales, out=out)
         if self._packed is None:              # first many-row call (a warm-up, before any capture)
             self._packed = self.tk.w4a16_prepack(self.qweight, self.scales)
         x = x.to(BF16).contiguous()
@@ -128,6 +127,10 @@ class W4A16Linear:
         out = torch.empty(rows, self.n, dtype=BF16, device="cuda")
         self.tk.w4a16_gemm(x, *self._packed, out, self._workspace[rows])
         return out
+
+    def add_into(self, residual, x, gate):
+        """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
+        fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
 
 
 class NvFp4Linear:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TriforceError
-from . import expert_layer, fused
+from . import fused
 from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION
 from .config import ModelConfig
 from .model import time_embedding
@@ -77,27 +77,24 @@ def channel_scale(layer):
 
 
 class Linear:
-    """y = x W^T (+ b) with bf16 weights: cuBLAS, or for a few rows (the denoise step) the weight-streaming
-    skinny kernel (fp32 out; every consumer reads either). Plan B swaps in quantized layers with the same call."""
+    """y = x W^T (+ b) with bf16 weights (cuBLAS). Few-row layers (the denoise step's o and down) also add their
+    output straight into the fp32 residual with `add_into` (the weight-streaming skinny kernel: faster than cuBLAS
+    at 10 rows, bench/results/w4a16_paths-*.json, and no separate residual add). Plan B's quantized layers have the
+    same interface."""
 
     def __init__(self, weight, bias=None, few_row_kernel: bool = False):
         self.weight = _bf16(weight)
         self.bias = None if bias is None else _bf16(bias)
-        # Few rows (the denoise step): the Triton weight-streaming kernel where it measured faster than cuBLAS
-        # (bench/results/w4a16_paths-*.json: expert o and down); it accumulates into the step's zeroed arena and
-        # can read [gate | up] through GeGLU itself.
-        self.takes_arena = self.fuses_geglu = few_row_kernel and bias is None
+        self.adds_into_residual = few_row_kernel and bias is None
 
-    def __call__(self, x, arena=None, geglu_input=False):
-        """arena: zeroed accumulators for the few-row kernel; geglu_input: x is [gate | up] (few-row kernel only)."""
-        if self.takes_arena and x.shape[0] <= fused.SKINNY_MAX_ROWS:
-            out = arena.take(x.shape[0], self.weight.shape[0]) if arena is not None else None
-            return fused.skinny_linear(x, self.weight, out=out, geglu_input=geglu_input)
-        if geglu_input:
-            raise ValueError("geglu_input is only fused into the skinny path")
+    def __call__(self, x):
         if self.bias is None:
             return x @ self.weight.t()
         return torch.addmm(self.bias, x, self.weight.t())
+
+    def add_into(self, residual, x, gate):
+        """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
+        fused.skinny_linear(x, self.weight, out=residual, gate=gate)
 
     @property
     def nbytes(self) -> int:
@@ -129,12 +126,6 @@ class Pi05Engine:
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
-        self.expert_shifts = self._fused_expert_tables()
-        # Choices read at capture (bench/denoise_variants.py compares them in one run).
-        self.fused_expert = self.expert_shifts is not None
-        self.pdl = self.fused_expert and fused.pdl_supported()
-        log(f"[engine] denoise expert: {'fused few-row layer (expert_layer.py)' if self.fused_expert else 'per-GEMM layers'}"
-            f"{', programmatic dependent launch' if self.pdl else ''}")
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -208,19 +199,6 @@ class Pi05Engine:
                     for i in range(e.depth)]
         self.ada_final = mod(f"{EXPERT}.model.norm")
 
-    def _fused_expert_tables(self):
-        """The fused expert layer (expert_layer.py) runs bf16 weights for <= MAX_ROWS rows; it needs each step's adaRMS
-        shifts through the qkv and gate/up weights. None: the per-GEMM path (a quantized expert, a long horizon)."""
-        e = self.cfg.expert
-        eligible = (self.cfg.action_horizon <= expert_layer.MAX_ROWS and e.width % expert_layer.BLOCK_K == 0
-                    and (e.dim_head // 2) % expert_layer.BLOCK_N == 0 and e.mlp_dim % expert_layer.BLOCK_N == 0
-                    and all(type(lin) is Linear and lin.bias is None for layer in self.expert_layers for lin in layer.values()))
-        if not eligible:
-            return None
-        return [(expert_layer.shift_tables(layer["qkv"].weight, ada[0][1]),
-                 expert_layer.shift_tables(layer["gate_up"].weight, ada[1][1]))
-                for layer, ada in zip(self.expert_layers, self.ada)]
-
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
         """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
@@ -282,68 +260,49 @@ class Pi05Engine:
         return valid, pos
 
     def _denoise_step(self, step, x_t, pos, mask, kv, seq):
-        """One Euler step of the action expert: x_t (fp32 [H, A]) += dt · v(x_t, t_step), in place."""
+        """One Euler step of the action expert: x_t (fp32 [H, A]) += dt · v(x_t, t_step), in place.
+        Per layer: norm, QKV, RoPE + cache write, split-KV attention, o into the residual, norm, gate/up, GeGLU,
+        down into the residual: 10 launches (bench/results/expert_kernels-*.json times each)."""
         cfg, e = self.cfg, self.cfg.expert
         horizon = x_t.shape[0]
         x = F.linear(x_t, *self.action_in)
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
-        if self.fused_expert:
-            self._fused_expert(step, x, q, pos, mask, kv, seq)
-            pending = pending_gate = None
-        else:
-            pending, pending_gate = self._expert_per_gemm(step, x, q, pos, mask, kv, seq)
-        h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
-        sf, bf, _ = self.ada_final
-        fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
-        x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)
-
-    def _fused_expert(self, step, x, q, pos, mask, kv, seq):
-        """The expert layers in six launches each (expert_layer.py); x, the fp32 residual, is updated in place."""
-        cfg, e, pdl = self.cfg, self.cfg.expert, self.pdl
-        act = torch.empty(x.shape[0], e.mlp_dim, dtype=BF16, device="cuda")
-        att = torch.empty_like(q)
-        for i, layer in enumerate(self.expert_layers):
-            (s1, _, g1), (s2, _, g2) = self.ada[i]
-            qkv_shift, gu_shift = self.expert_shifts[i]
-            k_cache, v_cache = kv[i]
-            expert_layer.qkv_rope(x, s1[step], layer["qkv"].weight, qkv_shift[step], pos, self.cos, self.sin, q,
-                                  k_cache, v_cache, seq, e.num_heads, e.dim_head, cfg.norm_eps, pdl=pdl)
-            fused.mqa_attention_split(q, k_cache, v_cache, mask, att, pdl=pdl)
-            expert_layer.gated_residual(x, att.view(x.shape[0], -1), layer["o"].weight, g1[step], "o", pdl=pdl)
-            expert_layer.gate_up_geglu(x, s2[step], layer["gate_up"].weight, gu_shift[step], act, cfg.norm_eps, pdl=pdl)
-            expert_layer.gated_residual(x, act, layer["down"].weight, g2[step], "down", pdl=pdl)
-
-    def _expert_per_gemm(self, step, x, q, pos, mask, kv, seq):
-        """The expert layers GEMM by GEMM (quantized layers, long horizons); returns the last (pending, gate)."""
-        cfg, e = self.cfg, self.cfg.expert
-        horizon = x.shape[0]
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
         for i, layer in enumerate(self.expert_layers):
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
-            qkv_l, gu_l, down_l = layer["qkv"], layer["gate_up"], layer["down"]
+            qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
             h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(qkv_l))
             fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
+            pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
-            fused.add_norm(x, h, y=self._call(layer["o"], att, arena), gate=g1[step], scale=s2[step], shift=b2[step],
-                           eps=cfg.norm_eps, quant_scale=quant_scale(gu_l))
-            gate_up = self._call(gu_l, h, arena)
-            if getattr(down_l, "fuses_geglu", False) and horizon <= fused.SKINNY_MAX_ROWS:   # GeGLU read inside the down GEMM
-                pending = down_l(gate_up, arena, geglu_input=True)
-            else:
-                act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
-                pending = down_l(fused.geglu(gate_up, act, quant_scale=quant_scale(down_l)))
-            pending_gate = g2[step]
-        return pending, pending_gate
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
+            act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
+            fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
+            pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
+        h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
+        sf, bf, _ = self.ada_final
+        fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
+        x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)
+
+    @staticmethod
+    def _residual(layer, x, inp, gate, arena):
+        """A gated residual branch: added into x now by a few-row kernel, or left pending (y, gate) for the next
+        add_norm to add."""
+        if getattr(layer, "adds_into_residual", False) and x.shape[0] <= fused.SKINNY_MAX_ROWS:
+            layer.add_into(x, inp, gate)
+            return None, None
+        return Pi05Engine._call(layer, inp, arena), gate
 
     @staticmethod
     def _call(layer, x, arena):
-        """Skinny-capable layers take the step's zeroed accumulators; the others manage their own outputs."""
+        """Few-row quantized layers take the step's zeroed accumulators; the others manage their own outputs."""
         return layer(x, arena) if getattr(layer, "takes_arena", False) else layer(x)
 
     @staticmethod

@@ -8,37 +8,11 @@ from __future__ import annotations
 
 import os
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@functools.cache
-def pdl_supported() -> bool:
-    """Programmatic dependent launch (sm_90+): a kernel starts while its predecessor drains, waits for its results
-    with griddepcontrol.wait, and streams its weights meanwhile (`prefetch_l2`). Not in Triton's CPU interpreter."""
-    return not INTERPRETED and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
-
-
-@triton.jit
-def prefetch_l2(ptrs):
-    """One L2 prefetch per pointer (pass one per 128-byte line): a weight slice streams while the kernel waits."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
-def pdl_enter(USE_PDL: tl.constexpr):
-    """Wait until the previous kernel's writes are visible, then let the next kernel launch (and prefetch): at
-    most two kernels of the chain overlap."""
-    if USE_PDL:
-        gdc_wait()
-        gdc_launch_dependents()
 
 
 @triton.jit
@@ -90,38 +64,40 @@ def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bia
 @triton.jit
 def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, CS, kv_offset, stride_qkv,
                      H: tl.constexpr, D: tl.constexpr, HAS_CS: tl.constexpr):
+    """One program per (token, head): H query heads, then the key head (both rotated), then the value head."""
     s = tl.program_id(0)
+    h = tl.program_id(1)
     half: tl.constexpr = D // 2
     i = tl.arange(0, half)
-    pos = tl.load(POS + s)
-    cos = tl.load(COS + pos * half + i)
-    sin = tl.load(SIN + pos * half + i)
-    base = QKV + s * stride_qkv
-    for h in tl.static_range(H + 1):  # H query heads, then the one key head
-        x1 = tl.load(base + h * D + i).to(tl.float32)
-        x2 = tl.load(base + h * D + half + i).to(tl.float32)
-        if HAS_CS:   # an FP8 GEMM's per-output-channel weight scales, applied here instead of in its epilogue
-            x1 = x1 * tl.load(CS + h * D + i)
-            x2 = x2 * tl.load(CS + h * D + half + i)
+    src = QKV + s * stride_qkv + h * D
+    x1 = tl.load(src + i).to(tl.float32)
+    x2 = tl.load(src + half + i).to(tl.float32)
+    if HAS_CS:   # an FP8 GEMM's per-output-channel weight scales, applied here instead of in its epilogue
+        x1 = x1 * tl.load(CS + h * D + i)
+        x2 = x2 * tl.load(CS + h * D + half + i)
+    if h == H + 1:
+        dst = VC + (kv_offset + s) * D
+        tl.store(dst + i, x1.to(VC.dtype.element_ty))
+        tl.store(dst + half + i, x2.to(VC.dtype.element_ty))
+    else:
+        pos = tl.load(POS + s)
+        cos = tl.load(COS + pos * half + i)
+        sin = tl.load(SIN + pos * half + i)
         if h < H:
             dst = QOUT + (s * H + h) * D
         else:
             dst = KC + (kv_offset + s) * D
         tl.store(dst + i, (x1 * cos - x2 * sin).to(QOUT.dtype.element_ty))
         tl.store(dst + half + i, (x2 * cos + x1 * sin).to(QOUT.dtype.element_ty))
-    j = tl.arange(0, D)
-    v = tl.load(base + (H + 1) * D + j).to(tl.float32)
-    if HAS_CS:
-        v = v * tl.load(CS + (H + 1) * D + j)
-    tl.store(VC + (kv_offset + s) * D + j, v.to(VC.dtype.element_ty))
 
 
 def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int, channel_scale=None):
     """qkv [S, (H+2)·D] -> q_out [S·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated).
     channel_scale: fp32 [(H+2)·D] multiplied into qkv first (an FP8 GEMM's deferred per-channel weight scales)."""
-    _rope_qkv_kernel[(qkv.shape[0],)](qkv, pos, cos, sin, q_out, k_cache, v_cache,
-                                       channel_scale if channel_scale is not None else cos, kv_offset, qkv.stride(0),
-                                       H=heads, D=head_dim, HAS_CS=channel_scale is not None, num_warps=4)
+    _rope_qkv_kernel[(qkv.shape[0], heads + 2)](qkv, pos, cos, sin, q_out, k_cache, v_cache,
+                                                 channel_scale if channel_scale is not None else cos, kv_offset,
+                                                 qkv.stride(0), H=heads, D=head_dim, HAS_CS=channel_scale is not None,
+                                                 num_warps=1 if head_dim <= 128 else 2)
 
 
 @triton.jit
@@ -238,10 +214,8 @@ def mqa_attention(q, k, v, bias, out, block_m: int = 32, block_n: int = 64):
 
 @triton.jit
 def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, R, T, qk_scale, stride_q, stride_k, stride_v,
-                        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr,
-                        DOT_F32: tl.constexpr):
+                        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
     """Split-KV pass: one key block per program; writes the block's row max, row sum and unnormalized output."""
-    pdl_enter(USE_PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     split = tl.program_id(1)
     rmask = rows < R
@@ -270,9 +244,7 @@ def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, R, T, qk_scale, stride_q, str
 
 
 @triton.jit
-def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPLITS_PAD: tl.constexpr,
-                        USE_PDL: tl.constexpr):
-    pdl_enter(USE_PDL)
+def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPLITS_PAD: tl.constexpr):
     row = tl.program_id(0)
     sp = tl.arange(0, SPLITS_PAD)
     smask = sp < SPLITS
@@ -286,9 +258,9 @@ def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPL
     tl.store(O + row * stride_o + d, out.to(O.dtype.element_ty))
 
 
-def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64, pdl: bool = False):
+def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64):
     """mqa_attention for few query rows (the denoise step): the keys are split over programs, then combined, so
-    the GPU is filled even with 80 rows. pdl: both launches are programmatic dependents (see pdl_supported)."""
+    the GPU is filled even with 80 rows."""
     rows, dim = q.shape
     keys = k.shape[0]
     splits = triton.cdiv(keys, block_n)
@@ -297,35 +269,26 @@ def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64
     pl = torch.empty_like(pm)
     _mqa_partial_kernel[(triton.cdiv(rows, block_m), splits)](
         q, k, v, bias, po, pm, pl, rows, keys, dim ** -0.5 * 1.4426950408889634, q.stride(0), k.stride(0), v.stride(0),
-        D=dim, BLOCK_M=block_m, BLOCK_N=block_n, USE_PDL=pdl, DOT_F32=INTERPRETED, num_warps=4, **pdl_launch(pdl))
+        D=dim, BLOCK_M=block_m, BLOCK_N=block_n, DOT_F32=INTERPRETED, num_warps=4)
     _mqa_combine_kernel[(rows,)](po, pm, pl, out, rows, splits, out.stride(0), D=dim,
-                                 SPLITS_PAD=triton.next_power_of_2(splits), USE_PDL=pdl, num_warps=4, **pdl_launch(pdl))
+                                 SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4)
     return out
 
 
 @triton.jit
-def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, stride_x, stride_w, stride_o, K_SPLIT: tl.constexpr, PF_LINES: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GEGLU: tl.constexpr,
-                        HAS_GATE: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, DOT_F32: tl.constexpr):
-    """out[M, N] += [gate ⊙] x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M); split-K partials meet by
-    atomics in fp32 out (zeroed, or the residual stream itself). With GEGLU, x is [gate | up] (2K wide) and the GEMM
-    reads gelu_tanh(gate) * up."""
+def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GATE: tl.constexpr,
+                        DOT_F32: tl.constexpr):
+    """out[M, N] += [gate ⊙] x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M): split-K partials meet by
+    atomics in fp32 out, zeroed or the residual stream itself."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
     m = tl.arange(0, BLOCK_M)
     nmask = n < N
-    if PREFETCH:   # the weights do not depend on the previous kernel: stream them into L2 before waiting for it
-        lines = k_start + tl.minimum(tl.arange(0, PF_LINES) * 64, K_SPLIT - 64)   # 64 bf16 = one 128-byte line
-        prefetch_l2(W + tl.where(nmask, n, 0)[:, None] * stride_w + lines[None, :])
-    pdl_enter(USE_PDL)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(k_start, k_start + K_SPLIT, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
-        if GEGLU:
-            g = x.to(tl.float32)
-            u = tl.load(X + m[:, None] * stride_x + K + k[None, :], mask=m[:, None] < M, other=0.0).to(tl.float32)
-            x = (g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * u).to(tl.bfloat16)
         w = tl.load(W + n[:, None] * stride_w + k[None, :], mask=nmask[:, None], other=0.0)
         if DOT_F32:
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
@@ -337,43 +300,35 @@ def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, stride_x, stride_w, stride_o, 
 
 
 SKINNY_MAX_ROWS = 16     # where the few-row kernels measured faster than cuBLAS (the libero/droid horizons)
-SKINNY_ROWS_LIMIT = 64   # what one program of skinny_linear can hold (the fused expert layer goes up to pi05_base's 50)
-_TARGET_PROGRAMS = 256
 
 
-def skinny_linear(x, w, out=None, geglu_input: bool = False, gate=None, pdl: bool = False, prefetch: bool = True,
-                  block_n: int = 64, block_k: int = 128, programs: int = 256, num_warps: int = 4, num_stages: int = 3):
-    """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 64: weight streaming over >= 256 programs (split-K with
-    atomics into `out`, which must be zeroed; allocated zeroed when not given). geglu_input: x is [gate | up].
-    gate (fp32 [N]): out += gate ⊙ (x @ w^T) instead; with out the fp32 residual this is a gated residual add.
-    pdl: launch as a programmatic dependent of the previous kernel (with prefetch: its weight slice streamed into L2
-    meanwhile). programs: split K until about this many programs run."""
-    rows, kdim = x.shape
-    if geglu_input:
-        kdim //= 2
-    n = w.shape[0]
-    if rows > SKINNY_ROWS_LIMIT or kdim % block_k:
-        raise ValueError(f"skinny_linear takes <= {SKINNY_ROWS_LIMIT} rows and K % {block_k} == 0, got {tuple(x.shape)}")
-    n_blocks = triton.cdiv(n, block_n)
-    k_blocks = kdim // block_k
+def _split_k(n_blocks: int, k_blocks: int, programs: int) -> int:
+    """Split K (in powers of two that divide it) until about `programs` programs stream the weights."""
     split = 1
     while split * 2 <= k_blocks and n_blocks * split < programs and k_blocks % (split * 2) == 0:
         split *= 2
+    return split
+
+
+def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 128, programs: int = 256,
+                  num_warps: int = 4, num_stages: int = 3):
+    """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 16: weight streaming over about `programs` programs (split-K
+    with atomics into `out`, which must be zeroed; allocated zeroed when not given). gate (fp32 [N]): out += gate ⊙
+    (x @ w^T) instead, so with out the fp32 residual this is the gated residual add. Launch shape defaults:
+    bench/results/expert_kernels-*.json (block_n 32 was fastest for the expert's o and down)."""
+    rows, kdim = x.shape
+    n = w.shape[0]
+    if rows > SKINNY_MAX_ROWS or kdim % block_k:
+        raise ValueError(f"skinny_linear takes <= {SKINNY_MAX_ROWS} rows and K % {block_k} == 0, got {tuple(x.shape)}")
+    n_blocks, k_blocks = triton.cdiv(n, block_n), kdim // block_k
+    split = _split_k(n_blocks, k_blocks, programs)
     if out is None:
         out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
-    _skinny_gemm_kernel[(n_blocks, split)](x, w, gate if gate is not None else out, out, rows, n, kdim, x.stride(0),
-                                           w.stride(0), out.stride(0), K_SPLIT=kdim // split,
-                                           PF_LINES=triton.next_power_of_2(kdim // split // 64),
-                                           BLOCK_M=max(16, triton.next_power_of_2(rows)), BLOCK_N=block_n,
-                                           BLOCK_K=block_k, GEGLU=geglu_input, HAS_GATE=gate is not None, USE_PDL=pdl,
-                                           PREFETCH=pdl and prefetch, DOT_F32=INTERPRETED, num_warps=num_warps,
-                                           num_stages=num_stages, **pdl_launch(pdl))
+    _skinny_gemm_kernel[(n_blocks, split)](x, w, gate if gate is not None else out, out, rows, n, kdim, kdim // split,
+                                           x.stride(0), w.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
+                                           BLOCK_N=block_n, BLOCK_K=block_k, HAS_GATE=gate is not None,
+                                           DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
-
-
-def pdl_launch(pdl: bool) -> dict:
-    """Launch options of a kernel that takes part in programmatic dependent launch."""
-    return {"launch_pdl": True} if pdl else {}
 
 
 class ZeroArena:
@@ -394,11 +349,12 @@ class ZeroArena:
 
 
 @triton.jit
-def _skinny_w4a16_kernel(X, QW, SC, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, stride_sc, stride_o,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, GEGLU: tl.constexpr,
+def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, stride_sc, stride_o,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, HAS_GATE: tl.constexpr,
                          DOT_F32: tl.constexpr):
-    """out[M, N] += x[M, K-range] @ dequant(W)[N, K-range]^T, W canonical int4 (low nibble = even k, group-128 bf16
-    scales). One group per step: even and odd k are two half-K dots, so the nibbles are never interleaved."""
+    """out[M, N] += [gate ⊙] x[M, K-range] @ dequant(W)[N, K-range]^T, W canonical int4 (low nibble = even k,
+    group-128 bf16 scales). One group per step: even and odd k are two half-K dots, so the nibbles are never
+    interleaved."""
     HALF: tl.constexpr = GROUP // 2
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
@@ -411,12 +367,6 @@ def _skinny_w4a16_kernel(X, QW, SC, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, 
         ke = k0 + 2 * j
         xe = tl.load(X + m[:, None] * stride_x + ke[None, :], mask=mmask, other=0.0)
         xo = tl.load(X + m[:, None] * stride_x + ke[None, :] + 1, mask=mmask, other=0.0)
-        if GEGLU:
-            ge, go = xe.to(tl.float32), xo.to(tl.float32)
-            ue = tl.load(X + m[:, None] * stride_x + K + ke[None, :], mask=mmask, other=0.0).to(tl.float32)
-            uo = tl.load(X + m[:, None] * stride_x + K + ke[None, :] + 1, mask=mmask, other=0.0).to(tl.float32)
-            xe = (ge * tl.sigmoid(1.5957691216057308 * (ge + 0.044715 * ge * ge * ge)) * ue).to(tl.bfloat16)
-            xo = (go * tl.sigmoid(1.5957691216057308 * (go + 0.044715 * go * go * go)) * uo).to(tl.bfloat16)
         p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int32)
         lo = p & 0xF
         hi = (p >> 4) & 0xF
@@ -428,27 +378,25 @@ def _skinny_w4a16_kernel(X, QW, SC, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, 
             part = tl.dot(xe.to(tl.bfloat16), tl.trans(lo.to(tl.bfloat16))) + tl.dot(xo.to(tl.bfloat16), tl.trans(hi.to(tl.bfloat16)))
         s = tl.load(SC + n * stride_sc + k0 // GROUP, mask=nmask, other=0.0).to(tl.float32)
         acc += part * s[None, :]
+    if HAS_GATE:
+        acc = acc * tl.load(GATE + n, mask=nmask, other=0.0)[None, :]
     tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=mmask & nmask[None, :])
 
 
-def skinny_w4a16(x, qweight, scales, out=None, geglu_input: bool = False, block_n: int = 64):
+def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int = 64, programs: int = 256):
     """y (fp32 [M, N]) = x [M, K] @ dequant(W)^T for M <= 16 with canonical int4 weights (uint8 [N, K/2], bf16 scales
-    [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear. geglu_input: x is [gate | up]."""
+    [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear, and the same gated residual form."""
     rows, kdim = x.shape
-    if geglu_input:
-        kdim //= 2
     n = qweight.shape[0]
     group = 128
     if rows > SKINNY_MAX_ROWS or kdim % group or qweight.shape[1] * 2 != kdim:
         raise ValueError(f"skinny_w4a16: <= {SKINNY_MAX_ROWS} rows, K % 128 == 0 and weights [N, K/2]; got x {tuple(x.shape)}, w {tuple(qweight.shape)}")
-    n_blocks, k_blocks = triton.cdiv(n, block_n), kdim // group
-    split = 1
-    while split * 2 <= k_blocks and n_blocks * split < _TARGET_PROGRAMS and k_blocks % (split * 2) == 0:
-        split *= 2
+    n_blocks = triton.cdiv(n, block_n)
+    split = _split_k(n_blocks, kdim // group, programs)
     if out is None:
         out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
-    _skinny_w4a16_kernel[(n_blocks, split)](x, qweight, scales, out, rows, n, kdim, kdim // split, x.stride(0),
-                                            qweight.stride(0), scales.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
-                                            BLOCK_N=block_n, GROUP=group, GEGLU=geglu_input, DOT_F32=INTERPRETED,
-                                            num_warps=4, num_stages=3)
+    _skinny_w4a16_kernel[(n_blocks, split)](x, qweight, scales, gate if gate is not None else out, out, rows, n, kdim,
+                                            kdim // split, x.stride(0), qweight.stride(0), scales.stride(0),
+                                            out.stride(0), BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=block_n, GROUP=group,
+                                            HAS_GATE=gate is not None, DOT_F32=INTERPRETED, num_warps=4, num_stages=3)
     return out
