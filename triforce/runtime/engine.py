@@ -360,7 +360,8 @@ class Pi05Engine:
         for step in range(cfg.num_steps):
             self._denoise_step(step, x_t, pos, mask, kv, seq)
             mark(3 + step)
-        torch.cuda.current_stream().wait_stream(self._prefetch_stream)   # join the prefetch side stream
+        if self.l2_prefetch is not None:
+            torch.cuda.current_stream().wait_stream(self._prefetch_stream)   # join the prefetch side stream
         return x_t
 
     # ── graphs ────────────────────────────────────────────────────────────────────────────────────────────────
