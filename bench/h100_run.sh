@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Every H100 measurement of a session, for the device tool (two calls: each stays under the 10-minute limit).
-#   part 1: the kernel wheel (development build), its GPU tests and benchmark, the engine GPU tests, Phase 0, Plan A
-#   part 2: the few-row GEMM paths, Plan B validation (h100 recipe, 64 observations), the NVFP4 refusal, the engine + server benchmark
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2   (carry .device_carry and .whl)
+# Every H100 measurement of a session, for the device tool (three calls: each stays under the 10-minute limit).
+#   part 1 (first on a fresh machine, so cold start includes Triton's first compiles): Plan A validation, the kernel
+#     wheel (development build), its GPU tests and benchmark, the engine GPU tests, the expert-layer kernels, Phase 0
+#   part 2: Plan B validation (h100 and h100_measured recipes, 64 observations), the NVFP4 refusal
+#   part 3: the few-row GEMM paths, the engine + server benchmark
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|3   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -12,14 +14,18 @@ LOG="$OUT/log$1.txt"
 run() { echo "== $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"; }
 if [ "$1" = 1 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
+  run python3 bench/expert_kernels.py --out-dir "$OUT"
   run python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
-  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+elif [ "$1" = 2 ]; then
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
+  mkdir -p "$OUT/measured"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_measured --observations 64 --runs 100 --report-dir "$OUT/measured"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe thor --observations 2 --report-dir /tmp/thor
 else
   run python3 bench/w4a16_paths.py --out "$OUT"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe thor --observations 2 --report-dir /tmp/thor
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100 --runs 50 --out-dir "$OUT"
 fi

@@ -132,14 +132,6 @@ class W4A16Linear:
         """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
         fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
 
-    @property
-    def streamed(self) -> list:
-        """What this layer's GEMM reads (engine.Linear.streamed): the canonical int4 weights and scales (the few-row
-        kernel), or the CUTLASS prepacked ones once prepacked."""
-        if not self.takes_arena and self._packed is not None:
-            return [t for t in self._packed if isinstance(t, torch.Tensor)]
-        return [self.qweight, self.scales]
-
 
 class NvFp4Linear:
     """NVFP4 W4A4 (Blackwell only): E2M1 weights with swizzled E4M3 block scales and a global scale; activations

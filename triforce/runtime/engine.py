@@ -97,11 +97,6 @@ class Linear:
         fused.skinny_linear(x, self.weight, out=residual, gate=gate)
 
     @property
-    def streamed(self) -> list:
-        """The tensors a GEMM reads from memory (what the denoise step prefetches into L2 ahead of use)."""
-        return [self.weight]
-
-    @property
     def nbytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()
 
@@ -131,10 +126,7 @@ class Pi05Engine:
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
-        # The denoise step streams each layer's weights into L2 from a side stream ahead of use (None: off); read at
-        # capture, so bench/l2_prefetch.py compares the settings on one loaded model.
-        self.l2_prefetch = "evict_last"
-        self._prefetch_stream = torch.cuda.Stream()
+
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -279,20 +271,16 @@ class Pi05Engine:
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
-        layers = self.expert_layers
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(self.expert_layers):
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
-            self._prefetch(gu_l, down_l)          # this layer's MLP weights stream in during its attention part
             h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(qkv_l))
             fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
-            nxt = layers[(i + 1) % len(layers)]   # the next layer's (the next step's first) attention weights
-            self._prefetch(nxt["qkv"], nxt["o"])
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(gu_l))
@@ -303,18 +291,6 @@ class Pi05Engine:
         sf, bf, _ = self.ada_final
         fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
         x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)
-
-    def _prefetch(self, *layers):
-        """Prefetch the layers' weights into L2 on the side stream, starting when the main stream gets here (so it
-        runs one phase ahead, not the whole step); _forward joins the side stream at the end."""
-        if self.l2_prefetch is None:
-            return
-        side = self._prefetch_stream
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for layer in layers:
-                for t in getattr(layer, "streamed", ()):
-                    fused.prefetch_l2(t, evict_last=self.l2_prefetch == "evict_last")
 
     @staticmethod
     def _residual(layer, x, inp, gate, arena):
@@ -360,8 +336,6 @@ class Pi05Engine:
         for step in range(cfg.num_steps):
             self._denoise_step(step, x_t, pos, mask, kv, seq)
             mark(3 + step)
-        if self.l2_prefetch is not None:
-            torch.cuda.current_stream().wait_stream(self._prefetch_stream)   # join the prefetch side stream
         return x_t
 
     # ── graphs ────────────────────────────────────────────────────────────────────────────────────────────────

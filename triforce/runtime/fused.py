@@ -331,29 +331,6 @@ def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 1
     return out
 
 
-@triton.jit
-def _prefetch_l2_kernel(W, n_lines, LINES: tl.constexpr, LINE_ELEMS: tl.constexpr, EVICT_LAST: tl.constexpr):
-    line = tl.minimum(tl.program_id(0) * LINES + tl.arange(0, LINES), n_lines - 1)
-    if EVICT_LAST:
-        tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;", "=r,l", [W + line * LINE_ELEMS],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    else:
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [W + line * LINE_ELEMS],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-
-
-def prefetch_l2(t, evict_last: bool = False, lines_per_program: int = 1024):
-    """Ask L2 to fetch a contiguous tensor (one prefetch per 128-byte line; nothing waits for the data). The denoise
-    step streams the next weights this way from a side stream, while its latency-bound kernels run."""
-    if not t.is_contiguous():
-        raise ValueError("prefetch_l2 takes a contiguous tensor")
-    line_elems = max(1, 128 // t.element_size())
-    n_lines = triton.cdiv(t.numel(), line_elems)
-    _prefetch_l2_kernel[(triton.cdiv(n_lines, lines_per_program),)](t, n_lines, LINES=lines_per_program,
-                                                                     LINE_ELEMS=line_elems, EVICT_LAST=evict_last,
-                                                                     num_warps=4)
-
-
 class ZeroArena:
     """One zeroed fp32 block, handed out in slices: the split-K accumulators of a whole denoise step cost one memset
     instead of one per GEMM."""
