@@ -52,18 +52,6 @@ def check_backend(precision: str) -> None:
 
 
 # ── layers ────────────────────────────────────────────────────────────────────────────────────────────────────────
-class Bf16Linear:
-    def __init__(self, t: dict):
-        from ..runtime.engine import Linear
-
-        self.inner = Linear(t["weight"], t.get("bias"))
-        self.nbytes = self.inner.nbytes
-
-    def __call__(self, x):
-        y = self.inner(x)
-        return y
-
-
 class Fp8Linear:
     """W8A8: E4M3 weights with per-output-channel scales, a static per-tensor activation scale (calibrated); the
     producer kernel writes E4M3 directly (input_quant_scale), cuBLASLt multiplies (torch._scaled_mm, row-wise)."""
@@ -164,7 +152,13 @@ class NvFp4Linear:
         return out + self.bias if self.bias is not None else out
 
 
-LAYERS = {"bf16": Bf16Linear, "fp8": Fp8Linear, "w4a16": W4A16Linear, "nvfp4": NvFp4Linear}
+def _bf16_linear(t: dict, few_row_kernel: bool):
+    from ..runtime.engine import Linear
+
+    return Linear(t["weight"], t.get("bias"), few_row_kernel=few_row_kernel)
+
+
+LAYERS = {"bf16": _bf16_linear, "fp8": Fp8Linear, "w4a16": W4A16Linear, "nvfp4": NvFp4Linear}
 
 
 class QuantizedModel:
@@ -188,6 +182,8 @@ class QuantizedModel:
             return W4A16Linear(t, few_row_kernel=not layer_id.endswith(".gate_up"))
         if precision == "fp8":     # the prefix's consumer kernels apply the per-channel weight scales
             return Fp8Linear(t, defer_channel_scale=layer_id.startswith("prefix."))
+        if precision == "bf16":    # like the Plan A engine's: the expert's o and down add into the residual
+            return _bf16_linear(t, few_row_kernel=layer_id.startswith("expert.") and layer_id.endswith((".o", ".down")))
         return LAYERS[precision](t)
 
 
