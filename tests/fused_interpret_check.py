@@ -102,6 +102,20 @@ res0 = res.clone()
 fused.skinny_linear(xs, ws, out=res, gate=gate)
 check("skinny gemm as a gated residual add", res, res0 + gate * (xs.float() @ ws.float().T), 1e-5)
 
+Mr, Wd, A = 5, 192, 24                                     # the end of a denoise step (euler_tail)
+xr, yr, gr = torch.randn(Mr, Wd) * 2, torch.randn(Mr, Wd).bfloat16(), torch.rand(Wd)
+sc, sh = torch.rand(Wd) + 0.5, torch.randn(Wd) * 0.1
+wo, bo, wi, bi = torch.randn(A, Wd) / 14, torch.randn(A), torch.randn(Wd, A) / 5, torch.randn(Wd)
+xt = torch.randn(Mr, A)
+xt_ref = xt.clone()
+xx = xr + yr.float() * gr
+hr = (xx * torch.rsqrt(xx.pow(2).mean(-1, keepdim=True) + 1e-6) * sc + sh).bfloat16().float()
+xt_ref += -0.1 * (hr @ wo.T + bo)
+xn = torch.empty(Mr, Wd)
+fused.euler_tail(xr, sc, sh, wo, bo, xt, -0.1, wi, bi, xn, y=yr, gate=gr)
+check("euler tail: x_t update", xt, xt_ref, 2e-2)
+check("euler tail: next residual", xn, xt_ref @ wi.T + bi, 2e-2)
+
 from triforce.quant import formats as fm  # noqa: E402
 
 w4 = torch.randn(192, 512)

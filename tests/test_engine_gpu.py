@@ -36,6 +36,24 @@ def test_one_view_is_its_own_graph(policies):
     assert cosine(eng.infer(obs, noise), ref.infer(obs, noise)) >= 0.999
 
 
+def test_parallel_precompile_changes_nothing(policies):
+    """The dry forward that compiles every Triton kernel in parallel leaves the captured inference as it was."""
+    _, policy = policies
+    eng = policy.backend
+    rng = np.random.default_rng(3)
+    obs, noise = random_observation(TINY, rng, 2, 6), random_noise(TINY, rng)
+    outs = []
+    try:
+        for workers in (0, 4):
+            eng.precompile_workers = workers
+            eng.slots.clear()
+            outs.append(policy.infer(obs, noise))
+    finally:
+        eng.slots.clear()
+        eng.precompile_workers = 4
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def test_fp8_norm_output_is_exact_e4m3():
     x = torch.randn(64, 1024, device="cuda")
     out = torch.empty(64, 1024, dtype=torch.float8_e4m3fn, device="cuda")

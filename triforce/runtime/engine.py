@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TriforceError
-from . import fused
+from . import fused, jit_warmup
 from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION
 from .config import ModelConfig
 from .model import time_embedding
@@ -123,6 +123,7 @@ class Pi05Engine:
         self.cfg = cfg
         self.log = log
         self.slots: dict = {}
+        self.precompile_workers = jit_warmup.default_workers()   # 0: Triton compiles one by one in the warm-up
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
@@ -260,13 +261,13 @@ class Pi05Engine:
             pending_scale = out_scale(down_l)
         return valid, pos
 
-    def _denoise_step(self, step, x_t, pos, mask, kv, seq):
-        """One Euler step of the action expert: x_t (fp32 [H, A]) += dt · v(x_t, t_step), in place.
+    def _denoise_step(self, step, x, x_t, pos, mask, kv, seq):
+        """One Euler step of the action expert on its fp32 residual x (x_t's action_in projection): x_t (fp32 [H, A])
+        += dt · v(x_t, t_step) in place; returns the next step's residual (None after the last step).
         Per layer: norm, QKV, RoPE + cache write, split-KV attention, o into the residual, norm, gate/up, GeGLU,
-        down into the residual: 10 launches (bench/results/expert_kernels-*.json times each)."""
+        down into the residual: 10 launches (bench/results/expert_layer-*.json times each); then one euler_tail."""
         cfg, e = self.cfg, self.cfg.expert
         horizon = x_t.shape[0]
-        x = F.linear(x_t, *self.action_in)
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
@@ -287,10 +288,12 @@ class Pi05Engine:
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
             pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
-        h = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
         sf, bf, _ = self.ada_final
-        fused.add_norm(x, h, y=pending, gate=pending_gate, scale=sf[step], shift=bf[step], eps=cfg.norm_eps)
-        x_t.add_(F.linear(h.float(), *self.action_out), alpha=-1.0 / cfg.num_steps)
+        last = step == cfg.num_steps - 1
+        x_next = None if last else torch.empty_like(x)
+        fused.euler_tail(x, sf[step], bf[step], *self.action_out, x_t, -1.0 / cfg.num_steps,
+                         *((None, None) if last else self.action_in), x_next, y=pending, gate=pending_gate, eps=cfg.norm_eps)
+        return x_next
 
     @staticmethod
     def _residual(layer, x, inp, gate, arena):
@@ -333,8 +336,9 @@ class Pi05Engine:
         pos = (valid.int().sum() + torch.arange(horizon, device="cuda", dtype=torch.int32)).int()
         mask = additive_mask(torch.cat([valid, torch.ones(horizon, dtype=torch.bool, device="cuda")]))
         x_t = noise.clone()
+        x = F.linear(x_t, *self.action_in)
         for step in range(cfg.num_steps):
-            self._denoise_step(step, x_t, pos, mask, kv, seq)
+            x = self._denoise_step(step, x, x_t, pos, mask, kv, seq)
             mark(3 + step)
         return x_t
 
@@ -356,6 +360,9 @@ class Pi05Engine:
         start = time.perf_counter()
         bufs = self._new_buffers(key)
         bufs[2][:1] = True                       # a valid token, so warm-up runs on a well-formed mask
+        if self.precompile_workers:              # every Triton kernel of this shape compiled in parallel first
+            with jit_warmup.parallel_compiles(self.precompile_workers), torch.no_grad():
+                self._forward(bufs)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():

@@ -159,6 +159,60 @@ def quantize_fp8(x, out, quant_scale):
     return out
 
 
+@triton.jit
+def _euler_tail_kernel(X, Y, GATE, SCALE, SHIFT, WOUT, BOUT, XT, WIN, BIN, XNEXT, W, A, stride_x, stride_y, dt, eps,
+                       HAS_Y: tl.constexpr, HAS_NEXT: tl.constexpr, BLOCK_W: tl.constexpr, CHUNK: tl.constexpr,
+                       BLOCK_A: tl.constexpr):
+    """One program per action row: final adaRMS norm, v = h Wout^T + b, x_t += dt·v, next x = x_t Win^T + b."""
+    r = tl.program_id(0)
+    a = tl.arange(0, BLOCK_A)
+    amask = a < A
+    cols = tl.arange(0, BLOCK_W)
+    x = tl.load(X + r * stride_x + cols, mask=cols < W, other=0.0)
+    if HAS_Y:
+        x += tl.load(Y + r * stride_y + cols, mask=cols < W, other=0.0).to(tl.float32) * tl.load(GATE + cols, mask=cols < W, other=0.0)
+    rinv = 1.0 / tl.sqrt(tl.sum(x * x, 0) / W + eps)
+    v = tl.zeros([BLOCK_A], tl.float32)
+    for c0 in range(0, W, CHUNK):
+        c = c0 + tl.arange(0, CHUNK)
+        cm = c < W
+        xc = tl.load(X + r * stride_x + c, mask=cm, other=0.0)
+        if HAS_Y:
+            xc += tl.load(Y + r * stride_y + c, mask=cm, other=0.0).to(tl.float32) * tl.load(GATE + c, mask=cm, other=0.0)
+        h = xc * rinv * tl.load(SCALE + c, mask=cm, other=0.0) + tl.load(SHIFT + c, mask=cm, other=0.0)
+        h = h.to(tl.bfloat16).to(tl.float32)          # the engine's norm output is bf16, as everywhere else
+        wo = tl.load(WOUT + a[:, None] * W + c[None, :], mask=amask[:, None] & cm[None, :], other=0.0)
+        v += tl.sum(wo * h[None, :], 1)
+    xt = tl.load(XT + r * A + a, mask=amask, other=0.0) + dt * (v + tl.load(BOUT + a, mask=amask, other=0.0))
+    tl.store(XT + r * A + a, xt, mask=amask)
+    if HAS_NEXT:
+        for c0 in range(0, W, CHUNK):
+            c = c0 + tl.arange(0, CHUNK)
+            cm = c < W
+            wi = tl.load(WIN + c[:, None] * A + a[None, :], mask=cm[:, None] & amask[None, :], other=0.0)
+            xn = tl.sum(wi * xt[None, :], 1) + tl.load(BIN + c, mask=cm, other=0.0)
+            tl.store(XNEXT + r * stride_x + c, xn, mask=cm)
+
+
+def euler_tail(x, scale, shift, w_out, b_out, x_t, dt: float, w_in=None, b_in=None, x_next=None, y=None, gate=None,
+               eps: float = 1e-6):
+    """The end of a denoise step in one launch: h = adaRMS(x [+ gate ⊙ y]) (bf16-rounded), x_t += dt · (h Wout^T + b)
+    in place, and with w_in the next step's residual x_next = x_t Win^T + b. All fp32; x [M, W], x_t [M, A]."""
+    rows, width = x.shape
+    act = x_t.shape[1]
+    if w_out.shape != (act, width) or not x_t.is_contiguous() or (w_in is not None and w_in.shape != (width, act)):
+        raise ValueError(f"euler_tail: x [M, W], x_t [M, A] contiguous, Wout [A, W], Win [W, A]; got x {tuple(x.shape)}, "
+                         f"x_t {tuple(x_t.shape)}, Wout {tuple(w_out.shape)}")
+    has_next = w_in is not None
+    _euler_tail_kernel[(rows,)](x, y if y is not None else x, gate if gate is not None else x, scale, shift, w_out,
+                                b_out, x_t, w_in if has_next else w_out, b_in if has_next else b_out,
+                                x_next if has_next else x, width, act, x.stride(0), y.stride(0) if y is not None else 0,
+                                dt, eps, HAS_Y=y is not None, HAS_NEXT=has_next, BLOCK_W=triton.next_power_of_2(width),
+                                CHUNK=min(256, triton.next_power_of_2(width)), BLOCK_A=triton.next_power_of_2(act),
+                                num_warps=4)
+    return x_next
+
+
 def rope_tables(max_pos: int, head_dim: int, base: float, device):
     """cos/sin [max_pos, head_dim/2] fp32 for the half-split rotary embedding."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))

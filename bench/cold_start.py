@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Cold start (Policy.load + the first inference, i.e. load + Triton compiles + graph capture) of Plan A in fresh
+processes, each variant with an empty Triton cache: kernels compiled one by one during the warm-up, and compiled in
+parallel first (runtime/jit_warmup.py); then each again with the cache the first process left (a restart on a
+machine that ran the engine before). Records bench/results/cold_start-<gpu>-<date>.json.
+    python3 bench/cold_start.py [--config pi05_libero] [--workers 8] [--out-dir bench/results]"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from triforce import report as rep  # noqa: E402
+
+CHILD = """
+import json, sys, time
+import numpy as np
+from triforce.runtime.checkpoint import resolve_checkpoint
+from triforce.runtime.config import load_config
+from triforce.runtime.policy import Policy
+from triforce.workload import STANDARD, random_observation
+config, workers = sys.argv[1], int(sys.argv[2])
+cfg = load_config(config)
+resolve_checkpoint(f"synthetic:{config}", cfg)          # the synthetic file is written before the clock starts
+start = time.perf_counter()
+policy = Policy.load(f"synthetic:{config}", config, plan="a")
+policy.backend.precompile_workers = workers
+loaded = time.perf_counter() - start
+policy.infer(random_observation(cfg, np.random.default_rng(0), STANDARD["real_views"], STANDARD["prompt_tokens"]))
+print(json.dumps({"load_s": loaded, "cold_start_s": time.perf_counter() - start}))
+"""
+
+
+def child(config: str, workers: int, cache: str) -> dict:
+    env = {**os.environ, "TRITON_CACHE_DIR": cache, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run([sys.executable, "-c", CHILD, config, str(workers)], env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"cold-start child failed:\n{r.stdout}\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", default="pi05_libero", help="model config (synthetic weights)")
+    ap.add_argument("--workers", type=int, default=0, help="compile threads (0: the engine's default)")
+    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
+    a = ap.parse_args()
+    from triforce.runtime.jit_warmup import default_workers
+
+    workers = a.workers or default_workers()
+    rows, results = [], {}
+    for name, w in (("compiles one by one", 0), (f"parallel compiles ({workers} threads)", workers)):
+        with tempfile.TemporaryDirectory() as cache:
+            fresh, warm = child(a.config, w, cache), child(a.config, w, cache)
+        results[name] = {"workers": w, "empty_triton_cache": fresh, "warm_triton_cache": warm}
+        rows.append([name, fresh["load_s"], fresh["cold_start_s"], warm["cold_start_s"]])
+    rep.print_table(f"cold start, plan A {a.config} (s; fresh processes)",
+                    ["variant", "load", "cold start, empty Triton cache", "cold start, warm cache"], rows)
+    record = {**rep.stamp(" ".join(sys.argv)), "config": a.config, "variants": results}
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]["gpu"] or "gpu").strip("-").lower()
+    print("recorded:", rep.write_json(Path(a.out_dir) / f"cold_start-{gpu}-{record['date'][:10]}.json", record))
+
+
+if __name__ == "__main__":
+    main()

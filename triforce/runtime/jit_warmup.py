@@ -1,0 +1,66 @@
+"""Cold start: compile every Triton kernel an inference launches in parallel, before the first (warm-up) run.
+
+On a machine that never ran the engine, Triton compiles ~20 kernel specializations one after another during the
+first forward (most of a fresh cold start). Its compiler releases the GIL (MLIR passes, ptxas), so threads overlap
+them. `parallel_compiles` runs a dry forward in which each Triton launch only submits a compile (`warmup=True`) of
+its specialization to a thread pool; the forward's torch work runs on whatever the skipped kernels left in their
+buffers, which nothing keeps. The real warm-up then finds every kernel compiled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from triton.runtime.jit import JITFunction
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _arg_key(v):
+    """What Triton specializes a launch on, over-approximated (a finer key only costs a duplicate compile)."""
+    if isinstance(v, torch.Tensor):
+        return ("tensor", v.dtype, v.data_ptr() % 16 == 0)
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        return ("int", v == 1, v % 16 == 0)
+    if isinstance(v, float):
+        return "float"
+    return repr(v)
+
+
+@contextlib.contextmanager
+def parallel_compiles(workers: int):
+    """Inside: Triton launches compile (once per specialization, on `workers` threads) instead of running.
+    On exit: waits for every compile; a compile error is raised here, naming the kernel."""
+    original = JITFunction.run
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="triton-compile")
+    futures, seen = {}, set()
+
+    def submit(self, *args, grid, warmup, **kwargs):
+        if warmup:
+            return original(self, *args, grid=grid, warmup=True, **kwargs)
+        key = (id(self), tuple(_arg_key(a) for a in args), tuple(sorted((k, _arg_key(v)) for k, v in kwargs.items())))
+        if key not in seen:
+            seen.add(key)
+            futures[pool.submit(original, self, *args, grid=grid, warmup=True, **kwargs)] = getattr(self, "__name__", repr(self))
+        return None
+
+    JITFunction.run = submit
+    try:
+        yield
+    finally:
+        JITFunction.run = original
+        try:
+            for future, name in futures.items():
+                try:
+                    future.result()
+                except Exception as err:
+                    raise RuntimeError(f"Triton kernel {name} failed to compile: {err}") from err
+        finally:
+            pool.shutdown(wait=True)
