@@ -174,10 +174,12 @@ def build_image(c, target=None, base_image=None, tag=None, ca_bundle=None, print
     "replace": "remove a same-named container of another image first",
     "checkpoint_cache": "checkpoint cache on the engine's host, mounted at /root/.cache/openpi",
     "reports_dir": "reports folder on the engine's host, mounted at /opt/triforce/reports",
+    "kernel_cache": "Triton kernel cache on the engine's host, mounted at /root/.triton/cache (restarts skip compiles)",
     "host": _HOST_HELP,
 })
 @_friendly
-def up(c, name=None, target=None, image=None, replace=False, checkpoint_cache=None, reports_dir=None, host=None):
+def up(c, name=None, target=None, image=None, replace=False, checkpoint_cache=None, reports_dir=None, kernel_cache=None,
+       host=None):
     """Create and start the eval container (nvidia runtime on Thor, GPUs elsewhere); reuse it when already up."""
     from pathlib import Path
 
@@ -188,13 +190,14 @@ def up(c, name=None, target=None, image=None, replace=False, checkpoint_cache=No
     tag = _cfg(c, "container", "image", image) or image_stage.default_tag(_cfg(c, "container", "target", target))
     cache = os.path.expanduser(_cfg(c, "container", "checkpoint_cache", checkpoint_cache))
     reports = str(Path(_cfg(c, "container", "reports_dir", reports_dir)).resolve())
+    kernels = os.path.expanduser(_cfg(c, "container", "kernel_cache", kernel_cache))
 
     def work(engine, log):
         if engine.is_local:  # remote engines create missing bind sources themselves
-            os.makedirs(cache, exist_ok=True)
-            os.makedirs(reports, exist_ok=True)
-        result = container.up(engine, name, tag, {cache: "/root/.cache/openpi", reports: "/opt/triforce/reports"},
-                              replace=replace, log=log)
+            for folder in (cache, reports, kernels):
+                os.makedirs(folder, exist_ok=True)
+        mounts = {cache: "/root/.cache/openpi", reports: "/opt/triforce/reports", kernels: "/root/.triton/cache"}
+        result = container.up(engine, name, tag, mounts, replace=replace, log=log)
         log(f"{result.action} container {result.name} ({result.image}) on {engine.where}; GPU: {result.gpu}")
         return 0
 

@@ -157,7 +157,7 @@ def up_name(docker_engine):
 @pytest.mark.docker
 def test_up_is_idempotent_and_refuses_a_name_clash(docker_engine, eval_image, base_image, up_name, tmp_path):
     args = ["up", "--name", up_name, "--image", eval_image.tag, "--checkpoint-cache", str(tmp_path / "openpi"),
-            "--reports-dir", str(tmp_path / "reports")]
+            "--reports-dir", str(tmp_path / "reports"), "--kernel-cache", str(tmp_path / "triton")]
     first = _invoke(*args)
     assert first.returncode == 0, first.stderr
     assert f"created container {up_name}" in first.stdout and "GPU: none" in first.stdout
@@ -165,6 +165,7 @@ def test_up_is_idempotent_and_refuses_a_name_clash(docker_engine, eval_image, ba
     binds = container.inspect(docker_engine, up_name)["HostConfig"]["Binds"]
     assert f"{tmp_path / 'openpi'}:/root/.cache/openpi:rw" in binds
     assert f"{tmp_path / 'reports'}:/opt/triforce/reports:rw" in binds
+    assert f"{tmp_path / 'triton'}:/root/.triton/cache:rw" in binds
 
     second = _invoke(*args)
     assert second.returncode == 0 and f"reused container {up_name}" in second.stdout
