@@ -92,6 +92,10 @@ class Linear:
             return x @ self.weight.t()
         return torch.addmm(self.bias, x, self.weight.t())
 
+    def gelu(self, x):
+        """gelu_tanh(x W^T + b) with the GELU in cuBLASLt's epilogue (SigLIP's fc1: one launch, no fp32 round trip)."""
+        return torch._addmm_activation(self.bias, x, self.weight.t(), use_gelu=True)
+
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
         fused.skinny_linear(x, self.weight, out=residual, gate=gate)
@@ -222,9 +226,12 @@ class Pi05Engine:
             h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
             fused.add_norm(x, h, y=layer["o"](att), weight=layer["ln2"][0], bias=layer["ln2"][1], eps=cfg.norm_eps,
                            layernorm=True, quant_scale=quant_scale(fc1))
-            mid = fc1(h)
-            act = mid if in_dtype(fc2) == mid.dtype else torch.empty(mid.shape, dtype=in_dtype(fc2), device="cuda")
-            pending = fc2(fused.gelu(mid, act, quant_scale=quant_scale(fc2)))
+            if isinstance(fc1, Linear) and fc1.bias is not None and in_dtype(fc2) == BF16:
+                pending = fc2(fc1.gelu(h))
+            else:   # a quantized fc1, or an FP8 fc2 that reads E4M3: the GELU kernel (quantizing)
+                mid = fc1(h)
+                act = mid if in_dtype(fc2) == mid.dtype else torch.empty(mid.shape, dtype=in_dtype(fc2), device="cuda")
+                pending = fc2(fused.gelu(mid, act, quant_scale=quant_scale(fc2)))
         h = torch.empty(rows, v.width, dtype=BF16, device="cuda")
         fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
