@@ -29,7 +29,7 @@ def test_named_recipes_resolve_every_layer():
     assert plan["vision.0.fc1"] == "fp8" and plan["prefix.1.down"] == "fp8" and plan["expert.0.qkv"] == "w4a16"
     assert set(resolve_recipe("thor", TINY).values()) == {"nvfp4", "w4a16"}
     measured = resolve_recipe("h100_measured", TINY)
-    assert measured["prefix.0.qkv"] == "fp8" and measured["expert.1.down"] == "bf16"
+    assert measured["prefix.0.qkv"] == "fp8" and measured["expert.1.down"] == "bf16" and measured["vision.0.fc1"] == "bf16"
 
 
 @pytest.mark.parametrize("body, message", [
