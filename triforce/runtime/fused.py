@@ -254,7 +254,7 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, R, T, qk_scale, stride_q, stride_k, 
     tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
 
 
-def mqa_attention(q, k, v, bias, out, block_m: int = 32, block_n: int = 64):
+def mqa_attention(q, k, v, bias, out, block_m: int = 32, block_n: int = 64, num_warps: int = 4, num_stages: int = 2):
     """Attention of every query row (all heads of all tokens, one kv head) over keys k/v [T, D] with an additive
     key bias [T] (0 or -inf). softmax scale 1/sqrt(D). Rows are independent, so their order is the caller's."""
     rows, dim = q.shape
@@ -262,7 +262,7 @@ def mqa_attention(q, k, v, bias, out, block_m: int = 32, block_n: int = 64):
     _mqa_attention_kernel[(triton.cdiv(rows, block_m),)](
         q, k, v, bias, out, rows, keys, dim ** -0.5 * 1.4426950408889634,
         q.stride(0), k.stride(0), v.stride(0), out.stride(0), D=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_F32=INTERPRETED, num_warps=4, num_stages=2)
+        DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
 
 

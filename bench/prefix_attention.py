@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""The prefix's MQA attention (8 heads as 4224 rows of one head over 528 keys, head dim 256: fused.mqa_attention) at
+the standard workload, over launch shapes; each a CUDA graph of 17 calls (one per prefix layer that attends),
+device events after warm-up, median us per call, result checked against the first shape. Prints a table.
+    python3 bench/prefix_attention.py"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from triforce.report import print_table  # noqa: E402
+from triforce.runtime import fused  # noqa: E402
+from triforce.timing import time_cuda  # noqa: E402
+
+ROWS, KEYS, D, CALLS = 528 * 8, 528, 256, 17
+
+
+def graph_us(fn) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(CALLS):
+            fn()
+    return time_cuda(g.replay, runs=50, warmup_s=0.3)["median_ms"] * 1e3 / CALLS
+
+
+def main():
+    torch.manual_seed(0)
+    q = torch.randn(ROWS, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(KEYS, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    bias = torch.zeros(KEYS, device="cuda", dtype=torch.bfloat16)
+    bias[520:] = float("-inf")
+    out = torch.empty_like(q)
+    rows, ref = [], None
+    for bm, bn, warps, stages in ((32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2),
+                                  (64, 64, 8, 3), (128, 32, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2)):
+        try:
+            us = graph_us(lambda: fused.mqa_attention(q, k, v, bias, out, bm, bn, warps, stages))
+        except Exception as err:   # a shape Triton cannot fit (shared memory): reported, not fatal
+            rows.append([bm, bn, warps, stages, f"failed: {str(err)[:40]}", ""])
+            continue
+        ref = out.clone() if ref is None else ref
+        rows.append([bm, bn, warps, stages, us, float((out.float() - ref.float()).abs().max())])
+    print_table("prefix MQA attention, 4224 rows x 528 keys x 256 (us per call)",
+                ["block_m", "block_n", "warps", "stages", "us", "max abs diff vs first"], rows)
+
+
+if __name__ == "__main__":
+    main()
