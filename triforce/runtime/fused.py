@@ -254,9 +254,10 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, R, T, qk_scale, stride_q, stride_k, 
     tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
 
 
-def mqa_attention(q, k, v, bias, out, block_m: int = 32, block_n: int = 64, num_warps: int = 4, num_stages: int = 2):
+def mqa_attention(q, k, v, bias, out, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2):
     """Attention of every query row (all heads of all tokens, one kv head) over keys k/v [T, D] with an additive
-    key bias [T] (0 or -inf). softmax scale 1/sqrt(D). Rows are independent, so their order is the caller's."""
+    key bias [T] (0 or -inf). softmax scale 1/sqrt(D). Rows are independent, so their order is the caller's.
+    Default launch shape: the fastest of bench/prefix_attention.py at the prefix (16.6 us vs 22.5 for 32 rows)."""
     rows, dim = q.shape
     keys = k.shape[0]
     _mqa_attention_kernel[(triton.cdiv(rows, block_m),)](
