@@ -34,6 +34,13 @@ def _arg_key(v):
     return repr(v)
 
 
+def _constexpr_or_key(fn, i: int, v):
+    params = getattr(fn, "params", None)
+    if params is not None and i < len(params) and params[i].is_constexpr:
+        return repr(v)
+    return _arg_key(v)
+
+
 @contextlib.contextmanager
 def parallel_compiles(workers: int):
     """Inside: Triton launches compile (once per specialization, on `workers` threads) instead of running.
@@ -45,7 +52,8 @@ def parallel_compiles(workers: int):
     def submit(self, *args, grid, warmup, **kwargs):
         if warmup:
             return original(self, *args, grid=grid, warmup=True, **kwargs)
-        key = (id(self), tuple(_arg_key(a) for a in args), tuple(sorted((k, _arg_key(v)) for k, v in kwargs.items())))
+        key = (id(self), tuple(_constexpr_or_key(self, i, a) for i, a in enumerate(args)),
+               tuple(sorted((k, repr(v)) for k, v in kwargs.items())))    # keywords: constexprs and launch options
         if key not in seen:
             seen.add(key)
             futures[pool.submit(original, self, *args, grid=grid, warmup=True, **kwargs)] = getattr(self, "__name__", repr(self))

@@ -1,0 +1,58 @@
+"""runtime/jit_warmup.py on CPU: a dry forward's Triton launches become one compile per specialization, run on
+threads; a compile error surfaces naming the kernel; the patch is gone afterwards. (Triton's real compile needs a
+GPU driver, so the compile itself is a stand-in here; tests/test_engine_gpu.py runs the real one on the H100.)"""
+
+import threading
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+from triforce.runtime import jit_warmup
+
+
+@triton.jit
+def _scale_kernel(X, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(X + offs, tl.load(X + offs, mask=offs < n) * 2, mask=offs < n)
+
+
+@pytest.fixture
+def fake_compile(monkeypatch):
+    """JITFunction.run as it is before parallel_compiles patches it: records each warm-up compile and its thread."""
+    calls = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        assert warmup, "a launch escaped the dry run"
+        if kwargs.get("BLOCK") == 7:
+            raise ValueError("arange's range must be a power of 2")
+        calls.append((self.__name__, args[1], kwargs["BLOCK"], threading.current_thread().name))
+
+    monkeypatch.setattr(JITFunction, "run", run)
+    return calls
+
+
+def test_each_specialization_compiles_once_on_a_worker_thread(fake_compile):
+    x = torch.ones(64)
+    with jit_warmup.parallel_compiles(4):
+        for _ in range(5):                                   # the same launch every layer: one compile
+            _scale_kernel[(1,)](x, 64, BLOCK=64)
+        _scale_kernel[(1,)](x, 1, BLOCK=64)                  # n == 1 is its own specialization
+        _scale_kernel[(1,)](x, 64, BLOCK=128)                # so is another constexpr
+        assert JITFunction.run is not fake_compile           # patched inside
+    assert sorted((c[1], c[2]) for c in fake_compile) == [(1, 64), (64, 64), (64, 128)]
+    assert all(c[0] == "_scale_kernel" and c[3].startswith("triton-compile") for c in fake_compile)
+
+
+def test_a_compile_error_names_the_kernel_and_the_patch_is_removed(fake_compile):
+    patched = JITFunction.run
+    with pytest.raises(RuntimeError, match="Triton kernel _scale_kernel failed to compile: arange's range"):
+        with jit_warmup.parallel_compiles(2):
+            _scale_kernel[(1,)](torch.ones(8), 8, BLOCK=7)
+    assert JITFunction.run is patched
+
+
+def test_default_workers_leaves_a_core():
+    assert 1 <= jit_warmup.default_workers() <= 8
