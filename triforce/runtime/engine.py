@@ -5,9 +5,12 @@ What makes it fast, each exact up to bf16 rounding:
 - the prefix's last layer stops after its K/V (nothing reads its output);
 - the (1 + w) RMSNorm weights are folded into the next projection; QKV and gate/up are fused GEMMs;
 - the time condition and every adaRMS scale/shift/gate are precomputed for the fixed flow steps;
-- residual add + norm, RoPE + KV-cache write and GeGLU are single fused kernels (runtime/fused.py);
+- residual add + norm, RoPE + KV-cache write and GeGLU are single fused kernels (runtime/fused.py); the expert's
+  o and down GEMMs add straight into the fp32 residual; the end of each Euler step is one kernel; SigLIP's GELU
+  runs in cuBLASLt's GEMM epilogue;
 - one kv head: the 8 query heads are laid out as 8·S rows of one head, so attention is one plain MQA call;
-- static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so.
+- static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so, after
+  a dry forward has compiled every Triton kernel of the shape in parallel (runtime/jit_warmup.py).
 """
 
 from __future__ import annotations
@@ -132,7 +135,6 @@ class Pi05Engine:
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
-
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
