@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every H100 measurement of a session, for the device tool (three calls: each stays under the 10-minute limit).
 #   part 1 (first on a fresh machine, so cold start includes Triton's first compiles): Plan A validation, the kernel
-#     wheel (development build), its GPU tests and benchmark, the engine GPU tests, the expert-layer kernels, Phase 0
+#     wheel (development build), its GPU tests and benchmark, the engine GPU tests, the expert-layer kernels, the
+#     prefix-attention and SigLIP-op sweeps, Phase 0
 #   part 2: Plan B validation (h100 and h100_measured recipes, 64 observations), the NVFP4 refusal
-#   part 3: the few-row GEMM paths, the engine + server benchmark
+#   part 3: the few-row GEMM paths, cold start in fresh processes, the engine + server benchmark
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|3   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -18,6 +19,8 @@ if [ "$1" = 1 ]; then
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
   run python3 bench/expert_kernels.py --out-dir "$OUT"
+  run python3 bench/prefix_attention.py
+  run python3 bench/vision_ops.py
   run python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
 elif [ "$1" = 2 ]; then
@@ -27,5 +30,6 @@ elif [ "$1" = 2 ]; then
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe thor --observations 2 --report-dir /tmp/thor
 else
   run python3 bench/w4a16_paths.py --out "$OUT"
+  run python3 bench/cold_start.py --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100 --runs 50 --out-dir "$OUT"
 fi
