@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
-from triforce.timing import time_cuda  # noqa: E402
+from triforce.timing import time_graph_us  # noqa: E402
 
 M, W, H, D, I, L, SEQ = 10, 1024, 8, 256, 4096, 18, 528
 BF16 = torch.bfloat16
@@ -26,17 +26,7 @@ BF16 = torch.bfloat16
 
 def graph_us(fn, runs):
     """us per layer of fn(layer) launched for all 18 layers inside one captured graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(L):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(L):
-            fn(i)
-    return time_cuda(g.replay, runs=runs, warmup_s=0.5)["median_ms"] * 1e3 / L
+    return time_graph_us([lambda i=i: fn(i) for i in range(L)], runs=runs, warmup_s=0.5)
 
 
 class Layers:

@@ -13,22 +13,13 @@ import torch  # noqa: E402
 
 from triforce.report import print_table  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
-from triforce.timing import time_cuda  # noqa: E402
+from triforce.timing import time_graph_us  # noqa: E402
 
 ROWS, KEYS, D, CALLS = 528 * 8, 528, 256, 17
 
 
 def graph_us(fn) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(CALLS):
-            fn()
-    return time_cuda(g.replay, runs=50, warmup_s=0.3)["median_ms"] * 1e3 / CALLS
+    return time_graph_us([fn] * CALLS)
 
 
 def main():

@@ -29,6 +29,24 @@ def time_cuda(fn, runs: int = 50, warmup_s: float = 1.0, min_warmup: int = 5) ->
     return summarize(samples)
 
 
+def time_graph_us(calls, runs: int = 50, warmup_s: float = 0.3) -> float:
+    """Median us per call of `calls` (a list of no-argument callables that enqueue device work), captured in order
+    into one CUDA graph (so launch overhead is out, as in the engine) after one warm-up pass on a side stream."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    return time_cuda(graph.replay, runs=runs, warmup_s=warmup_s)["median_ms"] * 1e3 / len(calls)
+
+
 def time_wall(fn, runs: int = 50, warmup: int = 3) -> dict:
     """Median wall time in ms of a call that synchronizes itself (e.g. a predict call returning host arrays)."""
     for _ in range(warmup):
