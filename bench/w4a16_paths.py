@@ -17,7 +17,7 @@ import devbuild  # noqa: E402
 from triforce import report as rep  # noqa: E402
 from triforce.quant import formats as fm  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
-from triforce.timing import time_cuda  # noqa: E402
+from triforce.timing import time_cuda, time_graph_us  # noqa: E402
 
 SHAPES = [("expert qkv", 2560, 1024), ("expert o", 1024, 2048), ("expert gate_up", 8192, 1024), ("expert down", 1024, 4096),
           ("gemma gate_up", 16384, 2048), ("gemma down", 2048, 16384)]
@@ -25,14 +25,7 @@ SHAPES = [("expert qkv", 2560, 1024), ("expert o", 1024, 2048), ("expert gate_up
 
 def graph_ms(calls, copies):
     """Per-call ms of a CUDA graph running calls(i) for every weight copy i."""
-    for i in range(copies):
-        calls(i)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(copies):
-            calls(i)
-    t = time_cuda(g.replay, runs=50, warmup_s=0.5)
-    return t["median_ms"] / copies
+    return time_graph_us([lambda i=i: calls(i) for i in range(copies)], warmup_s=0.5) / 1e3
 
 
 def main():

@@ -152,15 +152,6 @@ class NvFp4Linear:
         return out + self.bias if self.bias is not None else out
 
 
-def _bf16_linear(t: dict, few_row_kernel: bool):
-    from ..runtime.engine import Linear
-
-    return Linear(t["weight"], t.get("bias"), few_row_kernel=few_row_kernel)
-
-
-LAYERS = {"bf16": _bf16_linear, "fp8": Fp8Linear, "w4a16": W4A16Linear, "nvfp4": NvFp4Linear}
-
-
 class QuantizedModel:
     """Every engine GEMM layer by id, as the recipe says. The engine asks has(id) / layer(id) while building."""
 
@@ -182,9 +173,11 @@ class QuantizedModel:
             return W4A16Linear(t, few_row_kernel=not layer_id.endswith(".gate_up"))
         if precision == "fp8":     # the prefix's consumer kernels apply the per-channel weight scales
             return Fp8Linear(t, defer_channel_scale=layer_id.startswith("prefix."))
-        if precision == "bf16":    # like the Plan A engine's: the expert's o and down add into the residual
-            return _bf16_linear(t, few_row_kernel=layer_id.startswith("expert.") and layer_id.endswith((".o", ".down")))
-        return LAYERS[precision](t)
+        if precision == "bf16":    # the Plan A engine's layer: the expert's o and down add into the residual
+            from ..runtime.engine import Linear, few_row_layer
+
+            return Linear(t["weight"], t.get("bias"), few_row_kernel=few_row_layer(layer_id))
+        return NvFp4Linear(t)
 
 
 # ── entry points ──────────────────────────────────────────────────────────────────────────────────────────────────

@@ -80,6 +80,11 @@ def channel_scale(layer):
     return getattr(layer, "input_channel_scale", None)
 
 
+def few_row_layer(layer_id: str) -> bool:
+    """The layers that run at the action horizon's few rows and add into the residual: the expert's o and down."""
+    return layer_id.startswith("expert.") and layer_id.endswith((".o", ".down"))
+
+
 class Linear:
     """y = x W^T (+ b) with bf16 weights (cuBLAS). Few-row layers (the denoise step's o and down) also add their
     output straight into the fp32 residual with `add_into` (the weight-streaming skinny kernel: faster than cuBLAS
@@ -182,11 +187,12 @@ class Pi05Engine:
         """Fused QKV and gate/up (fused_gemma_weight); bf16 unless Plan B quantized the layer."""
         lin = lambda name, build: self._linear(f"{stage}.{i}.{name}", build)  # noqa: E731
         fused_w = lambda which: fused_gemma_weight(s, n, which, fold=stage == "prefix")  # noqa: E731
-        few = stage == "expert"
         return {"qkv": lin("qkv", lambda: Linear(fused_w("qkv"))),
-                "o": lin("o", lambda: Linear(s[f"{n}.self_attn.o_proj.weight"], few_row_kernel=few)),
+                "o": lin("o", lambda: Linear(s[f"{n}.self_attn.o_proj.weight"],
+                                             few_row_kernel=few_row_layer(f"{stage}.{i}.o"))),
                 "gate_up": lin("gate_up", lambda: Linear(fused_w("gate_up"))),
-                "down": lin("down", lambda: Linear(s[f"{n}.mlp.down_proj.weight"], few_row_kernel=few))}
+                "down": lin("down", lambda: Linear(s[f"{n}.mlp.down_proj.weight"],
+                                                   few_row_kernel=few_row_layer(f"{stage}.{i}.down")))}
 
     def _precompute_time_tables(self, s):
         """The 10 flow times are fixed: the time MLP and every adaRMS modulation are tables, computed once in fp32."""
