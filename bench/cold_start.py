@@ -9,7 +9,6 @@ otherwise slows the loads that follow). Records bench/results/cold_start-<gpu>-<
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -76,8 +75,7 @@ def main():
     rep.print_table(f"cold start, plan A {a.config} (s; fresh processes)",
                     ["variant", "Triton cache", "load", "first inference", "cold start"], rows)
     record = {**rep.stamp(" ".join(sys.argv)), "config": a.config, "variants": results}
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]["gpu"] or "gpu").strip("-").lower()
-    print("recorded:", rep.write_json(Path(a.out_dir) / f"cold_start-{gpu}-{record['date'][:10]}.json", record))
+    print("recorded:", rep.write_record(a.out_dir, "cold_start", record))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Prints tables and records bench/results/expert_kernels-<gpu>-<date>.json.
     python3 bench/expert_kernels.py [--runs 50] [--out-dir bench/results]"""
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -97,8 +96,7 @@ def main():
     record = {**rep.stamp(" ".join(sys.argv)), "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I,
                                                           "layers": L, "keys": SEQ + M},
               "sweep": sweep, "per_launch": per_launch, "chain_us_per_layer": chain, "weight_floor_us": floor_us}
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]["gpu"] or "gpu").strip("-").lower()
-    print("recorded:", rep.write_json(Path(a.out_dir) / f"expert_layer-{gpu}-{record['date'][:10]}.json", record))
+    print("recorded:", rep.write_record(a.out_dir, "expert_layer", record))
 
 
 if __name__ == "__main__":

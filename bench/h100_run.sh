@@ -19,8 +19,8 @@ if [ "$1" = 1 ]; then
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
   run python3 bench/expert_kernels.py --out-dir "$OUT"
-  run python3 bench/prefix_attention.py
-  run python3 bench/vision_ops.py
+  run python3 bench/prefix_attention.py --out-dir "$OUT"
+  run python3 bench/vision_ops.py --out-dir "$OUT"
   run python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
 elif [ "$1" = 2 ]; then

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The prefix's MQA attention (8 heads as 4224 rows of one head over 528 keys, head dim 256: fused.mqa_attention) at
 the standard workload, over launch shapes; each a CUDA graph of 17 calls (one per prefix layer that attends),
-device events after warm-up, median us per call, result checked against the first shape. Prints a table.
-    python3 bench/prefix_attention.py"""
+device events after warm-up, median us per call, result checked against the first shape. Prints a table and
+records bench/results/prefix_attention-<gpu>-<date>.json.
+    python3 bench/prefix_attention.py [--out-dir bench/results]"""
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from triforce import report as rep  # noqa: E402
 from triforce.report import print_table  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
 from triforce.timing import time_graph_us  # noqa: E402
@@ -22,7 +25,14 @@ def graph_us(fn) -> float:
     return time_graph_us([fn] * CALLS)
 
 
+def record(out_dir: str, payload: dict) -> None:
+    print("recorded:", rep.write_record(out_dir, "prefix_attention", {**rep.stamp(" ".join(sys.argv)), **payload}))
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
+    out_dir = ap.parse_args().out_dir
     torch.manual_seed(0)
     q = torch.randn(ROWS, D, device="cuda", dtype=torch.bfloat16)
     k, v = (torch.randn(KEYS, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -39,8 +49,9 @@ def main():
             continue
         ref = out.clone() if ref is None else ref
         rows.append([bm, bn, warps, stages, us, float((out.float() - ref.float()).abs().max())])
-    print_table("prefix MQA attention, 4224 rows x 528 keys x 256 (us per call)",
-                ["block_m", "block_n", "warps", "stages", "us", "max abs diff vs first"], rows)
+    columns = ["block_m", "block_n", "warps", "stages", "us", "max abs diff vs first"]
+    print_table("prefix MQA attention, 4224 rows x 528 keys x 256 (us per call)", columns, rows)
+    record(out_dir, {"unit": f"us per call, CUDA graph of {CALLS} calls", "shapes": [dict(zip(columns, r)) for r in rows]})
 
 
 if __name__ == "__main__":

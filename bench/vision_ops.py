@@ -2,9 +2,10 @@
 """SigLIP-layer alternatives at the standard workload (2 views x 256 tokens, width 1152, 16 heads of 72): the
 attention backends, and fc1 + GELU as a cuBLASLt epilogue against addmm then the engine's GELU kernel. Each variant
 is a CUDA graph of 20 calls (launch overhead out, as in the engine); device events after warm-up, median us per
-call; each row's result checked against the first. Prints tables (the chosen variant shows in the Plan A
-validation)."""
+call; each row's result checked against the first. Prints tables and records
+bench/results/vision_ops-<gpu>-<date>.json."""
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
+from triforce import report as rep  # noqa: E402
 from triforce.report import print_table  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
 from triforce.timing import time_graph_us  # noqa: E402
@@ -26,7 +28,14 @@ def graph_us(fn) -> float:
     return time_graph_us([fn] * CALLS)
 
 
+def record(out_dir: str, payload: dict) -> None:
+    print("recorded:", rep.write_record(out_dir, "vision_ops", {**rep.stamp(" ".join(sys.argv)), **payload}))
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
+    out_dir = ap.parse_args().out_dir
     torch.manual_seed(0)
     qkv = torch.randn(V, T, 3, H, D, device="cuda", dtype=torch.bfloat16).permute(2, 0, 3, 1, 4)
     rows, ref = [], None
@@ -41,6 +50,7 @@ def main():
         except RuntimeError as err:
             rows.append([name, f"unsupported: {str(err)[:50]}", ""])
     print_table("vision attention [2, 16, 256, 72] (us)", ["backend", "median us", "max abs diff vs first"], rows)
+    attention = {r[0]: r[1] for r in rows}
     x = torch.randn(V * T, W, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(I, W, device="cuda", dtype=torch.bfloat16) / W ** 0.5
     b = torch.randn(I, device="cuda", dtype=torch.bfloat16)
@@ -51,6 +61,8 @@ def main():
     rows = [[name, graph_us(fn), float((fn().float() - ref).abs().max() / ref.abs().max())] for name, fn in
             (("addmm + gelu kernel", two), ("cuBLASLt GELU epilogue", one))]
     print_table("vision fc1 + GELU [512 x 1152 -> 4304] (us)", ["variant", "median us", "max rel diff vs first"], rows)
+    record(out_dir, {"unit": f"us per call, CUDA graph of {CALLS} calls", "attention_2x16x256x72": attention,
+                     "fc1_gelu_512x1152x4304": {r[0]: r[1] for r in rows}})
 
 
 if __name__ == "__main__":

@@ -115,6 +115,14 @@ xn = torch.empty(Mr, Wd)
 fused.euler_tail(xr, sc, sh, wo, bo, xt, -0.1, wi, bi, xn, y=yr, gate=gr)
 check("euler tail: x_t update", xt, xt_ref, 2e-2)
 check("euler tail: next residual", xn, xt_ref @ wi.T + bi, 2e-2)
+try:   # a transposed action_out weight: refused before any launch, x_t untouched
+    before = xt.clone()
+    fused.euler_tail(xr, sc, sh, wo.T.contiguous(), bo, xt, -0.1)
+    failures.append("euler tail: a mis-shaped weight was not refused")
+except ValueError as err:
+    print(f"euler tail, mis-shaped Wout: refused ({str(err)[:40]}...)")
+    if not torch.equal(xt, before):
+        failures.append("euler tail: x_t changed by a refused call")
 
 from triforce.quant import formats as fm  # noqa: E402
 

@@ -116,8 +116,7 @@ def run(checkpoint: str, config: str, plan: str, recipe: str, runs: int, out_dir
         result["note"] = rep.RANDOM_WEIGHTS_NOTE
     if server:
         result["server"] = bench_server(checkpoint, config, runs)
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", result["device"]["gpu"] or "gpu").strip("-").lower()
-    path = rep.write_json(Path(out_dir) / f"pi05-{config}-plan{plan}-{gpu}-{result['date'][:10]}.json", result)
+    path = rep.write_record(out_dir, f"pi05-{config}-plan{plan}", result)
     return result, path
 
 

@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,12 @@ def write_json(path: Path, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_record(out_dir, name: str, payload: dict) -> Path:
+    """A stamped benchmark record (payload carries stamp()'s fields) at <out_dir>/<name>-<gpu>-<date>.json."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", payload["device"]["gpu"] or "gpu").strip("-").lower()
+    return write_json(Path(out_dir) / f"{name}-{gpu}-{payload['date'][:10]}.json", payload)
 
 
 def stamp(command: str) -> dict:
