@@ -94,7 +94,7 @@ def run(checkpoint: str, config: str, observations: int, runs: int, seed: int = 
               "gate": {"worst_cosine_vs_fp32": GATE_COSINE, "passed": passed},
               "precision": precision, "latency": latency, "cold_start_s": cold_start,
               "load_s": policy.load_seconds, "peak_gpu_memory_gb": peak_gb,
-              "weight_bytes": policy.backend.weight_bytes()}
+              "weight_bytes": policy.backend.weight_bytes(), "expert_path": policy.backend.expert_path}
     return report, rep.EXIT_PASS if passed else rep.EXIT_GATE_FAILED
 
 
@@ -107,7 +107,7 @@ def print_summary(report: dict) -> None:
         rows.append([f"predict call ms ({key})", lat[key]["predict_call"]["median_ms"], "host in/out"])
     st = lat["stages_ms"]
     rows += [["vision ms", st["vision"], ""], ["prefix ms", st["prefix"], ""],
-             ["denoise ms (10 steps)", st["denoise_total"], f"{st['denoise_steps'][0]:.3f}/step"],
+             ["denoise ms (10 steps)", st["denoise_total"], f"{st['denoise_steps'][0]:.3f}/step, {report['expert_path']} expert layers"],
              ["cold start s (load + capture)", report["cold_start_s"], "<= 10"],
              ["peak GPU memory GB", report["peak_gpu_memory_gb"], ""]]
     rep.print_table(f"Plan A — {report['config']} on {report['device']['gpu']} ({'synthetic' if report['synthetic_weights'] else 'real'} weights)",

@@ -9,6 +9,7 @@ What makes it fast, each exact up to bf16 rounding:
   o and down GEMMs add straight into the fp32 residual; the end of each Euler step is one kernel; SigLIP's GELU
   runs in cuBLASLt's GEMM epilogue;
 - one kv head: the 8 query heads are laid out as 8·S rows of one head, so attention is one plain MQA call;
+- each bf16 expert layer at <= 16 action rows is one persistent launch (runtime/expert_layer.py) instead of 10;
 - static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so, after
   a dry forward has compiled every Triton kernel of the shape in parallel (runtime/jit_warmup.py).
 """
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TriforceError
-from . import fused, jit_warmup
+from . import expert_layer, fused, jit_warmup
 from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION
 from .config import ModelConfig
 from .model import time_embedding
@@ -140,6 +141,7 @@ class Pi05Engine:
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
+        self.expert_path = "per_op" if self.persistent_expert_refusal() else "persistent"
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -214,6 +216,25 @@ class Pi05Engine:
                     for i in range(e.depth)]
         self.ada_final = mod(f"{EXPERT}.model.norm")
 
+    def persistent_expert_refusal(self) -> str | None:
+        """Why the expert layers cannot run as persistent launches (None: they can): the kernel reads bf16 weights
+        and one block of <= 16 action rows."""
+        if self.cfg.action_horizon > expert_layer.MAX_ROWS:
+            return f"action horizon {self.cfg.action_horizon} > {expert_layer.MAX_ROWS} rows"
+        quantized = sorted({name for layer in self.expert_layers for name, lin in layer.items()
+                            if type(lin) is not Linear or lin.bias is not None})
+        return f"quantized expert layers ({', '.join(quantized)})" if quantized else None
+
+    def set_expert_path(self, path: str) -> None:
+        """'persistent' (one launch per expert layer) or 'per_op' (10 launches per layer); graphs re-capture."""
+        if path not in ("persistent", "per_op"):
+            raise TriforceError(f"unknown expert path '{path}': persistent or per_op")
+        why = self.persistent_expert_refusal()
+        if path == "persistent" and why:
+            raise TriforceError(f"the persistent expert layer cannot run here: {why}")
+        self.expert_path = path
+        self.slots.clear()
+
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
         """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
@@ -276,6 +297,22 @@ class Pi05Engine:
             pending = down_l(fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l), channel_scale=out_scale(gu_l)))
             pending_scale = out_scale(down_l)
         return valid, pos
+
+    def _denoise_step_persistent(self, step, x, x_t, pos, mask, kv, seq, scratch):
+        """_denoise_step with each expert layer in one launch (runtime/expert_layer.py), then one euler_tail."""
+        cfg, e = self.cfg, self.cfg.expert
+        for i, layer in enumerate(self.expert_layers):
+            (s1, b1, g1), (s2, b2, g2) = self.ada[i]
+            expert_layer.expert_layer(x, (s1[step], b1[step], g1[step]), (s2[step], b2[step], g2[step]),
+                                      layer["qkv"].weight, layer["o"].weight, layer["gate_up"].weight,
+                                      layer["down"].weight, *kv[i], mask, pos, self.cos, self.sin, seq, scratch,
+                                      cfg.norm_eps, e.num_heads, e.dim_head)
+        sf, bf, _ = self.ada_final
+        last = step == cfg.num_steps - 1
+        x_next = None if last else torch.empty_like(x)
+        fused.euler_tail(x, sf[step], bf[step], *self.action_out, x_t, -1.0 / cfg.num_steps,
+                         *((None, None) if last else self.action_in), x_next, eps=cfg.norm_eps)
+        return x_next
 
     def _denoise_step(self, step, x, x_t, pos, mask, kv, seq):
         """One Euler step of the action expert on its fp32 residual x (x_t's action_in projection): x_t (fp32 [H, A])
@@ -353,8 +390,14 @@ class Pi05Engine:
         mask = additive_mask(torch.cat([valid, torch.ones(horizon, dtype=torch.bool, device="cuda")]))
         x_t = noise.clone()
         x = F.linear(x_t, *self.action_in)
+        if self.expert_path == "persistent":
+            scratch = expert_layer.ExpertScratch.allocate(horizon, seq + horizon, e.num_heads, e.dim_head, e.mlp_dim,
+                                                          cfg.num_steps * e.depth, "cuda")
         for step in range(cfg.num_steps):
-            x = self._denoise_step(step, x, x_t, pos, mask, kv, seq)
+            if self.expert_path == "persistent":
+                x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, scratch)
+            else:
+                x = self._denoise_step(step, x, x_t, pos, mask, kv, seq)
             mark(3 + step)
         return x_t
 

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""The persistent expert layer (runtime/expert_layer.py) against the per-op layer at pi05_libero shapes (10 rows).
+
+1. Correctness on the GPU: one layer, all phases in one launch and phase by phase, against the fp32 formula.
+2. us per layer in one CUDA graph of 18 layers with distinct weights (nothing stays in L2): persistent (1 launch),
+   its six phases as six launches, and the per-op chain (10 launches, bench/expert_kernels.py), in the same run.
+3. A sweep of the units' tiles and the launch's warps/stages; 4. each phase alone.
+Records bench/results/expert_persistent-<gpu>-<date>.json.
+    python3 bench/expert_persistent.py [--runs 50] [--out-dir bench/results]"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from expert_kernels import BF16, SEQ, D, H, I, L, M, W, Layers  # noqa: E402
+
+from triforce import report as rep  # noqa: E402
+from triforce.runtime import expert_layer as el  # noqa: E402
+from triforce.timing import time_graph_us  # noqa: E402
+
+EPS = 1e-6
+
+
+class Persistent:
+    """The 18 layers' weights of `Layers` driven through expert_layer, with the step's ada vectors and a mask."""
+
+    def __init__(self, lay: Layers):
+        self.lay = lay
+        ada = lambda: (torch.rand(W, device="cuda") + 0.5, torch.randn(W, device="cuda") * 0.1,  # noqa: E731
+                       torch.randn(W, device="cuda") * 0.3)
+        self.ada = [(ada(), ada()) for _ in range(L)]
+        valid = torch.ones(SEQ + M, dtype=torch.bool, device="cuda")
+        valid[SEQ - 6:SEQ] = False                     # prompt padding: masked keys
+        self.bias = torch.zeros(SEQ + M, dtype=BF16, device="cuda").masked_fill_(~valid, float("-inf"))
+        self.pos = (valid[:SEQ].sum() + torch.arange(M, device="cuda")).int()
+        self.x = torch.randn(M, W, device="cuda")
+        self.scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, I, L, "cuda")
+
+    def args(self, i):
+        lay = self
+        return (lay.ada[i][0], lay.ada[i][1], self.lay.qkv[i], self.lay.o[i], self.lay.gu[i], self.lay.down[i],
+                self.lay.kc[i], self.lay.vc[i], self.bias, self.pos, self.lay.cos, self.lay.sin, SEQ)
+
+    def layer(self, x, i, phase=None, **shape):
+        el.expert_layer(x, *self.args(i), self.scratch, EPS, H, D, phase=phase, **shape)
+
+    def all_layers(self, phases=None, **shape):
+        """One graph's worth: the barrier counters zeroed, then the 18 layers (each one launch, or `phases`)."""
+        self.scratch.launches = 0
+        self.scratch.barriers.zero_()
+        for i in range(L):
+            if phases is None:
+                self.layer(self.x, i, **shape)
+            else:
+                for p in phases:
+                    self.layer(self.x, i, phase=p, **shape)
+
+
+def correctness(pe: Persistent) -> list:
+    rows = []
+    for mode in ("one launch", "phase by phase"):
+        x0 = torch.randn(M, W, device="cuda")
+        ref = el.reference_layer(x0.clone(), *pe.args(0), EPS, H, D)
+        x = x0.clone()
+        pe.scratch.launches = 0
+        pe.scratch.barriers.zero_()
+        if mode == "one launch":
+            pe.layer(x, 0)
+        else:
+            for p in range(el.PHASES):
+                pe.layer(x, 0, phase=p)
+        torch.cuda.synchronize()
+        err = float((x - ref).abs().max() / ref.abs().max())
+        delta_cos = float(torch.nn.functional.cosine_similarity((x - x0).flatten(), (ref - x0).flatten(), dim=0))
+        rows.append({"mode": mode, "max_rel_err": err, "update_cosine": delta_cos, "ok": err < 2e-2 and delta_cos > 0.999})
+    return rows
+
+
+def us_per_layer(fn, runs):
+    return time_graph_us([fn], runs=runs, warmup_s=0.5) / L
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=50, help="timed replays per entry (>= 50)")
+    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    lay = Layers()
+    pe = Persistent(lay)
+    checks = correctness(pe)
+    rep.print_table("persistent expert layer vs the fp32 formula (one layer)", ["mode", "max rel err", "update cos", "ok"],
+                    [[c["mode"], c["max_rel_err"], c["update_cosine"], c["ok"]] for c in checks])
+    per_op = us_per_layer(lambda: [fn(i) for i in range(L) for _, fn in lay.launches()], a.runs)
+    persistent = us_per_layer(pe.all_layers, a.runs)
+    six = us_per_layer(lambda: pe.all_layers(phases=range(el.PHASES)), a.runs)
+    floor_us = sum(t.numel() * 2 for t in (lay.qkv[0], lay.o[0], lay.gu[0], lay.down[0])) / 3.0e12 * 1e6
+    rep.print_table("us per expert layer (one graph of 18 layers)", ["path", "us", "vs per-op"],
+                    [["per-op (10 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
+                     ["six phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
+    variants = [{"tiles": {"qkv": (32, 256)}}, {"tiles": {"qkv": (16, 128)}}, {"tiles": {"o": (16, 256)}},
+                {"tiles": {"o": (32, 512)}}, {"tiles": {"gate_up": (32, 256)}}, {"tiles": {"gate_up": (16, 512)}},
+                {"tiles": {"gate_up": (16, 128)}}, {"tiles": {"down": (16, 256)}}, {"tiles": {"down": (32, 512)}},
+                {"tiles": {"down": (64, 256)}}, {"num_warps": 8}, {"num_stages": 2}, {"num_stages": 4}]
+    sweep = []
+    for v in variants:
+        try:
+            us = us_per_layer(lambda: pe.all_layers(**v), a.runs)
+        except Exception as err:     # a shape that does not compile is a sweep result, not the end of the run
+            us = f"failed: {str(err).splitlines()[0][:80]}"
+        sweep.append({"variant": v, "us": us})
+    rep.print_table("launch-shape sweep (persistent, us per layer; default above)", ["variant", "us"],
+                    [[str(s["variant"]), s["us"]] for s in sweep])
+    phases = [{"phase": p, "us": us_per_layer(lambda p=p: pe.all_layers(phases=[p]), a.runs)} for p in range(el.PHASES)]
+    rep.print_table("each phase alone (us per launch)", ["phase", "us"], [[p["phase"], p["us"]] for p in phases])
+    record = {**rep.stamp(" ".join(sys.argv)), "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I,
+                                                          "layers": L, "keys": SEQ + M},
+              "correctness": checks, "us_per_layer": {"per_op": per_op, "persistent": persistent, "six_launches": six,
+                                                      "weight_floor": floor_us},
+              "ratio_per_op_over_persistent": per_op / persistent, "default_tiles": el.TILES, "sweep": sweep,
+              "phases": phases}
+    print("recorded:", rep.write_record(a.out_dir, "expert_persistent", record))
+    sys.exit(0 if all(c["ok"] for c in checks) else 1)
+
+
+if __name__ == "__main__":
+    main()
