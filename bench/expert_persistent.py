@@ -32,7 +32,9 @@ class Persistent:
         self.lay = lay
         ada = lambda: (torch.rand(W, device="cuda") + 0.5, torch.randn(W, device="cuda") * 0.1,  # noqa: E731
                        torch.randn(W, device="cuda") * 0.3)
-        self.ada = [(ada(), ada()) for _ in range(L)]
+        self.ada = [(ada(), ada()) for _ in range(L)]      # (1 + scale, shift, gate) per norm, as the engine has them
+        self.ada_through = [((s1, el.shift_through(lay.qkv[i], b1), g1), (s2, el.shift_through(lay.gu[i], b2), g2))
+                            for i, ((s1, b1, g1), (s2, b2, g2)) in enumerate(self.ada)]
         valid = torch.ones(SEQ + M, dtype=torch.bool, device="cuda")
         valid[SEQ - 6:SEQ] = False                     # prompt padding: masked keys
         self.bias = torch.zeros(SEQ + M, dtype=BF16, device="cuda").masked_fill_(~valid, float("-inf"))
@@ -40,16 +42,18 @@ class Persistent:
         self.x = torch.randn(M, W, device="cuda")
         self.scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, I, L, "cuda")
 
-    def args(self, i):
-        lay = self
-        return (lay.ada[i][0], lay.ada[i][1], self.lay.qkv[i], self.lay.o[i], self.lay.gu[i], self.lay.down[i],
+    def args(self, i, through=True):
+        ada = self.ada_through[i] if through else self.ada[i]
+        return (ada[0], ada[1], self.lay.qkv[i], self.lay.o[i], self.lay.gu[i], self.lay.down[i],
                 self.lay.kc[i], self.lay.vc[i], self.bias, self.pos, self.lay.cos, self.lay.sin, SEQ)
 
     def layer(self, x, i, phase=None, **shape):
-        el.expert_layer(x, *self.args(i), self.scratch, EPS, H, D, phase=phase, **shape)
+        return el.expert_layer(x, *self.args(i), self.scratch, EPS, H, D, phase=phase, **shape)
 
-    def all_layers(self, phases=None, **shape):
+    def all_layers(self, phases=None, programs=None, **shape):
         """One graph's worth: the barrier counters zeroed, then the 18 layers (each one launch, or `phases`)."""
+        if programs is not None and programs != self.scratch.programs:
+            self.scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, I, L, "cuda", programs=programs)
         self.scratch.launches = 0
         self.scratch.barriers.zero_()
         for i in range(L):
@@ -64,7 +68,7 @@ def correctness(pe: Persistent) -> list:
     rows = []
     for mode in ("one launch", "phase by phase"):
         x0 = torch.randn(M, W, device="cuda")
-        ref = el.reference_layer(x0.clone(), *pe.args(0), EPS, H, D)
+        ref = el.reference_layer(x0.clone(), *pe.args(0, through=False), EPS, H, D)
         x = x0.clone()
         pe.scratch.launches = 0
         pe.scratch.barriers.zero_()
@@ -78,6 +82,20 @@ def correctness(pe: Persistent) -> list:
         delta_cos = float(torch.nn.functional.cosine_similarity((x - x0).flatten(), (ref - x0).flatten(), dim=0))
         rows.append({"mode": mode, "max_rel_err": err, "update_cosine": delta_cos, "ok": err < 2e-2 and delta_cos > 0.999})
     return rows
+
+
+def compiled_stats() -> list:
+    """Shared memory, registers, spills and async copies (the compiler's pipelining) of the compiled variants."""
+    out = []
+    try:
+        for caches in el._expert_layer_kernel.device_caches.values():
+            for k in caches[0].values():
+                k._init_handles()
+                out.append({"shared": k.metadata.shared, "regs": k.n_regs, "spills": k.n_spills,
+                            "async_copies": k.asm["ttgir"].count("async_copy")})
+    except Exception as err:          # a diagnostic only: Triton's cache layout differs between versions
+        out.append(f"unavailable: {err}")
+    return out
 
 
 def us_per_layer(fn, runs):
@@ -102,17 +120,22 @@ def main():
     rep.print_table("us per expert layer (one graph of 18 layers)", ["path", "us", "vs per-op"],
                     [["per-op (10 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
                      ["six phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print("compiled persistent kernel:", compiled_stats())
     variants = [{"tiles": {"qkv": (32, 256)}}, {"tiles": {"qkv": (16, 128)}}, {"tiles": {"o": (16, 256)}},
                 {"tiles": {"o": (32, 512)}}, {"tiles": {"gate_up": (32, 256)}}, {"tiles": {"gate_up": (16, 512)}},
                 {"tiles": {"gate_up": (16, 128)}}, {"tiles": {"down": (16, 256)}}, {"tiles": {"down": (32, 512)}},
-                {"tiles": {"down": (64, 256)}}, {"num_warps": 8}, {"num_stages": 2}, {"num_stages": 4}]
+                {"tiles": {"down": (64, 256)}}, {"tiles": {"qkv": (16, 512), "o": (32, 512), "down": (32, 512)}},
+                {"tiles": {"gate_up": (32, 256)}}, {"tiles": {"gate_up": (64, 128)}}, {"num_warps": 8},
+                {"programs": 2 * sms}, {"programs": 2 * sms, "num_warps": 8}, {"num_stages": 1}]
     sweep = []
-    for v in variants:
+    for v in [{}] + variants:
         try:
             us = us_per_layer(lambda: pe.all_layers(**v), a.runs)
         except Exception as err:     # a shape that does not compile is a sweep result, not the end of the run
             us = f"failed: {str(err).splitlines()[0][:80]}"
         sweep.append({"variant": v, "us": us})
+    pe.all_layers(programs=sms)
     rep.print_table("launch-shape sweep (persistent, us per layer; default above)", ["variant", "us"],
                     [[str(s["variant"]), s["us"]] for s in sweep])
     phases = [{"phase": p, "us": us_per_layer(lambda p=p: pe.all_layers(phases=[p]), a.runs)} for p in range(el.PHASES)]

@@ -32,13 +32,15 @@ pos = (valid[:SEQ].sum() + torch.arange(M)).int()
 cos, sin = fused.rope_tables(SEQ + M, D, 10000.0, "cpu")
 x = torch.randn(M, W)
 ref = x.clone()
-scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, FF, launches=2, device="cpu")
+scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, FF, launches=2, device="cpu", programs=3)   # shares split tiles
 for n in range(2):
     lw = layer_weights()
     ref = el.reference_layer(ref, lw["ada1"], lw["ada2"], lw["wqkv"], lw["wo"], lw["wgu"], lw["wd"], lw["kc"], lw["vc"],
                              bias, pos, cos, sin, SEQ, EPS, H, D)
+    (s1, b1, g1), (s2, b2, g2) = lw["ada1"], lw["ada2"]
+    ada1, ada2 = (s1, el.shift_through(lw["wqkv"], b1), g1), (s2, el.shift_through(lw["wgu"], b2), g2)
     for phase in range(el.PHASES):
-        el.expert_layer(x, lw["ada1"], lw["ada2"], lw["wqkv"], lw["wo"], lw["wgu"], lw["wd"], lw["kc"], lw["vc"], bias,
+        el.expert_layer(x, ada1, ada2, lw["wqkv"], lw["wo"], lw["wgu"], lw["wd"], lw["kc"], lw["vc"], bias,
                         pos, cos, sin, SEQ, scratch, EPS, H, D, phase=phase)
     err = float((x - ref).abs().max() / ref.abs().max())
     print(f"expert layer {n}: max rel err vs fp32 {err:.2e} (tol 2e-2)")

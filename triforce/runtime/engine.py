@@ -141,7 +141,9 @@ class Pi05Engine:
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
-        self.expert_path = "per_op" if self.persistent_expert_refusal() else "persistent"
+        self.expert_path, self.ada_through = "per_op", None
+        if self.persistent_expert_refusal() is None:
+            self.set_expert_path("persistent")
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -232,6 +234,10 @@ class Pi05Engine:
         why = self.persistent_expert_refusal()
         if path == "persistent" and why:
             raise TriforceError(f"the persistent expert layer cannot run here: {why}")
+        if path == "persistent" and self.ada_through is None:   # each adaRMS shift carried through its GEMM, per step
+            self.ada_through = [(expert_layer.shift_through(layer["qkv"].weight, b1),
+                                 expert_layer.shift_through(layer["gate_up"].weight, b2))
+                                for layer, ((_, b1, _), (_, b2, _)) in zip(self.expert_layers, self.ada)]
         self.expert_path = path
         self.slots.clear()
 
@@ -302,8 +308,9 @@ class Pi05Engine:
         """_denoise_step with each expert layer in one launch (runtime/expert_layer.py), then one euler_tail."""
         cfg, e = self.cfg, self.cfg.expert
         for i, layer in enumerate(self.expert_layers):
-            (s1, b1, g1), (s2, b2, g2) = self.ada[i]
-            expert_layer.expert_layer(x, (s1[step], b1[step], g1[step]), (s2[step], b2[step], g2[step]),
+            (s1, _, g1), (s2, _, g2) = self.ada[i]
+            c1, c2 = self.ada_through[i]
+            expert_layer.expert_layer(x, (s1[step], c1[step], g1[step]), (s2[step], c2[step], g2[step]),
                                       layer["qkv"].weight, layer["o"].weight, layer["gate_up"].weight,
                                       layer["down"].weight, *kv[i], mask, pos, self.cos, self.sin, seq, scratch,
                                       cfg.norm_eps, e.num_heads, e.dim_head)

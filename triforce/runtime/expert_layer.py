@@ -4,17 +4,18 @@ Per layer the per-op path launches 10 kernels of 2-8 us each for 11.5 us of weig
 expert_layer-*.json): every launch pays its ramp and tail. Here one program per SM walks six phases, separated by
 grid-wide barriers (an arrival counter in global memory; every program is resident, the grid is the SM count):
 
-  0  adaRMS norm (each program recomputes the 1/rms of the few rows) -> QKV, RoPE applied to the split-K partials
-     (a rotation is linear), atomics into an fp32 qkv buffer
+  0  QKV of x ⊙ (1 + scale) (stream-K); the adaRMS 1/rms, the shift (carried through W, precomputed per step) and
+     RoPE are applied to each partial before the atomics into an fp32 qkv buffer (all are linear)
   1  split-KV attention per (head, key block); the action keys/values come straight from the qkv buffer
   2  combine of the key blocks -> bf16 attention rows; zeroes the qkv buffer for the next layer
-  3  o, gated, added into the fp32 residual
-  4  adaRMS norm -> gate/up, atomics into an fp32 buffer
-  5  GeGLU read inside down, gated, added into the residual
+  3  o (stream-K), gated, added into the fp32 residual
+  4  gate/up of x ⊙ (1 + scale), whole column tiles per program, 1/rms + shift + GeGLU in the epilogue -> bf16
+  5  down (stream-K), gated, added into the residual
 
-Weight-streaming phases cut their GEMM into units (column tile x K chunk) that programs take round-robin, so every
-SM streams a similar share of the weights. With `phase` set, one launch runs one phase and no barrier: the CPU
-interpreter (which runs programs one after another) checks the numerics that way, and the GPU tests compare it.
+Stream-K: each program takes an equal contiguous share of the (column tile, K block) sequence, so every SM streams
+the same weight bytes and its K loop stays pipelined; partial tiles meet by atomics. With `phase` set, one launch
+runs one phase and no barrier: the CPU interpreter (which runs programs one after another) checks the numerics
+that way, and the GPU bench compares it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from .fused import INTERPRETED
 MAX_ROWS = 16          # one tl.dot row block: the libero and droid horizons (10, 15); pi05_base's 50 runs per-op
 PHASES = 6
 
-# Units per phase: (columns per tile, K chunk); each unit reads 16 KB of bf16 weights (bench/expert_persistent.py).
-TILES = {"qkv": (16, 256), "o": (32, 256), "gate_up": (16, 256), "down": (32, 256)}
+# Launch shape per GEMM phase: (columns per tile, K block of the inner loop). qkv, o and down are stream-K: each
+# program takes an equal contiguous share of the (tile, K block) sequence and flushes partial tiles by atomics;
+# gate/up gives each program whole tiles so the GeGLU runs in its epilogue (bench/expert_persistent.py sweeps these).
+TILES = {"qkv": (16, 256), "o": (32, 256), "gate_up": (32, 128), "down": (32, 256)}
 KEY_BLOCK = 64
 
 
@@ -51,7 +54,7 @@ def _row_rstd(X, M, eps, W: tl.constexpr, BLOCK_M: tl.constexpr):
     RC: tl.constexpr = 256 if W >= 256 else W
     m = tl.arange(0, BLOCK_M)
     ss = tl.zeros([BLOCK_M], tl.float32)
-    for c0 in range(0, W, RC):
+    for c0 in tl.static_range(0, W, RC):
         c = c0 + tl.arange(0, RC)
         x = tl.load(X + m[:, None] * W + c[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
         ss += tl.sum(x * x, 1)
@@ -67,20 +70,53 @@ def _dot_t(a, w, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _normed(X, rstd, S, B, m, k, M, W: tl.constexpr):
-    """adaRMS output rows m, columns k of the residual, bf16 like every norm output of the engine."""
+def _scaled_x(X, S, m, k, M, W: tl.constexpr):
+    """(x ⊙ (1 + scale)) in bf16: the adaRMS input before its per-row 1/rms, which the GEMM epilogue applies."""
     x = tl.load(X + m[:, None] * W + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-    h = x * rstd[:, None] * tl.load(S + k)[None, :] + tl.load(B + k)[None, :]
-    return h.to(tl.bfloat16)
+    return (x * tl.load(S + k)[None, :]).to(tl.bfloat16)
+
+
+@triton.jit
+def _share(pid, P, TOTAL):
+    """Program pid's contiguous share [start, end) of TOTAL work items."""
+    return pid * TOTAL // P, (pid + 1) * TOTAL // P
+
+
+@triton.jit
+def _stream_residual(A, WT, G, X, pid, P, M, N: tl.constexpr, K: tl.constexpr, W: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr, BLOCK_M: tl.constexpr, DOT_F32: tl.constexpr):
+    """X [M, W] += G ⊙ (A [M, K] bf16 @ WT [N, K]^T), stream-K over (column tile, K block). Each iteration loads
+    the next block before multiplying this one (two blocks in flight without relying on the compiler's pipeliner)."""
+    m = tl.arange(0, BLOCK_M)
+    kk = tl.arange(0, BK)
+    KB: tl.constexpr = K // BK
+    start, end = _share(pid, P, (N // BN) * KB)
+    for t in range(start // KB, (end + KB - 1) // KB):
+        n = t * BN + tl.arange(0, BN)
+        kb_lo = tl.maximum(start - t * KB, 0)
+        kb_hi = tl.minimum(end - t * KB, KB)
+        w_next = tl.load(WT + n[:, None] * K + (kb_lo * BK + kk)[None, :])
+        a_next = tl.load(A + m[:, None] * K + (kb_lo * BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                         cache_modifier=".cg")
+        acc = tl.zeros([BLOCK_M, BN], tl.float32)
+        for kb in range(kb_lo, kb_hi):
+            w = w_next
+            a = a_next
+            k = tl.minimum(kb + 1, kb_hi - 1) * BK + kk
+            w_next = tl.load(WT + n[:, None] * K + k[None, :])
+            a_next = tl.load(A + m[:, None] * K + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
+            acc += _dot_t(a, w, DOT_F32)
+        tl.atomic_add(X + m[:, None] * W + n[None, :], acc * tl.load(G + n)[None, :], mask=m[:, None] < M,
+                      sem="relaxed")
 
 
 @triton.jit
 def _expert_layer_kernel(
-        X, S1, B1, G1, S2, B2, G2, WQKV, WO, WGU, WD, KC, VC, BIAS, POS, COS, SIN,
-        QKV, GU, PO, PM, PL, ATT, BAR, M, SEQ, T, eps, qk_scale,
+        X, S1, C1, G1, S2, C2, G2, WQKV, WO, WGU, WD, KC, VC, BIAS, POS, COS, SIN,
+        QKV, ACT, PO, PM, PL, ATT, BAR, M, SEQ, T, eps, qk_scale,
         W: tl.constexpr, H: tl.constexpr, D: tl.constexpr, F: tl.constexpr, NS: tl.constexpr, NS_PAD: tl.constexpr,
-        QKV_BN: tl.constexpr, QKV_KC: tl.constexpr, O_BN: tl.constexpr, O_KC: tl.constexpr,
-        GU_BN: tl.constexpr, GU_KC: tl.constexpr, DN_BN: tl.constexpr, DN_KC: tl.constexpr, BT: tl.constexpr,
+        QKV_BN: tl.constexpr, QKV_BK: tl.constexpr, O_BN: tl.constexpr, O_BK: tl.constexpr,
+        GU_BN: tl.constexpr, GU_BK: tl.constexpr, DN_BN: tl.constexpr, DN_BK: tl.constexpr, BT: tl.constexpr,
         BLOCK_M: tl.constexpr, PHASE: tl.constexpr, DOT_F32: tl.constexpr):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
@@ -90,22 +126,37 @@ def _expert_layer_kernel(
     HALF: tl.constexpr = D // 2
     d = tl.arange(0, D)
 
-    # ── 0: norm -> QKV with RoPE on the partials ────────────────────────────────────────────────────────────────
+    # ── 0: adaRMS -> QKV (stream-K), 1/rms, shift and RoPE applied to each partial (all linear) ─────────────────
     if PHASE < 0 or PHASE == 0:
-        rstd = _row_rstd(X, M, eps, W, BLOCK_M)
-        pos = tl.load(POS + m, mask=mmask, other=0)
-        TPH: tl.constexpr = HALF // QKV_BN            # column tiles per head half
-        KS: tl.constexpr = W // QKV_KC
-        for u in range(pid, (H + 2) * TPH * KS, P):
-            t = u // KS
-            k = (u % KS) * QKV_KC + tl.arange(0, QKV_KC)
+        TPH: tl.constexpr = HALF // QKV_BN             # column tiles per head half
+        KB: tl.constexpr = W // QKV_BK
+        start, end = _share(pid, P, (H + 2) * TPH * KB)
+        for t in range(start // KB, (end + KB - 1) // KB):
             head = t // TPH
             j = (t % TPH) * QKV_BN + tl.arange(0, QKV_BN)
             c_lo = head * D + j
-            h = _normed(X, rstd, S1, B1, m, k, M, W)
-            lo = _dot_t(h, tl.load(WQKV + c_lo[:, None] * W + k[None, :]), DOT_F32)
-            hi = _dot_t(h, tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :]), DOT_F32)
+            kb0 = tl.maximum(start - t * KB, 0)
+            kb1 = tl.minimum(end - t * KB, KB)
+            kk = tl.arange(0, QKV_BK)
+            w_lo = tl.load(WQKV + c_lo[:, None] * W + (kb0 * QKV_BK + kk)[None, :])   # prefetch, as in _stream_residual
+            w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
+            rstd = _row_rstd(X, M, eps, W, BLOCK_M)
+            lo = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
+            hi = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
+            for kb in range(kb0, kb1):
+                h = _scaled_x(X, S1, m, kb * QKV_BK + kk, M, W)
+                wl = w_lo
+                wh = w_hi
+                k = tl.minimum(kb + 1, kb1 - 1) * QKV_BK + kk
+                w_lo = tl.load(WQKV + c_lo[:, None] * W + k[None, :])
+                w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :])
+                lo += _dot_t(h, wl, DOT_F32)
+                hi += _dot_t(h, wh, DOT_F32)
+            first = (kb0 == 0).to(tl.float32)           # the shift term (shift @ W^T) is added once per column
+            lo = lo * rstd[:, None] + first * tl.load(C1 + c_lo)[None, :]
+            hi = hi * rstd[:, None] + first * tl.load(C1 + c_lo + HALF)[None, :]
             if head <= H:                              # queries and the key head rotate; the value head does not
+                pos = tl.load(POS + m, mask=mmask, other=0)
                 cos = tl.load(COS + pos[:, None] * HALF + j[None, :])
                 sin = tl.load(SIN + pos[:, None] * HALF + j[None, :])
                 lo, hi = lo * cos - hi * sin, hi * cos + lo * sin
@@ -115,7 +166,7 @@ def _expert_layer_kernel(
     if PHASE < 0:
         _grid_sync(BAR, P)
 
-    # ── 1: split-KV attention per (head, key block); zero the gate/up buffer for phase 4 ───────────────────────
+    # ── 1: split-KV attention per (head, key block); the action keys/values come from the qkv buffer ────────────
     if PHASE < 0 or PHASE == 1:
         for u in tl.range(pid, H * NS, P, num_stages=1):   # K/V tiles are 32 KB: no multi-buffering
             hd = u % H
@@ -144,9 +195,6 @@ def _expert_layer_kernel(
             tl.store(PM + row, mx)
             tl.store(PL + row, tl.sum(p, 1))
             tl.store(PO + row[:, None] * D + d[None, :], acc)
-        for z in range(pid * 1024, M * 2 * F, P * 1024):
-            zi = z + tl.arange(0, 1024)
-            tl.store(GU + zi, tl.zeros([1024], tl.float32), mask=zi < M * 2 * F)
     if PHASE < 0:
         _grid_sync(BAR + 1, P)
 
@@ -171,44 +219,39 @@ def _expert_layer_kernel(
 
     # ── 3: residual += g1 ⊙ (att Wo^T) ───────────────────────────────────────────────────────────────────────────
     if PHASE < 0 or PHASE == 3:
-        KS3: tl.constexpr = (H * D) // O_KC
-        for u in range(pid, (W // O_BN) * KS3, P):
-            n = (u // KS3) * O_BN + tl.arange(0, O_BN)
-            k = (u % KS3) * O_KC + tl.arange(0, O_KC)
-            a = tl.load(ATT + m[:, None] * (H * D) + k[None, :], mask=mmask[:, None], other=0.0, cache_modifier=".cg")
-            acc = _dot_t(a, tl.load(WO + n[:, None] * (H * D) + k[None, :]), DOT_F32) * tl.load(G1 + n)[None, :]
-            tl.atomic_add(X + m[:, None] * W + n[None, :], acc, mask=mmask[:, None], sem="relaxed")
+        _stream_residual(ATT, WO, G1, X, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, DOT_F32)
     if PHASE < 0:
         _grid_sync(BAR + 3, P)
 
-    # ── 4: norm -> gate/up ──────────────────────────────────────────────────────────────────────────────────────
+    # ── 4: adaRMS -> gate/up, whole tiles per program, GeGLU in the epilogue -> bf16 activations ────────────────
     if PHASE < 0 or PHASE == 4:
-        rstd2 = _row_rstd(X, M, eps, W, BLOCK_M)
-        KS4: tl.constexpr = W // GU_KC
-        for u in range(pid, (F // GU_BN) * KS4, P):
-            n = (u // KS4) * GU_BN + tl.arange(0, GU_BN)
-            k = (u % KS4) * GU_KC + tl.arange(0, GU_KC)
-            h = _normed(X, rstd2, S2, B2, m, k, M, W)
-            g = _dot_t(h, tl.load(WGU + n[:, None] * W + k[None, :]), DOT_F32)
-            up = _dot_t(h, tl.load(WGU + (n + F)[:, None] * W + k[None, :]), DOT_F32)
-            dst = GU + m[:, None] * (2 * F) + n[None, :]
-            tl.atomic_add(dst, g, mask=mmask[:, None], sem="relaxed")
-            tl.atomic_add(dst + F, up, mask=mmask[:, None], sem="relaxed")
+        for t in range(pid, F // GU_BN, P):
+            n = t * GU_BN + tl.arange(0, GU_BN)
+            kk = tl.arange(0, GU_BK)
+            w_g = tl.load(WGU + n[:, None] * W + kk[None, :])           # prefetch, as in _stream_residual
+            w_u = tl.load(WGU + (n + F)[:, None] * W + kk[None, :])
+            rstd = _row_rstd(X, M, eps, W, BLOCK_M)
+            g = tl.zeros([BLOCK_M, GU_BN], tl.float32)
+            up = tl.zeros([BLOCK_M, GU_BN], tl.float32)
+            for kb in range(0, W // GU_BK):
+                h = _scaled_x(X, S2, m, kb * GU_BK + kk, M, W)
+                wg = w_g
+                wu = w_u
+                k = tl.minimum(kb + 1, W // GU_BK - 1) * GU_BK + kk
+                w_g = tl.load(WGU + n[:, None] * W + k[None, :])
+                w_u = tl.load(WGU + (n + F)[:, None] * W + k[None, :])
+                g += _dot_t(h, wg, DOT_F32)
+                up += _dot_t(h, wu, DOT_F32)
+            g = g * rstd[:, None] + tl.load(C2 + n)[None, :]
+            up = up * rstd[:, None] + tl.load(C2 + F + n)[None, :]
+            act = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * up
+            tl.store(ACT + m[:, None] * F + n[None, :], act.to(tl.bfloat16), mask=mmask[:, None])
     if PHASE < 0:
         _grid_sync(BAR + 4, P)
 
-    # ── 5: residual += g2 ⊙ (GeGLU(gate, up) Wd^T) ─────────────────────────────────────────────────────────────
+    # ── 5: residual += g2 ⊙ (act Wd^T) ───────────────────────────────────────────────────────────────────────────
     if PHASE < 0 or PHASE == 5:
-        KS5: tl.constexpr = F // DN_KC
-        for u in range(pid, (W // DN_BN) * KS5, P):
-            n = (u // KS5) * DN_BN + tl.arange(0, DN_BN)
-            k = (u % KS5) * DN_KC + tl.arange(0, DN_KC)
-            src = GU + m[:, None] * (2 * F) + k[None, :]
-            g = tl.load(src, mask=mmask[:, None], other=0.0, cache_modifier=".cg")
-            up = tl.load(src + F, mask=mmask[:, None], other=0.0, cache_modifier=".cg")
-            a = (g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * up).to(tl.bfloat16)
-            acc = _dot_t(a, tl.load(WD + n[:, None] * F + k[None, :]), DOT_F32) * tl.load(G2 + n)[None, :]
-            tl.atomic_add(X + m[:, None] * W + n[None, :], acc, mask=mmask[:, None], sem="relaxed")
+        _stream_residual(ACT, WD, G2, X, pid, P, M, W, F, W, DN_BN, DN_BK, BLOCK_M, DOT_F32)
 
 
 @dataclass
@@ -217,7 +260,7 @@ class ExpertScratch:
     zeroes it again after its attention); every launch has its own barrier counters (zeroed per inference)."""
 
     qkv: torch.Tensor
-    gate_up: torch.Tensor
+    act: torch.Tensor
     po: torch.Tensor
     pm: torch.Tensor
     pl: torch.Tensor
@@ -236,7 +279,8 @@ class ExpertScratch:
         if programs is None:
             programs = 4 if INTERPRETED else torch.cuda.get_device_properties(device).multi_processor_count
         f32 = dict(dtype=torch.float32, device=device)
-        return cls(qkv=torch.zeros(rows, (heads + 2) * head_dim, **f32), gate_up=torch.zeros(rows, 2 * mlp, **f32),
+        return cls(qkv=torch.zeros(rows, (heads + 2) * head_dim, **f32),
+                   act=torch.empty(rows, mlp, dtype=torch.bfloat16, device=device),
                    po=torch.empty(ns * heads * MAX_ROWS, head_dim, **f32), pm=torch.empty(ns * heads * MAX_ROWS, **f32),
                    pl=torch.empty(ns * heads * MAX_ROWS, **f32),
                    att=torch.empty(rows, heads * head_dim, dtype=torch.bfloat16, device=device),
@@ -245,18 +289,24 @@ class ExpertScratch:
 
 
 def _tile(tiles: dict, name: str, n: int, k: int) -> tuple[int, int]:
-    """tiles[name] clipped to the layer (the tiny test config); the GEMM must split into whole units."""
-    bn, kc = min(tiles[name][0], n), min(tiles[name][1], k)
-    if n % bn or k % kc or bn < 16 or kc < 16:
-        raise ValueError(f"expert_layer: {name} of {n} columns x {k} inputs does not split into {bn} x {kc} units")
-    return bn, kc
+    """tiles[name] clipped to the layer (the tiny test config); the GEMM must split into whole tiles and K blocks."""
+    bn, bk = min(tiles[name][0], n), min(tiles[name][1], k)
+    if n % bn or k % bk or bn < 16 or bk < 16:
+        raise ValueError(f"expert_layer: {name} of {n} columns x {k} inputs does not split into {bn} x {bk} blocks")
+    return bn, bk
+
+
+def shift_through(w, shift):
+    """shift @ W^T in fp32 (shift [..., K], W bf16 [N, K]): an adaRMS shift carried through the GEMM it feeds,
+    precomputed per flow step like the shift itself, so the kernel's GEMM reads x ⊙ (1 + scale) only."""
+    return (shift.float() @ w.float().T).contiguous()
 
 
 def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin, seq: int,
                  scratch: ExpertScratch, eps: float, heads: int, head_dim: int, phase: int | None = None,
                  tiles: dict | None = None, num_warps: int = 4, num_stages: int = 3):
-    """One expert layer on the fp32 residual x [M, W] (updated in place). ada1/ada2: (1 + scale, shift, gate) fp32 [W]
-    of the two adaRMS norms at this step; weights bf16 (fused [q; k; v] and [gate; up]); k/v caches hold the prefix
+    """One expert layer on the fp32 residual x [M, W] (updated in place). ada1/ada2: the two adaRMS norms at this
+    step as (1 + scale [W], shift_through(W_next, shift) [N of the GEMM it feeds], gate [W]), fp32; weights bf16 (fused [q; k; v] and [gate; up]); k/v caches hold the prefix
     in rows < seq; bias: additive key mask [seq + M]; pos: the action rows' positions. phase=None runs all six
     phases in one launch; phase=k runs phase k alone (the interpreter's way). tiles / num_warps / num_stages: the
     launch shape (defaults: TILES, bench/expert_persistent.py sweeps them)."""
@@ -275,16 +325,19 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
         scratch.launches += 1
     else:
         bar = scratch.barriers
-    (s1, b1, g1), (s2, b2, g2) = ada1, ada2
+    (s1, c1, g1), (s2, c2, g2) = ada1, ada2
+    if c1.shape[-1] != w_qkv.shape[0] or c2.shape[-1] != w_gate_up.shape[0]:
+        raise ValueError(f"expert_layer: the shifts must come through the QKV / gate-up weights (shift_through); got "
+                         f"{c1.shape[-1]} and {c2.shape[-1]} columns for {w_qkv.shape[0]} and {w_gate_up.shape[0]}")
     tiles = {**TILES, **(tiles or {})}
     tq, to, tg, td = (_tile(tiles, name, n, k) for name, n, k in (("qkv", head_dim // 2, width), ("o", width, heads * head_dim),
                                                             ("gate_up", mlp, width), ("down", width, mlp)))
     _expert_layer_kernel[(scratch.programs,)](
-        x, s1, b1, g1, s2, b2, g2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin,
-        scratch.qkv, scratch.gate_up, scratch.po, scratch.pm, scratch.pl, scratch.att, bar, rows, seq, keys, eps,
+        x, s1, c1, g1, s2, c2, g2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin,
+        scratch.qkv, scratch.act, scratch.po, scratch.pm, scratch.pl, scratch.att, bar, rows, seq, keys, eps,
         head_dim ** -0.5 * 1.4426950408889634,
         W=width, H=heads, D=head_dim, F=mlp, NS=scratch.key_blocks, NS_PAD=triton.next_power_of_2(scratch.key_blocks),
-        QKV_BN=tq[0], QKV_KC=tq[1], O_BN=to[0], O_KC=to[1], GU_BN=tg[0], GU_KC=tg[1], DN_BN=td[0], DN_KC=td[1],
+        QKV_BN=tq[0], QKV_BK=tq[1], O_BN=to[0], O_BK=to[1], GU_BN=tg[0], GU_BK=tg[1], DN_BN=td[0], DN_BK=td[1],
         BT=KEY_BLOCK, BLOCK_M=MAX_ROWS, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages)
     return x
