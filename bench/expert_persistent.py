@@ -50,10 +50,11 @@ class Persistent:
     def layer(self, x, i, phase=None, **shape):
         return el.expert_layer(x, *self.args(i), self.scratch, EPS, H, D, phase=phase, **shape)
 
-    def all_layers(self, phases=None, programs=None, **shape):
+    def all_layers(self, phases=None, programs=None, key_block=el.KEY_BLOCK, **shape):
         """One graph's worth: the barrier counters zeroed, then the 18 layers (each one launch, or `phases`)."""
-        if programs is not None and programs != self.scratch.programs:
-            self.scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, I, L, "cuda", programs=programs)
+        programs = programs or torch.cuda.get_device_properties(0).multi_processor_count
+        if (programs, key_block) != (self.scratch.programs, self.scratch.key_block):
+            self.scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, I, L, "cuda", programs=programs, key_block=key_block)
         self.scratch.launches = 0
         self.scratch.barriers.zero_()
         for i in range(L):
@@ -121,31 +122,33 @@ def main():
                     [["per-op (10 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
                      ["six phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print("compiled persistent kernel:", compiled_stats())
-    variants = [{"tiles": {"qkv": (32, 256)}}, {"tiles": {"qkv": (16, 128)}}, {"tiles": {"o": (16, 256)}},
-                {"tiles": {"o": (32, 512)}}, {"tiles": {"gate_up": (32, 256)}}, {"tiles": {"gate_up": (16, 512)}},
-                {"tiles": {"gate_up": (16, 128)}}, {"tiles": {"down": (16, 256)}}, {"tiles": {"down": (32, 512)}},
-                {"tiles": {"down": (64, 256)}}, {"tiles": {"qkv": (16, 512), "o": (32, 512), "down": (32, 512)}},
-                {"tiles": {"gate_up": (32, 256)}}, {"tiles": {"gate_up": (64, 128)}}, {"num_warps": 8},
-                {"programs": 2 * sms}, {"programs": 2 * sms, "num_warps": 8}, {"num_stages": 1}]
+    bk128 = {"qkv": (16, 128), "o": (32, 128), "down": (32, 128)}
+    variants = [{"num_warps": 8}, {"key_block": 32}, {"key_block": 32, "num_warps": 8}, {"tiles": bk128},
+                {"tiles": bk128, "num_warps": 8, "key_block": 32}, {"programs": 2 * sms, "key_block": 32},
+                {"tiles": {"down": (64, 256)}, "num_warps": 8, "key_block": 32}]
     sweep = []
-    for v in [{}] + variants:
+    for v in variants:
         try:
             us = us_per_layer(lambda: pe.all_layers(**v), a.runs)
         except Exception as err:     # a shape that does not compile is a sweep result, not the end of the run
             us = f"failed: {str(err).splitlines()[0][:80]}"
         sweep.append({"variant": v, "us": us})
+        print("sweep:", v, us, flush=True)
     pe.all_layers(programs=sms)
     rep.print_table("launch-shape sweep (persistent, us per layer; default above)", ["variant", "us"],
                     [[str(s["variant"]), s["us"]] for s in sweep])
-    phases = [{"phase": p, "us": us_per_layer(lambda p=p: pe.all_layers(phases=[p]), a.runs)} for p in range(el.PHASES)]
-    rep.print_table("each phase alone (us per launch)", ["phase", "us"], [[p["phase"], p["us"]] for p in phases])
+    best = min((s for s in sweep if isinstance(s["us"], float)), key=lambda s: s["us"], default={"variant": {}})
+    phases = [{"phase": p, "us": us_per_layer(lambda p=p: pe.all_layers(phases=[p], **best["variant"]), a.runs)}
+              for p in range(el.PHASES)]
+    rep.print_table(f"each phase alone, {best['variant']} (us per launch)", ["phase", "us"], [[p["phase"], p["us"]] for p in phases])
+    stats = compiled_stats()
+    print("compiled kernel variants:", stats)
     record = {**rep.stamp(" ".join(sys.argv)), "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I,
                                                           "layers": L, "keys": SEQ + M},
               "correctness": checks, "us_per_layer": {"per_op": per_op, "persistent": persistent, "six_launches": six,
                                                       "weight_floor": floor_us},
               "ratio_per_op_over_persistent": per_op / persistent, "default_tiles": el.TILES, "sweep": sweep,
-              "phases": phases}
+              "phases": phases, "compiled": stats}
     print("recorded:", rep.write_record(a.out_dir, "expert_persistent", record))
     sys.exit(0 if all(c["ok"] for c in checks) else 1)
 

@@ -267,15 +267,16 @@ class ExpertScratch:
     att: torch.Tensor
     barriers: torch.Tensor
     key_blocks: int
+    key_block: int
     programs: int
     launches: int = 0
 
     @classmethod
     def allocate(cls, rows: int, keys: int, heads: int, head_dim: int, mlp: int, launches: int, device,
-                 programs: int | None = None):
+                 programs: int | None = None, key_block: int = KEY_BLOCK):
         if rows > MAX_ROWS:
             raise ValueError(f"the persistent expert layer takes <= {MAX_ROWS} action rows, got {rows}")
-        ns = triton.cdiv(keys, KEY_BLOCK)
+        ns = triton.cdiv(keys, key_block)
         if programs is None:
             programs = 4 if INTERPRETED else torch.cuda.get_device_properties(device).multi_processor_count
         f32 = dict(dtype=torch.float32, device=device)
@@ -285,7 +286,7 @@ class ExpertScratch:
                    pl=torch.empty(ns * heads * MAX_ROWS, **f32),
                    att=torch.empty(rows, heads * head_dim, dtype=torch.bfloat16, device=device),
                    barriers=torch.zeros(launches * (PHASES - 1), dtype=torch.int32, device=device),
-                   key_blocks=ns, programs=programs)
+                   key_blocks=ns, key_block=key_block, programs=programs)
 
 
 def _tile(tiles: dict, name: str, n: int, k: int) -> tuple[int, int]:
@@ -316,7 +317,7 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
     if rows > MAX_ROWS or bias.shape[0] != keys or w_qkv.shape != ((heads + 2) * head_dim, width):
         raise ValueError(f"expert_layer: <= {MAX_ROWS} rows, bias [seq + M], w_qkv [(H+2)·D, W]; got x {tuple(x.shape)}, "
                          f"bias {tuple(bias.shape)}, w_qkv {tuple(w_qkv.shape)}")
-    if triton.cdiv(keys, KEY_BLOCK) != scratch.key_blocks:
+    if triton.cdiv(keys, scratch.key_block) != scratch.key_blocks:
         raise ValueError(f"expert_layer: scratch was sized for {scratch.key_blocks} key blocks, this call has {keys} keys")
     if phase is None:
         if scratch.launches * (PHASES - 1) >= scratch.barriers.numel():
@@ -338,7 +339,7 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
         head_dim ** -0.5 * 1.4426950408889634,
         W=width, H=heads, D=head_dim, F=mlp, NS=scratch.key_blocks, NS_PAD=triton.next_power_of_2(scratch.key_blocks),
         QKV_BN=tq[0], QKV_BK=tq[1], O_BN=to[0], O_BK=to[1], GU_BN=tg[0], GU_BK=tg[1], DN_BN=td[0], DN_BK=td[1],
-        BT=KEY_BLOCK, BLOCK_M=MAX_ROWS, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
+        BT=scratch.key_block, BLOCK_M=MAX_ROWS, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages)
     return x
 
