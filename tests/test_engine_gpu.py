@@ -83,3 +83,18 @@ def test_plan_b_h100_recipe_on_tiny():
 def test_nvfp4_refused_on_this_gpu():
     with pytest.raises(UnsupportedError, match="NVFP4 needs Blackwell.*this GPU is"):
         Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="thor")
+
+
+def test_persistent_expert_layers_match_per_op(policies):
+    """The opt-in persistent expert layer (one launch per layer) gives the per-op engine's actions."""
+    _, policy = policies
+    eng = policy.backend
+    rng = np.random.default_rng(4)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    try:
+        per_op = policy.infer(obs, noise)
+        eng.set_expert_path("persistent")
+        persistent = policy.infer(obs, noise)
+    finally:
+        eng.set_expert_path("per_op")
+    assert cosine(per_op, persistent) >= 0.9999

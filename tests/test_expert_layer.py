@@ -13,3 +13,43 @@ def test_expert_layer_phases_match_the_fp32_layer():
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "the persistent expert layer matches" in r.stdout
+
+
+def _engine_stub(config: str, expert_linear):
+    """What Pi05Engine's path choice reads (its config and expert layers), without a GPU."""
+    from types import SimpleNamespace
+
+    from triforce.runtime.config import load_config
+    from triforce.runtime.engine import Pi05Engine
+
+    cfg = load_config(config)
+    stub = SimpleNamespace(cfg=cfg, expert_layers=[{"qkv": expert_linear, "o": expert_linear}], expert_path="per_op",
+                           ada_through=None, slots={"k": 1})
+    stub.persistent_expert_refusal = lambda: Pi05Engine.persistent_expert_refusal(stub)
+    return stub, Pi05Engine
+
+
+def _bf16_linear():
+    from triforce.runtime.engine import Linear
+
+    lin = object.__new__(Linear)      # a bf16 layer without moving weights to a GPU
+    lin.bias = None
+    return lin
+
+
+def test_persistent_expert_path_is_refused_with_the_reason():
+    import pytest
+
+    from triforce.errors import TriforceError
+
+    stub, engine = _engine_stub("pi05_base", _bf16_linear())         # horizon 50
+    assert "action horizon 50 > 16" in stub.persistent_expert_refusal()
+    with pytest.raises(TriforceError, match="cannot run here: action horizon 50"):
+        engine.set_expert_path(stub, "persistent")
+    assert stub.expert_path == "per_op" and stub.slots            # nothing changed
+    stub, engine = _engine_stub("pi05_libero", object())               # a quantized (non-bf16) expert layer
+    assert "quantized expert layers (o, qkv)" in stub.persistent_expert_refusal()
+    with pytest.raises(TriforceError, match="unknown expert path 'fast'"):
+        engine.set_expert_path(stub, "fast")
+    stub, _ = _engine_stub("pi05_libero", _bf16_linear())
+    assert stub.persistent_expert_refusal() is None

@@ -9,7 +9,8 @@ What makes it fast, each exact up to bf16 rounding:
   o and down GEMMs add straight into the fp32 residual; the end of each Euler step is one kernel; SigLIP's GELU
   runs in cuBLASLt's GEMM epilogue;
 - one kv head: the 8 query heads are laid out as 8·S rows of one head, so attention is one plain MQA call;
-- each bf16 expert layer at <= 16 action rows is one persistent launch (runtime/expert_layer.py) instead of 10;
+- opt-in (`set_expert_path("persistent")`): each bf16 expert layer as one persistent launch instead of 10
+  (runtime/expert_layer.py; correct, but measured slower on the H100: bench/results/expert_persistent-*.json);
 - static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so, after
   a dry forward has compiled every Triton kernel of the shape in parallel (runtime/jit_warmup.py).
 """
@@ -141,9 +142,7 @@ class Pi05Engine:
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
-        self.expert_path, self.ada_through = "per_op", None
-        if self.persistent_expert_refusal() is None:
-            self.set_expert_path("persistent")
+        self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -228,7 +227,8 @@ class Pi05Engine:
         return f"quantized expert layers ({', '.join(quantized)})" if quantized else None
 
     def set_expert_path(self, path: str) -> None:
-        """'persistent' (one launch per expert layer) or 'per_op' (10 launches per layer); graphs re-capture."""
+        """'per_op' (10 launches per expert layer, the default: 39.7 us a layer on the H100) or 'persistent' (one
+        launch, 52.6-54.8 us; bench/expert_persistent.py). Captured graphs are dropped and re-capture."""
         if path not in ("persistent", "per_op"):
             raise TriforceError(f"unknown expert path '{path}': persistent or per_op")
         why = self.persistent_expert_refusal()
