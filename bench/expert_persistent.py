@@ -3,7 +3,7 @@
 
 1. Correctness on the GPU: one layer, all phases in one launch and phase by phase, against the fp32 formula.
 2. us per layer in one CUDA graph of 18 layers with distinct weights (nothing stays in L2): persistent (1 launch),
-   its six phases as six launches, and the per-op chain (10 launches, bench/expert_kernels.py), in the same run.
+   its phases as separate launches, and the per-op chain (10 launches, bench/expert_kernels.py), in the same run.
 3. A sweep of the units' tiles and the launch's warps/stages; 4. each phase alone.
 Records bench/results/expert_persistent-<gpu>-<date>.json.
     python3 bench/expert_persistent.py [--runs 50] [--out-dir bench/results]"""
@@ -40,7 +40,7 @@ class Persistent:
         self.bias = torch.zeros(SEQ + M, dtype=BF16, device="cuda").masked_fill_(~valid, float("-inf"))
         self.pos = (valid[:SEQ].sum() + torch.arange(M, device="cuda")).int()
         self.x = torch.randn(M, W, device="cuda")
-        self.scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, I, L, "cuda")
+        self.scratch = el.ExpertScratch.allocate(M, W, SEQ + M, H, D, I, L, "cuda")
 
     def args(self, i, through=True):
         ada = self.ada_through[i] if through else self.ada[i]
@@ -54,7 +54,7 @@ class Persistent:
         """One graph's worth: the barrier counters zeroed, then the 18 layers (each one launch, or `phases`)."""
         programs = programs or torch.cuda.get_device_properties(0).multi_processor_count
         if (programs, key_block) != (self.scratch.programs, self.scratch.key_block):
-            self.scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, I, L, "cuda", programs=programs, key_block=key_block)
+            self.scratch = el.ExpertScratch.allocate(M, W, SEQ + M, H, D, I, L, "cuda", programs=programs, key_block=key_block)
         self.scratch.launches = 0
         self.scratch.barriers.zero_()
         for i in range(L):
@@ -120,7 +120,7 @@ def main():
     floor_us = sum(t.numel() * 2 for t in (lay.qkv[0], lay.o[0], lay.gu[0], lay.down[0])) / 3.0e12 * 1e6
     rep.print_table("us per expert layer (one graph of 18 layers)", ["path", "us", "vs per-op"],
                     [["per-op (10 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
-                     ["six phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
+                     [f"{el.PHASES} phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     bk128 = {"qkv": (16, 128), "o": (32, 128), "down": (32, 128)}
     variants = [{"num_warps": 8}, {"key_block": 32}, {"key_block": 32, "num_warps": 8}, {"tiles": bk128},
@@ -145,7 +145,7 @@ def main():
     print("compiled kernel variants:", stats)
     record = {**rep.stamp(" ".join(sys.argv)), "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I,
                                                           "layers": L, "keys": SEQ + M},
-              "correctness": checks, "us_per_layer": {"per_op": per_op, "persistent": persistent, "six_launches": six,
+              "correctness": checks, "us_per_layer": {"per_op": per_op, "persistent": persistent, "phase_launches": six,
                                                       "weight_floor": floor_us},
               "ratio_per_op_over_persistent": per_op / persistent, "default_tiles": el.TILES, "sweep": sweep,
               "phases": phases, "compiled": stats}

@@ -32,7 +32,7 @@ pos = (valid[:SEQ].sum() + torch.arange(M)).int()
 cos, sin = fused.rope_tables(SEQ + M, D, 10000.0, "cpu")
 x = torch.randn(M, W)
 ref = x.clone()
-scratch = el.ExpertScratch.allocate(M, SEQ + M, H, D, FF, launches=2, device="cpu", programs=3)   # shares split tiles
+scratch = el.ExpertScratch.allocate(M, W, SEQ + M, H, D, FF, launches=2, device="cpu", programs=3)   # shares split tiles
 for n in range(2):
     lw = layer_weights()
     ref = el.reference_layer(ref, lw["ada1"], lw["ada2"], lw["wqkv"], lw["wo"], lw["wgu"], lw["wd"], lw["kc"], lw["vc"],
@@ -49,7 +49,7 @@ for n in range(2):
     if scratch.qkv.abs().max() != 0:
         failures.append(f"layer {n} left its qkv accumulator non-zero")
 try:                                          # a horizon the one-row-block kernel cannot take: refused up front
-    el.ExpertScratch.allocate(17, SEQ + 17, H, D, FF, launches=1, device="cpu")
+    el.ExpertScratch.allocate(17, W, SEQ + 17, H, D, FF, launches=1, device="cpu")
     failures.append("17 rows were not refused")
 except ValueError as e:
     print(f"17 action rows: refused ({e})")

@@ -398,7 +398,7 @@ class Pi05Engine:
         x_t = noise.clone()
         x = F.linear(x_t, *self.action_in)
         if self.expert_path == "persistent":
-            scratch = expert_layer.ExpertScratch.allocate(horizon, seq + horizon, e.num_heads, e.dim_head, e.mlp_dim,
+            scratch = expert_layer.ExpertScratch.allocate(horizon, e.width, seq + horizon, e.num_heads, e.dim_head, e.mlp_dim,
                                                           cfg.num_steps * e.depth, "cuda")
         for step in range(cfg.num_steps):
             if self.expert_path == "persistent":

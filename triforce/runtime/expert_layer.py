@@ -1,16 +1,19 @@
 """The action expert's whole layer in one persistent launch (the denoise step's hot loop, M <= 16 action rows).
 
 Per layer the per-op path launches 10 kernels of 2-8 us each for 11.5 us of weight reads (bench/results/
-expert_layer-*.json): every launch pays its ramp and tail. Here one program per SM walks six phases, separated by
+expert_layer-*.json): every launch pays its ramp and tail. Here one program per SM walks eight phases, separated by
 grid-wide barriers (an arrival counter in global memory; every program is resident, the grid is the SM count):
 
-  0  QKV of x ⊙ (1 + scale) (stream-K); the adaRMS 1/rms, the shift (carried through W, precomputed per step) and
-     RoPE are applied to each partial before the atomics into an fp32 qkv buffer (all are linear)
-  1  split-KV attention per (head, key block); the action keys/values come straight from the qkv buffer
-  2  combine of the key blocks -> bf16 attention rows; zeroes the qkv buffer for the next layer
-  3  o (stream-K), gated, added into the fp32 residual
-  4  gate/up of x ⊙ (1 + scale), whole column tiles per program, 1/rms + shift + GeGLU in the epilogue -> bf16
-  5  down (stream-K), gated, added into the residual
+  0  h = bf16(x / rms(x) ⊙ (1 + scale)), one program per action row (the adaRMS shift is carried through W:
+     shift_through, precomputed per flow step)
+  1  QKV of h (stream-K); the shift term and RoPE are applied to each partial before the atomics into an fp32
+     qkv buffer (both are linear)
+  2  split-KV attention per (head, key block); the action keys/values come straight from the qkv buffer
+  3  combine of the key blocks -> bf16 attention rows; zeroes the qkv buffer for the next layer
+  4  o (stream-K), gated, added into the fp32 residual
+  5  h of the second adaRMS norm
+  6  gate/up of h, whole column tiles per program, shift + GeGLU in the epilogue -> bf16 activations
+  7  down (stream-K), gated, added into the residual
 
 Stream-K: each program takes an equal contiguous share of the (column tile, K block) sequence, so every SM streams
 the same weight bytes and its K loop stays pipelined; partial tiles meet by atomics. With `phase` set, one launch
@@ -29,7 +32,7 @@ import triton.language as tl
 from .fused import INTERPRETED
 
 MAX_ROWS = 16          # one tl.dot row block: the libero and droid horizons (10, 15); pi05_base's 50 runs per-op
-PHASES = 6
+PHASES = 8
 
 # Launch shape per GEMM phase: (columns per tile, K block of the inner loop). qkv, o and down are stream-K: each
 # program takes an equal contiguous share of the (tile, K block) sequence and flushes partial tiles by atomics;
@@ -50,30 +53,11 @@ def _grid_sync(BAR, target):
 
 
 @triton.jit
-def _row_rstd(X, M, eps, W: tl.constexpr, BLOCK_M: tl.constexpr):
-    RC: tl.constexpr = 256 if W >= 256 else W
-    m = tl.arange(0, BLOCK_M)
-    ss = tl.zeros([BLOCK_M], tl.float32)
-    for c0 in tl.static_range(0, W, RC):
-        c = c0 + tl.arange(0, RC)
-        x = tl.load(X + m[:, None] * W + c[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-        ss += tl.sum(x * x, 1)
-    return 1.0 / tl.sqrt(ss / W + eps)
-
-
-@triton.jit
 def _dot_t(a, w, DOT_F32: tl.constexpr):
     """a [BM, K] bf16 @ w [N, K]^T -> fp32 (the interpreter multiplies in fp32)."""
     if DOT_F32:
         return tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)))
     return tl.dot(a, tl.trans(w))
-
-
-@triton.jit
-def _scaled_x(X, S, m, k, M, W: tl.constexpr):
-    """(x ⊙ (1 + scale)) in bf16: the adaRMS input before its per-row 1/rms, which the GEMM epilogue applies."""
-    x = tl.load(X + m[:, None] * W + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-    return (x * tl.load(S + k)[None, :]).to(tl.bfloat16)
 
 
 @triton.jit
@@ -113,7 +97,7 @@ def _stream_residual(A, WT, G, X, pid, P, M, N: tl.constexpr, K: tl.constexpr, W
 @triton.jit
 def _expert_layer_kernel(
         X, S1, C1, G1, S2, C2, G2, WQKV, WO, WGU, WD, KC, VC, BIAS, POS, COS, SIN,
-        QKV, ACT, PO, PM, PL, ATT, BAR, M, SEQ, T, eps, qk_scale,
+        HB, QKV, ACT, PO, PM, PL, ATT, BAR, M, SEQ, T, eps, qk_scale,
         W: tl.constexpr, H: tl.constexpr, D: tl.constexpr, F: tl.constexpr, NS: tl.constexpr, NS_PAD: tl.constexpr,
         QKV_BN: tl.constexpr, QKV_BK: tl.constexpr, O_BN: tl.constexpr, O_BK: tl.constexpr,
         GU_BN: tl.constexpr, GU_BK: tl.constexpr, DN_BN: tl.constexpr, DN_BK: tl.constexpr, BT: tl.constexpr,
@@ -126,8 +110,18 @@ def _expert_layer_kernel(
     HALF: tl.constexpr = D // 2
     d = tl.arange(0, D)
 
-    # ── 0: adaRMS -> QKV (stream-K), 1/rms, shift and RoPE applied to each partial (all linear) ─────────────────
+    # ── 0: adaRMS input of the next GEMM, once: h = bf16(x / rms(x) ⊙ (1 + scale)) (the shift comes through W) ──
     if PHASE < 0 or PHASE == 0:
+        cw = tl.arange(0, W)
+        for r in range(pid, M, P):
+            xr = tl.load(X + r * W + cw, cache_modifier=".cg")
+            hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S1 + cw)
+            tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
+    if PHASE < 0:
+        _grid_sync(BAR + 0, P)
+
+    # ── 1: QKV of h (stream-K); the shift (through W) and RoPE are applied to each partial (both linear) ─────────────────
+    if PHASE < 0 or PHASE == 1:
         TPH: tl.constexpr = HALF // QKV_BN             # column tiles per head half
         KB: tl.constexpr = W // QKV_BK
         start, end = _share(pid, P, (H + 2) * TPH * KB)
@@ -140,11 +134,11 @@ def _expert_layer_kernel(
             kk = tl.arange(0, QKV_BK)
             w_lo = tl.load(WQKV + c_lo[:, None] * W + (kb0 * QKV_BK + kk)[None, :])   # prefetch, as in _stream_residual
             w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
-            rstd = _row_rstd(X, M, eps, W, BLOCK_M)
             lo = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
             hi = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
             for kb in range(kb0, kb1):
-                h = _scaled_x(X, S1, m, kb * QKV_BK + kk, M, W)
+                h = tl.load(HB + m[:, None] * W + (kb * QKV_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                            cache_modifier=".cg")
                 wl = w_lo
                 wh = w_hi
                 k = tl.minimum(kb + 1, kb1 - 1) * QKV_BK + kk
@@ -153,8 +147,8 @@ def _expert_layer_kernel(
                 lo += _dot_t(h, wl, DOT_F32)
                 hi += _dot_t(h, wh, DOT_F32)
             first = (kb0 == 0).to(tl.float32)           # the shift term (shift @ W^T) is added once per column
-            lo = lo * rstd[:, None] + first * tl.load(C1 + c_lo)[None, :]
-            hi = hi * rstd[:, None] + first * tl.load(C1 + c_lo + HALF)[None, :]
+            lo += first * tl.load(C1 + c_lo)[None, :]
+            hi += first * tl.load(C1 + c_lo + HALF)[None, :]
             if head <= H:                              # queries and the key head rotate; the value head does not
                 pos = tl.load(POS + m, mask=mmask, other=0)
                 cos = tl.load(COS + pos[:, None] * HALF + j[None, :])
@@ -164,10 +158,10 @@ def _expert_layer_kernel(
             tl.atomic_add(dst, lo, mask=mmask[:, None], sem="relaxed")
             tl.atomic_add(dst + HALF, hi, mask=mmask[:, None], sem="relaxed")
     if PHASE < 0:
-        _grid_sync(BAR, P)
+        _grid_sync(BAR + 1, P)
 
-    # ── 1: split-KV attention per (head, key block); the action keys/values come from the qkv buffer ────────────
-    if PHASE < 0 or PHASE == 1:
+    # ── 2: split-KV attention per (head, key block); the action keys/values come from the qkv buffer ────────────
+    if PHASE < 0 or PHASE == 2:
         for u in tl.range(pid, H * NS, P, num_stages=1):   # K/V tiles are 32 KB: no multi-buffering
             hd = u % H
             s = u // H
@@ -196,10 +190,10 @@ def _expert_layer_kernel(
             tl.store(PL + row, tl.sum(p, 1))
             tl.store(PO + row[:, None] * D + d[None, :], acc)
     if PHASE < 0:
-        _grid_sync(BAR + 1, P)
+        _grid_sync(BAR + 2, P)
 
-    # ── 2: combine the key blocks into bf16 attention rows [M, H·D]; zero the qkv buffer for the next layer ──────
-    if PHASE < 0 or PHASE == 2:
+    # ── 3: combine the key blocks into bf16 attention rows [M, H·D]; zero the qkv buffer for the next layer ──────
+    if PHASE < 0 or PHASE == 3:
         sp = tl.arange(0, NS_PAD)
         smask = sp < NS
         for u in range(pid, H * M, P):
@@ -215,26 +209,36 @@ def _expert_layer_kernel(
             zi = z + tl.arange(0, 1024)
             tl.store(QKV + zi, tl.zeros([1024], tl.float32), mask=zi < M * NQKV)
     if PHASE < 0:
-        _grid_sync(BAR + 2, P)
-
-    # ── 3: residual += g1 ⊙ (att Wo^T) ───────────────────────────────────────────────────────────────────────────
-    if PHASE < 0 or PHASE == 3:
-        _stream_residual(ATT, WO, G1, X, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, DOT_F32)
-    if PHASE < 0:
         _grid_sync(BAR + 3, P)
 
-    # ── 4: adaRMS -> gate/up, whole tiles per program, GeGLU in the epilogue -> bf16 activations ────────────────
+    # ── 4: residual += g1 ⊙ (att Wo^T) ───────────────────────────────────────────────────────────────────────────
     if PHASE < 0 or PHASE == 4:
+        _stream_residual(ATT, WO, G1, X, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, DOT_F32)
+    if PHASE < 0:
+        _grid_sync(BAR + 4, P)
+
+    # ── 5: adaRMS input of the next GEMM, once: h = bf16(x / rms(x) ⊙ (1 + scale)) (the shift comes through W) ──
+    if PHASE < 0 or PHASE == 5:
+        cw = tl.arange(0, W)
+        for r in range(pid, M, P):
+            xr = tl.load(X + r * W + cw, cache_modifier=".cg")
+            hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S2 + cw)
+            tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
+    if PHASE < 0:
+        _grid_sync(BAR + 5, P)
+
+    # ── 6: h -> gate/up, whole tiles per program, shift + GeGLU in the epilogue -> bf16 activations ────────────────
+    if PHASE < 0 or PHASE == 6:
         for t in range(pid, F // GU_BN, P):
             n = t * GU_BN + tl.arange(0, GU_BN)
             kk = tl.arange(0, GU_BK)
             w_g = tl.load(WGU + n[:, None] * W + kk[None, :])           # prefetch, as in _stream_residual
             w_u = tl.load(WGU + (n + F)[:, None] * W + kk[None, :])
-            rstd = _row_rstd(X, M, eps, W, BLOCK_M)
             g = tl.zeros([BLOCK_M, GU_BN], tl.float32)
             up = tl.zeros([BLOCK_M, GU_BN], tl.float32)
             for kb in range(0, W // GU_BK):
-                h = _scaled_x(X, S2, m, kb * GU_BK + kk, M, W)
+                h = tl.load(HB + m[:, None] * W + (kb * GU_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                            cache_modifier=".cg")
                 wg = w_g
                 wu = w_u
                 k = tl.minimum(kb + 1, W // GU_BK - 1) * GU_BK + kk
@@ -242,15 +246,15 @@ def _expert_layer_kernel(
                 w_u = tl.load(WGU + (n + F)[:, None] * W + k[None, :])
                 g += _dot_t(h, wg, DOT_F32)
                 up += _dot_t(h, wu, DOT_F32)
-            g = g * rstd[:, None] + tl.load(C2 + n)[None, :]
-            up = up * rstd[:, None] + tl.load(C2 + F + n)[None, :]
+            g += tl.load(C2 + n)[None, :]
+            up += tl.load(C2 + F + n)[None, :]
             act = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * up
             tl.store(ACT + m[:, None] * F + n[None, :], act.to(tl.bfloat16), mask=mmask[:, None])
     if PHASE < 0:
-        _grid_sync(BAR + 4, P)
+        _grid_sync(BAR + 6, P)
 
-    # ── 5: residual += g2 ⊙ (act Wd^T) ───────────────────────────────────────────────────────────────────────────
-    if PHASE < 0 or PHASE == 5:
+    # ── 7: residual += g2 ⊙ (act Wd^T) ───────────────────────────────────────────────────────────────────────────
+    if PHASE < 0 or PHASE == 7:
         _stream_residual(ACT, WD, G2, X, pid, P, M, W, F, W, DN_BN, DN_BK, BLOCK_M, DOT_F32)
 
 
@@ -259,6 +263,7 @@ class ExpertScratch:
     """The buffers one inference's persistent expert layers share. qkv must be zero when a layer starts (each layer
     zeroes it again after its attention); every launch has its own barrier counters (zeroed per inference)."""
 
+    h: torch.Tensor
     qkv: torch.Tensor
     act: torch.Tensor
     po: torch.Tensor
@@ -272,7 +277,7 @@ class ExpertScratch:
     launches: int = 0
 
     @classmethod
-    def allocate(cls, rows: int, keys: int, heads: int, head_dim: int, mlp: int, launches: int, device,
+    def allocate(cls, rows: int, width: int, keys: int, heads: int, head_dim: int, mlp: int, launches: int, device,
                  programs: int | None = None, key_block: int = KEY_BLOCK):
         if rows > MAX_ROWS:
             raise ValueError(f"the persistent expert layer takes <= {MAX_ROWS} action rows, got {rows}")
@@ -280,7 +285,8 @@ class ExpertScratch:
         if programs is None:
             programs = 4 if INTERPRETED else torch.cuda.get_device_properties(device).multi_processor_count
         f32 = dict(dtype=torch.float32, device=device)
-        return cls(qkv=torch.zeros(rows, (heads + 2) * head_dim, **f32),
+        return cls(h=torch.empty(rows, width, dtype=torch.bfloat16, device=device),
+                   qkv=torch.zeros(rows, (heads + 2) * head_dim, **f32),
                    act=torch.empty(rows, mlp, dtype=torch.bfloat16, device=device),
                    po=torch.empty(ns * heads * MAX_ROWS, head_dim, **f32), pm=torch.empty(ns * heads * MAX_ROWS, **f32),
                    pl=torch.empty(ns * heads * MAX_ROWS, **f32),
@@ -335,7 +341,7 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
                                                             ("gate_up", mlp, width), ("down", width, mlp)))
     _expert_layer_kernel[(scratch.programs,)](
         x, s1, c1, g1, s2, c2, g2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin,
-        scratch.qkv, scratch.act, scratch.po, scratch.pm, scratch.pl, scratch.att, bar, rows, seq, keys, eps,
+        scratch.h, scratch.qkv, scratch.act, scratch.po, scratch.pm, scratch.pl, scratch.att, bar, rows, seq, keys, eps,
         head_dim ** -0.5 * 1.4426950408889634,
         W=width, H=heads, D=head_dim, F=mlp, NS=scratch.key_blocks, NS_PAD=triton.next_power_of_2(scratch.key_blocks),
         QKV_BN=tq[0], QKV_BK=tq[1], O_BN=to[0], O_BK=to[1], GU_BN=tg[0], GU_BK=tg[1], DN_BN=td[0], DN_BK=td[1],
