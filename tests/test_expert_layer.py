@@ -53,3 +53,16 @@ def test_persistent_expert_path_is_refused_with_the_reason():
         engine.set_expert_path(stub, "fast")
     stub, _ = _engine_stub("pi05_libero", _bf16_linear())
     assert stub.persistent_expert_refusal() is None
+
+
+def test_resident_program_count_bounds_the_grid():
+    """The grid-barrier kernel may only launch as many programs as fit at once (else it would hang)."""
+    from types import SimpleNamespace
+
+    from triforce.runtime.expert_layer import resident_programs
+
+    h100 = SimpleNamespace(multi_processor_count=132, regs_per_multiprocessor=65536,
+                           shared_memory_per_multiprocessor=233472, max_threads_per_multi_processor=2048)
+    assert resident_programs(255, 65536, 4, h100) == 2 * 132          # registers: 255 x 128 threads -> 2 per SM
+    assert resident_programs(128, 120000, 4, h100) == 132             # shared memory: one 118 KB program per SM
+    assert resident_programs(32, 0, 8, h100) == 8 * 132               # threads: 2048 / 256

@@ -339,15 +339,44 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
     tiles = {**TILES, **(tiles or {})}
     tq, to, tg, td = (_tile(tiles, name, n, k) for name, n, k in (("qkv", head_dim // 2, width), ("o", width, heads * head_dim),
                                                             ("gate_up", mlp, width), ("down", width, mlp)))
-    _expert_layer_kernel[(scratch.programs,)](
-        x, s1, c1, g1, s2, c2, g2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin,
-        scratch.h, scratch.qkv, scratch.act, scratch.po, scratch.pm, scratch.pl, scratch.att, bar, rows, seq, keys, eps,
-        head_dim ** -0.5 * 1.4426950408889634,
+    args = (x, s1, c1, g1, s2, c2, g2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin,
+            scratch.h, scratch.qkv, scratch.act, scratch.po, scratch.pm, scratch.pl, scratch.att, bar, rows, seq, keys, eps,
+            head_dim ** -0.5 * 1.4426950408889634)
+    meta = dict(
         W=width, H=heads, D=head_dim, F=mlp, NS=scratch.key_blocks, NS_PAD=triton.next_power_of_2(scratch.key_blocks),
         QKV_BN=tq[0], QKV_BK=tq[1], O_BN=to[0], O_BK=to[1], GU_BN=tg[0], GU_BK=tg[1], DN_BN=td[0], DN_BK=td[1],
         BT=scratch.key_block, BLOCK_M=MAX_ROWS, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages)
+    if phase is None and not INTERPRETED:
+        _check_resident(scratch.programs, args, meta, x.device)
+    _expert_layer_kernel[(scratch.programs,)](*args, **meta)
     return x
+
+
+_RESIDENT: dict = {}
+
+
+def resident_programs(n_regs: int, shared: int, num_warps: int, props) -> int:
+    """How many programs of one compiled kernel the GPU holds at once (registers, shared memory, threads per SM)."""
+    threads = 32 * num_warps
+    by_regs = getattr(props, "regs_per_multiprocessor", 65536) // max(1, n_regs * threads)
+    by_smem = getattr(props, "shared_memory_per_multiprocessor", 233472) // max(1, shared + 1024)
+    by_threads = getattr(props, "max_threads_per_multi_processor", 2048) // threads
+    return props.multi_processor_count * min(by_regs, by_smem, by_threads)
+
+
+def _check_resident(programs: int, args, meta, device) -> None:
+    """The grid barriers wait for every program: a grid larger than what the GPU holds at once would hang, so it is
+    refused before the first launch (once per compiled shape)."""
+    key = (programs, device.index, tuple(sorted(meta.items())))
+    if key not in _RESIDENT:
+        compiled = _expert_layer_kernel.warmup(*args, grid=(programs,), **meta)
+        compiled._init_handles()
+        _RESIDENT[key] = resident_programs(compiled.n_regs, compiled.metadata.shared, meta["num_warps"],
+                                           torch.cuda.get_device_properties(device))
+    if programs > _RESIDENT[key]:
+        raise RuntimeError(f"expert_layer: {programs} programs but this GPU holds {_RESIDENT[key]} of this kernel at "
+                           f"once; its grid barriers would never complete (lower ExpertScratch.programs)")
 
 
 def reference_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin, seq: int,
