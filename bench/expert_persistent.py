@@ -122,11 +122,10 @@ def main():
                     [["per-op (10 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
                      [f"{el.PHASES} phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    two = {"programs": 2 * sms, "key_block": 32}
-    variants = [{"num_warps": 8}, two, {**two, "tiles": {"gate_up": (16, 128)}}, {**two, "tiles": {"gate_up": (16, 256)}},
-                {**two, "tiles": {"qkv": (16, 128)}}, {**two, "tiles": {"qkv": (16, 128), "gate_up": (16, 128)}},
-                {**two, "num_warps": 8, "tiles": {"gate_up": (16, 128)}},
-                {**two, "tiles": {"gate_up": (16, 128), "down": (16, 256), "o": (16, 256)}}]
+    best = {"programs": 2 * sms, "key_block": 32, "tiles": {"qkv": (16, 128), "gate_up": (16, 128)}}
+    variants = [best, {**best, "gemm_stages": 3}, {**best, "gemm_stages": 4}, {**best, "gemm_stages": 6},
+                {**best, "programs": sms, "gemm_stages": 4}, {**best, "programs": sms, "gemm_stages": 4, "num_warps": 8},
+                {**best, "gemm_stages": 4, "tiles": {"qkv": (16, 256), "gate_up": (16, 256), "o": (32, 256)}}]
     sweep = []
     for v in variants:
         try:

@@ -68,9 +68,10 @@ def _share(pid, P, TOTAL):
 
 @triton.jit
 def _stream_residual(A, WT, G, X, pid, P, M, N: tl.constexpr, K: tl.constexpr, W: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr, BLOCK_M: tl.constexpr, DOT_F32: tl.constexpr):
-    """X [M, W] += G ⊙ (A [M, K] bf16 @ WT [N, K]^T), stream-K over (column tile, K block). Each iteration loads
-    the next block before multiplying this one (two blocks in flight without relying on the compiler's pipeliner)."""
+                     BK: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr, DOT_F32: tl.constexpr):
+    """X [M, W] += G ⊙ (A [M, K] bf16 @ WT [N, K]^T), stream-K over (column tile, K block). STAGES = 0: each
+    iteration loads the next block into registers before multiplying this one; else the compiler's pipeliner keeps
+    STAGES blocks in flight through shared memory."""
     m = tl.arange(0, BLOCK_M)
     kk = tl.arange(0, BK)
     KB: tl.constexpr = K // BK
@@ -79,17 +80,23 @@ def _stream_residual(A, WT, G, X, pid, P, M, N: tl.constexpr, K: tl.constexpr, W
         n = t * BN + tl.arange(0, BN)
         kb_lo = tl.maximum(start - t * KB, 0)
         kb_hi = tl.minimum(end - t * KB, KB)
-        w_next = tl.load(WT + n[:, None] * K + (kb_lo * BK + kk)[None, :])
-        a_next = tl.load(A + m[:, None] * K + (kb_lo * BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
-                         cache_modifier=".cg")
         acc = tl.zeros([BLOCK_M, BN], tl.float32)
-        for kb in range(kb_lo, kb_hi):
-            w = w_next
-            a = a_next
-            k = tl.minimum(kb + 1, kb_hi - 1) * BK + kk
-            w_next = tl.load(WT + n[:, None] * K + k[None, :])
-            a_next = tl.load(A + m[:, None] * K + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-            acc += _dot_t(a, w, DOT_F32)
+        if STAGES == 0:
+            w_next = tl.load(WT + n[:, None] * K + (kb_lo * BK + kk)[None, :])
+            a_next = tl.load(A + m[:, None] * K + (kb_lo * BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                             cache_modifier=".cg")
+            for kb in range(kb_lo, kb_hi):
+                w = w_next
+                a = a_next
+                k = tl.minimum(kb + 1, kb_hi - 1) * BK + kk
+                w_next = tl.load(WT + n[:, None] * K + k[None, :])
+                a_next = tl.load(A + m[:, None] * K + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
+                acc += _dot_t(a, w, DOT_F32)
+        else:
+            for kb in tl.range(kb_lo, kb_hi, num_stages=STAGES):
+                k = kb * BK + kk
+                a = tl.load(A + m[:, None] * K + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
+                acc += _dot_t(a, tl.load(WT + n[:, None] * K + k[None, :]), DOT_F32)
         tl.atomic_add(X + m[:, None] * W + n[None, :], acc * tl.load(G + n)[None, :], mask=m[:, None] < M,
                       sem="relaxed")
 
@@ -101,7 +108,7 @@ def _expert_layer_kernel(
         W: tl.constexpr, H: tl.constexpr, D: tl.constexpr, F: tl.constexpr, NS: tl.constexpr, NS_PAD: tl.constexpr,
         QKV_BN: tl.constexpr, QKV_BK: tl.constexpr, O_BN: tl.constexpr, O_BK: tl.constexpr,
         GU_BN: tl.constexpr, GU_BK: tl.constexpr, DN_BN: tl.constexpr, DN_BK: tl.constexpr, BT: tl.constexpr,
-        BLOCK_M: tl.constexpr, PHASE: tl.constexpr, DOT_F32: tl.constexpr):
+        BLOCK_M: tl.constexpr, GEMM_STAGES: tl.constexpr, PHASE: tl.constexpr, DOT_F32: tl.constexpr):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     m = tl.arange(0, BLOCK_M)
@@ -132,20 +139,27 @@ def _expert_layer_kernel(
             kb0 = tl.maximum(start - t * KB, 0)
             kb1 = tl.minimum(end - t * KB, KB)
             kk = tl.arange(0, QKV_BK)
-            w_lo = tl.load(WQKV + c_lo[:, None] * W + (kb0 * QKV_BK + kk)[None, :])   # prefetch, as in _stream_residual
-            w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
             lo = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
             hi = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
-            for kb in range(kb0, kb1):
-                h = tl.load(HB + m[:, None] * W + (kb * QKV_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
-                            cache_modifier=".cg")
-                wl = w_lo
-                wh = w_hi
-                k = tl.minimum(kb + 1, kb1 - 1) * QKV_BK + kk
-                w_lo = tl.load(WQKV + c_lo[:, None] * W + k[None, :])
-                w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :])
-                lo += _dot_t(h, wl, DOT_F32)
-                hi += _dot_t(h, wh, DOT_F32)
+            if GEMM_STAGES == 0:   # register prefetch, as in _stream_residual
+                w_lo = tl.load(WQKV + c_lo[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
+                w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
+                for kb in range(kb0, kb1):
+                    h = tl.load(HB + m[:, None] * W + (kb * QKV_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                                cache_modifier=".cg")
+                    wl = w_lo
+                    wh = w_hi
+                    k = tl.minimum(kb + 1, kb1 - 1) * QKV_BK + kk
+                    w_lo = tl.load(WQKV + c_lo[:, None] * W + k[None, :])
+                    w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :])
+                    lo += _dot_t(h, wl, DOT_F32)
+                    hi += _dot_t(h, wh, DOT_F32)
+            else:
+                for kb in tl.range(kb0, kb1, num_stages=GEMM_STAGES):
+                    k = kb * QKV_BK + kk
+                    h = tl.load(HB + m[:, None] * W + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
+                    lo += _dot_t(h, tl.load(WQKV + c_lo[:, None] * W + k[None, :]), DOT_F32)
+                    hi += _dot_t(h, tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :]), DOT_F32)
             first = (kb0 == 0).to(tl.float32)           # the shift term (shift @ W^T) is added once per column
             lo += first * tl.load(C1 + c_lo)[None, :]
             hi += first * tl.load(C1 + c_lo + HALF)[None, :]
@@ -213,7 +227,7 @@ def _expert_layer_kernel(
 
     # ── 4: residual += g1 ⊙ (att Wo^T) ───────────────────────────────────────────────────────────────────────────
     if PHASE < 0 or PHASE == 4:
-        _stream_residual(ATT, WO, G1, X, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, DOT_F32)
+        _stream_residual(ATT, WO, G1, X, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, GEMM_STAGES, DOT_F32)
     if PHASE < 0:
         _grid_sync(BAR + 4, P)
 
@@ -232,20 +246,27 @@ def _expert_layer_kernel(
         for t in range(pid, F // GU_BN, P):
             n = t * GU_BN + tl.arange(0, GU_BN)
             kk = tl.arange(0, GU_BK)
-            w_g = tl.load(WGU + n[:, None] * W + kk[None, :])           # prefetch, as in _stream_residual
-            w_u = tl.load(WGU + (n + F)[:, None] * W + kk[None, :])
             g = tl.zeros([BLOCK_M, GU_BN], tl.float32)
             up = tl.zeros([BLOCK_M, GU_BN], tl.float32)
-            for kb in range(0, W // GU_BK):
-                h = tl.load(HB + m[:, None] * W + (kb * GU_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
-                            cache_modifier=".cg")
-                wg = w_g
-                wu = w_u
-                k = tl.minimum(kb + 1, W // GU_BK - 1) * GU_BK + kk
-                w_g = tl.load(WGU + n[:, None] * W + k[None, :])
-                w_u = tl.load(WGU + (n + F)[:, None] * W + k[None, :])
-                g += _dot_t(h, wg, DOT_F32)
-                up += _dot_t(h, wu, DOT_F32)
+            if GEMM_STAGES == 0:   # register prefetch, as in _stream_residual
+                w_g = tl.load(WGU + n[:, None] * W + kk[None, :])
+                w_u = tl.load(WGU + (n + F)[:, None] * W + kk[None, :])
+                for kb in range(0, W // GU_BK):
+                    h = tl.load(HB + m[:, None] * W + (kb * GU_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                                cache_modifier=".cg")
+                    wg = w_g
+                    wu = w_u
+                    k = tl.minimum(kb + 1, W // GU_BK - 1) * GU_BK + kk
+                    w_g = tl.load(WGU + n[:, None] * W + k[None, :])
+                    w_u = tl.load(WGU + (n + F)[:, None] * W + k[None, :])
+                    g += _dot_t(h, wg, DOT_F32)
+                    up += _dot_t(h, wu, DOT_F32)
+            else:
+                for kb in tl.range(0, W // GU_BK, num_stages=GEMM_STAGES):
+                    k = kb * GU_BK + kk
+                    h = tl.load(HB + m[:, None] * W + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
+                    g += _dot_t(h, tl.load(WGU + n[:, None] * W + k[None, :]), DOT_F32)
+                    up += _dot_t(h, tl.load(WGU + (n + F)[:, None] * W + k[None, :]), DOT_F32)
             g += tl.load(C2 + n)[None, :]
             up += tl.load(C2 + F + n)[None, :]
             act = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * up
@@ -255,7 +276,7 @@ def _expert_layer_kernel(
 
     # ── 7: residual += g2 ⊙ (act Wd^T) ───────────────────────────────────────────────────────────────────────────
     if PHASE < 0 or PHASE == 7:
-        _stream_residual(ACT, WD, G2, X, pid, P, M, W, F, W, DN_BN, DN_BK, BLOCK_M, DOT_F32)
+        _stream_residual(ACT, WD, G2, X, pid, P, M, W, F, W, DN_BN, DN_BK, BLOCK_M, GEMM_STAGES, DOT_F32)
 
 
 @dataclass
@@ -311,7 +332,7 @@ def shift_through(w, shift):
 
 def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin, seq: int,
                  scratch: ExpertScratch, eps: float, heads: int, head_dim: int, phase: int | None = None,
-                 tiles: dict | None = None, num_warps: int = 4, num_stages: int = 3):
+                 tiles: dict | None = None, num_warps: int = 4, num_stages: int = 3, gemm_stages: int = 0):
     """One expert layer on the fp32 residual x [M, W] (updated in place). ada1/ada2: the two adaRMS norms at this
     step as (1 + scale [W], shift_through(W_next, shift) [N of the GEMM it feeds], gate [W]), fp32; weights bf16 (fused [q; k; v] and [gate; up]); k/v caches hold the prefix
     in rows < seq; bias: additive key mask [seq + M]; pos: the action rows' positions. phase=None runs all six
@@ -345,7 +366,7 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
     meta = dict(
         W=width, H=heads, D=head_dim, F=mlp, NS=scratch.key_blocks, NS_PAD=triton.next_power_of_2(scratch.key_blocks),
         QKV_BN=tq[0], QKV_BK=tq[1], O_BN=to[0], O_BK=to[1], GU_BN=tg[0], GU_BK=tg[1], DN_BN=td[0], DN_BK=td[1],
-        BT=scratch.key_block, BLOCK_M=MAX_ROWS, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
+        BT=scratch.key_block, BLOCK_M=MAX_ROWS, GEMM_STAGES=gemm_stages, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages)
     if phase is None and not INTERPRETED:
         _check_resident(scratch.programs, args, meta, x.device)
