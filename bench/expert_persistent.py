@@ -123,9 +123,8 @@ def main():
                      [f"{el.PHASES} phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     best = {"programs": 2 * sms, "key_block": 32, "tiles": {"qkv": (16, 128), "gate_up": (16, 128)}}
-    variants = [best, {**best, "gemm_stages": 3}, {**best, "gemm_stages": 4}, {**best, "gemm_stages": 6},
-                {**best, "programs": sms, "gemm_stages": 4}, {**best, "programs": sms, "gemm_stages": 4, "num_warps": 8},
-                {**best, "gemm_stages": 4, "tiles": {"qkv": (16, 256), "gate_up": (16, 256), "o": (32, 256)}}]
+    variants = [best, {**best, "backoff_ns": 32}, {**best, "backoff_ns": 128}, {**best, "backoff_ns": 512},
+                {**best, "programs": sms}, {**best, "tiles": {"qkv": (16, 128), "gate_up": (16, 128), "down": (32, 128)}}]
     sweep = []
     for v in variants:
         try:
@@ -140,6 +139,10 @@ def main():
     best = min((s for s in sweep if isinstance(s["us"], float)), key=lambda s: s["us"], default={"variant": {}})
     phases = [{"phase": p, "us": us_per_layer(lambda p=p: pe.all_layers(phases=[p], **best["variant"]), a.runs)}
               for p in range(el.PHASES)]
+    barriers = [{"variant": v, "us": us_per_layer(lambda v=v: pe.all_layers(phases=[-2], **v), a.runs)}
+                for v in (best["variant"], {**best["variant"], "backoff_ns": 128})]
+    rep.print_table(f"barriers only ({el.PHASES - 1} per layer, us per layer)", ["variant", "us"],
+                    [[str(b["variant"]), b["us"]] for b in barriers])
     rep.print_table(f"each phase alone, {best['variant']} (us per launch)", ["phase", "us"], [[p["phase"], p["us"]] for p in phases])
     stats = compiled_stats()
     print("compiled kernel variants:", stats)
@@ -148,7 +151,7 @@ def main():
               "correctness": checks, "us_per_layer": {"per_op": per_op, "persistent": persistent, "phase_launches": six,
                                                       "weight_floor": floor_us},
               "ratio_per_op_over_persistent": per_op / persistent, "default_tiles": el.TILES, "sweep": sweep,
-              "phases": phases, "compiled": stats}
+              "phases": phases, "barriers_only": barriers, "compiled": stats}
     print("recorded:", rep.write_record(a.out_dir, "expert_persistent", record))
     sys.exit(0 if all(c["ok"] for c in checks) else 1)
 

@@ -42,12 +42,16 @@ KEY_BLOCK = 64
 
 
 @triton.jit
-def _grid_sync(BAR, target):
-    """Every program arrives (release), then waits until `target` arrivals are counted (acquire)."""
+def _grid_sync(BAR, target, BACKOFF: tl.constexpr):
+    """Every program arrives (release), then waits until `target` arrivals are counted (acquire); BACKOFF > 0
+    sleeps that many ns between polls (fewer loads on the counter's L2 line while the others arrive)."""
     tl.debug_barrier()
     tl.atomic_add(BAR, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
     while seen < target:
+        if BACKOFF > 0:
+            tl.inline_asm_elementwise("nanosleep.u32 $1;\n\tmov.u32 $0, 0;", "=r,r", [tl.full([], BACKOFF, tl.int32)],
+                                      dtype=tl.int32, is_pure=False, pack=1)
         seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
 
@@ -67,10 +71,23 @@ def _share(pid, P, TOTAL):
 
 
 @triton.jit
-def _stream_residual(A, WT, G, X, pid, P, M, N: tl.constexpr, K: tl.constexpr, W: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr, DOT_F32: tl.constexpr):
+def _stream_first(WT, pid, P, N: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """The first weight block of this program's stream-K share, loaded before the barrier that opens its phase
+    (weights depend on nothing, so their HBM latency overlaps the wait)."""
+    KB: tl.constexpr = K // BK
+    start, _ = _share(pid, P, (N // BN) * KB)
+    t = tl.minimum(start // KB, N // BN - 1)
+    kb = tl.minimum(start - t * KB, KB - 1)
+    return tl.load(WT + (t * BN + tl.arange(0, BN))[:, None] * K + (kb * BK + tl.arange(0, BK))[None, :])
+
+
+@triton.jit
+def _stream_residual(A, WT, G, X, w_first, pid, P, M, N: tl.constexpr, K: tl.constexpr, W: tl.constexpr,
+                     BN: tl.constexpr, BK: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
+                     DOT_F32: tl.constexpr):
     """X [M, W] += G ⊙ (A [M, K] bf16 @ WT [N, K]^T), stream-K over (column tile, K block). STAGES = 0: each
-    iteration loads the next block into registers before multiplying this one; else the compiler's pipeliner keeps
+    iteration loads the next block into registers before multiplying this one (the first came from _stream_first,
+    before the barrier); else the compiler's pipeliner keeps
     STAGES blocks in flight through shared memory."""
     m = tl.arange(0, BLOCK_M)
     kk = tl.arange(0, BK)
@@ -82,7 +99,10 @@ def _stream_residual(A, WT, G, X, pid, P, M, N: tl.constexpr, K: tl.constexpr, W
         kb_hi = tl.minimum(end - t * KB, KB)
         acc = tl.zeros([BLOCK_M, BN], tl.float32)
         if STAGES == 0:
-            w_next = tl.load(WT + n[:, None] * K + (kb_lo * BK + kk)[None, :])
+            if t == start // KB:
+                w_next = w_first
+            else:
+                w_next = tl.load(WT + n[:, None] * K + (kb_lo * BK + kk)[None, :])
             a_next = tl.load(A + m[:, None] * K + (kb_lo * BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
                              cache_modifier=".cg")
             for kb in range(kb_lo, kb_hi):
@@ -108,7 +128,8 @@ def _expert_layer_kernel(
         W: tl.constexpr, H: tl.constexpr, D: tl.constexpr, F: tl.constexpr, NS: tl.constexpr, NS_PAD: tl.constexpr,
         QKV_BN: tl.constexpr, QKV_BK: tl.constexpr, O_BN: tl.constexpr, O_BK: tl.constexpr,
         GU_BN: tl.constexpr, GU_BK: tl.constexpr, DN_BN: tl.constexpr, DN_BK: tl.constexpr, BT: tl.constexpr,
-        BLOCK_M: tl.constexpr, GEMM_STAGES: tl.constexpr, PHASE: tl.constexpr, DOT_F32: tl.constexpr):
+        BLOCK_M: tl.constexpr, GEMM_STAGES: tl.constexpr, BACKOFF: tl.constexpr, PHASE: tl.constexpr,
+        DOT_F32: tl.constexpr):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     m = tl.arange(0, BLOCK_M)
@@ -118,20 +139,28 @@ def _expert_layer_kernel(
     d = tl.arange(0, D)
 
     # ── 0: adaRMS input of the next GEMM, once: h = bf16(x / rms(x) ⊙ (1 + scale)) (the shift comes through W) ──
-    if PHASE < 0 or PHASE == 0:
+    if PHASE == -1 or PHASE == 0:
         cw = tl.arange(0, W)
         for r in range(pid, M, P):
             xr = tl.load(X + r * W + cw, cache_modifier=".cg")
             hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S1 + cw)
             tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
+    TPH: tl.constexpr = HALF // QKV_BN             # QKV column tiles per head half
+    QKB: tl.constexpr = W // QKV_BK
+    if PHASE == -1 or PHASE == 1:                  # the first QKV weight blocks, before the barrier (_stream_first)
+        q_start, q_end = _share(pid, P, (H + 2) * TPH * QKB)
+        t0 = tl.minimum(q_start // QKB, (H + 2) * TPH - 1)
+        c0 = (t0 // TPH) * D + (t0 % TPH) * QKV_BN + tl.arange(0, QKV_BN)
+        k0 = tl.minimum(q_start - t0 * QKB, QKB - 1) * QKV_BK + tl.arange(0, QKV_BK)
+        lo_first = tl.load(WQKV + c0[:, None] * W + k0[None, :])
+        hi_first = tl.load(WQKV + (c0 + HALF)[:, None] * W + k0[None, :])
     if PHASE < 0:
-        _grid_sync(BAR + 0, P)
+        _grid_sync(BAR + 0, P, BACKOFF)
 
     # ── 1: QKV of h (stream-K); the shift (through W) and RoPE are applied to each partial (both linear) ─────────────────
-    if PHASE < 0 or PHASE == 1:
-        TPH: tl.constexpr = HALF // QKV_BN             # column tiles per head half
-        KB: tl.constexpr = W // QKV_BK
-        start, end = _share(pid, P, (H + 2) * TPH * KB)
+    if PHASE == -1 or PHASE == 1:
+        KB: tl.constexpr = QKB
+        start, end = q_start, q_end
         for t in range(start // KB, (end + KB - 1) // KB):
             head = t // TPH
             j = (t % TPH) * QKV_BN + tl.arange(0, QKV_BN)
@@ -142,8 +171,12 @@ def _expert_layer_kernel(
             lo = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
             hi = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
             if GEMM_STAGES == 0:   # register prefetch, as in _stream_residual
-                w_lo = tl.load(WQKV + c_lo[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
-                w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
+                if t == start // KB:
+                    w_lo = lo_first
+                    w_hi = hi_first
+                else:
+                    w_lo = tl.load(WQKV + c_lo[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
+                    w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
                 for kb in range(kb0, kb1):
                     h = tl.load(HB + m[:, None] * W + (kb * QKV_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
                                 cache_modifier=".cg")
@@ -172,10 +205,10 @@ def _expert_layer_kernel(
             tl.atomic_add(dst, lo, mask=mmask[:, None], sem="relaxed")
             tl.atomic_add(dst + HALF, hi, mask=mmask[:, None], sem="relaxed")
     if PHASE < 0:
-        _grid_sync(BAR + 1, P)
+        _grid_sync(BAR + 1, P, BACKOFF)
 
     # ── 2: split-KV attention per (head, key block); the action keys/values come from the qkv buffer ────────────
-    if PHASE < 0 or PHASE == 2:
+    if PHASE == -1 or PHASE == 2:
         for u in tl.range(pid, H * NS, P, num_stages=1):   # K/V tiles are 32 KB: no multi-buffering
             hd = u % H
             s = u // H
@@ -204,10 +237,10 @@ def _expert_layer_kernel(
             tl.store(PL + row, tl.sum(p, 1))
             tl.store(PO + row[:, None] * D + d[None, :], acc)
     if PHASE < 0:
-        _grid_sync(BAR + 2, P)
+        _grid_sync(BAR + 2, P, BACKOFF)
 
     # ── 3: combine the key blocks into bf16 attention rows [M, H·D]; zero the qkv buffer for the next layer ──────
-    if PHASE < 0 or PHASE == 3:
+    if PHASE == -1 or PHASE == 3:
         sp = tl.arange(0, NS_PAD)
         smask = sp < NS
         for u in range(pid, H * M, P):
@@ -222,27 +255,29 @@ def _expert_layer_kernel(
         for z in range(pid * 1024, M * NQKV, P * 1024):
             zi = z + tl.arange(0, 1024)
             tl.store(QKV + zi, tl.zeros([1024], tl.float32), mask=zi < M * NQKV)
+    if PHASE == -1 or PHASE == 4:
+        w_o = _stream_first(WO, pid, P, W, H * D, O_BN, O_BK)
     if PHASE < 0:
-        _grid_sync(BAR + 3, P)
+        _grid_sync(BAR + 3, P, BACKOFF)
 
     # ── 4: residual += g1 ⊙ (att Wo^T) ───────────────────────────────────────────────────────────────────────────
-    if PHASE < 0 or PHASE == 4:
-        _stream_residual(ATT, WO, G1, X, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, GEMM_STAGES, DOT_F32)
+    if PHASE == -1 or PHASE == 4:
+        _stream_residual(ATT, WO, G1, X, w_o, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, GEMM_STAGES, DOT_F32)
     if PHASE < 0:
-        _grid_sync(BAR + 4, P)
+        _grid_sync(BAR + 4, P, BACKOFF)
 
     # ── 5: adaRMS input of the next GEMM, once: h = bf16(x / rms(x) ⊙ (1 + scale)) (the shift comes through W) ──
-    if PHASE < 0 or PHASE == 5:
+    if PHASE == -1 or PHASE == 5:
         cw = tl.arange(0, W)
         for r in range(pid, M, P):
             xr = tl.load(X + r * W + cw, cache_modifier=".cg")
             hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S2 + cw)
             tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
     if PHASE < 0:
-        _grid_sync(BAR + 5, P)
+        _grid_sync(BAR + 5, P, BACKOFF)
 
     # ── 6: h -> gate/up, whole tiles per program, shift + GeGLU in the epilogue -> bf16 activations ────────────────
-    if PHASE < 0 or PHASE == 6:
+    if PHASE == -1 or PHASE == 6:
         for t in range(pid, F // GU_BN, P):
             n = t * GU_BN + tl.arange(0, GU_BN)
             kk = tl.arange(0, GU_BK)
@@ -271,12 +306,14 @@ def _expert_layer_kernel(
             up += tl.load(C2 + F + n)[None, :]
             act = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * up
             tl.store(ACT + m[:, None] * F + n[None, :], act.to(tl.bfloat16), mask=mmask[:, None])
+    if PHASE == -1 or PHASE == 7:
+        w_dn = _stream_first(WD, pid, P, W, F, DN_BN, DN_BK)
     if PHASE < 0:
-        _grid_sync(BAR + 6, P)
+        _grid_sync(BAR + 6, P, BACKOFF)
 
     # ── 7: residual += g2 ⊙ (act Wd^T) ───────────────────────────────────────────────────────────────────────────
-    if PHASE < 0 or PHASE == 7:
-        _stream_residual(ACT, WD, G2, X, pid, P, M, W, F, W, DN_BN, DN_BK, BLOCK_M, GEMM_STAGES, DOT_F32)
+    if PHASE == -1 or PHASE == 7:
+        _stream_residual(ACT, WD, G2, X, w_dn, pid, P, M, W, F, W, DN_BN, DN_BK, BLOCK_M, GEMM_STAGES, DOT_F32)
 
 
 @dataclass
@@ -332,11 +369,13 @@ def shift_through(w, shift):
 
 def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin, seq: int,
                  scratch: ExpertScratch, eps: float, heads: int, head_dim: int, phase: int | None = None,
-                 tiles: dict | None = None, num_warps: int = 4, num_stages: int = 3, gemm_stages: int = 0):
+                 tiles: dict | None = None, num_warps: int = 4, num_stages: int = 3, gemm_stages: int = 0,
+                 backoff_ns: int = 0):
     """One expert layer on the fp32 residual x [M, W] (updated in place). ada1/ada2: the two adaRMS norms at this
     step as (1 + scale [W], shift_through(W_next, shift) [N of the GEMM it feeds], gate [W]), fp32; weights bf16 (fused [q; k; v] and [gate; up]); k/v caches hold the prefix
     in rows < seq; bias: additive key mask [seq + M]; pos: the action rows' positions. phase=None runs all six
-    phases in one launch; phase=k runs phase k alone (the interpreter's way). tiles / num_warps / num_stages: the
+    phases in one launch; phase=k runs phase k alone (the interpreter's way); phase=-2 runs only the barriers (what
+    they cost, bench/expert_persistent.py). tiles / num_warps / num_stages: the
     launch shape (defaults: TILES, bench/expert_persistent.py sweeps them)."""
     rows, width = x.shape
     mlp = w_gate_up.shape[0] // 2
@@ -346,7 +385,7 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
                          f"bias {tuple(bias.shape)}, w_qkv {tuple(w_qkv.shape)}")
     if triton.cdiv(keys, scratch.key_block) != scratch.key_blocks:
         raise ValueError(f"expert_layer: scratch was sized for {scratch.key_blocks} key blocks, this call has {keys} keys")
-    if phase is None:
+    if phase is None or phase == -2:
         if scratch.launches * (PHASES - 1) >= scratch.barriers.numel():
             raise RuntimeError(f"ExpertScratch: all {scratch.barriers.numel() // (PHASES - 1)} barrier slots used")
         bar = scratch.barriers[scratch.launches * (PHASES - 1):]
@@ -366,9 +405,10 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
     meta = dict(
         W=width, H=heads, D=head_dim, F=mlp, NS=scratch.key_blocks, NS_PAD=triton.next_power_of_2(scratch.key_blocks),
         QKV_BN=tq[0], QKV_BK=tq[1], O_BN=to[0], O_BK=to[1], GU_BN=tg[0], GU_BK=tg[1], DN_BN=td[0], DN_BK=td[1],
-        BT=scratch.key_block, BLOCK_M=MAX_ROWS, GEMM_STAGES=gemm_stages, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
+        BT=scratch.key_block, BLOCK_M=MAX_ROWS, GEMM_STAGES=gemm_stages, BACKOFF=backoff_ns,
+        PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages)
-    if phase is None and not INTERPRETED:
+    if (phase is None or phase == -2) and not INTERPRETED:
         _check_resident(scratch.programs, args, meta, x.device)
     _expert_layer_kernel[(scratch.programs,)](*args, **meta)
     return x
