@@ -52,7 +52,7 @@ class Persistent:
 
     def all_layers(self, phases=None, programs=None, key_block=el.KEY_BLOCK, **shape):
         """One graph's worth: the barrier counters zeroed, then the 18 layers (each one launch, or `phases`)."""
-        programs = programs or torch.cuda.get_device_properties(0).multi_processor_count
+        programs = programs or el.PROGRAMS_PER_SM * torch.cuda.get_device_properties(0).multi_processor_count
         if (programs, key_block) != (self.scratch.programs, self.scratch.key_block):
             self.scratch = el.ExpertScratch.allocate(M, W, SEQ + M, H, D, I, L, "cuda", programs=programs, key_block=key_block)
         self.scratch.launches = 0
@@ -122,9 +122,8 @@ def main():
                     [["per-op (10 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
                      [f"{el.PHASES} phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    best = {"programs": 2 * sms, "key_block": 32, "tiles": {"qkv": (16, 128), "gate_up": (16, 128)}}
-    variants = [best, {**best, "backoff_ns": 32}, {**best, "backoff_ns": 128}, {**best, "backoff_ns": 512},
-                {**best, "programs": sms}, {**best, "tiles": {"qkv": (16, 128), "gate_up": (16, 128), "down": (32, 128)}}]
+    variants = [{}, {"programs": sms}, {"key_block": 64}, {"tiles": {"down": (32, 256)}}, {"tiles": {"gate_up": (32, 128)}},
+                {"tiles": {"o": (32, 128)}}, {"tiles": {"qkv": (16, 256)}}, {"num_warps": 8, "programs": sms}]
     sweep = []
     for v in variants:
         try:
@@ -140,7 +139,7 @@ def main():
     phases = [{"phase": p, "us": us_per_layer(lambda p=p: pe.all_layers(phases=[p], **best["variant"]), a.runs)}
               for p in range(el.PHASES)]
     barriers = [{"variant": v, "us": us_per_layer(lambda v=v: pe.all_layers(phases=[-2], **v), a.runs)}
-                for v in (best["variant"], {**best["variant"], "backoff_ns": 128})]
+                for v in ({}, {"programs": sms})]
     rep.print_table(f"barriers only ({el.PHASES - 1} per layer, us per layer)", ["variant", "us"],
                     [[str(b["variant"]), b["us"]] for b in barriers])
     rep.print_table(f"each phase alone, {best['variant']} (us per launch)", ["phase", "us"], [[p["phase"], p["us"]] for p in phases])

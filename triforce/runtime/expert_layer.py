@@ -1,8 +1,9 @@
 """The action expert's whole layer in one persistent launch (the denoise step's hot loop, M <= 16 action rows).
 
 Per layer the per-op path launches 10 kernels of 2-8 us each for 11.5 us of weight reads (bench/results/
-expert_layer-*.json): every launch pays its ramp and tail. Here one program per SM walks eight phases, separated by
-grid-wide barriers (an arrival counter in global memory; every program is resident, the grid is the SM count):
+expert_layer-*.json): every launch pays its ramp and tail. Here two programs per SM walk eight phases, separated
+by grid-wide barriers (an arrival counter in global memory; every program must be resident, so a grid the GPU
+cannot hold at once is refused):
 
   0  h = bf16(x / rms(x) ⊙ (1 + scale)), one program per action row (the adaRMS shift is carried through W:
      shift_through, precomputed per flow step)
@@ -16,7 +17,7 @@ grid-wide barriers (an arrival counter in global memory; every program is reside
   7  down (stream-K), gated, added into the residual
 
 Stream-K: each program takes an equal contiguous share of the (column tile, K block) sequence, so every SM streams
-the same weight bytes and its K loop stays pipelined; partial tiles meet by atomics. With `phase` set, one launch
+the same weight bytes, loading one block ahead in its K loop; partial tiles meet by atomics. With `phase` set, one launch
 runs one phase and no barrier: the CPU interpreter (which runs programs one after another) checks the numerics
 that way, and the GPU bench compares it.
 """
@@ -37,21 +38,18 @@ PHASES = 8
 # Launch shape per GEMM phase: (columns per tile, K block of the inner loop). qkv, o and down are stream-K: each
 # program takes an equal contiguous share of the (tile, K block) sequence and flushes partial tiles by atomics;
 # gate/up gives each program whole tiles so the GeGLU runs in its epilogue (bench/expert_persistent.py sweeps these).
-TILES = {"qkv": (16, 256), "o": (32, 256), "gate_up": (32, 128), "down": (32, 256)}
-KEY_BLOCK = 64
+TILES = {"qkv": (16, 128), "o": (32, 256), "gate_up": (16, 128), "down": (32, 128)}
+KEY_BLOCK = 32
+PROGRAMS_PER_SM = 2    # two resident programs per SM stream the weights faster than one (the bench sweep)
 
 
 @triton.jit
-def _grid_sync(BAR, target, BACKOFF: tl.constexpr):
-    """Every program arrives (release), then waits until `target` arrivals are counted (acquire); BACKOFF > 0
-    sleeps that many ns between polls (fewer loads on the counter's L2 line while the others arrive)."""
+def _grid_sync(BAR, target):
+    """Every program arrives (release), then waits until `target` arrivals are counted (acquire)."""
     tl.debug_barrier()
     tl.atomic_add(BAR, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
     while seen < target:
-        if BACKOFF > 0:
-            tl.inline_asm_elementwise("nanosleep.u32 $1;\n\tmov.u32 $0, 0;", "=r,r", [tl.full([], BACKOFF, tl.int32)],
-                                      dtype=tl.int32, is_pure=False, pack=1)
         seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
 
@@ -71,24 +69,10 @@ def _share(pid, P, TOTAL):
 
 
 @triton.jit
-def _stream_first(WT, pid, P, N: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """The first weight block of this program's stream-K share, loaded before the barrier that opens its phase
-    (weights depend on nothing, so their HBM latency overlaps the wait)."""
-    KB: tl.constexpr = K // BK
-    start, _ = _share(pid, P, (N // BN) * KB)
-    t = tl.minimum(start // KB, N // BN - 1)
-    kb = tl.minimum(start - t * KB, KB - 1)
-    return tl.load(WT + (t * BN + tl.arange(0, BN))[:, None] * K + (kb * BK + tl.arange(0, BK))[None, :])
-
-
-@triton.jit
-def _stream_residual(A, WT, G, X, w_first, pid, P, M, N: tl.constexpr, K: tl.constexpr, W: tl.constexpr,
-                     BN: tl.constexpr, BK: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
-                     DOT_F32: tl.constexpr):
-    """X [M, W] += G ⊙ (A [M, K] bf16 @ WT [N, K]^T), stream-K over (column tile, K block). STAGES = 0: each
-    iteration loads the next block into registers before multiplying this one (the first came from _stream_first,
-    before the barrier); else the compiler's pipeliner keeps
-    STAGES blocks in flight through shared memory."""
+def _stream_residual(A, WT, G, X, pid, P, M, N: tl.constexpr, K: tl.constexpr, W: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr, BLOCK_M: tl.constexpr, DOT_F32: tl.constexpr):
+    """X [M, W] += G ⊙ (A [M, K] bf16 @ WT [N, K]^T), stream-K over (column tile, K block). Each iteration loads
+    the next block before multiplying this one (two blocks in flight without relying on the compiler's pipeliner)."""
     m = tl.arange(0, BLOCK_M)
     kk = tl.arange(0, BK)
     KB: tl.constexpr = K // BK
@@ -97,26 +81,17 @@ def _stream_residual(A, WT, G, X, w_first, pid, P, M, N: tl.constexpr, K: tl.con
         n = t * BN + tl.arange(0, BN)
         kb_lo = tl.maximum(start - t * KB, 0)
         kb_hi = tl.minimum(end - t * KB, KB)
+        w_next = tl.load(WT + n[:, None] * K + (kb_lo * BK + kk)[None, :])
+        a_next = tl.load(A + m[:, None] * K + (kb_lo * BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                         cache_modifier=".cg")
         acc = tl.zeros([BLOCK_M, BN], tl.float32)
-        if STAGES == 0:
-            if t == start // KB:
-                w_next = w_first
-            else:
-                w_next = tl.load(WT + n[:, None] * K + (kb_lo * BK + kk)[None, :])
-            a_next = tl.load(A + m[:, None] * K + (kb_lo * BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
-                             cache_modifier=".cg")
-            for kb in range(kb_lo, kb_hi):
-                w = w_next
-                a = a_next
-                k = tl.minimum(kb + 1, kb_hi - 1) * BK + kk
-                w_next = tl.load(WT + n[:, None] * K + k[None, :])
-                a_next = tl.load(A + m[:, None] * K + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-                acc += _dot_t(a, w, DOT_F32)
-        else:
-            for kb in tl.range(kb_lo, kb_hi, num_stages=STAGES):
-                k = kb * BK + kk
-                a = tl.load(A + m[:, None] * K + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-                acc += _dot_t(a, tl.load(WT + n[:, None] * K + k[None, :]), DOT_F32)
+        for kb in range(kb_lo, kb_hi):
+            w = w_next
+            a = a_next
+            k = tl.minimum(kb + 1, kb_hi - 1) * BK + kk
+            w_next = tl.load(WT + n[:, None] * K + k[None, :])
+            a_next = tl.load(A + m[:, None] * K + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
+            acc += _dot_t(a, w, DOT_F32)
         tl.atomic_add(X + m[:, None] * W + n[None, :], acc * tl.load(G + n)[None, :], mask=m[:, None] < M,
                       sem="relaxed")
 
@@ -128,8 +103,7 @@ def _expert_layer_kernel(
         W: tl.constexpr, H: tl.constexpr, D: tl.constexpr, F: tl.constexpr, NS: tl.constexpr, NS_PAD: tl.constexpr,
         QKV_BN: tl.constexpr, QKV_BK: tl.constexpr, O_BN: tl.constexpr, O_BK: tl.constexpr,
         GU_BN: tl.constexpr, GU_BK: tl.constexpr, DN_BN: tl.constexpr, DN_BK: tl.constexpr, BT: tl.constexpr,
-        BLOCK_M: tl.constexpr, GEMM_STAGES: tl.constexpr, BACKOFF: tl.constexpr, PHASE: tl.constexpr,
-        DOT_F32: tl.constexpr):
+        BLOCK_M: tl.constexpr, PHASE: tl.constexpr, DOT_F32: tl.constexpr):
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     m = tl.arange(0, BLOCK_M)
@@ -145,22 +119,14 @@ def _expert_layer_kernel(
             xr = tl.load(X + r * W + cw, cache_modifier=".cg")
             hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S1 + cw)
             tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
-    TPH: tl.constexpr = HALF // QKV_BN             # QKV column tiles per head half
-    QKB: tl.constexpr = W // QKV_BK
-    if PHASE == -1 or PHASE == 1:                  # the first QKV weight blocks, before the barrier (_stream_first)
-        q_start, q_end = _share(pid, P, (H + 2) * TPH * QKB)
-        t0 = tl.minimum(q_start // QKB, (H + 2) * TPH - 1)
-        c0 = (t0 // TPH) * D + (t0 % TPH) * QKV_BN + tl.arange(0, QKV_BN)
-        k0 = tl.minimum(q_start - t0 * QKB, QKB - 1) * QKV_BK + tl.arange(0, QKV_BK)
-        lo_first = tl.load(WQKV + c0[:, None] * W + k0[None, :])
-        hi_first = tl.load(WQKV + (c0 + HALF)[:, None] * W + k0[None, :])
     if PHASE < 0:
-        _grid_sync(BAR + 0, P, BACKOFF)
+        _grid_sync(BAR + 0, P)
 
     # ── 1: QKV of h (stream-K); the shift (through W) and RoPE are applied to each partial (both linear) ─────────────────
     if PHASE == -1 or PHASE == 1:
-        KB: tl.constexpr = QKB
-        start, end = q_start, q_end
+        TPH: tl.constexpr = HALF // QKV_BN             # column tiles per head half
+        KB: tl.constexpr = W // QKV_BK
+        start, end = _share(pid, P, (H + 2) * TPH * KB)
         for t in range(start // KB, (end + KB - 1) // KB):
             head = t // TPH
             j = (t % TPH) * QKV_BN + tl.arange(0, QKV_BN)
@@ -168,31 +134,20 @@ def _expert_layer_kernel(
             kb0 = tl.maximum(start - t * KB, 0)
             kb1 = tl.minimum(end - t * KB, KB)
             kk = tl.arange(0, QKV_BK)
+            w_lo = tl.load(WQKV + c_lo[:, None] * W + (kb0 * QKV_BK + kk)[None, :])   # prefetch, as in _stream_residual
+            w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
             lo = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
             hi = tl.zeros([BLOCK_M, QKV_BN], tl.float32)
-            if GEMM_STAGES == 0:   # register prefetch, as in _stream_residual
-                if t == start // KB:
-                    w_lo = lo_first
-                    w_hi = hi_first
-                else:
-                    w_lo = tl.load(WQKV + c_lo[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
-                    w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + (kb0 * QKV_BK + kk)[None, :])
-                for kb in range(kb0, kb1):
-                    h = tl.load(HB + m[:, None] * W + (kb * QKV_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
-                                cache_modifier=".cg")
-                    wl = w_lo
-                    wh = w_hi
-                    k = tl.minimum(kb + 1, kb1 - 1) * QKV_BK + kk
-                    w_lo = tl.load(WQKV + c_lo[:, None] * W + k[None, :])
-                    w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :])
-                    lo += _dot_t(h, wl, DOT_F32)
-                    hi += _dot_t(h, wh, DOT_F32)
-            else:
-                for kb in tl.range(kb0, kb1, num_stages=GEMM_STAGES):
-                    k = kb * QKV_BK + kk
-                    h = tl.load(HB + m[:, None] * W + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-                    lo += _dot_t(h, tl.load(WQKV + c_lo[:, None] * W + k[None, :]), DOT_F32)
-                    hi += _dot_t(h, tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :]), DOT_F32)
+            for kb in range(kb0, kb1):
+                h = tl.load(HB + m[:, None] * W + (kb * QKV_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                            cache_modifier=".cg")
+                wl = w_lo
+                wh = w_hi
+                k = tl.minimum(kb + 1, kb1 - 1) * QKV_BK + kk
+                w_lo = tl.load(WQKV + c_lo[:, None] * W + k[None, :])
+                w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :])
+                lo += _dot_t(h, wl, DOT_F32)
+                hi += _dot_t(h, wh, DOT_F32)
             first = (kb0 == 0).to(tl.float32)           # the shift term (shift @ W^T) is added once per column
             lo += first * tl.load(C1 + c_lo)[None, :]
             hi += first * tl.load(C1 + c_lo + HALF)[None, :]
@@ -205,7 +160,7 @@ def _expert_layer_kernel(
             tl.atomic_add(dst, lo, mask=mmask[:, None], sem="relaxed")
             tl.atomic_add(dst + HALF, hi, mask=mmask[:, None], sem="relaxed")
     if PHASE < 0:
-        _grid_sync(BAR + 1, P, BACKOFF)
+        _grid_sync(BAR + 1, P)
 
     # ── 2: split-KV attention per (head, key block); the action keys/values come from the qkv buffer ────────────
     if PHASE == -1 or PHASE == 2:
@@ -237,7 +192,7 @@ def _expert_layer_kernel(
             tl.store(PL + row, tl.sum(p, 1))
             tl.store(PO + row[:, None] * D + d[None, :], acc)
     if PHASE < 0:
-        _grid_sync(BAR + 2, P, BACKOFF)
+        _grid_sync(BAR + 2, P)
 
     # ── 3: combine the key blocks into bf16 attention rows [M, H·D]; zero the qkv buffer for the next layer ──────
     if PHASE == -1 or PHASE == 3:
@@ -255,16 +210,14 @@ def _expert_layer_kernel(
         for z in range(pid * 1024, M * NQKV, P * 1024):
             zi = z + tl.arange(0, 1024)
             tl.store(QKV + zi, tl.zeros([1024], tl.float32), mask=zi < M * NQKV)
-    if PHASE == -1 or PHASE == 4:
-        w_o = _stream_first(WO, pid, P, W, H * D, O_BN, O_BK)
     if PHASE < 0:
-        _grid_sync(BAR + 3, P, BACKOFF)
+        _grid_sync(BAR + 3, P)
 
     # ── 4: residual += g1 ⊙ (att Wo^T) ───────────────────────────────────────────────────────────────────────────
     if PHASE == -1 or PHASE == 4:
-        _stream_residual(ATT, WO, G1, X, w_o, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, GEMM_STAGES, DOT_F32)
+        _stream_residual(ATT, WO, G1, X, pid, P, M, W, H * D, W, O_BN, O_BK, BLOCK_M, DOT_F32)
     if PHASE < 0:
-        _grid_sync(BAR + 4, P, BACKOFF)
+        _grid_sync(BAR + 4, P)
 
     # ── 5: adaRMS input of the next GEMM, once: h = bf16(x / rms(x) ⊙ (1 + scale)) (the shift comes through W) ──
     if PHASE == -1 or PHASE == 5:
@@ -274,46 +227,37 @@ def _expert_layer_kernel(
             hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S2 + cw)
             tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
     if PHASE < 0:
-        _grid_sync(BAR + 5, P, BACKOFF)
+        _grid_sync(BAR + 5, P)
 
     # ── 6: h -> gate/up, whole tiles per program, shift + GeGLU in the epilogue -> bf16 activations ────────────────
     if PHASE == -1 or PHASE == 6:
         for t in range(pid, F // GU_BN, P):
             n = t * GU_BN + tl.arange(0, GU_BN)
             kk = tl.arange(0, GU_BK)
+            w_g = tl.load(WGU + n[:, None] * W + kk[None, :])           # prefetch, as in _stream_residual
+            w_u = tl.load(WGU + (n + F)[:, None] * W + kk[None, :])
             g = tl.zeros([BLOCK_M, GU_BN], tl.float32)
             up = tl.zeros([BLOCK_M, GU_BN], tl.float32)
-            if GEMM_STAGES == 0:   # register prefetch, as in _stream_residual
-                w_g = tl.load(WGU + n[:, None] * W + kk[None, :])
-                w_u = tl.load(WGU + (n + F)[:, None] * W + kk[None, :])
-                for kb in range(0, W // GU_BK):
-                    h = tl.load(HB + m[:, None] * W + (kb * GU_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
-                                cache_modifier=".cg")
-                    wg = w_g
-                    wu = w_u
-                    k = tl.minimum(kb + 1, W // GU_BK - 1) * GU_BK + kk
-                    w_g = tl.load(WGU + n[:, None] * W + k[None, :])
-                    w_u = tl.load(WGU + (n + F)[:, None] * W + k[None, :])
-                    g += _dot_t(h, wg, DOT_F32)
-                    up += _dot_t(h, wu, DOT_F32)
-            else:
-                for kb in tl.range(0, W // GU_BK, num_stages=GEMM_STAGES):
-                    k = kb * GU_BK + kk
-                    h = tl.load(HB + m[:, None] * W + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-                    g += _dot_t(h, tl.load(WGU + n[:, None] * W + k[None, :]), DOT_F32)
-                    up += _dot_t(h, tl.load(WGU + (n + F)[:, None] * W + k[None, :]), DOT_F32)
+            for kb in range(0, W // GU_BK):
+                h = tl.load(HB + m[:, None] * W + (kb * GU_BK + kk)[None, :], mask=m[:, None] < M, other=0.0,
+                            cache_modifier=".cg")
+                wg = w_g
+                wu = w_u
+                k = tl.minimum(kb + 1, W // GU_BK - 1) * GU_BK + kk
+                w_g = tl.load(WGU + n[:, None] * W + k[None, :])
+                w_u = tl.load(WGU + (n + F)[:, None] * W + k[None, :])
+                g += _dot_t(h, wg, DOT_F32)
+                up += _dot_t(h, wu, DOT_F32)
             g += tl.load(C2 + n)[None, :]
             up += tl.load(C2 + F + n)[None, :]
             act = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * up
             tl.store(ACT + m[:, None] * F + n[None, :], act.to(tl.bfloat16), mask=mmask[:, None])
-    if PHASE == -1 or PHASE == 7:
-        w_dn = _stream_first(WD, pid, P, W, F, DN_BN, DN_BK)
     if PHASE < 0:
-        _grid_sync(BAR + 6, P, BACKOFF)
+        _grid_sync(BAR + 6, P)
 
     # ── 7: residual += g2 ⊙ (act Wd^T) ───────────────────────────────────────────────────────────────────────────
     if PHASE == -1 or PHASE == 7:
-        _stream_residual(ACT, WD, G2, X, w_dn, pid, P, M, W, F, W, DN_BN, DN_BK, BLOCK_M, GEMM_STAGES, DOT_F32)
+        _stream_residual(ACT, WD, G2, X, pid, P, M, W, F, W, DN_BN, DN_BK, BLOCK_M, DOT_F32)
 
 
 @dataclass
@@ -341,7 +285,7 @@ class ExpertScratch:
             raise ValueError(f"the persistent expert layer takes <= {MAX_ROWS} action rows, got {rows}")
         ns = triton.cdiv(keys, key_block)
         if programs is None:
-            programs = 4 if INTERPRETED else torch.cuda.get_device_properties(device).multi_processor_count
+            programs = 4 if INTERPRETED else PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
         f32 = dict(dtype=torch.float32, device=device)
         return cls(h=torch.empty(rows, width, dtype=torch.bfloat16, device=device),
                    qkv=torch.zeros(rows, (heads + 2) * head_dim, **f32),
@@ -369,8 +313,7 @@ def shift_through(w, shift):
 
 def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin, seq: int,
                  scratch: ExpertScratch, eps: float, heads: int, head_dim: int, phase: int | None = None,
-                 tiles: dict | None = None, num_warps: int = 4, num_stages: int = 3, gemm_stages: int = 0,
-                 backoff_ns: int = 0):
+                 tiles: dict | None = None, num_warps: int = 4, num_stages: int = 3):
     """One expert layer on the fp32 residual x [M, W] (updated in place). ada1/ada2: the two adaRMS norms at this
     step as (1 + scale [W], shift_through(W_next, shift) [N of the GEMM it feeds], gate [W]), fp32; weights bf16 (fused [q; k; v] and [gate; up]); k/v caches hold the prefix
     in rows < seq; bias: additive key mask [seq + M]; pos: the action rows' positions. phase=None runs all six
@@ -405,8 +348,7 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
     meta = dict(
         W=width, H=heads, D=head_dim, F=mlp, NS=scratch.key_blocks, NS_PAD=triton.next_power_of_2(scratch.key_blocks),
         QKV_BN=tq[0], QKV_BK=tq[1], O_BN=to[0], O_BK=to[1], GU_BN=tg[0], GU_BK=tg[1], DN_BN=td[0], DN_BK=td[1],
-        BT=scratch.key_block, BLOCK_M=MAX_ROWS, GEMM_STAGES=gemm_stages, BACKOFF=backoff_ns,
-        PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
+        BT=scratch.key_block, BLOCK_M=MAX_ROWS, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages)
     if (phase is None or phase == -2) and not INTERPRETED:
         _check_resident(scratch.programs, args, meta, x.device)
