@@ -130,6 +130,9 @@ w4 = torch.randn(192, 512)
 packed, scales = fm.quantize_int4_g128(w4)
 deq = fm.dequantize_int4_g128(packed, scales)
 check("skinny W4A16 (canonical int4)", fused.skinny_w4a16(xs, packed, scales), xs.float() @ deq.T, 1e-2)
+xw = torch.randn(40, 512).bfloat16()          # 40 rows (the 64-row block), two groups per step
+check("W4A16 at 40 rows, 2 groups a step", fused.skinny_w4a16(xw, packed, scales, groups=2, block_n=32),
+      xw.float() @ deq.T, 1e-2)
 res, gate = torch.randn(10, 192), torch.randn(192)
 res0 = res.clone()
 fused.skinny_w4a16(xs, packed, scales, out=res, gate=gate)

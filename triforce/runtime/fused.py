@@ -405,11 +405,11 @@ class ZeroArena:
 
 @triton.jit
 def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, stride_sc, stride_o,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, HAS_GATE: tl.constexpr,
-                         DOT_F32: tl.constexpr):
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
+                         HAS_GATE: tl.constexpr, DOT_F32: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ dequant(W)[N, K-range]^T, W canonical int4 (low nibble = even k,
-    group-128 bf16 scales). One group per step: even and odd k are two half-K dots, so the nibbles are never
-    interleaved."""
+    group-128 bf16 scales). GROUPS groups per step, unrolled so their loads are in flight together; within a group
+    even and odd k are two half-K dots, so the nibbles are never interleaved."""
     HALF: tl.constexpr = GROUP // 2
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
@@ -418,40 +418,49 @@ def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, strid
     nmask = n < N
     mmask = m[:, None] < M
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(k_start, k_start + K_SPLIT, GROUP):
-        ke = k0 + 2 * j
-        xe = tl.load(X + m[:, None] * stride_x + ke[None, :], mask=mmask, other=0.0)
-        xo = tl.load(X + m[:, None] * stride_x + ke[None, :] + 1, mask=mmask, other=0.0)
-        p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int32)
-        lo = p & 0xF
-        hi = (p >> 4) & 0xF
-        lo = tl.where(lo >= 8, lo - 16, lo)
-        hi = tl.where(hi >= 8, hi - 16, hi)
-        if DOT_F32:
-            part = tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32))) + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32)))
-        else:
-            part = tl.dot(xe.to(tl.bfloat16), tl.trans(lo.to(tl.bfloat16))) + tl.dot(xo.to(tl.bfloat16), tl.trans(hi.to(tl.bfloat16)))
-        s = tl.load(SC + n * stride_sc + k0 // GROUP, mask=nmask, other=0.0).to(tl.float32)
-        acc += part * s[None, :]
+    for k_step in range(k_start, k_start + K_SPLIT, GROUP * GROUPS):
+        for g in tl.static_range(GROUPS):
+            k0 = k_step + g * GROUP
+            ke = k0 + 2 * j
+            xe = tl.load(X + m[:, None] * stride_x + ke[None, :], mask=mmask, other=0.0)
+            xo = tl.load(X + m[:, None] * stride_x + ke[None, :] + 1, mask=mmask, other=0.0)
+            p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int32)
+            lo = p & 0xF
+            hi = (p >> 4) & 0xF
+            lo = tl.where(lo >= 8, lo - 16, lo)
+            hi = tl.where(hi >= 8, hi - 16, hi)
+            if DOT_F32:
+                part = tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32))) + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32)))
+            else:
+                part = tl.dot(xe.to(tl.bfloat16), tl.trans(lo.to(tl.bfloat16))) + tl.dot(xo.to(tl.bfloat16), tl.trans(hi.to(tl.bfloat16)))
+            s = tl.load(SC + n * stride_sc + k0 // GROUP, mask=nmask, other=0.0).to(tl.float32)
+            acc += part * s[None, :]
     if HAS_GATE:
         acc = acc * tl.load(GATE + n, mask=nmask, other=0.0)[None, :]
     tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=mmask & nmask[None, :])
 
 
-def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int = 64, programs: int = 256):
-    """y (fp32 [M, N]) = x [M, K] @ dequant(W)^T for M <= 16 with canonical int4 weights (uint8 [N, K/2], bf16 scales
-    [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear, and the same gated residual form."""
+W4A16_MAX_ROWS = 64      # the few-row W4A16 kernel's largest row block
+
+
+def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int = 64, programs: int = 256, groups: int = 1,
+                 num_warps: int = 4, num_stages: int = 3):
+    """y (fp32 [M, N]) = x [M, K] @ dequant(W)^T for M <= 64 with canonical int4 weights (uint8 [N, K/2], bf16 scales
+    [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear, and the same gated residual form.
+    groups: int4 groups per loop step (their loads overlap); launch-shape defaults: bench/w4a16_sweep.py."""
     rows, kdim = x.shape
     n = qweight.shape[0]
     group = 128
-    if rows > SKINNY_MAX_ROWS or kdim % group or qweight.shape[1] * 2 != kdim:
-        raise ValueError(f"skinny_w4a16: <= {SKINNY_MAX_ROWS} rows, K % 128 == 0 and weights [N, K/2]; got x {tuple(x.shape)}, w {tuple(qweight.shape)}")
+    if rows > W4A16_MAX_ROWS or kdim % (group * groups) or qweight.shape[1] * 2 != kdim:
+        raise ValueError(f"skinny_w4a16: <= {W4A16_MAX_ROWS} rows, K % {group * groups} == 0 and weights [N, K/2]; "
+                         f"got x {tuple(x.shape)}, w {tuple(qweight.shape)}")
     n_blocks = triton.cdiv(n, block_n)
-    split = _split_k(n_blocks, kdim // group, programs)
+    split = _split_k(n_blocks, kdim // (group * groups), programs)
     if out is None:
         out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
     _skinny_w4a16_kernel[(n_blocks, split)](x, qweight, scales, gate if gate is not None else out, out, rows, n, kdim,
                                             kdim // split, x.stride(0), qweight.stride(0), scales.stride(0),
-                                            out.stride(0), BLOCK_M=SKINNY_MAX_ROWS, BLOCK_N=block_n, GROUP=group,
-                                            HAS_GATE=gate is not None, DOT_F32=INTERPRETED, num_warps=4, num_stages=3)
+                                            out.stride(0), BLOCK_M=16 if rows <= 16 else W4A16_MAX_ROWS,
+                                            BLOCK_N=block_n, GROUP=group, GROUPS=groups, HAS_GATE=gate is not None,
+                                            DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
