@@ -20,6 +20,7 @@ if [ "$1" = 1 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
   run python3 bench/expert_kernels.py --out-dir "$OUT"
   run python3 bench/expert_persistent.py --out-dir "$OUT"
+  run python3 bench/w4a16_sweep.py --out-dir "$OUT"
   run python3 bench/prefix_attention.py --out-dir "$OUT"
   run python3 bench/vision_ops.py --out-dir "$OUT"
   run python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"

@@ -443,12 +443,14 @@ def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, strid
 W4A16_MAX_ROWS = 64      # the few-row W4A16 kernel's largest row block
 
 
-def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int = 64, programs: int = 256, groups: int = 1,
-                 num_warps: int = 4, num_stages: int = 3):
+def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int | None = None, programs: int = 256,
+                 groups: int = 1, num_warps: int = 8, num_stages: int = 2):
     """y (fp32 [M, N]) = x [M, K] @ dequant(W)^T for M <= 64 with canonical int4 weights (uint8 [N, K/2], bf16 scales
     [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear, and the same gated residual form.
-    groups: int4 groups per loop step (their loads overlap); launch-shape defaults: bench/w4a16_sweep.py."""
+    groups: int4 groups per loop step (their loads overlap). Launch-shape defaults: the fastest at the expert's
+    shapes in bench/results/w4a16_sweep-*.json (block_n 64 up to 16 rows, else 128; 8 warps, 2 stages)."""
     rows, kdim = x.shape
+    block_n = block_n or (64 if rows <= 16 else 128)
     n = qweight.shape[0]
     group = 128
     if rows > W4A16_MAX_ROWS or kdim % (group * groups) or qweight.shape[1] * 2 != kdim:
