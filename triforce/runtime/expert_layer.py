@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused import INTERPRETED
+from .fused import INTERPRETED, block_softmax
 
 MAX_ROWS = 16          # one tl.dot row block: the libero and droid horizons (10, 15); pi05_base's 50 runs per-op
 PHASES = 8
@@ -52,6 +52,16 @@ def _grid_sync(BAR, target):
     while seen < target:
         seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
+
+
+@triton.jit
+def _norm_rows(X, S, HB, pid, P, M, eps, W: tl.constexpr):
+    """HB = bf16(x / rms(x) ⊙ (1 + scale)) for the M rows of the residual, one program per row."""
+    cw = tl.arange(0, W)
+    for r in range(pid, M, P):
+        xr = tl.load(X + r * W + cw, cache_modifier=".cg")
+        hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S + cw)
+        tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
 
 
 @triton.jit
@@ -114,11 +124,7 @@ def _expert_layer_kernel(
 
     # ── 0: adaRMS input of the next GEMM, once: h = bf16(x / rms(x) ⊙ (1 + scale)) (the shift comes through W) ──
     if PHASE == -1 or PHASE == 0:
-        cw = tl.arange(0, W)
-        for r in range(pid, M, P):
-            xr = tl.load(X + r * W + cw, cache_modifier=".cg")
-            hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S1 + cw)
-            tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
+        _norm_rows(X, S1, HB, pid, P, M, eps, W)
     if PHASE < 0:
         _grid_sync(BAR + 0, P)
 
@@ -180,16 +186,10 @@ def _expert_layer_kernel(
                          tl.load(QKV + arow[:, None] * NQKV + (H + 1) * D + d[None, :], mask=action[:, None],
                                  other=0.0, cache_modifier=".cg").to(tl.bfloat16))
             bias = tl.load(BIAS + cols, mask=cols < T, other=float("-inf")).to(tl.float32)
-            sc = _dot_t(q, k, DOT_F32) * qk_scale + bias[None, :] * 1.4426950408889634
-            mx = tl.maximum(tl.max(sc, 1), -1.0e30)         # a fully masked block gives p = 0, not NaN
-            p = tl.exp2(sc - mx[:, None])
-            if DOT_F32:
-                acc = tl.dot(p, v.to(tl.float32))
-            else:
-                acc = tl.dot(p.to(tl.bfloat16), v)
+            mx, lsum, acc = block_softmax(q, k, v, bias, qk_scale, DOT_F32)
             row = (s * H + hd) * BLOCK_M + m
             tl.store(PM + row, mx)
-            tl.store(PL + row, tl.sum(p, 1))
+            tl.store(PL + row, lsum)
             tl.store(PO + row[:, None] * D + d[None, :], acc)
     if PHASE < 0:
         _grid_sync(BAR + 2, P)
@@ -221,11 +221,7 @@ def _expert_layer_kernel(
 
     # ── 5: adaRMS input of the next GEMM, once: h = bf16(x / rms(x) ⊙ (1 + scale)) (the shift comes through W) ──
     if PHASE == -1 or PHASE == 5:
-        cw = tl.arange(0, W)
-        for r in range(pid, M, P):
-            xr = tl.load(X + r * W + cw, cache_modifier=".cg")
-            hr = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 0) / W + eps)) * tl.load(S2 + cw)
-            tl.store(HB + r * W + cw, hr.to(tl.bfloat16))
+        _norm_rows(X, S2, HB, pid, P, M, eps, W)
     if PHASE < 0:
         _grid_sync(BAR + 5, P)
 

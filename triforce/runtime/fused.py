@@ -268,6 +268,24 @@ def mqa_attention(q, k, v, bias, out, block_m: int = 64, block_n: int = 64, num_
 
 
 @triton.jit
+def block_softmax(q, k, v, bias, qk_scale, DOT_F32: tl.constexpr):
+    """One key block of split-KV attention: (row max, row sum, unnormalized p @ v) in the exp2 domain
+    (qk_scale includes log2 e); bias is the additive key mask. Shared with the persistent expert layer."""
+    if DOT_F32:
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * qk_scale + bias[None, :] * 1.4426950408889634
+    m = tl.maximum(tl.max(s, 1), -1.0e30)             # a fully masked block gives p = 0, not NaN
+    p = tl.exp2(s - m[:, None])
+    if DOT_F32:
+        acc = tl.dot(p, v.to(tl.float32))
+    else:
+        acc = tl.dot(p.to(v.dtype), v)
+    return m, tl.sum(p, 1), acc
+
+
+@triton.jit
 def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, R, T, qk_scale, stride_q, stride_k, stride_v,
                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
     """Split-KV pass: one key block per program; writes the block's row max, row sum and unnormalized output."""
@@ -281,20 +299,10 @@ def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, R, T, qk_scale, stride_q, str
     k = tl.load(K + cols[:, None] * stride_k + d[None, :], mask=cmask[:, None], other=0.0)
     v = tl.load(V + cols[:, None] * stride_v + d[None, :], mask=cmask[:, None], other=0.0)
     bias = tl.load(BIAS + cols, mask=cmask, other=float("-inf")).to(tl.float32)
-    if DOT_F32:
-        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-    else:
-        s = tl.dot(q, tl.trans(k))
-    s = s * qk_scale + bias[None, :] * 1.4426950408889634
-    m = tl.maximum(tl.max(s, 1), -1.0e30)             # a fully masked block gives p = 0, not NaN
-    p = tl.exp2(s - m[:, None])
-    if DOT_F32:
-        acc = tl.dot(p, v.to(tl.float32))
-    else:
-        acc = tl.dot(p.to(v.dtype), v)
+    m, l, acc = block_softmax(q, k, v, bias, qk_scale, DOT_F32)
     base = split * R + rows
     tl.store(PM + base, m, mask=rmask)
-    tl.store(PL + base, tl.sum(p, 1), mask=rmask)
+    tl.store(PL + base, l, mask=rmask)
     tl.store(PO + base[:, None] * D + d[None, :], acc, mask=rmask[:, None])
 
 
