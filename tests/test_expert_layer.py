@@ -67,13 +67,3 @@ def test_resident_program_count_bounds_the_grid():
     assert resident_programs(128, 120000, 4, h100) == 132             # shared memory: one 118 KB program per SM
     assert resident_programs(32, 0, 8, h100) == 8 * 132               # threads: 2048 / 256
 
-
-def test_w4a16_few_row_kernel_refuses_more_than_64_rows():
-    import pytest
-    import torch
-
-    from triforce.runtime import fused
-
-    x, w, sc = torch.zeros(65, 256, dtype=torch.bfloat16), torch.zeros(32, 128, dtype=torch.uint8), torch.zeros(32, 2)
-    with pytest.raises(ValueError, match="<= 64 rows"):
-        fused.skinny_w4a16(x, w, sc)

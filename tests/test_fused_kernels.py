@@ -12,3 +12,14 @@ def test_fused_kernels_match_reference_formulas():
                        text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "all fused kernels match" in r.stdout
+
+
+def test_w4a16_few_row_kernel_refuses_more_than_64_rows():
+    import pytest
+    import torch
+
+    from triforce.runtime import fused
+
+    x, w, sc = torch.zeros(65, 256, dtype=torch.bfloat16), torch.zeros(32, 128, dtype=torch.uint8), torch.zeros(32, 2)
+    with pytest.raises(ValueError, match="<= 64 rows"):
+        fused.skinny_w4a16(x, w, sc)
