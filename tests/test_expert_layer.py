@@ -67,3 +67,44 @@ def test_resident_program_count_bounds_the_grid():
     assert resident_programs(128, 120000, 4, h100) == 132             # shared memory: one 118 KB program per SM
     assert resident_programs(32, 0, 8, h100) == 8 * 132               # threads: 2048 / 256
 
+
+
+def test_bad_calls_are_refused_before_anything_changes():
+    """Mis-shaped inputs, shifts not carried through W, a scratch of another prompt length, tiles that do not divide
+    the layer, or no barrier counters left: one clear error, and neither the residual nor the scratch changes."""
+    import pytest
+    import torch
+
+    from triforce.runtime import expert_layer as el
+
+    m, w, h, d, f, seq = 5, 256, 4, 64, 512, 100
+    r = lambda *s: torch.randn(*s).bfloat16()  # noqa: E731
+    wqkv, wo, wgu, wd = r((h + 2) * d, w), r(w, h * d), r(2 * f, w), r(w, f)
+    ada1 = (torch.ones(w), el.shift_through(wqkv, torch.zeros(w)), torch.ones(w))
+    ada2 = (torch.ones(w), el.shift_through(wgu, torch.zeros(w)), torch.ones(w))
+    kc, vc = r(seq + m, d), r(seq + m, d)
+    bias, pos = torch.zeros(seq + m, dtype=torch.bfloat16), torch.arange(seq, seq + m).int()
+    cos, sin = torch.ones(seq + m, d // 2), torch.zeros(seq + m, d // 2)
+    scratch = el.ExpertScratch.allocate(m, w, seq + m, h, d, f, launches=1, device="cpu", programs=3)
+    x = torch.randn(m, w)
+    x0 = x.clone()
+
+    def call(**over):
+        a = dict(ada1=ada1, ada2=ada2, w_qkv=wqkv, w_o=wo, w_gate_up=wgu, w_down=wd, k_cache=kc, v_cache=vc, bias=bias,
+                 pos=pos, cos=cos, sin=sin, seq=seq, scratch=scratch, eps=1e-6, heads=h, head_dim=d)
+        a.update(over)
+        el.expert_layer(x, **a)
+
+    with pytest.raises(ValueError, match="bias \\[seq \\+ M\\]"):
+        call(bias=bias[:-1])
+    with pytest.raises(ValueError, match="shifts must come through"):
+        call(ada1=(ada1[0], torch.zeros(w), ada1[2]))          # the shift itself [W], not shift @ Wqkv^T [(H+2)·D]
+    with pytest.raises(ValueError, match="scratch was sized for"):
+        call(seq=seq + 64, bias=torch.zeros(seq + 64 + m, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="does not split into"):
+        call(tiles={"o": (48, 128)})
+    assert torch.equal(x, x0) and scratch.launches == 0
+    scratch.launches = 1                                   # every counter taken
+    with pytest.raises(RuntimeError, match="barrier slots used"):
+        call()
+    assert torch.equal(x, x0) and scratch.launches == 1

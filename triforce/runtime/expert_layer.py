@@ -324,20 +324,17 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
                          f"bias {tuple(bias.shape)}, w_qkv {tuple(w_qkv.shape)}")
     if triton.cdiv(keys, scratch.key_block) != scratch.key_blocks:
         raise ValueError(f"expert_layer: scratch was sized for {scratch.key_blocks} key blocks, this call has {keys} keys")
-    if phase is None or phase == -2:
-        if scratch.launches * (PHASES - 1) >= scratch.barriers.numel():
-            raise RuntimeError(f"ExpertScratch: all {scratch.barriers.numel() // (PHASES - 1)} barrier slots used")
-        bar = scratch.barriers[scratch.launches * (PHASES - 1):]
-        scratch.launches += 1
-    else:
-        bar = scratch.barriers
     (s1, c1, g1), (s2, c2, g2) = ada1, ada2
     if c1.shape[-1] != w_qkv.shape[0] or c2.shape[-1] != w_gate_up.shape[0]:
         raise ValueError(f"expert_layer: the shifts must come through the QKV / gate-up weights (shift_through); got "
                          f"{c1.shape[-1]} and {c2.shape[-1]} columns for {w_qkv.shape[0]} and {w_gate_up.shape[0]}")
     tiles = {**TILES, **(tiles or {})}
-    tq, to, tg, td = (_tile(tiles, name, n, k) for name, n, k in (("qkv", head_dim // 2, width), ("o", width, heads * head_dim),
-                                                            ("gate_up", mlp, width), ("down", width, mlp)))
+    tq, to, tg, td = [_tile(tiles, name, n, k) for name, n, k in (("qkv", head_dim // 2, width), ("o", width, heads * head_dim),
+                                                            ("gate_up", mlp, width), ("down", width, mlp))]
+    barriers = phase is None or phase == -2           # a launch with barriers takes the scratch's next counters
+    if barriers and scratch.launches * (PHASES - 1) >= scratch.barriers.numel():
+        raise RuntimeError(f"ExpertScratch: all {scratch.barriers.numel() // (PHASES - 1)} barrier slots used")
+    bar = scratch.barriers[scratch.launches * (PHASES - 1):] if barriers else scratch.barriers
     args = (x, s1, c1, g1, s2, c2, g2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin,
             scratch.h, scratch.qkv, scratch.act, scratch.po, scratch.pm, scratch.pl, scratch.att, bar, rows, seq, keys, eps,
             head_dim ** -0.5 * 1.4426950408889634)
@@ -346,8 +343,9 @@ def expert_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache,
         QKV_BN=tq[0], QKV_BK=tq[1], O_BN=to[0], O_BK=to[1], GU_BN=tg[0], GU_BK=tg[1], DN_BN=td[0], DN_BK=td[1],
         BT=scratch.key_block, BLOCK_M=MAX_ROWS, PHASE=-1 if phase is None else phase, DOT_F32=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages)
-    if (phase is None or phase == -2) and not INTERPRETED:
+    if barriers and not INTERPRETED:
         _check_resident(scratch.programs, args, meta, x.device)
+    scratch.launches += barriers                       # only once nothing can refuse the call any more
     _expert_layer_kernel[(scratch.programs,)](*args, **meta)
     return x
 
