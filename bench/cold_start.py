@@ -6,7 +6,6 @@ machine that ran the engine before). The synthetic checkpoint is written and syn
 otherwise slows the loads that follow). Records bench/results/cold_start-<gpu>-<date>.json.
     python3 bench/cold_start.py [--config pi05_libero] [--workers 8] [--out-dir bench/results]"""
 
-import argparse
 import json
 import os
 import subprocess
@@ -47,10 +46,9 @@ def child(config: str, workers: int, cache: str) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = rep.bench_parser(__doc__)
     ap.add_argument("--config", default="pi05_libero", help="model config (synthetic weights)")
     ap.add_argument("--workers", type=int, default=0, help="compile threads (0: the engine's default)")
-    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
     a = ap.parse_args()
     from triforce.runtime.jit_warmup import default_workers
 
@@ -74,8 +72,7 @@ def main():
         rows.append([name, "warm", warm["load_s"], warm["cold_start_s"] - warm["load_s"], warm["cold_start_s"]])
     rep.print_table(f"cold start, plan A {a.config} (s; fresh processes)",
                     ["variant", "Triton cache", "load", "first inference", "cold start"], rows)
-    record = {**rep.stamp(" ".join(sys.argv)), "config": a.config, "variants": results}
-    print("recorded:", rep.write_record(a.out_dir, "cold_start", record))
+    rep.record_run(a.out_dir, "cold_start", {"config": a.config, "variants": results})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ shapes of the few-row kernels (skinny o/down, split-KV attention), then times th
 Prints tables and records bench/results/expert_kernels-<gpu>-<date>.json.
     python3 bench/expert_kernels.py [--runs 50] [--out-dir bench/results]"""
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -69,10 +68,7 @@ class Layers:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=50, help="timed replays per entry (>= 50)")
-    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
-    a = ap.parse_args()
+    a = rep.bench_parser(__doc__, runs=True).parse_args()
     torch.manual_seed(0)
     lay = Layers()
     sweep = []
@@ -93,10 +89,9 @@ def main():
                     [[r["launch"], r["us"]] for r in per_launch]
                     + [["sum of launches", sum(r["us"] for r in per_launch)], ["chain (one graph)", chain],
                        ["bf16 weight-read floor at 3.0 TB/s", floor_us]])
-    record = {**rep.stamp(" ".join(sys.argv)), "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I,
-                                                          "layers": L, "keys": SEQ + M},
-              "sweep": sweep, "per_launch": per_launch, "chain_us_per_layer": chain, "weight_floor_us": floor_us}
-    print("recorded:", rep.write_record(a.out_dir, "expert_layer", record))
+    rep.record_run(a.out_dir, "expert_layer", {
+        "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I, "layers": L, "keys": SEQ + M},
+        "sweep": sweep, "per_launch": per_launch, "chain_us_per_layer": chain, "weight_floor_us": floor_us})
 
 
 if __name__ == "__main__":

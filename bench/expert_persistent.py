@@ -8,7 +8,6 @@
 Records bench/results/expert_persistent-<gpu>-<date>.json.
     python3 bench/expert_persistent.py [--runs 50] [--out-dir bench/results]"""
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from expert_kernels import BF16, SEQ, D, H, I, L, M, W, Layers  # noqa: E402
+from expert_kernels import BF16, SEQ, D, H, I, L, M, W, Layers, graph_us  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.runtime import expert_layer as el  # noqa: E402
@@ -104,23 +103,20 @@ def us_per_layer(fn, runs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=50, help="timed replays per entry (>= 50)")
-    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
-    a = ap.parse_args()
+    a = rep.bench_parser(__doc__, runs=True).parse_args()
     torch.manual_seed(0)
     lay = Layers()
     pe = Persistent(lay)
     checks = correctness(pe)
     rep.print_table("persistent expert layer vs the fp32 formula (one layer)", ["mode", "max rel err", "update cos", "ok"],
                     [[c["mode"], c["max_rel_err"], c["update_cosine"], c["ok"]] for c in checks])
-    per_op = us_per_layer(lambda: [fn(i) for i in range(L) for _, fn in lay.launches()], a.runs)
+    per_op = graph_us(lambda i: [fn(i) for _, fn in lay.launches()], a.runs)    # expert_kernels.py's chain
     persistent = us_per_layer(pe.all_layers, a.runs)
-    six = us_per_layer(lambda: pe.all_layers(phases=range(el.PHASES)), a.runs)
+    phased = us_per_layer(lambda: pe.all_layers(phases=range(el.PHASES)), a.runs)
     floor_us = sum(t.numel() * 2 for t in (lay.qkv[0], lay.o[0], lay.gu[0], lay.down[0])) / 3.0e12 * 1e6
     rep.print_table("us per expert layer (one graph of 18 layers)", ["path", "us", "vs per-op"],
                     [["per-op (10 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
-                     [f"{el.PHASES} phase launches", six, per_op / six], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
+                     [f"{el.PHASES} phase launches", phased, per_op / phased], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     variants = [{}, {"programs": sms}, {"key_block": 64}, {"tiles": {"down": (32, 256)}}, {"tiles": {"gate_up": (32, 128)}},
                 {"tiles": {"o": (32, 128)}}, {"tiles": {"qkv": (16, 256)}}, {"num_warps": 8, "programs": sms}]
@@ -132,7 +128,6 @@ def main():
             us = f"failed: {str(err).splitlines()[0][:80]}"
         sweep.append({"variant": v, "us": us})
         print("sweep:", v, us, flush=True)
-    pe.all_layers(programs=sms)
     rep.print_table("launch-shape sweep (persistent, us per layer; default above)", ["variant", "us"],
                     [[str(s["variant"]), s["us"]] for s in sweep])
     best = min((s for s in sweep if isinstance(s["us"], float)), key=lambda s: s["us"], default={"variant": {}})
@@ -145,13 +140,12 @@ def main():
     rep.print_table(f"each phase alone, {best['variant']} (us per launch)", ["phase", "us"], [[p["phase"], p["us"]] for p in phases])
     stats = compiled_stats()
     print("compiled kernel variants:", stats)
-    record = {**rep.stamp(" ".join(sys.argv)), "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I,
-                                                          "layers": L, "keys": SEQ + M},
-              "correctness": checks, "us_per_layer": {"per_op": per_op, "persistent": persistent, "phase_launches": six,
-                                                      "weight_floor": floor_us},
-              "ratio_per_op_over_persistent": per_op / persistent, "default_tiles": el.TILES, "sweep": sweep,
-              "phases": phases, "barriers_only": barriers, "compiled": stats}
-    print("recorded:", rep.write_record(a.out_dir, "expert_persistent", record))
+    rep.record_run(a.out_dir, "expert_persistent", {
+        "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I, "layers": L, "keys": SEQ + M},
+        "correctness": checks,
+        "us_per_layer": {"per_op": per_op, "persistent": persistent, "phase_launches": phased, "weight_floor": floor_us},
+        "ratio_per_op_over_persistent": per_op / persistent, "default_tiles": el.TILES, "sweep": sweep,
+        "phases": phases, "barriers_only": barriers, "compiled": stats})
     sys.exit(0 if all(c["ok"] for c in checks) else 1)
 
 

@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
 """FP8 vs bf16 on the Gemma 2B MLP GEMMs at prefix sizes (M = 528, 712): cuBLASLt through torch._scaled_mm with
 row-wise (per-channel) scales and with per-tensor scales, vs bf16 torch.mm. CUDA events after warm-up, median of
-50, same run. python3 bench/fp8_gemm.py [--out DIR]"""
+50, same run. python3 bench/fp8_gemm.py [--out-dir DIR]"""
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,9 +15,7 @@ from triforce.timing import time_cuda  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="bench/results", help="where the JSON record goes")
-    args = ap.parse_args()
+    args = rep.bench_parser(__doc__).parse_args()
     rows = []
     for m in (528, 712):
         for name, n, k in (("gate_up", 32768, 2048), ("down", 2048, 16384)):
@@ -32,11 +29,9 @@ def main():
             t_tensor = time_cuda(lambda: torch._scaled_mm(a8, w8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16), runs=50, warmup_s=1.5)["median_ms"]
             rows.append({"gemm": name, "m": m, "n": n, "k": k, "bf16_ms": t_bf16, "fp8_rowwise_ms": t_row, "fp8_tensorwise_ms": t_tensor,
                          "speedup_rowwise": t_bf16 / t_row, "speedup_tensorwise": t_bf16 / t_tensor})
-    record = {**rep.stamp(" ".join(sys.argv)), "rows": rows}
-    path = rep.write_json(Path(args.out) / f"fp8_gemm-{record['device']['gpu'].replace(' ', '-')}-{record['date'][:10]}.json", record)
     rep.print_table("FP8 vs bf16, Gemma 2B MLP (ms, median of 50)", ["gemm", "M", "bf16", "fp8 row-wise", "fp8 per-tensor", "x row-wise", "x per-tensor"],
                     [[r["gemm"], r["m"], r["bf16_ms"], r["fp8_rowwise_ms"], r["fp8_tensorwise_ms"], r["speedup_rowwise"], r["speedup_tensorwise"]] for r in rows])
-    print(f"recorded: {path}")
+    rep.record_run(args.out_dir, "fp8_gemm", {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ elif [ "$1" = 2 ]; then
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_measured --observations 64 --runs 100 --report-dir "$OUT/measured"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe thor --observations 2 --report-dir /tmp/thor
 else
-  run python3 bench/w4a16_paths.py --out "$OUT"
+  run python3 bench/w4a16_paths.py --out-dir "$OUT"
   run python3 bench/cold_start.py --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100 --runs 50 --out-dir "$OUT"
 fi

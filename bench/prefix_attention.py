@@ -5,7 +5,6 @@ device events after warm-up, median us per call, result checked against the firs
 records bench/results/prefix_attention-<gpu>-<date>.json.
     python3 bench/prefix_attention.py [--out-dir bench/results]"""
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,14 +24,8 @@ def graph_us(fn) -> float:
     return time_graph_us([fn] * CALLS)
 
 
-def record(out_dir: str, payload: dict) -> None:
-    print("recorded:", rep.write_record(out_dir, "prefix_attention", {**rep.stamp(" ".join(sys.argv)), **payload}))
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
-    out_dir = ap.parse_args().out_dir
+    out_dir = rep.bench_parser(__doc__).parse_args().out_dir
     torch.manual_seed(0)
     q = torch.randn(ROWS, D, device="cuda", dtype=torch.bfloat16)
     k, v = (torch.randn(KEYS, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -51,7 +44,7 @@ def main():
         rows.append([bm, bn, warps, stages, us, float((out.float() - ref.float()).abs().max())])
     columns = ["block_m", "block_n", "warps", "stages", "us", "max abs diff vs first"]
     print_table("prefix MQA attention, 4224 rows x 528 keys x 256 (us per call)", columns, rows)
-    record(out_dir, {"unit": f"us per call, CUDA graph of {CALLS} calls", "shapes": [dict(zip(columns, r)) for r in rows]})
+    rep.record_run(out_dir, "prefix_attention", {"unit": f"us per call, CUDA graph of {CALLS} calls", "shapes": [dict(zip(columns, r)) for r in rows]})
 
 
 if __name__ == "__main__":

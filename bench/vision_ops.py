@@ -5,7 +5,6 @@ is a CUDA graph of 20 calls (launch overhead out, as in the engine); device even
 call; each row's result checked against the first. Prints tables and records
 bench/results/vision_ops-<gpu>-<date>.json."""
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,14 +27,8 @@ def graph_us(fn) -> float:
     return time_graph_us([fn] * CALLS)
 
 
-def record(out_dir: str, payload: dict) -> None:
-    print("recorded:", rep.write_record(out_dir, "vision_ops", {**rep.stamp(" ".join(sys.argv)), **payload}))
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
-    out_dir = ap.parse_args().out_dir
+    out_dir = rep.bench_parser(__doc__).parse_args().out_dir
     torch.manual_seed(0)
     qkv = torch.randn(V, T, 3, H, D, device="cuda", dtype=torch.bfloat16).permute(2, 0, 3, 1, 4)
     rows, ref = [], None
@@ -61,7 +54,7 @@ def main():
     rows = [[name, graph_us(fn), float((fn().float() - ref).abs().max() / ref.abs().max())] for name, fn in
             (("addmm + gelu kernel", two), ("cuBLASLt GELU epilogue", one))]
     print_table("vision fc1 + GELU [512 x 1152 -> 4304] (us)", ["variant", "median us", "max rel diff vs first"], rows)
-    record(out_dir, {"unit": f"us per call, CUDA graph of {CALLS} calls", "attention_2x16x256x72": attention,
+    rep.record_run(out_dir, "vision_ops", {"unit": f"us per call, CUDA graph of {CALLS} calls", "attention_2x16x256x72": attention,
                      "fc1_gelu_512x1152x4304": {r[0]: r[1] for r in rows}})
 
 

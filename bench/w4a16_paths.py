@@ -2,9 +2,8 @@
 """Few-row GEMM paths at the denoise shapes (M = 10): cuBLAS bf16, the Triton skinny bf16 kernel, the wheel's
 CUTLASS W4A16 and the Triton few-row W4A16 - why Plan A and Plan B use the kernels they use. Each timed as a CUDA
 graph of calls over weight copies that overflow L2 (median of 50 replays after warm-up, per call), same run.
-    python3 bench/w4a16_paths.py [--out DIR]"""
+    python3 bench/w4a16_paths.py [--out-dir DIR] [--m 10]"""
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import devbuild  # noqa: E402
 from triforce import report as rep  # noqa: E402
 from triforce.quant import formats as fm  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
-from triforce.timing import time_cuda, time_graph_us  # noqa: E402
+from triforce.timing import copy_gbs, time_graph_us  # noqa: E402
 
 SHAPES = [("expert qkv", 2560, 1024), ("expert o", 1024, 2048), ("expert gate_up", 8192, 1024), ("expert down", 1024, 4096),
           ("gemma gate_up", 16384, 2048), ("gemma down", 2048, 16384)]
@@ -29,8 +28,7 @@ def graph_ms(calls, copies):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="bench/results", help="where the JSON record goes")
+    ap = rep.bench_parser(__doc__)
     ap.add_argument("--m", type=int, default=10, help="rows (tokens)")
     args = ap.parse_args()
     tk = devbuild.load()
@@ -61,19 +59,15 @@ def main():
                      "cutlass_w4a16_weight_gbs": int4_bytes / (t["cutlass_w4a16"] * 1e-3) / 1e9})
         del ws, q, packed
         torch.cuda.empty_cache()
-    src = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() * 2 / (time_cuda(lambda: dst.copy_(src), runs=20)["median_ms"] * 1e-3) / 1e9
-    record = {**rep.stamp(" ".join(sys.argv)), "copy_gbs": copy_gbs, "rows": rows,
-              "timing": "per call: CUDA graph of calls over weight copies covering 2x L2, CUDA events, median of 50 replays"}
-    gpu = record["device"]["gpu"].replace(" ", "-")
-    path = rep.write_json(Path(args.out) / f"w4a16_paths-{gpu}-{record['date'][:10]}.json", record)
-    rep.print_table(f"few-row GEMM paths at M={m} (us per call; weight GB/s vs copy {copy_gbs:.0f})",
+    copy = copy_gbs()
+    rep.print_table(f"few-row GEMM paths at M={m} (us per call; weight GB/s vs copy {copy:.0f})",
                     ["gemm", "cuBLAS bf16", "Triton bf16", "CUTLASS W4A16", "Triton W4A16", "W4A16 GB/s C | T", "rel err C | T"],
                     [[r["gemm"], r["ms"]["cublas_bf16"] * 1e3, r["ms"]["triton_skinny_bf16"] * 1e3, r["ms"]["cutlass_w4a16"] * 1e3,
                       r["ms"]["triton_w4a16"] * 1e3, f"{r['cutlass_w4a16_weight_gbs']:.0f} | {r['triton_w4a16_weight_gbs']:.0f}",
                       f"{r['rel_err']['cutlass_w4a16']:.1e} | {r['rel_err']['triton_w4a16']:.1e}"] for r in rows])
-    print(f"recorded: {path}")
+    rep.record_run(args.out_dir, "w4a16_paths", {
+        "copy_gbs": copy, "rows": rows,
+        "timing": "per call: CUDA graph of calls over weight copies covering 2x L2, CUDA events, median of 50 replays"})
 
 
 if __name__ == "__main__":

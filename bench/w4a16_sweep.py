@@ -5,7 +5,6 @@ bf16 on the same shapes in the same run for the ratio. Every entry: a CUDA graph
 overflow L2, median of 50 replays after warm-up, per call. Records bench/results/w4a16_sweep-<gpu>-<date>.json.
     python3 bench/w4a16_sweep.py [--out-dir bench/results]"""
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch  # noqa: E402
 from triforce import report as rep  # noqa: E402
 from triforce.quant import formats as fm  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
-from triforce.timing import time_cuda, time_graph_us  # noqa: E402
+from triforce.timing import copy_gbs, time_graph_us  # noqa: E402
 
 SHAPES = [("gemma gate (half of gate/up)", 16384, 2048), ("gemma down", 2048, 16384), ("expert gate_up", 8192, 1024),
           ("expert down", 1024, 4096)]
@@ -25,12 +24,6 @@ ROWS = (10, 64)
 SHAPE_GRID = [dict(block_n=bn, groups=g, num_warps=w, num_stages=3)
               for bn, g, w in itertools.product((64, 128, 256), (1, 2, 4), (4, 8))]
 FIRST_DEFAULT = dict(block_n=64, groups=1, num_warps=4, num_stages=3)   # the kernel's launch shape before this sweep
-
-
-def copy_gbs() -> float:
-    src = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 2 / (time_cuda(lambda: dst.copy_(src), runs=20)["median_ms"] * 1e-3) / 1e9
 
 
 def per_call_us(call, copies):
@@ -77,9 +70,7 @@ def sweep_shape(name, n, k, copy):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
-    a = ap.parse_args()
+    a = rep.bench_parser(__doc__).parse_args()
     torch.manual_seed(0)
     copy = copy_gbs()
     rows = [r for name, n, k in SHAPES for r in sweep_shape(name, n, k, copy)]
@@ -87,9 +78,9 @@ def main():
                     ["gemm", "M", "first default us", "best us", "best shape", "best % of copy BW", "cuBLAS bf16 us"],
                     [[r["gemm"], r["m"], r["default"]["us"], r["best"]["us"], str(r["best"]["shape"]),
                       f"{r['best']['copy_fraction']:.0%}", r["cublas_bf16_us"]] for r in rows])
-    record = {**rep.stamp(" ".join(sys.argv)), "copy_gbs": copy, "rows": rows,
-              "timing": "per call: CUDA graph of calls over weight copies covering 2x L2, CUDA events, median of 50 replays"}
-    print("recorded:", rep.write_record(a.out_dir, "w4a16_sweep", record))
+    rep.record_run(a.out_dir, "w4a16_sweep", {
+        "copy_gbs": copy, "rows": rows,
+        "timing": "per call: CUDA graph of calls over weight copies covering 2x L2, CUDA events, median of 50 replays"})
 
 
 if __name__ == "__main__":

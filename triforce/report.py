@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -70,6 +71,22 @@ def write_record(out_dir, name: str, payload: dict) -> Path:
     """A stamped benchmark record (payload carries stamp()'s fields) at <out_dir>/<name>-<gpu>-<date>.json."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", payload["device"]["gpu"] or "gpu").strip("-").lower()
     return write_json(Path(out_dir) / f"{name}-{gpu}-{payload['date'][:10]}.json", payload)
+
+
+def bench_parser(doc: str, runs: bool = False) -> argparse.ArgumentParser:
+    """The flags every bench script shares: --out-dir, and --runs where it times graph replays."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--out-dir", default="bench/results", help="where the JSON record goes")
+    if runs:
+        ap.add_argument("--runs", type=int, default=50, help="timed replays per entry (>= 50)")
+    return ap
+
+
+def record_run(out_dir, name: str, payload: dict) -> Path:
+    """A bench script's record: payload stamped with this command line (write_record), and where it went."""
+    path = write_record(out_dir, name, {**stamp(" ".join(sys.argv)), **payload})
+    print("recorded:", path)
+    return path
 
 
 def stamp(command: str) -> dict:

@@ -47,6 +47,16 @@ def time_graph_us(calls, runs: int = 50, warmup_s: float = 0.3) -> float:
     return time_cuda(graph.replay, runs=runs, warmup_s=warmup_s)["median_ms"] * 1e3 / len(calls)
 
 
+def copy_gbs(runs: int = 20) -> float:
+    """Device-to-device copy of 1 GiB, bytes read + written per second in GB/s: the bandwidth ceiling that Phase 0
+    and the weight-streaming benchmarks compare against."""
+    import torch
+
+    src = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 2 / (time_cuda(lambda: dst.copy_(src), runs=runs, warmup_s=0.5)["median_ms"] * 1e-3) / 1e9
+
+
 def time_wall(fn, runs: int = 50, warmup: int = 3) -> dict:
     """Median wall time in ms of a call that synchronizes itself (e.g. a predict call returning host arrays)."""
     for _ in range(warmup):

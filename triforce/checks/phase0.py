@@ -24,12 +24,9 @@ def measure_ceilings(runs: int = 20) -> dict:
     """Device-to-device copy bandwidth (bytes read + written) and dense GEMM throughput, bf16 and fp8."""
     import torch
 
-    from ..timing import time_cuda
+    from ..timing import copy_gbs, time_cuda
 
-    src = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda").uniform_()
-    dst = torch.empty_like(src)
-    copy = time_cuda(lambda: dst.copy_(src), runs=runs, warmup_s=0.5)
-    out = {"copy_gbs": 2 * src.numel() * 2 / (copy["median_ms"] * 1e-3) / 1e9}
+    out = {"copy_gbs": copy_gbs(runs)}
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)

@@ -1,0 +1,24 @@
+"""How bench scripts record their runs (triforce/report.py): one parser for the shared flags, one stamped record."""
+
+import json
+import sys
+
+from triforce import report as rep
+
+
+def test_record_run_stamps_the_command_and_names_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench/some_bench.py", "--out-dir", str(tmp_path)])
+    path = rep.record_run(tmp_path, "some_bench", {"rows": [1, 2]})
+    record = json.loads(path.read_text())
+    assert record["command"] == f"bench/some_bench.py --out-dir {tmp_path}" and record["rows"] == [1, 2]
+    assert {"date", "commit", "device"} <= record.keys()
+    assert path.parent == tmp_path and path.name.startswith("some_bench-")
+    assert path.name.endswith(f"-{record['date'][:10]}.json")
+    assert f"recorded: {path}" in capsys.readouterr().out
+
+
+def test_bench_parser_shares_out_dir_and_runs():
+    assert rep.bench_parser("doc").parse_args([]).out_dir == "bench/results"
+    args = rep.bench_parser("doc", runs=True).parse_args(["--runs", "70", "--out-dir", "x"])
+    assert (args.runs, args.out_dir) == (70, "x")
+    assert not hasattr(rep.bench_parser("doc").parse_args([]), "runs")
