@@ -19,6 +19,7 @@ from triforce.runtime import fused  # noqa: E402
 from triforce.timing import time_graph_us  # noqa: E402
 
 M, W, H, D, I, L, SEQ = 10, 1024, 8, 256, 4096, 18, 528
+ROPE_BASE = 10000.0
 BF16 = torch.bfloat16
 
 
@@ -37,7 +38,7 @@ class Layers:
         self.x = torch.randn(M, W, device="cuda")
         self.h = torch.randn(M, W, device="cuda").to(BF16)
         self.scale, self.gate = torch.rand(W, device="cuda") + 0.5, torch.rand(W, device="cuda") * 1e-3
-        self.cos, self.sin = fused.rope_tables(SEQ + M + 8, D, 10000.0, "cuda")
+        self.cos, self.sin = fused.rope_tables(SEQ + M + 8, D, ROPE_BASE, "cuda")
         self.pos = torch.arange(SEQ, SEQ + M, device="cuda", dtype=torch.int32)
         self.q, self.att = torch.empty(M * H, D, device="cuda", dtype=BF16), torch.empty(M * H, D, device="cuda", dtype=BF16)
         self.kc = [torch.randn(SEQ + M, D, device="cuda").to(BF16) for _ in range(L)]

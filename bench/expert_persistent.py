@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from expert_kernels import BF16, SEQ, D, H, I, L, M, W, Layers, graph_us  # noqa: E402
+from expert_kernels import BF16, ROPE_BASE, SEQ, D, H, I, L, M, W, Layers, graph_us  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.runtime import expert_layer as el  # noqa: E402
@@ -68,7 +68,8 @@ def correctness(pe: Persistent) -> list:
     rows = []
     for mode in ("one launch", "phase by phase"):
         x0 = torch.randn(M, W, device="cuda")
-        ref = el.reference_layer(x0.clone(), *pe.args(0, through=False), EPS, H, D)
+        ada1, ada2, *weights, kc, vc, bias, pos, _, _, seq = pe.args(0, through=False)
+        ref = el.reference_layer(x0.clone(), ada1, ada2, *weights, kc, vc, bias, pos, ROPE_BASE, seq, EPS, H, D)
         x = x0.clone()
         pe.scratch.launches = 0
         pe.scratch.barriers.zero_()

@@ -36,7 +36,7 @@ scratch = el.ExpertScratch.allocate(M, W, SEQ + M, H, D, FF, launches=2, device=
 for n in range(2):
     lw = layer_weights()
     ref = el.reference_layer(ref, lw["ada1"], lw["ada2"], lw["wqkv"], lw["wo"], lw["wgu"], lw["wd"], lw["kc"], lw["vc"],
-                             bias, pos, cos, sin, SEQ, EPS, H, D)
+                             bias, pos, 10000.0, SEQ, EPS, H, D)
     (s1, b1, g1), (s2, b2, g2) = lw["ada1"], lw["ada2"]
     ada1, ada2 = (s1, el.shift_through(lw["wqkv"], b1), g1), (s2, el.shift_through(lw["wgu"], b2), g2)
     for phase in range(el.PHASES):

@@ -376,28 +376,20 @@ def _check_resident(programs: int, args, meta, device) -> None:
                            f"once; its grid barriers would never complete (lower ExpertScratch.programs)")
 
 
-def reference_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, cos, sin, seq: int,
-                    eps: float, heads: int, head_dim: int):
-    """The same layer as plain fp32 torch (what the per-op engine computes, without its bf16 roundings): the
-    formula tests and bench/expert_persistent.py check the kernel against. Returns the new residual."""
-    import torch.nn.functional as F
+def reference_layer(x, ada1, ada2, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, bias, pos, rope_base: float,
+                    seq: int, eps: float, heads: int, head_dim: int):
+    """The same layer in fp32 from the reference model's own pieces (runtime/model.py), without the engine's bf16
+    roundings: what the interpreter test and bench/expert_persistent.py check the kernel against. ada1/ada2 are
+    (1 + scale, shift, gate); bias is the additive key mask (0 / -inf). Returns the new residual."""
+    from .model import ReferencePi05, gelu_tanh, rms_normalize, rope
 
-    rows = x.shape[0]
+    rows, hd = x.shape[0], heads * head_dim
     (s1, b1, g1), (s2, b2, g2) = ada1, ada2
-
-    def rotate(t, c, s):
-        t1, t2 = t[..., :head_dim // 2], t[..., head_dim // 2:]
-        return torch.cat([t1 * c - t2 * s, t2 * c + t1 * s], -1)
-
-    h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * s1 + b1
-    qkv = h @ w_qkv.float().T
-    c, s = cos[pos.long()], sin[pos.long()]
-    q = rotate(qkv[:, :heads * head_dim].view(rows, heads, head_dim), c[:, None], s[:, None])
-    k = rotate(qkv[:, heads * head_dim:(heads + 1) * head_dim], c, s)
-    keys = torch.cat([k_cache[:seq].float(), k])
-    vals = torch.cat([v_cache[:seq].float(), qkv[:, (heads + 1) * head_dim:]])
-    p = torch.softmax(torch.einsum("mhd,td->mht", q, keys) / head_dim ** 0.5 + bias.float(), -1)
-    x = x + g1 * (torch.einsum("mht,td->mhd", p, vals).reshape(rows, -1) @ w_o.float().T)
-    h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * s2 + b2
-    gate, up = (h @ w_gate_up.float().T).chunk(2, -1)
-    return x + g2 * ((F.gelu(gate, approximate="tanh") * up) @ w_down.float().T)
+    qkv = (rms_normalize(x, eps) * s1 + b1) @ w_qkv.float().T
+    q = rope(qkv[:, :hd].view(rows, heads, head_dim).transpose(0, 1), pos, rope_base)      # [H, M, D]
+    keys = torch.cat([k_cache[:seq].float(), rope(qkv[:, hd:hd + head_dim], pos, rope_base)])
+    vals = torch.cat([v_cache[:seq].float(), qkv[:, hd + head_dim:]])
+    att = ReferencePi05._attend(q, keys, vals, (bias == 0).expand(rows, -1), head_dim)
+    x = x + g1 * (att.transpose(0, 1).reshape(rows, hd) @ w_o.float().T)
+    gate, up = ((rms_normalize(x, eps) * s2 + b2) @ w_gate_up.float().T).chunk(2, -1)
+    return x + g2 * ((gelu_tanh(gate) * up) @ w_down.float().T)
