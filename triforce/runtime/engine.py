@@ -11,6 +11,8 @@ What makes it fast, each exact up to bf16 rounding:
 - one kv head: the 8 query heads are laid out as 8·S rows of one head, so attention is one plain MQA call;
 - opt-in (`set_expert_path("persistent")`): each bf16 expert layer as one persistent launch instead of 10
   (runtime/expert_layer.py; correct, but measured slower on the H100: bench/results/expert_persistent-*.json);
+- denoise step 0 runs on a second stream beside the prefix (`overlap_step0`): its layer i needs only the prefix's
+  layer-i K/V, and its small launches fill the SMs the prefix GEMMs leave idle (one graph, event dependencies);
 - static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so, after
   a dry forward has compiled every Triton kernel of the shape in parallel (runtime/jit_warmup.py).
 """
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TriforceError
@@ -107,9 +110,10 @@ class Linear:
         """gelu_tanh(x W^T + b) with the GELU in cuBLASLt's epilogue (SigLIP's fc1: one launch, no fp32 round trip)."""
         return torch._addmm_activation(self.bias, x, self.weight.t(), use_gelu=True)
 
-    def add_into(self, residual, x, gate):
-        """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
-        fused.skinny_linear(x, self.weight, out=residual, gate=gate)
+    def add_into(self, residual, x, gate, norm=None):
+        """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS; norm (fused.NormAfter): then
+        also the next norm of the residual, in the same launch."""
+        fused.skinny_linear(x, self.weight, out=residual, gate=gate, norm=norm)
 
     @property
     def nbytes(self) -> int:
@@ -143,6 +147,7 @@ class Pi05Engine:
         self._build_weights(state)
         self._precompute_time_tables(state)
         self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
+        self.overlap_step0 = True        # set_overlap_step0
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -241,6 +246,12 @@ class Pi05Engine:
         self.expert_path = path
         self.slots.clear()
 
+    def set_overlap_step0(self, on: bool) -> None:
+        """Whether denoise step 0 runs beside the prefix on a second stream (True) or after it. Captured graphs
+        are dropped and re-capture."""
+        self.overlap_step0 = bool(on)
+        self.slots.clear()
+
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
         """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
@@ -272,15 +283,20 @@ class Pi05Engine:
         fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
 
-    def _prefix(self, img_tokens, tokens, token_mask, kv):
-        """Gemma 2B over [image tokens | prompt bucket]; fills the per-layer K/V cache. Returns (valid, positions)."""
+    @staticmethod
+    def _prefix_valid(n_img: int, token_mask):
+        """Which prefix slots hold a token: every image token, then the prompt's mask."""
+        return torch.cat([torch.ones(n_img, dtype=torch.bool, device="cuda"), token_mask])
+
+    def _prefix(self, img_tokens, tokens, valid, kv, kv_ready=None):
+        """Gemma 2B over [image tokens | prompt bucket]; fills the per-layer K/V cache, calling kv_ready(i) (if
+        given) once layer i's K/V are written."""
         cfg, p = self.cfg, self.cfg.prefix
         n_img = img_tokens.shape[0]
         seq = n_img + tokens.shape[0]
         x = torch.empty(seq, p.width, dtype=torch.float32, device="cuda")
         x[:n_img] = img_tokens
         x[n_img:] = self.embedding[tokens].float() * math.sqrt(p.width)
-        valid = torch.cat([torch.ones(n_img, dtype=torch.bool, device="cuda"), token_mask])
         pos = (torch.cumsum(valid.int(), 0) - 1).int()
         mask = additive_mask(valid)
         q = torch.empty(seq * p.num_heads, p.dim_head, dtype=BF16, device="cuda")
@@ -293,6 +309,8 @@ class Pi05Engine:
                            quant_scale=quant_scale(qkv_l))
             fused.rope_qkv(qkv_l(h), pos, self.cos, self.sin, q, k_cache, v_cache, 0, p.num_heads, p.dim_head,
                            channel_scale=out_scale(qkv_l))
+            if kv_ready is not None:
+                kv_ready(i)
             if i == len(self.prefix_layers) - 1:
                 break                       # the expert reads only this layer's K/V
             att = self._attend(q, k_cache[:seq], v_cache[:seq], mask).view(seq, -1)
@@ -302,12 +320,12 @@ class Pi05Engine:
             act = torch.empty(seq, p.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             pending = down_l(fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l), channel_scale=out_scale(gu_l)))
             pending_scale = out_scale(down_l)
-        return valid, pos
 
-    def _denoise_step_persistent(self, step, x, x_t, pos, mask, kv, seq, scratch):
+    def _denoise_step_persistent(self, step, x, x_t, pos, mask, kv, seq, before_layer, scratch):
         """_denoise_step with each expert layer in one launch (runtime/expert_layer.py), then one euler_tail."""
         cfg, e = self.cfg, self.cfg.expert
         for i, layer in enumerate(self.expert_layers):
+            before_layer(i)
             (s1, _, g1), (s2, _, g2) = self.ada[i]
             c1, c2 = self.ada_through[i]
             expert_layer.expert_layer(x, (s1[step], c1[step], g1[step]), (s2[step], c2[step], g2[step]),
@@ -321,33 +339,41 @@ class Pi05Engine:
                          *((None, None) if last else self.action_in), x_next, eps=cfg.norm_eps)
         return x_next
 
-    def _denoise_step(self, step, x, x_t, pos, mask, kv, seq):
+    def _denoise_step(self, step, x, x_t, pos, mask, kv, seq, before_layer, counters):
         """One Euler step of the action expert on its fp32 residual x (x_t's action_in projection): x_t (fp32 [H, A])
         += dt · v(x_t, t_step) in place; returns the next step's residual (None after the last step).
-        Per layer: norm, QKV, RoPE + cache write, split-KV attention, o into the residual, norm, gate/up, GeGLU,
-        down into the residual: 10 launches (bench/results/expert_layer-*.json times each); then one euler_tail."""
+        before_layer(i) runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
+        Per layer: QKV, RoPE + cache write, attention (one split-KV launch), o into the residual with the next norm
+        in its last program, gate/up, GeGLU, down into the residual with the next layer's norm: 7 launches
+        (bench/results/expert_layer-*.json times each), then one euler_tail. counters: int32 zeros, left zero."""
         cfg, e = self.cfg, self.cfg.expert
         horizon = x_t.shape[0]
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
-        pending, pending_gate = None, None
+        new_h = lambda consumer: torch.empty(horizon, e.width, dtype=in_dtype(consumer), device="cuda")  # noqa: E731
+        pending, pending_gate, h = None, None, None
         for i, layer in enumerate(self.expert_layers):
+            before_layer(i)
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
-            h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
-            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
-                           quant_scale=quant_scale(qkv_l))
+            if h is None:          # not normed by the previous launch
+                h = new_h(qkv_l)
+                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
+                               quant_scale=quant_scale(qkv_l))
             fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
-            att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
-            pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
-            h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
-            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
-                           quant_scale=quant_scale(gu_l))
+            att = self._attend(q, k_cache, v_cache, mask, counters[1:]).view(horizon, -1)
+            pending, pending_gate, h = self._residual(o_l, x, att, g1[step], arena, self._norm_after(o_l, gu_l, s2[step], b2[step], counters))
+            if h is None:
+                h = new_h(gu_l)
+                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
+                               quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
-            pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
+            nxt = self._norm_after(down_l, self.expert_layers[i + 1]["qkv"], *[t[step] for t in self.ada[i + 1][0][:2]],
+                                   counters) if i + 1 < len(self.expert_layers) else None
+            pending, pending_gate, h = self._residual(down_l, x, act, g2[step], arena, nxt)
         sf, bf, _ = self.ada_final
         last = step == cfg.num_steps - 1
         x_next = None if last else torch.empty_like(x)
@@ -355,14 +381,28 @@ class Pi05Engine:
                          *((None, None) if last else self.action_in), x_next, y=pending, gate=pending_gate, eps=cfg.norm_eps)
         return x_next
 
+    def _norm_after(self, producer, consumer, scale, shift, counters):
+        """The norm feeding `consumer`, for the last program of `producer` (the launch adding into the residual
+        before it); None unless the producer is a bf16 few-row layer and the consumer reads bf16 (an FP8 consumer's
+        norm quantizes: add_norm does that)."""
+        if not (type(producer) is Linear and producer.adds_into_residual and self.cfg.action_horizon <= fused.SKINNY_MAX_ROWS):
+            return None
+        if quant_scale(consumer) is not None or in_dtype(consumer) != BF16:
+            return None
+        out = torch.empty(self.cfg.action_horizon, self.cfg.expert.width, dtype=BF16, device="cuda")
+        return fused.NormAfter(out, scale, shift, self.cfg.norm_eps, counters[:1])
+
     @staticmethod
-    def _residual(layer, x, inp, gate, arena):
+    def _residual(layer, x, inp, gate, arena, norm=None):
         """A gated residual branch: added into x now by a few-row kernel, or left pending (y, gate) for the next
-        add_norm to add."""
+        add_norm to add. Returns (pending y, pending gate, the next norm's output if this launch wrote it)."""
+        if norm is not None:
+            layer.add_into(x, inp, gate, norm)
+            return None, None, norm.out
         if getattr(layer, "adds_into_residual", False) and x.shape[0] <= fused.SKINNY_MAX_ROWS:
             layer.add_into(x, inp, gate)
-            return None, None
-        return Pi05Engine._call(layer, inp, arena), gate
+            return None, None, None
+        return Pi05Engine._call(layer, inp, arena), gate, None
 
     @staticmethod
     def _call(layer, x, arena):
@@ -370,16 +410,19 @@ class Pi05Engine:
         return layer(x, arena) if getattr(layer, "takes_arena", False) else layer(x)
 
     @staticmethod
-    def _attend(q, k, v, bias):
+    def _attend(q, k, v, bias, counters=None):
         """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
-        (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over rows fills the GPU.)"""
+        (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over rows fills the GPU: one
+        launch, whose last programs combine, given zeroed counters.)"""
         out = torch.empty_like(q)
         if q.shape[0] <= 256:
-            return fused.mqa_attention_split(q, k, v, bias, out)
+            return fused.mqa_attention_split(q, k, v, bias, out, counters)
         return fused.mqa_attention(q, k, v, bias, out)
 
     def _forward(self, slot_bufs, events=None):
-        """The whole inference on static buffers; `events` (optional) are recorded between stages for timing."""
+        """The whole inference on static buffers; `events` (optional) are recorded between stages for timing (with
+        overlap_step0, step 0's event marks its end on the denoise stream, so its time counts what is left of it
+        after the prefix)."""
         cfg, e = self.cfg, self.cfg.expert
         images, tokens, token_mask, noise = slot_bufs
         seq = images.shape[0] * cfg.tokens_per_image + tokens.shape[0]
@@ -389,22 +432,42 @@ class Pi05Engine:
         mark(0)
         img = self._vision(images)
         mark(1)
-        valid, _ = self._prefix(img, tokens, token_mask, kv)
+        valid = self._prefix_valid(img.shape[0], token_mask)
+        main = torch.cuda.current_stream()
+        if self.overlap_step0:
+            denoise, kv_events = torch.cuda.Stream(), [torch.cuda.Event() for _ in range(e.depth)]
+            denoise.wait_stream(main)            # forks after vision: step 0 then waits per layer for the prefix
+            kv_ready = lambda i: kv_events[i].record(main)  # noqa: E731
+            waits = [lambda i: denoise.wait_event(kv_events[i])] + [lambda i: None] * (cfg.num_steps - 1)
+        else:
+            denoise, kv_ready, waits = main, None, [lambda i: None] * cfg.num_steps
+        self._prefix(img, tokens, valid, kv, kv_ready)
         mark(2)
+        with torch.cuda.stream(denoise):
+            x_t = self._denoise(valid, noise, kv, seq, waits, mark)
+        if denoise is not main:
+            main.wait_stream(denoise)           # joins the graph's two branches
+        return x_t
+
+    def _denoise(self, valid, noise, kv, seq, waits, mark):
+        """The flow-matching loop: noise -> actions. waits[step](i) runs before layer i of each step."""
+        cfg, e = self.cfg, self.cfg.expert
         # Actions sit after the valid prefix tokens; they see the valid prefix and each other.
         horizon = cfg.action_horizon
         pos = (valid.int().sum() + torch.arange(horizon, device="cuda", dtype=torch.int32)).int()
         mask = additive_mask(torch.cat([valid, torch.ones(horizon, dtype=torch.bool, device="cuda")]))
         x_t = noise.clone()
         x = F.linear(x_t, *self.action_in)
+        # self-resetting counters: [0] the norm tails, [1:] the attention's row blocks (sequential on this stream)
+        counters = torch.zeros(1 + triton.cdiv(horizon * e.num_heads, fused.SPLIT_BLOCK_M), dtype=torch.int32, device="cuda")
         if self.expert_path == "persistent":
             scratch = expert_layer.ExpertScratch.allocate(horizon, e.width, seq + horizon, e.num_heads, e.dim_head, e.mlp_dim,
                                                           cfg.num_steps * e.depth, "cuda")
         for step in range(cfg.num_steps):
             if self.expert_path == "persistent":
-                x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, scratch)
+                x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, waits[step], scratch)
             else:
-                x = self._denoise_step(step, x, x_t, pos, mask, kv, seq)
+                x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, waits[step], counters)
             mark(3 + step)
         return x_t
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Denoise step 0 beside the prefix (engine.overlap_step0: a second stream in the one graph, step 0's layer i waiting
+only for the prefix's layer-i K/V) against step 0 after the prefix, in one run on one loaded model: graph replay
+median (device events, after warm-up), the stage split, agreement with the first variant and the ratio to it.
+Records bench/results/step0_overlap-<gpu>-<date>.json.
+    python3 bench/step0_overlap.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from triforce import report as rep  # noqa: E402
+from triforce.runtime.observation import check_observation  # noqa: E402
+from triforce.runtime.policy import Policy  # noqa: E402
+from triforce.timing import time_cuda  # noqa: E402
+from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
+
+VARIANTS = (("step 0 after the prefix", False), ("step 0 beside the prefix", True))
+
+
+def main():
+    ap = rep.bench_parser(__doc__, runs=True)
+    ap.add_argument("--plan", default="a", help="a or b")
+    ap.add_argument("--recipe", default="h100_measured", help="the Plan B recipe (with --plan b)")
+    a = ap.parse_args()
+    config = STANDARD["config"]
+    recipe = a.recipe if a.plan == "b" else None
+    policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=recipe)
+    eng, cfg = policy.backend, policy.config
+    rng = np.random.default_rng(0)
+    obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
+    noise = random_noise(cfg, rng)
+    rows, results, first = [], {}, None
+    for name, overlap in VARIANTS:
+        eng.set_overlap_step0(overlap)
+        timing = time_cuda(eng.ready_replay(obs, noise), runs=a.runs, warmup_s=1.5)
+        actions = eng.infer(obs, noise)
+        stages = eng.stage_times_ms(obs, noise)
+        first = first if first is not None else (timing["median_ms"], actions)
+        results[name] = {"overlap_step0": overlap, "graph": timing, "stages_ms": stages,
+                         "cosine_vs_first": cosine(actions, first[1]), "speedup_vs_first": first[0] / timing["median_ms"]}
+        rows.append([name, timing["median_ms"], stages["vision"], stages["prefix"], stages["denoise_steps"][0],
+                     stages["denoise_total"], results[name]["speedup_vs_first"], results[name]["cosine_vs_first"]])
+    rep.print_table(f"denoise step 0 and the prefix, plan {a.plan}, {config} standard workload (graph replay median, ms)",
+                    ["variant", "total", "vision", "prefix", "step 0 after prefix end", "denoise", "x vs first",
+                     "cos vs first"], rows)
+    rep.record_run(a.out_dir, f"step0_overlap-plan{a.plan}", {"plan": a.plan, "recipe": recipe, "workload": STANDARD,
+                                                              "variants": results, "note": rep.RANDOM_WEIGHTS_NOTE})
+
+
+if __name__ == "__main__":
+    main()
