@@ -3,7 +3,7 @@
 
 18 distinct weight sets, like the 18 layers (623 MB: nothing stays in L2 between replays). Every entry is a CUDA graph
 of 18 launches, one per layer; us per launch = replay median (device events, after warm-up) / 18. Sweeps the launch
-shapes of the few-row kernels (skinny o/down, split-KV attention), then times the engine's per-layer sequence (7 launches) against the previous 10-launch one.
+shapes of the few-row kernels (skinny o/down, split-KV attention), then times the engine's per-layer sequence.
 Prints tables and records bench/results/expert_kernels-<gpu>-<date>.json.
     python3 bench/expert_kernels.py [--runs 50] [--out-dir bench/results]"""
 
@@ -47,41 +47,24 @@ class Layers:
         self.qkv_out = torch.randn(M, (H + 2) * D, device="cuda").to(BF16)
         self.gu_out = torch.randn(M, 2 * I, device="cuda").to(BF16)
         self.act = torch.randn(M, I, device="cuda").to(BF16)
-        self.counters = torch.zeros(1 + M * H // fused.SPLIT_BLOCK_M, dtype=torch.int32, device="cuda")
-        self.norm = fused.NormAfter(self.h, self.scale, self.scale, 1e-6, self.counters[:1])
 
     def launches(self, attn=None, o=None, down=None):
-        """The engine's per-layer sequence (engine.py _denoise_step, bf16): 7 launches, the norms in the last program
-        of o and down, attention in one launch. As (name, fn(layer)) pairs."""
+        """The engine's per-layer sequence (engine.py _denoise_step, bf16), as (name, fn(layer)) pairs."""
         attn, o, down = attn or {}, o or {}, down or {}
-        return [
-            ("qkv (cuBLAS)", lambda i: torch.mm(self.h, self.qkv[i].t(), out=self.qkv_out)),
-            ("RoPE + K/V cache write", lambda i: fused.rope_qkv(self.qkv_out, self.pos, self.cos, self.sin, self.q,
-                                                                self.kc[i], self.vc[i], SEQ, H, D)),
-            ("attention (split-KV, one launch)", lambda i: fused.mqa_attention_split(
-                self.q, self.kc[i], self.vc[i], self.bias, self.att, self.counters[1:], **attn)),
-            ("o into the residual + norm", lambda i: fused.skinny_linear(self.att.view(M, -1), self.o[i], out=self.x,
-                                                                         gate=self.gate, norm=self.norm, **o)),
-            ("gate/up (cuBLAS)", lambda i: torch.mm(self.h, self.gu[i].t(), out=self.gu_out)),
-            ("GeGLU", lambda i: fused.geglu(self.gu_out, self.act)),
-            ("down into the residual + norm", lambda i: fused.skinny_linear(self.act, self.down[i], out=self.x,
-                                                                            gate=self.gate, norm=self.norm, **down)),
-        ]
-
-    def launches_10(self):
-        """The previous sequence: separate adaRMS norm launches, attention as partials + combine (10 launches)."""
         return [
             ("add_norm (adaRMS)", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale)),
             ("qkv (cuBLAS)", lambda i: torch.mm(self.h, self.qkv[i].t(), out=self.qkv_out)),
             ("RoPE + K/V cache write", lambda i: fused.rope_qkv(self.qkv_out, self.pos, self.cos, self.sin, self.q,
                                                                 self.kc[i], self.vc[i], SEQ, H, D)),
             ("attention (split-KV + combine)", lambda i: fused.mqa_attention_split(self.q, self.kc[i], self.vc[i],
-                                                                                   self.bias, self.att)),
-            ("o into the residual", lambda i: fused.skinny_linear(self.att.view(M, -1), self.o[i], out=self.x, gate=self.gate)),
+                                                                                   self.bias, self.att, **attn)),
+            ("o into the residual (skinny)", lambda i: fused.skinny_linear(self.att.view(M, -1), self.o[i], out=self.x,
+                                                                           gate=self.gate, **o)),
             ("add_norm (adaRMS)", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale)),
             ("gate/up (cuBLAS)", lambda i: torch.mm(self.h, self.gu[i].t(), out=self.gu_out)),
             ("GeGLU", lambda i: fused.geglu(self.gu_out, self.act)),
-            ("down into the residual", lambda i: fused.skinny_linear(self.act, self.down[i], out=self.x, gate=self.gate)),
+            ("down into the residual (skinny)", lambda i: fused.skinny_linear(self.act, self.down[i], out=self.x,
+                                                                              gate=self.gate, **down)),
         ]
 
 
@@ -90,33 +73,26 @@ def main():
     torch.manual_seed(0)
     lay = Layers()
     sweep = []
-    for bm, bn in ((16, 64), (16, 32), (32, 64)):
-        sweep.append({"kernel": "attention (one launch)", "shape": {"block_m": bm, "block_n": bn},
-                      "us": graph_us(lambda i: lay.launches(attn={"block_m": bm, "block_n": bn})[2][1](i), a.runs)})
-    for name, idx in (("o", 3), ("down", 6)):
-        for bn, progs, stages in ((32, 256, 3), (32, 512, 2), (64, 256, 3)):
+    for bm, bn in ((16, 64), (16, 32), (32, 64), (16, 128)):
+        sweep.append({"kernel": "attention", "shape": {"block_m": bm, "block_n": bn},
+                      "us": graph_us(lambda i: lay.launches(attn={"block_m": bm, "block_n": bn})[3][1](i), a.runs)})
+    for name, idx in (("o", 4), ("down", 8)):
+        for bn, progs, stages in ((32, 256, 3), (32, 512, 2), (64, 256, 3), (16, 256, 3), (32, 128, 3)):
             shape = {"block_n": bn, "programs": progs, "num_stages": stages}
-            sweep.append({"kernel": f"{name} (+ norm)", "shape": shape,
+            sweep.append({"kernel": name, "shape": shape,
                           "us": graph_us(lambda i: lay.launches(**{name: shape})[idx][1](i), a.runs)})
     rep.print_table("few-row launch shapes (us per launch)", ["kernel", "shape", "us"],
                     [[r["kernel"], ", ".join(f"{k}={v}" for k, v in r["shape"].items()), r["us"]] for r in sweep])
     per_launch = [{"launch": name, "us": graph_us(fn, a.runs)} for name, fn in lay.launches()]
-    per_launch_10 = [{"launch": name, "us": graph_us(fn, a.runs)} for name, fn in lay.launches_10()]
     chain = graph_us(lambda i: [fn(i) for _, fn in lay.launches()], a.runs)
-    chain_10 = graph_us(lambda i: [fn(i) for _, fn in lay.launches_10()], a.runs)
     floor_us = sum(t.numel() * 2 for t in (lay.qkv[0], lay.o[0], lay.gu[0], lay.down[0])) / 3.0e12 * 1e6
-    for title, rows, total in (("7 launches: norms in o/down's last program, one-launch attention", per_launch, chain),
-                               ("10 launches: separate norms, two-launch attention", per_launch_10, chain_10)):
-        rep.print_table(f"expert layer, {title} (us per launch)", ["launch", "us"],
-                        [[r["launch"], r["us"]] for r in rows]
-                        + [["sum of launches", sum(r["us"] for r in rows)], ["chain (one graph)", total]])
-    rep.print_table("expert layer chains (us per layer)", ["chain", "us"],
-                    [["7 launches", chain], ["10 launches", chain_10], ["10 / 7", chain_10 / chain],
-                     ["bf16 weight-read floor at 3.0 TB/s", floor_us]])
+    rep.print_table("the engine's expert layer, default shapes (us per launch)", ["launch", "us"],
+                    [[r["launch"], r["us"]] for r in per_launch]
+                    + [["sum of launches", sum(r["us"] for r in per_launch)], ["chain (one graph)", chain],
+                       ["bf16 weight-read floor at 3.0 TB/s", floor_us]])
     rep.record_run(a.out_dir, "expert_layer", {
         "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I, "layers": L, "keys": SEQ + M},
-        "sweep": sweep, "per_launch": per_launch, "per_launch_10": per_launch_10, "chain_us_per_layer": chain, "chain_10_launches_us_per_layer": chain_10,
-        "ratio_10_over_7_launches": chain_10 / chain, "weight_floor_us": floor_us})
+        "sweep": sweep, "per_launch": per_launch, "chain_us_per_layer": chain, "weight_floor_us": floor_us})
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 1. Correctness on the GPU: one layer, all phases in one launch and phase by phase, against the fp32 formula.
 2. us per layer in one CUDA graph of 18 layers with distinct weights (nothing stays in L2): persistent (1 launch),
-   its phases as separate launches, and the per-op chain (7 launches, bench/expert_kernels.py), in the same run.
+   its phases as separate launches, and the per-op chain (10 launches, bench/expert_kernels.py), in the same run.
 3. A sweep of the units' tiles and the launch's warps/stages; 4. each phase alone.
 Records bench/results/expert_persistent-<gpu>-<date>.json.
     python3 bench/expert_persistent.py [--runs 50] [--out-dir bench/results]"""
@@ -116,7 +116,7 @@ def main():
     phased = us_per_layer(lambda: pe.all_layers(phases=range(el.PHASES)), a.runs)
     floor_us = sum(t.numel() * 2 for t in (lay.qkv[0], lay.o[0], lay.gu[0], lay.down[0])) / 3.0e12 * 1e6
     rep.print_table("us per expert layer (one graph of 18 layers)", ["path", "us", "vs per-op"],
-                    [["per-op (7 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
+                    [["per-op (10 launches)", per_op, 1.0], ["persistent (1 launch)", persistent, per_op / persistent],
                      [f"{el.PHASES} phase launches", phased, per_op / phased], ["bf16 weight floor at 3.0 TB/s", floor_us, ""]])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     variants = [{}, {"programs": sms}, {"key_block": 64}, {"tiles": {"down": (32, 256)}}, {"tiles": {"gate_up": (32, 128)}},

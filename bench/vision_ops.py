@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """SigLIP-layer alternatives at the standard workload (2 views x 256 tokens, width 1152, 16 heads of 72): the
-attention backends, and fc1 + GELU as a cuBLASLt epilogue against addmm then the engine's GELU kernel. Each variant
+attention backends; attention from the QKV output to rows (the engine's SDPA path with its copies, against the
+packed Triton kernel in a few launch shapes); fc1 + GELU as a cuBLASLt epilogue against addmm then the engine's GELU
+kernel; and each launch of the layer with its TFLOP/s. Each variant
 is a CUDA graph of 20 calls (launch overhead out, as in the engine); device events after warm-up, median us per
 call; each row's result checked against the first. Prints tables and records
 bench/results/vision_ops-<gpu>-<date>.json."""
@@ -54,8 +56,36 @@ def main():
     rows = [[name, graph_us(fn), float((fn().float() - ref).abs().max() / ref.abs().max())] for name, fn in
             (("addmm + gelu kernel", two), ("cuBLASLt GELU epilogue", one))]
     print_table("vision fc1 + GELU [512 x 1152 -> 4304] (us)", ["variant", "median us", "max rel diff vs first"], rows)
+    fc1 = {r[0]: r[1] for r in rows}
+    packed, out = torch.randn(V * T, 3 * W, device="cuda", dtype=torch.bfloat16), torch.empty(V * T, W, device="cuda", dtype=torch.bfloat16)
+
+    def sdpa_rows():   # the engine's SDPA path: permuted views in, a copy back to rows out
+        q5 = packed.view(V, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q5[0], q5[1], q5[2]).transpose(1, 2).reshape(V * T, W)
+
+    ref = sdpa_rows().float()
+    rows = [["cuDNN SDPA + copy to rows", graph_us(sdpa_rows), 0.0]]
+    for bm, bn, warps, stages in ((64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)):
+        fn = lambda: fused.packed_attention(packed, out, T, H, D, bm, bn, warps, stages)  # noqa: E731
+        rows.append([f"packed Triton, block {bm}x{bn}, {warps} warps, {stages} stages", graph_us(fn),
+                     float((fn().float() - ref).abs().max() / ref.abs().max())])
+    print_table("vision attention, QKV output -> rows [512 x 1152] (us)", ["variant", "median us", "max rel diff vs first"], rows)
+    to_rows = {r[0]: r[1] for r in rows}
+    rows = []
+    x32 = torch.randn(V * T, W, device="cuda")
+    wqkv, wo, w2 = (torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for n, k in ((3 * W, W), (W, W), (W, I)))
+    for name, n, k, fn in (("LayerNorm (add_norm)", 0, 0, lambda: fused.add_norm(x32, x, weight=x32[0], bias=x32[1], layernorm=True)),
+                           ("qkv 512x1152 -> 3456", 3 * W, W, lambda: torch.addmm(packed[0], x, wqkv.t())),
+                           ("o 512x1152 -> 1152", W, W, lambda: torch.addmm(x[0], x, wo.t())),
+                           ("fc1 + GELU 512x1152 -> 4304", I, W, one),
+                           ("fc2 512x4304 -> 1152", W, I, lambda: torch.addmm(b[:W], act, w2.t()))):
+        us = graph_us(fn)
+        rows.append([name, us, 2 * V * T * n * k / us / 1e6 if n else ""])
+    print_table("each launch of a SigLIP layer (us)", ["launch", "median us", "TFLOP/s"], rows)
     rep.record_run(out_dir, "vision_ops", {"unit": f"us per call, CUDA graph of {CALLS} calls", "attention_2x16x256x72": attention,
-                     "fc1_gelu_512x1152x4304": {r[0]: r[1] for r in rows}})
+                     "fc1_gelu_512x1152x4304": fc1, "attention_qkv_to_rows": to_rows,
+                     "layer_launches": {r[0]: {"us": r[1], "tflops": r[2]} for r in rows}})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TriforceError
@@ -110,10 +109,9 @@ class Linear:
         """gelu_tanh(x W^T + b) with the GELU in cuBLASLt's epilogue (SigLIP's fc1: one launch, no fp32 round trip)."""
         return torch._addmm_activation(self.bias, x, self.weight.t(), use_gelu=True)
 
-    def add_into(self, residual, x, gate, norm=None):
-        """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS; norm (fused.NormAfter): then
-        also the next norm of the residual, in the same launch."""
-        fused.skinny_linear(x, self.weight, out=residual, gate=gate, norm=norm)
+    def add_into(self, residual, x, gate):
+        """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
+        fused.skinny_linear(x, self.weight, out=residual, gate=gate)
 
     @property
     def nbytes(self) -> int:
@@ -148,6 +146,7 @@ class Pi05Engine:
         self._precompute_time_tables(state)
         self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
         self.overlap_step0 = True        # set_overlap_step0
+        self.vision_attention = "sdpa"   # or "packed" (fused.packed_attention); set_vision_attention
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -252,6 +251,14 @@ class Pi05Engine:
         self.overlap_step0 = bool(on)
         self.slots.clear()
 
+    def set_vision_attention(self, kind: str) -> None:
+        """'sdpa' (cuDNN on permuted views, then a copy back to rows) or 'packed' (one Triton kernel reading the
+        QKV output and writing rows). Captured graphs are dropped and re-capture."""
+        if kind not in ("sdpa", "packed"):
+            raise TriforceError(f"unknown vision attention '{kind}': sdpa or packed")
+        self.vision_attention = kind
+        self.slots.clear()
+
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
         """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
@@ -266,10 +273,7 @@ class Pi05Engine:
             h = torch.empty(rows, v.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, weight=layer["ln1"][0], bias=layer["ln1"][1], eps=cfg.norm_eps,
                            layernorm=True, quant_scale=quant_scale(qkv_l))
-            qkv = qkv_l(h).view(n_views, g * g, 3, v.num_heads, v.dim_head).permute(2, 0, 3, 1, 4)
-            with sdpa_kernel(VISION_ATTENTION, set_priority=True):
-                att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-            att = att.transpose(1, 2).reshape(rows, v.width)
+            att = self._vision_attention(qkv_l(h), g * g)
             h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
             fused.add_norm(x, h, y=layer["o"](att), weight=layer["ln2"][0], bias=layer["ln2"][1], eps=cfg.norm_eps,
                            layernorm=True, quant_scale=quant_scale(fc1))
@@ -282,6 +286,18 @@ class Pi05Engine:
         h = torch.empty(rows, v.width, dtype=BF16, device="cuda")
         fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
+
+    @staticmethod
+    def _vision_attention(self, qkv, tokens: int):
+        """SigLIP attention from the fused QKV output [views·tokens, 3·width] to [views·tokens, width]."""
+        v = self.cfg.vision
+        if self.vision_attention == "packed":
+            out = torch.empty(qkv.shape[0], v.width, dtype=BF16, device="cuda")
+            return fused.packed_attention(qkv, out, tokens, v.num_heads, v.dim_head)
+        q5 = qkv.view(-1, tokens, 3, v.num_heads, v.dim_head).permute(2, 0, 3, 1, 4)
+        with sdpa_kernel(VISION_ATTENTION, set_priority=True):
+            att = F.scaled_dot_product_attention(q5[0], q5[1], q5[2])
+        return att.transpose(1, 2).reshape(qkv.shape[0], v.width)
 
     @staticmethod
     def _prefix_valid(n_img: int, token_mask):
@@ -339,41 +355,37 @@ class Pi05Engine:
                          *((None, None) if last else self.action_in), x_next, eps=cfg.norm_eps)
         return x_next
 
-    def _denoise_step(self, step, x, x_t, pos, mask, kv, seq, before_layer, counters):
+    def _denoise_step(self, step, x, x_t, pos, mask, kv, seq, before_layer):
         """One Euler step of the action expert on its fp32 residual x (x_t's action_in projection): x_t (fp32 [H, A])
         += dt · v(x_t, t_step) in place; returns the next step's residual (None after the last step).
         before_layer(i) runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
-        Per layer: QKV, RoPE + cache write, attention (one split-KV launch), o into the residual with the next norm
-        in its last program, gate/up, GeGLU, down into the residual with the next layer's norm: 7 launches
-        (bench/results/expert_layer-*.json times each), then one euler_tail. counters: int32 zeros, left zero."""
+        Per layer: norm, QKV, RoPE + cache write, split-KV attention, o into the residual, norm, gate/up, GeGLU,
+        down into the residual: 10 launches (bench/results/expert_layer-*.json times each); then one euler_tail.
+        (Norms and the attention combine done by the last program of the launch before them measured slower than
+        these launches: expert_layer-*-s4-tails.json.)"""
         cfg, e = self.cfg, self.cfg.expert
         horizon = x_t.shape[0]
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
-        new_h = lambda consumer: torch.empty(horizon, e.width, dtype=in_dtype(consumer), device="cuda")  # noqa: E731
-        pending, pending_gate, h = None, None, None
+        pending, pending_gate = None, None
         for i, layer in enumerate(self.expert_layers):
             before_layer(i)
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
-            if h is None:          # not normed by the previous launch
-                h = new_h(qkv_l)
-                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
-                               quant_scale=quant_scale(qkv_l))
+            h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(qkv_l))
             fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
-            att = self._attend(q, k_cache, v_cache, mask, counters[1:]).view(horizon, -1)
-            pending, pending_gate, h = self._residual(o_l, x, att, g1[step], arena, self._norm_after(o_l, gu_l, s2[step], b2[step], counters))
-            if h is None:
-                h = new_h(gu_l)
-                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
-                               quant_scale=quant_scale(gu_l))
+            att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
+            pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
+            h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
-            nxt = self._norm_after(down_l, self.expert_layers[i + 1]["qkv"], *[t[step] for t in self.ada[i + 1][0][:2]],
-                                   counters) if i + 1 < len(self.expert_layers) else None
-            pending, pending_gate, h = self._residual(down_l, x, act, g2[step], arena, nxt)
+            pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
         sf, bf, _ = self.ada_final
         last = step == cfg.num_steps - 1
         x_next = None if last else torch.empty_like(x)
@@ -381,28 +393,14 @@ class Pi05Engine:
                          *((None, None) if last else self.action_in), x_next, y=pending, gate=pending_gate, eps=cfg.norm_eps)
         return x_next
 
-    def _norm_after(self, producer, consumer, scale, shift, counters):
-        """The norm feeding `consumer`, for the last program of `producer` (the launch adding into the residual
-        before it); None unless the producer is a bf16 few-row layer and the consumer reads bf16 (an FP8 consumer's
-        norm quantizes: add_norm does that)."""
-        if not (type(producer) is Linear and producer.adds_into_residual and self.cfg.action_horizon <= fused.SKINNY_MAX_ROWS):
-            return None
-        if quant_scale(consumer) is not None or in_dtype(consumer) != BF16:
-            return None
-        out = torch.empty(self.cfg.action_horizon, self.cfg.expert.width, dtype=BF16, device="cuda")
-        return fused.NormAfter(out, scale, shift, self.cfg.norm_eps, counters[:1])
-
     @staticmethod
-    def _residual(layer, x, inp, gate, arena, norm=None):
+    def _residual(layer, x, inp, gate, arena):
         """A gated residual branch: added into x now by a few-row kernel, or left pending (y, gate) for the next
-        add_norm to add. Returns (pending y, pending gate, the next norm's output if this launch wrote it)."""
-        if norm is not None:
-            layer.add_into(x, inp, gate, norm)
-            return None, None, norm.out
+        add_norm to add."""
         if getattr(layer, "adds_into_residual", False) and x.shape[0] <= fused.SKINNY_MAX_ROWS:
             layer.add_into(x, inp, gate)
-            return None, None, None
-        return Pi05Engine._call(layer, inp, arena), gate, None
+            return None, None
+        return Pi05Engine._call(layer, inp, arena), gate
 
     @staticmethod
     def _call(layer, x, arena):
@@ -410,13 +408,12 @@ class Pi05Engine:
         return layer(x, arena) if getattr(layer, "takes_arena", False) else layer(x)
 
     @staticmethod
-    def _attend(q, k, v, bias, counters=None):
+    def _attend(q, k, v, bias):
         """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
-        (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over rows fills the GPU: one
-        launch, whose last programs combine, given zeroed counters.)"""
+        (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over rows fills the GPU.)"""
         out = torch.empty_like(q)
         if q.shape[0] <= 256:
-            return fused.mqa_attention_split(q, k, v, bias, out, counters)
+            return fused.mqa_attention_split(q, k, v, bias, out)
         return fused.mqa_attention(q, k, v, bias, out)
 
     def _forward(self, slot_bufs, events=None):
@@ -458,8 +455,6 @@ class Pi05Engine:
         mask = additive_mask(torch.cat([valid, torch.ones(horizon, dtype=torch.bool, device="cuda")]))
         x_t = noise.clone()
         x = F.linear(x_t, *self.action_in)
-        # self-resetting counters: [0] the norm tails, [1:] the attention's row blocks (sequential on this stream)
-        counters = torch.zeros(1 + triton.cdiv(horizon * e.num_heads, fused.SPLIT_BLOCK_M), dtype=torch.int32, device="cuda")
         if self.expert_path == "persistent":
             scratch = expert_layer.ExpertScratch.allocate(horizon, e.width, seq + horizon, e.num_heads, e.dim_head, e.mlp_dim,
                                                           cfg.num_steps * e.depth, "cuda")
@@ -467,7 +462,7 @@ class Pi05Engine:
             if self.expert_path == "persistent":
                 x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, waits[step], scratch)
             else:
-                x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, waits[step], counters)
+                x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, waits[step])
             mark(3 + step)
         return x_t
 

@@ -7,7 +7,6 @@ They also run under TRITON_INTERPRET=1 on a CPU, which is how CI checks them aga
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -222,6 +221,25 @@ def rope_tables(max_pos: int, head_dim: int, base: float, device):
 
 
 @triton.jit
+def online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr):
+    """One key block of flash attention: the running (row max, row sum, output) updated with q k^T (scaled by
+    qk_scale, which includes log2 e) plus the additive key bias [BLOCK_N] (0 or -inf), in the exp2 domain."""
+    if DOT_F32:   # Triton's CPU interpreter cannot multiply bf16 tiles
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * qk_scale + bias[None, :] * 1.4426950408889634
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    if DOT_F32:
+        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i * alpha + tl.sum(p, 1), acc
+
+
+@triton.jit
 def _mqa_attention_kernel(Q, K, V, BIAS, O, R, T, qk_scale, stride_q, stride_k, stride_v, stride_o,
                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -235,24 +253,52 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, R, T, qk_scale, stride_q, stride_k, 
         cols = start + tl.arange(0, BLOCK_N)
         cmask = cols < T
         k = tl.load(K + cols[:, None] * stride_k + d[None, :], mask=cmask[:, None], other=0.0)
-        bias = tl.load(BIAS + cols, mask=cmask, other=float("-inf")).to(tl.float32)
-        if DOT_F32:   # Triton's CPU interpreter cannot multiply bf16 tiles
-            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = s * qk_scale + bias[None, :] * 1.4426950408889634
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
         v = tl.load(V + cols[:, None] * stride_v + d[None, :], mask=cmask[:, None], other=0.0)
-        if DOT_F32:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        bias = tl.load(BIAS + cols, mask=cmask, other=float("-inf")).to(tl.float32)
+        m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
     out = acc / l_i[:, None]
     tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
+
+
+@triton.jit
+def _packed_attention_kernel(QKV, O, T, H, qk_scale, stride_row, stride_o, D: tl.constexpr, D_PAD: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+    """Unmasked attention of one (view, head) per program column, read straight from the fused QKV GEMM's output
+    [views·T, 3·H·D] (q | k | v, head-major) and written as [views·T, H·D], the o projection's input."""
+    view, head = tl.program_id(1) // H, tl.program_id(1) % H
+    t = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D_PAD)
+    dmask = d < D
+    base = QKV + view * T * stride_row + head * D + d[None, :]
+    q = tl.load(base + t[:, None] * stride_row, mask=(t[:, None] < T) & dmask[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        kv_mask = (cols[:, None] < T) & dmask[None, :]
+        k = tl.load(base + cols[:, None] * stride_row + H * D, mask=kv_mask, other=0.0)
+        v = tl.load(base + cols[:, None] * stride_row + 2 * H * D, mask=kv_mask, other=0.0)
+        bias = tl.where(cols < T, 0.0, float("-inf"))
+        m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
+    out = acc / l_i[:, None]
+    tl.store(O + (view * T + t)[:, None] * stride_o + head * D + d[None, :], out.to(O.dtype.element_ty),
+             mask=(t[:, None] < T) & dmask[None, :])
+
+
+def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: int = 64, block_n: int = 64,
+                     num_warps: int = 4, num_stages: int = 2):
+    """SigLIP's attention (no mask, softmax scale 1/sqrt(head_dim)) from the fused QKV output qkv [views·tokens,
+    3·heads·head_dim] into out [views·tokens, heads·head_dim]: no permute copies on either side."""
+    rows = qkv.shape[0]
+    if qkv.shape[1] != 3 * heads * head_dim or rows % tokens or tuple(out.shape) != (rows, heads * head_dim):
+        raise ValueError(f"packed_attention: qkv {tuple(qkv.shape)} / out {tuple(out.shape)} do not match "
+                         f"{tokens} tokens x {heads} heads x {head_dim}")
+    grid = (triton.cdiv(tokens, block_m), rows // tokens * heads)
+    _packed_attention_kernel[grid](qkv, out, tokens, heads, head_dim ** -0.5 * 1.4426950408889634, qkv.stride(0),
+                                   out.stride(0), D=head_dim, D_PAD=triton.next_power_of_2(head_dim), BLOCK_M=block_m,
+                                   BLOCK_N=block_n, DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
+    return out
 
 
 def mqa_attention(q, k, v, bias, out, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2):
@@ -287,12 +333,9 @@ def block_softmax(q, k, v, bias, qk_scale, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, CNT, O, R, T, SPLITS, qk_scale, stride_q, stride_k, stride_v,
-                        stride_o, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        SPLITS_PAD: tl.constexpr, COMBINE: tl.constexpr, DOT_F32: tl.constexpr):
-    """Split-KV pass: one key block per program; writes the block's row max, row sum and unnormalized output.
-    COMBINE: the last program of a row block to finish (a counter per row block) also combines its rows' splits,
-    then resets the counter, so the attention is one launch."""
+def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, R, T, qk_scale, stride_q, stride_k, stride_v,
+                        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+    """Split-KV pass: one key block per program; writes the block's row max, row sum and unnormalized output."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     split = tl.program_id(1)
     rmask = rows < R
@@ -308,29 +351,6 @@ def _mqa_partial_kernel(Q, K, V, BIAS, PO, PM, PL, CNT, O, R, T, SPLITS, qk_scal
     tl.store(PM + base, m, mask=rmask)
     tl.store(PL + base, l, mask=rmask)
     tl.store(PO + base[:, None] * D + d[None, :], acc, mask=rmask[:, None])
-    if COMBINE:
-        tl.debug_barrier()    # every thread's partials are written before the release
-        done = tl.atomic_add(CNT + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
-        if done == SPLITS - 1:
-            # the splits' maxima first, then one pass of weighted partials (unrolled: the loads overlap);
-            # .cg reads come from L2, where the other programs' partials are
-            mx = tl.full([BLOCK_M], -1.0e30, tl.float32)
-            for sp in tl.static_range(SPLITS_PAD):
-                ok = sp < SPLITS
-                mx = tl.maximum(mx, tl.load(PM + sp * R + rows, mask=rmask & ok, other=-1.0e30, cache_modifier=".cg"))
-            total = tl.zeros([BLOCK_M], tl.float32)
-            out = tl.zeros([BLOCK_M, D], tl.float32)
-            for sp in tl.static_range(SPLITS_PAD):
-                ok = sp < SPLITS
-                w = tl.exp2(tl.load(PM + sp * R + rows, mask=rmask & ok, other=-1.0e30, cache_modifier=".cg") - mx)
-                w = tl.where(ok, w, 0.0)
-                total += w * tl.load(PL + sp * R + rows, mask=rmask & ok, other=0.0, cache_modifier=".cg")
-                out += w[:, None] * tl.load(PO + (sp * R + rows)[:, None] * D + d[None, :], mask=rmask[:, None] & ok,
-                                            other=0.0, cache_modifier=".cg")
-            total = tl.where(rmask, total, 1.0)
-            tl.store(O + rows[:, None] * stride_o + d[None, :], (out / total[:, None]).to(O.dtype.element_ty),
-                     mask=rmask[:, None])
-            tl.atomic_xchg(CNT + tl.program_id(0), 0, sem="relaxed", scope="gpu")   # ready for the next call
 
 
 @triton.jit
@@ -348,47 +368,29 @@ def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPL
     tl.store(O + row * stride_o + d, out.to(O.dtype.element_ty))
 
 
-SPLIT_BLOCK_M = 16    # query rows per program of mqa_attention_split
-
-
-def split_attention_counters(rows: int, device, block_m: int = SPLIT_BLOCK_M):
-    """The zeroed per-row-block counters of one-launch mqa_attention_split; each call leaves them zero again, so
-    one buffer serves every call on one stream."""
-    return torch.zeros(triton.cdiv(rows, block_m), dtype=torch.int32, device=device)
-
-
-def mqa_attention_split(q, k, v, bias, out, counters=None, block_m: int = SPLIT_BLOCK_M, block_n: int = 64):
+def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64):
     """mqa_attention for few query rows (the denoise step): the keys are split over programs, then combined, so
-    the GPU is filled even with 80 rows. With `counters` (split_attention_counters) the last program of each row
-    block combines, in the same launch; without, a second launch combines."""
+    the GPU is filled even with 80 rows."""
     rows, dim = q.shape
     keys = k.shape[0]
     splits = triton.cdiv(keys, block_n)
-    row_blocks = triton.cdiv(rows, block_m)
-    if counters is not None and (counters.dtype != torch.int32 or counters.numel() < row_blocks):
-        raise ValueError(f"mqa_attention_split needs {row_blocks} int32 counters, got {counters.numel()} {counters.dtype}")
     po = torch.empty(splits, rows, dim, dtype=torch.float32, device=q.device)
     pm = torch.empty(splits, rows, dtype=torch.float32, device=q.device)
     pl = torch.empty_like(pm)
-    _mqa_partial_kernel[(row_blocks, splits)](
-        q, k, v, bias, po, pm, pl, counters if counters is not None else pm, out, rows, keys, splits,
-        dim ** -0.5 * 1.4426950408889634, q.stride(0), k.stride(0), v.stride(0), out.stride(0),
-        D=dim, BLOCK_M=block_m, BLOCK_N=block_n, SPLITS_PAD=triton.next_power_of_2(splits),
-        COMBINE=counters is not None, DOT_F32=INTERPRETED, num_warps=4)
-    if counters is None:
-        _mqa_combine_kernel[(rows,)](po, pm, pl, out, rows, splits, out.stride(0), D=dim,
-                                     SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4)
+    _mqa_partial_kernel[(triton.cdiv(rows, block_m), splits)](
+        q, k, v, bias, po, pm, pl, rows, keys, dim ** -0.5 * 1.4426950408889634, q.stride(0), k.stride(0), v.stride(0),
+        D=dim, BLOCK_M=block_m, BLOCK_N=block_n, DOT_F32=INTERPRETED, num_warps=4)
+    _mqa_combine_kernel[(rows,)](po, pm, pl, out, rows, splits, out.stride(0), D=dim,
+                                 SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4)
     return out
 
 
 @triton.jit
-def _skinny_gemm_kernel(X, W, GATE, OUT, CNT, SCALE, SHIFT, HOUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
-                        stride_h, eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        HAS_GATE: tl.constexpr, NORM: tl.constexpr, NORM_ROWS: tl.constexpr,
-                        NORM_BLOCK: tl.constexpr, DOT_F32: tl.constexpr):
+def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GATE: tl.constexpr,
+                        DOT_F32: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M): split-K partials meet by
-    atomics in fp32 out, zeroed or the residual stream itself. NORM: the last program to finish (a counter, left
-    zero again) also writes hout = rms(out) * scale + shift, the next add_norm without its launch."""
+    atomics in fp32 out, zeroed or the residual stream itself."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
     m = tl.arange(0, BLOCK_M)
@@ -404,24 +406,9 @@ def _skinny_gemm_kernel(X, W, GATE, OUT, CNT, SCALE, SHIFT, HOUT, M, N, K, K_SPL
             acc += tl.dot(x, tl.trans(w))
     if HAS_GATE:
         acc = acc * tl.load(GATE + n, mask=nmask, other=0.0)[None, :]
-    # relaxed: the partial sums need no ordering among themselves (an acq_rel atomic costs a MEMBAR.GPU each);
-    # the launch boundary, or the counter's release below, publishes them
+    # relaxed: partial sums need no ordering among themselves (the default acq_rel costs a MEMBAR.GPU per atomic:
+    # o 5.1 -> 4.3 us, down 6.3 -> 5.7 us, bench/results/expert_layer-*-s4*.json); the launch boundary publishes them
     tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=(m[:, None] < M) & nmask[None, :], sem="relaxed")
-    if NORM:
-        tl.debug_barrier()    # every thread's atomics are issued before the release
-        done = tl.atomic_add(CNT, 1, sem="acq_rel", scope="gpu")
-        if done == tl.num_programs(0) * tl.num_programs(1) - 1:
-            cols = tl.arange(0, NORM_BLOCK)
-            cmask = cols < N
-            scale = tl.load(SCALE + cols, mask=cmask, other=0.0)
-            shift = tl.load(SHIFT + cols, mask=cmask, other=0.0)
-            for r0 in tl.static_range(0, BLOCK_M, NORM_ROWS):   # unrolled: the row groups' loads overlap
-                r = r0 + tl.arange(0, NORM_ROWS)
-                rmask = (r[:, None] < M) & cmask[None, :]
-                xr = tl.load(OUT + r[:, None] * stride_o + cols[None, :], mask=rmask, other=0.0, cache_modifier=".cg")
-                h = xr * (1.0 / tl.sqrt(tl.sum(xr * xr, 1) / N + eps))[:, None] * scale[None, :] + shift[None, :]
-                tl.store(HOUT + r[:, None] * stride_h + cols[None, :], h.to(HOUT.dtype.element_ty), mask=rmask)
-            tl.atomic_xchg(CNT, 0, sem="relaxed", scope="gpu")   # ready for the next call
 
 
 SKINNY_MAX_ROWS = 16     # where the few-row kernels measured faster than cuBLAS (the libero/droid horizons)
@@ -435,41 +422,23 @@ def _split_k(n_blocks: int, k_blocks: int, programs: int) -> int:
     return split
 
 
-@dataclass
-class NormAfter:
-    """The RMS half of the next add_norm (out = rms(x) * scale + shift, bf16), run by the last program of the launch
-    that adds into the residual x: one launch fewer. counter: int32 [1], zero, and left zero by every call."""
-
-    out: torch.Tensor
-    scale: torch.Tensor
-    shift: torch.Tensor
-    eps: float
-    counter: torch.Tensor
-
-
-def skinny_linear(x, w, out=None, gate=None, norm: NormAfter | None = None, block_n: int = 32, block_k: int = 128,
-                  programs: int = 256, num_warps: int = 4, num_stages: int = 3):
+def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 128, programs: int = 256,
+                  num_warps: int = 4, num_stages: int = 3):
     """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 16: weight streaming over about `programs` programs (split-K
     with atomics into `out`, which must be zeroed; allocated zeroed when not given). gate (fp32 [N]): out += gate ⊙
-    (x @ w^T) instead, so with out the fp32 residual this is the gated residual add; norm: then also the next
-    norm of the residual (NormAfter). Launch shape defaults: bench/results/expert_kernels-*.json (block_n 32 was
-    fastest for the expert's o and down)."""
+    (x @ w^T) instead, so with out the fp32 residual this is the gated residual add. Launch shape defaults:
+    bench/results/expert_kernels-*.json (block_n 32 was fastest for the expert's o and down)."""
     rows, kdim = x.shape
     n = w.shape[0]
     if rows > SKINNY_MAX_ROWS or kdim % block_k:
         raise ValueError(f"skinny_linear takes <= {SKINNY_MAX_ROWS} rows and K % {block_k} == 0, got {tuple(x.shape)}")
-    if norm is not None and (out is None or tuple(norm.out.shape) != tuple(out.shape) or norm.counter.dtype != torch.int32):
-        raise ValueError("skinny_linear's norm needs the residual as out, an output of its shape and an int32 counter")
     n_blocks, k_blocks = triton.cdiv(n, block_n), kdim // block_k
     split = _split_k(n_blocks, k_blocks, programs)
     if out is None:
         out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
-    nrm = norm or NormAfter(out, out, out, 0.0, out)
-    _skinny_gemm_kernel[(n_blocks, split)](x, w, gate if gate is not None else out, out, nrm.counter, nrm.scale,
-                                           nrm.shift, nrm.out, rows, n, kdim, kdim // split, x.stride(0), w.stride(0),
-                                           out.stride(0), nrm.out.stride(0), nrm.eps, BLOCK_M=SKINNY_MAX_ROWS,
+    _skinny_gemm_kernel[(n_blocks, split)](x, w, gate if gate is not None else out, out, rows, n, kdim, kdim // split,
+                                           x.stride(0), w.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
                                            BLOCK_N=block_n, BLOCK_K=block_k, HAS_GATE=gate is not None,
-                                           NORM=norm is not None, NORM_ROWS=4, NORM_BLOCK=triton.next_power_of_2(n),
                                            DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
 
@@ -525,7 +494,7 @@ def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, strid
             acc += part * s[None, :]
     if HAS_GATE:
         acc = acc * tl.load(GATE + n, mask=nmask, other=0.0)[None, :]
-    tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=mmask & nmask[None, :], sem="relaxed")
+    tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=mmask & nmask[None, :], sem="relaxed")  # as above
 
 
 W4A16_MAX_ROWS = 64      # the few-row W4A16 kernel's largest row block

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Denoise step 0 beside the prefix (engine.overlap_step0: a second stream in the one graph, step 0's layer i waiting
-only for the prefix's layer-i K/V) against step 0 after the prefix, in one run on one loaded model: graph replay
-median (device events, after warm-up), the stage split, agreement with the first variant and the ratio to it.
-Records bench/results/step0_overlap-<gpu>-<date>.json.
-    python3 bench/step0_overlap.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
+"""Engine settings compared in one run on one loaded model (standard workload): graph replay median (device events,
+after warm-up), the stage split, agreement with the first variant and the ratio to it. The variants (data below):
+- overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
+  K/V), or after the prefix;
+- vision_attention: cuDNN SDPA on permuted views plus a copy back to rows, or one Triton kernel (packed).
+Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
+    python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
 import sys
 from pathlib import Path
@@ -18,7 +20,16 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = (("step 0 after the prefix", False), ("step 0 beside the prefix", True))
+VARIANTS = (
+    ("step 0 after the prefix, SDPA vision attention", {"overlap_step0": False, "vision_attention": "sdpa"}),
+    ("step 0 beside the prefix, SDPA vision attention", {"overlap_step0": True, "vision_attention": "sdpa"}),
+    ("step 0 beside the prefix, packed vision attention", {"overlap_step0": True, "vision_attention": "packed"}),
+)
+
+
+def apply(eng, settings: dict) -> None:
+    eng.set_overlap_step0(settings["overlap_step0"])
+    eng.set_vision_attention(settings["vision_attention"])
 
 
 def main():
@@ -34,21 +45,21 @@ def main():
     obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
     noise = random_noise(cfg, rng)
     rows, results, first = [], {}, None
-    for name, overlap in VARIANTS:
-        eng.set_overlap_step0(overlap)
+    for name, settings in VARIANTS:
+        apply(eng, settings)
         timing = time_cuda(eng.ready_replay(obs, noise), runs=a.runs, warmup_s=1.5)
         actions = eng.infer(obs, noise)
         stages = eng.stage_times_ms(obs, noise)
         first = first if first is not None else (timing["median_ms"], actions)
-        results[name] = {"overlap_step0": overlap, "graph": timing, "stages_ms": stages,
-                         "cosine_vs_first": cosine(actions, first[1]), "speedup_vs_first": first[0] / timing["median_ms"]}
+        results[name] = {**settings, "graph": timing, "stages_ms": stages, "cosine_vs_first": cosine(actions, first[1]),
+                         "speedup_vs_first": first[0] / timing["median_ms"]}
         rows.append([name, timing["median_ms"], stages["vision"], stages["prefix"], stages["denoise_steps"][0],
                      stages["denoise_total"], results[name]["speedup_vs_first"], results[name]["cosine_vs_first"]])
-    rep.print_table(f"denoise step 0 and the prefix, plan {a.plan}, {config} standard workload (graph replay median, ms)",
+    rep.print_table(f"engine variants, plan {a.plan}, {config} standard workload (graph replay median, ms)",
                     ["variant", "total", "vision", "prefix", "step 0 after prefix end", "denoise", "x vs first",
                      "cos vs first"], rows)
-    rep.record_run(a.out_dir, f"step0_overlap-plan{a.plan}", {"plan": a.plan, "recipe": recipe, "workload": STANDARD,
-                                                              "variants": results, "note": rep.RANDOM_WEIGHTS_NOTE})
+    rep.record_run(a.out_dir, f"engine_variants-plan{a.plan}", {"plan": a.plan, "recipe": recipe, "workload": STANDARD,
+                                                                "variants": results, "note": rep.RANDOM_WEIGHTS_NOTE})
 
 
 if __name__ == "__main__":
