@@ -287,7 +287,6 @@ class Pi05Engine:
         fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
 
-    @staticmethod
     def _vision_attention(self, qkv, tokens: int):
         """SigLIP attention from the fused QKV output [views·tokens, 3·width] to [views·tokens, width]."""
         v = self.cfg.vision

