@@ -2,8 +2,9 @@
 """Engine settings compared in one run on one loaded model (standard workload): graph replay median (device events,
 after warm-up), the stage split, agreement with the first variant and the ratio to it. The variants (data below):
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
-  K/V), or after the prefix;
-- vision_attention: cuDNN SDPA on permuted views plus a copy back to rows, or one Triton kernel (packed).
+  K/V), or after the prefix.
+(Session 4 also compared SigLIP attention by cuDNN SDPA against the packed Triton kernel here, which won:
+bench/results/engine_variants-plana-*-s4.json.)
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -20,16 +21,11 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = (
-    ("step 0 after the prefix, SDPA vision attention", {"overlap_step0": False, "vision_attention": "sdpa"}),
-    ("step 0 beside the prefix, SDPA vision attention", {"overlap_step0": True, "vision_attention": "sdpa"}),
-    ("step 0 beside the prefix, packed vision attention", {"overlap_step0": True, "vision_attention": "packed"}),
-)
+VARIANTS = (("step 0 after the prefix", {"overlap_step0": False}), ("step 0 beside the prefix", {"overlap_step0": True}))
 
 
 def apply(eng, settings: dict) -> None:
     eng.set_overlap_step0(settings["overlap_step0"])
-    eng.set_vision_attention(settings["vision_attention"])
 
 
 def main():

@@ -118,19 +118,3 @@ def test_step0_beside_the_prefix_gives_the_serial_actions(policies):
         assert cosine(got, serial) >= 0.99999
 
 
-
-def test_packed_vision_attention_gives_the_sdpa_actions(policies):
-    """SigLIP attention as one Triton kernel on the QKV output gives the SDPA path's actions."""
-    _, policy = policies
-    eng = policy.backend
-    rng = np.random.default_rng(6)
-    obs, noise = random_observation(TINY, rng, 2, 6), random_noise(TINY, rng)
-    before = eng.vision_attention
-    try:
-        eng.set_vision_attention("sdpa")
-        sdpa = policy.infer(obs, noise)
-        eng.set_vision_attention("packed")
-        packed = policy.infer(obs, noise)
-    finally:
-        eng.set_vision_attention(before)
-    assert cosine(sdpa, packed) >= 0.9999

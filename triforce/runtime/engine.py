@@ -7,7 +7,8 @@ What makes it fast, each exact up to bf16 rounding:
 - the time condition and every adaRMS scale/shift/gate are precomputed for the fixed flow steps;
 - residual add + norm, RoPE + KV-cache write and GeGLU are single fused kernels (runtime/fused.py); the expert's
   o and down GEMMs add straight into the fp32 residual; the end of each Euler step is one kernel; SigLIP's GELU
-  runs in cuBLASLt's GEMM epilogue;
+  runs in cuBLASLt's GEMM epilogue, and its attention is one Triton kernel reading the QKV output and writing rows
+  (fused.packed_attention: no permute copies);
 - one kv head: the 8 query heads are laid out as 8·S rows of one head, so attention is one plain MQA call;
 - opt-in (`set_expert_path("persistent")`): each bf16 expert layer as one persistent launch instead of 10
   (runtime/expert_layer.py; correct, but measured slower on the H100: bench/results/expert_persistent-*.json);
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TriforceError
 from . import expert_layer, fused, jit_warmup
@@ -35,10 +35,6 @@ from .config import ModelConfig
 from .model import time_embedding
 
 BF16 = torch.bfloat16
-# SigLIP attention (no mask, head dim 72), in this order of preference: cuDNN measured fastest at the standard
-# workload (9.7 vs FlashAttention 13.3 us, bench/vision_ops.py); the math fallback is never allowed (an error).
-VISION_ATTENTION = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-
 
 def _bf16(t):
     return t.to("cuda", BF16).contiguous()
@@ -146,7 +142,6 @@ class Pi05Engine:
         self._precompute_time_tables(state)
         self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
         self.overlap_step0 = True        # set_overlap_step0
-        self.vision_attention = "sdpa"   # or "packed" (fused.packed_attention); set_vision_attention
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -251,14 +246,6 @@ class Pi05Engine:
         self.overlap_step0 = bool(on)
         self.slots.clear()
 
-    def set_vision_attention(self, kind: str) -> None:
-        """'sdpa' (cuDNN on permuted views, then a copy back to rows) or 'packed' (one Triton kernel reading the
-        QKV output and writing rows). Captured graphs are dropped and re-capture."""
-        if kind not in ("sdpa", "packed"):
-            raise TriforceError(f"unknown vision attention '{kind}': sdpa or packed")
-        self.vision_attention = kind
-        self.slots.clear()
-
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
         """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
@@ -273,7 +260,7 @@ class Pi05Engine:
             h = torch.empty(rows, v.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, weight=layer["ln1"][0], bias=layer["ln1"][1], eps=cfg.norm_eps,
                            layernorm=True, quant_scale=quant_scale(qkv_l))
-            att = self._vision_attention(qkv_l(h), g * g)
+            att = fused.packed_attention(qkv_l(h), torch.empty(rows, v.width, dtype=BF16, device="cuda"), g * g, v.num_heads, v.dim_head)
             h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
             fused.add_norm(x, h, y=layer["o"](att), weight=layer["ln2"][0], bias=layer["ln2"][1], eps=cfg.norm_eps,
                            layernorm=True, quant_scale=quant_scale(fc1))
@@ -286,17 +273,6 @@ class Pi05Engine:
         h = torch.empty(rows, v.width, dtype=BF16, device="cuda")
         fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
-
-    def _vision_attention(self, qkv, tokens: int):
-        """SigLIP attention from the fused QKV output [views·tokens, 3·width] to [views·tokens, width]."""
-        v = self.cfg.vision
-        if self.vision_attention == "packed":
-            out = torch.empty(qkv.shape[0], v.width, dtype=BF16, device="cuda")
-            return fused.packed_attention(qkv, out, tokens, v.num_heads, v.dim_head)
-        q5 = qkv.view(-1, tokens, 3, v.num_heads, v.dim_head).permute(2, 0, 3, 1, 4)
-        with sdpa_kernel(VISION_ATTENTION, set_priority=True):
-            att = F.scaled_dot_product_attention(q5[0], q5[1], q5[2])
-        return att.transpose(1, 2).reshape(qkv.shape[0], v.width)
 
     @staticmethod
     def _prefix_valid(n_img: int, token_mask):
