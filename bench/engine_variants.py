@@ -2,9 +2,7 @@
 """Engine settings compared in one run on one loaded model (standard workload): graph replay median (device events,
 after warm-up), the stage split, agreement with the first variant and the ratio to it. The variants (data below):
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
-  K/V), or after the prefix;
-- residual_gemm_stages: where SigLIP's o / fc2 and the prefix's o / down add into the fp32 residual by split-K atomics
-  (fused.residual_gemm) instead of cuBLAS plus an add in the next norm.
+  K/V), or after the prefix.
 (Session 4 also compared SigLIP attention by cuDNN SDPA against the packed Triton kernel here, which won:
 bench/results/engine_variants-plana-*-s4.json.)
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
@@ -23,17 +21,11 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = (
-    ("step 0 after the prefix, cuBLAS residual GEMMs", {"overlap_step0": False, "residual_gemm_stages": []}),
-    ("step 0 beside the prefix, cuBLAS residual GEMMs", {"overlap_step0": True, "residual_gemm_stages": []}),
-    ("beside, split-K residual GEMMs in vision", {"overlap_step0": True, "residual_gemm_stages": ["vision"]}),
-    ("beside, split-K residual GEMMs in vision + prefix", {"overlap_step0": True, "residual_gemm_stages": ["vision", "prefix"]}),
-)
+VARIANTS = (("step 0 after the prefix", {"overlap_step0": False}), ("step 0 beside the prefix", {"overlap_step0": True}))
 
 
 def apply(eng, settings: dict) -> None:
     eng.set_overlap_step0(settings["overlap_step0"])
-    eng.set_residual_gemm_stages(settings["residual_gemm_stages"])
 
 
 def main():

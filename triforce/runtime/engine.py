@@ -105,15 +105,9 @@ class Linear:
         """gelu_tanh(x W^T + b) with the GELU in cuBLASLt's epilogue (SigLIP's fc1: one launch, no fp32 round trip)."""
         return torch._addmm_activation(self.bias, x, self.weight.t(), use_gelu=True)
 
-    def add_into(self, residual, x, gate=None):
-        """residual (fp32 [M, N]) += [gate ⊙] (x W^T + b): the few-row skinny kernel for M <= fused.SKINNY_MAX_ROWS
-        (no bias), else split-K tiles added by atomics (fused.residual_gemm; no gate)."""
-        if x.shape[0] <= fused.SKINNY_MAX_ROWS and self.bias is None:
-            fused.skinny_linear(x, self.weight, out=residual, gate=gate)
-        elif gate is None:
-            fused.residual_gemm(x, self.weight, residual, self.bias)
-        else:
-            raise ValueError(f"Linear.add_into: a gate needs <= {fused.SKINNY_MAX_ROWS} rows and no bias")
+    def add_into(self, residual, x, gate):
+        """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
+        fused.skinny_linear(x, self.weight, out=residual, gate=gate)
 
     @property
     def nbytes(self) -> int:
@@ -148,7 +142,6 @@ class Pi05Engine:
         self._precompute_time_tables(state)
         self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
         self.overlap_step0 = True        # set_overlap_step0
-        self.residual_gemm_stages = {"vision", "prefix"}   # set_residual_gemm_stages
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -253,15 +246,6 @@ class Pi05Engine:
         self.overlap_step0 = bool(on)
         self.slots.clear()
 
-    def set_residual_gemm_stages(self, stages) -> None:
-        """The stages whose bf16 residual GEMMs (o, fc2 / down) add into the residual by split-K atomics instead of
-        cuBLAS plus an add in the next norm. Captured graphs are dropped and re-capture."""
-        unknown = set(stages) - {"vision", "prefix"}
-        if unknown:
-            raise TriforceError(f"unknown stage(s) {sorted(unknown)} for residual GEMMs: vision, prefix")
-        self.residual_gemm_stages = set(stages)
-        self.slots.clear()
-
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
         """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
@@ -278,25 +262,17 @@ class Pi05Engine:
                            layernorm=True, quant_scale=quant_scale(qkv_l))
             att = fused.packed_attention(qkv_l(h), torch.empty(rows, v.width, dtype=BF16, device="cuda"), g * g, v.num_heads, v.dim_head)
             h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
-            fused.add_norm(x, h, y=self._into_residual("vision", layer["o"], x, att), weight=layer["ln2"][0],
-                           bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(fc1))
+            fused.add_norm(x, h, y=layer["o"](att), weight=layer["ln2"][0], bias=layer["ln2"][1], eps=cfg.norm_eps,
+                           layernorm=True, quant_scale=quant_scale(fc1))
             if isinstance(fc1, Linear) and fc1.bias is not None and in_dtype(fc2) == BF16:
-                pending = self._into_residual("vision", fc2, x, fc1.gelu(h))
+                pending = fc2(fc1.gelu(h))
             else:   # a quantized fc1, or an FP8 fc2 that reads E4M3: the GELU kernel (quantizing)
                 mid = fc1(h)
                 act = mid if in_dtype(fc2) == mid.dtype else torch.empty(mid.shape, dtype=in_dtype(fc2), device="cuda")
-                pending = self._into_residual("vision", fc2, x, fused.gelu(mid, act, quant_scale=quant_scale(fc2)))
+                pending = fc2(fused.gelu(mid, act, quant_scale=quant_scale(fc2)))
         h = torch.empty(rows, v.width, dtype=BF16, device="cuda")
         fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
-
-    def _into_residual(self, stage: str, layer, x, inp):
-        """A many-row residual branch: added into the fp32 residual x by the GEMM itself (bf16 layers of the stages
-        in self.residual_gemm_stages; returns None), else its output for the next add_norm to add."""
-        if stage in self.residual_gemm_stages and type(layer) is Linear:
-            layer.add_into(x, inp)
-            return None
-        return layer(inp)
 
     @staticmethod
     def _prefix_valid(n_img: int, token_mask):
@@ -330,11 +306,10 @@ class Pi05Engine:
                 break                       # the expert reads only this layer's K/V
             att = self._attend(q, k_cache[:seq], v_cache[:seq], mask).view(seq, -1)
             h = torch.empty(seq, p.width, dtype=in_dtype(gu_l), device="cuda")
-            fused.add_norm(x, h, y=self._into_residual("prefix", layer["o"], x, att), gate=out_scale(layer["o"]),
-                           scale=channel_scale(gu_l), eps=cfg.norm_eps, quant_scale=quant_scale(gu_l))
+            fused.add_norm(x, h, y=layer["o"](att), gate=out_scale(layer["o"]), scale=channel_scale(gu_l), eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
             act = torch.empty(seq, p.mlp_dim, dtype=in_dtype(down_l), device="cuda")
-            pending = self._into_residual("prefix", down_l, x, fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l),
-                                                                           channel_scale=out_scale(gu_l)))
+            pending = down_l(fused.geglu(gu_l(h), act, quant_scale=quant_scale(down_l), channel_scale=out_scale(gu_l)))
             pending_scale = out_scale(down_l)
 
     def _denoise_step_persistent(self, step, x, x_t, pos, mask, kv, seq, before_layer, scratch):

@@ -412,60 +412,6 @@ def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_w, s
     tl.atomic_add(OUT + m[:, None] * stride_o + n[None, :], acc, mask=(m[:, None] < M) & nmask[None, :], sem="relaxed")
 
 
-@triton.jit
-def _residual_gemm_kernel(X, W, B, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o, HAS_BIAS: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
-    """out (fp32 [M, N]) += x [M, K-range] @ w [N, K-range]^T (+ b, added by the first K range): split-K tiles meet
-    by relaxed atomics in the fp32 residual itself, so no output round trip and no separate residual add."""
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_lo = tl.program_id(2) * K_SPLIT
-    k_hi = tl.minimum(k_lo + K_SPLIT, K)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(X + rm[:, None] * stride_x + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < k_hi), other=0.0)
-        b = tl.load(W + rn[:, None] * stride_w + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < k_hi), other=0.0)
-        if DOT_F32:
-            acc += tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)))
-        else:
-            acc += tl.dot(a, tl.trans(b))
-    if HAS_BIAS:
-        acc += tl.where(tl.program_id(2) == 0, tl.load(B + rn, mask=rn < N, other=0.0).to(tl.float32), 0.0)[None, :]
-    tl.atomic_add(OUT + rm[:, None] * stride_o + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N),
-                  sem="relaxed")
-
-
-def residual_splits(tiles: int, k_blocks: int, sms: int) -> int:
-    """K splits for `tiles` output tiles: the most that still fit one wave of the SMs (every split's partial tile
-    is an atomic add of the whole tile, so more waves cost atomics), each split at least 4 K blocks long."""
-    split = 1
-    while tiles * (split + 1) <= sms and k_blocks >= 4 * (split + 1) and split < 8:
-        split += 1
-    return split
-
-
-def residual_gemm(x, w, out, bias=None, split: int | None = None, block_m: int = 128, block_n: int = 128,
-                  block_k: int = 64, num_warps: int = 8, num_stages: int = 4):
-    """out (fp32 residual [M, N]) += x [M, K] @ w [N, K]^T (+ bias): the many-row GEMMs whose output only feeds the
-    residual (SigLIP's o and fc2, the prefix's o and down), K split so that the few output tiles fill the GPU
-    (residual_splits). Returns out."""
-    rows, kdim = x.shape
-    n = w.shape[0]
-    if w.shape[1] != kdim or tuple(out.shape) != (rows, n) or out.dtype != torch.float32:
-        raise ValueError(f"residual_gemm: x {tuple(x.shape)}, w {tuple(w.shape)}, out {tuple(out.shape)} {out.dtype}")
-    tiles = triton.cdiv(rows, block_m) * triton.cdiv(n, block_n)
-    k_blocks = triton.cdiv(kdim, block_k)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
-    split = split or residual_splits(tiles, k_blocks, sms)
-    k_split = triton.cdiv(k_blocks, split) * block_k
-    _residual_gemm_kernel[(triton.cdiv(rows, block_m), triton.cdiv(n, block_n), triton.cdiv(kdim, k_split))](
-        x, w, bias if bias is not None else out, out, rows, n, kdim, k_split, x.stride(0), w.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_F32=INTERPRETED,
-        num_warps=num_warps, num_stages=num_stages)
-    return out
-
-
 SKINNY_MAX_ROWS = 16     # where the few-row kernels measured faster than cuBLAS (the libero/droid horizons)
 
 
