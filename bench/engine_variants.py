@@ -3,8 +3,8 @@
 after warm-up), the stage split, agreement with the first variant and the ratio to it. The variants (data below):
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
   K/V), or after the prefix.
-(Session 4 also compared SigLIP attention by cuDNN SDPA against the packed Triton kernel here, which won:
-bench/results/engine_variants-plana-*-s4.json.)
+(Session 4 also compared here SigLIP attention by cuDNN SDPA against the packed Triton kernel, which won
+(engine_variants-plana-*-s4.json), and split-K residual GEMMs, which lost (engine_variants-plana-*-s4-residual.json).)
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -21,11 +21,16 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = (("step 0 after the prefix", {"overlap_step0": False}), ("step 0 beside the prefix", {"overlap_step0": True}))
+VARIANTS = (
+    ("step 0 after the prefix", {"overlap_step0": False, "priority": "equal"}),
+    ("step 0 beside the prefix, equal priority", {"overlap_step0": True, "priority": "equal"}),
+    ("step 0 beside the prefix, prefix first", {"overlap_step0": True, "priority": "prefix"}),
+    ("step 0 beside the prefix, step 0 first", {"overlap_step0": True, "priority": "step0"}),
+)
 
 
 def apply(eng, settings: dict) -> None:
-    eng.set_overlap_step0(settings["overlap_step0"])
+    eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
 
 
 def main():

@@ -35,6 +35,8 @@ from .config import ModelConfig
 from .model import time_embedding
 
 BF16 = torch.bfloat16
+# (prefix stream, denoise stream) priorities while step 0 runs beside the prefix; lower runs first
+OVERLAP_PRIORITIES = {"equal": (0, 0), "prefix": (-1, 0), "step0": (0, -1)}
 
 def _bf16(t):
     return t.to("cuda", BF16).contiguous()
@@ -141,7 +143,7 @@ class Pi05Engine:
         self._build_weights(state)
         self._precompute_time_tables(state)
         self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
-        self.overlap_step0 = True        # set_overlap_step0
+        self.overlap_step0, self.overlap_priority = True, "equal"    # set_overlap_step0
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -240,10 +242,12 @@ class Pi05Engine:
         self.expert_path = path
         self.slots.clear()
 
-    def set_overlap_step0(self, on: bool) -> None:
-        """Whether denoise step 0 runs beside the prefix on a second stream (True) or after it. Captured graphs
-        are dropped and re-capture."""
-        self.overlap_step0 = bool(on)
+    def set_overlap_step0(self, on: bool, priority: str = "equal") -> None:
+        """Whether denoise step 0 runs beside the prefix on a second stream (True) or after it; with it, which of
+        the two streams the GPU schedules first (OVERLAP_PRIORITIES). Captured graphs are dropped and re-capture."""
+        if priority not in OVERLAP_PRIORITIES:
+            raise TriforceError(f"unknown overlap priority '{priority}': {', '.join(OVERLAP_PRIORITIES)}")
+        self.overlap_step0, self.overlap_priority = bool(on), priority
         self.slots.clear()
 
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
@@ -406,19 +410,25 @@ class Pi05Engine:
         mark(1)
         valid = self._prefix_valid(img.shape[0], token_mask)
         main = torch.cuda.current_stream()
-        if self.overlap_step0:
-            denoise, kv_events = torch.cuda.Stream(), [torch.cuda.Event() for _ in range(e.depth)]
-            denoise.wait_stream(main)            # forks after vision: step 0 then waits per layer for the prefix
-            kv_ready = lambda i: kv_events[i].record(main)  # noqa: E731
-            waits = [lambda i: denoise.wait_event(kv_events[i])] + [lambda i: None] * (cfg.num_steps - 1)
-        else:
-            denoise, kv_ready, waits = main, None, [lambda i: None] * cfg.num_steps
-        self._prefix(img, tokens, valid, kv, kv_ready)
-        mark(2)
-        with torch.cuda.stream(denoise):
+        if not self.overlap_step0:
+            self._prefix(img, tokens, valid, kv)
+            mark(2)
+            return self._denoise(valid, noise, kv, seq, [lambda i: None] * cfg.num_steps, mark)
+        # the prefix and the denoise loop on two streams forked after vision (their priorities are captured into
+        # the graph's kernel nodes, which torch instantiates with UseNodePriority); step 0 waits per layer
+        prefix_priority, denoise_priority = OVERLAP_PRIORITIES[self.overlap_priority]
+        prefix_s, denoise_s = torch.cuda.Stream(priority=prefix_priority), torch.cuda.Stream(priority=denoise_priority)
+        prefix_s.wait_stream(main)
+        denoise_s.wait_stream(main)
+        kv_events = [torch.cuda.Event() for _ in range(e.depth)]
+        with torch.cuda.stream(prefix_s):
+            self._prefix(img, tokens, valid, kv, lambda i: kv_events[i].record(prefix_s))
+            mark(2)
+        waits = [lambda i: denoise_s.wait_event(kv_events[i])] + [lambda i: None] * (cfg.num_steps - 1)
+        with torch.cuda.stream(denoise_s):
             x_t = self._denoise(valid, noise, kv, seq, waits, mark)
-        if denoise is not main:
-            main.wait_stream(denoise)           # joins the graph's two branches
+        main.wait_stream(prefix_s)                # joins the graph's branches
+        main.wait_stream(denoise_s)
         return x_t
 
     def _denoise(self, valid, noise, kv, seq, waits, mark):
