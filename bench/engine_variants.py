@@ -2,7 +2,7 @@
 """Engine settings compared in one run on one loaded model (standard workload): graph replay median (device events,
 after warm-up), the stage split, agreement with the first variant and the ratio to it. The variants (data below):
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
-  K/V), or after the prefix.
+  K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 (Session 4 also compared here SigLIP attention by cuDNN SDPA against the packed Triton kernel, which won
 (engine_variants-plana-*-s4.json), and split-K residual GEMMs, which lost (engine_variants-plana-*-s4-residual.json).)
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
