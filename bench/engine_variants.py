@@ -2,12 +2,11 @@
 """Engine settings compared in one run on one loaded model (standard workload): graph replay median (device events,
 after warm-up), the stage split, agreement with the first variant and the ratio to it. The variants (data below):
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
-  K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES);
-- fold_norm_into: the expert GEMMs that read the adaRMS norm of the fp32 residual themselves (a skinny launch)
-  instead of cuBLAS after an add_norm launch.
-(Session 4 also compared here SigLIP attention by cuDNN SDPA against the packed Triton kernel, which won
-(engine_variants-plana-*-s4.json), split-K residual GEMMs, which lost (engine_variants-plana-*-s4-residual.json), and stream priorities
-(engine_variants-plana-*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms).)
+  K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
+Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
+Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
+stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
+read by skinny expert GEMMs, which lost (*-s4-fold.json).
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -25,17 +24,14 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 VARIANTS = (
-    ("step 0 after the prefix, separate norms", {"overlap_step0": False, "priority": "prefix", "fold_norm_into": []}),
-    ("step 0 beside the prefix, separate norms", {"overlap_step0": True, "priority": "prefix", "fold_norm_into": []}),
-    ("beside, norm read by the skinny qkv", {"overlap_step0": True, "priority": "prefix", "fold_norm_into": ["qkv"]}),
-    ("beside, norm read by skinny qkv + gate/up", {"overlap_step0": True, "priority": "prefix",
-                                                  "fold_norm_into": ["qkv", "gate_up"]}),
+    ("step 0 after the prefix", {"overlap_step0": False, "priority": "prefix"}),
+    ("step 0 beside the prefix, equal priority", {"overlap_step0": True, "priority": "equal"}),
+    ("step 0 beside the prefix, prefix first", {"overlap_step0": True, "priority": "prefix"}),
 )
 
 
 def apply(eng, settings: dict) -> None:
     eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
-    eng.set_fold_norm_into(settings["fold_norm_into"])
 
 
 def main():

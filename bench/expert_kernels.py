@@ -3,8 +3,8 @@
 
 18 distinct weight sets, like the 18 layers (623 MB: nothing stays in L2 between replays). Every entry is a CUDA graph
 of 18 launches, one per layer; us per launch = replay median (device events, after warm-up) / 18. Sweeps the launch
-shapes of the few-row kernels (skinny o/down, split-KV attention), then times the engine's per-layer sequence.
-Prints tables and records bench/results/expert_kernels-<gpu>-<date>.json.
+shapes of the few-row kernels (skinny o/down, split-KV attention), then times the engine's per-layer sequence and the end-of-step kernel's launch shapes.
+Prints tables and records bench/results/expert_layer-<gpu>-<date>.json.
     python3 bench/expert_kernels.py [--runs 50] [--out-dir bench/results]"""
 
 import sys
@@ -47,23 +47,6 @@ class Layers:
         self.qkv_out = torch.randn(M, (H + 2) * D, device="cuda").to(BF16)
         self.gu_out = torch.randn(M, 2 * I, device="cuda").to(BF16)
         self.act = torch.randn(M, I, device="cuda").to(BF16)
-        self.qkv_f32, self.gu_f32 = torch.zeros(M, (H + 2) * D, device="cuda"), torch.zeros(M, 2 * I, device="cuda")
-
-    def launches_folded(self, gate_up: bool = False):
-        """The engine's sequence with the adaRMS norm read by the skinny QKV GEMM (and gate/up) itself: fp32 out
-        (engine.fold_norm_into)."""
-        norm = (self.scale, self.scale, 1e-6)
-        seq = [("qkv reading the norm (skinny)", lambda i: fused.skinny_linear(self.x, self.qkv[i], out=self.qkv_f32, norm_in=norm))]
-        seq += [(n, f) for n, f in self.launches()[2:5]]
-        rope = ("RoPE + K/V cache write (fp32 qkv)", lambda i: fused.rope_qkv(self.qkv_f32, self.pos, self.cos, self.sin,
-                                                                            self.q, self.kc[i], self.vc[i], SEQ, H, D))
-        seq[1] = rope
-        if gate_up:
-            seq += [("gate/up reading the norm (skinny)", lambda i: fused.skinny_linear(self.x, self.gu[i], out=self.gu_f32, norm_in=norm)),
-                    ("GeGLU (fp32 gate/up)", lambda i: fused.geglu(self.gu_f32, self.act))]
-        else:
-            seq += [(n, f) for n, f in self.launches()[5:8]]
-        return seq + [self.launches()[8]]
 
     def launches(self, attn=None, o=None, down=None):
         """The engine's per-layer sequence (engine.py _denoise_step, bf16), as (name, fn(layer)) pairs."""
@@ -107,26 +90,17 @@ def main():
                     [[r["launch"], r["us"]] for r in per_launch]
                     + [["sum of launches", sum(r["us"] for r in per_launch)], ["chain (one graph)", chain],
                        ["bf16 weight-read floor at 3.0 TB/s", floor_us]])
-    folded = {}
-    for label, gu in (("norm folded into qkv", False), ("norm folded into qkv and gate/up", True)):
-        seq = lay.launches_folded(gate_up=gu)
-        folded[label] = {"per_launch": [{"launch": name, "us": graph_us(fn, a.runs)} for name, fn in seq],
-                         "chain_us_per_layer": graph_us(lambda i: [fn(i) for _, fn in seq], a.runs)}
-    rep.print_table("expert layer with the adaRMS norm read by the skinny GEMM (us)", ["variant", "launch", "us"],
-                    [[label, r["launch"], r["us"]] for label, v in folded.items() for r in v["per_launch"]]
-                    + [[label, "chain (one graph)", v["chain_us_per_layer"]] for label, v in folded.items()]
-                    + [["as the engine had it", "chain (one graph)", chain]])
     lay.x_t, lay.x_next = torch.randn(M, 32, device="cuda"), torch.empty(M, W, device="cuda")
     lay.w_out, lay.w_in = torch.randn(32, W, device="cuda") / 32, torch.randn(W, 32, device="cuda") / 6
     lay.b_out, lay.b_in = torch.randn(32, device="cuda"), torch.randn(W, device="cuda")
     tail = [{"chunk": c, "num_warps": nw, "us": graph_us(lambda i: fused.euler_tail(
         lay.x, lay.scale, lay.scale, lay.w_out, lay.b_out, lay.x_t, -0.1, lay.w_in, lay.b_in, lay.x_next, chunk=c,
-        num_warps=nw), a.runs)} for c, nw in ((256, 4), (256, 8), (512, 8), (128, 4), (1024, 8))]
+        num_warps=nw), a.runs)} for c, nw in ((1024, 8), (512, 8), (256, 4))]
     rep.print_table("end of a denoise step (euler_tail), us", ["chunk", "warps", "us"], [[t["chunk"], t["num_warps"], t["us"]] for t in tail])
     rep.record_run(a.out_dir, "expert_layer", {
         "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I, "layers": L, "keys": SEQ + M},
         "sweep": sweep, "per_launch": per_launch, "chain_us_per_layer": chain, "weight_floor_us": floor_us,
-        "norm_folded": folded, "euler_tail": tail})
+        "euler_tail": tail})
 
 
 if __name__ == "__main__":

@@ -121,21 +121,3 @@ def test_step0_beside_the_prefix_gives_the_serial_actions(policies):
         eng.set_overlap_step0(True)
 
 
-
-
-def test_norm_folded_into_the_expert_gemms_gives_the_same_actions(policies):
-    """The expert's QKV (and gate/up) reading the adaRMS norm of the residual themselves give add_norm + cuBLAS's
-    actions."""
-    _, policy = policies
-    eng = policy.backend
-    rng = np.random.default_rng(7)
-    obs, noise = random_observation(TINY, rng, 2, 6), random_noise(TINY, rng)
-    before = set(eng.fold_norm_into)
-    try:
-        eng.set_fold_norm_into([])
-        separate = policy.infer(obs, noise)
-        for names in (["qkv"], ["qkv", "gate_up"]):
-            eng.set_fold_norm_into(names)
-            assert cosine(policy.infer(obs, noise), separate) >= 0.9999, names
-    finally:
-        eng.set_fold_norm_into(before)

@@ -143,8 +143,7 @@ class Pi05Engine:
         self._build_weights(state)
         self._precompute_time_tables(state)
         self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
-        self.overlap_step0, self.overlap_priority = True, "prefix"   # set_overlap_step0
-        self.fold_norm_into = {"qkv"}    # set_fold_norm_into
+        self.overlap_step0, self.overlap_priority = True, "prefix"   # set_overlap_step0 (prefix first: measured best)
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -251,15 +250,6 @@ class Pi05Engine:
         self.overlap_step0, self.overlap_priority = bool(on), priority
         self.slots.clear()
 
-    def set_fold_norm_into(self, names) -> None:
-        """The expert GEMMs ('qkv', 'gate_up') that read the adaRMS norm of the residual themselves (a few-row
-        launch) instead of cuBLAS after an add_norm launch. Captured graphs are dropped and re-capture."""
-        unknown = set(names) - {"qkv", "gate_up"}
-        if unknown:
-            raise TriforceError(f"unknown expert GEMM(s) {sorted(unknown)} to fold the norm into: qkv, gate_up")
-        self.fold_norm_into = set(names)
-        self.slots.clear()
-
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
         """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
@@ -355,22 +345,25 @@ class Pi05Engine:
         cfg, e = self.cfg, self.cfg.expert
         horizon = x_t.shape[0]
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
-        arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers
-                                              for name, lin in layer.items()
-                                              if getattr(lin, "takes_arena", False) or self._folds_norm(name, lin)), "cuda")
+        arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
+                                              if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
         for i, layer in enumerate(self.expert_layers):
             before_layer(i)
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
-            qkv = self._normed_gemm("qkv", qkv_l, x, pending, pending_gate, s1[step], b1[step], arena)
-            fused.rope_qkv(qkv, pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
+            h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(qkv_l))
+            fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
+            h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
-            gu = self._normed_gemm("gate_up", gu_l, x, pending, pending_gate, s2[step], b2[step], arena)
-            fused.geglu(gu, act, quant_scale=quant_scale(down_l))
+            fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
             pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
         sf, bf, _ = self.ada_final
         last = step == cfg.num_steps - 1
@@ -378,23 +371,6 @@ class Pi05Engine:
         fused.euler_tail(x, sf[step], bf[step], *self.action_out, x_t, -1.0 / cfg.num_steps,
                          *((None, None) if last else self.action_in), x_next, y=pending, gate=pending_gate, eps=cfg.norm_eps)
         return x_next
-
-    def _folds_norm(self, name: str, layer) -> bool:
-        """Whether this expert GEMM reads the adaRMS norm of the residual itself (fold_norm_into): bf16 few-row
-        layers only (a quantized layer's input is quantized by add_norm)."""
-        return (name in self.fold_norm_into and type(layer) is Linear and layer.bias is None
-                and self.cfg.action_horizon <= fused.SKINNY_MAX_ROWS)
-
-    def _normed_gemm(self, name, layer, x, pending, pending_gate, scale, shift, arena):
-        """layer(adaRMS(x [+ gate ⊙ pending])): one few-row launch reading the residual where the norm folds in
-        (fp32 out, zeroed in the arena), else add_norm then the layer."""
-        if pending is None and self._folds_norm(name, layer):
-            out = arena.take(x.shape[0], layer.out_features)
-            return fused.skinny_linear(x, layer.weight, out=out, norm_in=(scale, shift, self.cfg.norm_eps))
-        h = torch.empty(x.shape[0], x.shape[1], dtype=in_dtype(layer), device="cuda")
-        fused.add_norm(x, h, y=pending, gate=pending_gate, scale=scale, shift=shift, eps=self.cfg.norm_eps,
-                       quant_scale=quant_scale(layer))
-        return self._call(layer, h, arena)
 
     @staticmethod
     def _residual(layer, x, inp, gate, arena):
