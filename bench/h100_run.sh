@@ -5,8 +5,8 @@
 #     prefix-attention and SigLIP-op sweeps, Phase 0
 #   part 2: Plan B validation (h100 and h100_measured recipes, 64 observations), the NVFP4 refusal
 #   part 3: the few-row GEMM paths, cold start in fresh processes, the engine + server benchmark
-#   part 4 (no kernel wheel): the engine GPU tests but the wheel-backed Plan B one, the expert-layer launches, the
-#     SigLIP ops, the engine variants (Plan A and h100_measured), Plan A validation
+#   part 4 (no kernel wheel): the engine GPU tests but the wheel-backed Plan B one, Plan A validation, Plan B
+#     validation of h100_measured (FP8 prefix, no wheel kernel), the engine benchmark (fp32 reference vs Plan A)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|3|4   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -35,11 +35,10 @@ elif [ "$1" = 2 ]; then
 elif [ "$1" = 4 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py tests/test_act_quant_gpu.py -k "not plan_b_h100_recipe"
-  run python3 bench/expert_kernels.py --out-dir "$OUT"
-  run python3 bench/vision_ops.py --out-dir "$OUT"
-  run python3 bench/engine_variants.py --plan a --runs 100 --out-dir "$OUT"
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  run python3 bench/engine_variants.py --plan b --recipe h100_measured --runs 100 --out-dir "$OUT"
+  mkdir -p "$OUT/measured"
+  run python3 scripts/validate_plan_b.py --recipe h100_measured --observations 64 --runs 100 --report-dir "$OUT/measured"
+  run python3 bench/run_bench.py --plan a --runs 50 --out-dir "$OUT"
 else
   run python3 bench/w4a16_paths.py --out-dir "$OUT"
   run python3 bench/cold_start.py --out-dir "$OUT"
