@@ -228,7 +228,7 @@ class Pi05Engine:
         return f"quantized expert layers ({', '.join(quantized)})" if quantized else None
 
     def set_expert_path(self, path: str) -> None:
-        """'per_op' (10 launches per expert layer, the default: 39.7 us a layer on the H100) or 'persistent' (one
+        """'per_op' (10 launches per expert layer, the default: 38.1 us a layer on the H100) or 'persistent' (one
         launch, 43.6 us; bench/expert_persistent.py). Captured graphs are dropped and re-capture."""
         if path not in ("persistent", "per_op"):
             raise TriforceError(f"unknown expert path '{path}': persistent or per_op")
