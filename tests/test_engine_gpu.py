@@ -119,5 +119,3 @@ def test_step0_beside_the_prefix_gives_the_serial_actions(policies):
                 assert cosine(policy.infer(obs, noise), serial) >= 0.99999, priority
     finally:
         eng.set_overlap_step0(True)
-
-

@@ -194,3 +194,26 @@ def test_invoke_bench_and_plan_a_validation_without_gpu(tmp_path):
     assert json.loads((tmp_path / "plan_a.json").read_text())["status"] == "no_gpu"
     r = _invoke("validate", "--plan", "a", "--local", "--recipe", "h100")
     assert r.returncode == 1 and "--recipe applies to plan b" in r.stderr
+
+
+def test_step0_overlap_setting_refuses_an_unknown_priority_and_changes_nothing():
+    from types import SimpleNamespace
+
+    from triforce.runtime.engine import OVERLAP_PRIORITIES, Pi05Engine
+
+    stub = SimpleNamespace(overlap_step0=True, overlap_priority="prefix", slots={"key": 1})
+    with pytest.raises(TriforceError, match="unknown overlap priority 'fastest': equal, prefix, step0"):
+        Pi05Engine.set_overlap_step0(stub, False, "fastest")
+    assert stub.overlap_step0 and stub.overlap_priority == "prefix" and stub.slots      # nothing changed
+    Pi05Engine.set_overlap_step0(stub, False)
+    assert not stub.overlap_step0 and stub.overlap_priority == "prefix" and not stub.slots   # graphs re-capture
+    assert set(OVERLAP_PRIORITIES) == {"equal", "prefix", "step0"}
+
+
+def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_prefix():
+    from triforce.checks.plan_a import _denoise_note
+
+    steps = [0.06] + [0.71] * 8 + [0.72]
+    assert _denoise_note(steps, {"overlap_step0": True, "expert_path": "per_op"}) == \
+        "0.710/step (step 0: 0.060 after the prefix ends), per_op expert layers"
+    assert _denoise_note([0.75] * 10, {"overlap_step0": False, "expert_path": "per_op"}) == "0.750/step, per_op expert layers"

@@ -38,6 +38,7 @@ BF16 = torch.bfloat16
 # (prefix stream, denoise stream) priorities while step 0 runs beside the prefix; lower runs first
 OVERLAP_PRIORITIES = {"equal": (0, 0), "prefix": (-1, 0), "step0": (0, -1)}
 
+
 def _bf16(t):
     return t.to("cuda", BF16).contiguous()
 
@@ -143,7 +144,7 @@ class Pi05Engine:
         self._build_weights(state)
         self._precompute_time_tables(state)
         self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
-        self.overlap_step0, self.overlap_priority = True, "prefix"   # set_overlap_step0 (prefix first: measured best)
+        self.overlap_step0, self.overlap_priority = True, "prefix"   # set_overlap_step0 (prefix first measured best)
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
@@ -242,7 +243,7 @@ class Pi05Engine:
         self.expert_path = path
         self.slots.clear()
 
-    def set_overlap_step0(self, on: bool, priority: str = "equal") -> None:
+    def set_overlap_step0(self, on: bool, priority: str = "prefix") -> None:
         """Whether denoise step 0 runs beside the prefix on a second stream (True) or after it; with it, which of
         the two streams the GPU schedules first (OVERLAP_PRIORITIES). Captured graphs are dropped and re-capture."""
         if priority not in OVERLAP_PRIORITIES:
