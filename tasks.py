@@ -85,6 +85,17 @@ def build_kernels(c, arch=None, jobs=None, target=None, cutlass_dir=None, wheel_
                          wheel_dir=_cfg(c, "build", "wheel_dir", wheel_dir))
     print("\n".join(stage.describe(result)))
 
+@task(help={"target": "target whose arch to compile the engine's Triton kernels for (thor, blackwell, hopper)"})
+@_friendly
+def check_triton(c, target=None):
+    """Compile every Triton kernel of the engine for the target's arch (no GPU needed) and gate its SASS."""
+    from triforce import report, triton_gate
+
+    name = _cfg(c, "build", "target", target)
+    results = triton_gate.gate_target(name)
+    report.print_table(f"engine Triton kernels compiled for {name} ({results[0].arch}): all pass",
+                       ["kernel", "arch", "SASS instructions", "tensor-core opcodes", "compile s"], triton_gate.describe(results))
+
 # ── patch-cutlass ──────────────────────────────────────────────────────────────────────────────────────────────────
 @task(help={
     "cutlass_dir": "CUTLASS source tree to patch (default: the pinned nvidia-cutlass source, materialized in the cache)",
@@ -349,4 +360,4 @@ def bench(c, plan=None, checkpoint=None, config=None, recipe=None, runs=None, ou
     print(f"recorded: {path}")
 
 
-ns = Collection(doctor, patch_cutlass, build_kernels, serve, build_image, up, deploy, validate, infer, quantize, bench)
+ns = Collection(doctor, patch_cutlass, build_kernels, check_triton, serve, build_image, up, deploy, validate, infer, quantize, bench)

@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import TriforceError
 
 _FUNCTION_RE = re.compile(r"^\s*Function : (\S+)\s*$")
-_ARCH_RE = re.compile(r"^arch = (sm_\w+)\s*$")
+_ARCH_RE = re.compile(r"^\s*(?:arch = |code for )(sm_\w+)\s*$")   # a fatbin's cubin header, or a bare cubin's
 _INSTR_RE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
 
 
