@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused import INTERPRETED, block_softmax
+from .fused import INTERPRETED, block_softmax, dot_t
 
 MAX_ROWS = 16          # one tl.dot row block: the libero and droid horizons (10, 15); pi05_base's 50 runs per-op
 PHASES = 8
@@ -65,14 +65,6 @@ def _norm_rows(X, S, HB, pid, P, M, eps, W: tl.constexpr):
 
 
 @triton.jit
-def _dot_t(a, w, DOT_F32: tl.constexpr):
-    """a [BM, K] bf16 @ w [N, K]^T -> fp32 (the interpreter multiplies in fp32)."""
-    if DOT_F32:
-        return tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)))
-    return tl.dot(a, tl.trans(w))
-
-
-@triton.jit
 def _share(pid, P, TOTAL):
     """Program pid's contiguous share [start, end) of TOTAL work items."""
     return pid * TOTAL // P, (pid + 1) * TOTAL // P
@@ -101,7 +93,7 @@ def _stream_residual(A, WT, G, X, pid, P, M, N: tl.constexpr, K: tl.constexpr, W
             k = tl.minimum(kb + 1, kb_hi - 1) * BK + kk
             w_next = tl.load(WT + n[:, None] * K + k[None, :])
             a_next = tl.load(A + m[:, None] * K + k[None, :], mask=m[:, None] < M, other=0.0, cache_modifier=".cg")
-            acc += _dot_t(a, w, DOT_F32)
+            acc += dot_t(a, w, DOT_F32)
         tl.atomic_add(X + m[:, None] * W + n[None, :], acc * tl.load(G + n)[None, :], mask=m[:, None] < M,
                       sem="relaxed")
 
@@ -152,8 +144,8 @@ def _expert_layer_kernel(
                 k = tl.minimum(kb + 1, kb1 - 1) * QKV_BK + kk
                 w_lo = tl.load(WQKV + c_lo[:, None] * W + k[None, :])
                 w_hi = tl.load(WQKV + (c_lo + HALF)[:, None] * W + k[None, :])
-                lo += _dot_t(h, wl, DOT_F32)
-                hi += _dot_t(h, wh, DOT_F32)
+                lo += dot_t(h, wl, DOT_F32)
+                hi += dot_t(h, wh, DOT_F32)
             first = (kb0 == 0).to(tl.float32)           # the shift term (shift @ W^T) is added once per column
             lo += first * tl.load(C1 + c_lo)[None, :]
             hi += first * tl.load(C1 + c_lo + HALF)[None, :]
@@ -242,8 +234,8 @@ def _expert_layer_kernel(
                 k = tl.minimum(kb + 1, W // GU_BK - 1) * GU_BK + kk
                 w_g = tl.load(WGU + n[:, None] * W + k[None, :])
                 w_u = tl.load(WGU + (n + F)[:, None] * W + k[None, :])
-                g += _dot_t(h, wg, DOT_F32)
-                up += _dot_t(h, wu, DOT_F32)
+                g += dot_t(h, wg, DOT_F32)
+                up += dot_t(h, wu, DOT_F32)
             g += tl.load(C2 + n)[None, :]
             up += tl.load(C2 + F + n)[None, :]
             act = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g)) * up

@@ -222,14 +222,20 @@ def rope_tables(max_pos: int, head_dim: int, base: float, device):
 
 
 @triton.jit
+def dot_t(a, b, DOT_F32: tl.constexpr):
+    """a [M, K] @ b [N, K]^T with an fp32 accumulator. DOT_F32: Triton's CPU interpreter cannot multiply bf16
+    tiles, so it multiplies fp32 copies."""
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)))
+    return tl.dot(a, tl.trans(b))
+
+
+@triton.jit
 def online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr):
     """One key block of flash attention: the running (row max, row sum, output) updated with q k^T (scaled by
-    qk_scale, which includes log2 e) plus the additive key bias [BLOCK_N] (0 or -inf), in the exp2 domain."""
-    if DOT_F32:   # Triton's CPU interpreter cannot multiply bf16 tiles
-        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-    else:
-        s = tl.dot(q, tl.trans(k))
-    s = s * qk_scale + bias[None, :] * 1.4426950408889634
+    qk_scale, which includes log2 e) plus the additive key bias [BLOCK_N] (0 or -inf), in the exp2 domain. (p @ v is
+    written out here, not through a helper: through one, Triton scheduled the rescale and the MMA differently.)"""
+    s = dot_t(q, k, DOT_F32) * qk_scale + bias[None, :] * 1.4426950408889634
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
@@ -318,13 +324,9 @@ def mqa_attention(q, k, v, bias, out, block_m: int = 64, block_n: int = 64, num_
 
 @triton.jit
 def block_softmax(q, k, v, bias, qk_scale, DOT_F32: tl.constexpr):
-    """One key block of split-KV attention: (row max, row sum, unnormalized p @ v) in the exp2 domain
-    (qk_scale includes log2 e); bias is the additive key mask. Shared with the persistent expert layer."""
-    if DOT_F32:
-        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-    else:
-        s = tl.dot(q, tl.trans(k))
-    s = s * qk_scale + bias[None, :] * 1.4426950408889634
+    """One key block of split-KV attention: (row max, row sum, unnormalized p @ v) in the exp2 domain. Shared with
+    the persistent expert layer."""
+    s = dot_t(q, k, DOT_F32) * qk_scale + bias[None, :] * 1.4426950408889634
     m = tl.maximum(tl.max(s, 1), -1.0e30)             # a fully masked block gives p = 0, not NaN
     p = tl.exp2(s - m[:, None])
     if DOT_F32:
@@ -402,10 +404,7 @@ def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_w, s
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
         w = tl.load(W + n[:, None] * stride_w + k[None, :], mask=nmask[:, None], other=0.0)
-        if DOT_F32:
-            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
-        else:
-            acc += tl.dot(x, tl.trans(w))
+        acc += dot_t(x, w, DOT_F32)
     if HAS_GATE:
         acc = acc * tl.load(GATE + n, mask=nmask, other=0.0)[None, :]
     # relaxed: partial sums need no ordering among themselves (the default acq_rel costs a MEMBAR.GPU per atomic:
@@ -488,7 +487,7 @@ def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, strid
             hi = (p >> 4) & 0xF
             lo = tl.where(lo >= 8, lo - 16, lo)
             hi = tl.where(hi >= 8, hi - 16, hi)
-            if DOT_F32:
+            if DOT_F32:   # straight to fp32: the interpreter's bf16 conversion of the nibbles is not exact
                 part = tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32))) + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32)))
             else:
                 part = tl.dot(xe.to(tl.bfloat16), tl.trans(lo.to(tl.bfloat16))) + tl.dot(xo.to(tl.bfloat16), tl.trans(hi.to(tl.bfloat16)))
