@@ -3,8 +3,9 @@
 Triton compiles at run time on the device, so a kernel that cannot compile for sm_110a would only fail on a Thor.
 Here each kernel of the default Plan A / Plan B path is compiled for the target's arch by Triton's own compiler
 with an explicit target, at the standard workload's shapes and the engine's launch shapes (KERNELS, declared
-below), and its cubin judged by the SASS gate's parser: a cubin for the target's arch, and tensor-core code in every
-kernel that multiplies tiles (the arch's opcodes, or HMMA: Triton issues warp-level MMA for few-row tiles).
+below), and the cubins judged by the wheel's own SASS gate (sass.evaluate): cubins of the target's arch only, no
+trap-only stub, and tensor-core code in every kernel that multiplies tiles (the arch's opcodes, or HMMA: Triton issues
+warp-level MMA for few-row tiles).
 """
 
 from __future__ import annotations
@@ -137,28 +138,32 @@ def describe(results: list[CompiledKernel]) -> list[list]:
 
 
 def gate_target(target_name: str, log=print) -> list[CompiledKernel]:
-    """Compile every declared kernel for the target and gate it; raise naming the first kernel that fails."""
+    """Compile every declared kernel for the target and judge the cubins with the wheel's SASS gate (sass.evaluate:
+    the arch of every cubin, tensor-core code in the kernels that multiply, no trap-only stub); raise naming the
+    first kernel that fails."""
     target = get_target(target_name)
     arch = target.arch
     if not arch.startswith("sm_"):
         raise TriforceError(f"triton_gate: target {target_name} has no fixed arch ({arch}); name thor, blackwell or hopper")
     tensor_core = tuple(target.tensor_core_sass) + WARP_MMA
-    results = []
+    texts, cubins, seconds = [], [], {}
     with tempfile.TemporaryDirectory() as tmp, _fresh_triton_cache(tmp):
         for name in KERNELS:
-            cubin, seconds = compile_kernel(name, arch)
+            cubin, seconds[name] = compile_kernel(name, arch)
             path = Path(tmp) / f"{name}.cubin"
             path.write_bytes(cubin)
-            kernels = sass.parse_sass(sass.dump_sass(path))
-            if not kernels:
-                raise TriforceError(f"Triton kernel {name} for {arch}: cuobjdump found no kernel in its cubin")
-            found = sorted({op.split(".")[0] for k in kernels for op in k.opcodes if op.split(".")[0] in tensor_core})
-            wrong = [k.arch or "no arch" for k in kernels if k.arch != arch]
-            if wrong:
-                raise TriforceError(f"Triton kernel {name}: cubin is for {wrong[0]}, not {arch}")
-            if KERNELS[name]["dot"] and not found:
-                raise TriforceError(f"Triton kernel {name} for {arch}: no tensor-core instruction "
-                                    f"({', '.join(tensor_core)}) in a kernel that multiplies tiles")
-            results.append(CompiledKernel(name, arch, sum(len(k.opcodes) for k in kernels), found, seconds))
-            log(f"[triton-gate] {name} -> {arch} in {seconds:.1f} s: {', '.join(found) or 'no MMA (elementwise)'}")
-    return results
+            texts.append(sass.dump_sass(path))
+            cubins.append(cubin)
+            log(f"[triton-gate] {name} -> {arch} in {seconds[name]:.1f} s")
+    dot_kernels = {name: f"^{name}$" for name, spec in KERNELS.items() if spec["dot"]}
+    report = sass.evaluate(Path(f"Triton kernels ({arch})"), "\n".join(texts), arch, dot_kernels, tensor_core,
+                           b"".join(cubins))
+    if not report.passed:
+        raise TriforceError(f"Triton kernels for {arch}: {report.failures[0]}")
+    by_name = {k.name: k for k in report.kernels}
+    missing = [name for name in KERNELS if name not in by_name]
+    if missing:
+        raise TriforceError(f"Triton kernels for {arch}: cuobjdump found no {missing[0]} in its cubin")
+    return [CompiledKernel(name, by_name[name].arch, len(by_name[name].opcodes),
+                           sorted({op.split(".")[0] for op in by_name[name].opcodes} & set(tensor_core)), seconds[name])
+            for name in KERNELS]
