@@ -150,5 +150,24 @@ res0 = res.clone()
 fused.skinny_w4a16(xs, packed, scales, out=res, gate=gate)
 check("skinny W4A16 as a gated residual add", res, res0 + gate * (xs.float() @ deq.T), 1e-2)
 
+# the engine's end of a denoise step (Pi05Engine._euler_end, shared by the per-op and persistent paths) is this kernel
+from types import SimpleNamespace  # noqa: E402
+
+from triforce.runtime.engine import Pi05Engine  # noqa: E402
+
+steps = 3
+stub = SimpleNamespace(cfg=SimpleNamespace(num_steps=steps, norm_eps=1e-6),
+                       ada_final=(torch.rand(steps, Wd) + 0.5, torch.randn(steps, Wd) * 0.1, None),
+                       action_out=(wo, bo), action_in=(wi, bi))
+for step in (0, steps - 1):
+    xt_engine, xt_kernel = xt.clone(), xt.clone()
+    nxt = Pi05Engine._euler_end(stub, step, xr, xt_engine, yr, gr)
+    want = None if step == steps - 1 else torch.empty_like(xr)
+    fused.euler_tail(xr, stub.ada_final[0][step], stub.ada_final[1][step], wo, bo, xt_kernel, -1.0 / steps,
+                     *((wi, bi) if want is not None else (None, None)), want, y=yr, gate=gr, eps=1e-6)
+    if not torch.equal(xt_engine, xt_kernel) or (nxt is None) != (want is None) or (want is not None and not torch.equal(nxt, want)):
+        failures.append(f"engine end of step {step}")
+print("engine end of a denoise step (_euler_end): checked")
+
 print("FAILED: " + ", ".join(failures) if failures else "all fused kernels match")
 sys.exit(1 if failures else 0)

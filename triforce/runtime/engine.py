@@ -328,12 +328,7 @@ class Pi05Engine:
                                       layer["qkv"].weight, layer["o"].weight, layer["gate_up"].weight,
                                       layer["down"].weight, *kv[i], mask, pos, self.cos, self.sin, seq, scratch,
                                       cfg.norm_eps, e.num_heads, e.dim_head)
-        sf, bf, _ = self.ada_final
-        last = step == cfg.num_steps - 1
-        x_next = None if last else torch.empty_like(x)
-        fused.euler_tail(x, sf[step], bf[step], *self.action_out, x_t, -1.0 / cfg.num_steps,
-                         *((None, None) if last else self.action_in), x_next, eps=cfg.norm_eps)
-        return x_next
+        return self._euler_end(step, x, x_t)
 
     def _denoise_step(self, step, x, x_t, pos, mask, kv, seq, before_layer):
         """One Euler step of the action expert on its fp32 residual x (x_t's action_in projection): x_t (fp32 [H, A])
@@ -366,6 +361,12 @@ class Pi05Engine:
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
             pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
+        return self._euler_end(step, x, x_t, pending, pending_gate)
+
+    def _euler_end(self, step, x, x_t, pending=None, pending_gate=None):
+        """The end of a denoise step (one euler_tail launch): final norm of x [+ gate ⊙ pending], action_out, the
+        Euler update of x_t in place, and the next step's residual (returned; None after the last step)."""
+        cfg = self.cfg
         sf, bf, _ = self.ada_final
         last = step == cfg.num_steps - 1
         x_next = None if last else torch.empty_like(x)
