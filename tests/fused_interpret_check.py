@@ -68,6 +68,32 @@ scaled = qkv.float() * cs
 check("rope with deferred channel scales: q", q_cs, rope(scaled[:, :H * D].view(S, H, D).transpose(0, 1), pos, 10000.0).transpose(0, 1).reshape(S * H, D), 1e-2)
 check("rope with deferred channel scales: v", vc_cs[2:8], scaled[:, (H + 1) * D:], 1e-2)
 
+# the few-row QKV with RoPE + cache write as its epilogue, against the projection then the reference rope
+xh = torch.randn(S, 256).bfloat16()
+wqkv = (torch.randn((H + 2) * D, 256) / 16).bfloat16()
+proj = xh.float() @ wqkv.float().t()
+q_f, kc_f, vc_f = torch.empty(S * H, D, dtype=torch.bfloat16), torch.zeros(10, D, dtype=torch.bfloat16), torch.zeros(10, D, dtype=torch.bfloat16)
+fused.qkv_rope(xh, wqkv, pos, cos, sin, q_f, kc_f, vc_f, 2, H, D)
+check("qkv_rope q", q_f, rope(proj[:, :H * D].view(S, H, D).transpose(0, 1), pos, 10000.0).transpose(0, 1).reshape(S * H, D), 1e-2)
+check("qkv_rope k -> cache", kc_f[2:8], rope(proj[:, H * D:(H + 1) * D], pos, 10000.0), 1e-2)
+check("qkv_rope v -> cache", vc_f[2:8], proj[:, (H + 1) * D:], 1e-2)
+untouched = float(torch.cat([kc_f[:2], kc_f[8:], vc_f[:2], vc_f[8:]]).abs().max())
+print(f"qkv_rope cache rows outside kv_offset..+M: max |value| {untouched} (want 0)")
+if untouched:
+    failures.append("qkv_rope wrote outside its cache rows")
+wgu = (torch.randn(2 * 48, 256) / 16).bfloat16()
+gproj = xh.float() @ wgu.float().t()
+check("gate_up_geglu", fused.gate_up_geglu(xh, wgu, torch.empty(S, 48, dtype=torch.bfloat16), pairs=16),
+      F.gelu(gproj[:, :48], approximate="tanh") * gproj[:, 48:], 1e-2)
+for bad in (lambda: fused.qkv_rope(torch.randn(17, 256).bfloat16(), wqkv, pos, cos, sin, q_f, kc_f, vc_f, 2, H, D),
+            lambda: fused.qkv_rope(xh, wqkv[:-1], pos, cos, sin, q_f, kc_f, vc_f, 2, H, D),
+            lambda: fused.gate_up_geglu(xh, wgu, torch.empty(S, 40, dtype=torch.bfloat16))):
+    try:
+        bad()
+        failures.append("a mis-shaped few-row epilogue call ran")
+    except ValueError as err:
+        print(f"refused: {err}")
+
 gu = torch.randn(3, 80).bfloat16()
 o = torch.empty(3, 40, dtype=torch.bfloat16)
 check("geglu", fused.geglu(gu, o), F.gelu(gu[:, :40].float(), approximate="tanh") * gu[:, 40:].float(), 1e-2)

@@ -85,19 +85,22 @@ def test_nvfp4_refused_on_this_gpu():
         Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="thor")
 
 
-def test_persistent_expert_layers_match_per_op(policies):
-    """The opt-in persistent expert layer (one launch per layer) gives the per-op engine's actions."""
+def test_expert_paths_give_the_same_actions(policies):
+    """Every expert path (the default fused_epilogue, per_op, the opt-in persistent layer) gives the same actions."""
     _, policy = policies
     eng = policy.backend
+    assert eng.expert_path == "fused_epilogue"
     rng = np.random.default_rng(4)
     obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    actions = {}
     try:
-        per_op = policy.infer(obs, noise)
-        eng.set_expert_path("persistent")
-        persistent = policy.infer(obs, noise)
+        for path in ("fused_epilogue", "per_op", "persistent"):
+            eng.set_expert_path(path)
+            actions[path] = policy.infer(obs, noise)
     finally:
-        eng.set_expert_path("per_op")
-    assert cosine(per_op, persistent) >= 0.9999
+        eng.set_expert_path("fused_epilogue")
+    for path in ("per_op", "persistent"):
+        assert cosine(actions["fused_epilogue"], actions[path]) >= 0.9999, path
 
 
 def test_step0_beside_the_prefix_gives_the_serial_actions(policies):

@@ -23,9 +23,9 @@ def _engine_stub(config: str, expert_linear):
     from triforce.runtime.engine import Pi05Engine
 
     cfg = load_config(config)
-    stub = SimpleNamespace(cfg=cfg, expert_layers=[{"qkv": expert_linear, "o": expert_linear}], expert_path="per_op",
-                           ada_through=None, slots={"k": 1})
-    stub.persistent_expert_refusal = lambda: Pi05Engine.persistent_expert_refusal(stub)
+    layer = {"qkv": expert_linear, "o": expert_linear, "gate_up": _bf16_linear(), "down": _bf16_linear()}
+    stub = SimpleNamespace(cfg=cfg, expert_layers=[layer], expert_path="per_op", ada_through=None, slots={"k": 1})
+    stub.expert_path_refusal = lambda path: Pi05Engine.expert_path_refusal(stub, path)
     return stub, Pi05Engine
 
 
@@ -37,22 +37,27 @@ def _bf16_linear():
     return lin
 
 
-def test_persistent_expert_path_is_refused_with_the_reason():
+def test_expert_paths_are_refused_with_the_reason():
     import pytest
 
     from triforce.errors import TriforceError
 
     stub, engine = _engine_stub("pi05_base", _bf16_linear())         # horizon 50
-    assert "action horizon 50 > 16" in stub.persistent_expert_refusal()
-    with pytest.raises(TriforceError, match="cannot run here: action horizon 50"):
-        engine.set_expert_path(stub, "persistent")
+    for path in ("persistent", "fused_epilogue"):
+        assert "action horizon 50 > 16" in stub.expert_path_refusal(path)
+        with pytest.raises(TriforceError, match=f"the {path} expert path cannot run here: action horizon 50"):
+            engine.set_expert_path(stub, path)
     assert stub.expert_path == "per_op" and stub.slots            # nothing changed
-    stub, engine = _engine_stub("pi05_libero", object())               # a quantized (non-bf16) expert layer
-    assert "quantized expert layers (o, qkv)" in stub.persistent_expert_refusal()
+    assert stub.expert_path_refusal("per_op") is None
+    stub, engine = _engine_stub("pi05_libero", object())               # quantized (non-bf16) qkv and o layers
+    assert "quantized expert layers (o, qkv)" in stub.expert_path_refusal("persistent")
+    assert "quantized expert layers (qkv)" in stub.expert_path_refusal("fused_epilogue")
     with pytest.raises(TriforceError, match="unknown expert path 'fast'"):
         engine.set_expert_path(stub, "fast")
     stub, _ = _engine_stub("pi05_libero", _bf16_linear())
-    assert stub.persistent_expert_refusal() is None
+    assert stub.expert_path_refusal("persistent") is None and stub.expert_path_refusal("fused_epilogue") is None
+    stub.expert_layers[0]["down"].input_quant_scale = 1.0                # an FP8 down layer reads quantized GeGLU
+    assert "FP8 down layers" in stub.expert_path_refusal("fused_epilogue")
 
 
 def test_resident_program_count_bounds_the_grid():

@@ -54,11 +54,12 @@ def bench_engines(checkpoint: str, config: str, plan: str, recipe: str, runs: in
     out["plan_a_graph"] = time_cuda(policy_a.backend.ready_replay(checked, noise), runs=runs, warmup_s=1.5)
     out["ratio_reference_over_plan_a"] = out["reference_fp32_eager"]["median_ms"] / out["plan_a_graph"]["median_ms"]
     out["plan_a_expert_path"] = policy_a.backend.expert_path
-    if policy_a.backend.persistent_expert_refusal() is None:   # the opt-in persistent expert layer, same run
+    default_path = policy_a.backend.expert_path
+    if policy_a.backend.expert_path_refusal("persistent") is None:   # the opt-in persistent expert layer, same run
         policy_a.backend.set_expert_path("persistent")
         out["plan_a_graph_persistent_expert"] = time_cuda(policy_a.backend.ready_replay(checked, noise), runs=runs, warmup_s=1.5)
-        out["ratio_persistent_over_per_op_expert"] = out["plan_a_graph_persistent_expert"]["median_ms"] / out["plan_a_graph"]["median_ms"]
-        policy_a.backend.set_expert_path("per_op")
+        out["ratio_persistent_over_default_expert"] = out["plan_a_graph_persistent_expert"]["median_ms"] / out["plan_a_graph"]["median_ms"]
+        policy_a.backend.set_expert_path(default_path)
     if plan in ("b", "all"):
         policy_b = Policy.load(checkpoint, config, plan="b", recipe=recipe)
         out["recipe"] = recipe

@@ -10,7 +10,9 @@ What makes it fast, each exact up to bf16 rounding:
   runs in cuBLASLt's GEMM epilogue, and its attention is one Triton kernel reading the QKV output and writing rows
   (fused.packed_attention: no permute copies);
 - one kv head: the 8 query heads are laid out as 8·S rows of one head, so attention is one plain MQA call;
-- opt-in (`set_expert_path("persistent")`): each bf16 expert layer as one persistent launch instead of 10
+- the expert's QKV projection applies RoPE and writes the K/V cache, and its gate/up applies GeGLU, as the epilogues
+  of few-row full-K kernels (expert path "fused_epilogue": 8 launches a layer; "per_op" keeps them separate);
+- opt-in (`set_expert_path("persistent")`): each bf16 expert layer as one persistent launch instead of 8
   (runtime/expert_layer.py; correct, but measured slower on the H100: bench/results/expert_persistent-*.json);
 - denoise step 0 runs on a second stream beside the prefix (`overlap_step0`): its layer i needs only the prefix's
   layer-i K/V, and its small launches fill the SMs the prefix GEMMs leave idle (one graph, event dependencies);
@@ -35,6 +37,12 @@ from .config import ModelConfig
 from .model import time_embedding
 
 BF16 = torch.bfloat16
+# how the denoise step runs each bf16 expert layer (set_expert_path; the first one the engine can use is its default)
+EXPERT_PATHS = {
+    "fused_epilogue": "8 launches: QKV with RoPE and the K/V cache write, gate/up with GeGLU, each one few-row kernel",
+    "per_op": "10 launches: cuBLAS QKV and gate/up, RoPE and GeGLU their own launches",
+    "persistent": "1 persistent launch (runtime/expert_layer.py; measured slower, opt-in)",
+}
 # (prefix stream, denoise stream) priorities while step 0 runs beside the prefix; lower runs first
 OVERLAP_PRIORITIES = {"equal": (0, 0), "prefix": (-1, 0), "step0": (0, -1)}
 
@@ -143,7 +151,8 @@ class Pi05Engine:
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
         self._build_weights(state)
         self._precompute_time_tables(state)
-        self.expert_path, self.ada_through = "per_op", None   # measured faster; "persistent" is opt-in (below)
+        self.ada_through = None
+        self.expert_path = next(p for p in ("fused_epilogue", "per_op") if self.expert_path_refusal(p) is None)
         self.overlap_step0, self.overlap_priority = True, "prefix"   # set_overlap_step0 (prefix first measured best)
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
@@ -219,23 +228,30 @@ class Pi05Engine:
                     for i in range(e.depth)]
         self.ada_final = mod(f"{EXPERT}.model.norm")
 
-    def persistent_expert_refusal(self) -> str | None:
-        """Why the expert layers cannot run as persistent launches (None: they can): the kernel reads bf16 weights
-        and one block of <= 16 action rows."""
+    def expert_path_refusal(self, path: str) -> str | None:
+        """Why the expert layers cannot run on `path` (None: they can). fused_epilogue and persistent read bf16
+        weights (QKV and gate/up; persistent: all four) and one block of <= 16 action rows."""
+        if path == "per_op":
+            return None
         if self.cfg.action_horizon > expert_layer.MAX_ROWS:
             return f"action horizon {self.cfg.action_horizon} > {expert_layer.MAX_ROWS} rows"
+        names = ("qkv", "gate_up") if path == "fused_epilogue" else ("qkv", "o", "gate_up", "down")
         quantized = sorted({name for layer in self.expert_layers for name, lin in layer.items()
-                            if type(lin) is not Linear or lin.bias is not None})
-        return f"quantized expert layers ({', '.join(quantized)})" if quantized else None
+                            if name in names and (type(lin) is not Linear or lin.bias is not None)})
+        if quantized:
+            return f"quantized expert layers ({', '.join(quantized)})"
+        if path == "fused_epilogue" and any(quant_scale(layer["down"]) is not None for layer in self.expert_layers):
+            return "FP8 down layers read a quantized GeGLU output (the fused gate/up writes bf16)"
+        return None
 
     def set_expert_path(self, path: str) -> None:
-        """'per_op' (10 launches per expert layer, the default: 38.1 us a layer on the H100) or 'persistent' (one
-        launch, 43.6 us; bench/expert_persistent.py). Captured graphs are dropped and re-capture."""
-        if path not in ("persistent", "per_op"):
-            raise TriforceError(f"unknown expert path '{path}': persistent or per_op")
-        why = self.persistent_expert_refusal()
-        if path == "persistent" and why:
-            raise TriforceError(f"the persistent expert layer cannot run here: {why}")
+        """One of EXPERT_PATHS (bench/expert_kernels.py times their launches, bench/engine_variants.py the engine on
+        each). Captured graphs are dropped and re-capture."""
+        if path not in EXPERT_PATHS:
+            raise TriforceError(f"unknown expert path '{path}': {', '.join(EXPERT_PATHS)}")
+        why = self.expert_path_refusal(path)
+        if why:
+            raise TriforceError(f"the {path} expert path cannot run here: {why}")
         if path == "persistent" and self.ada_through is None:   # each adaRMS shift carried through its GEMM, per step
             self.ada_through = [(expert_layer.shift_through(layer["qkv"].weight, b1),
                                  expert_layer.shift_through(layer["gate_up"].weight, b2))
@@ -334,8 +350,9 @@ class Pi05Engine:
         """One Euler step of the action expert on its fp32 residual x (x_t's action_in projection): x_t (fp32 [H, A])
         += dt · v(x_t, t_step) in place; returns the next step's residual (None after the last step).
         before_layer(i) runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
-        Per layer: norm, QKV, RoPE + cache write, split-KV attention, o into the residual, norm, gate/up, GeGLU,
-        down into the residual: 10 launches (bench/results/expert_layer-*.json times each); then one euler_tail.
+        Per layer: norm, QKV + RoPE + cache write, split-KV attention (partials, combine), o into the residual, norm,
+        gate/up + GeGLU, down into the residual: 8 launches on the fused_epilogue path, 10 on per_op (QKV, RoPE,
+        gate/up, GeGLU separate; bench/results/expert_layer-*.json times each); then one euler_tail.
         (Norms and the attention combine done by the last program of the launch before them measured slower than
         these launches: expert_layer-*-s4-tails.json.)"""
         cfg, e = self.cfg, self.cfg.expert
@@ -344,6 +361,7 @@ class Pi05Engine:
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
+        fused_epilogue = self.expert_path == "fused_epilogue"
         for i, layer in enumerate(self.expert_layers):
             before_layer(i)
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
@@ -352,14 +370,21 @@ class Pi05Engine:
             h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(qkv_l))
-            fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
+            if fused_epilogue:
+                fused.qkv_rope(h, qkv_l.weight, pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
+            else:
+                fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
+                               e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
-            fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
+            if fused_epilogue:
+                fused.gate_up_geglu(h, gu_l.weight, act)
+            else:
+                fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
             pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
         return self._euler_end(step, x, x_t, pending, pending_gate)
 

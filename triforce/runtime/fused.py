@@ -101,6 +101,13 @@ def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads:
 
 
 @triton.jit
+def gelu_tanh_mul(g, u):
+    """gelu_tanh(g) * u in fp32 (tanh(z) = 2 sigmoid(2z) - 1)."""
+    z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+    return g * tl.sigmoid(2.0 * z) * u
+
+
+@triton.jit
 def _geglu_kernel(GU, OUT, QSCALE, CS, stride_gu, stride_out, I, QUANT: tl.constexpr, HAS_CS: tl.constexpr,
                   BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -111,8 +118,7 @@ def _geglu_kernel(GU, OUT, QSCALE, CS, stride_gu, stride_out, I, QUANT: tl.const
     if HAS_CS:   # deferred per-channel weight scales of an FP8 gate/up GEMM
         g = g * tl.load(CS + cols, mask=m, other=0.0)
         u = u * tl.load(CS + I + cols, mask=m, other=0.0)
-    z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-    h = g * tl.sigmoid(2.0 * z) * u
+    h = gelu_tanh_mul(g, u)
     if QUANT:
         h = tl.minimum(tl.maximum(h * tl.load(QSCALE), -448.0), 448.0)
     tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
@@ -441,6 +447,95 @@ def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 1
                                            x.stride(0), w.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
                                            BLOCK_N=block_n, BLOCK_K=block_k, HAS_GATE=gate is not None,
                                            DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
+    return out
+
+
+@triton.jit
+def _paired_rows_dot(X, W, first, second, M, K, stride_x, stride_w, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
+                     BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """x[M, K] @ w[rows]^T over all of K for weight rows interleaved as (first[c], second[c]) pairs; returns the two
+    [BLOCK_M, PAIRS] halves (the pairs an epilogue combines: RoPE's rotated halves, GeGLU's gate and up)."""
+    r = tl.arange(0, 2 * PAIRS)
+    rows = tl.where(r % 2 == 0, first, second)   # first/second: scalar bases; column c of a half is base + c
+    rows = rows + r // 2
+    m = tl.arange(0, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, 2 * PAIRS], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
+        w = tl.load(W + rows[:, None] * stride_w + k[None, :])
+        acc += dot_t(x, w, DOT_F32)
+    return tl.split(tl.reshape(acc, [BLOCK_M, PAIRS, 2]))
+
+
+@triton.jit
+def _qkv_rope_kernel(X, W, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_x, stride_w,
+                     H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
+                     BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """The expert's QKV projection for a few rows with RoPE and the K/V cache write as its epilogue (no qkv round
+    trip, no rope launch). Program: head `hd` (H query heads, the key head, the value head), PAIRS dims i of the
+    first half with their partners i + D/2, over all of K."""
+    half: tl.constexpr = D // 2
+    per_head: tl.constexpr = half // PAIRS
+    hd = tl.program_id(0) // per_head
+    i0 = (tl.program_id(0) % per_head) * PAIRS
+    x1, x2 = _paired_rows_dot(X, W, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, BLOCK_M, PAIRS,
+                              BLOCK_K, DOT_F32)
+    m = tl.arange(0, BLOCK_M)
+    i = i0 + tl.arange(0, PAIRS)
+    rmask = (m < M)[:, None]
+    if hd == H + 1:
+        dst = VC + (kv_offset + m)[:, None] * D + i[None, :]
+    else:
+        pos = tl.load(POS + m, mask=m < M, other=0)
+        cos = tl.load(COS + pos[:, None] * half + i[None, :])
+        sin = tl.load(SIN + pos[:, None] * half + i[None, :])
+        x1, x2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        if hd < H:
+            dst = QOUT + (m * H + hd)[:, None] * D + i[None, :]
+        else:
+            dst = KC + (kv_offset + m)[:, None] * D + i[None, :]
+    tl.store(dst, x1.to(QOUT.dtype.element_ty), mask=rmask)
+    tl.store(dst + half, x2.to(QOUT.dtype.element_ty), mask=rmask)
+
+
+def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int,
+             pairs: int = 8, block_k: int = 128, num_warps: int = 4, num_stages: int = 4):
+    """rope_qkv(x @ w^T, ...) in one launch for x [M <= 16, K] bf16 and the fused QKV weight w [(H+2)·D, K]: q_out
+    [M·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated)."""
+    rows, kdim = x.shape
+    if rows > SKINNY_MAX_ROWS or kdim % block_k or w.shape != ((heads + 2) * head_dim, kdim) or (head_dim // 2) % pairs:
+        raise ValueError(f"qkv_rope takes <= {SKINNY_MAX_ROWS} rows, K % {block_k} == 0 and w [(H+2)·D, K], got x "
+                         f"{tuple(x.shape)}, w {tuple(w.shape)}, H={heads}, D={head_dim}, pairs={pairs}")
+    grid = ((heads + 2) * (head_dim // 2 // pairs),)
+    _qkv_rope_kernel[grid](x, w, pos, cos, sin, q_out, k_cache, v_cache, rows, kdim, kv_offset, x.stride(0), w.stride(0),
+                           H=heads, D=head_dim, BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k,
+                           DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
+
+
+@triton.jit
+def _gate_up_geglu_kernel(X, W, OUT, M, K, I, stride_x, stride_w, stride_o, BLOCK_M: tl.constexpr,
+                          PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """gelu_tanh(x @ w_gate^T) * (x @ w_up^T) for a few rows, w = [gate | up] [2I, K]: PAIRS gate columns with their
+    up columns per program, over all of K (no fp32 round trip, no GeGLU launch)."""
+    c0 = tl.program_id(0) * PAIRS
+    g, u = _paired_rows_dot(X, W, c0, I + c0, M, K, stride_x, stride_w, BLOCK_M, PAIRS, BLOCK_K, DOT_F32)
+    m = tl.arange(0, BLOCK_M)
+    c = c0 + tl.arange(0, PAIRS)
+    tl.store(OUT + m[:, None] * stride_o + c[None, :], gelu_tanh_mul(g, u).to(OUT.dtype.element_ty),
+             mask=(m < M)[:, None])
+
+
+def gate_up_geglu(x, w, out, pairs: int = 16, block_k: int = 128, num_warps: int = 4, num_stages: int = 4):
+    """geglu(x @ w^T) into out [M, I] in one launch for x [M <= 16, K] bf16 and w = [gate | up] [2I, K] bf16."""
+    rows, kdim = x.shape
+    inter = w.shape[0] // 2
+    if rows > SKINNY_MAX_ROWS or kdim % block_k or w.shape[1] != kdim or inter % pairs or out.shape != (rows, inter):
+        raise ValueError(f"gate_up_geglu takes <= {SKINNY_MAX_ROWS} rows, K % {block_k} == 0, w [2I, K] and out "
+                         f"[M, I], got x {tuple(x.shape)}, w {tuple(w.shape)}, out {tuple(out.shape)}, pairs={pairs}")
+    _gate_up_geglu_kernel[(inter // pairs,)](x, w, out, rows, kdim, inter, x.stride(0), w.stride(0), out.stride(0),
+                                             BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k,
+                                             DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
