@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Engine settings compared in one run on one loaded model (standard workload): graph replay median (device events,
 after warm-up), the stage split, agreement with the first variant and the ratio to it. The variants (data below):
-- expert_path: how each expert layer runs (engine.EXPERT_PATHS: fused_norm, fused_epilogue, per_op).
+- expert_path: how each expert layer runs (engine.EXPERT_PATHS: fused_epilogue, per_op).
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
-read by skinny expert GEMMs, which lost (*-s4-fold.json).
+read by skinny expert GEMMs, which lost (*-s4-fold.json). Session 5: the expert paths (*-s5.json; the adaRMS norm read
+inside the fused-epilogue kernels lost, *-s5-fused-norm.json).
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -28,10 +29,8 @@ VARIANTS = (
     ("per_op expert, step 0 beside the prefix", {"expert_path": "per_op", "overlap_step0": True, "priority": "prefix"}),
     ("fused_epilogue expert, step 0 beside the prefix", {"expert_path": "fused_epilogue", "overlap_step0": True,
                                                          "priority": "prefix"}),
-    ("fused_norm expert, step 0 beside the prefix", {"expert_path": "fused_norm", "overlap_step0": True,
-                                                     "priority": "prefix"}),
-    ("fused_norm expert, step 0 after the prefix", {"expert_path": "fused_norm", "overlap_step0": False,
-                                                    "priority": "prefix"}),
+    ("fused_epilogue expert, step 0 after the prefix", {"expert_path": "fused_epilogue", "overlap_step0": False,
+                                                        "priority": "prefix"}),
 )
 
 

@@ -4,8 +4,8 @@
 18 distinct weight sets, like the 18 layers (623 MB: nothing stays in L2 between replays). Every entry is a CUDA graph
 of 18 launches, one per layer; us per launch = replay median (device events, after warm-up) / 18. Sweeps the launch
 shapes of the few-row kernels (skinny o/down, split-KV attention, QKV + RoPE and gate/up + GeGLU against the cuBLAS
-GEMM + kernel pair they replace, with and without the adaRMS norm read inside), then times the engine's per-layer
-sequence on each expert path (engine.EXPERT_PATHS but persistent) and the end-of-step kernel's launch shapes.
+GEMM + kernel pair they replace), then times the engine's per-layer sequence on both expert paths (fused_epilogue,
+per_op) and the end-of-step kernel's launch shapes.
 Prints tables and records bench/results/expert_layer-<gpu>-<date>.json.
     python3 bench/expert_kernels.py [--runs 50] [--out-dir bench/results]"""
 
@@ -69,21 +69,14 @@ class Layers:
         self.qkv_out = torch.randn(M, (H + 2) * D, device="cuda").to(BF16)
         self.gu_out = torch.randn(M, 2 * I, device="cuda").to(BF16)
         self.act = torch.randn(M, I, device="cuda").to(BF16)
-        shift = torch.randn(W, device="cuda") * 0.1     # the adaRMS shift carried through each GEMM (fused_norm)
-        self.norm_qkv = [(self.scale, shift @ w.float().t(), 1e-6) for w in self.qkv]
-        self.norm_gu = [(self.scale, shift @ w.float().t(), 1e-6) for w in self.gu]
 
     def qkv_per_op(self, i):
         torch.mm(self.h, self.qkv[i].t(), out=self.qkv_out)
         fused.rope_qkv(self.qkv_out, self.pos, self.cos, self.sin, self.q, self.kc[i], self.vc[i], SEQ, H, D)
 
-    def qkv_rope(self, i, norm=False, **shape):
-        fused.qkv_rope(self.x if norm else self.h, self.qkv[i], self.pos, self.cos, self.sin, self.q, self.kc[i],
-                       self.vc[i], SEQ, H, D, norm=self.norm_qkv[i] if norm else None, **shape)
-
-    def gate_up_geglu(self, i, norm=False, **shape):
-        fused.gate_up_geglu(self.x if norm else self.h, self.gu[i], self.act, norm=self.norm_gu[i] if norm else None,
-                            **shape)
+    def qkv_rope(self, i, **shape):
+        fused.qkv_rope(self.h, self.qkv[i], self.pos, self.cos, self.sin, self.q, self.kc[i], self.vc[i], SEQ, H, D,
+                       **shape)
 
     def gate_up_per_op(self, i):
         torch.mm(self.h, self.gu[i].t(), out=self.gu_out)
@@ -93,26 +86,22 @@ class Layers:
         """The engine's per-layer sequence (engine.py _denoise_step, bf16) on an expert path, as (name, fn(layer))
         pairs."""
         attn, o, down = attn or {}, o or {}, down or {}
-        norm = [("add_norm (adaRMS)", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale))]
-        if path == "fused_norm":
-            norm = []
-            qkv = [("norm + QKV + RoPE + K/V cache write", lambda i: self.qkv_rope(i, norm=True))]
-            gate_up = [("norm + gate/up + GeGLU", lambda i: self.gate_up_geglu(i, norm=True))]
-        elif path == "fused_epilogue":
+        if path == "fused_epilogue":
             qkv = [("QKV + RoPE + K/V cache write", self.qkv_rope)]
-            gate_up = [("gate/up + GeGLU", self.gate_up_geglu)]
+            gate_up = [("gate/up + GeGLU", lambda i: fused.gate_up_geglu(self.h, self.gu[i], self.act))]
         else:
             qkv = [("qkv (cuBLAS)", lambda i: torch.mm(self.h, self.qkv[i].t(), out=self.qkv_out)),
                    ("RoPE + K/V cache write", lambda i: fused.rope_qkv(self.qkv_out, self.pos, self.cos, self.sin,
                                                                        self.q, self.kc[i], self.vc[i], SEQ, H, D))]
             gate_up = [("gate/up (cuBLAS)", lambda i: torch.mm(self.h, self.gu[i].t(), out=self.gu_out)),
                        ("GeGLU", lambda i: fused.geglu(self.gu_out, self.act))]
-        return [*norm, *qkv,
+        norm = ("add_norm (adaRMS)", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale))
+        return [norm, *qkv,
                 ("attention (split-KV + combine)", lambda i: fused.mqa_attention_split(self.q, self.kc[i], self.vc[i],
                                                                                        self.bias, self.att, **attn)),
                 ("o into the residual (skinny)", lambda i: fused.skinny_linear(self.att.view(M, -1), self.o[i],
                                                                                out=self.x, gate=self.gate, **o)),
-                *norm, *gate_up,
+                norm, *gate_up,
                 ("down into the residual (skinny)", lambda i: fused.skinny_linear(self.act, self.down[i], out=self.x,
                                                                                   gate=self.gate, **down))]
 
@@ -124,39 +113,34 @@ def main():
     sweep = []
     for bm, bn in ((16, 64), (16, 32), (32, 64), (16, 128)):
         sweep.append({"kernel": "attention", "shape": {"block_m": bm, "block_n": bn},
-                      "us": graph_us(lambda i: lay.launches("fused_norm", attn={"block_m": bm, "block_n": bn})[1][1](i),
-                                     a.runs)})
-    for name, idx in (("o", 2), ("down", 4)):
+                      "us": graph_us(lambda i: lay.launches(attn={"block_m": bm, "block_n": bn})[2][1](i), a.runs)})
+    for name, idx in (("o", 3), ("down", 6)):
         for bn, progs, stages in ((32, 256, 3), (32, 512, 2), (64, 256, 3), (16, 256, 3), (32, 128, 3)):
             shape = {"block_n": bn, "programs": progs, "num_stages": stages}
             sweep.append({"kernel": name, "shape": shape,
-                          "us": graph_us(lambda i: lay.launches("fused_norm", **{name: shape})[idx][1](i), a.runs)})
+                          "us": graph_us(lambda i: lay.launches(**{name: shape})[idx][1](i), a.runs)})
     sweep.append({"kernel": "qkv", "shape": {"cuBLAS + rope_qkv": 2}, "us": graph_us(lay.qkv_per_op, a.runs)})
     for shape in FEW_ROW_SHAPES["qkv_rope"]:
         sweep.append(sweep_entry("qkv", shape, lambda i, shape=shape: lay.qkv_rope(i, **shape), a.runs))
-    for shape in FEW_ROW_SHAPES["qkv_rope"][:4]:
-        sweep.append(sweep_entry("norm + qkv", shape, lambda i, shape=shape: lay.qkv_rope(i, norm=True, **shape), a.runs))
     sweep.append({"kernel": "gate/up", "shape": {"cuBLAS + geglu": 2}, "us": graph_us(lay.gate_up_per_op, a.runs)})
     for shape in FEW_ROW_SHAPES["gate_up_geglu"]:
-        sweep.append(sweep_entry("gate/up", shape, lambda i, shape=shape: lay.gate_up_geglu(i, **shape), a.runs))
-    for shape in FEW_ROW_SHAPES["gate_up_geglu"][:4]:
-        sweep.append(sweep_entry("norm + gate/up", shape, lambda i, shape=shape: lay.gate_up_geglu(i, norm=True, **shape),
-                                 a.runs))
+        sweep.append(sweep_entry("gate/up", shape, lambda i, shape=shape: fused.gate_up_geglu(lay.h, lay.gu[i], lay.act,
+                                                                                              **shape), a.runs))
     rep.print_table("few-row launch shapes (us per launch; qkv and gate/up: the cuBLAS pair, then the fused kernel)",
                     ["kernel", "shape", "us"],
                     [[r["kernel"], ", ".join(f"{k}={v}" for k, v in r["shape"].items()), r.get("us", r.get("error"))]
                      for r in sweep])
     floor_us = sum(t.numel() * 2 for t in (lay.qkv[0], lay.o[0], lay.gu[0], lay.down[0])) / 3.0e12 * 1e6
     per_launch, chain = {}, {}
-    for path in ("fused_norm", "fused_epilogue", "per_op"):
+    for path in ("fused_epilogue", "per_op"):
         per_launch[path] = [{"launch": name, "us": graph_us(fn, a.runs)} for name, fn in lay.launches(path)]
         chain[path] = graph_us(lambda i: [fn(i) for _, fn in lay.launches(path)], a.runs)
         rep.print_table(f"the engine's expert layer, {path} path, default shapes (us per launch)", ["launch", "us"],
                         [[r["launch"], r["us"]] for r in per_launch[path]]
                         + [["sum of launches", sum(r["us"] for r in per_launch[path])],
                            ["chain (one graph)", chain[path]], ["bf16 weight-read floor at 3.0 TB/s", floor_us]])
-    print("chain per layer: " + ", ".join(f"{p} {us:.2f} us ({us / chain['fused_norm']:.3f}x fused_norm)"
-                                          for p, us in chain.items()))
+    print(f"chain per layer: fused_epilogue {chain['fused_epilogue']:.2f} us, per_op {chain['per_op']:.2f} us "
+          f"({chain['per_op'] / chain['fused_epilogue']:.3f}x)")
     lay.x_t, lay.x_next = torch.randn(M, 32, device="cuda"), torch.empty(M, W, device="cuda")
     lay.w_out, lay.w_in = torch.randn(32, W, device="cuda") / 32, torch.randn(W, 32, device="cuda") / 6
     lay.b_out, lay.b_in = torch.randn(32, device="cuda"), torch.randn(W, device="cuda")
@@ -167,7 +151,7 @@ def main():
     rep.record_run(a.out_dir, "expert_layer", {
         "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I, "layers": L, "keys": SEQ + M},
         "sweep": sweep, "per_launch": per_launch, "chain_us_per_layer": chain,
-        "ratio_over_fused_norm": {p: us / chain["fused_norm"] for p, us in chain.items()}, "weight_floor_us": floor_us,
+        "ratio_per_op_over_fused_epilogue": chain["per_op"] / chain["fused_epilogue"], "weight_floor_us": floor_us,
         "euler_tail": tail})
 
 

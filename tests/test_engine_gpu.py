@@ -86,22 +86,21 @@ def test_nvfp4_refused_on_this_gpu():
 
 
 def test_expert_paths_give_the_same_actions(policies):
-    """Every expert path (the default fused_norm, fused_epilogue, per_op, the opt-in persistent layer) gives the
-    same actions."""
+    """Every expert path (the default fused_epilogue, per_op, the opt-in persistent layer) gives the same actions."""
     _, policy = policies
     eng = policy.backend
-    assert eng.expert_path == "fused_norm"
+    assert eng.expert_path == "fused_epilogue"
     rng = np.random.default_rng(4)
     obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
     actions = {}
     try:
-        for path in ("fused_norm", "fused_epilogue", "per_op", "persistent"):
+        for path in ("fused_epilogue", "per_op", "persistent"):
             eng.set_expert_path(path)
             actions[path] = policy.infer(obs, noise)
     finally:
-        eng.set_expert_path("fused_norm")
-    for path in ("fused_epilogue", "per_op", "persistent"):
-        assert cosine(actions["fused_norm"], actions[path]) >= 0.9999, path
+        eng.set_expert_path("fused_epilogue")
+    for path in ("per_op", "persistent"):
+        assert cosine(actions["fused_epilogue"], actions[path]) >= 0.9999, path
 
 
 def test_step0_beside_the_prefix_gives_the_serial_actions(policies):

@@ -43,7 +43,7 @@ def test_expert_paths_are_refused_with_the_reason():
     from triforce.errors import TriforceError
 
     stub, engine = _engine_stub("pi05_base", _bf16_linear())         # horizon 50
-    for path in ("persistent", "fused_norm", "fused_epilogue"):
+    for path in ("persistent", "fused_epilogue"):
         assert "action horizon 50 > 16" in stub.expert_path_refusal(path)
         with pytest.raises(TriforceError, match=f"the {path} expert path cannot run here: action horizon 50"):
             engine.set_expert_path(stub, path)
@@ -51,12 +51,11 @@ def test_expert_paths_are_refused_with_the_reason():
     assert stub.expert_path_refusal("per_op") is None
     stub, engine = _engine_stub("pi05_libero", object())               # quantized (non-bf16) qkv and o layers
     assert "quantized expert layers (o, qkv)" in stub.expert_path_refusal("persistent")
-    assert "quantized expert layers (o, qkv)" in stub.expert_path_refusal("fused_norm")
     assert "quantized expert layers (qkv)" in stub.expert_path_refusal("fused_epilogue")
     with pytest.raises(TriforceError, match="unknown expert path 'fast'"):
         engine.set_expert_path(stub, "fast")
     stub, _ = _engine_stub("pi05_libero", _bf16_linear())
-    assert all(stub.expert_path_refusal(path) is None for path in ("persistent", "fused_norm", "fused_epilogue"))
+    assert stub.expert_path_refusal("persistent") is None and stub.expert_path_refusal("fused_epilogue") is None
     stub.expert_layers[0]["down"].input_quant_scale = 1.0                # an FP8 down layer reads quantized GeGLU
     assert "FP8 down layers" in stub.expert_path_refusal("fused_epilogue")
 

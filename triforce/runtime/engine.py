@@ -39,12 +39,10 @@ from .model import time_embedding
 BF16 = torch.bfloat16
 # how the denoise step runs each bf16 expert layer (set_expert_path; the first one the engine can use is its default)
 EXPERT_PATHS = {
-    "fused_norm": "6 launches: as fused_epilogue, and those two kernels read the residual through its adaRMS norm",
     "fused_epilogue": "8 launches: QKV with RoPE and the K/V cache write, gate/up with GeGLU, each one few-row kernel",
     "per_op": "10 launches: cuBLAS QKV and gate/up, RoPE and GeGLU their own launches",
     "persistent": "1 persistent launch (runtime/expert_layer.py; measured slower, opt-in)",
 }
-EXPERT_DEFAULT_ORDER = ("fused_norm", "fused_epilogue", "per_op")   # the fastest the layers allow (H100, s5)
 # (prefix stream, denoise stream) priorities while step 0 runs beside the prefix; lower runs first
 OVERLAP_PRIORITIES = {"equal": (0, 0), "prefix": (-1, 0), "step0": (0, -1)}
 
@@ -154,8 +152,7 @@ class Pi05Engine:
         self._build_weights(state)
         self._precompute_time_tables(state)
         self.ada_through = None
-        self.expert_path = "per_op"
-        self.set_expert_path(next(p for p in EXPERT_DEFAULT_ORDER if self.expert_path_refusal(p) is None))
+        self.expert_path = next(p for p in ("fused_epilogue", "per_op") if self.expert_path_refusal(p) is None)
         self.overlap_step0, self.overlap_priority = True, "prefix"   # set_overlap_step0 (prefix first measured best)
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
@@ -238,7 +235,6 @@ class Pi05Engine:
             return None
         if self.cfg.action_horizon > expert_layer.MAX_ROWS:
             return f"action horizon {self.cfg.action_horizon} > {expert_layer.MAX_ROWS} rows"
-        # fused_norm and persistent also need o and down to add into the residual (no pending branch to norm)
         names = ("qkv", "gate_up") if path == "fused_epilogue" else ("qkv", "o", "gate_up", "down")
         quantized = sorted({name for layer in self.expert_layers for name, lin in layer.items()
                             if name in names and (type(lin) is not Linear or lin.bias is not None)})
@@ -256,7 +252,7 @@ class Pi05Engine:
         why = self.expert_path_refusal(path)
         if why:
             raise TriforceError(f"the {path} expert path cannot run here: {why}")
-        if path in ("persistent", "fused_norm") and self.ada_through is None:   # each adaRMS shift through its GEMM
+        if path == "persistent" and self.ada_through is None:   # each adaRMS shift carried through its GEMM, per step
             self.ada_through = [(expert_layer.shift_through(layer["qkv"].weight, b1),
                                  expert_layer.shift_through(layer["gate_up"].weight, b2))
                                 for layer, ((_, b1, _), (_, b2, _)) in zip(self.expert_layers, self.ada)]
@@ -355,9 +351,8 @@ class Pi05Engine:
         += dt · v(x_t, t_step) in place; returns the next step's residual (None after the last step).
         before_layer(i) runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
         Per layer: norm, QKV + RoPE + cache write, split-KV attention (partials, combine), o into the residual, norm,
-        gate/up + GeGLU, down into the residual: 8 launches on the fused_epilogue path; 6 on fused_norm (the two
-        GEMMs read x through the norm); 10 on per_op (QKV, RoPE, gate/up, GeGLU separate).
-        bench/results/expert_layer-*.json times each; then one euler_tail.
+        gate/up + GeGLU, down into the residual: 8 launches on the fused_epilogue path, 10 on per_op (QKV, RoPE,
+        gate/up, GeGLU separate; bench/results/expert_layer-*.json times each); then one euler_tail.
         (Norms and the attention combine done by the last program of the launch before them measured slower than
         these launches: expert_layer-*-s4-tails.json.)"""
         cfg, e = self.cfg, self.cfg.expert
@@ -366,36 +361,28 @@ class Pi05Engine:
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
-        fused_epilogue, fused_norm = self.expert_path in ("fused_epilogue", "fused_norm"), self.expert_path == "fused_norm"
+        fused_epilogue = self.expert_path == "fused_epilogue"
         for i, layer in enumerate(self.expert_layers):
             before_layer(i)
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
-            norm1 = norm2 = None
-            if fused_norm:       # the GEMMs read x through the norm: x ⊙ scale, rsqrt(mean x²), shift @ W^T
-                (c1, c2), eps = self.ada_through[i], cfg.norm_eps
-                norm1, norm2 = (s1[step], c1[step], eps), (s2[step], c2[step], eps)
-                h = x
-            else:
-                h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
-                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
-                               quant_scale=quant_scale(qkv_l))
+            h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(qkv_l))
             if fused_epilogue:
-                fused.qkv_rope(h, qkv_l.weight, pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads,
-                               e.dim_head, norm=norm1)
+                fused.qkv_rope(h, qkv_l.weight, pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
             else:
                 fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
                                e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
-            if not fused_norm:
-                h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
-                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
-                               quant_scale=quant_scale(gu_l))
+            h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             if fused_epilogue:
-                fused.gate_up_geglu(h, gu_l.weight, act, norm=norm2)
+                fused.gate_up_geglu(h, gu_l.weight, act)
             else:
                 fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
             pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)

@@ -451,34 +451,26 @@ def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 1
 
 
 @triton.jit
-def _paired_rows_dot(X, W, SC, SH, eps, first, second, M, K, stride_x, stride_w, NORM: tl.constexpr,
-                     BLOCK_M: tl.constexpr, PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+def _paired_rows_dot(X, W, first, second, M, K, stride_x, stride_w, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
+                     BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """x[M, K] @ w[rows]^T over all of K for weight rows interleaved as (first[c], second[c]) pairs; returns the two
-    [BLOCK_M, PAIRS] halves (the pairs an epilogue combines: RoPE's rotated halves, GeGLU's gate and up).
-    NORM: x is the fp32 residual and the GEMM reads its adaRMS norm, h = x·rsqrt(mean x² + eps)·SC + shift, as
-    rsqrt(..)·((x ⊙ SC) @ w^T) + SH, SH = shift @ w^T precomputed per step: the row's rms needs no second pass."""
+    [BLOCK_M, PAIRS] halves (the pairs an epilogue combines: RoPE's rotated halves, GeGLU's gate and up)."""
     r = tl.arange(0, 2 * PAIRS)
     rows = tl.where(r % 2 == 0, first, second)   # first/second: scalar bases; column c of a half is base + c
     rows = rows + r // 2
     m = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, 2 * PAIRS], tl.float32)
-    sumsq = tl.zeros([BLOCK_M], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
-        if NORM:
-            sumsq += tl.sum(x * x, 1)
-            x = (x * tl.load(SC + k)[None, :]).to(W.dtype.element_ty)
         w = tl.load(W + rows[:, None] * stride_w + k[None, :])
         acc += dot_t(x, w, DOT_F32)
-    if NORM:
-        acc = acc * tl.rsqrt(sumsq / K + eps)[:, None] + tl.load(SH + rows)[None, :]
     return tl.split(tl.reshape(acc, [BLOCK_M, PAIRS, 2]))
 
 
 @triton.jit
-def _qkv_rope_kernel(X, W, SC, SH, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_x, stride_w, eps,
-                     H: tl.constexpr, D: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
+def _qkv_rope_kernel(X, W, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_x, stride_w,
+                     H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
                      BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """The expert's QKV projection for a few rows with RoPE and the K/V cache write as its epilogue (no qkv round
     trip, no rope launch). Program: head `hd` (H query heads, the key head, the value head), PAIRS dims i of the
@@ -487,8 +479,8 @@ def _qkv_rope_kernel(X, W, SC, SH, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset,
     per_head: tl.constexpr = half // PAIRS
     hd = tl.program_id(0) // per_head
     i0 = (tl.program_id(0) % per_head) * PAIRS
-    x1, x2 = _paired_rows_dot(X, W, SC, SH, eps, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, NORM,
-                              BLOCK_M, PAIRS, BLOCK_K, DOT_F32)
+    x1, x2 = _paired_rows_dot(X, W, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, BLOCK_M, PAIRS,
+                              BLOCK_K, DOT_F32)
     m = tl.arange(0, BLOCK_M)
     i = i0 + tl.arange(0, PAIRS)
     rmask = (m < M)[:, None]
@@ -507,68 +499,45 @@ def _qkv_rope_kernel(X, W, SC, SH, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset,
     tl.store(dst + half, x2.to(QOUT.dtype.element_ty), mask=rmask)
 
 
-def _few_row_check(name, x, w, n: int, block_k: int, norm):
-    rows, kdim = x.shape
-    want = torch.float32 if norm is not None else w.dtype
-    if rows > SKINNY_MAX_ROWS or kdim % block_k or w.shape != (n, kdim) or x.dtype != want:
-        raise ValueError(f"{name} takes x [M <= {SKINNY_MAX_ROWS}, K % {block_k} == 0] {want} and w [{n}, K], got x "
-                         f"{tuple(x.shape)} {x.dtype}, w {tuple(w.shape)}")
-    if norm is not None and (norm[0].shape != (kdim,) or norm[1].shape != (n,)):
-        raise ValueError(f"{name}: norm scale [K] and shift-through [N] expected, got {tuple(norm[0].shape)}, "
-                         f"{tuple(norm[1].shape)}")
-
-
-def _norm_args(x, norm):
-    """(SC, SH, eps, NORM) kernel arguments: norm = (scale [K], shift @ w^T [N], eps) or None (x is the GEMM input)."""
-    return (norm[0], norm[1], float(norm[2]), True) if norm is not None else (x, x, 0.0, False)
-
-
-def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int, norm=None,
+def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int,
              pairs: int = 16, block_k: int = 128, num_warps: int = 4, num_stages: int = 4):
     """rope_qkv(x @ w^T, ...) in one launch for x [M <= 16, K] bf16 and the fused QKV weight w [(H+2)·D, K]: q_out
-    [M·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated). norm = (scale [K], shift @ w^T
-    [(H+2)·D], eps): x is the fp32 residual and the GEMM reads its adaRMS norm (no add_norm launch).
-    Launch shape: bench/results/expert_layer-*-s5.json."""
-    if (head_dim // 2) % pairs:
-        raise ValueError(f"qkv_rope: pairs={pairs} must divide half the head dim {head_dim}")
-    _few_row_check("qkv_rope", x, w, (heads + 2) * head_dim, block_k, norm)
-    sc, sh, eps, has_norm = _norm_args(x, norm)
+    [M·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated). Launch shape:
+    bench/results/expert_layer-*-s5*.json (5.6-5.7 us on the H100, where cuBLAS + rope_qkv took 7.0)."""
+    rows, kdim = x.shape
+    if rows > SKINNY_MAX_ROWS or kdim % block_k or w.shape != ((heads + 2) * head_dim, kdim) or (head_dim // 2) % pairs:
+        raise ValueError(f"qkv_rope takes <= {SKINNY_MAX_ROWS} rows, K % {block_k} == 0 and w [(H+2)·D, K], got x "
+                         f"{tuple(x.shape)}, w {tuple(w.shape)}, H={heads}, D={head_dim}, pairs={pairs}")
     grid = ((heads + 2) * (head_dim // 2 // pairs),)
-    _qkv_rope_kernel[grid](x, w, sc, sh, pos, cos, sin, q_out, k_cache, v_cache, x.shape[0], x.shape[1], kv_offset,
-                           x.stride(0), w.stride(0), eps, H=heads, D=head_dim, NORM=has_norm, BLOCK_M=SKINNY_MAX_ROWS,
-                           PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED, num_warps=num_warps,
-                           num_stages=num_stages)
+    _qkv_rope_kernel[grid](x, w, pos, cos, sin, q_out, k_cache, v_cache, rows, kdim, kv_offset, x.stride(0), w.stride(0),
+                           H=heads, D=head_dim, BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k,
+                           DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
 
 
 @triton.jit
-def _gate_up_geglu_kernel(X, W, SC, SH, OUT, M, K, I, stride_x, stride_w, stride_o, eps, NORM: tl.constexpr,
-                          BLOCK_M: tl.constexpr, PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+def _gate_up_geglu_kernel(X, W, OUT, M, K, I, stride_x, stride_w, stride_o, BLOCK_M: tl.constexpr,
+                          PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """gelu_tanh(x @ w_gate^T) * (x @ w_up^T) for a few rows, w = [gate | up] [2I, K]: PAIRS gate columns with their
     up columns per program, over all of K (no fp32 round trip, no GeGLU launch)."""
     c0 = tl.program_id(0) * PAIRS
-    g, u = _paired_rows_dot(X, W, SC, SH, eps, c0, I + c0, M, K, stride_x, stride_w, NORM, BLOCK_M, PAIRS, BLOCK_K,
-                            DOT_F32)
+    g, u = _paired_rows_dot(X, W, c0, I + c0, M, K, stride_x, stride_w, BLOCK_M, PAIRS, BLOCK_K, DOT_F32)
     m = tl.arange(0, BLOCK_M)
     c = c0 + tl.arange(0, PAIRS)
     tl.store(OUT + m[:, None] * stride_o + c[None, :], gelu_tanh_mul(g, u).to(OUT.dtype.element_ty),
              mask=(m < M)[:, None])
 
 
-def gate_up_geglu(x, w, out, norm=None, pairs: int = 16, block_k: int = 128, num_warps: int = 4,
-                  num_stages: int = 4):
+def gate_up_geglu(x, w, out, pairs: int = 16, block_k: int = 128, num_warps: int = 4, num_stages: int = 4):
     """geglu(x @ w^T) into out [M, I] in one launch for x [M <= 16, K] bf16 and w = [gate | up] [2I, K] bf16.
-    norm = (scale [K], shift @ w^T [2I], eps): x is the fp32 residual, read through its adaRMS norm (as qkv_rope).
-    Launch shape: bench/results/expert_layer-*-s5.json."""
+    Launch shape: bench/results/expert_layer-*-s5*.json (8.1 us on the H100, where cuBLAS + geglu took 10.0)."""
+    rows, kdim = x.shape
     inter = w.shape[0] // 2
-    if inter % pairs or out.shape != (x.shape[0], inter):
-        raise ValueError(f"gate_up_geglu: out [M, I] with I % pairs == 0 expected, got out {tuple(out.shape)} for w "
-                         f"{tuple(w.shape)}, pairs={pairs}")
-    _few_row_check("gate_up_geglu", x, w, 2 * inter, block_k, norm)
-    sc, sh, eps, has_norm = _norm_args(x, norm)
-    _gate_up_geglu_kernel[(inter // pairs,)](x, w, sc, sh, out, x.shape[0], x.shape[1], inter, x.stride(0),
-                                             w.stride(0), out.stride(0), eps, NORM=has_norm, BLOCK_M=SKINNY_MAX_ROWS,
-                                             PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED, num_warps=num_warps,
-                                             num_stages=num_stages)
+    if rows > SKINNY_MAX_ROWS or kdim % block_k or w.shape[1] != kdim or inter % pairs or out.shape != (rows, inter):
+        raise ValueError(f"gate_up_geglu takes <= {SKINNY_MAX_ROWS} rows, K % {block_k} == 0, w [2I, K] and out "
+                         f"[M, I], got x {tuple(x.shape)}, w {tuple(w.shape)}, out {tuple(out.shape)}, pairs={pairs}")
+    _gate_up_geglu_kernel[(inter // pairs,)](x, w, out, rows, kdim, inter, x.stride(0), w.stride(0), out.stride(0),
+                                             BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k,
+                                             DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
