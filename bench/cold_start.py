@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Cold start (Policy.load + the first inference, i.e. load + Triton compiles + graph capture) of Plan A in fresh
-processes, each variant twice with an empty Triton cache: kernels compiled one by one during the warm-up, and compiled
-in parallel first (runtime/jit_warmup.py); then once more with the cache the last process left (a restart on a
-machine that ran the engine before). The synthetic checkpoint is written and synced to disk first (its write-back
-otherwise slows the loads that follow). Records bench/results/cold_start-<gpu>-<date>.json.
+"""Cold start (load + the first inference, i.e. reading the checkpoint + Triton compiles + graph capture) of Plan A in
+fresh processes, each way twice with an empty Triton cache, then once more with the cache the last process left (a
+restart on a machine that ran the engine before). The ways:
+- compiles one by one: each Triton kernel compiles when the warm-up first launches it;
+- parallel compiles at the first inference: a dry forward submits them all to a thread pool (runtime/jit_warmup.py)
+  after the checkpoint is read;
+- parallel compiles while loading (Policy.load's way): the dry forward runs on placeholder weights before the
+  checkpoint is read, so the compiles and the read overlap (Pi05Engine.compiling_while_loading).
+The synthetic checkpoint is written and synced to disk first (its write-back otherwise slows the loads that follow);
+the clock starts after the imports. Records bench/results/cold_start-<gpu>-<date>.json.
     python3 bench/cold_start.py [--config pi05_libero] [--workers 8] [--out-dir bench/results]"""
 
 import json
@@ -21,25 +26,31 @@ from triforce import report as rep  # noqa: E402
 CHILD = """
 import json, sys, time
 import numpy as np
-from triforce.runtime.checkpoint import resolve_checkpoint
+import torch
+from triforce.runtime.checkpoint import load_state, resolve_checkpoint
 from triforce.runtime.config import load_config
+from triforce.runtime.engine import Pi05Engine
 from triforce.runtime.policy import Policy
 from triforce.workload import STANDARD, random_observation
-config, workers = sys.argv[1], int(sys.argv[2])
+config, way, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = load_config(config)
-resolve_checkpoint(f"synthetic:{config}", cfg)          # the synthetic file is written before the clock starts
+path, _ = resolve_checkpoint(f"synthetic:{config}", cfg)   # the synthetic file is written before the clock starts
 start = time.perf_counter()
-policy = Policy.load(f"synthetic:{config}", config, plan="a")
-policy.backend.precompile_workers = workers
+if way == "while_loading":
+    policy = Policy.load(f"synthetic:{config}", config, plan="a", precompile_workers=workers)
+else:
+    torch.cuda.init()
+    eng = Pi05Engine(cfg, load_state(path, cfg, device="cuda"), precompile_workers=workers)
+    policy = Policy(cfg, eng, "a", True, path, time.perf_counter() - start)
 loaded = time.perf_counter() - start
 policy.infer(random_observation(cfg, np.random.default_rng(0), STANDARD["real_views"], STANDARD["prompt_tokens"]))
 print(json.dumps({"load_s": loaded, "cold_start_s": time.perf_counter() - start}))
 """
 
 
-def child(config: str, workers: int, cache: str) -> dict:
+def child(config: str, way: str, workers: int, cache: str) -> dict:
     env = {**os.environ, "TRITON_CACHE_DIR": cache, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
-    r = subprocess.run([sys.executable, "-c", CHILD, config, str(workers)], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", CHILD, config, way, str(workers)], env=env, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"cold-start child failed:\n{r.stdout}\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -58,21 +69,24 @@ def main():
     resolve_checkpoint(f"synthetic:{a.config}", load_config(a.config))
     os.sync()
     workers = a.workers or default_workers()
+    ways = (("compiles one by one", "first_inference", 0),
+            (f"parallel compiles at the first inference ({workers} threads)", "first_inference", workers),
+            (f"parallel compiles while loading ({workers} threads)", "while_loading", workers))
     rows, results = [], {}
-    for name, w in (("compiles one by one", 0), (f"parallel compiles ({workers} threads)", workers)):
+    for name, way, w in ways:
         fresh = []
         for i in range(2):
             with tempfile.TemporaryDirectory() as cache:
-                fresh.append(child(a.config, w, cache))
+                fresh.append(child(a.config, way, w, cache))
                 if i == 1:
-                    warm = child(a.config, w, cache)
-        results[name] = {"workers": w, "empty_triton_cache": fresh, "warm_triton_cache": warm}
+                    warm = child(a.config, way, w, cache)
+        results[name] = {"way": way, "workers": w, "empty_triton_cache": fresh, "warm_triton_cache": warm}
         for run in fresh:
             rows.append([name, "empty", run["load_s"], run["cold_start_s"] - run["load_s"], run["cold_start_s"]])
         rows.append([name, "warm", warm["load_s"], warm["cold_start_s"] - warm["load_s"], warm["cold_start_s"]])
     rep.print_table(f"cold start, plan A {a.config} (s; fresh processes)",
-                    ["variant", "Triton cache", "load", "first inference", "cold start"], rows)
-    rep.record_run(a.out_dir, "cold_start", {"config": a.config, "variants": results})
+                    ["way", "Triton cache", "load", "first inference", "cold start"], rows)
+    rep.record_run(a.out_dir, "cold_start", {"config": a.config, "ways": results})
 
 
 if __name__ == "__main__":

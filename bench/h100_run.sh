@@ -9,7 +9,9 @@
 #     validation of h100_measured (FP8 prefix, no wheel kernel), the engine benchmark (fp32 reference vs Plan A)
 #   part 5 (no kernel wheel): the engine GPU tests but the wheel-backed Plan B one, the expert-layer kernels (launch
 #     shape sweeps, both expert paths), the engine's variants for Plan A and Plan B h100_measured
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|3|4|5   (carry .device_carry and .whl)
+#   part 6 (no kernel wheel): the engine GPU tests but the wheel-backed Plan B one, cold start in fresh processes,
+#     Plan A validation, Plan B validation of h100_measured, the engine benchmark (fp32 reference vs Plan A)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|3|4|5|6   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -47,6 +49,14 @@ elif [ "$1" = 5 ]; then
   run python3 bench/expert_kernels.py --out-dir "$OUT"
   run python3 bench/engine_variants.py --plan a --out-dir "$OUT"
   run python3 bench/engine_variants.py --plan b --recipe h100_measured --out-dir "$OUT"
+elif [ "$1" = 6 ]; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "not plan_b_h100_recipe"
+  run python3 bench/cold_start.py --out-dir "$OUT"
+  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  mkdir -p "$OUT/measured"
+  run python3 scripts/validate_plan_b.py --recipe h100_measured --observations 64 --runs 100 --report-dir "$OUT/measured"
+  run python3 bench/run_bench.py --plan a --runs 50 --out-dir "$OUT"
 else
   run python3 bench/w4a16_paths.py --out-dir "$OUT"
   run python3 bench/cold_start.py --out-dir "$OUT"

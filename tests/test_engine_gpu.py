@@ -7,6 +7,7 @@ import torch
 from triforce.errors import UnsupportedError
 from triforce.runtime import fused
 from triforce.runtime.config import load_config
+from triforce.runtime.observation import check_observation
 from triforce.runtime.policy import Policy
 from triforce.workload import cosine, random_noise, random_observation
 
@@ -53,6 +54,19 @@ def test_parallel_precompile_changes_nothing(policies):
         eng.slots.clear()
         eng.precompile_workers = 4
     assert cosine(outs[0], outs[1]) >= 0.99999
+
+
+def test_compiling_while_loading_gives_the_plainly_built_engine(policies):
+    """Policy.load builds the engine on placeholder weights, compiles, then loads the checkpoint: its actions are
+    those of an engine built straight from the checkpoint (no placeholder weight survives the load)."""
+    from triforce.runtime.checkpoint import load_state
+    from triforce.runtime.engine import Pi05Engine
+
+    _, policy = policies
+    plain = Pi05Engine(TINY, load_state(policy.checkpoint_path, TINY, device="cuda"))
+    rng = np.random.default_rng(6)
+    obs, noise = check_observation(random_observation(TINY, rng, 2, 6), TINY), random_noise(TINY, rng)
+    assert cosine(policy.backend.infer(obs, noise), plain.infer(obs, noise)) >= 0.99999
 
 
 def test_fp8_norm_output_is_exact_e4m3():

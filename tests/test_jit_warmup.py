@@ -55,5 +55,19 @@ def test_a_compile_error_names_the_kernel_and_the_patch_is_removed(fake_compile)
     assert JITFunction.run is patched
 
 
+def test_compiles_go_on_after_the_submitting_block(fake_compile):
+    """Policy.load's way: the dry forward submits inside `submitting`, the patch is gone after it, and wait()
+    later collects the compiles (and their errors)."""
+    patched = JITFunction.run
+    compiles = jit_warmup.Compiles(2)
+    with jit_warmup.submitting(compiles):
+        _scale_kernel[(1,)](torch.ones(8), 8, BLOCK=8)
+        _scale_kernel[(1,)](torch.ones(8), 8, BLOCK=7)
+    assert JITFunction.run is patched
+    with pytest.raises(RuntimeError, match="_scale_kernel failed to compile"):
+        compiles.wait()
+    assert [c[2] for c in fake_compile] == [8]
+
+
 def test_default_workers_leaves_a_core():
     assert 1 <= jit_warmup.default_workers() <= 8

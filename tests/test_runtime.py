@@ -217,3 +217,20 @@ def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_pr
     assert _denoise_note(steps, {"overlap_step0": True, "expert_path": "per_op"}) == \
         "0.710/step (step 0: 0.060 after the prefix ends), per_op expert layers"
     assert _denoise_note([0.75] * 10, {"overlap_step0": False, "expert_path": "per_op"}) == "0.750/step, per_op expert layers"
+
+
+def test_placeholder_state_has_every_expected_tensor_in_one_buffer():
+    """What the engine is first built on while the checkpoint loads: every name, shape and dtype the loader
+    expects, all views of one buffer the size of the largest tensor (no second copy of the weights)."""
+    import math
+
+    from triforce.runtime.checkpoint import expected_tensors, placeholder_state
+
+    cfg = load_config("pi05_tiny")
+    spec, state = expected_tensors(cfg), placeholder_state(cfg, device="cpu")
+    assert set(state) == set(spec)
+    for name, (shape, dtype) in spec.items():
+        assert tuple(state[name].shape) == shape and str(state[name].dtype) == f"torch.{dtype}", name
+    storages = {t.untyped_storage().data_ptr() for t in state.values()}
+    largest = max(math.prod(t.shape) * t.element_size() for t in state.values())
+    assert len(storages) == 1 and next(iter(state.values())).untyped_storage().nbytes() == largest

@@ -128,6 +128,19 @@ def load_state(path: Path, cfg: ModelConfig, device: str = "cpu") -> dict:
     return state
 
 
+def placeholder_state(cfg: ModelConfig, device: str = "cuda") -> dict:
+    """Uninitialized tensors of every expected name, shape and dtype, all views of one buffer (the size of the
+    largest): enough to build the engine and compile its kernels before the checkpoint is read. Never inference."""
+    import math
+
+    import torch
+
+    spec = {name: (shape, getattr(torch, dtype)) for name, (shape, dtype) in expected_tensors(cfg).items()}
+    nbytes = lambda shape, dtype: math.prod(shape) * torch.empty(0, dtype=dtype).element_size()  # noqa: E731
+    buf = torch.empty(max(nbytes(*sd) for sd in spec.values()), dtype=torch.uint8, device=device)
+    return {name: buf[:nbytes(shape, dtype)].view(dtype).view(shape) for name, (shape, dtype) in spec.items()}
+
+
 def _check_names(path: Path, names: set, expected: dict) -> None:
     missing = sorted(set(expected) - names)
     unexpected = sorted(names - set(expected) - IGNORED)

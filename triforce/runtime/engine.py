@@ -17,7 +17,8 @@ What makes it fast, each exact up to bf16 rounding:
 - denoise step 0 runs on a second stream beside the prefix (`overlap_step0`): its layer i needs only the prefix's
   layer-i K/V, and its small launches fill the SMs the prefix GEMMs leave idle (one graph, event dependencies);
 - static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so, after
-  a dry forward has compiled every Triton kernel of the shape in parallel (runtime/jit_warmup.py).
+  a dry forward has compiled every Triton kernel of the shape in parallel (runtime/jit_warmup.py); Policy.load runs
+  that dry forward on placeholder weights first, so the compiles overlap reading the checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import TriforceError
 from . import expert_layer, fused, jit_warmup
-from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION
+from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION, placeholder_state
 from .config import ModelConfig
 from .model import time_embedding
 
@@ -43,6 +44,10 @@ EXPERT_PATHS = {
     "per_op": "10 launches: cuBLAS QKV and gate/up, RoPE and GeGLU their own launches",
     "persistent": "1 persistent launch (runtime/expert_layer.py; measured slower, opt-in)",
 }
+EXPERT_DEFAULT_ORDER = ("fused_epilogue", "per_op")   # the fastest the layers allow (bench/results/*-s5.json)
+# what load_weights replaces (_build_weights, _precompute_time_tables, set_expert_path)
+WEIGHT_ATTRS = ("patch", "pos_emb", "vision_layers", "post_ln", "projector", "embedding", "prefix_layers",
+                "expert_layers", "action_in", "action_out", "ada", "ada_final", "ada_through")
 # (prefix stream, denoise stream) priorities while step 0 runs beside the prefix; lower runs first
 OVERLAP_PRIORITIES = {"equal": (0, 0), "prefix": (-1, 0), "step0": (0, -1)}
 
@@ -143,20 +148,45 @@ class GraphSlot:
 
 
 class Pi05Engine:
-    def __init__(self, cfg: ModelConfig, state: dict, quant=None, log=print):
+    def __init__(self, cfg: ModelConfig, state: dict, quant=None, log=print, precompile_workers: int | None = None):
         self.cfg = cfg
         self.log = log
         self.slots: dict = {}
-        self.precompile_workers = jit_warmup.default_workers()   # 0: Triton compiles one by one in the warm-up
+        # threads that compile Triton kernels before a first run; 0: they compile one by one in the warm-up
+        self.precompile_workers = jit_warmup.default_workers() if precompile_workers is None else precompile_workers
         self.quant = quant               # Plan B: quantized layers by id (quant/plan_b.py), used while building
-        self._build_weights(state)
-        self._precompute_time_tables(state)
-        self.ada_through = None
-        self.expert_path = next(p for p in ("fused_epilogue", "per_op") if self.expert_path_refusal(p) is None)
         self.overlap_step0, self.overlap_priority = True, "prefix"   # set_overlap_step0 (prefix first measured best)
         e = cfg.expert
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
+        self.expert_path = None
+        self.load_weights(lambda: state)
+
+    @classmethod
+    def compiling_while_loading(cls, cfg: ModelConfig, read_state, **options) -> "Pi05Engine":
+        """The engine, its Triton kernels compiling on a thread pool while read_state() reads the checkpoint: built
+        first on placeholder weights of the checkpoint's shapes, whose dry forward submits the compiles, then
+        loaded with the real weights (a fresh cold start: bench/results/cold_start-*-s5.json)."""
+        eng = cls(cfg, placeholder_state(cfg), **options)
+        compiles = eng.start_compiles() if eng.precompile_workers else None
+        try:
+            eng.load_weights(read_state)
+        finally:
+            if compiles is not None:
+                compiles.wait()
+        return eng
+
+    def load_weights(self, read_state) -> None:
+        """(Re)build every weight and table from read_state() (a checkpoint state dict). The old ones are dropped
+        first, so two sets never sit in GPU memory together; captured graphs are dropped too."""
+        self.slots.clear()
+        for name in WEIGHT_ATTRS:
+            setattr(self, name, None)
+        torch.cuda.synchronize()          # queued work (a dry forward) may still read the old weights
+        state = read_state()
+        self._build_weights(state)
+        self._precompute_time_tables(state)
+        self.set_expert_path(self.expert_path or next(p for p in EXPERT_DEFAULT_ORDER if self.expert_path_refusal(p) is None))
 
     # ── weights ───────────────────────────────────────────────────────────────────────────────────────────────
     def _linear(self, layer_id: str, build):
@@ -486,19 +516,29 @@ class Pi05Engine:
     def _new_buffers(self, key):
         cfg = self.cfg
         views, bucket = key
+        token_mask = torch.zeros(bucket, dtype=torch.bool, device="cuda")
+        token_mask[:1] = True                    # a valid token, so warm-up runs on a well-formed mask
         return (torch.zeros(len(views), cfg.image_size, cfg.image_size, 3, device="cuda"),
-                torch.zeros(bucket, dtype=torch.long, device="cuda"),
-                torch.zeros(bucket, dtype=torch.bool, device="cuda"),
+                torch.zeros(bucket, dtype=torch.long, device="cuda"), token_mask,
                 torch.zeros(cfg.action_horizon, cfg.action_dim, device="cuda"))
+
+    def start_compiles(self, key=None, bufs=None) -> jit_warmup.Compiles:
+        """Submit the compile of every Triton kernel a forward at `key` launches (default: every image slot, the
+        smallest prompt bucket; other keys launch the same specializations) to a pool of precompile_workers
+        threads, by a dry forward in which no Triton kernel runs; returns at once (wait() on the result)."""
+        key = key or (tuple(range(len(self.cfg.image_slots))), self.cfg.token_buckets[0])
+        bufs = bufs if bufs is not None else self._new_buffers(key)
+        compiles = jit_warmup.Compiles(self.precompile_workers)
+        with jit_warmup.submitting(compiles), torch.no_grad():
+            self._forward(bufs)
+        return compiles
 
     def capture(self, key, events=None) -> GraphSlot:
         """Warm up on a side stream, then capture the whole inference into one CUDA graph."""
         start = time.perf_counter()
         bufs = self._new_buffers(key)
-        bufs[2][:1] = True                       # a valid token, so warm-up runs on a well-formed mask
         if self.precompile_workers:              # every Triton kernel of this shape compiled in parallel first
-            with jit_warmup.parallel_compiles(self.precompile_workers), torch.no_grad():
-                self._forward(bufs)
+            self.start_compiles(key, bufs).wait()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():

@@ -41,22 +41,43 @@ def _constexpr_or_key(fn, i: int, v):
     return _arg_key(v)
 
 
+class Compiles:
+    """Triton compiles submitted to a thread pool, one per specialization; wait() raises the first error, naming
+    the kernel."""
+
+    def __init__(self, workers: int):
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="triton-compile")
+        self.futures, self.seen = {}, set()
+
+    def submit(self, run, fn, args, grid, kwargs) -> None:
+        key = (id(fn), tuple(_constexpr_or_key(fn, i, a) for i, a in enumerate(args)),
+               tuple(sorted((k, repr(v)) for k, v in kwargs.items())))    # keywords: constexprs and launch options
+        if key not in self.seen:
+            self.seen.add(key)
+            future = self.pool.submit(run, fn, *args, grid=grid, warmup=True, **kwargs)
+            self.futures[future] = getattr(fn, "__name__", repr(fn))
+
+    def wait(self) -> None:
+        try:
+            for future, name in self.futures.items():
+                try:
+                    future.result()
+                except Exception as err:
+                    raise RuntimeError(f"Triton kernel {name} failed to compile: {err}") from err
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 @contextlib.contextmanager
-def parallel_compiles(workers: int):
-    """Inside: Triton launches compile (once per specialization, on `workers` threads) instead of running.
-    On exit: waits for every compile; a compile error is raised here, naming the kernel."""
+def submitting(compiles: Compiles):
+    """Inside: Triton launches only submit their compile to `compiles` (nothing runs); the patch is gone on exit,
+    while the compiles go on until compiles.wait()."""
     original = JITFunction.run
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="triton-compile")
-    futures, seen = {}, set()
 
     def submit(self, *args, grid, warmup, **kwargs):
         if warmup:
             return original(self, *args, grid=grid, warmup=True, **kwargs)
-        key = (id(self), tuple(_constexpr_or_key(self, i, a) for i, a in enumerate(args)),
-               tuple(sorted((k, repr(v)) for k, v in kwargs.items())))    # keywords: constexprs and launch options
-        if key not in seen:
-            seen.add(key)
-            futures[pool.submit(original, self, *args, grid=grid, warmup=True, **kwargs)] = getattr(self, "__name__", repr(self))
+        compiles.submit(original, self, args, grid, kwargs)
         return None
 
     JITFunction.run = submit
@@ -64,11 +85,15 @@ def parallel_compiles(workers: int):
         yield
     finally:
         JITFunction.run = original
-        try:
-            for future, name in futures.items():
-                try:
-                    future.result()
-                except Exception as err:
-                    raise RuntimeError(f"Triton kernel {name} failed to compile: {err}") from err
-        finally:
-            pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def parallel_compiles(workers: int):
+    """Inside: Triton launches compile (once per specialization, on `workers` threads) instead of running.
+    On exit: waits for every compile; a compile error is raised here, naming the kernel."""
+    compiles = Compiles(workers)
+    try:
+        with submitting(compiles):
+            yield
+    finally:
+        compiles.wait()

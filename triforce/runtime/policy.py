@@ -75,7 +75,7 @@ def _make_backend(cfg, path, plan, device, recipe, options):
         return Pi05Engine(cfg, state, quant=quant)
     if recipe is not None:
         raise TriforceError("a recipe applies to plan b only")
-    return Pi05Engine(cfg, load_state(path, cfg, device="cuda"), **options)
+    return Pi05Engine.compiling_while_loading(cfg, lambda: load_state(path, cfg, device="cuda"), **options)
 
 
 class ReferenceBackend:
