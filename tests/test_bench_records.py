@@ -22,3 +22,15 @@ def test_bench_parser_shares_out_dir_and_runs():
     args = rep.bench_parser("doc", runs=True).parse_args(["--runs", "70", "--out-dir", "x"])
     assert (args.runs, args.out_dir) == (70, "x")
     assert not hasattr(rep.bench_parser("doc").parse_args([]), "runs")
+
+
+def test_bench_summary_prints_a_recorded_run(capsys):
+    """`invoke bench`'s table reads the record's keys (a renamed key once broke it after the run had finished)."""
+    from pathlib import Path
+
+    from triforce import bench
+
+    record = Path(__file__).resolve().parent.parent / "bench/results/pi05-pi05_libero-plana-nvidia-h100-80gb-hbm3-2026-11-25-s5.json"
+    bench.print_summary(json.loads(record.read_text()))
+    out = capsys.readouterr().out
+    assert "persistent expert layers" in out and "fused_epilogue time" in out and "28.5x" in out
