@@ -75,11 +75,18 @@ def main():
     rows = []
     x32 = torch.randn(V * T, W, device="cuda")
     wqkv, wo, w2 = (torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for n, k in ((3 * W, W), (W, W), (W, I)))
+    IP = -(-I // 128) * 128
+    wp, bp = F.pad(w, (0, 0, 0, IP - I)), F.pad(b, (0, IP - I))
+    actp, w2p = F.pad(act, (0, IP - I)), F.pad(w2, (0, IP - I))
     for name, n, k, fn in (("LayerNorm (add_norm)", 0, 0, lambda: fused.add_norm(x32, x, weight=x32[0], bias=x32[1], layernorm=True)),
                            ("qkv 512x1152 -> 3456", 3 * W, W, lambda: torch.addmm(packed[0], x, wqkv.t())),
                            ("o 512x1152 -> 1152", W, W, lambda: torch.addmm(x[0], x, wo.t())),
                            ("fc1 + GELU 512x1152 -> 4304", I, W, one),
-                           ("fc2 512x4304 -> 1152", W, I, lambda: torch.addmm(b[:W], act, w2.t()))):
+                           ("fc2 512x4304 -> 1152", W, I, lambda: torch.addmm(b[:W], act, w2.t())),
+                           # the MLP width padded to a multiple of 128 with zero weights (GELU(0) = 0: exact)
+                           ("fc1 + GELU 512x1152 -> 4352 (padded)", IP, W,
+                            lambda: torch._addmm_activation(bp, x, wp.t(), use_gelu=True)),
+                           ("fc2 512x4352 (padded) -> 1152", W, IP, lambda: torch.addmm(b[:W], actp, w2p.t()))):
         us = graph_us(fn)
         rows.append([name, us, 2 * V * T * n * k / us / 1e6 if n else ""])
     print_table("each launch of a SigLIP layer (us)", ["launch", "median us", "TFLOP/s"], rows)

@@ -76,7 +76,8 @@ KERNELS = {
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_skinny_w4a16_kernel": {
         "ptr": {"X": "bf16", "QW": "u8", "SC": "bf16", "GATE": "fp32", "OUT": "fp32"},
-        "const": {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 1, "HAS_GATE": True, "DOT_F32": False},
+        "const": {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 1, "HAS_GATE": True, "MAGIC": True,
+                  "DOT_F32": False},
         "options": {"num_warps": 8, "num_stages": 2}, "dot": True},
 }
 

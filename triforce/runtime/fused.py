@@ -559,9 +559,30 @@ class ZeroArena:
 
 
 @triton.jit
+def _w4a16_group_magic(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M: tl.constexpr,
+                       HALF: tl.constexpr, DOT_F32: tl.constexpr):
+    """x[M, group] @ W[N, group]^T for one int4 group without integer-to-float conversions: a two's-complement
+    nibble u is u' = u ^ 8 offset by 8, and the bf16 bit pattern 0x4300 | u' is exactly 128 + u' = 136 + w, so w is
+    that minus 136 (one exact bf16x2 add per two weights). x is loaded contiguous and split into even / odd k (the
+    low / high nibbles of each byte)."""
+    x = tl.load(X + m[:, None] * stride_x + (k0 + tl.arange(0, 2 * HALF))[None, :], mask=mmask, other=0.0)
+    xe, xo = tl.split(tl.reshape(x, [BLOCK_M, HALF, 2]))
+    p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int16)
+    lo = (p & 0xF) ^ 0x8
+    hi = (p >> 4) ^ 0x8
+    if DOT_F32:   # the interpreter has no bf16 bit casts: the same values, 128 + u', in fp32
+        part = (tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32) + 128.0 - 136.0))
+                + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32) + 128.0 - 136.0)))
+    else:
+        part = (tl.dot(xe, tl.trans((lo | 0x4300).to(tl.bfloat16, bitcast=True) - 136.0))
+                + tl.dot(xo, tl.trans((hi | 0x4300).to(tl.bfloat16, bitcast=True) - 136.0)))
+    return part
+
+
+@triton.jit
 def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, stride_sc, stride_o,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
-                         HAS_GATE: tl.constexpr, DOT_F32: tl.constexpr):
+                         HAS_GATE: tl.constexpr, MAGIC: tl.constexpr, DOT_F32: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ dequant(W)[N, K-range]^T, W canonical int4 (low nibble = even k,
     group-128 bf16 scales). GROUPS groups per step, unrolled so their loads are in flight together; within a group
     even and odd k are two half-K dots, so the nibbles are never interleaved."""
@@ -576,18 +597,21 @@ def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, strid
     for k_step in range(k_start, k_start + K_SPLIT, GROUP * GROUPS):
         for g in tl.static_range(GROUPS):
             k0 = k_step + g * GROUP
-            ke = k0 + 2 * j
-            xe = tl.load(X + m[:, None] * stride_x + ke[None, :], mask=mmask, other=0.0)
-            xo = tl.load(X + m[:, None] * stride_x + ke[None, :] + 1, mask=mmask, other=0.0)
-            p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int32)
-            lo = p & 0xF
-            hi = (p >> 4) & 0xF
-            lo = tl.where(lo >= 8, lo - 16, lo)
-            hi = tl.where(hi >= 8, hi - 16, hi)
-            if DOT_F32:   # straight to fp32: the interpreter's bf16 conversion of the nibbles is not exact
-                part = tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32))) + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32)))
+            if MAGIC:
+                part = _w4a16_group_magic(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M, HALF, DOT_F32)
             else:
-                part = tl.dot(xe.to(tl.bfloat16), tl.trans(lo.to(tl.bfloat16))) + tl.dot(xo.to(tl.bfloat16), tl.trans(hi.to(tl.bfloat16)))
+                ke = k0 + 2 * j
+                xe = tl.load(X + m[:, None] * stride_x + ke[None, :], mask=mmask, other=0.0)
+                xo = tl.load(X + m[:, None] * stride_x + ke[None, :] + 1, mask=mmask, other=0.0)
+                p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int32)
+                lo = p & 0xF
+                hi = (p >> 4) & 0xF
+                lo = tl.where(lo >= 8, lo - 16, lo)
+                hi = tl.where(hi >= 8, hi - 16, hi)
+                if DOT_F32:   # straight to fp32: the interpreter's bf16 conversion of the nibbles is not exact
+                    part = tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32))) + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32)))
+                else:
+                    part = tl.dot(xe.to(tl.bfloat16), tl.trans(lo.to(tl.bfloat16))) + tl.dot(xo.to(tl.bfloat16), tl.trans(hi.to(tl.bfloat16)))
             s = tl.load(SC + n * stride_sc + k0 // GROUP, mask=nmask, other=0.0).to(tl.float32)
             acc += part * s[None, :]
     if HAS_GATE:
@@ -599,7 +623,7 @@ W4A16_MAX_ROWS = 64      # the few-row W4A16 kernel's largest row block
 
 
 def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int | None = None, programs: int = 256,
-                 groups: int = 1, num_warps: int = 8, num_stages: int = 2):
+                 groups: int = 1, num_warps: int = 8, num_stages: int = 2, magic: bool = True):
     """y (fp32 [M, N]) = x [M, K] @ dequant(W)^T for M <= 64 with canonical int4 weights (uint8 [N, K/2], bf16 scales
     [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear, and the same gated residual form.
     groups: int4 groups per loop step (their loads overlap). Launch-shape defaults: the fastest at the expert's
@@ -619,5 +643,5 @@ def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int | None = 
                                             kdim // split, x.stride(0), qweight.stride(0), scales.stride(0),
                                             out.stride(0), BLOCK_M=16 if rows <= 16 else W4A16_MAX_ROWS,
                                             BLOCK_N=block_n, GROUP=group, GROUPS=groups, HAS_GATE=gate is not None,
-                                            DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
+                                            MAGIC=magic, DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
