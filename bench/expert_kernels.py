@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
+from triforce.quant import formats as fm  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
 from triforce.timing import time_graph_us  # noqa: E402
 
@@ -33,6 +34,9 @@ FEW_ROW_SHAPES = {
     "gate_up_geglu": [{"pairs": p, "block_k": bk, "num_warps": w, "num_stages": st} for p, bk, w, st in
                       ((16, 128, 4, 4), (32, 256, 4, 3), (32, 128, 4, 4), (16, 256, 4, 3), (16, 128, 8, 4),
                        (32, 128, 8, 4), (16, 64, 4, 6), (64, 128, 8, 4))],
+    # W4A16 (block_k is the int4 group, 128)
+    "int4": [{"pairs": p, "num_warps": w, "num_stages": st} for p, w, st in
+             ((16, 4, 3), (8, 4, 3), (32, 4, 3), (16, 4, 2), (16, 4, 4), (16, 8, 3), (32, 8, 3))],
 }
 
 
@@ -69,6 +73,9 @@ class Layers:
         self.qkv_out = torch.randn(M, (H + 2) * D, device="cuda").to(BF16)
         self.gu_out = torch.randn(M, 2 * I, device="cuda").to(BF16)
         self.act = torch.randn(M, I, device="cuda").to(BF16)
+        self.qkv4 = [fm.quantize_int4_g128(w.float()) for w in self.qkv]     # Plan B's W4A16 expert
+        self.gu4 = [fm.quantize_int4_g128(w.float()) for w in self.gu]
+        self.qkv_acc, self.gu_acc = torch.zeros(M, (H + 2) * D, device="cuda"), torch.zeros(M, 2 * I, device="cuda")
 
     def qkv_per_op(self, i):
         torch.mm(self.h, self.qkv[i].t(), out=self.qkv_out)
@@ -77,6 +84,14 @@ class Layers:
     def qkv_rope(self, i, **shape):
         fused.qkv_rope(self.h, self.qkv[i], self.pos, self.cos, self.sin, self.q, self.kc[i], self.vc[i], SEQ, H, D,
                        **shape)
+
+    def qkv_int4_per_op(self, i):
+        """Plan B's per_op W4A16 QKV: the split-K kernel into fp32 (the engine's zeroed arena), then RoPE."""
+        fused.rope_qkv(fused.skinny_w4a16(self.h, *self.qkv4[i], out=self.qkv_acc), self.pos, self.cos, self.sin,
+                       self.q, self.kc[i], self.vc[i], SEQ, H, D)
+
+    def gate_up_int4_per_op(self, i):
+        fused.geglu(fused.skinny_w4a16(self.h, *self.gu4[i], out=self.gu_acc), self.act)
 
     def gate_up_per_op(self, i):
         torch.mm(self.h, self.gu[i].t(), out=self.gu_out)
@@ -126,6 +141,16 @@ def main():
     for shape in FEW_ROW_SHAPES["gate_up_geglu"]:
         sweep.append(sweep_entry("gate/up", shape, lambda i, shape=shape: fused.gate_up_geglu(lay.h, lay.gu[i], lay.act,
                                                                                               **shape), a.runs))
+    sweep.append({"kernel": "qkv int4", "shape": {"skinny_w4a16 + rope_qkv": 2}, "us": graph_us(lay.qkv_int4_per_op, a.runs)})
+    for shape in FEW_ROW_SHAPES["int4"]:
+        sweep.append(sweep_entry("qkv int4", shape, lambda i, shape=shape: fused.qkv_rope(
+            lay.h, lay.qkv4[i][0], lay.pos, lay.cos, lay.sin, lay.q, lay.kc[i], lay.vc[i], SEQ, H, D,
+            scales=lay.qkv4[i][1], **shape), a.runs))
+    sweep.append({"kernel": "gate/up int4", "shape": {"skinny_w4a16 + geglu": 2},
+                  "us": graph_us(lay.gate_up_int4_per_op, a.runs)})
+    for shape in FEW_ROW_SHAPES["int4"]:
+        sweep.append(sweep_entry("gate/up int4", shape, lambda i, shape=shape: fused.gate_up_geglu(
+            lay.h, lay.gu4[i][0], lay.act, scales=lay.gu4[i][1], **shape), a.runs))
     rep.print_table("few-row launch shapes (us per launch; qkv and gate/up: the cuBLAS pair, then the fused kernel)",
                     ["kernel", "shape", "us"],
                     [[r["kernel"], ", ".join(f"{k}={v}" for k, v in r["shape"].items()), r.get("us", r.get("error"))]

@@ -168,6 +168,23 @@ w4 = torch.randn(192, 512)
 packed, scales = fm.quantize_int4_g128(w4)
 deq = fm.dequantize_int4_g128(packed, scales)
 check("skinny W4A16 (canonical int4)", fused.skinny_w4a16(xs, packed, scales), xs.float() @ deq.T, 1e-2)
+# the fused-epilogue kernels on int4 weights (Plan B's W4A16 expert), against the dequantized weights
+qkv4, qkv4_sc = fm.quantize_int4_g128(wqkv.float())
+proj4 = xh.float() @ fm.dequantize_int4_g128(qkv4, qkv4_sc).T
+q_4, kc_4, vc_4 = torch.empty(S * H, D, dtype=torch.bfloat16), torch.zeros(10, D, dtype=torch.bfloat16), torch.zeros(10, D, dtype=torch.bfloat16)
+fused.qkv_rope(xh, qkv4, pos, cos, sin, q_4, kc_4, vc_4, 2, H, D, scales=qkv4_sc)
+check("qkv_rope int4: q", q_4, rope(proj4[:, :H * D].view(S, H, D).transpose(0, 1), pos, 10000.0).transpose(0, 1).reshape(S * H, D), 1e-2)
+check("qkv_rope int4: k -> cache", kc_4[2:8], rope(proj4[:, H * D:(H + 1) * D], pos, 10000.0), 1e-2)
+check("qkv_rope int4: v -> cache", vc_4[2:8], proj4[:, (H + 1) * D:], 1e-2)
+gu4, gu4_sc = fm.quantize_int4_g128(wgu.float())
+g4 = xh.float() @ fm.dequantize_int4_g128(gu4, gu4_sc).T
+check("gate_up_geglu int4", fused.gate_up_geglu(xh, gu4, torch.empty(S, 48, dtype=torch.bfloat16), scales=gu4_sc),
+      F.gelu(g4[:, :48], approximate="tanh") * g4[:, 48:], 1e-2)
+try:
+    fused.gate_up_geglu(xh, gu4, torch.empty(S, 48, dtype=torch.bfloat16), scales=gu4_sc[:, :1])
+    failures.append("gate_up_geglu ran with scales of the wrong shape")
+except ValueError as err:
+    print(f"refused: {err}")
 xw = torch.randn(40, 512).bfloat16()          # 40 rows (the 64-row block), two groups per step
 check("W4A16 at 40 rows, 2 groups a step", fused.skinny_w4a16(xw, packed, scales, groups=2, block_n=32),
       xw.float() @ deq.T, 1e-2)

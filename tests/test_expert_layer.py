@@ -33,11 +33,13 @@ def _bf16_linear():
     from triforce.runtime.engine import Linear
 
     lin = object.__new__(Linear)      # a bf16 layer without moving weights to a GPU
-    lin.bias = None
+    lin.weight, lin.bias = "bf16 weight", None
     return lin
 
 
 def test_expert_paths_are_refused_with_the_reason():
+    from types import SimpleNamespace
+
     import pytest
 
     from triforce.errors import TriforceError
@@ -58,6 +60,10 @@ def test_expert_paths_are_refused_with_the_reason():
     assert stub.expert_path_refusal("persistent") is None and stub.expert_path_refusal("fused_epilogue") is None
     stub.expert_layers[0]["down"].input_quant_scale = 1.0                # an FP8 down layer reads quantized GeGLU
     assert "FP8 down layers" in stub.expert_path_refusal("fused_epilogue")
+    w4a16 = SimpleNamespace(few_row_weights={"w": "int4", "scales": "bf16"})   # Plan B's W4A16 layers
+    stub, _ = _engine_stub("pi05_libero", w4a16)
+    assert stub.expert_path_refusal("fused_epilogue") is None
+    assert "quantized expert layers (o, qkv)" in stub.expert_path_refusal("persistent")
 
 
 def test_resident_program_count_bounds_the_grid():

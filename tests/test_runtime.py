@@ -234,3 +234,27 @@ def test_placeholder_state_has_every_expected_tensor_in_one_buffer():
     storages = {t.untyped_storage().data_ptr() for t in state.values()}
     largest = max(math.prod(t.shape) * t.element_size() for t in state.values())
     assert len(storages) == 1 and next(iter(state.values())).untyped_storage().nbytes() == largest
+
+
+def test_siglip_mlp_width_padding_is_exact():
+    """fc1 gains zero rows and bias, fc2 zero columns, up to a multiple of 128 (4304 -> 4352 in SigLIP): the MLP's
+    output is unchanged (GELU(0) = 0); a quantized pair is left as it is."""
+    import torch.nn.functional as F
+
+    from triforce.runtime.engine import Linear, pad_mlp_width
+
+    def linear(w, b):                   # a bf16 layer without moving weights to a GPU
+        lin = object.__new__(Linear)
+        lin.weight, lin.bias = w, b
+        return lin
+
+    fc1, fc2 = linear(torch.randn(300, 64), torch.randn(300)), linear(torch.randn(64, 300), torch.randn(64))
+    x = torch.randn(5, 64)
+    mlp = lambda: F.linear(F.gelu(F.linear(x, fc1.weight, fc1.bias), approximate="tanh"), fc2.weight, fc2.bias)  # noqa: E731
+    before = mlp()
+    pad_mlp_width(fc1, fc2)
+    assert fc1.weight.shape == (384, 64) and fc1.bias.shape == (384,) and fc2.weight.shape == (64, 384)
+    assert torch.equal(mlp(), before)
+    quantized = object()
+    pad_mlp_width(quantized, fc2)       # nothing to pad into: no error, no change
+    assert fc2.weight.shape == (64, 384)

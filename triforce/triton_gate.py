@@ -66,19 +66,18 @@ KERNELS = {
         "const": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True, "DOT_F32": False},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_qkv_rope_kernel": {
-        "ptr": {"X": "bf16", "W": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16", "KC": "bf16",
-                "VC": "bf16"},
-        "const": {"H": 8, "D": 256, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False},
+        "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16",
+                "KC": "bf16", "VC": "bf16"},
+        "const": {"H": 8, "D": 256, "INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False},
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_gate_up_geglu_kernel": {
-        "ptr": {"X": "bf16", "W": "bf16", "OUT": "bf16"},
-        "const": {"BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False},
+        "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "OUT": "bf16"},
+        "const": {"INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False},
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_skinny_w4a16_kernel": {
         "ptr": {"X": "bf16", "QW": "u8", "SC": "bf16", "GATE": "fp32", "OUT": "fp32"},
-        "const": {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 1, "HAS_GATE": True, "MAGIC": True,
-                  "DOT_F32": False},
-        "options": {"num_warps": 8, "num_stages": 2}, "dot": True},
+        "const": {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 2, "HAS_GATE": True, "DOT_F32": False},
+        "options": {"num_warps": 4, "num_stages": 2}, "dot": True},
 }
 
 

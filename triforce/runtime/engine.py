@@ -40,7 +40,8 @@ from .model import time_embedding
 BF16 = torch.bfloat16
 # how the denoise step runs each bf16 expert layer (set_expert_path; the first one the engine can use is its default)
 EXPERT_PATHS = {
-    "fused_epilogue": "8 launches: QKV with RoPE and the K/V cache write, gate/up with GeGLU, each one few-row kernel",
+    "fused_epilogue": "8 launches: QKV with RoPE and the K/V cache write, gate/up with GeGLU, each one few-row kernel "
+                      "(bf16 or W4A16 weights)",
     "per_op": "10 launches: cuBLAS QKV and gate/up, RoPE and GeGLU their own launches",
     "persistent": "1 persistent launch (runtime/expert_layer.py; measured slower, opt-in)",
 }
@@ -121,6 +122,11 @@ class Linear:
         """gelu_tanh(x W^T + b) with the GELU in cuBLASLt's epilogue (SigLIP's fc1: one launch, no fp32 round trip)."""
         return torch._addmm_activation(self.bias, x, self.weight.t(), use_gelu=True)
 
+    @property
+    def few_row_weights(self) -> dict | None:
+        """The weight arguments of the fused-epilogue kernels (fused.qkv_rope, gate_up_geglu); None with a bias."""
+        return {"w": self.weight} if self.bias is None else None
+
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
         fused.skinny_linear(x, self.weight, out=residual, gate=gate)
@@ -132,6 +138,18 @@ class Linear:
     @property
     def out_features(self) -> int:
         return self.weight.shape[0]
+
+
+MLP_WIDTH_MULTIPLE = 128   # SigLIP's 4304 -> 4352: cuBLAS runs fc2 at K 4352 1.12x faster (vision_ops-*-s5.json)
+
+
+def pad_mlp_width(fc1, fc2, multiple: int = MLP_WIDTH_MULTIPLE) -> None:
+    """Zero rows of fc1 (weight and bias) and zero columns of fc2 up to a width that is a multiple of `multiple`:
+    exact, as GELU(0) = 0 meets zero weights. bf16 layers only (a quantized pair keeps its packed shapes)."""
+    extra = -fc1.out_features % multiple if type(fc1) is Linear and type(fc2) is Linear else 0
+    if extra and fc1.bias is not None:
+        fc1.weight, fc1.bias = F.pad(fc1.weight, (0, 0, 0, extra)), F.pad(fc1.bias, (0, extra))
+        fc2.weight = F.pad(fc2.weight, (0, extra)).contiguous()
 
 
 @dataclass
@@ -214,6 +232,8 @@ class Pi05Engine:
                 "fc1": lin("fc1", lambda: Linear(g("mlp.fc1.weight"), g("mlp.fc1.bias"))),
                 "fc2": lin("fc2", lambda: Linear(g("mlp.fc2.weight"), g("mlp.fc2.bias"))),
             })
+        for layer in self.vision_layers:
+            pad_mlp_width(layer["fc1"], layer["fc2"])
         for layer in self.vision_layers:   # AWQ-smoothed layers read x / s: the LayerNorm that feeds them divides
             for ln, consumer in (("ln1", "qkv"), ("ln2", "fc1")):
                 inv_s = channel_scale(layer[consumer])
@@ -259,17 +279,20 @@ class Pi05Engine:
         self.ada_final = mod(f"{EXPERT}.model.norm")
 
     def expert_path_refusal(self, path: str) -> str | None:
-        """Why the expert layers cannot run on `path` (None: they can). fused_epilogue and persistent read bf16
-        weights (QKV and gate/up; persistent: all four) and one block of <= 16 action rows."""
+        """Why the expert layers cannot run on `path` (None: they can). fused_epilogue reads bf16 or W4A16 QKV and
+        gate/up weights, persistent bf16 weights in all four layers; both one block of <= 16 action rows."""
         if path == "per_op":
             return None
         if self.cfg.action_horizon > expert_layer.MAX_ROWS:
             return f"action horizon {self.cfg.action_horizon} > {expert_layer.MAX_ROWS} rows"
-        names = ("qkv", "gate_up") if path == "fused_epilogue" else ("qkv", "o", "gate_up", "down")
-        quantized = sorted({name for layer in self.expert_layers for name, lin in layer.items()
-                            if name in names and (type(lin) is not Linear or lin.bias is not None)})
-        if quantized:
-            return f"quantized expert layers ({', '.join(quantized)})"
+        if path == "fused_epilogue":    # bf16 or W4A16 QKV and gate/up (the kernels' two weight forms)
+            unfit = {name for layer in self.expert_layers for name in ("qkv", "gate_up")
+                     if getattr(layer[name], "few_row_weights", None) is None}
+        else:                           # persistent: bf16 weights in all four
+            unfit = {name for layer in self.expert_layers for name, lin in layer.items()
+                     if type(lin) is not Linear or lin.bias is not None}
+        if unfit:
+            return f"quantized expert layers ({', '.join(sorted(unfit))})"
         if path == "fused_epilogue" and any(quant_scale(layer["down"]) is not None for layer in self.expert_layers):
             return "FP8 down layers read a quantized GeGLU output (the fused gate/up writes bf16)"
         return None
@@ -401,7 +424,8 @@ class Pi05Engine:
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(qkv_l))
             if fused_epilogue:
-                fused.qkv_rope(h, qkv_l.weight, pos, self.cos, self.sin, q, k_cache, v_cache, seq, e.num_heads, e.dim_head)
+                fused.qkv_rope(h, pos=pos, cos=self.cos, sin=self.sin, q_out=q, k_cache=k_cache, v_cache=v_cache,
+                               kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, **qkv_l.few_row_weights)
             else:
                 fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
                                e.num_heads, e.dim_head)
@@ -412,7 +436,7 @@ class Pi05Engine:
                            quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             if fused_epilogue:
-                fused.gate_up_geglu(h, gu_l.weight, act)
+                fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
             else:
                 fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
             pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)

@@ -451,26 +451,33 @@ def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 1
 
 
 @triton.jit
-def _paired_rows_dot(X, W, first, second, M, K, stride_x, stride_w, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
-                     BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_sc, INT4: tl.constexpr,
+                     BLOCK_M: tl.constexpr, PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """x[M, K] @ w[rows]^T over all of K for weight rows interleaved as (first[c], second[c]) pairs; returns the two
-    [BLOCK_M, PAIRS] halves (the pairs an epilogue combines: RoPE's rotated halves, GeGLU's gate and up)."""
+    [BLOCK_M, PAIRS] halves (the pairs an epilogue combines: RoPE's rotated halves, GeGLU's gate and up).
+    INT4: W is canonical int4 (uint8 [N, K/2]) with bf16 group-128 scales SC, dequantized as in _w4a16_group."""
     r = tl.arange(0, 2 * PAIRS)
     rows = tl.where(r % 2 == 0, first, second)   # first/second: scalar bases; column c of a half is base + c
     rows = rows + r // 2
     m = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, 2 * PAIRS], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
-        w = tl.load(W + rows[:, None] * stride_w + k[None, :])
-        acc += dot_t(x, w, DOT_F32)
+    if INT4:
+        for k0 in range(0, K, 128):
+            part = _w4a16_group(X, W, m, rows, tl.arange(0, 64), k0, stride_x, stride_w, m[:, None] < M, rows >= 0,
+                                BLOCK_M, 64, DOT_F32)
+            acc += part * tl.load(SC + rows * stride_sc + k0 // 128).to(tl.float32)[None, :]
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
+            w = tl.load(W + rows[:, None] * stride_w + k[None, :])
+            acc += dot_t(x, w, DOT_F32)
     return tl.split(tl.reshape(acc, [BLOCK_M, PAIRS, 2]))
 
 
 @triton.jit
-def _qkv_rope_kernel(X, W, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_x, stride_w,
-                     H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
+def _qkv_rope_kernel(X, W, SC, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_x, stride_w, stride_sc,
+                     H: tl.constexpr, D: tl.constexpr, INT4: tl.constexpr, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
                      BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """The expert's QKV projection for a few rows with RoPE and the K/V cache write as its epilogue (no qkv round
     trip, no rope launch). Program: head `hd` (H query heads, the key head, the value head), PAIRS dims i of the
@@ -479,8 +486,8 @@ def _qkv_rope_kernel(X, W, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_
     per_head: tl.constexpr = half // PAIRS
     hd = tl.program_id(0) // per_head
     i0 = (tl.program_id(0) % per_head) * PAIRS
-    x1, x2 = _paired_rows_dot(X, W, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, BLOCK_M, PAIRS,
-                              BLOCK_K, DOT_F32)
+    x1, x2 = _paired_rows_dot(X, W, SC, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, stride_sc, INT4,
+                              BLOCK_M, PAIRS, BLOCK_K, DOT_F32)
     m = tl.arange(0, BLOCK_M)
     i = i0 + tl.arange(0, PAIRS)
     rmask = (m < M)[:, None]
@@ -499,45 +506,64 @@ def _qkv_rope_kernel(X, W, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_
     tl.store(dst + half, x2.to(QOUT.dtype.element_ty), mask=rmask)
 
 
-def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int,
-             pairs: int = 16, block_k: int = 128, num_warps: int = 4, num_stages: int = 4):
-    """rope_qkv(x @ w^T, ...) in one launch for x [M <= 16, K] bf16 and the fused QKV weight w [(H+2)·D, K]: q_out
-    [M·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated). Launch shape:
-    bench/results/expert_layer-*-s5*.json (5.6-5.7 us on the H100, where cuBLAS + rope_qkv took 7.0)."""
+def _few_row_weights(name: str, x, w, scales, n: int, block_k: int) -> tuple:
+    """(W, SC, stride_sc, INT4) for a full-K few-row kernel: bf16 w [n, K], or canonical int4 w (uint8 [n, K/2]) with
+    bf16 group-128 scales [n, K/128]; raises naming the kernel and the shapes otherwise."""
     rows, kdim = x.shape
-    if rows > SKINNY_MAX_ROWS or kdim % block_k or w.shape != ((heads + 2) * head_dim, kdim) or (head_dim // 2) % pairs:
-        raise ValueError(f"qkv_rope takes <= {SKINNY_MAX_ROWS} rows, K % {block_k} == 0 and w [(H+2)·D, K], got x "
-                         f"{tuple(x.shape)}, w {tuple(w.shape)}, H={heads}, D={head_dim}, pairs={pairs}")
+    int4 = scales is not None
+    want = ((n, kdim // 2), (n, kdim // 128)) if int4 else ((n, kdim),)
+    got = (tuple(w.shape), tuple(scales.shape)) if int4 else (tuple(w.shape),)
+    if rows > SKINNY_MAX_ROWS or kdim % (128 if int4 else block_k) or got != want:
+        raise ValueError(f"{name} takes x [M <= {SKINNY_MAX_ROWS}, K % {128 if int4 else block_k} == 0] and "
+                         f"{'int4 weights + scales' if int4 else 'bf16 weights'} {list(want)}, got x {tuple(x.shape)}, "
+                         f"{list(got)}")
+    return (w, scales, scales.stride(0), True) if int4 else (w, w, 0, False)
+
+
+def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int, scales=None,
+             pairs: int = 16, block_k: int = 128, num_warps: int = 4, num_stages: int = 4):
+    """rope_qkv(x @ w^T, ...) in one launch for x [M <= 16, K] bf16 and the fused QKV weight w [(H+2)·D, K] (bf16,
+    or canonical int4 with `scales`, Plan B's W4A16): q_out [M·H, D] (token-major, rotated), k_cache/v_cache rows
+    kv_offset.. (k rotated). Launch shape: bench/results/expert_layer-*-s5*.json (bf16: 5.6-5.7 us on the H100,
+    where cuBLAS + rope_qkv took 7.0)."""
+    if (head_dim // 2) % pairs:
+        raise ValueError(f"qkv_rope: pairs={pairs} must divide half the head dim {head_dim}")
+    wt, sc, stride_sc, int4 = _few_row_weights("qkv_rope", x, w, scales, (heads + 2) * head_dim, block_k)
     grid = ((heads + 2) * (head_dim // 2 // pairs),)
-    _qkv_rope_kernel[grid](x, w, pos, cos, sin, q_out, k_cache, v_cache, rows, kdim, kv_offset, x.stride(0), w.stride(0),
-                           H=heads, D=head_dim, BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k,
-                           DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
+    _qkv_rope_kernel[grid](x, wt, sc, pos, cos, sin, q_out, k_cache, v_cache, x.shape[0], x.shape[1], kv_offset,
+                           x.stride(0), wt.stride(0), stride_sc, H=heads, D=head_dim, INT4=int4,
+                           BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED,
+                           num_warps=num_warps, num_stages=num_stages)
 
 
 @triton.jit
-def _gate_up_geglu_kernel(X, W, OUT, M, K, I, stride_x, stride_w, stride_o, BLOCK_M: tl.constexpr,
-                          PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+def _gate_up_geglu_kernel(X, W, SC, OUT, M, K, I, stride_x, stride_w, stride_sc, stride_o, INT4: tl.constexpr,
+                          BLOCK_M: tl.constexpr, PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """gelu_tanh(x @ w_gate^T) * (x @ w_up^T) for a few rows, w = [gate | up] [2I, K]: PAIRS gate columns with their
     up columns per program, over all of K (no fp32 round trip, no GeGLU launch)."""
     c0 = tl.program_id(0) * PAIRS
-    g, u = _paired_rows_dot(X, W, c0, I + c0, M, K, stride_x, stride_w, BLOCK_M, PAIRS, BLOCK_K, DOT_F32)
+    g, u = _paired_rows_dot(X, W, SC, c0, I + c0, M, K, stride_x, stride_w, stride_sc, INT4, BLOCK_M, PAIRS, BLOCK_K,
+                            DOT_F32)
     m = tl.arange(0, BLOCK_M)
     c = c0 + tl.arange(0, PAIRS)
     tl.store(OUT + m[:, None] * stride_o + c[None, :], gelu_tanh_mul(g, u).to(OUT.dtype.element_ty),
              mask=(m < M)[:, None])
 
 
-def gate_up_geglu(x, w, out, pairs: int = 16, block_k: int = 128, num_warps: int = 4, num_stages: int = 4):
-    """geglu(x @ w^T) into out [M, I] in one launch for x [M <= 16, K] bf16 and w = [gate | up] [2I, K] bf16.
-    Launch shape: bench/results/expert_layer-*-s5*.json (8.1 us on the H100, where cuBLAS + geglu took 10.0)."""
-    rows, kdim = x.shape
+def gate_up_geglu(x, w, out, scales=None, pairs: int = 16, block_k: int = 128, num_warps: int = 4,
+                  num_stages: int = 4):
+    """geglu(x @ w^T) into out [M, I] in one launch for x [M <= 16, K] bf16 and w = [gate | up] [2I, K] (bf16, or
+    canonical int4 with `scales`). Launch shape: bench/results/expert_layer-*-s5*.json (bf16: 8.1 us on the H100,
+    where cuBLAS + geglu took 10.0)."""
     inter = w.shape[0] // 2
-    if rows > SKINNY_MAX_ROWS or kdim % block_k or w.shape[1] != kdim or inter % pairs or out.shape != (rows, inter):
-        raise ValueError(f"gate_up_geglu takes <= {SKINNY_MAX_ROWS} rows, K % {block_k} == 0, w [2I, K] and out "
-                         f"[M, I], got x {tuple(x.shape)}, w {tuple(w.shape)}, out {tuple(out.shape)}, pairs={pairs}")
-    _gate_up_geglu_kernel[(inter // pairs,)](x, w, out, rows, kdim, inter, x.stride(0), w.stride(0), out.stride(0),
-                                             BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k,
-                                             DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
+    if inter % pairs or out.shape != (x.shape[0], inter):
+        raise ValueError(f"gate_up_geglu: out [M, I] with I % pairs == 0 expected, got out {tuple(out.shape)} for w "
+                         f"{tuple(w.shape)}, pairs={pairs}")
+    wt, sc, stride_sc, int4 = _few_row_weights("gate_up_geglu", x, w, scales, 2 * inter, block_k)
+    _gate_up_geglu_kernel[(inter // pairs,)](x, wt, sc, out, x.shape[0], x.shape[1], inter, x.stride(0), wt.stride(0),
+                                             stride_sc, out.stride(0), INT4=int4, BLOCK_M=SKINNY_MAX_ROWS,
+                                             PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED, num_warps=num_warps,
+                                             num_stages=num_stages)
     return out
 
 
@@ -559,12 +585,13 @@ class ZeroArena:
 
 
 @triton.jit
-def _w4a16_group_magic(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M: tl.constexpr,
+def _w4a16_group(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M: tl.constexpr,
                        HALF: tl.constexpr, DOT_F32: tl.constexpr):
     """x[M, group] @ W[N, group]^T for one int4 group without integer-to-float conversions: a two's-complement
     nibble u is u' = u ^ 8 offset by 8, and the bf16 bit pattern 0x4300 | u' is exactly 128 + u' = 136 + w, so w is
     that minus 136 (one exact bf16x2 add per two weights). x is loaded contiguous and split into even / odd k (the
-    low / high nibbles of each byte)."""
+    low / high nibbles of each byte): two half-K dots, the nibbles never interleaved. 1.4-2.9x the I2F conversion
+    it replaced (bench/results/w4a16_sweep-*-s5.json)."""
     x = tl.load(X + m[:, None] * stride_x + (k0 + tl.arange(0, 2 * HALF))[None, :], mask=mmask, other=0.0)
     xe, xo = tl.split(tl.reshape(x, [BLOCK_M, HALF, 2]))
     p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int16)
@@ -582,10 +609,10 @@ def _w4a16_group_magic(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BL
 @triton.jit
 def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, stride_sc, stride_o,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
-                         HAS_GATE: tl.constexpr, MAGIC: tl.constexpr, DOT_F32: tl.constexpr):
+                         HAS_GATE: tl.constexpr, DOT_F32: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ dequant(W)[N, K-range]^T, W canonical int4 (low nibble = even k,
-    group-128 bf16 scales). GROUPS groups per step, unrolled so their loads are in flight together; within a group
-    even and odd k are two half-K dots, so the nibbles are never interleaved."""
+    group-128 bf16 scales). GROUPS groups per step, unrolled so their loads are in flight together; each group as in
+    _w4a16_group."""
     HALF: tl.constexpr = GROUP // 2
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
@@ -597,21 +624,7 @@ def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, strid
     for k_step in range(k_start, k_start + K_SPLIT, GROUP * GROUPS):
         for g in tl.static_range(GROUPS):
             k0 = k_step + g * GROUP
-            if MAGIC:
-                part = _w4a16_group_magic(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M, HALF, DOT_F32)
-            else:
-                ke = k0 + 2 * j
-                xe = tl.load(X + m[:, None] * stride_x + ke[None, :], mask=mmask, other=0.0)
-                xo = tl.load(X + m[:, None] * stride_x + ke[None, :] + 1, mask=mmask, other=0.0)
-                p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int32)
-                lo = p & 0xF
-                hi = (p >> 4) & 0xF
-                lo = tl.where(lo >= 8, lo - 16, lo)
-                hi = tl.where(hi >= 8, hi - 16, hi)
-                if DOT_F32:   # straight to fp32: the interpreter's bf16 conversion of the nibbles is not exact
-                    part = tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32))) + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32)))
-                else:
-                    part = tl.dot(xe.to(tl.bfloat16), tl.trans(lo.to(tl.bfloat16))) + tl.dot(xo.to(tl.bfloat16), tl.trans(hi.to(tl.bfloat16)))
+            part = _w4a16_group(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M, HALF, DOT_F32)
             s = tl.load(SC + n * stride_sc + k0 // GROUP, mask=nmask, other=0.0).to(tl.float32)
             acc += part * s[None, :]
     if HAS_GATE:
@@ -623,13 +636,17 @@ W4A16_MAX_ROWS = 64      # the few-row W4A16 kernel's largest row block
 
 
 def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int | None = None, programs: int = 256,
-                 groups: int = 1, num_warps: int = 8, num_stages: int = 2, magic: bool = True):
+                 groups: int | None = None, num_warps: int = 4, num_stages: int | None = None):
     """y (fp32 [M, N]) = x [M, K] @ dequant(W)^T for M <= 64 with canonical int4 weights (uint8 [N, K/2], bf16 scales
     [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear, and the same gated residual form.
     groups: int4 groups per loop step (their loads overlap). Launch-shape defaults: the fastest at the expert's
-    shapes in bench/results/w4a16_sweep-*.json (block_n 64 up to 16 rows, else 128; 8 warps, 2 stages)."""
+    shapes in bench/results/w4a16_sweep-*-s5.json (up to 16 rows: block_n 64, 2 groups where K allows, 2 stages;
+    else block_n 128, 1 group, 3 stages; 4 warps)."""
     rows, kdim = x.shape
-    block_n = block_n or (64 if rows <= 16 else 128)
+    few = rows <= 16
+    block_n = block_n or (64 if few else 128)
+    groups = groups or (2 if few and kdim % 256 == 0 else 1)
+    num_stages = num_stages or (2 if few else 3)
     n = qweight.shape[0]
     group = 128
     if rows > W4A16_MAX_ROWS or kdim % (group * groups) or qweight.shape[1] * 2 != kdim:
@@ -643,5 +660,5 @@ def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int | None = 
                                             kdim // split, x.stride(0), qweight.stride(0), scales.stride(0),
                                             out.stride(0), BLOCK_M=16 if rows <= 16 else W4A16_MAX_ROWS,
                                             BLOCK_N=block_n, GROUP=group, GROUPS=groups, HAS_GATE=gate is not None,
-                                            MAGIC=magic, DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
+                                            DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
