@@ -13,9 +13,10 @@
 #     Plan A validation, Plan B validation of h100_measured, the engine benchmark (fp32 reference vs Plan A)
 #   part 7 (no kernel wheel): the few-row W4A16 kernel sweep (conversion vs bit-pattern dequant), the SigLIP ops
 #   part 8 (the kernel wheel, development build): its GPU tests, the engine GPU tests, the expert-layer kernels
-#     (bf16 and W4A16), the engine's variants for Plan B h100 (W4A16 expert)
-#   part 9 (the kernel wheel): Plan A validation, Plan B validation (h100, h100_measured), the engine benchmark
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|9   (carry .device_carry and .whl)
+#     (bf16 and W4A16)
+#   part 9 (the kernel wheel): the engine's variants for Plan B h100 (W4A16 expert), Plan B validation (h100)
+#   part 10 (no kernel wheel): Plan A validation, Plan B validation (h100_measured), the engine benchmark
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|10   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -68,13 +69,14 @@ elif [ "$1" = 8 ]; then
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
   run python3 bench/expert_kernels.py --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100 --out-dir "$OUT"
 elif [ "$1" = 9 ]; then
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
+elif [ "$1" = 10 ]; then
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   mkdir -p "$OUT/measured"
   run python3 scripts/validate_plan_b.py --recipe h100_measured --observations 64 --runs 100 --report-dir "$OUT/measured"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
   run python3 bench/run_bench.py --plan a --runs 50 --out-dir "$OUT"
 else
   run python3 bench/w4a16_paths.py --out-dir "$OUT"

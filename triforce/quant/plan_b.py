@@ -116,6 +116,11 @@ class W4A16Linear:
         self.tk.w4a16_gemm(x, *self._packed, out, self._workspace[rows])
         return out
 
+    @property
+    def few_row_weights(self) -> dict:
+        """The weight arguments of the fused-epilogue kernels (fused.qkv_rope, gate_up_geglu): int4 + scales."""
+        return {"w": self.qweight, "scales": self.scales}
+
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
         fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
