@@ -14,7 +14,7 @@
 #   part 7 (no kernel wheel): the few-row W4A16 kernel sweep (conversion vs bit-pattern dequant), the SigLIP ops
 #   part 8 (the kernel wheel, development build): its GPU tests, the engine GPU tests, the expert-layer kernels
 #     (bf16 and W4A16)
-#   part 9 (the kernel wheel): the engine's variants for Plan B h100 (W4A16 expert), Plan B validation (h100)
+#   part 9 (the kernel wheel): the wheel-backed Plan B engine test, the engine's variants for Plan B h100 (W4A16 expert), Plan B validation (h100)
 #   part 10 (no kernel wheel): Plan A validation, Plan B validation (h100_measured), the engine benchmark
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|10   (carry .device_carry and .whl)
 set -uo pipefail
@@ -71,6 +71,7 @@ elif [ "$1" = 8 ]; then
   run python3 bench/expert_kernels.py --out-dir "$OUT"
 elif [ "$1" = 9 ]; then
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k plan_b_h100_recipe
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100 --out-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 10 ]; then
