@@ -15,7 +15,8 @@
 #   part 8 (the kernel wheel, development build): its GPU tests, the engine GPU tests, the expert-layer kernels
 #     (bf16 and W4A16)
 #   part 9 (the kernel wheel): the wheel-backed Plan B engine test, the engine's variants for Plan B h100 (W4A16 expert), Plan B validation (h100)
-#   part 10 (no kernel wheel): Plan A validation, Plan B validation (h100_measured), the engine benchmark
+#   part 10: Plan A validation, Plan B validation (h100_measured; then h100_fast with the development wheel), the
+#     engine benchmark
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|10   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -76,9 +77,10 @@ elif [ "$1" = 9 ]; then
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 10 ]; then
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  mkdir -p "$OUT/measured"
+  mkdir -p "$OUT/measured" "$OUT/fast"
   run python3 scripts/validate_plan_b.py --recipe h100_measured --observations 64 --runs 100 --report-dir "$OUT/measured"
   run python3 bench/run_bench.py --plan a --runs 50 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
 else
   run python3 bench/w4a16_paths.py --out-dir "$OUT"
   run python3 bench/cold_start.py --out-dir "$OUT"
