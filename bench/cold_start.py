@@ -8,7 +8,7 @@ restart on a machine that ran the engine before). The ways:
 - parallel compiles while loading (Policy.load's way): the dry forward runs on placeholder weights before the
   checkpoint is read, so the compiles and the read overlap (Pi05Engine.compiling_while_loading).
 The synthetic checkpoint is written and synced to disk first (its write-back otherwise slows the loads that follow);
-the clock starts after the imports. Records bench/results/cold_start-<gpu>-<date>.json.
+the clock starts after the imports; peak GPU memory is the process's (torch allocator). Records bench/results/cold_start-<gpu>-<date>.json.
     python3 bench/cold_start.py [--config pi05_libero] [--workers 8] [--out-dir bench/results]"""
 
 import json
@@ -44,7 +44,8 @@ else:
     policy = Policy(cfg, eng, "a", True, path, time.perf_counter() - start)
 loaded = time.perf_counter() - start
 policy.infer(random_observation(cfg, np.random.default_rng(0), STANDARD["real_views"], STANDARD["prompt_tokens"]))
-print(json.dumps({"load_s": loaded, "cold_start_s": time.perf_counter() - start}))
+print(json.dumps({"load_s": loaded, "cold_start_s": time.perf_counter() - start,
+                  "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30}))
 """
 
 
@@ -82,10 +83,12 @@ def main():
                     warm = child(a.config, way, w, cache)
         results[name] = {"way": way, "workers": w, "empty_triton_cache": fresh, "warm_triton_cache": warm}
         for run in fresh:
-            rows.append([name, "empty", run["load_s"], run["cold_start_s"] - run["load_s"], run["cold_start_s"]])
-        rows.append([name, "warm", warm["load_s"], warm["cold_start_s"] - warm["load_s"], warm["cold_start_s"]])
+            rows.append([name, "empty", run["load_s"], run["cold_start_s"] - run["load_s"], run["cold_start_s"],
+                         run["peak_gpu_memory_gb"]])
+        rows.append([name, "warm", warm["load_s"], warm["cold_start_s"] - warm["load_s"], warm["cold_start_s"],
+                     warm["peak_gpu_memory_gb"]])
     rep.print_table(f"cold start, plan A {a.config} (s; fresh processes)",
-                    ["way", "Triton cache", "load", "first inference", "cold start"], rows)
+                    ["way", "Triton cache", "load", "first inference", "cold start", "peak GPU GB"], rows)
     rep.record_run(a.out_dir, "cold_start", {"config": a.config, "ways": results})
 
 

@@ -17,7 +17,8 @@
 #   part 9 (the kernel wheel): the wheel-backed Plan B engine test, the engine's variants for Plan B h100 (W4A16 expert), Plan B validation (h100)
 #   part 10: Plan A validation, Plan B validation (h100_measured; then h100_fast with the development wheel), the
 #     engine benchmark
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|10   (carry .device_carry and .whl)
+#   part 11 (first on a fresh machine: an empty Triton cache): Plan A validation, cold start in fresh processes
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|11   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -75,6 +76,9 @@ elif [ "$1" = 9 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k plan_b_h100_recipe
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100 --out-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
+elif [ "$1" = 11 ]; then
+  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  run python3 bench/cold_start.py --out-dir "$OUT"
 elif [ "$1" = 10 ]; then
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   mkdir -p "$OUT/measured" "$OUT/fast"

@@ -69,5 +69,19 @@ def test_compiles_go_on_after_the_submitting_block(fake_compile):
     assert [c[2] for c in fake_compile] == [8]
 
 
+def test_queued_compiles_hold_no_launch_tensors(fake_compile, monkeypatch):
+    """A queued compile gets a tiny stand-in for each tensor, specialized alike (dtype, 16-byte alignment), so the
+    weights of the dry forward can be freed before it runs."""
+    seen = []
+    monkeypatch.setattr(JITFunction, "run", lambda self, *args, grid, warmup, **kw: seen.append(args))
+    big = torch.ones(4096)
+    with jit_warmup.parallel_compiles(1):
+        _scale_kernel[(1,)](big, 64, BLOCK=64)
+        _scale_kernel[(1,)](big[1:], 64, BLOCK=128)             # 4 bytes past a 16-byte boundary
+    (aligned, _), (shifted, _) = sorted(seen, key=lambda a: a[0].data_ptr() % 16)
+    assert aligned.numel() <= 32 and aligned.dtype == big.dtype and aligned.data_ptr() % 16 == 0
+    assert shifted.data_ptr() % 16 == 4 and shifted.untyped_storage().data_ptr() != big.untyped_storage().data_ptr()
+
+
 def test_default_workers_leaves_a_core():
     assert 1 <= jit_warmup.default_workers() <= 8

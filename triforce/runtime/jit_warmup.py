@@ -41,6 +41,16 @@ def _constexpr_or_key(fn, i: int, v):
     return _arg_key(v)
 
 
+def _stand_in(v):
+    """What a queued compile keeps of a launch argument: for a tensor, a tiny one that Triton specializes alike
+    (dtype, device, 16-byte alignment of its address), so no compile holds engine memory while it waits (Policy.load
+    reads the checkpoint meanwhile: the placeholder weights must go)."""
+    if not isinstance(v, torch.Tensor):
+        return v
+    base = torch.empty(32, dtype=v.dtype, device=v.device)
+    return base[(v.data_ptr() % 16) // v.element_size():]
+
+
 class Compiles:
     """Triton compiles submitted to a thread pool, one per specialization; wait() raises the first error, naming
     the kernel."""
@@ -54,7 +64,7 @@ class Compiles:
                tuple(sorted((k, repr(v)) for k, v in kwargs.items())))    # keywords: constexprs and launch options
         if key not in self.seen:
             self.seen.add(key)
-            future = self.pool.submit(run, fn, *args, grid=grid, warmup=True, **kwargs)
+            future = self.pool.submit(run, fn, *(_stand_in(a) for a in args), grid=grid, warmup=True, **kwargs)
             self.futures[future] = getattr(fn, "__name__", repr(fn))
 
     def wait(self) -> None:
