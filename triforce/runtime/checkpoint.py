@@ -177,6 +177,8 @@ def write_synthetic(cfg: ModelConfig, seed: int = 0) -> Path:
     tensors = {name: _synthetic_tensor(name, shape, dtype, gen) for name, (shape, dtype) in expected_tensors(cfg).items()}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"triforce": "synthetic", "config": cfg.name, "seed": str(seed), "generator": device})
+    with open(tmp, "rb+") as f:   # on disk before it is named: a load right after reads a file, not a write-back
+        os.fsync(f.fileno())
     tmp.replace(path)
     return path
 
