@@ -83,5 +83,14 @@ def test_queued_compiles_hold_no_launch_tensors(fake_compile, monkeypatch):
     assert shifted.data_ptr() % 16 == 4 and shifted.untyped_storage().data_ptr() != big.untyped_storage().data_ptr()
 
 
+def test_cancelled_compiles_raise_nothing(fake_compile):
+    """A failed checkpoint read cancels the queued compiles: its error is reported, not a compile's."""
+    compiles = jit_warmup.Compiles(1)
+    with jit_warmup.submitting(compiles):
+        _scale_kernel[(1,)](torch.ones(8), 8, BLOCK=7)      # would fail to compile
+    compiles.cancel()
+    assert compiles.pool._shutdown
+
+
 def test_default_workers_leaves_a_core():
     assert 1 <= jit_warmup.default_workers() <= 8

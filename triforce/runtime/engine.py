@@ -38,7 +38,8 @@ from .config import ModelConfig
 from .model import time_embedding
 
 BF16 = torch.bfloat16
-# how the denoise step runs each bf16 expert layer (set_expert_path; the first one the engine can use is its default)
+# how the denoise step runs each expert layer (set_expert_path); the default is the first of EXPERT_DEFAULT_ORDER that
+# the layers allow
 EXPERT_PATHS = {
     "fused_epilogue": "8 launches: QKV with RoPE and the K/V cache write, gate/up with GeGLU, each one few-row kernel "
                       "(bf16 or W4A16 weights)",
@@ -189,9 +190,12 @@ class Pi05Engine:
         compiles = eng.start_compiles() if eng.precompile_workers else None
         try:
             eng.load_weights(read_state)
-        finally:
+        except BaseException:             # the checkpoint's error is the one to report, not a compile's
             if compiles is not None:
-                compiles.wait()
+                compiles.cancel()
+            raise
+        if compiles is not None:
+            compiles.wait()
         return eng
 
     def load_weights(self, read_state) -> None:

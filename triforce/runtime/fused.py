@@ -461,7 +461,7 @@ def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_s
     rows = rows + r // 2
     m = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, 2 * PAIRS], tl.float32)
-    if INT4:
+    if INT4:     # one int4 group (128 k, 64 bytes a row) per step
         for k0 in range(0, K, 128):
             part = _w4a16_group(X, W, m, rows, tl.arange(0, 64), k0, stride_x, stride_w, m[:, None] < M, rows >= 0,
                                 BLOCK_M, 64, DOT_F32)
@@ -585,8 +585,8 @@ class ZeroArena:
 
 
 @triton.jit
-def _w4a16_group(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M: tl.constexpr,
-                       HALF: tl.constexpr, DOT_F32: tl.constexpr):
+def _w4a16_group(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M: tl.constexpr, HALF: tl.constexpr,
+                 DOT_F32: tl.constexpr):
     """x[M, group] @ W[N, group]^T for one int4 group without integer-to-float conversions: a two's-complement
     nibble u is u' = u ^ 8 offset by 8, and the bf16 bit pattern 0x4300 | u' is exactly 128 + u' = 136 + w, so w is
     that minus 136 (one exact bf16x2 add per two weights). x is loaded contiguous and split into even / odd k (the
@@ -597,9 +597,9 @@ def _w4a16_group(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M:
     p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int16)
     lo = (p & 0xF) ^ 0x8
     hi = (p >> 4) ^ 0x8
-    if DOT_F32:   # the interpreter has no bf16 bit casts: the same values, 128 + u', in fp32
-        part = (tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32) + 128.0 - 136.0))
-                + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32) + 128.0 - 136.0)))
+    if DOT_F32:   # the interpreter has no bf16 bit casts: the same weights, u' - 8, in fp32
+        part = (tl.dot(xe.to(tl.float32), tl.trans(lo.to(tl.float32) - 8.0))
+                + tl.dot(xo.to(tl.float32), tl.trans(hi.to(tl.float32) - 8.0)))
     else:
         part = (tl.dot(xe, tl.trans((lo | 0x4300).to(tl.bfloat16, bitcast=True) - 136.0))
                 + tl.dot(xo, tl.trans((hi | 0x4300).to(tl.bfloat16, bitcast=True) - 136.0)))

@@ -67,6 +67,10 @@ class Compiles:
             future = self.pool.submit(run, fn, *(_stand_in(a) for a in args), grid=grid, warmup=True, **kwargs)
             self.futures[future] = getattr(fn, "__name__", repr(fn))
 
+    def cancel(self) -> None:
+        """Drop the compiles not started and their errors (the caller is raising its own); returns at once."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
     def wait(self) -> None:
         try:
             for future, name in self.futures.items():
