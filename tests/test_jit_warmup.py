@@ -92,5 +92,29 @@ def test_cancelled_compiles_raise_nothing(fake_compile):
     assert compiles.pool._shutdown
 
 
+def test_compiled_kernels_are_made_ready_on_the_workers(monkeypatch):
+    """After its compile a worker loads the kernel and builds its launcher (Triton's _init_handles), so the first
+    forward does not; a preparation that fails is reported by name, and the first launch is left to do it."""
+    prepared = []
+
+    class Kernel:
+        def __init__(self, block):
+            self.block = block
+
+        def _init_handles(self):
+            if self.block == 128:
+                raise OSError("no C compiler")
+            prepared.append((self.block, threading.current_thread().name))
+
+    monkeypatch.setattr(JITFunction, "run", lambda self, *args, grid, warmup, **kw: Kernel(kw["BLOCK"]))
+    compiles = jit_warmup.Compiles(2)
+    with jit_warmup.submitting(compiles):
+        _scale_kernel[(1,)](torch.ones(8), 8, BLOCK=64)
+        _scale_kernel[(1,)](torch.ones(8), 8, BLOCK=128)
+    compiles.wait()
+    assert [p[0] for p in prepared] == [64] and prepared[0][1].startswith("triton-compile")
+    assert compiles.unprepared == {"_scale_kernel": "no C compiler"}
+
+
 def test_default_workers_leaves_a_core():
     assert 1 <= jit_warmup.default_workers() <= 8

@@ -196,7 +196,14 @@ class Pi05Engine:
             raise
         if compiles is not None:
             compiles.wait()
+            eng._report_unprepared(compiles)
         return eng
+
+    def _report_unprepared(self, compiles) -> None:
+        if compiles.unprepared:
+            name, why = next(iter(compiles.unprepared.items()))
+            self.log(f"[engine] {len(compiles.unprepared)} Triton kernel(s) compiled but left to load at their first "
+                     f"launch (e.g. {name}: {why})")
 
     def load_weights(self, read_state) -> None:
         """(Re)build every weight and table from read_state() (a checkpoint state dict). The old ones are dropped
@@ -566,7 +573,9 @@ class Pi05Engine:
         start = time.perf_counter()
         bufs = self._new_buffers(key)
         if self.precompile_workers:              # every Triton kernel of this shape compiled in parallel first
-            self.start_compiles(key, bufs).wait()
+            compiles = self.start_compiles(key, bufs)
+            compiles.wait()
+            self._report_unprepared(compiles)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():

@@ -51,20 +51,36 @@ def _stand_in(v):
     return base[(v.data_ptr() % 16) // v.element_size():]
 
 
+def _compile(run, fn, args, grid, kwargs) -> str | None:
+    """One specialization compiled, then made ready to launch: Triton loads the module and builds its launcher (a C
+    extension compiled per signature) only at a kernel's first launch, which from an empty cache cost the first
+    forward ~4 s one by one (bench/results/capture_breakdown-*-s5*.json). Returns why that preparation failed, if it
+    did (the first launch then does it, and raises what is really wrong); a compile error raises."""
+    kernel = run(fn, *args, grid=grid, warmup=True, **kwargs)
+    prepare = getattr(kernel, "_init_handles", None)
+    try:
+        if prepare is not None:
+            prepare()
+    except Exception as err:      # noqa: BLE001 (reported by Compiles.unprepared, never swallowed silently)
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
 class Compiles:
     """Triton compiles submitted to a thread pool, one per specialization; wait() raises the first error, naming
-    the kernel."""
+    the kernel. unprepared (after wait): kernels compiled but not made ready to launch, with why."""
 
     def __init__(self, workers: int):
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="triton-compile")
         self.futures, self.seen = {}, set()
+        self.unprepared: dict = {}
 
     def submit(self, run, fn, args, grid, kwargs) -> None:
         key = (id(fn), tuple(_constexpr_or_key(fn, i, a) for i, a in enumerate(args)),
                tuple(sorted((k, repr(v)) for k, v in kwargs.items())))    # keywords: constexprs and launch options
         if key not in self.seen:
             self.seen.add(key)
-            future = self.pool.submit(run, fn, *(_stand_in(a) for a in args), grid=grid, warmup=True, **kwargs)
+            future = self.pool.submit(_compile, run, fn, tuple(_stand_in(a) for a in args), grid, kwargs)
             self.futures[future] = getattr(fn, "__name__", repr(fn))
 
     def cancel(self) -> None:
@@ -75,9 +91,11 @@ class Compiles:
         try:
             for future, name in self.futures.items():
                 try:
-                    future.result()
+                    why = future.result()
                 except Exception as err:
                     raise RuntimeError(f"Triton kernel {name} failed to compile: {err}") from err
+                if why:
+                    self.unprepared[name] = why
         finally:
             self.pool.shutdown(wait=True)
 
