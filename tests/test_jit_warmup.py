@@ -21,7 +21,7 @@ def _scale_kernel(X, n, BLOCK: tl.constexpr):
 
 @pytest.fixture
 def fake_compile(monkeypatch):
-    """JITFunction.run as it is before parallel_compiles patches it: records each warm-up compile and its thread."""
+    """JITFunction.run as it is before `submitting` patches it: records each warm-up compile and its thread."""
     calls = []
 
     def run(self, *args, grid, warmup, **kwargs):
@@ -37,21 +37,25 @@ def fake_compile(monkeypatch):
 def test_each_specialization_compiles_once_on_a_worker_thread(fake_compile):
     x = torch.ones(64)
     unpatched = JITFunction.run
-    with jit_warmup.parallel_compiles(4):
+    compiles = jit_warmup.Compiles(4)
+    with jit_warmup.submitting(compiles):
         for _ in range(5):                                   # the same launch every layer: one compile
             _scale_kernel[(1,)](x, 64, BLOCK=64)
         _scale_kernel[(1,)](x, 1, BLOCK=64)                  # n == 1 is its own specialization
         _scale_kernel[(1,)](x, 64, BLOCK=128)                # so is another constexpr
         assert JITFunction.run is not unpatched              # patched inside
+    compiles.wait()
     assert sorted((c[1], c[2]) for c in fake_compile) == [(1, 64), (64, 64), (64, 128)]
     assert all(c[0] == "_scale_kernel" and c[3].startswith("triton-compile") for c in fake_compile)
 
 
 def test_a_compile_error_names_the_kernel_and_the_patch_is_removed(fake_compile):
     patched = JITFunction.run
+    compiles = jit_warmup.Compiles(2)
+    with jit_warmup.submitting(compiles):
+        _scale_kernel[(1,)](torch.ones(8), 8, BLOCK=7)
     with pytest.raises(RuntimeError, match="Triton kernel _scale_kernel failed to compile: arange's range"):
-        with jit_warmup.parallel_compiles(2):
-            _scale_kernel[(1,)](torch.ones(8), 8, BLOCK=7)
+        compiles.wait()
     assert JITFunction.run is patched
 
 
@@ -75,9 +79,11 @@ def test_queued_compiles_hold_no_launch_tensors(fake_compile, monkeypatch):
     seen = []
     monkeypatch.setattr(JITFunction, "run", lambda self, *args, grid, warmup, **kw: seen.append(args))
     big = torch.ones(4096)
-    with jit_warmup.parallel_compiles(1):
+    compiles = jit_warmup.Compiles(1)
+    with jit_warmup.submitting(compiles):
         _scale_kernel[(1,)](big, 64, BLOCK=64)
         _scale_kernel[(1,)](big[1:], 64, BLOCK=128)             # 4 bytes past a 16-byte boundary
+    compiles.wait()
     (aligned, _), (shifted, _) = sorted(seen, key=lambda a: a[0].data_ptr() % 16)
     assert aligned.numel() <= 32 and aligned.dtype == big.dtype and aligned.data_ptr() % 16 == 0
     assert shifted.data_ptr() % 16 == 4 and shifted.untyped_storage().data_ptr() != big.untyped_storage().data_ptr()

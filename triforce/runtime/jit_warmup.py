@@ -2,9 +2,10 @@
 
 On a machine that never ran the engine, Triton compiles ~20 kernel specializations one after another during the
 first forward (most of a fresh cold start). Its compiler releases the GIL (MLIR passes, ptxas), so threads overlap
-them. `parallel_compiles` runs a dry forward in which each Triton launch only submits a compile (`warmup=True`) of
-its specialization to a thread pool; the forward's torch work runs on whatever the skipped kernels left in their
-buffers, which nothing keeps. The real warm-up then finds every kernel compiled.
+them. A dry forward inside `submitting(Compiles(workers))` has each Triton launch only submit a compile
+(`warmup=True`) of its specialization to a thread pool; the forward's torch work runs on whatever the skipped kernels
+left in their buffers, which nothing keeps. `Compiles.wait()` collects them; the real warm-up then finds every kernel
+compiled (Pi05Engine.start_compiles, used by capture and by Policy.load before the checkpoint read).
 """
 
 from __future__ import annotations
@@ -117,15 +118,3 @@ def submitting(compiles: Compiles):
         yield
     finally:
         JITFunction.run = original
-
-
-@contextlib.contextmanager
-def parallel_compiles(workers: int):
-    """Inside: Triton launches compile (once per specialization, on `workers` threads) instead of running.
-    On exit: waits for every compile; a compile error is raised here, naming the kernel."""
-    compiles = Compiles(workers)
-    try:
-        with submitting(compiles):
-            yield
-    finally:
-        compiles.wait()
