@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..quant.formats import INT4_GROUP
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -455,19 +457,19 @@ def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_s
                      BLOCK_M: tl.constexpr, PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """x[M, K] @ w[rows]^T over all of K for weight rows interleaved as (first[c], second[c]) pairs; returns the two
     [BLOCK_M, PAIRS] halves (the pairs an epilogue combines: RoPE's rotated halves, GeGLU's gate and up).
-    INT4: W is canonical int4 (uint8 [N, K/2]) with bf16 group-128 scales SC, dequantized as in _w4a16_group."""
+    INT4: W is canonical int4 (uint8 [N, K/2]) with bf16 scales SC per BLOCK_K (the int4 group), dequantized as in
+    _w4a16_group."""
     r = tl.arange(0, 2 * PAIRS)
     rows = tl.where(r % 2 == 0, first, second)   # first/second: scalar bases; column c of a half is base + c
     rows = rows + r // 2
     m = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, 2 * PAIRS], tl.float32)
-    if INT4:     # one int4 group (128 k, 64 bytes a row) per step
-        for k0 in range(0, K, 128):
-            part = _w4a16_group(X, W, m, rows, tl.arange(0, 64), k0, stride_x, stride_w, m[:, None] < M, rows >= 0,
-                                BLOCK_M, 64, DOT_F32)
-            acc += part * tl.load(SC + rows * stride_sc + k0 // 128).to(tl.float32)[None, :]
-    else:
-        for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
+        if INT4:
+            part = _w4a16_group(X, W, m, rows, tl.arange(0, BLOCK_K // 2), k0, stride_x, stride_w, m[:, None] < M,
+                                rows >= 0, BLOCK_M, BLOCK_K // 2, DOT_F32)
+            acc += part * tl.load(SC + rows * stride_sc + k0 // BLOCK_K).to(tl.float32)[None, :]
+        else:
             k = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
             w = tl.load(W + rows[:, None] * stride_w + k[None, :])
@@ -507,17 +509,20 @@ def _qkv_rope_kernel(X, W, SC, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, str
 
 
 def _few_row_weights(name: str, x, w, scales, n: int, block_k: int) -> tuple:
-    """(W, SC, stride_sc, INT4) for a full-K few-row kernel: bf16 w [n, K], or canonical int4 w (uint8 [n, K/2]) with
-    bf16 group-128 scales [n, K/128]; raises naming the kernel and the shapes otherwise."""
+    """(W, SC, stride_sc, INT4, BLOCK_K) for a full-K few-row kernel: bf16 w [n, K] in steps of block_k, or canonical
+    int4 w (uint8 [n, K/2]) with bf16 scales [n, K/INT4_GROUP], a group a step; raises naming the kernel and the
+    shapes otherwise."""
     rows, kdim = x.shape
     int4 = scales is not None
-    want = ((n, kdim // 2), (n, kdim // 128)) if int4 else ((n, kdim),)
+    if int4 and block_k != INT4_GROUP:
+        raise ValueError(f"{name}: int4 weights step one group, block_k={INT4_GROUP}, got {block_k}")
+    want = ((n, kdim // 2), (n, kdim // INT4_GROUP)) if int4 else ((n, kdim),)
     got = (tuple(w.shape), tuple(scales.shape)) if int4 else (tuple(w.shape),)
-    if rows > SKINNY_MAX_ROWS or kdim % (128 if int4 else block_k) or got != want:
-        raise ValueError(f"{name} takes x [M <= {SKINNY_MAX_ROWS}, K % {128 if int4 else block_k} == 0] and "
+    if rows > SKINNY_MAX_ROWS or kdim % block_k or got != want:
+        raise ValueError(f"{name} takes x [M <= {SKINNY_MAX_ROWS}, K % {block_k} == 0] and "
                          f"{'int4 weights + scales' if int4 else 'bf16 weights'} {list(want)}, got x {tuple(x.shape)}, "
                          f"{list(got)}")
-    return (w, scales, scales.stride(0), True) if int4 else (w, w, 0, False)
+    return (w, scales, scales.stride(0), True, block_k) if int4 else (w, w, 0, False, block_k)
 
 
 def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int, scales=None,
@@ -528,7 +533,7 @@ def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads
     where cuBLAS + rope_qkv took 7.0)."""
     if (head_dim // 2) % pairs:
         raise ValueError(f"qkv_rope: pairs={pairs} must divide half the head dim {head_dim}")
-    wt, sc, stride_sc, int4 = _few_row_weights("qkv_rope", x, w, scales, (heads + 2) * head_dim, block_k)
+    wt, sc, stride_sc, int4, block_k = _few_row_weights("qkv_rope", x, w, scales, (heads + 2) * head_dim, block_k)
     grid = ((heads + 2) * (head_dim // 2 // pairs),)
     _qkv_rope_kernel[grid](x, wt, sc, pos, cos, sin, q_out, k_cache, v_cache, x.shape[0], x.shape[1], kv_offset,
                            x.stride(0), wt.stride(0), stride_sc, H=heads, D=head_dim, INT4=int4,
@@ -559,7 +564,7 @@ def gate_up_geglu(x, w, out, scales=None, pairs: int = 16, block_k: int = 128, n
     if inter % pairs or out.shape != (x.shape[0], inter):
         raise ValueError(f"gate_up_geglu: out [M, I] with I % pairs == 0 expected, got out {tuple(out.shape)} for w "
                          f"{tuple(w.shape)}, pairs={pairs}")
-    wt, sc, stride_sc, int4 = _few_row_weights("gate_up_geglu", x, w, scales, 2 * inter, block_k)
+    wt, sc, stride_sc, int4, block_k = _few_row_weights("gate_up_geglu", x, w, scales, 2 * inter, block_k)
     _gate_up_geglu_kernel[(inter // pairs,)](x, wt, sc, out, x.shape[0], x.shape[1], inter, x.stride(0), wt.stride(0),
                                              stride_sc, out.stride(0), INT4=int4, BLOCK_M=SKINNY_MAX_ROWS,
                                              PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED, num_warps=num_warps,
@@ -645,10 +650,10 @@ def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int | None = 
     rows, kdim = x.shape
     few = rows <= 16
     block_n = block_n or (64 if few else 128)
-    groups = groups or (2 if few and kdim % 256 == 0 else 1)
+    groups = groups or (2 if few and kdim % (2 * INT4_GROUP) == 0 else 1)
     num_stages = num_stages or (2 if few else 3)
     n = qweight.shape[0]
-    group = 128
+    group = INT4_GROUP
     if rows > W4A16_MAX_ROWS or kdim % (group * groups) or qweight.shape[1] * 2 != kdim:
         raise ValueError(f"skinny_w4a16: <= {W4A16_MAX_ROWS} rows, K % {group * groups} == 0 and weights [N, K/2]; "
                          f"got x {tuple(x.shape)}, w {tuple(qweight.shape)}")
