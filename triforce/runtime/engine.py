@@ -401,7 +401,8 @@ class Pi05Engine:
         """_denoise_step with each expert layer in one launch (runtime/expert_layer.py), then one euler_tail."""
         cfg, e = self.cfg, self.cfg.expert
         for i, layer in enumerate(self.expert_layers):
-            before_layer(i)
+            if before_layer is not None:
+                before_layer(i)
             (s1, _, g1), (s2, _, g2) = self.ada[i]
             c1, c2 = self.ada_through[i]
             expert_layer.expert_layer(x, (s1[step], c1[step], g1[step]), (s2[step], c2[step], g2[step]),
@@ -413,7 +414,7 @@ class Pi05Engine:
     def _denoise_step(self, step, x, x_t, pos, mask, kv, seq, before_layer):
         """One Euler step of the action expert on its fp32 residual x (x_t's action_in projection): x_t (fp32 [H, A])
         += dt · v(x_t, t_step) in place; returns the next step's residual (None after the last step).
-        before_layer(i) runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
+        before_layer(i), if given, runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
         Per layer: norm, QKV + RoPE + cache write, split-KV attention (partials, combine), o into the residual, norm,
         gate/up + GeGLU, down into the residual: 8 launches on the fused_epilogue path, 10 on per_op (QKV, RoPE,
         gate/up, GeGLU separate; bench/results/expert_layer-*.json times each); then one euler_tail.
@@ -427,7 +428,8 @@ class Pi05Engine:
         pending, pending_gate = None, None
         fused_epilogue = self.expert_path == "fused_epilogue"
         for i, layer in enumerate(self.expert_layers):
-            before_layer(i)
+            if before_layer is not None:
+                before_layer(i)
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
@@ -505,7 +507,7 @@ class Pi05Engine:
         if not self.overlap_step0:
             self._prefix(img, tokens, valid, kv)
             mark(2)
-            return self._denoise(valid, noise, kv, seq, [lambda i: None] * cfg.num_steps, mark)
+            return self._denoise(valid, noise, kv, seq, mark)
         # the prefix and the denoise loop on two streams forked after vision (their priorities are captured into
         # the graph's kernel nodes, which torch instantiates with UseNodePriority); step 0 waits per layer
         prefix_priority, denoise_priority = OVERLAP_PRIORITIES[self.overlap_priority]
@@ -516,15 +518,14 @@ class Pi05Engine:
         with torch.cuda.stream(prefix_s):
             self._prefix(img, tokens, valid, kv, lambda i: kv_events[i].record(prefix_s))
             mark(2)
-        waits = [lambda i: denoise_s.wait_event(kv_events[i])] + [lambda i: None] * (cfg.num_steps - 1)
         with torch.cuda.stream(denoise_s):
-            x_t = self._denoise(valid, noise, kv, seq, waits, mark)
+            x_t = self._denoise(valid, noise, kv, seq, mark, step0_wait=lambda i: denoise_s.wait_event(kv_events[i]))
         main.wait_stream(prefix_s)                # joins the graph's branches
         main.wait_stream(denoise_s)
         return x_t
 
-    def _denoise(self, valid, noise, kv, seq, waits, mark):
-        """The flow-matching loop: noise -> actions. waits[step](i) runs before layer i of each step."""
+    def _denoise(self, valid, noise, kv, seq, mark, step0_wait=None):
+        """The flow-matching loop: noise -> actions. step0_wait(i), if given, runs before step 0's layer i."""
         cfg, e = self.cfg, self.cfg.expert
         # Actions sit after the valid prefix tokens; they see the valid prefix and each other.
         horizon = cfg.action_horizon
@@ -536,10 +537,11 @@ class Pi05Engine:
             scratch = expert_layer.ExpertScratch.allocate(horizon, e.width, seq + horizon, e.num_heads, e.dim_head, e.mlp_dim,
                                                           cfg.num_steps * e.depth, "cuda")
         for step in range(cfg.num_steps):
+            wait = step0_wait if step == 0 else None
             if self.expert_path == "persistent":
-                x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, waits[step], scratch)
+                x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, wait, scratch)
             else:
-                x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, waits[step])
+                x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, wait)
             mark(3 + step)
         return x_t
 
