@@ -147,8 +147,10 @@ MLP_WIDTH_MULTIPLE = 128   # SigLIP's 4304 -> 4352: cuBLAS runs fc2 at K 4352 1.
 def pad_mlp_width(fc1, fc2, multiple: int = MLP_WIDTH_MULTIPLE) -> None:
     """Zero rows of fc1 (weight and bias) and zero columns of fc2 up to a width that is a multiple of `multiple`:
     exact, as GELU(0) = 0 meets zero weights. bf16 layers only (a quantized pair keeps its packed shapes)."""
-    extra = -fc1.out_features % multiple if type(fc1) is Linear and type(fc2) is Linear else 0
-    if extra and fc1.bias is not None:
+    if type(fc1) is not Linear or type(fc2) is not Linear or fc1.bias is None:
+        return
+    extra = -fc1.out_features % multiple
+    if extra:
         fc1.weight, fc1.bias = F.pad(fc1.weight, (0, 0, 0, extra)), F.pad(fc1.bias, (0, extra))
         fc2.weight = F.pad(fc2.weight, (0, extra)).contiguous()
 
