@@ -4,11 +4,13 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - expert_path: how each expert layer runs (engine.EXPERT_PATHS: fused_epilogue, per_op).
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
+- denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
+  launch, dependent with the weights prefetched into L2).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
 read by skinny expert GEMMs, which lost (*-s4-fold.json). Session 5: the expert paths (*-s5.json; the adaRMS norm read
-inside the fused-epilogue kernels lost, *-s5-fused-norm.json).
+inside the fused-epilogue kernels lost, *-s5-fused-norm.json). Session 6: the denoise launch modes (*-s6*.json).
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -25,18 +27,15 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = (
-    ("per_op expert, step 0 beside the prefix", {"expert_path": "per_op", "overlap_step0": True, "priority": "prefix"}),
-    ("fused_epilogue expert, step 0 beside the prefix", {"expert_path": "fused_epilogue", "overlap_step0": True,
-                                                         "priority": "prefix"}),
-    ("fused_epilogue expert, step 0 after the prefix", {"expert_path": "fused_epilogue", "overlap_step0": False,
-                                                        "priority": "prefix"}),
-)
+VARIANTS = tuple((f"denoise launch {mode}", {"expert_path": "fused_epilogue", "overlap_step0": True,
+                                              "priority": "prefix", "denoise_launch": mode})
+                 for mode in ("plain", "dependent", "dependent_prefetch"))
 
 
 def apply(eng, settings: dict) -> None:
     eng.set_expert_path(settings["expert_path"])
     eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
+    eng.set_denoise_launch(settings["denoise_launch"])
 
 
 def main():

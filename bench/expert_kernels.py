@@ -5,9 +5,13 @@
 of 18 launches, one per layer; us per launch = replay median (device events, after warm-up) / 18. Sweeps the launch
 shapes of the few-row kernels (skinny o/down, split-KV attention, QKV + RoPE and gate/up + GeGLU against the cuBLAS
 GEMM + kernel pair they replace), then times the engine's per-layer sequence on both expert paths (fused_epilogue,
-per_op) and the end-of-step kernel's launch shapes.
+per_op) and the end-of-step kernel's launch shapes; last, the fused_epilogue chain (bf16, and W4A16 as Plan B runs it)
+and a chain of norms under each denoise launch mode (engine.DENOISE_LAUNCHES: plain, programmatic dependent launch,
+dependent with the weights prefetched into L2), each captured inside its mode.
 Prints tables and records bench/results/expert_layer-<gpu>-<date>.json.
-    python3 bench/expert_kernels.py [--runs 50] [--out-dir bench/results]"""
+    python3 bench/expert_kernels.py [--runs 50] [--launch-modes-only] [--out-dir bench/results]"""
+
+import contextlib
 
 import sys
 from pathlib import Path
@@ -19,6 +23,7 @@ import torch  # noqa: E402
 from triforce import report as rep  # noqa: E402
 from triforce.quant import formats as fm  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
+from triforce.runtime.engine import DENOISE_LAUNCHES  # noqa: E402
 from triforce.timing import time_graph_us  # noqa: E402
 
 M, W, H, D, I, L, SEQ = 10, 1024, 8, 256, 4096, 18, 528
@@ -75,6 +80,8 @@ class Layers:
         self.act = torch.randn(M, I, device="cuda").to(BF16)
         self.qkv4 = [fm.quantize_int4_g128(w.float()) for w in self.qkv]     # Plan B's W4A16 expert
         self.gu4 = [fm.quantize_int4_g128(w.float()) for w in self.gu]
+        self.o4 = [fm.quantize_int4_g128(w.float()) for w in self.o]
+        self.down4 = [fm.quantize_int4_g128(w.float()) for w in self.down]
         self.qkv_acc, self.gu_acc = torch.zeros(M, (H + 2) * D, device="cuda"), torch.zeros(M, 2 * I, device="cuda")
 
     def qkv_per_op(self, i):
@@ -96,6 +103,19 @@ class Layers:
     def gate_up_per_op(self, i):
         torch.mm(self.h, self.gu[i].t(), out=self.gu_out)
         fused.geglu(self.gu_out, self.act)
+
+    def launches_int4(self):
+        """The fused_epilogue layer on W4A16 weights (Plan B's expert: all four GEMMs int4)."""
+        return [("add_norm", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale)),
+                ("QKV + RoPE int4", lambda i: fused.qkv_rope(self.h, self.qkv4[i][0], self.pos, self.cos, self.sin,
+                                                             self.q, self.kc[i], self.vc[i], SEQ, H, D,
+                                                             scales=self.qkv4[i][1])),
+                ("attention", lambda i: fused.mqa_attention_split(self.q, self.kc[i], self.vc[i], self.bias, self.att)),
+                ("o int4", lambda i: fused.skinny_w4a16(self.att.view(M, -1), *self.o4[i], out=self.x, gate=self.gate)),
+                ("add_norm", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale)),
+                ("gate/up + GeGLU int4", lambda i: fused.gate_up_geglu(self.h, self.gu4[i][0], self.act,
+                                                                       scales=self.gu4[i][1])),
+                ("down int4", lambda i: fused.skinny_w4a16(self.act, *self.down4[i], out=self.x, gate=self.gate))]
 
     def launches(self, path="fused_epilogue", attn=None, o=None, down=None):
         """The engine's per-layer sequence (engine.py _denoise_step, bf16) on an expert path, as (name, fn(layer))
@@ -121,10 +141,40 @@ class Layers:
                                                                                   gate=self.gate, **down))]
 
 
+def launch_context(mode):
+    """What the engine's denoise loop launches inside (engine.Pi05Engine._denoise_launches)."""
+    if mode == "plain":
+        return contextlib.nullcontext()
+    return fused.dependent_launches(prefetch=mode == "dependent_prefetch")
+
+
+def launch_modes(lay, runs):
+    """us per layer of the fused_epilogue chain (bf16 and int4) and us per launch of a chain of 18 norms, under each
+    denoise launch mode, with its ratio to plain."""
+    chains = {"fused_epilogue chain, bf16": lambda i: [fn(i) for _, fn in lay.launches("fused_epilogue")],
+              "fused_epilogue chain, W4A16": lambda i: [fn(i) for _, fn in lay.launches_int4()],
+              "add_norm alone (18 in a row)": lambda i: lay.launches()[0][1](i)}
+    out = {}
+    for mode in DENOISE_LAUNCHES:
+        with launch_context(mode):
+            out[mode] = {name: graph_us(fn, runs) for name, fn in chains.items()}
+    rep.print_table("denoise launch modes (us per layer / per launch; x: plain over the mode)",
+                    ["chain", *DENOISE_LAUNCHES, *(f"x {m}" for m in DENOISE_LAUNCHES if m != "plain")],
+                    [[name, *(out[m][name] for m in DENOISE_LAUNCHES),
+                      *(out["plain"][name] / out[m][name] for m in DENOISE_LAUNCHES if m != "plain")] for name in chains])
+    return out
+
+
 def main():
-    a = rep.bench_parser(__doc__, runs=True).parse_args()
+    ap = rep.bench_parser(__doc__, runs=True)
+    ap.add_argument("--launch-modes-only", action="store_true", help="time only the denoise launch modes")
+    a = ap.parse_args()
     torch.manual_seed(0)
     lay = Layers()
+    if a.launch_modes_only:
+        rep.record_run(a.out_dir, "expert_layer", {"launch_modes_us": launch_modes(lay, a.runs),
+                                                   "shapes": {"rows": M, "layers": L, "keys": SEQ + M}})
+        return
     sweep = []
     for bm, bn in ((16, 64), (16, 32), (32, 64), (16, 128)):
         sweep.append({"kernel": "attention", "shape": {"block_m": bm, "block_n": bn},
@@ -173,8 +223,9 @@ def main():
         lay.x, lay.scale, lay.scale, lay.w_out, lay.b_out, lay.x_t, -0.1, lay.w_in, lay.b_in, lay.x_next, chunk=c,
         num_warps=nw), a.runs)} for c, nw in ((1024, 8), (512, 8), (256, 4))]
     rep.print_table("end of a denoise step (euler_tail), us", ["chunk", "warps", "us"], [[t["chunk"], t["num_warps"], t["us"]] for t in tail])
+    modes = launch_modes(lay, a.runs)
     rep.record_run(a.out_dir, "expert_layer", {
-        "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I, "layers": L, "keys": SEQ + M},
+        "launch_modes_us": modes, "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I, "layers": L, "keys": SEQ + M},
         "sweep": sweep, "per_launch": per_launch, "chain_us_per_layer": chain,
         "ratio_per_op_over_fused_epilogue": chain["per_op"] / chain["fused_epilogue"], "weight_floor_us": floor_us,
         "euler_tail": tail})

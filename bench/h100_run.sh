@@ -18,6 +18,8 @@
 #   part 10: Plan A validation, Plan B validation (h100_measured; then h100_fast with the development wheel), the
 #     engine benchmark
 #   part 11 (first on a fresh machine: an empty Triton cache): Plan A validation, cold start in fresh processes
+#   part 12: the engine GPU tests of the launch paths, the denoise launch modes (expert chain; engine variants of Plan A
+#     and of Plan B h100_fast with the development wheel)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|11   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -76,6 +78,12 @@ elif [ "$1" = 9 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k plan_b_h100_recipe
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100 --out-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100 --observations 64 --runs 100 --report-dir "$OUT"
+elif [ "$1" = 12 ]; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "dependent or expert_paths or step0 or matches_reference"
+  run python3 bench/expert_kernels.py --launch-modes-only --out-dir "$OUT"
+  run python3 bench/engine_variants.py --plan a --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
 elif [ "$1" = 11 ]; then
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   run python3 bench/cold_start.py --out-dir "$OUT"

@@ -136,3 +136,25 @@ def test_step0_beside_the_prefix_gives_the_serial_actions(policies):
                 assert cosine(policy.infer(obs, noise), serial) >= 0.99999, priority
     finally:
         eng.set_overlap_step0(True)
+
+
+def test_dependent_launches_give_the_plain_actions(policies):
+    """The denoise chain under programmatic dependent launch (each kernel waits on the GPU for the one before it)
+    gives the plain launches' actions, replay after replay (a kernel reading before its wait would read the previous
+    step's values)."""
+    from triforce.runtime.engine import DENOISE_LAUNCHES
+
+    _, policy = policies
+    eng = policy.backend
+    rng = np.random.default_rng(6)
+    obs, noise = random_observation(TINY, rng, 2, 6), random_noise(TINY, rng)
+    default = eng.denoise_launch
+    try:
+        eng.set_denoise_launch("plain")
+        plain = policy.infer(obs, noise)
+        for mode in DENOISE_LAUNCHES:
+            eng.set_denoise_launch(mode)
+            for _ in range(3):
+                assert cosine(policy.infer(obs, noise), plain) >= 0.99999, mode
+    finally:
+        eng.set_denoise_launch(default)

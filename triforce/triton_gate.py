@@ -30,7 +30,7 @@ KERNELS = {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "W": "fp32", "B": "fp32",
                 "OUT": "bf16", "QSCALE": "fp32"},
         "const": {"HAS_Y": True, "HAS_GATE": False, "HAS_SCALE": True, "HAS_SHIFT": True, "LAYERNORM": False,
-                  "QUANT": False, "BLOCK": 1024},
+                  "QUANT": False, "BLOCK": 1024, "PDL": False},
         "options": {"num_warps": 4}, "dot": False},
     "_rope_qkv_kernel": {
         "ptr": {"QKV": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16", "KC": "bf16", "VC": "bf16",
@@ -45,7 +45,7 @@ KERNELS = {
     "_euler_tail_kernel": {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "WOUT": "fp32",
                 "BOUT": "fp32", "XT": "fp32", "WIN": "fp32", "BIN": "fp32", "XNEXT": "fp32"},
-        "const": {"HAS_Y": False, "HAS_NEXT": True, "BLOCK_W": 1024, "CHUNK": 1024, "BLOCK_A": 32},
+        "const": {"HAS_Y": False, "HAS_NEXT": True, "BLOCK_W": 1024, "CHUNK": 1024, "BLOCK_A": 32, "PDL": False},
         "options": {"num_warps": 8}, "dot": False},
     "_mqa_attention_kernel": {
         "ptr": {"Q": "bf16", "K": "bf16", "V": "bf16", "BIAS": "bf16", "O": "bf16"},
@@ -53,30 +53,35 @@ KERNELS = {
         "options": {"num_warps": 4, "num_stages": 2}, "dot": True},
     "_mqa_partial_kernel": {
         "ptr": {"Q": "bf16", "K": "bf16", "V": "bf16", "BIAS": "bf16", "PO": "fp32", "PM": "fp32", "PL": "fp32"},
-        "const": {"D": 256, "BLOCK_M": 16, "BLOCK_N": 64, "DOT_F32": False}, "options": {"num_warps": 4}, "dot": True},
+        "const": {"D": 256, "BLOCK_M": 16, "BLOCK_N": 64, "DOT_F32": False, "PDL": False}, "options": {"num_warps": 4},
+        "dot": True},
     "_mqa_combine_kernel": {
         "ptr": {"PO": "fp32", "PM": "fp32", "PL": "fp32", "O": "bf16"},
-        "const": {"D": 256, "SPLITS_PAD": 16}, "options": {"num_warps": 4}, "dot": False},
+        "const": {"D": 256, "SPLITS_PAD": 16, "PDL": False}, "options": {"num_warps": 4}, "dot": False},
     "_packed_attention_kernel": {
         "ptr": {"QKV": "bf16", "O": "bf16"},
         "const": {"D": 72, "D_PAD": 128, "BLOCK_M": 64, "BLOCK_N": 64, "DOT_F32": False},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_skinny_gemm_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "GATE": "fp32", "OUT": "fp32"},
-        "const": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True, "DOT_F32": False},
+        "const": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True, "DOT_F32": False, "PDL": False,
+                  "PREFETCH": False},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_qkv_rope_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16",
                 "KC": "bf16", "VC": "bf16"},
-        "const": {"H": 8, "D": 256, "INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False},
+        "const": {"H": 8, "D": 256, "INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False,
+                  "PDL": False, "PREFETCH": False},
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_gate_up_geglu_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "OUT": "bf16"},
-        "const": {"INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False},
+        "const": {"INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False, "PDL": False,
+                  "PREFETCH": False},
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_skinny_w4a16_kernel": {
         "ptr": {"X": "bf16", "QW": "u8", "SC": "bf16", "GATE": "fp32", "OUT": "fp32"},
-        "const": {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 2, "HAS_GATE": True, "DOT_F32": False},
+        "const": {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 2, "HAS_GATE": True, "DOT_F32": False,
+                  "PDL": False, "PREFETCH": False},
         "options": {"num_warps": 4, "num_stages": 2}, "dot": True},
 }
 

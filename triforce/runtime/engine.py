@@ -23,6 +23,7 @@ What makes it fast, each exact up to bf16 rounding:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -52,6 +53,13 @@ WEIGHT_ATTRS = ("patch", "pos_emb", "vision_layers", "post_ln", "projector", "em
                 "expert_layers", "action_in", "action_out", "ada", "ada_final", "ada_through")
 # (prefix stream, denoise stream) priorities while step 0 runs beside the prefix; lower runs first
 OVERLAP_PRIORITIES = {"equal": (0, 0), "prefix": (-1, 0), "step0": (0, -1)}
+# how the denoise chain's Triton kernels launch (set_denoise_launch; fused.dependent_launches)
+DENOISE_LAUNCHES = {
+    "plain": "each kernel launches when the one before it has finished",
+    "dependent": "programmatic dependent launch (sm_90+): each kernel is launched while the one before it runs and "
+                 "waits for it on the GPU",
+    "dependent_prefetch": "dependent, and the weight-streaming kernels ask L2 for their weights before that wait",
+}
 
 
 def _bf16(t):
@@ -181,6 +189,7 @@ class Pi05Engine:
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
+        self.denoise_launch = "plain"
         self.load_weights(lambda: state)
 
     @classmethod
@@ -332,6 +341,25 @@ class Pi05Engine:
             raise TriforceError(f"unknown overlap priority '{priority}': {', '.join(OVERLAP_PRIORITIES)}")
         self.overlap_step0, self.overlap_priority = bool(on), priority
         self.slots.clear()
+
+    def set_denoise_launch(self, mode: str) -> None:
+        """One of DENOISE_LAUNCHES. The dependent ones need programmatic dependent launch (compute capability 9.0
+        or newer) and are refused elsewhere. Captured graphs are dropped and re-capture."""
+        if mode not in DENOISE_LAUNCHES:
+            raise TriforceError(f"unknown denoise launch '{mode}': {', '.join(DENOISE_LAUNCHES)}")
+        if mode != "plain":
+            major, minor = torch.cuda.get_device_capability()
+            if major < 9:
+                raise TriforceError(f"denoise launch '{mode}' needs programmatic dependent launch (compute capability "
+                                    f">= 9.0); {torch.cuda.get_device_name()} is {major}.{minor}")
+        self.denoise_launch = mode
+        self.slots.clear()
+
+    def _denoise_launches(self):
+        """The context the denoise loop's launches are made in (set_denoise_launch)."""
+        if self.denoise_launch == "plain":
+            return contextlib.nullcontext()
+        return fused.dependent_launches(prefetch=self.denoise_launch == "dependent_prefetch")
 
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
@@ -540,10 +568,11 @@ class Pi05Engine:
                                                           cfg.num_steps * e.depth, "cuda")
         for step in range(cfg.num_steps):
             wait = step0_wait if step == 0 else None
-            if self.expert_path == "persistent":
-                x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, wait, scratch)
-            else:
-                x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, wait)
+            with self._denoise_launches():
+                if self.expert_path == "persistent":
+                    x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, wait, scratch)
+                else:
+                    x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, wait)
             mark(3 + step)
         return x_t
 
