@@ -27,15 +27,17 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = tuple((f"denoise launch {mode}", {"expert_path": "fused_epilogue", "overlap_step0": True,
-                                              "priority": "prefix", "denoise_launch": mode})
-                 for mode in ("plain", "dependent", "dependent_prefetch"))
+VARIANTS = tuple((f"denoise launch {mode}{'' if step0 else ', step 0 plain'}",
+                  {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix", "denoise_launch": mode,
+                   "denoise_launch_step0": step0})
+                 for mode, step0 in (("plain", True), ("dependent", True), ("dependent_prefetch", True),
+                                     ("dependent", False), ("dependent_prefetch", False)))
 
 
 def apply(eng, settings: dict) -> None:
     eng.set_expert_path(settings["expert_path"])
     eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
-    eng.set_denoise_launch(settings["denoise_launch"])
+    eng.set_denoise_launch(settings["denoise_launch"], settings["denoise_launch_step0"])
 
 
 def main():

@@ -141,23 +141,29 @@ class Layers:
                                                                                   gate=self.gate, **down))]
 
 
-def launch_context(mode):
-    """What the engine's denoise loop launches inside (engine.Pi05Engine._denoise_launches)."""
+def launch_context(mode, prefetch=True):
+    """What the engine's denoise loop launches inside (engine.Pi05Engine._launches)."""
     if mode == "plain":
         return contextlib.nullcontext()
-    return fused.dependent_launches(prefetch=mode == "dependent_prefetch")
+    return fused.dependent_launches(prefetch=prefetch and mode == "dependent_prefetch")
+
+
+def chain(launches, mode):
+    """fn(layer) launching a layer's sequence as the engine does under `mode` (down without a prefetch)."""
+    def run(i):
+        for name, fn in launches:
+            with launch_context(mode, prefetch=not name.startswith("down")):
+                fn(i)
+    return run
 
 
 def launch_modes(lay, runs):
     """us per layer of the fused_epilogue chain (bf16 and int4) and us per launch of a chain of 18 norms, under each
     denoise launch mode, with its ratio to plain."""
-    chains = {"fused_epilogue chain, bf16": lambda i: [fn(i) for _, fn in lay.launches("fused_epilogue")],
-              "fused_epilogue chain, W4A16": lambda i: [fn(i) for _, fn in lay.launches_int4()],
-              "add_norm alone (18 in a row)": lambda i: lay.launches()[0][1](i)}
-    out = {}
-    for mode in DENOISE_LAUNCHES:
-        with launch_context(mode):
-            out[mode] = {name: graph_us(fn, runs) for name, fn in chains.items()}
+    chains = {"fused_epilogue chain, bf16": lambda mode: chain(lay.launches("fused_epilogue"), mode),
+              "fused_epilogue chain, W4A16": lambda mode: chain(lay.launches_int4(), mode),
+              "add_norm alone (18 in a row)": lambda mode: chain(lay.launches()[:1], mode)}
+    out = {mode: {name: graph_us(make(mode), runs) for name, make in chains.items()} for mode in DENOISE_LAUNCHES}
     rep.print_table("denoise launch modes (us per layer / per launch; x: plain over the mode)",
                     ["chain", *DENOISE_LAUNCHES, *(f"x {m}" for m in DENOISE_LAUNCHES if m != "plain")],
                     [[name, *(out[m][name] for m in DENOISE_LAUNCHES),

@@ -20,6 +20,8 @@
 #   part 11 (first on a fresh machine: an empty Triton cache): Plan A validation, cold start in fresh processes
 #   part 12: the engine GPU tests of the launch paths, the denoise launch modes (expert chain; engine variants of Plan A
 #     and of Plan B h100_fast with the development wheel)
+#   part 13: part 12 with selective prefetch and step-0 variants, Plan B's kernel profile (h100_fast), the W4A16
+#     kernel at the engine's shape, plain and chained
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|11   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -84,6 +86,13 @@ elif [ "$1" = 12 ]; then
   run python3 bench/expert_kernels.py --launch-modes-only --out-dir "$OUT"
   run python3 bench/engine_variants.py --plan a --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+elif [ "$1" = 13 ]; then
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "dependent or expert_paths or step0"
+  run python3 bench/expert_kernels.py --launch-modes-only --out-dir "$OUT"
+  run python3 bench/engine_variants.py --plan a --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/profile_engine.py --plan b --recipe h100_fast --top 45
+  run python3 bench/w4a16_sweep.py --engine-shape-only --out-dir "$OUT"
 elif [ "$1" = 11 ]; then
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   run python3 bench/cold_start.py --out-dir "$OUT"

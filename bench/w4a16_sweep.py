@@ -2,8 +2,12 @@
 """The Triton few-row W4A16 kernel (fused.skinny_w4a16) at M <= 64 against the copy bandwidth on its weight bytes
 (the Plan B issue asks >= 70%), over its launch shapes, on the Pi0.5 GEMMs that stream the most int4 bytes; cuBLAS
 bf16 on the same shapes in the same run for the ratio. Every entry: a CUDA graph of calls over weight copies that
-overflow L2, median of 50 replays after warm-up, per call. Records bench/results/w4a16_sweep-<gpu>-<date>.json.
-    python3 bench/w4a16_sweep.py [--out-dir bench/results]"""
+overflow L2, median of 50 replays after warm-up, per call. Also the engine's and the best launch shape as the engine's
+denoise chain launches them (engine.DENOISE_LAUNCHES): each call a programmatic dependent launch that waits on the GPU
+for the call before it (the calls accumulate into one output, a true dependency), without and with its weights
+prefetched into L2 before that wait; per call, a throughput in a chain of GEMMs, not one GEMM's latency.
+Records bench/results/w4a16_sweep-<gpu>-<date>.json.
+    python3 bench/w4a16_sweep.py [--engine-shape-only] [--out-dir bench/results]"""
 
 import itertools
 import sys
@@ -33,7 +37,18 @@ def per_call_us(call, copies):
     return time_graph_us([lambda i=i: call(i) for i in range(copies)], warmup_s=0.3)
 
 
-def sweep_shape(name, n, k, copy):
+def chained(x, q, acc, shape, copies, int4_bytes, copy) -> dict:
+    """The shape's per-call time with dependent launches, without and with the weight prefetch."""
+    out = {}
+    for prefetch in (False, True):
+        with fused.dependent_launches(prefetch=prefetch):
+            us = per_call_us(lambda i: fused.skinny_w4a16(x, *q[i], out=acc, **shape), copies)
+        out["dependent_prefetch" if prefetch else "dependent"] = {
+            "us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy}
+    return out
+
+
+def sweep_shape(name, n, k, copy, grid):
     copies = max(2, int(2 * 50e6 // (n * k // 2)) + 1)          # int4 copies covering 2x the 50 MB L2
     q = [fm.quantize_int4_g128(torch.randn(n, k, device="cuda") * 0.05) for _ in range(copies)]
     w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, int(2 * 50e6 // (n * k * 2)) + 1))]
@@ -46,7 +61,7 @@ def sweep_shape(name, n, k, copy):
         ref = x.float() @ ref_w.T
         cublas = per_call_us(lambda i: torch.mm(x, w16[i % len(w16)].t()), len(w16))
         tried = []
-        for shape in SHAPE_GRID:
+        for shape in grid:
             if k % (128 * shape["groups"]):
                 continue
             try:
@@ -58,28 +73,42 @@ def sweep_shape(name, n, k, copy):
             tried.append({"shape": shape, "us": us, "rel_err": err, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy})
         ok = [t for t in tried if "us" in t]
         best = min(ok, key=lambda t: t["us"])
-        for extra in (dict(programs=512), dict(programs=128), dict(num_stages=3), dict(num_stages=4)):
+        for extra in (dict(programs=512), dict(programs=128), dict(num_stages=3), dict(num_stages=4))[:len(grid) - 1]:
             shape = {**best["shape"], **extra}
             us = per_call_us(lambda i: fused.skinny_w4a16(x, *q[i], out=acc, **shape), copies)
             tried.append({"shape": shape, "us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy})
         best = min((t for t in tried if "us" in t), key=lambda t: t["us"])
         default = next(t for t in tried if t.get("shape") == ENGINE_DEFAULT)
+        chain = {label: chained(x, q, acc, t["shape"], copies, int4_bytes, copy)
+                 for label, t in (("default", default), ("best", best))}
         out.append({"gemm": name, "m": m, "n": n, "k": k, "int4_bytes": int4_bytes, "cublas_bf16_us": cublas,
-                    "default": default, "best": best, "tried": tried, "best_vs_cublas": cublas / best["us"]})
+                    "default": default, "best": best, "tried": tried, "best_vs_cublas": cublas / best["us"],
+                    "chained": chain})
         print(f"{name} M={m}: best {best['shape']} {best['us']:.2f} us = {best['copy_fraction']:.0%} of copy BW "
-              f"(engine default {default['us']:.2f} us, cuBLAS bf16 {cublas:.2f} us)", flush=True)
+              f"(engine default {default['us']:.2f} us, cuBLAS bf16 {cublas:.2f} us); chained "
+              f"{chain['best']['dependent']['copy_fraction']:.0%} / prefetching "
+              f"{chain['best']['dependent_prefetch']['copy_fraction']:.0%}", flush=True)
     return out
 
 
 def main():
-    a = rep.bench_parser(__doc__).parse_args()
+    ap = rep.bench_parser(__doc__)
+    ap.add_argument("--engine-shape-only", action="store_true", help="only the engine's launch shape, no grid")
+    a = ap.parse_args()
     torch.manual_seed(0)
     copy = copy_gbs()
-    rows = [r for name, n, k in SHAPES for r in sweep_shape(name, n, k, copy)]
-    rep.print_table(f"Triton W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call)",
-                    ["gemm", "M", "engine default us", "best us", "best shape", "best % of copy BW", "cuBLAS bf16 us"],
+    grid = [ENGINE_DEFAULT] if a.engine_shape_only else SHAPE_GRID
+    rows = [r for name, n, k in SHAPES for r in sweep_shape(name, n, k, copy, grid)]
+    rep.print_table(f"Triton W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches, "
+                    "+ prefetch: weights asked of L2 before the wait)",
+                    ["gemm", "M", "engine default us", "best us", "best shape", "best % of copy BW", "cuBLAS bf16 us",
+                     "chained us", "chained % of copy BW", "+ prefetch us", "+ prefetch % of copy BW"],
                     [[r["gemm"], r["m"], r["default"]["us"], r["best"]["us"], str(r["best"]["shape"]),
-                      f"{r['best']['copy_fraction']:.0%}", r["cublas_bf16_us"]] for r in rows])
+                      f"{r['best']['copy_fraction']:.0%}", r["cublas_bf16_us"],
+                      r["chained"]["best"]["dependent"]["us"],
+                      f"{r['chained']['best']['dependent']['copy_fraction']:.0%}",
+                      r["chained"]["best"]["dependent_prefetch"]["us"],
+                      f"{r['chained']['best']['dependent_prefetch']['copy_fraction']:.0%}"] for r in rows])
     rep.record_run(a.out_dir, "w4a16_sweep", {
         "copy_gbs": copy, "rows": rows,
         "timing": "per call: CUDA graph of calls over weight copies covering 2x L2, CUDA events, median of 50 replays"})

@@ -189,7 +189,7 @@ class Pi05Engine:
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
-        self.denoise_launch = "plain"
+        self.denoise_launch, self.denoise_launch_step0 = "plain", True
         self.load_weights(lambda: state)
 
     @classmethod
@@ -342,9 +342,10 @@ class Pi05Engine:
         self.overlap_step0, self.overlap_priority = bool(on), priority
         self.slots.clear()
 
-    def set_denoise_launch(self, mode: str) -> None:
-        """One of DENOISE_LAUNCHES. The dependent ones need programmatic dependent launch (compute capability 9.0
-        or newer) and are refused elsewhere. Captured graphs are dropped and re-capture."""
+    def set_denoise_launch(self, mode: str, step0: bool = True) -> None:
+        """One of DENOISE_LAUNCHES, for every denoise step, or (step0=False) for the steps after step 0 only (step 0
+        runs beside the prefix). The dependent ones need programmatic dependent launch (compute capability 9.0 or
+        newer) and are refused elsewhere. Captured graphs are dropped and re-capture."""
         if mode not in DENOISE_LAUNCHES:
             raise TriforceError(f"unknown denoise launch '{mode}': {', '.join(DENOISE_LAUNCHES)}")
         if mode != "plain":
@@ -352,14 +353,15 @@ class Pi05Engine:
             if major < 9:
                 raise TriforceError(f"denoise launch '{mode}' needs programmatic dependent launch (compute capability "
                                     f">= 9.0); {torch.cuda.get_device_name()} is {major}.{minor}")
-        self.denoise_launch = mode
+        self.denoise_launch, self.denoise_launch_step0 = mode, bool(step0)
         self.slots.clear()
 
-    def _denoise_launches(self):
-        """The context the denoise loop's launches are made in (set_denoise_launch)."""
-        if self.denoise_launch == "plain":
+    def _launches(self, step: int, prefetch: bool = True):
+        """The context step `step`'s launches are made in (set_denoise_launch); prefetch=False: no weight prefetch
+        even in dependent_prefetch (for a kernel that follows another weight stream, whose reads it would slow)."""
+        if self.denoise_launch == "plain" or (step == 0 and not self.denoise_launch_step0):
             return contextlib.nullcontext()
-        return fused.dependent_launches(prefetch=self.denoise_launch == "dependent_prefetch")
+        return fused.dependent_launches(prefetch=prefetch and self.denoise_launch == "dependent_prefetch")
 
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
@@ -482,7 +484,8 @@ class Pi05Engine:
                 fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
             else:
                 fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
-            pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
+            with self._launches(step, prefetch=False):      # gate/up is still streaming its weights
+                pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
         return self._euler_end(step, x, x_t, pending, pending_gate)
 
     def _euler_end(self, step, x, x_t, pending=None, pending_gate=None):
@@ -568,7 +571,7 @@ class Pi05Engine:
                                                           cfg.num_steps * e.depth, "cuda")
         for step in range(cfg.num_steps):
             wait = step0_wait if step == 0 else None
-            with self._denoise_launches():
+            with self._launches(step):
                 if self.expert_path == "persistent":
                     x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, wait, scratch)
                 else:
