@@ -5,12 +5,14 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
-  launch, dependent with the weights prefetched into L2).
+  launch).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
 read by skinny expert GEMMs, which lost (*-s4-fold.json). Session 5: the expert paths (*-s5.json; the adaRMS norm read
-inside the fused-epilogue kernels lost, *-s5-fused-norm.json). Session 6: the denoise launch modes (*-s6*.json).
+inside the fused-epilogue kernels lost, *-s5-fused-norm.json). Session 6: the denoise launch modes (*-s6*.json; also a
+mode prefetching each kernel's weights into L2, which lost, and dependent launch for step 0 beside the prefix, which
+slowed Plan B's prefix: 3.13 vs 3.03 ms).
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -27,17 +29,15 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = tuple((f"denoise launch {mode}{'' if step0 else ', step 0 plain'}",
-                  {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix", "denoise_launch": mode,
-                   "denoise_launch_step0": step0})
-                 for mode, step0 in (("plain", True), ("dependent", True), ("dependent_prefetch", True),
-                                     ("dependent", False), ("dependent_prefetch", False)))
+VARIANTS = tuple((f"denoise launch {mode}", {"expert_path": "fused_epilogue", "overlap_step0": True,
+                                              "priority": "prefix", "denoise_launch": mode})
+                 for mode in ("plain", "dependent"))
 
 
 def apply(eng, settings: dict) -> None:
     eng.set_expert_path(settings["expert_path"])
     eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
-    eng.set_denoise_launch(settings["denoise_launch"], settings["denoise_launch_step0"])
+    eng.set_denoise_launch(settings["denoise_launch"])
 
 
 def main():

@@ -6,8 +6,9 @@ of 18 launches, one per layer; us per launch = replay median (device events, aft
 shapes of the few-row kernels (skinny o/down, split-KV attention, QKV + RoPE and gate/up + GeGLU against the cuBLAS
 GEMM + kernel pair they replace), then times the engine's per-layer sequence on both expert paths (fused_epilogue,
 per_op) and the end-of-step kernel's launch shapes; last, the fused_epilogue chain (bf16, and W4A16 as Plan B runs it)
-and a chain of norms under each denoise launch mode (engine.DENOISE_LAUNCHES: plain, programmatic dependent launch,
-dependent with the weights prefetched into L2), each captured inside its mode.
+and a chain of norms under each denoise launch mode (engine.DENOISE_LAUNCHES: plain, programmatic dependent launch),
+each captured inside its mode. (Session 6 also timed a third mode, each kernel prefetching its weights into L2 before
+its wait: slower, removed; expert_layer-*-s6-launch-modes*.json.)
 Prints tables and records bench/results/expert_layer-<gpu>-<date>.json.
     python3 bench/expert_kernels.py [--runs 50] [--launch-modes-only] [--out-dir bench/results]"""
 
@@ -141,18 +142,16 @@ class Layers:
                                                                                   gate=self.gate, **down))]
 
 
-def launch_context(mode, prefetch=True):
-    """What the engine's denoise loop launches inside (engine.Pi05Engine._launches)."""
-    if mode == "plain":
-        return contextlib.nullcontext()
-    return fused.dependent_launches(prefetch=prefetch and mode == "dependent_prefetch")
+def launch_context(mode):
+    """What the engine's later denoise steps launch inside (engine.Pi05Engine._launches)."""
+    return fused.dependent_launches() if mode == "dependent" else contextlib.nullcontext()
 
 
 def chain(launches, mode):
-    """fn(layer) launching a layer's sequence as the engine does under `mode` (down without a prefetch)."""
+    """fn(layer) launching a layer's sequence as the engine does under `mode`."""
     def run(i):
-        for name, fn in launches:
-            with launch_context(mode, prefetch=not name.startswith("down")):
+        with launch_context(mode):
+            for _, fn in launches:
                 fn(i)
     return run
 

@@ -3,9 +3,9 @@
 (the Plan B issue asks >= 70%), over its launch shapes, on the Pi0.5 GEMMs that stream the most int4 bytes; cuBLAS
 bf16 on the same shapes in the same run for the ratio. Every entry: a CUDA graph of calls over weight copies that
 overflow L2, median of 50 replays after warm-up, per call. Also the engine's and the best launch shape as the engine's
-denoise chain launches them (engine.DENOISE_LAUNCHES): each call a programmatic dependent launch that waits on the GPU
-for the call before it (the calls accumulate into one output, a true dependency), without and with its weights
-prefetched into L2 before that wait; per call, a throughput in a chain of GEMMs, not one GEMM's latency.
+denoise chain launches them (engine.DENOISE_LAUNCHES "dependent"): each call a programmatic dependent launch that
+waits on the GPU for the call before it (the calls accumulate into one output, a true dependency); per call, a
+throughput in a chain of GEMMs, not one GEMM's latency.
 Records bench/results/w4a16_sweep-<gpu>-<date>.json.
     python3 bench/w4a16_sweep.py [--engine-shape-only] [--out-dir bench/results]"""
 
@@ -38,14 +38,10 @@ def per_call_us(call, copies):
 
 
 def chained(x, q, acc, shape, copies, int4_bytes, copy) -> dict:
-    """The shape's per-call time with dependent launches, without and with the weight prefetch."""
-    out = {}
-    for prefetch in (False, True):
-        with fused.dependent_launches(prefetch=prefetch):
-            us = per_call_us(lambda i: fused.skinny_w4a16(x, *q[i], out=acc, **shape), copies)
-        out["dependent_prefetch" if prefetch else "dependent"] = {
-            "us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy}
-    return out
+    """The shape's per-call time with dependent launches."""
+    with fused.dependent_launches():
+        us = per_call_us(lambda i: fused.skinny_w4a16(x, *q[i], out=acc, **shape), copies)
+    return {"us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy}
 
 
 def sweep_shape(name, n, k, copy, grid):
@@ -62,7 +58,7 @@ def sweep_shape(name, n, k, copy, grid):
         cublas = per_call_us(lambda i: torch.mm(x, w16[i % len(w16)].t()), len(w16))
         tried = []
         for shape in grid:
-            if k % (128 * shape["groups"]):
+            if k % (128 * shape.get("groups", 1)):     # the engine default picks its groups from K
                 continue
             try:
                 err = float((fused.skinny_w4a16(x, *q[0], **shape) - ref).norm() / ref.norm())
@@ -86,8 +82,7 @@ def sweep_shape(name, n, k, copy, grid):
                     "chained": chain})
         print(f"{name} M={m}: best {best['shape']} {best['us']:.2f} us = {best['copy_fraction']:.0%} of copy BW "
               f"(engine default {default['us']:.2f} us, cuBLAS bf16 {cublas:.2f} us); chained "
-              f"{chain['best']['dependent']['copy_fraction']:.0%} / prefetching "
-              f"{chain['best']['dependent_prefetch']['copy_fraction']:.0%}", flush=True)
+              f"{chain['best']['copy_fraction']:.0%}", flush=True)
     return out
 
 
@@ -99,16 +94,12 @@ def main():
     copy = copy_gbs()
     grid = [ENGINE_DEFAULT] if a.engine_shape_only else SHAPE_GRID
     rows = [r for name, n, k in SHAPES for r in sweep_shape(name, n, k, copy, grid)]
-    rep.print_table(f"Triton W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches, "
-                    "+ prefetch: weights asked of L2 before the wait)",
+    rep.print_table(f"Triton W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches)",
                     ["gemm", "M", "engine default us", "best us", "best shape", "best % of copy BW", "cuBLAS bf16 us",
-                     "chained us", "chained % of copy BW", "+ prefetch us", "+ prefetch % of copy BW"],
+                     "chained us", "chained % of copy BW"],
                     [[r["gemm"], r["m"], r["default"]["us"], r["best"]["us"], str(r["best"]["shape"]),
                       f"{r['best']['copy_fraction']:.0%}", r["cublas_bf16_us"],
-                      r["chained"]["best"]["dependent"]["us"],
-                      f"{r['chained']['best']['dependent']['copy_fraction']:.0%}",
-                      r["chained"]["best"]["dependent_prefetch"]["us"],
-                      f"{r['chained']['best']['dependent_prefetch']['copy_fraction']:.0%}"] for r in rows])
+                      r["chained"]["best"]["us"], f"{r['chained']['best']['copy_fraction']:.0%}"] for r in rows])
     rep.record_run(a.out_dir, "w4a16_sweep", {
         "copy_gbs": copy, "rows": rows,
         "timing": "per call: CUDA graph of calls over weight copies covering 2x L2, CUDA events, median of 50 replays"})

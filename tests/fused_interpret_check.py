@@ -23,6 +23,13 @@ def check(name, got, ref, tol):
         failures.append(name)
 
 
+try:
+    with fused.dependent_launches():
+        pass
+    failures.append("dependent launches accepted by the interpreter")
+except ValueError as err:
+    print(f"dependent launches refused: {err}")
+
 x = torch.randn(5, 96)
 y, g, sc, sh = torch.randn(5, 96).bfloat16(), torch.randn(96), torch.randn(96), torch.randn(96)
 out = torch.empty(5, 96, dtype=torch.bfloat16)

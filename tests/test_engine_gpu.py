@@ -139,22 +139,22 @@ def test_step0_beside_the_prefix_gives_the_serial_actions(policies):
 
 
 def test_dependent_launches_give_the_plain_actions(policies):
-    """The denoise chain under programmatic dependent launch (each kernel waits on the GPU for the one before it)
-    gives the plain launches' actions, replay after replay (a kernel reading before its wait would read the previous
-    step's values)."""
-    from triforce.runtime.engine import DENOISE_LAUNCHES
-
+    """The denoise chain under programmatic dependent launch (the default on this GPU: each kernel waits on the GPU
+    for the one before it) gives the plain launches' actions replay after replay, with step 0 beside the prefix or
+    after it (a kernel reading before its wait would read the previous kernel's inputs)."""
     _, policy = policies
     eng = policy.backend
+    assert eng.denoise_launch == "dependent"
     rng = np.random.default_rng(6)
     obs, noise = random_observation(TINY, rng, 2, 6), random_noise(TINY, rng)
-    default = eng.denoise_launch
     try:
         eng.set_denoise_launch("plain")
         plain = policy.infer(obs, noise)
-        for mode in DENOISE_LAUNCHES:
-            eng.set_denoise_launch(mode)
+        eng.set_denoise_launch("dependent")
+        for overlap in (True, False):
+            eng.set_overlap_step0(overlap)
             for _ in range(3):
-                assert cosine(policy.infer(obs, noise), plain) >= 0.99999, mode
+                assert cosine(policy.infer(obs, noise), plain) >= 0.99999, overlap
     finally:
-        eng.set_denoise_launch(default)
+        eng.set_denoise_launch("dependent")
+        eng.set_overlap_step0(True)

@@ -40,3 +40,18 @@ def test_a_stale_declaration_and_an_unfixed_target_are_refused(monkeypatch):
         triton_gate.gate_target("hopper", log=lambda _: None)
     with pytest.raises(TriforceError, match="target local has no fixed arch"):
         triton_gate.gate_target("local", log=lambda _: None)
+
+
+def test_a_pdl_kernel_without_its_grid_dependency_wait_fails_naming_it(monkeypatch):
+    """The denoise chain's kernels are declared with PDL; their SASS must hold griddepcontrol.wait (ACQBULK on sm_90a
+    and sm_110a). A rule naming an opcode the kernel lacks stands in for a kernel that lost its wait."""
+    from triforce import sass
+
+    assert triton_gate.KERNELS["_qkv_rope_kernel"]["const"]["PDL"]
+    specs = {"_skinny_gemm_kernel": triton_gate.KERNELS["_skinny_gemm_kernel"]}
+    monkeypatch.setattr(triton_gate, "KERNELS", specs)
+    assert [r.name for r in triton_gate.gate_target("thor", log=lambda _: None)] == ["_skinny_gemm_kernel"]
+    rules = sass._rules()
+    monkeypatch.setattr(sass, "_rules", lambda: {**rules, "grid_dependency_wait": "NOSUCHWAIT"})
+    with pytest.raises(TriforceError, match=r"_skinny_gemm_kernel is launched with PDL but has no NOSUCHWAIT"):
+        triton_gate.gate_target("thor", log=lambda _: None)

@@ -54,6 +54,7 @@ def bench_engines(checkpoint: str, config: str, plan: str, recipe: str, runs: in
     out["plan_a_graph"] = time_cuda(policy_a.backend.ready_replay(checked, noise), runs=runs, warmup_s=1.5)
     out["ratio_reference_over_plan_a"] = out["reference_fp32_eager"]["median_ms"] / out["plan_a_graph"]["median_ms"]
     out["plan_a_expert_path"] = policy_a.backend.expert_path
+    out["plan_a_denoise_launch"] = policy_a.backend.denoise_launch
     default_path = policy_a.backend.expert_path
     if policy_a.backend.expert_path_refusal("persistent") is None:   # the opt-in persistent expert layer, same run
         policy_a.backend.set_expert_path("persistent")

@@ -24,13 +24,14 @@ WARP_MMA = ("HMMA",)          # mma.sync: what Triton issues for tiles below the
 FLOAT_ARGS = {"eps", "qk_scale", "dt"}
 
 # kernel -> pointer element types, constexprs and launch options at pi05_libero's shapes (as engine.py launches
-# them); every other runtime argument is an int32. `dot`: whether the kernel multiplies tiles (tensor-core gate).
+# them: the denoise chain's kernels with programmatic dependent launch, PDL); every other runtime argument is an
+# int32. `dot`: whether the kernel multiplies tiles (tensor-core gate).
 KERNELS = {
     "_add_norm_kernel": {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "W": "fp32", "B": "fp32",
                 "OUT": "bf16", "QSCALE": "fp32"},
         "const": {"HAS_Y": True, "HAS_GATE": False, "HAS_SCALE": True, "HAS_SHIFT": True, "LAYERNORM": False,
-                  "QUANT": False, "BLOCK": 1024, "PDL": False},
+                  "QUANT": False, "BLOCK": 1024, "PDL": True},
         "options": {"num_warps": 4}, "dot": False},
     "_rope_qkv_kernel": {
         "ptr": {"QKV": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16", "KC": "bf16", "VC": "bf16",
@@ -45,7 +46,7 @@ KERNELS = {
     "_euler_tail_kernel": {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "WOUT": "fp32",
                 "BOUT": "fp32", "XT": "fp32", "WIN": "fp32", "BIN": "fp32", "XNEXT": "fp32"},
-        "const": {"HAS_Y": False, "HAS_NEXT": True, "BLOCK_W": 1024, "CHUNK": 1024, "BLOCK_A": 32, "PDL": False},
+        "const": {"HAS_Y": False, "HAS_NEXT": True, "BLOCK_W": 1024, "CHUNK": 1024, "BLOCK_A": 32, "PDL": True},
         "options": {"num_warps": 8}, "dot": False},
     "_mqa_attention_kernel": {
         "ptr": {"Q": "bf16", "K": "bf16", "V": "bf16", "BIAS": "bf16", "O": "bf16"},
@@ -53,35 +54,33 @@ KERNELS = {
         "options": {"num_warps": 4, "num_stages": 2}, "dot": True},
     "_mqa_partial_kernel": {
         "ptr": {"Q": "bf16", "K": "bf16", "V": "bf16", "BIAS": "bf16", "PO": "fp32", "PM": "fp32", "PL": "fp32"},
-        "const": {"D": 256, "BLOCK_M": 16, "BLOCK_N": 64, "DOT_F32": False, "PDL": False}, "options": {"num_warps": 4},
+        "const": {"D": 256, "BLOCK_M": 16, "BLOCK_N": 64, "DOT_F32": False, "PDL": True}, "options": {"num_warps": 4},
         "dot": True},
     "_mqa_combine_kernel": {
         "ptr": {"PO": "fp32", "PM": "fp32", "PL": "fp32", "O": "bf16"},
-        "const": {"D": 256, "SPLITS_PAD": 16, "PDL": False}, "options": {"num_warps": 4}, "dot": False},
+        "const": {"D": 256, "SPLITS_PAD": 16, "PDL": True}, "options": {"num_warps": 4}, "dot": False},
     "_packed_attention_kernel": {
         "ptr": {"QKV": "bf16", "O": "bf16"},
         "const": {"D": 72, "D_PAD": 128, "BLOCK_M": 64, "BLOCK_N": 64, "DOT_F32": False},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_skinny_gemm_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "GATE": "fp32", "OUT": "fp32"},
-        "const": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True, "DOT_F32": False, "PDL": False,
-                  "PREFETCH": False},
+        "const": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True, "DOT_F32": False, "PDL": True},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_qkv_rope_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16",
                 "KC": "bf16", "VC": "bf16"},
         "const": {"H": 8, "D": 256, "INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False,
-                  "PDL": False, "PREFETCH": False},
+                  "PDL": True},
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_gate_up_geglu_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "OUT": "bf16"},
-        "const": {"INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False, "PDL": False,
-                  "PREFETCH": False},
+        "const": {"INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False, "PDL": True},
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_skinny_w4a16_kernel": {
         "ptr": {"X": "bf16", "QW": "u8", "SC": "bf16", "GATE": "fp32", "OUT": "fp32"},
         "const": {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 2, "HAS_GATE": True, "DOT_F32": False,
-                  "PDL": False, "PREFETCH": False},
+                  "PDL": True},
         "options": {"num_warps": 4, "num_stages": 2}, "dot": True},
 }
 
@@ -151,6 +150,15 @@ def describe(results: list[CompiledKernel]) -> list[list]:
     return [[r.name, r.arch, r.instructions, ", ".join(r.tensor_core) or "-", r.seconds] for r in results]
 
 
+def _check_grid_dependency_waits(by_name: dict, arch: str) -> None:
+    """Every kernel declared with PDL waits for the kernel before it (sass_gate.toml grid_dependency_wait)."""
+    wait = sass._rules()["grid_dependency_wait"]
+    for name, spec in KERNELS.items():
+        if spec["const"].get("PDL") and wait not in {op.split(".")[0] for op in by_name[name].opcodes}:
+            raise TriforceError(f"Triton kernels for {arch}: {name} is launched with PDL but has no {wait} "
+                                "(griddepcontrol.wait): it would read its inputs before the kernel before it wrote them")
+
+
 def gate_target(target_name: str, log=print) -> list[CompiledKernel]:
     """Compile every declared kernel for the target and judge the cubins with the wheel's SASS gate (sass.evaluate:
     the arch of every cubin, tensor-core code in the kernels that multiply, no trap-only stub); raise naming the
@@ -178,6 +186,7 @@ def gate_target(target_name: str, log=print) -> list[CompiledKernel]:
     missing = [name for name in KERNELS if name not in by_name]
     if missing:
         raise TriforceError(f"Triton kernels for {arch}: cuobjdump found no {missing[0]} in its cubin")
+    _check_grid_dependency_waits(by_name, arch)
     return [CompiledKernel(name, by_name[name].arch, len(by_name[name].opcodes),
                            sorted({op.split(".")[0] for op in by_name[name].opcodes} & set(tensor_core)), seconds[name])
             for name in KERNELS]

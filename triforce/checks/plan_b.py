@@ -90,6 +90,8 @@ def run(checkpoint: str, config: str, recipe: str, observations: int, runs: int,
                             "plan_b_vs_fp32": {"worst": min(vs_fp32), "median": float(np.median(vs_fp32))},
                             "plan_a_vs_fp32": {"worst": min(a_vs_fp32), "median": float(np.median(a_vs_fp32))}},
               "latency": latency, "weight_bytes": bytes_, "load_and_quantize_s": load_b,
+              "engine": {name: {"expert_path": p.backend.expert_path, "denoise_launch": p.backend.denoise_launch}
+                         for name, p in (("plan_a", plan_a), ("plan_b", plan_b))},
               "thor_estimate": thor_estimate(cfg, quant.plan)}
     return report, rep.EXIT_PASS if passed else rep.EXIT_GATE_FAILED
 

@@ -16,6 +16,8 @@ What makes it fast, each exact up to bf16 rounding:
   (runtime/expert_layer.py; correct, but measured slower on the H100: bench/results/expert_persistent-*.json);
 - denoise step 0 runs on a second stream beside the prefix (`overlap_step0`): its layer i needs only the prefix's
   layer-i K/V, and its small launches fill the SMs the prefix GEMMs leave idle (one graph, event dependencies);
+- the later denoise steps' kernels launch with programmatic dependent launch (`denoise_launch`, sm_90+): each is
+  launched while the one before it runs and waits for it on the GPU, so the chain pays no launch gaps;
 - static buffers and one captured graph per (valid views, prompt bucket); a new key re-captures and says so, after
   a dry forward has compiled every Triton kernel of the shape in parallel (runtime/jit_warmup.py); Policy.load runs
   that dry forward on placeholder weights first, so the compiles overlap reading the checkpoint.
@@ -53,13 +55,15 @@ WEIGHT_ATTRS = ("patch", "pos_emb", "vision_layers", "post_ln", "projector", "em
                 "expert_layers", "action_in", "action_out", "ada", "ada_final", "ada_through")
 # (prefix stream, denoise stream) priorities while step 0 runs beside the prefix; lower runs first
 OVERLAP_PRIORITIES = {"equal": (0, 0), "prefix": (-1, 0), "step0": (0, -1)}
-# how the denoise chain's Triton kernels launch (set_denoise_launch; fused.dependent_launches)
+# how the denoise chain's Triton kernels launch (set_denoise_launch; fused.dependent_launches). The default is
+# "dependent" where the GPU has programmatic dependent launch: Plan A 11.11 vs 11.51 ms, Plan B h100_fast 8.96 vs
+# 9.81 ms (bench/results/engine_variants-*-s6*.json)
 DENOISE_LAUNCHES = {
     "plain": "each kernel launches when the one before it has finished",
     "dependent": "programmatic dependent launch (sm_90+): each kernel is launched while the one before it runs and "
-                 "waits for it on the GPU",
-    "dependent_prefetch": "dependent, and the weight-streaming kernels ask L2 for their weights before that wait",
+                 "waits for it on the GPU; step 0, beside the prefix, launches plain",
 }
+PDL_CAPABILITY = (9, 0)
 
 
 def _bf16(t):
@@ -189,7 +193,7 @@ class Pi05Engine:
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
-        self.denoise_launch, self.denoise_launch_step0 = "plain", True
+        self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
     @classmethod
@@ -342,26 +346,26 @@ class Pi05Engine:
         self.overlap_step0, self.overlap_priority = bool(on), priority
         self.slots.clear()
 
-    def set_denoise_launch(self, mode: str, step0: bool = True) -> None:
-        """One of DENOISE_LAUNCHES, for every denoise step, or (step0=False) for the steps after step 0 only (step 0
-        runs beside the prefix). The dependent ones need programmatic dependent launch (compute capability 9.0 or
-        newer) and are refused elsewhere. Captured graphs are dropped and re-capture."""
+    def set_denoise_launch(self, mode: str) -> None:
+        """One of DENOISE_LAUNCHES; "dependent" needs programmatic dependent launch (PDL_CAPABILITY or newer) and is
+        refused elsewhere, naming the GPU. Captured graphs are dropped and re-capture."""
         if mode not in DENOISE_LAUNCHES:
             raise TriforceError(f"unknown denoise launch '{mode}': {', '.join(DENOISE_LAUNCHES)}")
-        if mode != "plain":
-            major, minor = torch.cuda.get_device_capability()
-            if major < 9:
-                raise TriforceError(f"denoise launch '{mode}' needs programmatic dependent launch (compute capability "
-                                    f">= 9.0); {torch.cuda.get_device_name()} is {major}.{minor}")
-        self.denoise_launch, self.denoise_launch_step0 = mode, bool(step0)
+        capability = torch.cuda.get_device_capability()
+        if mode == "dependent" and capability < PDL_CAPABILITY:
+            raise TriforceError(f"denoise launch 'dependent' needs programmatic dependent launch (compute capability "
+                                f">= {'.'.join(map(str, PDL_CAPABILITY))}); {torch.cuda.get_device_name()} is "
+                                f"{'.'.join(map(str, capability))}")
+        self.denoise_launch = mode
         self.slots.clear()
 
-    def _launches(self, step: int, prefetch: bool = True):
-        """The context step `step`'s launches are made in (set_denoise_launch); prefetch=False: no weight prefetch
-        even in dependent_prefetch (for a kernel that follows another weight stream, whose reads it would slow)."""
-        if self.denoise_launch == "plain" or (step == 0 and not self.denoise_launch_step0):
+    def _launches(self, step: int):
+        """The context step `step`'s launches are made in. Step 0 beside the prefix launches plain: its programs,
+        launched early, would wait on SMs the prefix's GEMMs need (Plan B prefix 3.13 vs 3.03 ms,
+        engine_variants-planb-*-s6-h100_fast.json)."""
+        if self.denoise_launch == "plain" or (step == 0 and self.overlap_step0):
             return contextlib.nullcontext()
-        return fused.dependent_launches(prefetch=prefetch and self.denoise_launch == "dependent_prefetch")
+        return fused.dependent_launches()
 
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
@@ -484,8 +488,7 @@ class Pi05Engine:
                 fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
             else:
                 fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
-            with self._launches(step, prefetch=False):      # gate/up is still streaming its weights
-                pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
+            pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
         return self._euler_end(step, x, x_t, pending, pending_gate)
 
     def _euler_end(self, step, x, x_t, pending=None, pending_gate=None):

@@ -22,33 +22,28 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 class _Dependent:
     """Whether launches use programmatic dependent launch now (set by dependent_launches)."""
     on = False
-    prefetch = False
 
 
 @contextlib.contextmanager
-def dependent_launches(prefetch: bool = False):
+def dependent_launches():
     """Inside, the denoise chain's kernels (add_norm, qkv_rope, mqa_attention_split, skinny_linear, gate_up_geglu,
     skinny_w4a16, euler_tail) launch with programmatic dependent launch (sm_90+): each is launched while the kernel
-    before it still runs, waits for it (griddepcontrol.wait), then lets the next one launch, so at most two of the
-    chain overlap and no launch waits for the previous kernel's end. prefetch: the weight-streaming ones first ask
-    L2 for their weight slice (weights are constant, so reading them before the wait is safe)."""
+    before it still runs, waits for it on the GPU (griddepcontrol.wait), then lets the next one launch; at most two
+    of the chain overlap, and no launch waits for the previous kernel's end (W4A16 expert layer 24.9 vs 30.3 us:
+    bench/results/expert_layer-*-s6-launch-modes.json). Prefetching each kernel's weights into L2 before its wait
+    measured slower (same records) and was removed."""
     if INTERPRETED:
         raise ValueError("dependent launches need a GPU (griddepcontrol, sm_90+); the Triton interpreter has none")
-    saved = (_Dependent.on, _Dependent.prefetch)
-    _Dependent.on, _Dependent.prefetch = True, prefetch
+    saved, _Dependent.on = _Dependent.on, True
     try:
         yield
     finally:
-        _Dependent.on, _Dependent.prefetch = saved
+        _Dependent.on = saved
 
 
-def _dependent(weights: bool = False) -> dict:
-    """The launch keywords of a chain kernel: its PDL (and, for weight streamers, PREFETCH) constexprs and Triton's
-    launch_pdl option."""
-    kw = {"PDL": _Dependent.on, "launch_pdl": _Dependent.on}
-    if weights:
-        kw["PREFETCH"] = _Dependent.on and _Dependent.prefetch
-    return kw
+def _dependent() -> dict:
+    """The launch keywords of a chain kernel: its PDL constexpr and Triton's launch_pdl option."""
+    return {"PDL": _Dependent.on, "launch_pdl": _Dependent.on}
 
 
 @triton.jit
@@ -58,17 +53,6 @@ def _await_previous(PDL: tl.constexpr):
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-
-
-@triton.jit
-def _prefetch_l2(P, rows, stride, start, length, LINES: tl.constexpr):
-    """Ask L2 for elements [start, start + length) of the rows P + rows * stride, one prefetch per 128-byte line."""
-    per_line: tl.constexpr = 1024 // P.dtype.element_ty.primitive_bitwidth
-    for c0 in range(start, start + length, LINES * per_line):
-        cols = c0 + tl.arange(0, LINES) * per_line
-        ptrs = P + rows[:, None] * stride + tl.where(cols < start + length, cols, start)[None, :]
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                  is_pure=False, pack=1)
 
 
 @triton.jit
@@ -460,15 +444,13 @@ def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64
 @triton.jit
 def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GATE: tl.constexpr,
-                        DOT_F32: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
+                        DOT_F32: tl.constexpr, PDL: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M): split-K partials meet by
     atomics in fp32 out, zeroed or the residual stream itself."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
     m = tl.arange(0, BLOCK_M)
     nmask = n < N
-    if PREFETCH:
-        _prefetch_l2(W, tl.where(nmask, n, 0), stride_w, k_start, K_SPLIT, 16)
     _await_previous(PDL)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(k_start, k_start + K_SPLIT, BLOCK_K):
@@ -512,23 +494,21 @@ def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 1
                                            x.stride(0), w.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
                                            BLOCK_N=block_n, BLOCK_K=block_k, HAS_GATE=gate is not None,
                                            DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages,
-                                           **_dependent(weights=True))
+                                           **_dependent())
     return out
 
 
 @triton.jit
 def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_sc, INT4: tl.constexpr,
                      BLOCK_M: tl.constexpr, PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
-                     PDL: tl.constexpr, PREFETCH: tl.constexpr):
+                     PDL: tl.constexpr):
     """x[M, K] @ w[rows]^T over all of K for weight rows interleaved as (first[c], second[c]) pairs; returns the two
     [BLOCK_M, PAIRS] halves (the pairs an epilogue combines: RoPE's rotated halves, GeGLU's gate and up).
     INT4: W is canonical int4 (uint8 [N, K/2]) with bf16 scales SC per BLOCK_K (the int4 group), dequantized as in
-    _w4a16_group. PDL / PREFETCH: as _dependent says (the kernel's chain wait is here, after the weight prefetch)."""
+    _w4a16_group. PDL: the kernel's chain wait (_await_previous) is here."""
     r = tl.arange(0, 2 * PAIRS)
     rows = tl.where(r % 2 == 0, first, second)   # first/second: scalar bases; column c of a half is base + c
     rows = rows + r // 2
-    if PREFETCH:
-        _prefetch_l2(W, rows, stride_w, 0, K // 2 if INT4 else K, 16)
     _await_previous(PDL)
     m = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, 2 * PAIRS], tl.float32)
@@ -548,7 +528,7 @@ def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_s
 @triton.jit
 def _qkv_rope_kernel(X, W, SC, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_x, stride_w, stride_sc,
                      H: tl.constexpr, D: tl.constexpr, INT4: tl.constexpr, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
-                     BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
+                     BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr):
     """The expert's QKV projection for a few rows with RoPE and the K/V cache write as its epilogue (no qkv round
     trip, no rope launch). Program: head `hd` (H query heads, the key head, the value head), PAIRS dims i of the
     first half with their partners i + D/2, over all of K."""
@@ -557,7 +537,7 @@ def _qkv_rope_kernel(X, W, SC, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, str
     hd = tl.program_id(0) // per_head
     i0 = (tl.program_id(0) % per_head) * PAIRS
     x1, x2 = _paired_rows_dot(X, W, SC, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, stride_sc, INT4,
-                              BLOCK_M, PAIRS, BLOCK_K, DOT_F32, PDL, PREFETCH)
+                              BLOCK_M, PAIRS, BLOCK_K, DOT_F32, PDL)
     m = tl.arange(0, BLOCK_M)
     i = i0 + tl.arange(0, PAIRS)
     rmask = (m < M)[:, None]
@@ -606,18 +586,18 @@ def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads
     _qkv_rope_kernel[grid](x, wt, sc, pos, cos, sin, q_out, k_cache, v_cache, x.shape[0], x.shape[1], kv_offset,
                            x.stride(0), wt.stride(0), stride_sc, H=heads, D=head_dim, INT4=int4,
                            BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED,
-                           num_warps=num_warps, num_stages=num_stages, **_dependent(weights=True))
+                           num_warps=num_warps, num_stages=num_stages, **_dependent())
 
 
 @triton.jit
 def _gate_up_geglu_kernel(X, W, SC, OUT, M, K, I, stride_x, stride_w, stride_sc, stride_o, INT4: tl.constexpr,
                           BLOCK_M: tl.constexpr, PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
-                          PDL: tl.constexpr, PREFETCH: tl.constexpr):
+                          PDL: tl.constexpr):
     """gelu_tanh(x @ w_gate^T) * (x @ w_up^T) for a few rows, w = [gate | up] [2I, K]: PAIRS gate columns with their
     up columns per program, over all of K (no fp32 round trip, no GeGLU launch)."""
     c0 = tl.program_id(0) * PAIRS
     g, u = _paired_rows_dot(X, W, SC, c0, I + c0, M, K, stride_x, stride_w, stride_sc, INT4, BLOCK_M, PAIRS, BLOCK_K,
-                            DOT_F32, PDL, PREFETCH)
+                            DOT_F32, PDL)
     m = tl.arange(0, BLOCK_M)
     c = c0 + tl.arange(0, PAIRS)
     tl.store(OUT + m[:, None] * stride_o + c[None, :], gelu_tanh_mul(g, u).to(OUT.dtype.element_ty),
@@ -637,7 +617,7 @@ def gate_up_geglu(x, w, out, scales=None, pairs: int = 16, block_k: int = 128, n
     _gate_up_geglu_kernel[(inter // pairs,)](x, wt, sc, out, x.shape[0], x.shape[1], inter, x.stride(0), wt.stride(0),
                                              stride_sc, out.stride(0), INT4=int4, BLOCK_M=SKINNY_MAX_ROWS,
                                              PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED, num_warps=num_warps,
-                                             num_stages=num_stages, **_dependent(weights=True))
+                                             num_stages=num_stages, **_dependent())
     return out
 
 
@@ -683,7 +663,7 @@ def _w4a16_group(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M:
 @triton.jit
 def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, stride_sc, stride_o,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
-                         HAS_GATE: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
+                         HAS_GATE: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ dequant(W)[N, K-range]^T, W canonical int4 (low nibble = even k,
     group-128 bf16 scales). GROUPS groups per step, unrolled so their loads are in flight together; each group as in
     _w4a16_group."""
@@ -694,8 +674,6 @@ def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, strid
     j = tl.arange(0, HALF)
     nmask = n < N
     mmask = m[:, None] < M
-    if PREFETCH:
-        _prefetch_l2(QW, tl.where(nmask, n, 0), stride_qw, k_start // 2, K_SPLIT // 2, 16)
     _await_previous(PDL)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k_step in range(k_start, k_start + K_SPLIT, GROUP * GROUPS):
@@ -738,5 +716,5 @@ def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int | None = 
                                             out.stride(0), BLOCK_M=16 if rows <= 16 else W4A16_MAX_ROWS,
                                             BLOCK_N=block_n, GROUP=group, GROUPS=groups, HAS_GATE=gate is not None,
                                             DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages,
-                                            **_dependent(weights=True))
+                                            **_dependent())
     return out

@@ -1,0 +1,53 @@
+"""How the denoise chain launches (engine.DENOISE_LAUNCHES, fused.dependent_launches), on CPU: what each mode makes the
+kernels' launch keywords, which steps it covers, and what it refuses."""
+
+import contextlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from triforce.errors import TriforceError
+from triforce.runtime import fused
+from triforce.runtime.engine import DENOISE_LAUNCHES, Pi05Engine
+
+PLAIN = {"PDL": False, "launch_pdl": False}
+
+
+def test_dependent_launches_set_the_chain_keywords_and_restore_them_on_error():
+    assert fused._dependent() == PLAIN
+    with pytest.raises(RuntimeError, match="inside"):
+        with fused.dependent_launches():
+            assert fused._dependent() == {"PDL": True, "launch_pdl": True}
+            raise RuntimeError("inside")
+    assert fused._dependent() == PLAIN
+
+
+def test_step0_beside_the_prefix_launches_plain_and_the_later_steps_dependently():
+    stub = SimpleNamespace(denoise_launch="dependent", overlap_step0=True)
+    with Pi05Engine._launches(stub, 0):
+        assert fused._dependent() == PLAIN
+    with Pi05Engine._launches(stub, 1):
+        assert fused._dependent()["PDL"]
+    stub.overlap_step0 = False                  # step 0 after the prefix: nothing to share the SMs with
+    with Pi05Engine._launches(stub, 0):
+        assert fused._dependent()["PDL"]
+    stub.denoise_launch = "plain"
+    assert isinstance(Pi05Engine._launches(stub, 5), contextlib.nullcontext)
+
+
+def test_dependent_launch_is_refused_without_pdl_naming_the_gpu(monkeypatch):
+    stub = SimpleNamespace(denoise_launch="plain", slots={"graph": 1})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (8, 6))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA GeForce RTX 3090")
+    with pytest.raises(TriforceError, match=r"denoise launch 'dependent' needs programmatic dependent launch "
+                                            r"\(compute capability >= 9.0\); NVIDIA GeForce RTX 3090 is 8.6"):
+        Pi05Engine.set_denoise_launch(stub, "dependent")
+    with pytest.raises(TriforceError, match="unknown denoise launch 'fast': plain, dependent"):
+        Pi05Engine.set_denoise_launch(stub, "fast")
+    assert stub.denoise_launch == "plain" and stub.slots          # nothing changed
+    Pi05Engine.set_denoise_launch(stub, "plain")
+    assert not stub.slots                                         # graphs re-capture
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (11, 0))   # Thor
+    Pi05Engine.set_denoise_launch(stub, "dependent")
+    assert stub.denoise_launch == "dependent" and set(DENOISE_LAUNCHES) == {"plain", "dependent"}
