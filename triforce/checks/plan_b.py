@@ -71,7 +71,9 @@ def run(checkpoint: str, config: str, recipe: str, observations: int, runs: int,
     latency["speedup_b_over_a"] = latency["plan_a"]["graph_replay"]["median_ms"] / latency["plan_b"]["graph_replay"]["median_ms"]
     bytes_ = {"plan_a": plan_a.backend.weight_bytes(), "plan_b": plan_b.backend.weight_bytes()}
     quant = plan_b.backend.quant
-    del plan_a
+    engine = {name: {"expert_path": p.backend.expert_path, "denoise_launch": p.backend.denoise_launch}
+              for name, p in (("plan_a", plan_a), ("plan_b", plan_b))}
+    del plan_a  # frees the bf16 engine's memory before the fp32 reference loads
     torch.cuda.empty_cache()
     ref = ReferencePi05(cfg, load_state(path, cfg, device="cuda"), "cuda")
     out_ref = [_run_ref(ref, check_observation(o, cfg), n) for o, n in cases]
@@ -90,8 +92,7 @@ def run(checkpoint: str, config: str, recipe: str, observations: int, runs: int,
                             "plan_b_vs_fp32": {"worst": min(vs_fp32), "median": float(np.median(vs_fp32))},
                             "plan_a_vs_fp32": {"worst": min(a_vs_fp32), "median": float(np.median(a_vs_fp32))}},
               "latency": latency, "weight_bytes": bytes_, "load_and_quantize_s": load_b,
-              "engine": {name: {"expert_path": p.backend.expert_path, "denoise_launch": p.backend.denoise_launch}
-                         for name, p in (("plan_a", plan_a), ("plan_b", plan_b))},
+              "engine": engine,
               "thor_estimate": thor_estimate(cfg, quant.plan)}
     return report, rep.EXIT_PASS if passed else rep.EXIT_GATE_FAILED
 
