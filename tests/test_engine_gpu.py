@@ -91,6 +91,11 @@ def test_plan_b_h100_recipe_on_tiny():
     for _ in range(4):
         obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
         assert cosine(b.infer(obs, noise), ref.infer(obs, noise)) >= 0.98
+    # the W4A16 o reading the attention partials (the default) against the combine launch
+    assert b.backend.expert_path == "fused_combine"
+    combined = b.infer(obs, noise)
+    b.backend.set_expert_path("fused_epilogue")
+    assert cosine(b.infer(obs, noise), combined) >= 0.9999
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] in (10, 11), reason="Blackwell runs NVFP4")
@@ -100,20 +105,23 @@ def test_nvfp4_refused_on_this_gpu():
 
 
 def test_expert_paths_give_the_same_actions(policies):
-    """Every expert path (the default fused_epilogue, per_op, the opt-in persistent layer) gives the same actions."""
+    """Every expert path (the default fused_combine, fused_epilogue, per_op, the opt-in persistent layer) gives the
+    same actions."""
+    from triforce.runtime.engine import EXPERT_PATHS
+
     _, policy = policies
     eng = policy.backend
-    assert eng.expert_path == "fused_epilogue"
+    assert eng.expert_path == "fused_combine"
     rng = np.random.default_rng(4)
     obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
     actions = {}
     try:
-        for path in ("fused_epilogue", "per_op", "persistent"):
+        for path in EXPERT_PATHS:
             eng.set_expert_path(path)
             actions[path] = policy.infer(obs, noise)
     finally:
-        eng.set_expert_path("fused_epilogue")
-    for path in ("per_op", "persistent"):
+        eng.set_expert_path("fused_combine")
+    for path in EXPERT_PATHS:
         assert cosine(actions["fused_epilogue"], actions[path]) >= 0.9999, path
 
 

@@ -6,6 +6,7 @@ mis-shaped or mis-typed tensor is an error that lists them; the only tolerated e
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -163,8 +164,10 @@ def synthetic_dir() -> Path:
 
 
 def write_synthetic(cfg: ModelConfig, seed: int = 0) -> Path:
-    """A deterministic random-weight checkpoint for `cfg`, written once as model.safetensors (atomically)."""
-    path = synthetic_dir() / f"{cfg.name}-seed{seed}" / "model.safetensors"
+    """A deterministic random-weight checkpoint for `cfg`, written once as model.safetensors (atomically), under a
+    name that carries the digest of its tensor shapes (a changed config never reads a stale file)."""
+    shapes = repr(sorted(expected_tensors(cfg).items())).encode()
+    path = synthetic_dir() / f"{cfg.name}-seed{seed}-{hashlib.sha256(shapes).hexdigest()[:12]}" / "model.safetensors"
     if path.is_file():
         return path
     import torch
