@@ -25,8 +25,8 @@
 #   part 14 (the kernel wheel, development build): all GPU tests, the denoise launch modes, Plan B validation
 #     (h100_fast)
 #   part 15: Plan A validation, the engine benchmark, the W4A16 kernel at the engine's shape (plain and chained)
-#   part 16 (the kernel wheel, development build): the engine GPU tests, the launch modes of the fused_epilogue and
-#     fused_combine chains, the engine variants (Plan A, Plan B h100_fast), Plan B and Plan A validation
+#   part 16 (the kernel wheel, development build): the engine GPU tests, the engine variants (Plan B h100_fast, Plan
+#     A: fused_epilogue vs fused_combine), the launch modes of both chains, Plan B and Plan A validation
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|16   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -113,9 +113,9 @@ elif [ "$1" = 16 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  run python3 bench/expert_kernels.py --launch-modes-only --out-dir "$OUT"
-  run python3 bench/engine_variants.py --plan a --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+  run python3 bench/engine_variants.py --plan a --out-dir "$OUT"
+  run python3 bench/expert_kernels.py --launch-modes-only --out-dir "$OUT"
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
