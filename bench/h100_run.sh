@@ -27,6 +27,8 @@
 #   part 15: Plan A validation, the engine benchmark, the W4A16 kernel at the engine's shape (plain and chained)
 #   part 16 (the kernel wheel, development build): the engine GPU tests, the engine variants (Plan B h100_fast, Plan
 #     A: fused_epilogue vs fused_combine), the launch modes of both chains, Plan B and Plan A validation
+#   part 17 (no kernel wheel; what 250 s of device time allows): the engine GPU tests but the wheel-backed one, the
+#     engine variants of Plan A, the launch modes of both chains
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|16   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -119,6 +121,11 @@ elif [ "$1" = 16 ]; then
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+elif [ "$1" = 17 ]; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "not plan_b_h100_recipe"
+  run python3 bench/engine_variants.py --plan a --out-dir "$OUT"
+  run python3 bench/expert_kernels.py --launch-modes-only --out-dir "$OUT"
 elif [ "$1" = 11 ]; then
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   run python3 bench/cold_start.py --out-dir "$OUT"

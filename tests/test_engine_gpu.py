@@ -1,5 +1,7 @@
 """Plan A / Plan B engines on a real GPU (marked gpu: run on the lent H100, not in CI)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -166,3 +168,30 @@ def test_dependent_launches_give_the_plain_actions(policies):
     finally:
         eng.set_denoise_launch("dependent")
         eng.set_overlap_step0(True)
+
+
+def test_o_projection_reads_attention_partials_at_the_expert_shapes():
+    """The expert's o (bf16 and W4A16) reading split-KV partials (fused_combine) equals o on the combined attention,
+    at pi05_libero's shapes (10 rows x 8 heads of 256, 538 keys), plain and under dependent launches."""
+    from triforce.quant import formats as fm
+
+    g = torch.Generator(device="cuda").manual_seed(7)
+    rows, heads, dim, keys, width = 10, 8, 256, 538, 1024
+    q = torch.randn(rows * heads, dim, device="cuda", generator=g).bfloat16()
+    k, v = (torch.randn(keys, dim, device="cuda", generator=g).bfloat16() for _ in range(2))
+    bias = torch.zeros(keys, device="cuda").bfloat16()
+    bias[500:528] = float("-inf")                       # padded prompt slots
+    w = (torch.randn(width, heads * dim, device="cuda", generator=g) / 45).bfloat16()
+    w4 = fm.quantize_int4_g128(w.float().cpu())
+    w4 = tuple(t.cuda() for t in w4)
+    gate = torch.rand(width, device="cuda", generator=g)
+    att = fused.mqa_attention_split(q, k, v, bias, torch.empty_like(q)).view(rows, -1)
+    for launch in (contextlib.nullcontext, fused.dependent_launches):
+        for name, o in (("bf16", lambda x, out: fused.skinny_linear(x, w, out=out, gate=gate)),
+                        ("W4A16", lambda x, out: fused.skinny_w4a16(x, *w4, out=out, gate=gate))):
+            with launch():
+                want = o(att, torch.zeros(rows, width, device="cuda"))
+                got = o(fused.mqa_partials(q, k, v, bias, heads), torch.zeros(rows, width, device="cuda"))
+            torch.cuda.synchronize()
+            assert cosine(got.cpu().numpy(), want.cpu().numpy()) >= 0.99999, name
+            assert (got - want).abs().max().item() <= 1e-2 * want.abs().max().item(), name
