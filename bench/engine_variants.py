@@ -12,8 +12,9 @@ stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 f
 read by skinny expert GEMMs, which lost (*-s4-fold.json). Session 5: the expert paths (*-s5.json; the adaRMS norm read
 inside the fused-epilogue kernels lost, *-s5-fused-norm.json). Session 6: the denoise launch modes (*-s6*.json; also a
 mode prefetching each kernel's weights into L2, which lost, and dependent launch for step 0 beside the prefix, which
-slowed Plan B's prefix: 3.13 vs 3.03 ms). Session 7: the expert's o reading the attention partials (fused_combine)
-against the combine launch (fused_epilogue).
+slowed Plan B's prefix: 3.13 vs 3.03 ms). Session 7: the expert's o reading the split-KV attention partials and
+combining them as it loads its input (no combine launch, 7 launches a layer): Plan A 12.31 vs 11.21 ms, lost and
+removed (*-s7-fused-combine.json).
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -30,10 +31,9 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = tuple((f"{path}, {mode} launches", {"expert_path": path, "overlap_step0": True, "priority": "prefix",
-                                                "denoise_launch": mode})
-                 for path, mode in (("fused_epilogue", "dependent"), ("fused_combine", "dependent"),
-                                    ("fused_combine", "plain")))
+VARIANTS = tuple((f"denoise launch {mode}", {"expert_path": "fused_epilogue", "overlap_step0": True,
+                                              "priority": "prefix", "denoise_launch": mode})
+                 for mode in ("plain", "dependent"))
 
 
 def apply(eng, settings: dict) -> None:

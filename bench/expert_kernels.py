@@ -5,10 +5,12 @@
 of 18 launches, one per layer; us per launch = replay median (device events, after warm-up) / 18. Sweeps the launch
 shapes of the few-row kernels (skinny o/down, split-KV attention, QKV + RoPE and gate/up + GeGLU against the cuBLAS
 GEMM + kernel pair they replace), then times the engine's per-layer sequence on both expert paths (fused_epilogue,
-per_op) and the end-of-step kernel's launch shapes; last, the fused_epilogue and fused_combine chains (o reading the
-attention partials; bf16, and W4A16 as Plan B runs it) and a chain of norms under each denoise launch mode (engine.DENOISE_LAUNCHES: plain, programmatic dependent launch),
+per_op) and the end-of-step kernel's launch shapes; last, the fused_epilogue chain (bf16, and W4A16 as Plan B runs it)
+and a chain of norms under each denoise launch mode (engine.DENOISE_LAUNCHES: plain, programmatic dependent launch),
 each captured inside its mode. (Session 6 also timed a third mode, each kernel prefetching its weights into L2 before
-its wait: slower, removed; expert_layer-*-s6-launch-modes*.json.)
+its wait: slower, removed; expert_layer-*-s6-launch-modes*.json. Session 7 timed the chains with o reading the
+split-KV partials instead of a combine launch: bf16 37.5 vs 31.7 us, W4A16 34.5 vs 25.0 us a layer under dependent
+launches, removed; expert_layer-*-s7-fused-combine.json.)
 Prints tables and records bench/results/expert_layer-<gpu>-<date>.json.
     python3 bench/expert_kernels.py [--runs 50] [--launch-modes-only] [--out-dir bench/results]"""
 
@@ -105,29 +107,14 @@ class Layers:
         torch.mm(self.h, self.gu[i].t(), out=self.gu_out)
         fused.geglu(self.gu_out, self.act)
 
-    def attention_into_o(self, i, o_weights):
-        """Split-KV partials, combined by the o projection as it reads them (expert path fused_combine)."""
-        parts = fused.mqa_partials(self.q, self.kc[i], self.vc[i], self.bias, H)
-        if isinstance(o_weights, tuple):
-            fused.skinny_w4a16(parts, *o_weights, out=self.x, gate=self.gate)
-        else:
-            fused.skinny_linear(parts, o_weights, out=self.x, gate=self.gate)
-
-    def launches_int4(self, combine=False):
-        """The fused_epilogue (combine: fused_combine) layer on W4A16 weights (Plan B's expert: all four GEMMs
-        int4)."""
-        if combine:
-            attention_o = [("attention partials + o int4", lambda i: self.attention_into_o(i, self.o4[i]))]
-        else:
-            attention_o = [("attention", lambda i: fused.mqa_attention_split(self.q, self.kc[i], self.vc[i], self.bias,
-                                                                             self.att)),
-                           ("o int4", lambda i: fused.skinny_w4a16(self.att.view(M, -1), *self.o4[i], out=self.x,
-                                                                   gate=self.gate))]
+    def launches_int4(self):
+        """The fused_epilogue layer on W4A16 weights (Plan B's expert: all four GEMMs int4)."""
         return [("add_norm", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale)),
                 ("QKV + RoPE int4", lambda i: fused.qkv_rope(self.h, self.qkv4[i][0], self.pos, self.cos, self.sin,
                                                              self.q, self.kc[i], self.vc[i], SEQ, H, D,
                                                              scales=self.qkv4[i][1])),
-                *attention_o,
+                ("attention", lambda i: fused.mqa_attention_split(self.q, self.kc[i], self.vc[i], self.bias, self.att)),
+                ("o int4", lambda i: fused.skinny_w4a16(self.att.view(M, -1), *self.o4[i], out=self.x, gate=self.gate)),
                 ("add_norm", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale)),
                 ("gate/up + GeGLU int4", lambda i: fused.gate_up_geglu(self.h, self.gu4[i][0], self.act,
                                                                        scales=self.gu4[i][1])),
@@ -137,7 +124,7 @@ class Layers:
         """The engine's per-layer sequence (engine.py _denoise_step, bf16) on an expert path, as (name, fn(layer))
         pairs."""
         attn, o, down = attn or {}, o or {}, down or {}
-        if path in ("fused_epilogue", "fused_combine"):
+        if path == "fused_epilogue":
             qkv = [("QKV + RoPE + K/V cache write", self.qkv_rope)]
             gate_up = [("gate/up + GeGLU", lambda i: fused.gate_up_geglu(self.h, self.gu[i], self.act))]
         else:
@@ -146,17 +133,13 @@ class Layers:
                                                                        self.q, self.kc[i], self.vc[i], SEQ, H, D))]
             gate_up = [("gate/up (cuBLAS)", lambda i: torch.mm(self.h, self.gu[i].t(), out=self.gu_out)),
                        ("GeGLU", lambda i: fused.geglu(self.gu_out, self.act))]
-        if path == "fused_combine":
-            attention_o = [("attention partials + o (combined as read)", lambda i: self.attention_into_o(i, self.o[i]))]
-        else:
-            attention_o = [("attention (split-KV + combine)",
-                            lambda i: fused.mqa_attention_split(self.q, self.kc[i], self.vc[i], self.bias, self.att,
-                                                                **attn)),
-                           ("o into the residual (skinny)",
-                            lambda i: fused.skinny_linear(self.att.view(M, -1), self.o[i], out=self.x, gate=self.gate,
-                                                          **o))]
         norm = ("add_norm (adaRMS)", lambda i: fused.add_norm(self.x, self.h, scale=self.scale, shift=self.scale))
-        return [norm, *qkv, *attention_o, norm, *gate_up,
+        return [norm, *qkv,
+                ("attention (split-KV + combine)", lambda i: fused.mqa_attention_split(self.q, self.kc[i], self.vc[i],
+                                                                                       self.bias, self.att, **attn)),
+                ("o into the residual (skinny)", lambda i: fused.skinny_linear(self.att.view(M, -1), self.o[i],
+                                                                               out=self.x, gate=self.gate, **o)),
+                norm, *gate_up,
                 ("down into the residual (skinny)", lambda i: fused.skinny_linear(self.act, self.down[i], out=self.x,
                                                                                   gate=self.gate, **down))]
 
@@ -176,12 +159,10 @@ def chain(launches, mode):
 
 
 def launch_modes(lay, runs):
-    """us per layer of the fused_epilogue and fused_combine chains (bf16 and int4) and us per launch of a chain of 18
-    norms, under each denoise launch mode, with its ratio to plain."""
+    """us per layer of the fused_epilogue chain (bf16 and int4) and us per launch of a chain of 18 norms, under each
+    denoise launch mode, with its ratio to plain."""
     chains = {"fused_epilogue chain, bf16": lambda mode: chain(lay.launches("fused_epilogue"), mode),
-              "fused_combine chain, bf16": lambda mode: chain(lay.launches("fused_combine"), mode),
               "fused_epilogue chain, W4A16": lambda mode: chain(lay.launches_int4(), mode),
-              "fused_combine chain, W4A16": lambda mode: chain(lay.launches_int4(combine=True), mode),
               "add_norm alone (18 in a row)": lambda mode: chain(lay.launches()[:1], mode)}
     out = {mode: {name: graph_us(make(mode), runs) for name, make in chains.items()} for mode in DENOISE_LAUNCHES}
     rep.print_table("denoise launch modes (us per layer / per launch; x: plain over the mode)",

@@ -25,11 +25,9 @@
 #   part 14 (the kernel wheel, development build): all GPU tests, the denoise launch modes, Plan B validation
 #     (h100_fast)
 #   part 15: Plan A validation, the engine benchmark, the W4A16 kernel at the engine's shape (plain and chained)
-#   part 16 (the kernel wheel, development build): the engine GPU tests, the engine variants (Plan B h100_fast, Plan
-#     A: fused_epilogue vs fused_combine), the launch modes of both chains, Plan B and Plan A validation
-#   part 17 (no kernel wheel; what 250 s of device time allows): the engine GPU tests but the wheel-backed one, the
-#     engine variants of Plan A, the launch modes of both chains
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|16   (carry .device_carry and .whl)
+#   part 17 (no kernel wheel): the engine GPU tests but the wheel-backed one, the engine variants of Plan A, the
+#     denoise launch modes (seventh session: with the o projection reading the attention partials, since removed)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|17   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -111,16 +109,6 @@ elif [ "$1" = 15 ]; then
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   run python3 bench/run_bench.py --plan a --runs 50 --out-dir "$OUT"
   run python3 bench/w4a16_sweep.py --engine-shape-only --out-dir "$OUT"
-elif [ "$1" = 16 ]; then
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
-  run python3 bench/engine_variants.py --plan a --out-dir "$OUT"
-  run python3 bench/expert_kernels.py --launch-modes-only --out-dir "$OUT"
-  mkdir -p "$OUT/fast"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 17 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "not plan_b_h100_recipe"

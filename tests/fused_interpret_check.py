@@ -200,26 +200,6 @@ res0 = res.clone()
 fused.skinny_w4a16(xs, packed, scales, out=res, gate=gate)
 check("skinny W4A16 as a gated residual add", res, res0 + gate * (xs.float() @ deq.T), 1e-2)
 
-# the o projection reading split-KV attention partials (expert path fused_combine): rows m·H + h of one kv head
-Ma, Ha, Da = 5, 4, 128
-qo = torch.randn(Ma * Ha, Da).bfloat16()
-ko, vo = torch.randn(T, Da).bfloat16(), torch.randn(T, Da).bfloat16()
-att = (torch.softmax((qo.float() @ ko.float().T) * Da ** -0.5 + bias.float(), -1) @ vo.float()).view(Ma, Ha * Da)
-parts = fused.mqa_partials(qo, ko, vo, bias, Ha, 16, 32)
-wo_ = torch.randn(96, Ha * Da).bfloat16()
-check("skinny gemm on attention partials", fused.skinny_linear(parts, wo_), att @ wo_.float().T, 2e-2)
-o4, o4_sc = fm.quantize_int4_g128(torch.randn(192, Ha * Da))
-res, gate = torch.randn(Ma, 192), torch.randn(192)
-res0 = res.clone()
-fused.skinny_w4a16(parts, o4, o4_sc, out=res, gate=gate)
-check("skinny W4A16 on attention partials, gated residual add", res,
-      res0 + gate * (att @ fm.dequantize_int4_g128(o4, o4_sc).T), 2e-2)
-try:
-    fused.skinny_linear(fused.mqa_partials(qa, ka, va, bias, 2, 16, 32), torch.randn(8, 2 * D).bfloat16())
-    failures.append("a few-row GEMM took attention partials of head dim 32 in K blocks of 128")
-except ValueError as err:
-    print(f"partials of head dim {D}: refused ({err})")
-
 # the engine's end of a denoise step (Pi05Engine._euler_end, shared by the per-op and persistent paths) is this kernel
 from types import SimpleNamespace  # noqa: E402
 

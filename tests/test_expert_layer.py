@@ -33,7 +33,7 @@ def _bf16_linear():
     from triforce.runtime.engine import Linear
 
     lin = object.__new__(Linear)      # a bf16 layer without moving weights to a GPU
-    lin.weight, lin.bias, lin.adds_into_residual = "bf16 weight", None, True
+    lin.weight, lin.bias = "bf16 weight", None
     return lin
 
 
@@ -45,7 +45,7 @@ def test_expert_paths_are_refused_with_the_reason():
     from triforce.errors import TriforceError
 
     stub, engine = _engine_stub("pi05_base", _bf16_linear())         # horizon 50
-    for path in ("persistent", "fused_combine", "fused_epilogue"):
+    for path in ("persistent", "fused_epilogue"):
         assert "action horizon 50 > 16" in stub.expert_path_refusal(path)
         with pytest.raises(TriforceError, match=f"the {path} expert path cannot run here: action horizon 50"):
             engine.set_expert_path(stub, path)
@@ -57,19 +57,13 @@ def test_expert_paths_are_refused_with_the_reason():
     with pytest.raises(TriforceError, match="unknown expert path 'fast'"):
         engine.set_expert_path(stub, "fast")
     stub, _ = _engine_stub("pi05_libero", _bf16_linear())
-    assert all(stub.expert_path_refusal(p) is None for p in ("persistent", "fused_combine", "fused_epilogue"))
-    stub.cfg = SimpleNamespace(action_horizon=10, expert=SimpleNamespace(dim_head=64))   # o's K blocks span 2 heads
-    assert "head dim 64 is not a multiple of 128" in stub.expert_path_refusal("fused_combine")
-    stub, _ = _engine_stub("pi05_libero", _bf16_linear())
+    assert stub.expert_path_refusal("persistent") is None and stub.expert_path_refusal("fused_epilogue") is None
     stub.expert_layers[0]["down"].input_quant_scale = 1.0                # an FP8 down layer reads quantized GeGLU
-    for path in ("fused_combine", "fused_epilogue"):
-        assert "FP8 down layers" in stub.expert_path_refusal(path)
-    w4a16 = SimpleNamespace(few_row_weights={"w": "int4", "scales": "bf16"}, adds_into_residual=True)   # Plan B's W4A16
+    assert "FP8 down layers" in stub.expert_path_refusal("fused_epilogue")
+    w4a16 = SimpleNamespace(few_row_weights={"w": "int4", "scales": "bf16"})   # Plan B's W4A16 layers
     stub, _ = _engine_stub("pi05_libero", w4a16)
-    assert stub.expert_path_refusal("fused_combine") is None and stub.expert_path_refusal("fused_epilogue") is None
+    assert stub.expert_path_refusal("fused_epilogue") is None
     assert "quantized expert layers (o, qkv)" in stub.expert_path_refusal("persistent")
-    stub.expert_layers[0]["o"] = SimpleNamespace()                       # an FP8 o: no few-row kernel
-    assert "o layers without a few-row kernel" in stub.expert_path_refusal("fused_combine")
 
 
 def test_resident_program_count_bounds_the_grid():

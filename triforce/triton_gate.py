@@ -25,8 +25,7 @@ FLOAT_ARGS = {"eps", "qk_scale", "dt"}
 
 # kernel -> pointer element types, constexprs and launch options at pi05_libero's shapes (as engine.py launches
 # them: the denoise chain's kernels with programmatic dependent launch, PDL); every other runtime argument is an
-# int32. `dot`: whether the kernel multiplies tiles (tensor-core gate). "kernel:variant" declares a second
-# specialization of a kernel the engine also launches (judged in a batch of its own: cubins name only the kernel).
+# int32. `dot`: whether the kernel multiplies tiles (tensor-core gate).
 KERNELS = {
     "_add_norm_kernel": {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "W": "fp32", "B": "fp32",
@@ -65,16 +64,8 @@ KERNELS = {
         "const": {"D": 72, "D_PAD": 128, "BLOCK_M": 64, "BLOCK_N": 64, "DOT_F32": False},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_skinny_gemm_kernel": {
-        "ptr": {"X": "bf16", "PO": "fp32", "PM": "fp32", "PL": "fp32", "W": "bf16", "GATE": "fp32", "OUT": "fp32"},
-        "const": {"H": 8, "D": 256, "SPLITS_PAD": 1, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True,
-                  "ATTENTION": False,
-                  "DOT_F32": False, "PDL": True},
-        "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
-    "_skinny_gemm_kernel:attention": {   # the expert's o reading split-KV partials (expert path fused_combine)
-        "ptr": {"X": "bf16", "PO": "fp32", "PM": "fp32", "PL": "fp32", "W": "bf16", "GATE": "fp32", "OUT": "fp32"},
-        "const": {"H": 8, "D": 256, "SPLITS_PAD": 16, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True,
-                  "ATTENTION": True,
-                  "DOT_F32": False, "PDL": True},
+        "ptr": {"X": "bf16", "W": "bf16", "GATE": "fp32", "OUT": "fp32"},
+        "const": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True, "DOT_F32": False, "PDL": True},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_qkv_rope_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16",
@@ -87,16 +78,9 @@ KERNELS = {
         "const": {"INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False, "PDL": True},
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_skinny_w4a16_kernel": {
-        "ptr": {"X": "bf16", "PO": "fp32", "PM": "fp32", "PL": "fp32", "QW": "u8", "SC": "bf16", "GATE": "fp32",
-                "OUT": "fp32"},
-        "const": {"H": 8, "D": 256, "SPLITS_PAD": 1, "BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 2,
-                  "HAS_GATE": True, "ATTENTION": False, "DOT_F32": False, "PDL": True},
-        "options": {"num_warps": 4, "num_stages": 2}, "dot": True},
-    "_skinny_w4a16_kernel:attention": {
-        "ptr": {"X": "bf16", "PO": "fp32", "PM": "fp32", "PL": "fp32", "QW": "u8", "SC": "bf16", "GATE": "fp32",
-                "OUT": "fp32"},
-        "const": {"H": 8, "D": 256, "SPLITS_PAD": 16, "BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 2,
-                  "HAS_GATE": True, "ATTENTION": True, "DOT_F32": False, "PDL": True},
+        "ptr": {"X": "bf16", "QW": "u8", "SC": "bf16", "GATE": "fp32", "OUT": "fp32"},
+        "const": {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP": 128, "GROUPS": 2, "HAS_GATE": True, "DOT_F32": False,
+                  "PDL": True},
         "options": {"num_warps": 4, "num_stages": 2}, "dot": True},
 }
 
@@ -125,17 +109,12 @@ def _signature(fn, spec: dict) -> dict:
     return sig
 
 
-def kernel_name(entry: str) -> str:
-    """The Triton kernel of a KERNELS entry ("kernel" or "kernel:variant")."""
-    return entry.split(":")[0]
-
-
 def _kernel_fn(name: str):
     from .runtime import fused
 
-    fn = getattr(fused, kernel_name(name), None)
+    fn = getattr(fused, name, None)
     if fn is None:
-        raise TriforceError(f"triton_gate: runtime/fused.py has no kernel {kernel_name(name)}: update KERNELS")
+        raise TriforceError(f"triton_gate: runtime/fused.py has no kernel {name}: update KERNELS")
     return fn
 
 
@@ -180,36 +159,6 @@ def _check_grid_dependency_waits(by_name: dict, arch: str) -> None:
                                 "(griddepcontrol.wait): it would read its inputs before the kernel before it wrote them")
 
 
-def _batches() -> list[list[str]]:
-    """KERNELS entries in batches that name each kernel once (the kernels first, then their variants)."""
-    batches: list[list[str]] = []
-    for name in KERNELS:
-        batch = next((b for b in batches if kernel_name(name) not in map(kernel_name, b)), None)
-        if batch is None:
-            batches.append(batch := [])
-        batch.append(name)
-    return batches
-
-
-def _judge(batch: list[str], cubins: dict, arch: str, tensor_core: tuple, tmp: str) -> dict:
-    """The SASS gate on one batch's cubins; entry -> its parsed kernel."""
-    texts = []
-    for name in batch:
-        path = Path(tmp) / f"{name.replace(':', '-')}.cubin"
-        path.write_bytes(cubins[name])
-        texts.append(sass.dump_sass(path))
-    dot_kernels = {name: f"^{kernel_name(name)}$" for name in batch if KERNELS[name]["dot"]}
-    report = sass.evaluate(Path(f"Triton kernels ({arch})"), "\n".join(texts), arch, dot_kernels, tensor_core,
-                           b"".join(cubins[name] for name in batch))
-    if not report.passed:
-        raise TriforceError(f"Triton kernels for {arch}: {report.failures[0]}")
-    found = {k.name: k for k in report.kernels}
-    missing = [name for name in batch if kernel_name(name) not in found]
-    if missing:
-        raise TriforceError(f"Triton kernels for {arch}: cuobjdump found no {kernel_name(missing[0])} in its cubin")
-    return {name: found[kernel_name(name)] for name in batch}
-
-
 def gate_target(target_name: str, log=print) -> list[CompiledKernel]:
     """Compile every declared kernel for the target and judge the cubins with the wheel's SASS gate (sass.evaluate:
     the arch of every cubin, tensor-core code in the kernels that multiply, no trap-only stub); raise naming the
@@ -219,13 +168,24 @@ def gate_target(target_name: str, log=print) -> list[CompiledKernel]:
     if not arch.startswith("sm_"):
         raise TriforceError(f"triton_gate: target {target_name} has no fixed arch ({arch}); name thor, blackwell or hopper")
     tensor_core = tuple(target.tensor_core_sass) + WARP_MMA
-    cubins, seconds, by_name = {}, {}, {}
+    texts, cubins, seconds = [], [], {}
     with tempfile.TemporaryDirectory() as tmp, _fresh_triton_cache(tmp):
         for name in KERNELS:
-            cubins[name], seconds[name] = compile_kernel(name, arch)
+            cubin, seconds[name] = compile_kernel(name, arch)
+            path = Path(tmp) / f"{name}.cubin"
+            path.write_bytes(cubin)
+            texts.append(sass.dump_sass(path))
+            cubins.append(cubin)
             log(f"[triton-gate] {name} -> {arch} in {seconds[name]:.1f} s")
-        for batch in _batches():
-            by_name.update(_judge(batch, cubins, arch, tensor_core, tmp))
+    dot_kernels = {name: f"^{name}$" for name, spec in KERNELS.items() if spec["dot"]}
+    report = sass.evaluate(Path(f"Triton kernels ({arch})"), "\n".join(texts), arch, dot_kernels, tensor_core,
+                           b"".join(cubins))
+    if not report.passed:
+        raise TriforceError(f"Triton kernels for {arch}: {report.failures[0]}")
+    by_name = {k.name: k for k in report.kernels}
+    missing = [name for name in KERNELS if name not in by_name]
+    if missing:
+        raise TriforceError(f"Triton kernels for {arch}: cuobjdump found no {missing[0]} in its cubin")
     _check_grid_dependency_waits(by_name, arch)
     return [CompiledKernel(name, by_name[name].arch, len(by_name[name].opcodes),
                            sorted({op.split(".")[0] for op in by_name[name].opcodes} & set(tensor_core)), seconds[name])

@@ -122,8 +122,7 @@ class W4A16Linear:
         return {"w": self.qweight, "scales": self.scales}
 
     def add_into(self, residual, x, gate):
-        """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down); x bf16 or
-        attention partials (fused.SplitAttention)."""
+        """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
         fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
 
 

@@ -44,14 +44,12 @@ BF16 = torch.bfloat16
 # how the denoise step runs each expert layer (set_expert_path); the default is the first of EXPERT_DEFAULT_ORDER that
 # the layers allow
 EXPERT_PATHS = {
-    "fused_combine": "7 launches: fused_epilogue, and o reads the split-KV attention partials, combining them as it "
-                     "loads its input (no combine launch)",
     "fused_epilogue": "8 launches: QKV with RoPE and the K/V cache write, gate/up with GeGLU, each one few-row kernel "
                       "(bf16 or W4A16 weights)",
     "per_op": "10 launches: cuBLAS QKV and gate/up, RoPE and GeGLU their own launches",
     "persistent": "1 persistent launch (runtime/expert_layer.py; measured slower, opt-in)",
 }
-EXPERT_DEFAULT_ORDER = ("fused_combine", "fused_epilogue", "per_op")   # the fastest the layers allow (bench/results/*-s5.json, *-s7*.json)
+EXPERT_DEFAULT_ORDER = ("fused_epilogue", "per_op")   # the fastest the layers allow (bench/results/*-s5.json)
 # what load_weights replaces (_build_weights, _precompute_time_tables, set_expert_path)
 WEIGHT_ATTRS = ("patch", "pos_emb", "vision_layers", "post_ln", "projector", "embedding", "prefix_layers",
                 "expert_layers", "action_in", "action_out", "ada", "ada_final", "ada_through")
@@ -143,8 +141,7 @@ class Linear:
         return {"w": self.weight} if self.bias is None else None
 
     def add_into(self, residual, x, gate):
-        """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS; x bf16 or attention partials
-        (fused.SplitAttention, combined as they are read)."""
+        """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
         fused.skinny_linear(x, self.weight, out=residual, gate=gate)
 
     @property
@@ -309,20 +306,11 @@ class Pi05Engine:
 
     def expert_path_refusal(self, path: str) -> str | None:
         """Why the expert layers cannot run on `path` (None: they can). fused_epilogue reads bf16 or W4A16 QKV and
-        gate/up weights, persistent bf16 weights in all four layers; both one block of <= 16 action rows.
-        fused_combine is fused_epilogue with o a few-row kernel reading the attention a head at a time."""
+        gate/up weights, persistent bf16 weights in all four layers; both one block of <= 16 action rows."""
         if path == "per_op":
             return None
         if self.cfg.action_horizon > expert_layer.MAX_ROWS:
             return f"action horizon {self.cfg.action_horizon} > {expert_layer.MAX_ROWS} rows"
-        if path == "fused_combine":
-            why = self.expert_path_refusal("fused_epilogue")
-            if why:
-                return why
-            if self.cfg.expert.dim_head % fused.ATTENTION_INPUT_BLOCK:
-                return f"head dim {self.cfg.expert.dim_head} is not a multiple of {fused.ATTENTION_INPUT_BLOCK}"
-            unfit = {"o" for layer in self.expert_layers if not getattr(layer["o"], "adds_into_residual", False)}
-            return "o layers without a few-row kernel (FP8, NVFP4 or biased)" if unfit else None
         if path == "fused_epilogue":    # bf16 or W4A16 QKV and gate/up (the kernels' two weight forms)
             unfit = {name for layer in self.expert_layers for name in ("qkv", "gate_up")
                      if getattr(layer[name], "few_row_weights", None) is None}
@@ -464,9 +452,8 @@ class Pi05Engine:
         += dt · v(x_t, t_step) in place; returns the next step's residual (None after the last step).
         before_layer(i), if given, runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
         Per layer: norm, QKV + RoPE + cache write, split-KV attention (partials, combine), o into the residual, norm,
-        gate/up + GeGLU, down into the residual: 8 launches on the fused_epilogue path, 7 on fused_combine (o reads
-        the partials), 10 on per_op (QKV, RoPE, gate/up, GeGLU separate; bench/results/expert_layer-*.json times
-        each); then one euler_tail.
+        gate/up + GeGLU, down into the residual: 8 launches on the fused_epilogue path, 10 on per_op (QKV, RoPE,
+        gate/up, GeGLU separate; bench/results/expert_layer-*.json times each); then one euler_tail.
         (Norms and the attention combine done by the last program of the launch before them measured slower than
         these launches: expert_layer-*-s4-tails.json.)"""
         cfg, e = self.cfg, self.cfg.expert
@@ -475,8 +462,7 @@ class Pi05Engine:
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
-        fused_epilogue = self.expert_path in ("fused_epilogue", "fused_combine")
-        combine_in_o = self.expert_path == "fused_combine"
+        fused_epilogue = self.expert_path == "fused_epilogue"
         for i, layer in enumerate(self.expert_layers):
             if before_layer is not None:
                 before_layer(i)
@@ -492,12 +478,8 @@ class Pi05Engine:
             else:
                 fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
                                e.num_heads, e.dim_head)
-            if combine_in_o:
-                o_l.add_into(x, fused.mqa_partials(q, k_cache, v_cache, mask, e.num_heads), g1[step])
-                pending, pending_gate = None, None
-            else:
-                att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
-                pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
+            att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
+            pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(gu_l))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -425,42 +424,10 @@ def _mqa_combine_kernel(PO, PM, PL, O, R, SPLITS, stride_o, D: tl.constexpr, SPL
     tl.store(O + row * stride_o + d, out.to(O.dtype.element_ty))
 
 
-@dataclass
-class SplitAttention:
-    """Split-KV attention partials of R = M·H query rows (row m·H + h: action row m, head h): per key block s,
-    po [S, R, D] (unnormalized p @ v), pm / pl [S, R] (row max in the exp2 domain, row sum). combined() is the
-    attention output; the few-row GEMMs (skinny_linear, skinny_w4a16) also take them as x and combine them where
-    they load their input."""
-    po: torch.Tensor
-    pm: torch.Tensor
-    pl: torch.Tensor
-    heads: int
-
-    @property
-    def splits(self) -> int:
-        return self.po.shape[0]
-
-    @property
-    def rows(self) -> int:
-        return self.po.shape[1]
-
-    @property
-    def dim(self) -> int:
-        return self.po.shape[2]
-
-    def kernel_args(self) -> tuple:
-        return self.po, self.pm, self.pl, self.rows, self.splits
-
-    def combined(self, out):
-        """out [R, D] = the attention output (one _mqa_combine_kernel launch)."""
-        _mqa_combine_kernel[(self.rows,)](self.po, self.pm, self.pl, out, self.rows, self.splits, out.stride(0),
-                                          D=self.dim, SPLITS_PAD=triton.next_power_of_2(self.splits), num_warps=4,
-                                          **_dependent())
-        return out
-
-
-def mqa_partials(q, k, v, bias, heads: int, block_m: int = 16, block_n: int = 64) -> SplitAttention:
-    """The split-KV pass of mqa_attention_split: the keys split over programs, so the GPU fills even with 80 rows."""
+def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64):
+    """mqa_attention for few query rows (the denoise step): the keys are split over programs, then combined, so
+    the GPU is filled even with 80 rows. (The combine read by the o projection as it loads its input instead, one
+    launch fewer, measured slower: every o program re-reads its head's partials; expert_layer-*-s7-fused-combine.json.)"""
     rows, dim = q.shape
     keys = k.shape[0]
     splits = triton.cdiv(keys, block_n)
@@ -470,70 +437,17 @@ def mqa_partials(q, k, v, bias, heads: int, block_m: int = 16, block_n: int = 64
     _mqa_partial_kernel[(triton.cdiv(rows, block_m), splits)](
         q, k, v, bias, po, pm, pl, rows, keys, dim ** -0.5 * 1.4426950408889634, q.stride(0), k.stride(0), v.stride(0),
         D=dim, BLOCK_M=block_m, BLOCK_N=block_n, DOT_F32=INTERPRETED, num_warps=4, **_dependent())
-    return SplitAttention(po, pm, pl, heads)
-
-
-def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64):
-    """mqa_attention for few query rows (the denoise step): split-KV partials, then one combine launch."""
-    return mqa_partials(q, k, v, bias, 1, block_m, block_n).combined(out)
+    _mqa_combine_kernel[(rows,)](po, pm, pl, out, rows, splits, out.stride(0), D=dim,
+                                 SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4, **_dependent())
+    return out
 
 
 @triton.jit
-def _combined_columns(PO, PM, PL, R, SPLITS, m, M, k0, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                      COLS: tl.constexpr, SPLITS_PAD: tl.constexpr):
-    """Columns [k0, k0 + COLS) of the attention output viewed as [M, H·D] (within one head: D % COLS == 0),
-    combined from the split-KV partials as the combine kernel does (weights exp2(m_s - max)), so an o projection
-    reads its input without the combine launch; rows >= M are 0. The partial outputs are read four key blocks at a
-    time (independent loads in flight together, not one L2 round trip per block)."""
-    rmask = m < M
-    rows = m * H + k0 // D
-    cols = k0 % D + tl.arange(0, COLS)
-    sp = tl.arange(0, SPLITS_PAD)
-    tile = (sp[:, None] < SPLITS) & rmask[None, :]
-    pm = tl.load(PM + sp[:, None] * R + rows[None, :], mask=tile, other=-1.0e30)
-    mx = tl.max(pm, 0)
-    total = tl.sum(tl.exp2(pm - mx[None, :]) * tl.load(PL + sp[:, None] * R + rows[None, :], mask=tile, other=0.0), 0)
-    acc = tl.zeros([BLOCK_M, COLS], tl.float32)
-    for s0 in range(0, SPLITS, 4):
-        for j in tl.static_range(4):
-            ok = rmask & (s0 + j < SPLITS)
-            w = tl.exp2(tl.load(PM + (s0 + j) * R + rows, mask=ok, other=-1.0e30) - mx)
-            acc += w[:, None] * tl.load(PO + ((s0 + j) * R + rows)[:, None] * D + cols[None, :], mask=ok[:, None],
-                                        other=0.0)
-    return tl.where(rmask[:, None], acc / tl.where(rmask, total, 1.0)[:, None], 0.0)
-
-
-@triton.jit
-def _x_columns(X, PO, PM, PL, R, SPLITS, m, M, k0, stride_x, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-               COLS: tl.constexpr, SPLITS_PAD: tl.constexpr, ATTENTION: tl.constexpr):
-    """x[:, k0:k0 + COLS] of a few-row GEMM (bf16): loaded, or (ATTENTION) combined from split-KV partials."""
-    if ATTENTION:
-        return _combined_columns(PO, PM, PL, R, SPLITS, m, M, k0, H, D, BLOCK_M, COLS, SPLITS_PAD).to(tl.bfloat16)
-    return tl.load(X + m[:, None] * stride_x + (k0 + tl.arange(0, COLS))[None, :], mask=m[:, None] < M, other=0.0)
-
-
-ATTENTION_INPUT_BLOCK = 128   # the K block an o projection combines attention partials in (skinny_linear, int4 group)
-
-
-def _few_row_input(x, block: int) -> tuple:
-    """The kernel arguments of a few-row GEMM's input x: (X, PO, PM, PL, R, SPLITS, H, D, rows, K). x is a bf16
-    [M, K] tensor, or SplitAttention partials whose K blocks must each lie within one head."""
-    if not isinstance(x, SplitAttention):
-        return (x, x, x, x, 0, 0, 1, block, x.shape[0], x.shape[1])
-    if x.dim % block:
-        raise ValueError(f"attention partials of head dim {x.dim} need K blocks dividing it, got {block}")
-    return (x.pm.new_empty(0, dtype=torch.bfloat16), *x.kernel_args(), x.heads, x.dim, x.rows // x.heads,
-            x.heads * x.dim)
-
-
-@triton.jit
-def _skinny_gemm_kernel(X, PO, PM, PL, R, SPLITS, W, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
-                        H: tl.constexpr, D: tl.constexpr, SPLITS_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GATE: tl.constexpr, ATTENTION: tl.constexpr, DOT_F32: tl.constexpr,
-                        PDL: tl.constexpr):
+def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GATE: tl.constexpr,
+                        DOT_F32: tl.constexpr, PDL: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M): split-K partials meet by
-    atomics in fp32 out, zeroed or the residual stream itself. ATTENTION: x is combined from split-KV partials
-    (_x_columns)."""
+    atomics in fp32 out, zeroed or the residual stream itself."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
     m = tl.arange(0, BLOCK_M)
@@ -542,7 +456,7 @@ def _skinny_gemm_kernel(X, PO, PM, PL, R, SPLITS, W, GATE, OUT, M, N, K, K_SPLIT
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(k_start, k_start + K_SPLIT, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x = _x_columns(X, PO, PM, PL, R, SPLITS, m, M, k0, stride_x, H, D, BLOCK_M, BLOCK_K, SPLITS_PAD, ATTENTION)
+        x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
         w = tl.load(W + n[:, None] * stride_w + k[None, :], mask=nmask[:, None], other=0.0)
         acc += dot_t(x, w, DOT_F32)
     if HAS_GATE:
@@ -567,22 +481,19 @@ def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 1
                   num_warps: int = 4, num_stages: int = 3):
     """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 16: weight streaming over about `programs` programs (split-K
     with atomics into `out`, which must be zeroed; allocated zeroed when not given). gate (fp32 [N]): out += gate ⊙
-    (x @ w^T) instead, so with out the fp32 residual this is the gated residual add. x may be SplitAttention
-    partials: the attention output [M, H·D], combined as it is loaded (no combine launch). Launch shape defaults:
+    (x @ w^T) instead, so with out the fp32 residual this is the gated residual add. Launch shape defaults:
     bench/results/expert_kernels-*.json (block_n 32 was fastest for the expert's o and down)."""
-    X, PO, PM, PL, R, SPLITS, H, D, rows, kdim = _few_row_input(x, block_k)
+    rows, kdim = x.shape
     n = w.shape[0]
-    if rows > SKINNY_MAX_ROWS or kdim % block_k or w.shape[1] != kdim:
-        raise ValueError(f"skinny_linear takes <= {SKINNY_MAX_ROWS} rows, K % {block_k} == 0 and w [N, K], got "
-                         f"{rows} rows, K {kdim}, w {tuple(w.shape)}")
+    if rows > SKINNY_MAX_ROWS or kdim % block_k:
+        raise ValueError(f"skinny_linear takes <= {SKINNY_MAX_ROWS} rows and K % {block_k} == 0, got {tuple(x.shape)}")
     n_blocks, k_blocks = triton.cdiv(n, block_n), kdim // block_k
     split = _split_k(n_blocks, k_blocks, programs)
     if out is None:
-        out = torch.zeros(rows, n, dtype=torch.float32, device=w.device)
-    _skinny_gemm_kernel[(n_blocks, split)](X, PO, PM, PL, R, SPLITS, w, gate if gate is not None else out, out, rows,
-                                           n, kdim, kdim // split, X.stride(0), w.stride(0), out.stride(0), H=H, D=D,
-                                           SPLITS_PAD=triton.next_power_of_2(SPLITS), BLOCK_M=SKINNY_MAX_ROWS,
-                                           BLOCK_N=block_n, BLOCK_K=block_k, HAS_GATE=gate is not None, ATTENTION=isinstance(x, SplitAttention),
+        out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
+    _skinny_gemm_kernel[(n_blocks, split)](x, w, gate if gate is not None else out, out, rows, n, kdim, kdim // split,
+                                           x.stride(0), w.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
+                                           BLOCK_N=block_n, BLOCK_K=block_k, HAS_GATE=gate is not None,
                                            DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages,
                                            **_dependent())
     return out
@@ -604,10 +515,8 @@ def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_s
     acc = tl.zeros([BLOCK_M, 2 * PAIRS], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if INT4:
-            x = tl.load(X + m[:, None] * stride_x + (k0 + tl.arange(0, BLOCK_K))[None, :], mask=m[:, None] < M,
-                        other=0.0)
-            part = _w4a16_group(x, W, rows, tl.arange(0, BLOCK_K // 2), k0, stride_w, rows >= 0, BLOCK_M,
-                                BLOCK_K // 2, DOT_F32)
+            part = _w4a16_group(X, W, m, rows, tl.arange(0, BLOCK_K // 2), k0, stride_x, stride_w, m[:, None] < M,
+                                rows >= 0, BLOCK_M, BLOCK_K // 2, DOT_F32)
             acc += part * tl.load(SC + rows * stride_sc + k0 // BLOCK_K).to(tl.float32)[None, :]
         else:
             k = k0 + tl.arange(0, BLOCK_K)
@@ -731,13 +640,14 @@ class ZeroArena:
 
 
 @triton.jit
-def _w4a16_group(x, QW, n, j, k0, stride_qw, nmask, BLOCK_M: tl.constexpr, HALF: tl.constexpr,
+def _w4a16_group(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M: tl.constexpr, HALF: tl.constexpr,
                  DOT_F32: tl.constexpr):
     """x[M, group] @ W[N, group]^T for one int4 group without integer-to-float conversions: a two's-complement
     nibble u is u' = u ^ 8 offset by 8, and the bf16 bit pattern 0x4300 | u' is exactly 128 + u' = 136 + w, so w is
     that minus 136 (one exact bf16x2 add per two weights). x is loaded contiguous and split into even / odd k (the
     low / high nibbles of each byte): two half-K dots, the nibbles never interleaved. 1.4-2.9x the I2F conversion
-    it replaced (bench/results/w4a16_sweep-*-s5.json). x: the group's bf16 [BLOCK_M, 2·HALF] input."""
+    it replaced (bench/results/w4a16_sweep-*-s5.json)."""
+    x = tl.load(X + m[:, None] * stride_x + (k0 + tl.arange(0, 2 * HALF))[None, :], mask=mmask, other=0.0)
     xe, xo = tl.split(tl.reshape(x, [BLOCK_M, HALF, 2]))
     p = tl.load(QW + n[:, None] * stride_qw + (k0 // 2 + j)[None, :], mask=nmask[:, None], other=0).to(tl.int16)
     lo = (p & 0xF) ^ 0x8
@@ -752,14 +662,12 @@ def _w4a16_group(x, QW, n, j, k0, stride_qw, nmask, BLOCK_M: tl.constexpr, HALF:
 
 
 @triton.jit
-def _skinny_w4a16_kernel(X, PO, PM, PL, R, SPLITS, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_qw,
-                         stride_sc, stride_o, H: tl.constexpr, D: tl.constexpr, SPLITS_PAD: tl.constexpr,
-                         BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_GATE: tl.constexpr,
-                         ATTENTION: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr):
+def _skinny_w4a16_kernel(X, QW, SC, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_qw, stride_sc, stride_o,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
+                         HAS_GATE: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ dequant(W)[N, K-range]^T, W canonical int4 (low nibble = even k,
     group-128 bf16 scales). GROUPS groups per step, unrolled so their loads are in flight together; each group as in
-    _w4a16_group; x loaded or (ATTENTION) combined from split-KV partials (_x_columns)."""
+    _w4a16_group."""
     HALF: tl.constexpr = GROUP // 2
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
@@ -772,8 +680,7 @@ def _skinny_w4a16_kernel(X, PO, PM, PL, R, SPLITS, QW, SC, GATE, OUT, M, N, K, K
     for k_step in range(k_start, k_start + K_SPLIT, GROUP * GROUPS):
         for g in tl.static_range(GROUPS):
             k0 = k_step + g * GROUP
-            x = _x_columns(X, PO, PM, PL, R, SPLITS, m, M, k0, stride_x, H, D, BLOCK_M, GROUP, SPLITS_PAD, ATTENTION)
-            part = _w4a16_group(x, QW, n, j, k0, stride_qw, nmask, BLOCK_M, HALF, DOT_F32)
+            part = _w4a16_group(X, QW, m, n, j, k0, stride_x, stride_qw, mmask, nmask, BLOCK_M, HALF, DOT_F32)
             s = tl.load(SC + n * stride_sc + k0 // GROUP, mask=nmask, other=0.0).to(tl.float32)
             acc += part * s[None, :]
     if HAS_GATE:
@@ -787,30 +694,28 @@ W4A16_MAX_ROWS = 64      # the few-row W4A16 kernel's largest row block
 def skinny_w4a16(x, qweight, scales, out=None, gate=None, block_n: int | None = None, programs: int = 256,
                  groups: int | None = None, num_warps: int = 4, num_stages: int | None = None):
     """y (fp32 [M, N]) = x [M, K] @ dequant(W)^T for M <= 64 with canonical int4 weights (uint8 [N, K/2], bf16 scales
-    [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear, and the same gated residual form and
-    inputs. groups: int4 groups per loop step (their loads overlap). Launch-shape defaults: the fastest at
-    the expert's shapes in bench/results/w4a16_sweep-*-s5.json (up to 16 rows: block_n 64, 2 groups where K allows,
-    2 stages; else block_n 128, 1 group, 3 stages; 4 warps)."""
-    group = INT4_GROUP
-    X, PO, PM, PL, R, SPLITS, H, D, rows, kdim = _few_row_input(x, group)
+    [N, K/128]); split-K with atomics into a zeroed `out` like skinny_linear, and the same gated residual form.
+    groups: int4 groups per loop step (their loads overlap). Launch-shape defaults: the fastest at the expert's
+    shapes in bench/results/w4a16_sweep-*-s5.json (up to 16 rows: block_n 64, 2 groups where K allows, 2 stages;
+    else block_n 128, 1 group, 3 stages; 4 warps)."""
+    rows, kdim = x.shape
     few = rows <= 16
     block_n = block_n or (64 if few else 128)
-    groups = groups or (2 if few and kdim % (2 * group) == 0 else 1)
+    groups = groups or (2 if few and kdim % (2 * INT4_GROUP) == 0 else 1)
     num_stages = num_stages or (2 if few else 3)
     n = qweight.shape[0]
+    group = INT4_GROUP
     if rows > W4A16_MAX_ROWS or kdim % (group * groups) or qweight.shape[1] * 2 != kdim:
         raise ValueError(f"skinny_w4a16: <= {W4A16_MAX_ROWS} rows, K % {group * groups} == 0 and weights [N, K/2]; "
-                         f"got {rows} rows, K {kdim}, w {tuple(qweight.shape)}")
+                         f"got x {tuple(x.shape)}, w {tuple(qweight.shape)}")
     n_blocks = triton.cdiv(n, block_n)
     split = _split_k(n_blocks, kdim // (group * groups), programs)
     if out is None:
-        out = torch.zeros(rows, n, dtype=torch.float32, device=qweight.device)
-    _skinny_w4a16_kernel[(n_blocks, split)](X, PO, PM, PL, R, SPLITS, qweight, scales,
-                                            gate if gate is not None else out, out, rows, n, kdim, kdim // split,
-                                            X.stride(0), qweight.stride(0), scales.stride(0), out.stride(0), H=H, D=D,
-                                            SPLITS_PAD=triton.next_power_of_2(SPLITS),
-                                            BLOCK_M=16 if few else W4A16_MAX_ROWS, BLOCK_N=block_n, GROUP=group,
-                                            GROUPS=groups, HAS_GATE=gate is not None,
-                                            ATTENTION=isinstance(x, SplitAttention), DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages,
+        out = torch.zeros(rows, n, dtype=torch.float32, device=x.device)
+    _skinny_w4a16_kernel[(n_blocks, split)](x, qweight, scales, gate if gate is not None else out, out, rows, n, kdim,
+                                            kdim // split, x.stride(0), qweight.stride(0), scales.stride(0),
+                                            out.stride(0), BLOCK_M=16 if rows <= 16 else W4A16_MAX_ROWS,
+                                            BLOCK_N=block_n, GROUP=group, GROUPS=groups, HAS_GATE=gate is not None,
+                                            DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages,
                                             **_dependent())
     return out
