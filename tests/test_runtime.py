@@ -35,6 +35,19 @@ def test_expected_tensors_match_openpi_checkpoint_exactly():
     assert len(ref) == 811
 
 
+def test_a_changed_config_never_reads_a_stale_synthetic_checkpoint(tmp_path, monkeypatch):
+    """The synthetic file's name carries its shapes' digest: a config edited under the same name gets a new file
+    that its loader accepts, not the old one (which the strict loader would refuse as mis-shaped)."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("TRIFORCE_CACHE", str(tmp_path))
+    old = write_synthetic(TINY)
+    edited = replace(TINY, expert=replace(TINY.expert, mlp_dim=2 * TINY.expert.mlp_dim))
+    new = write_synthetic(edited)
+    assert new != old and old.is_file() and write_synthetic(TINY) == old
+    assert set(load_state(new, edited)) == set(expected_tensors(edited))
+
+
 @pytest.mark.parametrize("name", ["pi05_libero", "pi05_droid", "pi05_base"])
 def test_configs_horizons(name):
     assert load_config(name).action_horizon == {"pi05_libero": 10, "pi05_droid": 15, "pi05_base": 50}[name]
