@@ -6,6 +6,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
   launch).
+- w4a16_few_row: the kernel of Plan B's W4A16 expert o/down (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's
+  warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
@@ -31,15 +33,20 @@ from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
-VARIANTS = tuple((f"denoise launch {mode}", {"expert_path": "fused_epilogue", "overlap_step0": True,
-                                              "priority": "prefix", "denoise_launch": mode})
-                 for mode in ("plain", "dependent"))
+ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
+                   "denoise_launch": "dependent", "w4a16_few_row": "triton"}
+VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
+                  ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
+            "b": (("engine default", ENGINE_DEFAULTS),
+                  ("W4A16 o/down on the wheel's mma kernel", {**ENGINE_DEFAULTS, "w4a16_few_row": "mma"}),
+                  ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"}))}
 
 
 def apply(eng, settings: dict) -> None:
     eng.set_expert_path(settings["expert_path"])
     eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
     eng.set_denoise_launch(settings["denoise_launch"])
+    eng.set_w4a16_few_row(settings["w4a16_few_row"])
 
 
 def main():
@@ -55,7 +62,7 @@ def main():
     obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
     noise = random_noise(cfg, rng)
     rows, results, first = [], {}, None
-    for name, settings in VARIANTS:
+    for name, settings in VARIANTS[a.plan]:
         apply(eng, settings)
         timing = time_cuda(eng.ready_replay(obs, noise), runs=a.runs, warmup_s=1.5)
         actions = eng.infer(obs, noise)

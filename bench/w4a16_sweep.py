@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""The Triton few-row W4A16 kernel (fused.skinny_w4a16) at M <= 64 against the copy bandwidth on its weight bytes
-(the Plan B issue asks >= 70%), over its launch shapes, on the Pi0.5 GEMMs that stream the most int4 bytes; cuBLAS
-bf16 on the same shapes in the same run for the ratio. Every entry: a CUDA graph of calls over weight copies that
-overflow L2, median of 50 replays after warm-up, per call. Also the engine's and the best launch shape as the engine's
-denoise chain launches them (engine.DENOISE_LAUNCHES "dependent"): each call a programmatic dependent launch that
-waits on the GPU for the call before it (the calls accumulate into one output, a true dependency); per call, a
-throughput in a chain of GEMMs, not one GEMM's latency.
+"""The few-row W4A16 kernels at M <= 64 against the copy bandwidth on their weight bytes (the Plan B issue asks
+>= 70%), on the Pi0.5 GEMMs that stream the most int4 bytes, with cuBLAS bf16 on the same shapes in the same run:
+- triton: fused.skinny_w4a16 (canonical int4, int4 groups dequantized into tl.dot), its launch-shape grid on request;
+- mma: the wheel's w4a16_skinny (warp-level MMA on prepacked fragments, cp.async weight stream), its splits and
+  tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py).
+Every entry: a CUDA graph of calls over weight copies that overflow L2, median of 50 replays after warm-up, per call.
+Also each kernel's default and best launch shape as the engine's denoise chain launches them (engine.DENOISE_LAUNCHES
+"dependent"): each call a programmatic dependent launch that waits on the GPU for the call before it (the calls
+accumulate into one output, a true dependency); per call, a throughput in a chain of GEMMs, not one GEMM's latency.
 Records bench/results/w4a16_sweep-<gpu>-<date>.json.
-    python3 bench/w4a16_sweep.py [--engine-shape-only] [--out-dir bench/results]"""
+    python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--out-dir bench/results]"""
 
 import itertools
 import sys
@@ -24,11 +26,11 @@ from triforce.timing import copy_gbs, time_graph_us  # noqa: E402
 
 SHAPES = [("gemma gate (half of gate/up)", 16384, 2048), ("gemma down", 2048, 16384), ("expert gate_up", 8192, 1024),
           ("expert down", 1024, 4096)]
-ROWS = (10, 64)
-# the engine's launch shape (the wrapper's defaults), then the grid around it
-ENGINE_DEFAULT: dict = {}
-SHAPE_GRID = [ENGINE_DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
-                                 for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
+ROWS = (1, 10, 16, 32, 64)
+DEFAULT: dict = {}     # each kernel's default launch shape (what the engine runs), then the grids around it
+TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
+                           for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
+MMA_GRID = [DEFAULT] + [dict(splits=sp, tiles_per_warp=t) for sp, t in itertools.product((1, 2, 4, 8), (1, 2))]
 # session 5 compared the int4 -> bf16 conversion (I2F) with the bit-pattern dequant that replaced it, at the engine's
 # launch shape then: 1.4-2.9x faster (bench/results/w4a16_sweep-*-s5.json, "convert_default" / "magic_default")
 
@@ -37,71 +39,92 @@ def per_call_us(call, copies):
     return time_graph_us([lambda i=i: call(i) for i in range(copies)], warmup_s=0.3)
 
 
-def chained(x, q, acc, shape, copies, int4_bytes, copy) -> dict:
-    """The shape's per-call time with dependent launches."""
-    with fused.dependent_launches():
-        us = per_call_us(lambda i: fused.skinny_w4a16(x, *q[i], out=acc, **shape), copies)
-    return {"us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy}
+def kernels(tk, triton_grid: bool):
+    """name -> (prepare(q, s) -> weights, call(x, weights, acc, shape, dependent), grid)."""
+    out = {"triton": (lambda q, s: (q, s), lambda x, w, acc, shape, dep: fused.skinny_w4a16(x, *w, out=acc, **shape),
+                      TRITON_GRID if triton_grid else [DEFAULT])}
+    if tk is not None:
+        out["mma"] = (lambda q, s: (fm.pack_int4_fragments(q), fm.pack_scales_fragments(s)),
+                      lambda x, w, acc, shape, dep: tk.w4a16_skinny(x, *w, acc, dependent=dep, **shape), MMA_GRID)
+    return out
 
 
-def sweep_shape(name, n, k, copy, grid):
+def timed(call, x, weights, acc, shape, copies, int4_bytes, copy, dependent=False) -> dict:
+    if dependent:
+        with fused.dependent_launches():
+            us = per_call_us(lambda i: call(x, weights[i], acc, shape, True), copies)
+    else:
+        us = per_call_us(lambda i: call(x, weights[i], acc, shape, False), copies)
+    return {"shape": shape, "us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy}
+
+
+def sweep_kernel(call, grid, x, weights, acc, ref, copies, int4_bytes, copy) -> dict:
+    tried = []
+    for shape in grid:
+        try:
+            acc0 = torch.zeros_like(acc)
+            call(x, weights[0], acc0, shape, False)
+            err = float((acc0 - ref).norm() / ref.norm())
+            tried.append({**timed(call, x, weights, acc, shape, copies, int4_bytes, copy), "rel_err": err})
+        except Exception as e:    # a shape that does not compile or launch is a result too
+            tried.append({"shape": shape, "error": str(e).splitlines()[0][:100]})
+    ok = [t for t in tried if "us" in t]
+    best = min(ok, key=lambda t: t["us"])
+    default = next(t for t in ok if t["shape"] == DEFAULT)
+    chain = {label: timed(call, x, weights, acc, t["shape"], copies, int4_bytes, copy, dependent=True)
+             for label, t in (("default", default), ("best", best))}
+    return {"default": default, "best": best, "tried": tried, "chained": chain}
+
+
+def sweep_shape(name, n, k, copy, table, grid_too):
     copies = max(2, int(2 * 50e6 // (n * k // 2)) + 1)          # int4 copies covering 2x the 50 MB L2
     q = [fm.quantize_int4_g128(torch.randn(n, k, device="cuda") * 0.05) for _ in range(copies)]
     w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, int(2 * 50e6 // (n * k * 2)) + 1))]
     int4_bytes = n * k // 2 + n * (k // 128) * 2
     ref_w = fm.dequantize_int4_g128(*q[0])
+    prepared = {kname: ([prep(*qs) for qs in q], call, grid if grid_too else [DEFAULT])
+                for kname, (prep, call, grid) in table.items()}
     out = []
     for m in ROWS:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         acc = torch.zeros(m, n, device="cuda")
         ref = x.float() @ ref_w.T
         cublas = per_call_us(lambda i: torch.mm(x, w16[i % len(w16)].t()), len(w16))
-        tried = []
-        for shape in grid:
-            if k % (128 * shape.get("groups", 1)):     # the engine default picks its groups from K
-                continue
-            try:
-                err = float((fused.skinny_w4a16(x, *q[0], **shape) - ref).norm() / ref.norm())
-                us = per_call_us(lambda i: fused.skinny_w4a16(x, *q[i], out=acc, **shape), copies)
-            except Exception as e:    # a shape that does not compile (registers, shared memory) is a result too
-                tried.append({"shape": shape, "error": str(e).splitlines()[0][:100]})
-                continue
-            tried.append({"shape": shape, "us": us, "rel_err": err, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy})
-        ok = [t for t in tried if "us" in t]
-        best = min(ok, key=lambda t: t["us"])
-        for extra in (dict(programs=512), dict(programs=128), dict(num_stages=3), dict(num_stages=4))[:len(grid) - 1]:
-            shape = {**best["shape"], **extra}
-            us = per_call_us(lambda i: fused.skinny_w4a16(x, *q[i], out=acc, **shape), copies)
-            tried.append({"shape": shape, "us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy})
-        best = min((t for t in tried if "us" in t), key=lambda t: t["us"])
-        default = next(t for t in tried if t.get("shape") == ENGINE_DEFAULT)
-        chain = {label: chained(x, q, acc, t["shape"], copies, int4_bytes, copy)
-                 for label, t in (("default", default), ("best", best))}
-        out.append({"gemm": name, "m": m, "n": n, "k": k, "int4_bytes": int4_bytes, "cublas_bf16_us": cublas,
-                    "default": default, "best": best, "tried": tried, "best_vs_cublas": cublas / best["us"],
-                    "chained": chain})
-        print(f"{name} M={m}: best {best['shape']} {best['us']:.2f} us = {best['copy_fraction']:.0%} of copy BW "
-              f"(engine default {default['us']:.2f} us, cuBLAS bf16 {cublas:.2f} us); chained "
-              f"{chain['best']['copy_fraction']:.0%}", flush=True)
+        row = {"gemm": name, "m": m, "n": n, "k": k, "int4_bytes": int4_bytes, "cublas_bf16_us": cublas}
+        for kname, (weights, call, grid) in prepared.items():
+            r = row[kname] = sweep_kernel(call, grid, x, weights, acc, ref, copies, int4_bytes, copy)
+            r["best_vs_cublas"] = cublas / r["best"]["us"]
+            print(f"{name} M={m} {kname}: best {r['best']['shape']} {r['best']['us']:.2f} us = "
+                  f"{r['best']['copy_fraction']:.0%} of copy BW (default {r['default']['us']:.2f} us, cuBLAS bf16 "
+                  f"{cublas:.2f} us); chained {r['chained']['best']['copy_fraction']:.0%}", flush=True)
+        out.append(row)
     return out
 
 
 def main():
     ap = rep.bench_parser(__doc__)
-    ap.add_argument("--engine-shape-only", action="store_true", help="only the engine's launch shape, no grid")
+    ap.add_argument("--engine-shape-only", action="store_true", help="only each kernel's default launch shape")
+    ap.add_argument("--triton-grid", action="store_true", help="also the Triton kernel's launch-shape grid (sessions "
+                    "3-5 swept it: w4a16_sweep-*-s5.json)")
     a = ap.parse_args()
     torch.manual_seed(0)
+    try:
+        import triforce_kernels as tk
+        tk = tk if tk.has_op("w4a16_skinny") else None
+    except ImportError:
+        tk = None
+    table = kernels(tk, a.triton_grid)
     copy = copy_gbs()
-    grid = [ENGINE_DEFAULT] if a.engine_shape_only else SHAPE_GRID
-    rows = [r for name, n, k in SHAPES for r in sweep_shape(name, n, k, copy, grid)]
-    rep.print_table(f"Triton W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches)",
-                    ["gemm", "M", "engine default us", "best us", "best shape", "best % of copy BW", "cuBLAS bf16 us",
-                     "chained us", "chained % of copy BW"],
-                    [[r["gemm"], r["m"], r["default"]["us"], r["best"]["us"], str(r["best"]["shape"]),
-                      f"{r['best']['copy_fraction']:.0%}", r["cublas_bf16_us"],
-                      r["chained"]["best"]["us"], f"{r['chained']['best']['copy_fraction']:.0%}"] for r in rows])
+    rows = [r for name, n, k in SHAPES for r in sweep_shape(name, n, k, copy, table, not a.engine_shape_only)]
+    rep.print_table(f"few-row W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches)",
+                    ["gemm", "M", "kernel", "default us", "best us", "best shape", "best % of copy BW",
+                     "cuBLAS bf16 us", "chained us", "chained % of copy BW"],
+                    [[r["gemm"], r["m"], kname, r[kname]["default"]["us"], r[kname]["best"]["us"],
+                      str(r[kname]["best"]["shape"]), f"{r[kname]['best']['copy_fraction']:.0%}", r["cublas_bf16_us"],
+                      r[kname]["chained"]["best"]["us"], f"{r[kname]['chained']['best']['copy_fraction']:.0%}"]
+                     for r in rows for kname in table])
     rep.record_run(a.out_dir, "w4a16_sweep", {
-        "copy_gbs": copy, "rows": rows,
+        "copy_gbs": copy, "kernels": list(table), "rows": rows,
         "timing": "per call: CUDA graph of calls over weight copies covering 2x L2, CUDA events, median of 50 replays"})
 
 

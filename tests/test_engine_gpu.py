@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from triforce.errors import UnsupportedError
+from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime import fused
 from triforce.runtime.config import load_config
 from triforce.runtime.observation import check_observation
@@ -91,6 +91,30 @@ def test_plan_b_h100_recipe_on_tiny():
     for _ in range(4):
         obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
         assert cosine(b.infer(obs, noise), ref.infer(obs, noise)) >= 0.98
+
+
+def test_w4a16_few_row_kernels_give_the_same_actions():
+    """Plan B's W4A16 expert o/down on the wheel's warp-MMA kernel (fragment layout) against the Triton kernel, with
+    dependent launches (the engine default on sm_90+): the same actions up to fp32 summation order."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
+    import devbuild
+
+    devbuild.load()
+    b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
+    eng = b.backend
+    rng = np.random.default_rng(4)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    eng.set_w4a16_few_row("triton")
+    want = b.infer(obs, noise)
+    eng.set_w4a16_few_row("mma")
+    assert any(lin.few_row_kernel == "mma" for layer in eng.expert_layers for lin in layer.values()
+               if hasattr(lin, "few_row_kernel")), "the h100 recipe's expert o/down are W4A16"
+    assert cosine(b.infer(obs, noise), want) >= 0.9999
+    with pytest.raises(TriforceError, match="unknown few-row W4A16 kernel"):
+        eng.set_w4a16_few_row("cutlass")
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] in (10, 11), reason="Blackwell runs NVFP4")

@@ -199,3 +199,98 @@ def test_nvfp4_refuses_loudly_off_blackwell(tk):
                       torch.ones(1, device="cuda"), torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), u8(16))
     with pytest.raises(tk.UnsupportedError):
         tk.nvfp4_workspace_size(m, n, k)
+
+
+# ── few-row W4A16 (w4a16_skinny: warp-level MMA on the fragment layout, every family) ───────────────────────────
+def _fragments(q, s):
+    return formats.pack_int4_fragments(q), formats.pack_scales_fragments(s)
+
+
+SKINNY_SHAPES = [(m, n, k) for m in (1, 5, 8, 10, 16, 17, 32, 40, 64) for n, k in ((1024, 4096), (2560, 1024))] + \
+                [(10, 16384, 2048), (64, 2048, 16384), (3, 48, 384)]
+
+
+@pytest.mark.parametrize("m, n, k", SKINNY_SHAPES)
+def test_w4a16_skinny_matches_reference(tk, m, n, k):
+    gen = torch.Generator(device="cuda").manual_seed(m * 7 + n + k)
+    q, s = _weights(n, k, gen)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = torch.zeros(m, n, device="cuda")
+    tk.w4a16_skinny(x, *_fragments(q, s), out)
+    torch.cuda.synchronize()
+    ref = _reference(x, q, s)
+    assert _rel_err(out, ref) < 1e-5, "integer codes enter the MMA exactly; only fp32 summation order differs"
+
+
+@pytest.mark.parametrize("splits, tiles_per_warp", [(1, 1), (1, 2), (3, 1), (16, 2), (1000, 1)])
+def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_warp):
+    """A gated residual add (the expert's o/down form) with a strided x; every split count and tile shape."""
+    m, n, k = 10, 1024, 2048
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    q, s = _weights(n, k, gen)
+    x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16, generator=gen)[:, :k]
+    gate = torch.randn(n, device="cuda", generator=gen)
+    residual = torch.randn(m, n, device="cuda", generator=gen)
+    expect = residual + gate * _reference(x, q, s)
+    tk.w4a16_skinny(x, *_fragments(q, s), residual, gate, splits=splits, tiles_per_warp=tiles_per_warp)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(residual, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_w4a16_skinny_is_exact_on_single_nonzero_weight(tk):
+    n, k, m = 32, 256, 12
+    codes = torch.zeros(n, k, dtype=torch.int8, device="cuda")
+    codes[5, 77], codes[30, 200] = 1, -8
+    q = formats.pack_int4(codes)
+    s = torch.ones(n, k // 128, dtype=torch.bfloat16, device="cuda")
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = torch.zeros(m, n, device="cuda")
+    tk.w4a16_skinny(x, *_fragments(q, s), out)
+    expect = torch.zeros(m, n, device="cuda")
+    expect[:, 5], expect[:, 30] = x[:, 77].float(), -8 * x[:, 200].float()
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+
+
+def test_w4a16_skinny_in_a_graph_with_dependent_launches(tk):
+    """Captured as a chain of programmatic dependent launches accumulating into one output: each call must see the
+    one before it (the engine's denoise chain form)."""
+    m, n, k = 10, 1024, 4096
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    q, s = _weights(n, k, gen)
+    w, sc = _fragments(q, s)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = torch.zeros(m, n, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        tk.w4a16_skinny(x, w, sc, out, dependent=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(8):
+                tk.w4a16_skinny(x, w, sc, out, dependent=True)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, 8 * _reference(x, q, s), rtol=1e-4, atol=1e-3)
+
+
+SKINNY_BAD = {
+    "65 rows": lambda x, w, s, out: (torch.zeros(65, 512, device="cuda", dtype=torch.bfloat16), w, s, out[:1].expand(65, -1)),
+    "x fp16": lambda x, w, s, out: (x.half(), w, s, out),
+    "out bf16": lambda x, w, s, out: (x, w, s, out.bfloat16()),
+    "canonical weight": lambda x, w, s, out: (x, w.reshape(256, 256), s, out),
+    "canonical scales": lambda x, w, s, out: (x, w, s.reshape(256, 4), out),
+    "x wrong K": lambda x, w, s, out: (x[:, :384].contiguous(), w, s, out),
+    "x column stride": lambda x, w, s, out: (torch.cat([x, x], 1)[:, ::2], w, s, out),
+}
+
+
+@pytest.mark.parametrize("case", list(SKINNY_BAD))
+def test_w4a16_skinny_refuses_bad_input(tk, case):
+    m, n, k = 10, 256, 512
+    q, s = _weights(n, k, torch.Generator(device="cuda").manual_seed(3))
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = torch.ones(m, n, device="cuda")
+    with pytest.raises(tk.KernelError):
+        tk.w4a16_skinny(*SKINNY_BAD[case](x, *_fragments(q, s), out))
+    torch.cuda.synchronize()
+    assert bool((out == 1.0).all()), "a refused call must leave the output untouched"

@@ -77,6 +77,72 @@ def test_int4_bad_input_raises(call, match):
         call()
 
 
+# ── INT4 in MMA-fragment order (the wheel's few-row kernel) ──────────────────────────────────────────────────────
+def _mma_fragment_gemm(packed: torch.Tensor, frag_scales: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What w4a16_skinny.cu computes, written from the PTX fragment definitions of mma.m16n8k16 rather than from the
+    packing code: lane (g, t) holds A regs {row g, slots 2t, 2t+1}, {row g+8, ...}, {row g, slots 2t+8, 2t+9},
+    {row g+8, ...} from nibbles (0, 4), (1, 5), (2, 6), (3, 7) of word s, and B {slots 2t, 2t+1} = x[tok, 16t+4s+0..1],
+    {slots 2t+8, 2t+9} = x[tok, 16t+4s+2..3]; integer codes u - 8 into the MMA, each group's sum times its scale."""
+    tiles, chunks, _ = packed.shape
+    m = x.shape[0]
+    codes = fmt.unpack_nibbles(packed).reshape(tiles, chunks, 8, 4, 4, 8).float() - 8   # tile, chunk, g, t, s, nib
+    out = torch.zeros(m, tiles * 16, dtype=torch.float64)
+    for group in range(chunks // 2):
+        part = torch.zeros(tiles, 16, m, dtype=torch.float64)
+        for chunk in (2 * group, 2 * group + 1):
+            for s in range(4):
+                a = torch.zeros(tiles, 16, 16, dtype=torch.float64)
+                b = torch.zeros(16, m, dtype=torch.float64)
+                for g in range(8):
+                    for t in range(4):
+                        nib = codes[:, chunk, g, t, s].double()
+                        for reg, (row, slot) in enumerate(((g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8))):
+                            a[:, row, slot], a[:, row, slot + 1] = nib[:, reg], nib[:, reg + 4]
+                        k0 = chunk * 64 + 16 * t + 4 * s
+                        b[2 * t], b[2 * t + 1] = x[:, k0].double(), x[:, k0 + 1].double()
+                        b[2 * t + 8], b[2 * t + 9] = x[:, k0 + 2].double(), x[:, k0 + 3].double()
+                part += a @ b
+        out += (part * frag_scales[:, group, :, None].double()).permute(2, 0, 1).reshape(m, -1)
+    return out
+
+
+def test_int4_fragments_round_trip_and_mma_semantics():
+    n, k, m = 48, 256, 5
+    qweight, scales = fmt.quantize_int4_g128(torch.randn(n, k))
+    packed = fmt.pack_int4_fragments(qweight)
+    assert packed.shape == (n // 16, k // 64, 512) and packed.dtype == torch.uint8
+    assert torch.equal(fmt.unpack_int4_fragments(packed), qweight)
+    frag_scales = fmt.pack_scales_fragments(scales)
+    assert torch.equal(frag_scales[1, 1], scales[16:32, 1])
+    x = torch.randn(m, k).to(torch.bfloat16)
+    ref = x.double() @ fmt.dequantize_int4_g128(qweight, scales).double().T
+    got = _mma_fragment_gemm(packed, frag_scales, x)
+    assert torch.allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_int4_fragment_word_holds_one_mma_step():
+    """Hand-made: only W[row 9, k 70] = 7 (tile 0, chunk 1, g 1, half 1, t 0, s 1, j2 1, j 0) -> nibble 3 of word 1
+    of lane 4 in chunk 1 holds u = 15; every other nibble is u = 8 (q = 0)."""
+    q = torch.zeros(16, 128, dtype=torch.int8)
+    q[9, 70] = 7
+    packed = fmt.pack_int4_fragments(fmt.pack_int4(q))
+    codes = fmt.unpack_nibbles(packed).reshape(1, 2, 32, 4, 8)
+    assert codes[0, 1, 4, 1, 3] == 15
+    codes[0, 1, 4, 1, 3] = 8
+    assert bool((codes == 8).all())
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: fmt.pack_int4_fragments(torch.zeros(8, 64, dtype=torch.uint8)), "N % 16"),
+    (lambda: fmt.pack_int4_fragments(torch.zeros(16, 32, dtype=torch.uint8)), "K % 128"),
+    (lambda: fmt.unpack_int4_fragments(torch.zeros(1, 2, 256, dtype=torch.uint8)), "512"),
+    (lambda: fmt.pack_scales_fragments(torch.zeros(8, 2, dtype=torch.bfloat16)), "N % 16"),
+])
+def test_int4_fragments_bad_input_raises(call, match):
+    with pytest.raises(TriforceError, match=match):
+        call()
+
+
 # ── FP8 E4M3 ──────────────────────────────────────────────────────────────────────────────────────────────────────
 def test_fp8_weight_exact_values_and_zero_row():
     w = torch.tensor([[448.0, -224.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [4.0, 2.0, -1.0, 0.5]])

@@ -38,7 +38,7 @@ KERNELS_DIR = REPO_ROOT / "cutlass_sm110"
 PACKAGE = "triforce_kernels"
 _NVCC_VERSION_RE = re.compile(r"release (\d+)\.(\d+), V(\d+\.\d+\.\d+)")
 _NINJA_STEP_RE = re.compile(r"^\[(\d+)/(\d+)\]\s")
-_UNIT_KEYS = {"name", "sources", "families", "gemm_kernel_regex", "include_examples_common"}
+_UNIT_KEYS = {"name", "sources", "families", "gemm_kernel_regex", "include_examples_common", "tensor_core_sass"}
 
 
 def _toolchain_data() -> dict:
@@ -53,6 +53,7 @@ class Unit:
     families: tuple
     gemm_kernel_regex: str = ""
     include_examples_common: bool = False
+    tensor_core_sass: tuple = ()   # overrides the target's opcodes (e.g. warp-level HMMA for a few-row kernel)
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,10 @@ def load_spec(kernels_dir: Path = KERNELS_DIR) -> KernelSpec:
             unknown = set(u) - _UNIT_KEYS
             if unknown or not {"name", "sources", "families"} <= set(u):
                 raise TriforceError(f"{path}: unit '{u.get('name', '?')}' needs name, sources, families and may add "
-                                    f"gemm_kernel_regex, include_examples_common (unknown: {sorted(unknown)})")
+                                    f"gemm_kernel_regex, include_examples_common, tensor_core_sass (unknown: {sorted(unknown)})")
             re.compile(u.get("gemm_kernel_regex", ""))
             units.append(Unit(u["name"], tuple(u["sources"]), tuple(u["families"]), u.get("gemm_kernel_regex", ""),
-                              bool(u.get("include_examples_common", False))))
+                              bool(u.get("include_examples_common", False)), tuple(u.get("tensor_core_sass", ()))))
     except (KeyError, TypeError, tomllib.TOMLDecodeError, re.error) as err:
         raise TriforceError(f"{path} is not a valid kernels.toml ({type(err).__name__}: {err}): see the format in "
                             "README 'Build the kernels'") from None
@@ -421,7 +422,8 @@ def build(arch: str | None = None, jobs: int = 0, cutlass_dir: Path | None = Non
 
     regexes = {u.name: u.gemm_kernel_regex for u in units if u.gemm_kernel_regex}
     tc_sass = get_target(target).tensor_core_sass if target and get_target(target).arch == arch else tensor_core_sass_for(arch)
-    report = sass.gate(so_path, arch, regexes, tuple(tc_sass))
+    unit_sass = {u.name: u.tensor_core_sass for u in units if u.tensor_core_sass}
+    report = sass.gate(so_path, arch, regexes, tuple(tc_sass), unit_sass)
     log(report.summary())
 
     version = f"{spec.version}+{tc.cuda_tag}.{arch.replace('_', '')}"

@@ -112,8 +112,9 @@ def _is_trap_only(kernel: Kernel, rules: dict) -> bool:
 
 
 def evaluate(binary: Path, sass_text: str, arch: str, gemm_regexes: dict, tensor_core_sass: tuple,
-             binary_bytes: bytes = b"") -> GateReport:
-    """The gate's verdict on one binary. gemm_regexes: unit name -> regex of its GEMM kernels' names."""
+             binary_bytes: bytes = b"", unit_sass: dict | None = None) -> GateReport:
+    """The gate's verdict on one binary. gemm_regexes: unit name -> regex of its GEMM kernels' names; unit_sass:
+    unit name -> the tensor-core opcodes its kernels must contain instead of the target's."""
     rules = _rules()
     kernels = parse_sass(sass_text)
     failures = []  # kernel-specific findings first: the raised message names the first one
@@ -123,12 +124,13 @@ def evaluate(binary: Path, sass_text: str, arch: str, gemm_regexes: dict, tensor
         matched = [k for k in kernels if pattern.search(k.name)]
         if not matched:
             failures.append(f"unit '{unit}': its gemm_kernel_regex '{regex}' matches no kernel in {binary.name}")
+        opcodes = tuple((unit_sass or {}).get(unit, tensor_core_sass))
         for k in matched:
-            found = sorted({op.split(".")[0] for op in k.opcodes} & set(tensor_core_sass))
+            found = sorted({op.split(".")[0] for op in k.opcodes} & set(opcodes))
             gemm[k.name] = found
             if not found:
                 failures.append(f"GEMM kernel {k.name} (unit '{unit}') has no tensor-core instruction "
-                                f"({'/'.join(tensor_core_sass)}) for {arch}: it is a stub or not a tensor-core GEMM")
+                                f"({'/'.join(opcodes)}) for {arch}: it is a stub or not a tensor-core GEMM")
     for k in kernels:
         if _is_trap_only(k, rules):
             failures.append(f"kernel {k.name} is a stub (only {rules['trap_opcode']}): it would trap at run time")
@@ -146,10 +148,10 @@ def evaluate(binary: Path, sass_text: str, arch: str, gemm_regexes: dict, tensor
     return GateReport(Path(binary), arch, kernels, gemm, not failures, failures)
 
 
-def gate(binary: Path, arch: str, gemm_regexes: dict, tensor_core_sass: tuple) -> GateReport:
+def gate(binary: Path, arch: str, gemm_regexes: dict, tensor_core_sass: tuple, unit_sass: dict | None = None) -> GateReport:
     """Dump and judge a binary; raise naming the first failing kernel."""
     binary = Path(binary)
-    report = evaluate(binary, dump_sass(binary), arch, gemm_regexes, tensor_core_sass, binary.read_bytes())
+    report = evaluate(binary, dump_sass(binary), arch, gemm_regexes, tensor_core_sass, binary.read_bytes(), unit_sass)
     if not report.passed:
         more = f" (+{len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
         raise TriforceError(f"{report.summary()}{more}")

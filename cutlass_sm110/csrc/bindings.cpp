@@ -135,6 +135,43 @@ std::tuple<at::Tensor, at::Tensor> w4a16_prepack(const at::Tensor& qweight, cons
   return {packed_weight, packed_scales};
 }
 
+// Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
+// (formats.pack_int4_fragments / pack_scales_fragments). out (fp32) is added to: zero it, or pass the residual.
+void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
+                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent) {
+  const char* op = "w4a16_skinny";
+  TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 &&
+                  x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
+              op, ": x must be a CUDA bf16 [M, K] with unit column stride, 16-byte aligned rows");
+  check_tensor(w, op, "weight", at::kByte);
+  check_tensor(s, op, "scales", at::kBFloat16);
+  TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
+              ": out must be a CUDA fp32 [M, N] with unit column stride");
+  const int64_t m = x.size(0), k = x.size(1), n = out.size(1);
+  TORCH_CHECK(out.size(0) == m, op, ": out has ", out.size(0), " rows, x has ", m);
+  TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
+              ": needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 512, op,
+              ": weight must be [", n / 16, ", ", k / 64, ", 512] (pack_int4_fragments), got ", w.sizes());
+  TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 16 && s.size(1) == k / 128 && s.size(2) == 16, op,
+              ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
+  const float* gate_ptr = nullptr;
+  if (gate.has_value()) {
+    check_tensor(*gate, op, "gate", at::kFloat);
+    TORCH_CHECK(gate->numel() == n, op, ": gate must have N = ", n, " elements, got ", gate->numel());
+    gate_ptr = gate->data_ptr<float>();
+  }
+  TORCH_CHECK(splits >= 0 && (tiles_per_warp == 0 || tiles_per_warp == 1 || tiles_per_warp == 2), op,
+              ": splits >= 0 (0: fill the GPU) and tiles_per_warp 0 (default), 1 or 2; got ", splits, ", ",
+              tiles_per_warp);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int rt = tiles_per_warp ? int(tiles_per_warp) : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
+  triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(),
+                                 int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
+                                 sm_count()};
+  triforce::w4a16_skinny_run(p, current_stream());
+}
+
 // ── NVFP4 (Blackwell only) ──────────────────────────────────────────────────────────────────────────────────────
 #if defined(TRIFORCE_FAMILY_BLACKWELL)
 // Swizzled scale-factor bytes of a [rows, K] operand: 128x4 atoms of 512 bytes (rows padded to 128, K/16 to 4).
@@ -274,6 +311,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a16_gemm", &w4a16_gemm, "out[M,N] = x[M,K] @ dequant(W)^T (bf16 out, int4 W, group 128)", py::arg("x"),
         py::arg("packed_weight"), py::arg("packed_scales"), py::arg("out"), py::arg("workspace"), py::arg("mode") = 0,
         py::arg("splits") = 1, py::arg("nondeterministic") = false);
+  m.def("w4a16_skinny", &w4a16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ dequant(W)^T for M <= 64, fragment layout",
+        py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
+        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

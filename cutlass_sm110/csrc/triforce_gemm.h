@@ -29,6 +29,26 @@ struct W4A16Problem {
   W4A16Schedule schedule;
 };
 
+// Few-row W4A16 (w4a16_skinny.cu, every family): out[M, N] (fp32, row stride ldo) += [gate ⊙] x[M, K] @
+// dequant(W)^T for M <= 64, W in the MMA-fragment layout of formats.pack_int4_fragments ([N/16][K/64][512 bytes]),
+// scales [N/16][K/128][16] bf16. splits: CTAs along K (0: fill the resident CTA slots once); tiles_per_warp: 16-row
+// tiles per warp (1 or 2); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
+struct W4A16SkinnyProblem {
+  const void* x;
+  const void* weight;
+  const void* scales;
+  const float* gate;  // [N] or null
+  float* out;
+  int m, n, k;
+  int64_t ldx, ldo;
+  int splits;
+  int tiles_per_warp;
+  bool dependent;
+  int sm_count;
+};
+int w4a16_skinny_default_tiles_per_warp(int m);
+void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
+
 #if defined(TRIFORCE_FAMILY_HOPPER)
 // One tile configuration per translation unit: the token tile (N of the swapped problem) is 16, 64 or 128.
 size_t w4a16_sm90_tok16_workspace(const W4A16Problem& p);

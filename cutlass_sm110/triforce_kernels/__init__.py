@@ -207,6 +207,42 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
     _ext().w4a16_gemm(x, packed_weight, packed_scales, out, workspace, *sched)
 
 
+W4A16_SKINNY_MAX_ROWS = 64
+
+
+def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
+                 gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
+                 dependent: bool = False) -> None:
+    """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
+    family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
+    pack_scales_fragments [N/16, K/128, 16] bf16). `out` is added to (zero it, or pass the residual); x may be a
+    row-strided view. splits: CTAs along K (0: fill the GPU once); tiles_per_warp: 16-row tiles per warp (0: by M);
+    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it)."""
+    op = "w4a16_skinny"
+    _require_op(op)
+    if x.dim() != 2 or out.dim() != 2:
+        raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
+    m, k = x.shape
+    n = out.shape[1]
+    if not 1 <= m <= W4A16_SKINNY_MAX_ROWS:
+        raise KernelError(f"{op}: M={m} rows; this kernel takes 1..{W4A16_SKINNY_MAX_ROWS} (w4a16_gemm takes more)")
+    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
+    if x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16:
+        raise KernelError(f"{op}: x must be bf16 with unit column stride and 16-byte aligned rows, got {x.dtype}, "
+                          f"strides {list(x.stride())}")
+    if out.dtype != torch.float32 or tuple(out.shape) != (m, n) or out.stride(1) != 1:
+        raise KernelError(f"{op}: out must be fp32 [{m}, {n}] with unit column stride, got {out.dtype} "
+                          f"{list(out.shape)}")
+    _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
+    _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
+    if gate is not None:
+        _check(op, "gate", gate, torch.float32, (n,))
+    if splits < 0 or tiles_per_warp not in (0, 1, 2):
+        raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
+    _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
+
+
 # ── NVFP4 (Blackwell) ───────────────────────────────────────────────────────────────────────────────────────────
 def nvfp4_sf_bytes(rows: int, k: int) -> int:
     """Bytes of a swizzled NVFP4 scale-factor tensor for a [rows, K] operand (rows padded to 128, K/16 to 4)."""

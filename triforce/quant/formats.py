@@ -102,6 +102,47 @@ def dequantize_int4_g128(packed: torch.Tensor, scales: torch.Tensor) -> torch.Te
     return (q.reshape(n, -1, INT4_GROUP) * scales.float()[..., None]).reshape(n, k)
 
 
+# ── INT4 in MMA-fragment order (the wheel's few-row kernel, w4a16_skinny.cu) ─────────────────────────────────────
+# One 16-byte lane fragment per (16-row tile, 64-k chunk, lane g*4 + t): rows g and g + 8, k in [16t, 16t + 16) of
+# the chunk; word s holds the four k of MMA step s (16t + 4s + 0..3), nibble 4j + 2*j2 + half = row g + 8*half,
+# k 16t + 4s + 2*j2 + j, as u = q + 8 (offset binary, so 0x4300 | u is bf16 128 + u).
+FRAGMENT_ROWS, FRAGMENT_K = 16, 64
+
+
+def _fragment_codes(qweight: torch.Tensor) -> torch.Tensor:
+    """Canonical int4 [N, K/2] -> offset-binary codes viewed as [N/16, half, g, K/64, t, s, j2, j]."""
+    _require(qweight.dtype == torch.uint8 and qweight.dim() == 2, "pack_int4_fragments: expected uint8 [N, K/2]")
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    _require(n % FRAGMENT_ROWS == 0 and k % INT4_GROUP == 0,
+             f"pack_int4_fragments: needs N % {FRAGMENT_ROWS} == 0 and K % {INT4_GROUP} == 0 (got N={n}, K={k})")
+    return (unpack_nibbles(qweight) ^ 8).reshape(n // 16, 2, 8, k // FRAGMENT_K, 4, 4, 2, 2)
+
+
+def pack_int4_fragments(qweight: torch.Tensor) -> torch.Tensor:
+    """Canonical int4 [N, K/2] -> uint8 [N/16, K/64, 512]: each lane's A fragments of a 16 x 64 chunk in 16 bytes."""
+    codes = _fragment_codes(qweight).permute(0, 3, 2, 4, 5, 7, 6, 1)   # tile, chunk, g, t, s, j, j2, half
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    return pack_nibbles(codes.reshape(n // 16, k // FRAGMENT_K, 32 * 4 * 8)).contiguous()
+
+
+def unpack_int4_fragments(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_int4_fragments: uint8 [N/16, K/64, 512] -> canonical int4 [N, K/2]."""
+    _require(packed.dtype == torch.uint8 and packed.dim() == 3 and packed.shape[2] == 512,
+             f"unpack_int4_fragments: expected uint8 [N/16, K/64, 512], got {tuple(packed.shape)}")
+    tiles, chunks = packed.shape[:2]
+    codes = unpack_nibbles(packed).reshape(tiles, chunks, 8, 4, 4, 2, 2, 2)  # tile, chunk, g, t, s, j, j2, half
+    canonical = codes.permute(0, 7, 2, 1, 3, 4, 6, 5).reshape(tiles * 16, chunks * FRAGMENT_K) ^ 8
+    return pack_nibbles(canonical)
+
+
+def pack_scales_fragments(scales: torch.Tensor) -> torch.Tensor:
+    """bf16 scales [N, K/128] -> [N/16, K/128, 16]: a tile's 16 scales of one group in 32 contiguous bytes."""
+    _require(scales.dim() == 2 and scales.shape[0] % FRAGMENT_ROWS == 0,
+             f"pack_scales_fragments: expected [N, K/128] with N % 16 == 0, got {tuple(scales.shape)}")
+    n, groups = scales.shape
+    return scales.reshape(n // 16, 16, groups).transpose(1, 2).contiguous()
+
+
 # ── FP8 E4M3 ──────────────────────────────────────────────────────────────────────────────────────────────────────
 def e4m3_saturate(x: torch.Tensor) -> torch.Tensor:
     """fp32 -> float8_e4m3fn, round-to-nearest-even, finite values beyond +-448 clamped to +-448."""

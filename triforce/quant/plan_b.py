@@ -14,6 +14,7 @@ from ..errors import TriforceError, UnsupportedError
 from ..runtime import fused
 from ..runtime.checkpoint import load_state
 from ..runtime.config import ModelConfig
+from . import formats as fm
 from .quantize import FORMAT, expected_quantized
 
 BF16, FP8 = torch.bfloat16, torch.float8_e4m3fn
@@ -49,6 +50,13 @@ def check_backend(precision: str) -> None:
         if not tk.has_op(op) or (built and built != f"{major}.{minor}"):
             raise UnsupportedError(f"the installed triforce_kernels wheel ({tk.build_info().get('arch')}) has no {op} "
                                    f"for {gpu}: rebuild with `invoke build-kernels --arch` for this GPU")
+
+
+# the kernels W4A16Linear.add_into can run (the denoise step's o and down, M <= 64)
+FEW_ROW_W4A16_KERNELS = {
+    "triton": "fused.skinny_w4a16: Triton, canonical int4, int4 groups dequantized into tl.dot",
+    "mma": "the wheel's w4a16_skinny: warp-level MMA on prepacked fragments, cp.async weight stream",
+}
 
 
 # ── layers ────────────────────────────────────────────────────────────────────────────────────────────────────────
@@ -101,6 +109,19 @@ class W4A16Linear:
         self._packed = None
         self._workspace: dict = {}
         self.nbytes = self.qweight.numel() + self.scales.numel() * 2
+        self.few_row_kernel, self._fragments = "triton", None
+
+    def use_few_row_kernel(self, kernel: str) -> None:
+        """Which kernel runs add_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the weights on first use (before any
+        capture) and needs a wheel with w4a16_skinny."""
+        if kernel not in FEW_ROW_W4A16_KERNELS:
+            raise TriforceError(f"unknown few-row W4A16 kernel '{kernel}': {', '.join(FEW_ROW_W4A16_KERNELS)}")
+        if kernel == "mma" and self._fragments is None:
+            if not self.tk.has_op("w4a16_skinny"):
+                raise UnsupportedError("the few-row W4A16 kernel 'mma' needs a triforce_kernels wheel with "
+                                       "w4a16_skinny: rebuild with `invoke build-kernels`")
+            self._fragments = (fm.pack_int4_fragments(self.qweight), fm.pack_scales_fragments(self.scales))
+        self.few_row_kernel = kernel
 
     def __call__(self, x, arena=None):
         rows = x.shape[0]
@@ -123,7 +144,10 @@ class W4A16Linear:
 
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
-        fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
+        if self.few_row_kernel == "mma":
+            self.tk.w4a16_skinny(x, *self._fragments, residual, gate, dependent=fused.launching_dependent())
+        else:
+            fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
 
 
 class NvFp4Linear:

@@ -359,6 +359,15 @@ class Pi05Engine:
         self.denoise_launch = mode
         self.slots.clear()
 
+    def set_w4a16_few_row(self, kernel: str) -> None:
+        """The kernel of the W4A16 expert o/down layers (plan_b.FEW_ROW_W4A16_KERNELS); a no-op without them.
+        Captured graphs are dropped and re-capture."""
+        for layer in self.expert_layers:
+            for lin in layer.values():
+                if hasattr(lin, "use_few_row_kernel") and lin.adds_into_residual:
+                    lin.use_few_row_kernel(kernel)
+        self.slots.clear()
+
     def _launches(self, step: int):
         """The context step `step`'s launches are made in. Step 0 beside the prefix launches plain: its programs,
         launched early, would wait on SMs the prefix's GEMMs need (Plan B prefix 3.13 vs 3.03 ms,

@@ -41,6 +41,11 @@ def dependent_launches():
         _Dependent.on = saved
 
 
+def launching_dependent() -> bool:
+    """Whether kernels launched now are programmatic dependent launches (inside dependent_launches)."""
+    return _Dependent.on
+
+
 def _dependent() -> dict:
     """The launch keywords of a chain kernel: its PDL constexpr and Triton's launch_pdl option."""
     return {"PDL": _Dependent.on, "launch_pdl": _Dependent.on}

@@ -1,0 +1,288 @@
+// W4A16 for few rows (M <= 64, the denoise step and decode-like calls): out[M, N] (fp32) += [gate ⊙] x[M, K] @
+// dequant(W)^T, weight-streaming. Warp-level bf16 MMA (m16n8k16, every family: sm_90a, sm_100a, sm_110a) with the
+// weights as the A operand (16 output features x 16 k) and the few tokens as B (n = 8 tokens a tile), so no token
+// padding beyond a multiple of 8 is computed.
+//
+// The weights are prepacked (triforce/quant/formats.py pack_int4_fragments) so that one 16-byte load per lane is
+// exactly its A fragments of four MMAs (a 16 x 64 chunk): no shuffles, no shared-memory transposes. The k order
+// inside a chunk is permuted (lane t of a quad owns k in [16t, 16t + 16)), and x is read with the same permutation,
+// so each lane's tokens are 32 contiguous bytes. Nibbles become bf16 by their bit pattern (0x4300 | u is 128 + u,
+// exact) minus 136: the integers q in [-8, 7] enter the MMA exactly, and each group's sum is scaled in fp32.
+//
+// Pipeline: a CTA of 8 warps owns 8 * RT row tiles of 16 features and a range of whole groups (128 k); every stage
+// (one group) brings each warp's weights, the tiles' scales and the x slice of all tokens into shared memory with
+// cp.async, kStages deep. The weights and scales of the first stages are requested before griddepcontrol.wait (they
+// do not depend on the kernel before; under programmatic dependent launch their reads overlap it). Splits of K
+// across CTAs add their partial sums with fp32 reductions into `out`, which the caller zeroes (or is the residual).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "triforce_gemm.h"
+
+namespace triforce {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kStages = 4;
+constexpr int kChunk = 64;   // k per prepacked 16-byte lane fragment (four MMAs)
+constexpr int kGroup = 128;  // k per scale (one pipeline stage)
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Programmatic dependent launch: both are no-ops when the kernel was launched without the attribute.
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+// Nibbles at bits 4i and 16 + 4i of w (after the caller's shift) as bf16x2 of q = u - 8, exactly.
+__device__ __forceinline__ uint32_t nibble_pair_to_bf16x2(uint32_t w) {
+  uint32_t biased;  // (w & 0x000F000F) | 0x43004300: bf16 128 + u in each half
+  asm("lop3.b32 %0, %1, 0x000F000F, 0x43004300, 0xEA;\n" : "=r"(biased) : "r"(w));
+  const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(&biased);
+  const __nv_bfloat162 q = __hsub2(v, __nv_bfloat162(__float2bfloat16(136.f), __float2bfloat16(136.f)));
+  return *reinterpret_cast<const uint32_t*>(&q);
+}
+
+// The A fragments of one MMA from one 32-bit word of the prepacked layout: rows g / g + 8, k slots 2t / 2t + 8.
+__device__ __forceinline__ void dequant_word(uint32_t w, uint32_t (&a)[4]) {
+  a[0] = nibble_pair_to_bf16x2(w);
+  a[1] = nibble_pair_to_bf16x2(w >> 4);
+  a[2] = nibble_pair_to_bf16x2(w >> 8);
+  a[3] = nibble_pair_to_bf16x2(w >> 12);
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+struct SkinnyArgs {
+  const __nv_bfloat16* x;
+  const uint4* weight;          // [N/16][K/64][32 lanes] x 16 bytes
+  const __nv_bfloat16* scales;  // [N/16][K/128][16]
+  const float* gate;            // [N] or null
+  float* out;
+  int m, n, k, splits;
+  int64_t ldx, ldo;
+};
+
+template <int NT, int RT>
+struct SkinnySmem {
+  static constexpr int kWeightBytes = kWarps * RT * 2 * 32 * 16;  // two chunks a stage
+  static constexpr int kScaleBytes = kWarps * RT * 16 * 2;
+  static constexpr int kXBytes = 2 * NT * 8 * kChunk * 2;         // two chunks x (8 NT tokens) x 64 k, bf16
+  static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
+  static constexpr int kBytes = kStages * kStageBytes;
+};
+
+// NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp.
+template <int NT, int RT>
+__global__ void __launch_bounds__(kThreads) w4a16_skinny_kernel(SkinnyArgs a) {
+  using S = SkinnySmem<NT, RT>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
+  const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
+  const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
+  int tile[RT];
+  bool valid[RT];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    tile[r] = (blockIdx.x * kWarps + warp) * RT + r;
+    valid[r] = tile[r] < tiles;
+  }
+
+  auto issue_weights = [&](int i) {  // stage i's weights and scales (this warp's tiles)
+    unsigned char* base = smem + (i % kStages) * S::kStageBytes;
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+      if (!valid[r]) continue;
+      const uint4* src = a.weight + (int64_t(tile[r]) * chunks + 2 * (gbeg + i)) * 32 + lane;
+      unsigned char* dst = base + ((warp * RT + r) * 2 * 32 + lane) * 16;
+      cp_async16(dst, src, 16);
+      cp_async16(dst + 32 * 16, src + 32, 16);
+      if (lane < 2)
+        cp_async16(base + S::kWeightBytes + (warp * RT + r) * 32 + lane * 16,
+                   a.scales + (int64_t(tile[r]) * groups + gbeg + i) * 16 + lane * 8, 16);
+    }
+  };
+  // Stage i's x slice, all 8 NT token rows (rows >= M zero-filled); 16-byte segments XOR-swizzled by token so the
+  // MMA-order reads of a quarter warp hit distinct banks.
+  auto issue_x = [&](int i) {
+    unsigned char* xs = smem + (i % kStages) * S::kStageBytes + S::kWeightBytes + S::kScaleBytes;
+    const int64_t k0 = int64_t(gbeg + i) * kGroup;
+    for (int idx = threadIdx.x; idx < 2 * NT * 8 * 8; idx += kThreads) {
+      const int seg = idx & 7, tok = (idx >> 3) % (NT * 8), c = idx / (NT * 64);
+      const bool in = tok < a.m;
+      const __nv_bfloat16* src = in ? a.x + tok * a.ldx + k0 + c * kChunk + seg * 8 : a.x;
+      cp_async16(xs + ((c * NT * 8 + tok) * 8 + (seg ^ (tok & 7))) * 16, src, in ? 16 : 0);
+    }
+  };
+
+  for (int i = 0; i < kStages - 1; ++i)
+    if (i < ng) issue_weights(i);
+  cp_async_commit();
+  grid_dependency_wait();  // x, gate and out belong to the kernels before
+  launch_dependents();
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < ng) issue_x(i);
+    cp_async_commit();
+  }
+
+  float acc[RT][NT][4];
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
+  for (int i = 0; i < ng; ++i) {
+    cp_async_wait<kStages - 2>();  // stage i has landed (for this thread) ...
+    __syncthreads();               // ... for every thread, and stage i - 1's slot is free
+    if (i + kStages - 1 < ng) {
+      issue_weights(i + kStages - 1);
+      issue_x(i + kStages - 1);
+    }
+    cp_async_commit();
+
+    const unsigned char* base = smem + (i % kStages) * S::kStageBytes;
+    const uint4* xs = reinterpret_cast<const uint4*>(base + S::kWeightBytes + S::kScaleBytes);
+    float part[RT][NT][4];
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[r][j][e] = 0.f;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      uint4 wq[RT];
+#pragma unroll
+      for (int r = 0; r < RT; ++r)
+        wq[r] = reinterpret_cast<const uint4*>(base)[((warp * RT + r) * 2 + c) * 32 + lane];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // k steps 2h and 2h + 1: one 16-byte x read per token tile
+        uint32_t af[RT][2][4];
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+          dequant_word(h == 0 ? wq[r].x : wq[r].z, af[r][0]);
+          dequant_word(h == 0 ? wq[r].y : wq[r].w, af[r][1]);
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const uint4 xv = xs[(c * NT * 8 + j * 8 + g) * 8 + ((2 * t + h) ^ g)];
+#pragma unroll
+          for (int r = 0; r < RT; ++r) {
+            mma_bf16(part[r][j], af[r][0], xv.x, xv.y);
+            mma_bf16(part[r][j], af[r][1], xv.z, xv.w);
+          }
+        }
+      }
+    }
+    const __nv_bfloat16* sc = reinterpret_cast<const __nv_bfloat16*>(base + S::kWeightBytes);
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+      const float s_lo = __bfloat162float(sc[(warp * RT + r) * 16 + g]);
+      const float s_hi = __bfloat162float(sc[(warp * RT + r) * 16 + g + 8]);
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        acc[r][j][0] += s_lo * part[r][j][0];
+        acc[r][j][1] += s_lo * part[r][j][1];
+        acc[r][j][2] += s_hi * part[r][j][2];
+        acc[r][j][3] += s_hi * part[r][j][3];
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // c0, c1: feature g, tokens 2t, 2t + 1; c2, c3: feature g + 8.
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    if (!valid[r]) continue;
+    const int row = tile[r] * 16 + g;
+    const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int tok = j * 8 + 2 * t;
+      if (tok < a.m) {
+        atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[r][j][0]);
+        atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[r][j][2]);
+      }
+      if (tok + 1 < a.m) {
+        atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[r][j][1]);
+        atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[r][j][3]);
+      }
+    }
+  }
+}
+
+template <int NT, int RT>
+void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
+  using S = SkinnySmem<NT, RT>;
+  auto kernel = w4a16_skinny_kernel<NT, RT>;
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
+  if (attr != cudaSuccess)
+    throw std::runtime_error(std::string("w4a16_skinny: cannot allow ") + std::to_string(S::kBytes) +
+                             " bytes of shared memory: " + cudaGetErrorString(attr));
+  const int tiles = p.n / 16;
+  int splits = p.splits;
+  const int row_blocks = (tiles + kWarps * RT - 1) / (kWarps * RT);
+  if (splits <= 0) {  // fill every resident CTA slot once
+    int per_sm = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, S::kBytes);
+    splits = (p.sm_count * (per_sm > 0 ? per_sm : 1) + row_blocks - 1) / row_blocks;
+  }
+  SkinnyArgs a = args;
+  a.splits = splits < p.k / kGroup ? splits : p.k / kGroup;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(row_blocks), unsigned(a.splits));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = S::kBytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = p.dependent ? 1 : 0;
+  if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
+    throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
+}
+
+template <int NT>
+void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
+  if (p.tiles_per_warp == 1) return launch<NT, 1>(args, p, stream);
+  if (p.tiles_per_warp == 2) return launch<NT, 2>(args, p, stream);
+  throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));
+}
+
+}  // namespace
+
+int w4a16_skinny_default_tiles_per_warp(int m) { return m > 16 ? 2 : 1; }
+
+void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
+  if (p.m < 1 || p.m > 64 || p.n % 16 || p.k % kGroup)
+    throw std::runtime_error("w4a16_skinny: needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=" +
+                             std::to_string(p.m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k) + ")");
+  SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
+               static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out, p.m, p.n, p.k, 1, p.ldx, p.ldo};
+  if (p.m <= 8) return launch_rows<1>(a, p, stream);
+  if (p.m <= 16) return launch_rows<2>(a, p, stream);
+  if (p.m <= 32) return launch_rows<4>(a, p, stream);
+  return launch_rows<8>(a, p, stream);
+}
+
+}  // namespace triforce
