@@ -38,8 +38,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
                   ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
             "b": (("engine default", ENGINE_DEFAULTS),
-                  ("W4A16 o/down on the wheel's mma kernel", {**ENGINE_DEFAULTS, "w4a16_few_row": "mma"}),
-                  ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"}))}
+                  ("W4A16 o/down on the wheel's mma kernel", {**ENGINE_DEFAULTS, "w4a16_few_row": "mma"}))}
 
 
 def apply(eng, settings: dict) -> None:
