@@ -73,7 +73,16 @@ def _assert_wheel(build: _Build, family: str, opcodes: set) -> None:
     assert info["family"] == family and info["sass_gate"]["passed"]
     gate = build.result.gate
     assert gate.passed and len(gate.gemm) >= 1
-    assert all(set(found) & opcodes for found in gate.gemm.values())
+    for name, found in gate.gemm.items():   # the few-row W4A16 kernel's tensor-core instruction is warp-level HMMA
+        assert set(found) & ({"HMMA"} if "w4a16_skinny_kernel" in name else opcodes), (name, found)
+    assert any("w4a16_skinny_kernel" in name for name in gate.gemm), "every family ships the few-row W4A16 kernel"
+    # that kernel passes only through its unit's opcode set: judged by the target's, it is named as no tensor-core GEMM
+    so = next((build.build_dir / "lib" / "triforce_kernels").glob("_C*.so"))
+    report = sass.evaluate(so, sass.dump_sass(so), build.arch, {"w4a16_skinny": "w4a16_skinny_kernel"},
+                           tuple(sorted(opcodes)))
+    assert not report.passed and "(unit 'w4a16_skinny') has no tensor-core instruction" in report.failures[0]
+    assert sass.evaluate(so, sass.dump_sass(so), build.arch, {"w4a16_skinny": "w4a16_skinny_kernel"},
+                         tuple(sorted(opcodes)), unit_sass={"w4a16_skinny": ("HMMA",)}).passed
     # Only the explicit -gencode reaches nvcc: no arch flag derived by torch from TORCH_CUDA_ARCH_LIST or a GPU.
     ninja = (build.build_dir / "obj" / "build.ninja").read_text()
     num = build.arch.removeprefix("sm_")
