@@ -6,8 +6,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
   launch).
-- w4a16_few_row: the kernel of Plan B's W4A16 expert o/down (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's
-  warp-MMA kernel on prepacked fragments).
+- w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
+  (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
@@ -34,11 +34,12 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma"}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "triton"}
 VARIANTS = {"a": (("engine default", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}),
                   ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
             "b": (("engine default", ENGINE_DEFAULTS),
-                  ("W4A16 o/down on the Triton kernel", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}))}
+                  ("W4A16 o/down on the Triton kernel", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}),
+                  ("W4A16 o/down and gate/up + GeGLU on the mma kernel", {**ENGINE_DEFAULTS, "w4a16_geglu": "mma"}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -46,6 +47,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
     eng.set_denoise_launch(settings["denoise_launch"])
     eng.set_w4a16_few_row(settings["w4a16_few_row"])
+    eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
 
 
 def main():

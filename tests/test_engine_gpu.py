@@ -94,8 +94,9 @@ def test_plan_b_h100_recipe_on_tiny():
 
 
 def test_w4a16_few_row_kernels_give_the_same_actions():
-    """Plan B's W4A16 expert o/down on the wheel's warp-MMA kernel (fragment layout) against the Triton kernel, with
-    dependent launches (the engine default on sm_90+): the same actions up to fp32 summation order."""
+    """Plan B's W4A16 expert o/down, then also gate/up with its GeGLU, on the wheel's warp-MMA kernel (fragment
+    layout) against the Triton kernels, with dependent launches (the engine default on sm_90+): the same actions up
+    to fp32 summation order."""
     import sys
     from pathlib import Path
 
@@ -109,10 +110,11 @@ def test_w4a16_few_row_kernels_give_the_same_actions():
     obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
     eng.set_w4a16_few_row("triton")
     want = b.infer(obs, noise)
-    eng.set_w4a16_few_row("mma")
-    assert any(lin.few_row_kernel == "mma" for layer in eng.expert_layers for lin in layer.values()
-               if hasattr(lin, "few_row_kernel")), "the h100 recipe's expert o/down are W4A16"
-    assert cosine(b.infer(obs, noise), want) >= 0.9999
+    for layers in (("o", "down"), ("gate_up",)):
+        eng.set_w4a16_few_row("mma", layers)
+        assert all(layer[name].few_row == "mma" for layer in eng.expert_layers for name in layers), \
+            "the h100 recipe's expert layers are W4A16"
+        assert cosine(b.infer(obs, noise), want) >= 0.9999
     with pytest.raises(TriforceError, match="unknown few-row W4A16 kernel"):
         eng.set_w4a16_few_row("cutlass")
 

@@ -294,3 +294,18 @@ def test_w4a16_skinny_refuses_bad_input(tk, case):
         tk.w4a16_skinny(*SKINNY_BAD[case](x, *_fragments(q, s), out))
     torch.cuda.synchronize()
     assert bool((out == 1.0).all()), "a refused call must leave the output untouched"
+
+
+@pytest.mark.parametrize("m", [1, 10, 16, 40, 64])
+def test_w4a16_skinny_geglu_matches_reference(tk, m):
+    """The expert's gate/up (I = 4096, K = 1024) with its GeGLU: gate/up interleaved in 8-row blocks, act written."""
+    inter, k = 4096, 1024
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    q, s = _weights(2 * inter, k, gen)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    act = torch.full((m, inter), float("nan"), device="cuda", dtype=torch.bfloat16)   # every element must be written
+    tk.w4a16_skinny_geglu(x, *_fragments(formats.interleave_gate_up(q), formats.interleave_gate_up(s)), act)
+    torch.cuda.synchronize()
+    ref = formats.geglu_tanh(_reference(x, q, s))
+    assert torch.isfinite(act).all()
+    assert _rel_err(act, ref) < 1e-2, "bf16 output"

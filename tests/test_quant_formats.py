@@ -120,6 +120,18 @@ def test_int4_fragments_round_trip_and_mma_semantics():
     assert torch.allclose(got, ref, rtol=1e-9, atol=1e-9)
 
 
+def test_interleave_gate_up_pairs_rows_g_and_g_plus_8():
+    """After interleaving, fragment tile p's rows g and g + 8 are gate and up of feature 8p + g (GeGLU in registers)."""
+    inter, k = 32, 128
+    w = torch.arange(2 * inter, dtype=torch.float32)[:, None].expand(-1, k)
+    tiles = fmt.interleave_gate_up(w).reshape(inter // 8, 16, k)
+    for p in range(inter // 8):
+        for g in range(8):
+            assert tiles[p, g, 0] == 8 * p + g and tiles[p, g + 8, 0] == inter + 8 * p + g
+    with pytest.raises(TriforceError, match="multiple of 8"):
+        fmt.interleave_gate_up(torch.zeros(24, 4))
+
+
 def test_int4_fragment_word_holds_one_mma_step():
     """Hand-made: only W[row 9, k 70] = 7 (tile 0, chunk 1, g 1, half 1, t 0, s 1, j2 1, j 0) -> nibble 3 of word 1
     of lane 4 in chunk 1 holds u = 15; every other nibble is u = 8 (q = 0)."""

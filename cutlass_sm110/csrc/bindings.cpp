@@ -166,9 +166,35 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
               tiles_per_warp);
   const c10::cuda::CUDAGuard guard(x.device());
   const int rt = tiles_per_warp ? int(tiles_per_warp) : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
-  triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(),
+  triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(), nullptr,
                                  int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
                                  sm_count()};
+  triforce::w4a16_skinny_run(p, current_stream());
+}
+
+// The same kernel with gate/up interleaved in 8-row blocks (formats.interleave_gate_up, then the fragment packing):
+// act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T), written (the expert's gate/up + GeGLU in one launch).
+void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor act,
+                        bool dependent) {
+  const char* op = "w4a16_skinny_geglu";
+  TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 &&
+                  x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
+              op, ": x must be a CUDA bf16 [M, K] with unit column stride, 16-byte aligned rows");
+  check_tensor(w, op, "weight", at::kByte);
+  check_tensor(s, op, "scales", at::kBFloat16);
+  TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
+              ": act must be a CUDA bf16 [M, N/2] with unit column stride");
+  const int64_t m = x.size(0), k = x.size(1), n = 2 * act.size(1);
+  TORCH_CHECK(act.size(0) == m, op, ": act has ", act.size(0), " rows, x has ", m);
+  TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
+              ": needs 1 <= M <= 64, N/2 % 8 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 512, op,
+              ": weight must be [", n / 16, ", ", k / 64, ", 512] (interleaved, pack_int4_fragments), got ", w.sizes());
+  TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 16 && s.size(1) == k / 128 && s.size(2) == 16, op,
+              ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
+  const c10::cuda::CUDAGuard guard(x.device());
+  triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), nullptr, nullptr, act.data_ptr(),
+                                 int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count()};
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -314,6 +340,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a16_skinny", &w4a16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ dequant(W)^T for M <= 64, fragment layout",
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
         py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);
+  m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
+        "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
+        py::arg("dependent") = false);
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

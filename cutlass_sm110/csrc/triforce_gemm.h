@@ -33,14 +33,16 @@ struct W4A16Problem {
 // dequant(W)^T for M <= 64, W in the MMA-fragment layout of formats.pack_int4_fragments ([N/16][K/64][512 bytes]),
 // scales [N/16][K/128][16] bf16. splits: CTAs along K (0: fill the resident CTA slots once); tiles_per_warp: 16-row
 // tiles per warp (1 or 2); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
+// With act instead of out: gelu_tanh(gate) * up of gate/up rows interleaved in 8-row blocks, each CTA all of K.
 struct W4A16SkinnyProblem {
   const void* x;
   const void* weight;
   const void* scales;
   const float* gate;  // [N] or null
-  float* out;
+  float* out;         // fp32 [M, N] added to; null with act
+  void* act;          // GeGLU (weights gate/up interleaved, formats.interleave_gate_up): bf16 [M, N/2] written
   int m, n, k;
-  int64_t ldx, ldo;
+  int64_t ldx, ldo;   // ldo: of out, or of act
   int splits;
   int tiles_per_warp;
   bool dependent;

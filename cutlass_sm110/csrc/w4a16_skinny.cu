@@ -26,8 +26,6 @@
 namespace triforce {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
 constexpr int kStages = 4;
 constexpr int kChunk = 64;   // k per prepacked 16-byte lane fragment (four MMAs)
 constexpr int kGroup = 128;  // k per scale (one pipeline stage)
@@ -73,24 +71,32 @@ struct SkinnyArgs {
   const uint4* weight;          // [N/16][K/64][32 lanes] x 16 bytes
   const __nv_bfloat16* scales;  // [N/16][K/128][16]
   const float* gate;            // [N] or null
-  float* out;
+  float* out;                   // fp32 [M, N] added to (or null with GEGLU)
+  __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
   int m, n, k, splits;
   int64_t ldx, ldo;
 };
 
-template <int NT, int RT>
+template <int NT, int RT, int WARPS>
 struct SkinnySmem {
-  static constexpr int kWeightBytes = kWarps * RT * 2 * 32 * 16;  // two chunks a stage
-  static constexpr int kScaleBytes = kWarps * RT * 16 * 2;
+  static constexpr int kWeightBytes = WARPS * RT * 2 * 32 * 16;  // two chunks a stage
+  static constexpr int kScaleBytes = WARPS * RT * 16 * 2;
   static constexpr int kXBytes = 2 * NT * 8 * kChunk * 2;         // two chunks x (8 NT tokens) x 64 k, bf16
   static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
   static constexpr int kBytes = kStages * kStageBytes;
 };
 
-// NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp.
-template <int NT, int RT>
-__global__ void __launch_bounds__(kThreads) w4a16_skinny_kernel(SkinnyArgs a) {
-  using S = SkinnySmem<NT, RT>;
+__device__ __forceinline__ float gelu_tanh(float v) {
+  return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+// NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp; WARPS per CTA. GEGLU: the weights are
+// gate/up interleaved in 8-row blocks (formats.interleave_gate_up), so a tile's rows g and g + 8 are gate and up of
+// one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (the CTA covers all of K: splits = 1).
+template <int NT, int RT, int WARPS, bool GEGLU>
+__global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) {
+  using S = SkinnySmem<NT, RT, WARPS>;
+  constexpr int kThreads = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
@@ -100,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_skinny_kernel(SkinnyArgs a) {
   bool valid[RT];
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
-    tile[r] = (blockIdx.x * kWarps + warp) * RT + r;
+    tile[r] = (blockIdx.x * WARPS + warp) * RT + r;
     valid[r] = tile[r] < tiles;
   }
 
@@ -212,45 +218,56 @@ __global__ void __launch_bounds__(kThreads) w4a16_skinny_kernel(SkinnyArgs a) {
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
     if (!valid[r]) continue;
-    const int row = tile[r] * 16 + g;
-    const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
+    if constexpr (GEGLU) {
+      const int feature = tile[r] * 8 + g;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      const int tok = j * 8 + 2 * t;
-      if (tok < a.m) {
-        atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[r][j][0]);
-        atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[r][j][2]);
+      for (int j = 0; j < NT; ++j) {
+        const int tok = j * 8 + 2 * t;
+        if (tok < a.m) a.act[tok * a.ldo + feature] = __float2bfloat16(gelu_tanh(acc[r][j][0]) * acc[r][j][2]);
+        if (tok + 1 < a.m)
+          a.act[(tok + 1) * a.ldo + feature] = __float2bfloat16(gelu_tanh(acc[r][j][1]) * acc[r][j][3]);
       }
-      if (tok + 1 < a.m) {
-        atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[r][j][1]);
-        atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[r][j][3]);
+    } else {
+      const int row = tile[r] * 16 + g;
+      const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const int tok = j * 8 + 2 * t;
+        if (tok < a.m) {
+          atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[r][j][0]);
+          atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[r][j][2]);
+        }
+        if (tok + 1 < a.m) {
+          atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[r][j][1]);
+          atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[r][j][3]);
+        }
       }
     }
   }
 }
 
-template <int NT, int RT>
+template <int NT, int RT, int WARPS, bool GEGLU>
 void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  using S = SkinnySmem<NT, RT>;
-  auto kernel = w4a16_skinny_kernel<NT, RT>;
+  using S = SkinnySmem<NT, RT, WARPS>;
+  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
   if (attr != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny: cannot allow ") + std::to_string(S::kBytes) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
   const int tiles = p.n / 16;
-  int splits = p.splits;
-  const int row_blocks = (tiles + kWarps * RT - 1) / (kWarps * RT);
+  int splits = GEGLU ? 1 : p.splits;
+  const int row_blocks = (tiles + WARPS * RT - 1) / (WARPS * RT);
   if (splits <= 0) {  // fill every resident CTA slot once
     int per_sm = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, S::kBytes);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, S::kBytes);
     splits = (p.sm_count * (per_sm > 0 ? per_sm : 1) + row_blocks - 1) / row_blocks;
   }
   SkinnyArgs a = args;
   a.splits = splits < p.k / kGroup ? splits : p.k / kGroup;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(row_blocks), unsigned(a.splits));
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(WARPS * 32);
   config.dynamicSmemBytes = S::kBytes;
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
@@ -264,8 +281,10 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
 
 template <int NT>
 void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  if (p.tiles_per_warp == 1) return launch<NT, 1>(args, p, stream);
-  if (p.tiles_per_warp == 2) return launch<NT, 2>(args, p, stream);
+  // GeGLU: the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K
+  if (p.act != nullptr) return launch<NT, 1, 4, true>(args, p, stream);
+  if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false>(args, p, stream);
+  if (p.tiles_per_warp == 2) return launch<NT, 2, 8, false>(args, p, stream);
   throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));
 }
 
@@ -277,8 +296,11 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > 64 || p.n % 16 || p.k % kGroup)
     throw std::runtime_error("w4a16_skinny: needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=" +
                              std::to_string(p.m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k) + ")");
+  if ((p.act != nullptr) == (p.out != nullptr))
+    throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
-               static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out, p.m, p.n, p.k, 1, p.ldx, p.ldo};
+               static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

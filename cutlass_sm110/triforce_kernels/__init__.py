@@ -243,6 +243,32 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
 
 
+def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, act: torch.Tensor,
+                       dependent: bool = False) -> None:
+    """act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T) for M <= 64: w4a16_skinny on gate/up weights whose
+    rows were interleaved in 8-row blocks (formats.interleave_gate_up, then pack_int4_fragments /
+    pack_scales_fragments). Each CTA covers all of K; nothing is accumulated, act is written."""
+    op = "w4a16_skinny_geglu"
+    _require_op(op)
+    if x.dim() != 2 or act.dim() != 2:
+        raise KernelError(f"{op}: x and act must be 2-D, got {list(x.shape)} and {list(act.shape)}")
+    m, k = x.shape
+    n = 2 * act.shape[1]
+    if not 1 <= m <= W4A16_SKINNY_MAX_ROWS or act.shape[0] != m:
+        raise KernelError(f"{op}: x and act must have the same 1..{W4A16_SKINNY_MAX_ROWS} rows, got {m} and "
+                          f"{act.shape[0]}")
+    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
+    if x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16:
+        raise KernelError(f"{op}: x must be bf16 with unit column stride and 16-byte aligned rows, got {x.dtype}, "
+                          f"strides {list(x.stride())}")
+    if act.dtype != torch.bfloat16 or act.stride(1) != 1:
+        raise KernelError(f"{op}: act must be bf16 with unit column stride, got {act.dtype}")
+    _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
+    _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
+    _check_same_device(op, x, weight, scales, act)
+    _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent)
+
+
 # ── NVFP4 (Blackwell) ───────────────────────────────────────────────────────────────────────────────────────────
 def nvfp4_sf_bytes(rows: int, k: int) -> int:
     """Bytes of a swizzled NVFP4 scale-factor tensor for a [rows, K] operand (rows padded to 128, K/16 to 4)."""

@@ -135,6 +135,14 @@ def unpack_int4_fragments(packed: torch.Tensor) -> torch.Tensor:
     return pack_nibbles(canonical)
 
 
+def interleave_gate_up(t: torch.Tensor) -> torch.Tensor:
+    """Rows [gate (I), up (I)] -> 8-row blocks gate[8p:8p+8], up[8p:8p+8]: a fragment tile's rows g and g + 8 are
+    then gate and up of one feature, so the few-row kernel applies GeGLU in its registers."""
+    _require(t.shape[0] % 16 == 0, f"interleave_gate_up: rows {t.shape[0]} are not gate + up of a multiple of 8")
+    rows = t.shape[0]
+    return t.reshape(2, rows // 16, 8, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
+
+
 def pack_scales_fragments(scales: torch.Tensor) -> torch.Tensor:
     """bf16 scales [N, K/128] -> [N/16, K/128, 16]: a tile's 16 scales of one group in 32 contiguous bytes."""
     _require(scales.dim() == 2 and scales.shape[0] % FRAGMENT_ROWS == 0,

@@ -98,9 +98,11 @@ class W4A16Linear:
 
     input_dtype = BF16
 
-    def __init__(self, t: dict, few_row_kernel: bool = True):
-        # Few rows: qkv accumulates into the step's zeroed arena; o and down add straight into the residual.
+    def __init__(self, t: dict, few_row_kernel: bool = True, gate_up: bool = False):
+        # Few rows: qkv accumulates into the step's zeroed arena; o and down add straight into the residual; gate/up
+        # (rows gate then up) may run with its GeGLU on the wheel's few-row kernel (geglu_into).
         self.takes_arena = self.adds_into_residual = few_row_kernel
+        self.gate_up = gate_up
         self.tk = _kernels("w4a16")
         self.qweight, self.scales = t["qweight"].cuda().contiguous(), t["scales"].cuda().contiguous()
         self.n, self.k = self.qweight.shape[0], self.qweight.shape[1] * 2
@@ -109,21 +111,27 @@ class W4A16Linear:
         self._packed = None
         self._workspace: dict = {}
         self.nbytes = self.qweight.numel() + self.scales.numel() * 2
-        self.few_row_kernel, self._fragments = "triton", None
+        self.few_row, self._fragments = "triton", None
         if self.adds_into_residual and self.tk.has_op("w4a16_skinny"):
             self.use_few_row_kernel("mma")
 
     def use_few_row_kernel(self, kernel: str) -> None:
-        """Which kernel runs add_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the weights on first use (before any
-        capture) and needs a wheel with w4a16_skinny."""
+        """Which kernel runs add_into / geglu_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the weights on first use
+        (before any capture; gate/up interleaved for its GeGLU) and needs a wheel with w4a16_skinny."""
         if kernel not in FEW_ROW_W4A16_KERNELS:
             raise TriforceError(f"unknown few-row W4A16 kernel '{kernel}': {', '.join(FEW_ROW_W4A16_KERNELS)}")
         if kernel == "mma" and self._fragments is None:
             if not self.tk.has_op("w4a16_skinny"):
                 raise UnsupportedError("the few-row W4A16 kernel 'mma' needs a triforce_kernels wheel with "
                                        "w4a16_skinny: rebuild with `invoke build-kernels`")
-            self._fragments = (fm.pack_int4_fragments(self.qweight), fm.pack_scales_fragments(self.scales))
-        self.few_row_kernel = kernel
+            q, s = (fm.interleave_gate_up(self.qweight), fm.interleave_gate_up(self.scales)) if self.gate_up \
+                else (self.qweight, self.scales)
+            self._fragments = (fm.pack_int4_fragments(q), fm.pack_scales_fragments(s))
+        self.few_row = kernel
+
+    def geglu_into(self, x, act):
+        """act (bf16 [M, N/2]) = gelu_tanh(x gate^T) ⊙ (x up^T), few rows, on the wheel's kernel (gate/up layers)."""
+        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent())
 
     def __call__(self, x, arena=None):
         rows = x.shape[0]
@@ -146,7 +154,7 @@ class W4A16Linear:
 
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
-        if self.few_row_kernel == "mma":
+        if self.few_row == "mma":
             self.tk.w4a16_skinny(x, *self._fragments, residual, gate, dependent=fused.launching_dependent())
         else:
             fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
@@ -201,7 +209,8 @@ class QuantizedModel:
         t = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
         precision = self.plan[layer_id]
         if precision == "w4a16":   # few rows: the Triton kernel except where CUTLASS measured faster (gate_up)
-            return W4A16Linear(t, few_row_kernel=not layer_id.endswith(".gate_up"))
+            gate_up = layer_id.endswith(".gate_up")
+            return W4A16Linear(t, few_row_kernel=not gate_up, gate_up=gate_up)
         if precision == "fp8":     # the prefix's consumer kernels apply the per-channel weight scales
             return Fp8Linear(t, defer_channel_scale=layer_id.startswith("prefix."))
         if precision == "bf16":    # the Plan A engine's layer: the expert's o and down add into the residual

@@ -359,13 +359,13 @@ class Pi05Engine:
         self.denoise_launch = mode
         self.slots.clear()
 
-    def set_w4a16_few_row(self, kernel: str) -> None:
-        """The kernel of the W4A16 expert o/down layers (plan_b.FEW_ROW_W4A16_KERNELS); a no-op without them.
-        Captured graphs are dropped and re-capture."""
+    def set_w4a16_few_row(self, kernel: str, layers=("o", "down")) -> None:
+        """The kernel (plan_b.FEW_ROW_W4A16_KERNELS) of the W4A16 expert layers named in `layers` (o, down: added into
+        the residual; gate_up: with its GeGLU); a no-op without them. Captured graphs are dropped and re-capture."""
         for layer in self.expert_layers:
-            for lin in layer.values():
-                if hasattr(lin, "use_few_row_kernel") and lin.adds_into_residual:
-                    lin.use_few_row_kernel(kernel)
+            for name in layers:
+                if hasattr(layer[name], "use_few_row_kernel"):
+                    layer[name].use_few_row_kernel(kernel)
         self.slots.clear()
 
     def _launches(self, step: int):
@@ -493,7 +493,9 @@ class Pi05Engine:
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
-            if fused_epilogue:
+            if getattr(gu_l, "few_row", None) == "mma":
+                gu_l.geglu_into(h, act)
+            elif fused_epilogue:
                 fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
             else:
                 fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
