@@ -28,8 +28,8 @@
 #   part 17 (no kernel wheel): the engine GPU tests but the wheel-backed one, the engine variants of Plan A, the
 #     denoise launch modes (seventh session: with the o projection reading the attention partials, since removed)
 #   part 18 (the kernel wheel, development build): the wheel's few-row W4A16 kernel (w4a16_skinny) GPU tests, the
-#     few-row W4A16 sweep (both kernels, M = 1..64), the engine variants of Plan B h100_fast (W4A16 o/down and
-#     gate/up on it or on Triton), Plan B validation (h100_fast)
+#     engine variants of Plan B h100_fast (W4A16 o/down and gate/up on it or on Triton), the few-row W4A16 sweep
+#     (both kernels, M = 1, 10, 64), Plan B validation (h100_fast)
 #   part 19 (the kernel wheel): the engine GPU test of both few-row kernels, Plan B validation (h100_fast)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|19   (carry .device_carry and .whl)
 set -uo pipefail
@@ -122,8 +122,8 @@ elif [ "$1" = 18 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
 elif [ "$1" = 19 ]; then

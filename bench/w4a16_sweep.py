@@ -26,7 +26,7 @@ from triforce.timing import copy_gbs, time_graph_us  # noqa: E402
 
 SHAPES = [("gemma gate (half of gate/up)", 16384, 2048), ("gemma down", 2048, 16384), ("expert gate_up", 8192, 1024),
           ("expert down", 1024, 4096)]
-ROWS = (1, 10, 32, 64)
+ROWS = (1, 10, 64)
 DEFAULT: dict = {}     # each kernel's default launch shape (what the engine runs), then the grids around it
 TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
