@@ -34,12 +34,13 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "triton"}
-VARIANTS = {"a": (("engine default", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}),
+                   "denoise_launch": "dependent", "w4a16_few_row": "triton", "w4a16_geglu": "triton"}
+VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
                   ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
             "b": (("engine default", ENGINE_DEFAULTS),
-                  ("W4A16 o/down on the Triton kernel", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}),
-                  ("W4A16 o/down and gate/up + GeGLU on the mma kernel", {**ENGINE_DEFAULTS, "w4a16_geglu": "mma"}))}
+                  ("W4A16 o/down on the mma kernel", {**ENGINE_DEFAULTS, "w4a16_few_row": "mma"}),
+                  ("W4A16 o/down and gate/up + GeGLU on the mma kernel",
+                   {**ENGINE_DEFAULTS, "w4a16_few_row": "mma", "w4a16_geglu": "mma"}))}
 
 
 def apply(eng, settings: dict) -> None:
