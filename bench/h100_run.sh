@@ -31,7 +31,8 @@
 #     engine variants of Plan B h100_fast (W4A16 o/down and gate/up on it or on Triton), the few-row W4A16 sweep
 #     (both kernels, M = 1, 10, 64), Plan B validation (h100_fast)
 #   part 19 (the kernel wheel): the engine GPU test of both few-row kernels, Plan B validation (h100_fast)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|19   (carry .device_carry and .whl)
+#   part 20 (the kernel wheel): part 18's kernel tests and the sweep on the Gemma gate at M = 10 and 64 only
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|20   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -126,6 +127,10 @@ elif [ "$1" = 18 ]; then
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+elif [ "$1" = 20 ]; then
+  run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --shapes 1 --rows 10,64 --out-dir "$OUT"
 elif [ "$1" = 19 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k few_row
   mkdir -p "$OUT/fast"

@@ -76,7 +76,7 @@ def sweep_kernel(call, grid, x, weights, acc, ref, copies, int4_bytes, copy) -> 
     return {"default": default, "best": best, "tried": tried, "chained": chain}
 
 
-def sweep_shape(name, n, k, copy, table, grid_too):
+def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
     copies = max(2, int(2 * 50e6 // (n * k // 2)) + 1)          # int4 copies covering 2x the 50 MB L2
     q = [fm.quantize_int4_g128(torch.randn(n, k, device="cuda") * 0.05) for _ in range(copies)]
     w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, int(2 * 50e6 // (n * k * 2)) + 1))]
@@ -85,7 +85,7 @@ def sweep_shape(name, n, k, copy, table, grid_too):
     prepared = {kname: ([prep(*qs) for qs in q], call, grid if grid_too else [DEFAULT])
                 for kname, (prep, call, grid) in table.items()}
     out = []
-    for m in ROWS:
+    for m in rows_m:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         acc = torch.zeros(m, n, device="cuda")
         ref = x.float() @ ref_w.T
@@ -104,6 +104,8 @@ def sweep_shape(name, n, k, copy, table, grid_too):
 def main():
     ap = rep.bench_parser(__doc__)
     ap.add_argument("--engine-shape-only", action="store_true", help="only each kernel's default launch shape")
+    ap.add_argument("--rows", default=",".join(map(str, ROWS)), help="token counts M, comma-separated")
+    ap.add_argument("--shapes", type=int, default=len(SHAPES), help="only the first N GEMM shapes")
     ap.add_argument("--triton-grid", action="store_true", help="also the Triton kernel's launch-shape grid (sessions "
                     "3-5 swept it: w4a16_sweep-*-s5.json)")
     a = ap.parse_args()
@@ -115,7 +117,8 @@ def main():
         tk = None
     table = kernels(tk, a.triton_grid)
     copy = copy_gbs()
-    rows = [r for name, n, k in SHAPES for r in sweep_shape(name, n, k, copy, table, not a.engine_shape_only)]
+    rows_m = tuple(int(v) for v in a.rows.split(","))
+    rows = [r for name, n, k in SHAPES[:a.shapes] for r in sweep_shape(name, n, k, copy, table, not a.engine_shape_only, rows_m)]
     rep.print_table(f"few-row W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches)",
                     ["gemm", "M", "kernel", "default us", "best us", "best shape", "best % of copy BW",
                      "cuBLAS bf16 us", "chained us", "chained % of copy BW"],
