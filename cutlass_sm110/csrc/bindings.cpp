@@ -135,16 +135,21 @@ std::tuple<at::Tensor, at::Tensor> w4a16_prepack(const at::Tensor& qweight, cons
   return {packed_weight, packed_scales};
 }
 
-// Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
-// (formats.pack_int4_fragments / pack_scales_fragments). out (fp32) is added to: zero it, or pass the residual.
-void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
-                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent) {
-  const char* op = "w4a16_skinny";
+// x (row-strided bf16 view allowed), fragment-layout weights and scales of the few-row kernel.
+void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const char* op) {
   TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 &&
                   x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
               op, ": x must be a CUDA bf16 [M, K] with unit column stride, 16-byte aligned rows");
   check_tensor(w, op, "weight", at::kByte);
   check_tensor(s, op, "scales", at::kBFloat16);
+}
+
+// Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
+// (formats.pack_int4_fragments / pack_scales_fragments). out (fp32) is added to: zero it, or pass the residual.
+void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
+                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent) {
+  const char* op = "w4a16_skinny";
+  check_skinny_operands(x, w, s, op);
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
               ": out must be a CUDA fp32 [M, N] with unit column stride");
   const int64_t m = x.size(0), k = x.size(1), n = out.size(1);
@@ -177,11 +182,7 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
 void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor act,
                         bool dependent) {
   const char* op = "w4a16_skinny_geglu";
-  TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 &&
-                  x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
-              op, ": x must be a CUDA bf16 [M, K] with unit column stride, 16-byte aligned rows");
-  check_tensor(w, op, "weight", at::kByte);
-  check_tensor(s, op, "scales", at::kBFloat16);
+  check_skinny_operands(x, w, s, op);
   TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
               ": act must be a CUDA bf16 [M, N/2] with unit column stride");
   const int64_t m = x.size(0), k = x.size(1), n = 2 * act.size(1);

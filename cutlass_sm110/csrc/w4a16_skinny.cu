@@ -86,6 +86,16 @@ struct SkinnySmem {
   static constexpr int kBytes = kStages * kStageBytes;
 };
 
+template <int RT, int NT>
+__device__ __forceinline__ void zero(float (&v)[RT][NT][4]) {
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[r][j][e] = 0.f;
+}
+
 __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
@@ -148,12 +158,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 
   float acc[RT][NT][4];
-#pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+  zero(acc);
 
   for (int i = 0; i < ng; ++i) {
     cp_async_wait<kStages - 2>();  // stage i has landed (for this thread) ...
@@ -167,12 +172,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
     const unsigned char* base = smem + (i % kStages) * S::kStageBytes;
     const uint4* xs = reinterpret_cast<const uint4*>(base + S::kWeightBytes + S::kScaleBytes);
     float part[RT][NT][4];
-#pragma unroll
-    for (int r = 0; r < RT; ++r)
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[r][j][e] = 0.f;
+    zero(part);
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       uint4 wq[RT];
