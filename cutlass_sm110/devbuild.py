@@ -36,9 +36,8 @@ def units(family: str) -> list[dict]:
     return [u for u in table["unit"] if family in u["families"]]
 
 
-def build(verbose: bool = False):
+def _family_arch() -> tuple[str, str]:
     import torch
-    from torch.utils import cpp_extension
 
     if not torch.cuda.is_available():
         raise RuntimeError("devbuild: no CUDA GPU visible; build wheels with `invoke build-kernels` instead")
@@ -46,18 +45,23 @@ def build(verbose: bool = False):
     if cc not in _ARCHS:
         raise RuntimeError(f"devbuild: compute capability {cc[0]}.{cc[1]} has no kernel family; expected one of "
                            f"{sorted(_ARCHS)}")
-    family, arch = _ARCHS[cc]
-    os.environ["TORCH_CUDA_ARCH_LIST"] = arch  # exactly one -gencode, the arch-specific one
-    src = cutlass_source()
-    define = f"-DTRIFORCE_FAMILY_{family.upper()}"
-    sources = [str(HERE / s) for u in units(family) for s in u["sources"]]
-    build_dir = Path(os.environ.get("TRIFORCE_DEVBUILD_DIR", REPO / "build" / f"devbuild-{family}"))
-    build_dir.mkdir(parents=True, exist_ok=True)
-    module = cpp_extension.load(
-        name="_C", sources=sources, build_directory=str(build_dir), verbose=verbose,
-        extra_include_paths=[str(src / "include"), str(src / "tools" / "util" / "include"), str(HERE / "csrc")],
-        extra_cflags=["-O2", define],  # the C++ standard torch's headers need (torch picks it)
-        extra_cuda_cflags=["-std=c++17", "--expt-relaxed-constexpr", "-DNDEBUG", define])
+    return _ARCHS[cc]
+
+
+def fingerprint(family: str, arch: str) -> dict:
+    """What a build depends on: torch and Python (the extension's ABI), the arch, every source and header."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for f in sorted(HERE.glob("csrc/*")) + [HERE / "kernels.toml", Path(__file__)]:
+        digest.update(f.name.encode() + f.read_bytes())
+    return {"torch": torch.__version__, "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "family": family,
+            "arch": arch, "sources": digest.hexdigest()}
+
+
+def _register(module):
     sys.modules["triforce_kernels._C"] = module
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
@@ -65,6 +69,72 @@ def build(verbose: bool = False):
 
     triforce_kernels._C = module
     return triforce_kernels
+
+
+def compile_extension(family: str, arch: str, build_dir: Path, verbose: bool = False):
+    """Compile the family's units with torch's ninja build into build_dir/_C.so and import it (no GPU needed)."""
+    from torch.utils import cpp_extension
+
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch  # exactly one -gencode, the arch-specific one
+    src = cutlass_source()
+    define = f"-DTRIFORCE_FAMILY_{family.upper()}"
+    sources = [str(HERE / s) for u in units(family) for s in u["sources"]]
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name="_C", sources=sources, build_directory=str(build_dir), verbose=verbose,
+        extra_include_paths=[str(src / "include"), str(src / "tools" / "util" / "include"), str(HERE / "csrc")],
+        extra_cflags=["-O2", define],  # the C++ standard torch's headers need (torch picks it)
+        extra_cuda_cflags=["-std=c++17", "--expt-relaxed-constexpr", "-DNDEBUG", define])
+
+
+def prebuilt_dir(family: str) -> Path:
+    return REPO / ".device_carry" / f"devbuild-{family}"
+
+
+def load_prebuilt(family: str, arch: str):
+    """The carried build of this exact checkout, torch and Python (bench/prebuild_device.sh), or None."""
+    import importlib.util
+    import json
+
+    folder = prebuilt_dir(family)
+    stamp, so = folder / "stamp.json", folder / "_C.so"
+    if not (stamp.is_file() and so.is_file()):
+        return None
+    want = fingerprint(family, arch)
+    if json.loads(stamp.read_text()) != want:
+        print(f"[devbuild] {folder} is for another checkout, torch or Python; compiling", flush=True)
+        return None
+    spec = importlib.util.spec_from_file_location("_C", so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    print(f"[devbuild] using the carried build {so}", flush=True)
+    return module
+
+
+def build(verbose: bool = False):
+    import torch  # noqa: F401  (the extension links against its libraries)
+
+    family, arch = _family_arch()
+    module = load_prebuilt(family, arch)
+    if module is None:
+        build_dir = Path(os.environ.get("TRIFORCE_DEVBUILD_DIR", REPO / "build" / f"devbuild-{family}"))
+        module = compile_extension(family, arch, build_dir, verbose)
+    return _register(module)
+
+
+def prebuild(family: str) -> Path:
+    """Compile a family's extension here (no GPU) for a lent GPU with this Python and torch, with its stamp."""
+    import json
+    import shutil
+
+    arch = dict(_ARCHS.values())[family]
+    build_dir = REPO / "build" / f"prebuild-{family}"
+    compile_extension(family, arch, build_dir, verbose=False)
+    folder = prebuilt_dir(family)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(build_dir / "_C.so", folder / "_C.so")
+    (folder / "stamp.json").write_text(json.dumps(fingerprint(family, arch), indent=1) + "\n")
+    return folder / "_C.so"
 
 
 def load(verbose: bool = False):
@@ -76,3 +146,9 @@ def load(verbose: bool = False):
         return triforce_kernels
     except ImportError:
         return build(verbose)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--prebuild" or sys.argv[2] not in dict(_ARCHS.values()):
+        sys.exit("usage: devbuild.py --prebuild hopper|blackwell")
+    print(prebuild(sys.argv[2]))
