@@ -8,6 +8,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   launch).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
+- vision_gemm (+ tile, schedule): SigLIP's bf16 GEMMs on cuBLAS or on the wheel's CUTLASS dense_gemm
+  (engine.VISION_GEMM_KERNELS; Hopper wheels; run through bench/with_devbuild.py on a GPU without the wheel).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
@@ -34,13 +36,18 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "triton", "w4a16_geglu": "triton"}
+                   "denoise_launch": "dependent", "w4a16_few_row": "triton", "w4a16_geglu": "triton",
+                   "vision_gemm": ("cublas", 128, "auto")}
+CUTLASS_VISION = {f"SigLIP GEMMs on CUTLASS, tile {tile}, {sched}": ("cutlass", tile, sched)
+                  for tile, sched in ((128, "stream_k"), (64, "stream_k"), (128, "heuristic"))}
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
-                  ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
+                  *((name, {**ENGINE_DEFAULTS, "vision_gemm": v}) for name, v in CUTLASS_VISION.items())),
             "b": (("engine default", ENGINE_DEFAULTS),
-                  ("W4A16 o/down on the mma kernel", {**ENGINE_DEFAULTS, "w4a16_few_row": "mma"}),
+                  ("W4A16 gate/up + GeGLU on the mma kernel", {**ENGINE_DEFAULTS, "w4a16_geglu": "mma"}),
                   ("W4A16 o/down and gate/up + GeGLU on the mma kernel",
-                   {**ENGINE_DEFAULTS, "w4a16_few_row": "mma", "w4a16_geglu": "mma"}))}
+                   {**ENGINE_DEFAULTS, "w4a16_few_row": "mma", "w4a16_geglu": "mma"}),
+                  *((f"gate/up mma, {name}", {**ENGINE_DEFAULTS, "w4a16_geglu": "mma", "vision_gemm": v})
+                    for name, v in list(CUTLASS_VISION.items())[:2]))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -49,6 +56,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_denoise_launch(settings["denoise_launch"])
     eng.set_w4a16_few_row(settings["w4a16_few_row"])
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
+    eng.set_vision_gemm(*settings["vision_gemm"])
 
 
 def main():

@@ -32,6 +32,9 @@
 #     (both kernels, M = 1, 10, 64), Plan B validation (h100_fast)
 #   part 19 (the kernel wheel): the engine GPU test of both few-row kernels, Plan B validation (h100_fast)
 #   part 20 (the kernel wheel): part 18's kernel tests and the sweep on the Gemma gate at M = 10 and 64 only
+#   part 21 (the kernel wheel, development build): the CUTLASS dense_gemm (SigLIP) GPU tests and engine tests, its
+#     per-GEMM comparison with cuBLAS, the engine variants of Plan A (SigLIP GEMMs) and Plan B h100_fast (SigLIP
+#     GEMMs, few-row W4A16 kernels)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|20   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -131,6 +134,14 @@ elif [ "$1" = 20 ]; then
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --shapes 1 --rows 10,64 --out-dir "$OUT"
+elif [ "$1" = 21 ]; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k dense
+  run python3 bench/dense_gemm.py --out-dir "$OUT"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "vision_gemm or few_row"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
 elif [ "$1" = 19 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k few_row
   mkdir -p "$OUT/fast"

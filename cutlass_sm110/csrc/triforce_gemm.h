@@ -51,7 +51,24 @@ struct W4A16SkinnyProblem {
 int w4a16_skinny_default_tiles_per_warp(int m);
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
 
+// bf16 GEMM with its epilogue (dense_gemm_sm90*.cu, Hopper): out[M, N] (bf16) = act(x[M, K] @ W[N, K]^T + bias[N]),
+// act none or GELU (tanh form); tile_n 128 or 64 (the tile is 128 x tile_n x 64); schedule as W4A16's (stream-K).
+struct DenseProblem {
+  const void* x;
+  const void* weight;
+  const void* bias;
+  void* out;
+  int m, n, k;
+  int sm_count;
+  int tile_n;
+  W4A16Schedule schedule;
+};
+
 #if defined(TRIFORCE_FAMILY_HOPPER)
+size_t dense_sm90_bias_workspace(const DenseProblem& p);
+void dense_sm90_bias_run(const DenseProblem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+size_t dense_sm90_gelu_workspace(const DenseProblem& p);
+void dense_sm90_gelu_run(const DenseProblem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 // One tile configuration per translation unit: the token tile (N of the swapped problem) is 16, 64 or 128.
 size_t w4a16_sm90_tok16_workspace(const W4A16Problem& p);
 void w4a16_sm90_tok16_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
