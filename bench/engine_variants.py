@@ -8,8 +8,6 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   launch).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
-- vision_gemm (+ tile, schedule): SigLIP's bf16 GEMMs on cuBLAS or on the wheel's CUTLASS dense_gemm
-  (engine.VISION_GEMM_KERNELS; Hopper wheels; run through bench/with_devbuild.py on a GPU without the wheel).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
@@ -18,7 +16,9 @@ inside the fused-epilogue kernels lost, *-s5-fused-norm.json). Session 6: the de
 mode prefetching each kernel's weights into L2, which lost, and dependent launch for step 0 beside the prefix, which
 slowed Plan B's prefix: 3.13 vs 3.03 ms). Session 7: the expert's o reading the split-KV attention partials and
 combining them as it loads its input (no combine launch, 7 launches a layer): Plan A 12.31 vs 11.21 ms, lost and
-removed (*-s7-fused-combine.json).
+removed (*-s7-fused-combine.json). Session 9: the few-row W4A16 kernels (*-s9-few-row.json, *-s9-cutlass-vision.json:
+mma for o/down and gate/up 8.86-8.87 vs Triton 8.97-8.99 ms, now the default) and SigLIP's GEMMs on a CUTLASS
+stream-K GEMM with a bias/GELU epilogue (vision 2.38-2.46 vs cuBLAS 1.61 ms: lost, removed; dense_gemm-*-s9.json).
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -36,27 +36,21 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "triton", "w4a16_geglu": "triton",
-                   "vision_gemm": ("cublas", 128, "auto")}
-CUTLASS_VISION = {f"SigLIP GEMMs on CUTLASS, tile {tile}, {sched}": ("cutlass", tile, sched)
-                  for tile, sched in ((128, "stream_k"), (64, "stream_k"), (128, "heuristic"))}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma"}
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
-                  *((name, {**ENGINE_DEFAULTS, "vision_gemm": v}) for name, v in CUTLASS_VISION.items())),
-            "b": (("engine default", ENGINE_DEFAULTS),
-                  ("W4A16 gate/up + GeGLU on the mma kernel", {**ENGINE_DEFAULTS, "w4a16_geglu": "mma"}),
-                  ("W4A16 o/down and gate/up + GeGLU on the mma kernel",
-                   {**ENGINE_DEFAULTS, "w4a16_few_row": "mma", "w4a16_geglu": "mma"}),
-                  *((f"gate/up mma, {name}", {**ENGINE_DEFAULTS, "w4a16_geglu": "mma", "vision_gemm": v})
-                    for name, v in list(CUTLASS_VISION.items())[:2]))}
+                  ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
+            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel)", ENGINE_DEFAULTS),
+                  ("W4A16 few-row on the Triton kernels", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton",
+                                                            "w4a16_geglu": "triton"}),
+                  ("W4A16 o/down on Triton, gate/up + GeGLU on mma", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}))}
 
 
 def apply(eng, settings: dict) -> None:
     eng.set_expert_path(settings["expert_path"])
     eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
     eng.set_denoise_launch(settings["denoise_launch"])
-    eng.set_w4a16_few_row(settings["w4a16_few_row"])
+    eng.set_w4a16_few_row(settings["w4a16_few_row"], layers=("o", "down"))
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
-    eng.set_vision_gemm(*settings["vision_gemm"])
 
 
 def main():

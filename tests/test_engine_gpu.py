@@ -119,34 +119,6 @@ def test_w4a16_few_row_kernels_give_the_same_actions():
         eng.set_w4a16_few_row("cutlass")
 
 
-def test_vision_gemm_on_the_wheel_gives_the_same_actions(policies):
-    """SigLIP's bf16 GEMMs (bias, GELU) on the wheel's CUTLASS dense_gemm against cuBLAS: the same actions up to
-    bf16 rounding; an unknown kernel is refused."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
-    import devbuild
-
-    tk = devbuild.load()
-    if not tk.has_op("dense_gemm"):
-        pytest.skip(f"dense_gemm is a Hopper op; this wheel is {tk.family()}")
-    _, policy = policies
-    eng = policy.backend
-    rng = np.random.default_rng(6)
-    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
-    want = policy.infer(obs, noise)
-    try:
-        for tile_n, schedule in ((128, "auto"), (64, "data_parallel")):
-            eng.set_vision_gemm("cutlass", tile_n, schedule)
-            assert all(layer[n].dense is not None for layer in eng.vision_layers for n in ("qkv", "o", "fc1", "fc2"))
-            assert cosine(policy.infer(obs, noise), want) >= 0.9999
-    finally:
-        eng.set_vision_gemm("cublas")
-    with pytest.raises(TriforceError, match="unknown vision GEMM kernel"):
-        eng.set_vision_gemm("triton")
-
-
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] in (10, 11), reason="Blackwell runs NVFP4")
 def test_nvfp4_refused_on_this_gpu():
     with pytest.raises(UnsupportedError, match="NVFP4 needs Blackwell.*this GPU is"):

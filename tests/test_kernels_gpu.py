@@ -222,9 +222,11 @@ def test_w4a16_skinny_matches_reference(tk, m, n, k):
     assert _rel_err(out, ref) < 1e-5, "integer codes enter the MMA exactly; only fp32 summation order differs"
 
 
-@pytest.mark.parametrize("splits, tiles_per_warp", [(1, 1), (1, 2), (3, 1), (16, 2), (1000, 1)])
-def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_warp):
-    """A gated residual add (the expert's o/down form) with a strided x; every split count and tile shape."""
+@pytest.mark.parametrize("splits, tiles_per_warp, stages", [(1, 1, 4), (1, 2, 4), (3, 1, 4), (16, 2, 4), (1000, 1, 4),
+                                                             (0, 1, 8), (0, 2, 8), (3, 2, 8), (5, 1, 8)])
+def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_warp, stages):
+    """A gated residual add (the expert's o/down form) with a strided x; every split count, tile shape and pipeline
+    depth (CTA ranges that start and end inside a row block, at 3 and 5 CTAs per row block)."""
     m, n, k = 10, 1024, 2048
     gen = torch.Generator(device="cuda").manual_seed(5)
     q, s = _weights(n, k, gen)
@@ -232,9 +234,32 @@ def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_war
     gate = torch.randn(n, device="cuda", generator=gen)
     residual = torch.randn(m, n, device="cuda", generator=gen)
     expect = residual + gate * _reference(x, q, s)
-    tk.w4a16_skinny(x, *_fragments(q, s), residual, gate, splits=splits, tiles_per_warp=tiles_per_warp)
+    tk.w4a16_skinny(x, *_fragments(q, s), residual, gate, splits=splits, tiles_per_warp=tiles_per_warp, stages=stages)
     torch.cuda.synchronize()
     torch.testing.assert_close(residual, expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 16384, 2048), (10, 2048, 16384), (40, 2560, 1024), (64, 1024, 4096)])
+def test_w4a16_skinny_eight_stages_match_reference(tk, m, n, k):
+    gen = torch.Generator(device="cuda").manual_seed(m + n)
+    q, s = _weights(n, k, gen)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = torch.zeros(m, n, device="cuda")
+    tk.w4a16_skinny(x, *_fragments(q, s), out, tiles_per_warp=1, stages=8)
+    torch.cuda.synchronize()
+    assert _rel_err(out, _reference(x, q, s)) < 1e-5
+
+
+def test_w4a16_skinny_says_when_a_pipeline_does_not_fit(tk):
+    q, s = _weights(256, 512, torch.Generator(device="cuda").manual_seed(3))
+    x = torch.randn(64, 512, device="cuda", dtype=torch.bfloat16)
+    out = torch.ones(64, 256, device="cuda")
+    with pytest.raises(RuntimeError, match="8 stages at M=64 with 2 tiles per warp need .* bytes of shared memory"):
+        tk.w4a16_skinny(x, *_fragments(q, s), out, tiles_per_warp=2, stages=8)
+    with pytest.raises(tk.KernelError, match="stages 0, 4 or 8"):
+        tk.w4a16_skinny(x, *_fragments(q, s), out, stages=6)
+    torch.cuda.synchronize()
+    assert bool((out == 1.0).all())
 
 
 def test_w4a16_skinny_is_exact_on_single_nonzero_weight(tk):
@@ -309,83 +334,3 @@ def test_w4a16_skinny_geglu_matches_reference(tk, m):
     ref = formats.geglu_tanh(_reference(x, q, s))
     assert torch.isfinite(act).all()
     assert _rel_err(act, ref) < 1e-2, "bf16 output"
-
-
-# ── bf16 GEMM + bias (+ GELU) (dense_gemm: CUTLASS, Hopper; SigLIP's linear layers) ────────────────────────────────
-SIGLIP_GEMMS = [(3456, 1152), (1152, 1152), (4352, 1152), (1152, 4352)]  # (N, K): qkv, o, fc1, fc2 (padded width)
-
-
-@pytest.fixture
-def dense(tk):
-    if not tk.has_op("dense_gemm"):
-        pytest.skip(f"dense_gemm is a Hopper op; this wheel is {tk.family()}")
-    return tk
-
-
-def _dense_operands(m, n, k, seed=3):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(m, k, device="cuda", generator=gen).bfloat16()
-    w = (torch.randn(n, k, device="cuda", generator=gen) * k ** -0.5).bfloat16()
-    b = torch.randn(n, device="cuda", generator=gen).bfloat16()
-    return x, w, b
-
-
-def _run_dense(tk, x, w, b, gelu=False, tile_n=128, schedule="auto"):
-    m, n = x.shape[0], w.shape[0]
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")  # poisoned
-    ws = torch.empty(max(1, tk.dense_workspace_size(m, n, x.shape[1], gelu, tile_n, schedule)), dtype=torch.uint8,
-                     device="cuda")
-    tk.dense_gemm(x, w, b, out, ws, gelu, tile_n, schedule)
-    torch.cuda.synchronize()
-    return out
-
-
-@pytest.mark.parametrize("n,k", SIGLIP_GEMMS)
-@pytest.mark.parametrize("gelu", [False, True])
-@pytest.mark.parametrize("tile_n", [128, 64])
-def test_dense_gemm_matches_reference(dense, n, k, gelu, tile_n):
-    x, w, b = _dense_operands(512, n, k)
-    ref = x.float() @ w.float().T + b.float()
-    if gelu:
-        ref = torch.nn.functional.gelu(ref, approximate="tanh")
-    out = _run_dense(dense, x, w, b, gelu, tile_n)
-    assert torch.isfinite(out).all()
-    assert _rel_err(out, ref) < 1e-2
-
-
-@pytest.mark.parametrize("schedule", ["heuristic", "data_parallel", "stream_k", "stream_k_nd", "split_k:3"])
-def test_dense_gemm_schedules_agree(dense, schedule):
-    x, w, b = _dense_operands(512, 1152, 4352)
-    ref = x.float() @ w.float().T + b.float()
-    assert _rel_err(_run_dense(dense, x, w, b, schedule=schedule), ref) < 1e-2
-
-
-def test_dense_gemm_odd_rows_and_cuda_graph(dense):
-    x, w, b = _dense_operands(300, 1152, 1152)
-    ws = torch.empty(max(1, dense.dense_workspace_size(300, 1152, 1152)), dtype=torch.uint8, device="cuda")
-    out = torch.empty(300, 1152, dtype=torch.bfloat16, device="cuda")
-    dense.dense_gemm(x, w, b, out, ws)   # warm-up outside capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        dense.dense_gemm(x, w, b, out, ws)
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert _rel_err(out, x.float() @ w.float().T + b.float()) < 1e-2
-
-
-def test_dense_gemm_refuses_bad_input(dense):
-    x, w, b = _dense_operands(64, 1152, 1152)
-    out = torch.empty(64, 1152, dtype=torch.bfloat16, device="cuda")
-    ws = torch.empty(max(1, dense.dense_workspace_size(64, 1152, 1152)), dtype=torch.uint8, device="cuda")
-    with pytest.raises(dense.KernelError, match="bias must have shape"):
-        dense.dense_gemm(x, w, b[:-8], out, ws)
-    with pytest.raises(dense.KernelError, match="weight must be torch.bfloat16"):
-        dense.dense_gemm(x, w.float(), b, out, ws)
-    with pytest.raises(dense.KernelError, match="tile_n must be one of"):
-        dense.dense_gemm(x, w, b, out, ws, tile_n=96)
-    with pytest.raises(dense.KernelError, match="multiples of 8"):
-        dense.dense_workspace_size(64, 1150, 1152)
-    if dense.dense_workspace_size(64, 1152, 1152, schedule="split_k:4") > 0:
-        with pytest.raises(dense.KernelError, match="workspace has"):
-            dense.dense_gemm(x, w, b, out, torch.empty(1, dtype=torch.uint8, device="cuda"), schedule="split_k:4")

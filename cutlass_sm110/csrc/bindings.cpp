@@ -109,43 +109,6 @@ void w4a16_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, a
   w4a16_run(p, workspace.data_ptr(), size_t(workspace.numel()), current_stream());
 }
 
-#if defined(TRIFORCE_FAMILY_HOPPER)
-// ── bf16 GEMM + bias (+ GELU), Hopper (SigLIP's linear layers) ────────────────────────────────────────────────────
-triforce::DenseProblem dense_shape(int64_t m, int64_t n, int64_t k, int64_t tile_n, int64_t mode, int64_t splits,
-                                   bool nondeterministic) {
-  TORCH_CHECK(m > 0 && n > 0 && n % 8 == 0 && k > 0 && k % 8 == 0,
-              "dense_gemm: needs M > 0 and N, K positive multiples of 8 (got M=", m, " N=", n, " K=", k, ")");
-  TORCH_CHECK(tile_n == 64 || tile_n == 128, "dense_gemm: tile_n must be 64 or 128, got ", tile_n);
-  return {nullptr, nullptr, nullptr, nullptr, int(m), int(n), int(k), sm_count(), int(tile_n),
-          w4a16_schedule(mode, splits, nondeterministic)};
-}
-
-int64_t dense_workspace_size(int64_t m, int64_t n, int64_t k, bool gelu, int64_t tile_n, int64_t mode, int64_t splits,
-                             bool nondeterministic) {
-  auto p = dense_shape(m, n, k, tile_n, mode, splits, nondeterministic);
-  return int64_t(gelu ? triforce::dense_sm90_gelu_workspace(p) : triforce::dense_sm90_bias_workspace(p));
-}
-
-void dense_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, at::Tensor out, at::Tensor workspace,
-                bool gelu, int64_t tile_n, int64_t mode, int64_t splits, bool nondeterministic) {
-  const char* op = "dense_gemm";
-  for (auto [t, name] : {std::pair{&x, "x"}, {&w, "weight"}, {&bias, "bias"}, {&out, "out"}})
-    check_tensor(*t, op, name, at::kBFloat16);
-  check_tensor(workspace, op, "workspace", at::kByte);
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2 && bias.dim() == 1, op,
-              ": x, weight, out must be 2-D and bias 1-D");
-  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  TORCH_CHECK(w.size(1) == k, op, ": weight must be [N, ", k, "], got ", w.sizes());
-  TORCH_CHECK(bias.size(0) == n, op, ": bias must have N = ", n, " elements, got ", bias.size(0));
-  TORCH_CHECK(out.size(0) == m && out.size(1) == n, op, ": out must be [", m, ", ", n, "], got ", out.sizes());
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto p = dense_shape(m, n, k, tile_n, mode, splits, nondeterministic);
-  p.x = x.data_ptr(); p.weight = w.data_ptr(); p.bias = bias.data_ptr(); p.out = out.data_ptr();
-  auto run = gelu ? triforce::dense_sm90_gelu_run : triforce::dense_sm90_bias_run;
-  run(p, workspace.data_ptr(), size_t(workspace.numel()), current_stream());
-}
-#endif
-
 // Canonical int4 [N, K/2] + scales [N, K/128] -> what the family's kernel reads. Scales become [K/128, N] (the
 // mixed-input mainloops want them N-major); Hopper also shuffles the int4 (w4a16_gemm_sm90.cuh).
 std::tuple<at::Tensor, at::Tensor> w4a16_prepack(const at::Tensor& qweight, const at::Tensor& scales) {
@@ -184,7 +147,8 @@ void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::T
 // Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
 // (formats.pack_int4_fragments / pack_scales_fragments). out (fp32) is added to: zero it, or pass the residual.
 void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
-                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent) {
+                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, int64_t stages,
+                  bool dependent) {
   const char* op = "w4a16_skinny";
   check_skinny_operands(x, w, s, op);
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
@@ -203,13 +167,15 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
     TORCH_CHECK(gate->numel() == n, op, ": gate must have N = ", n, " elements, got ", gate->numel());
     gate_ptr = gate->data_ptr<float>();
   }
-  TORCH_CHECK(splits >= 0 && (tiles_per_warp == 0 || tiles_per_warp == 1 || tiles_per_warp == 2), op,
-              ": splits >= 0 (0: fill the GPU) and tiles_per_warp 0 (default), 1 or 2; got ", splits, ", ",
-              tiles_per_warp);
+  TORCH_CHECK(splits >= 0 && (tiles_per_warp == 0 || tiles_per_warp == 1 || tiles_per_warp == 2) &&
+                  (stages == 0 || stages == 4 || stages == 8),
+              op, ": splits >= 0 (0: fill the GPU), tiles_per_warp 0 (default), 1 or 2, stages 0 (default), 4 or 8; got ",
+              splits, ", ", tiles_per_warp, ", ", stages);
   const c10::cuda::CUDAGuard guard(x.device());
   const int rt = tiles_per_warp ? int(tiles_per_warp) : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(), nullptr,
-                                 int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
+                                 int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt,
+                                 stages ? int(stages) : triforce::w4a16_skinny_default_stages(int(m)), dependent,
                                  sm_count()};
   triforce::w4a16_skinny_run(p, current_stream());
 }
@@ -232,7 +198,7 @@ void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tens
               ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), nullptr, nullptr, act.data_ptr(),
-                                 int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count()};
+                                 int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, 4, dependent, sm_count()};
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -377,18 +343,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("splits") = 1, py::arg("nondeterministic") = false);
   m.def("w4a16_skinny", &w4a16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ dequant(W)^T for M <= 64, fragment layout",
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
-        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);
+        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("stages") = 0, py::arg("dependent") = false);
   m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
         "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
         py::arg("dependent") = false);
-#if defined(TRIFORCE_FAMILY_HOPPER)
-  m.def("dense_workspace_size", &dense_workspace_size, "workspace bytes of dense_gemm for (M, N, K, epilogue, tile, "
-        "schedule)", py::arg("m"), py::arg("n"), py::arg("k"), py::arg("gelu") = false, py::arg("tile_n") = 128,
-        py::arg("mode") = 0, py::arg("splits") = 1, py::arg("nondeterministic") = false);
-  m.def("dense_gemm", &dense_gemm, "out[M,N] (bf16) = act(x[M,K] @ W[N,K]^T + bias), act none or GELU (tanh)",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("workspace"), py::arg("gelu") = false,
-        py::arg("tile_n") = 128, py::arg("mode") = 0, py::arg("splits") = 1, py::arg("nondeterministic") = false);
-#endif
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

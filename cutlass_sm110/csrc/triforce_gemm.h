@@ -31,8 +31,9 @@ struct W4A16Problem {
 
 // Few-row W4A16 (w4a16_skinny.cu, every family): out[M, N] (fp32, row stride ldo) += [gate ⊙] x[M, K] @
 // dequant(W)^T for M <= 64, W in the MMA-fragment layout of formats.pack_int4_fragments ([N/16][K/64][512 bytes]),
-// scales [N/16][K/128][16] bf16. splits: CTAs along K (0: fill the resident CTA slots once); tiles_per_warp: 16-row
-// tiles per warp (1 or 2); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
+// scales [N/16][K/128][16] bf16. splits: CTAs per row block (0: one per resident CTA slot), the (row block, group)
+// units spread evenly over them; tiles_per_warp: 16-row tiles per warp (1 or 2); stages: cp.async pipeline depth (4
+// or 8); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
 // With act instead of out: gelu_tanh(gate) * up of gate/up rows interleaved in 8-row blocks, each CTA all of K.
 struct W4A16SkinnyProblem {
   const void* x;
@@ -45,30 +46,15 @@ struct W4A16SkinnyProblem {
   int64_t ldx, ldo;   // ldo: of out, or of act
   int splits;
   int tiles_per_warp;
+  int stages;
   bool dependent;
   int sm_count;
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
+int w4a16_skinny_default_stages(int m);
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
 
-// bf16 GEMM with its epilogue (dense_gemm_sm90*.cu, Hopper): out[M, N] (bf16) = act(x[M, K] @ W[N, K]^T + bias[N]),
-// act none or GELU (tanh form); tile_n 128 or 64 (the tile is 128 x tile_n x 64); schedule as W4A16's (stream-K).
-struct DenseProblem {
-  const void* x;
-  const void* weight;
-  const void* bias;
-  void* out;
-  int m, n, k;
-  int sm_count;
-  int tile_n;
-  W4A16Schedule schedule;
-};
-
 #if defined(TRIFORCE_FAMILY_HOPPER)
-size_t dense_sm90_bias_workspace(const DenseProblem& p);
-void dense_sm90_bias_run(const DenseProblem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
-size_t dense_sm90_gelu_workspace(const DenseProblem& p);
-void dense_sm90_gelu_run(const DenseProblem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 // One tile configuration per translation unit: the token tile (N of the swapped problem) is 16, 64 or 128.
 size_t w4a16_sm90_tok16_workspace(const W4A16Problem& p);
 void w4a16_sm90_tok16_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);

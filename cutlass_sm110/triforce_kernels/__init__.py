@@ -80,9 +80,10 @@ def _check_device(op: str, t: torch.Tensor) -> None:
             f"install the wheel built for this GPU")
 
 
-def _require_op(op: str, needs: str = "a Blackwell (sm_100a/sm_110a)") -> None:
+def _require_op(op: str) -> None:
     if not has_op(op):
-        raise UnsupportedError(f"{op}: not in this wheel (built for {_built_for()}); it needs {needs} build")
+        raise UnsupportedError(
+            f"{op}: not in this wheel (built for {_built_for()}); it needs a Blackwell (sm_100a/sm_110a) build")
 
 
 def _check(op: str, name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple | None = None) -> None:
@@ -206,60 +207,11 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
     _ext().w4a16_gemm(x, packed_weight, packed_scales, out, workspace, *sched)
 
 
-# ── bf16 GEMM + bias (+ GELU), Hopper ───────────────────────────────────────────────────────────────────────────
-DENSE_TILES_N = (128, 64)   # the tile is 128 (rows of x) x tile_n x 64
-
-
-def _check_dense_dims(op: str, m: int, n: int, k: int) -> None:
-    if m <= 0 or n <= 0 or k <= 0 or n % 8 or k % 8:
-        raise KernelError(f"{op}: needs M > 0 and N, K positive multiples of 8 (16-byte TMA rows), got M={m} N={n} "
-                          f"K={k}")
-
-
-def _dense_schedule(op: str, schedule: str, tile_n: int) -> tuple[int, int, bool]:
-    if tile_n not in DENSE_TILES_N:
-        raise KernelError(f"{op}: tile_n must be one of {DENSE_TILES_N}, got {tile_n}")
-    if schedule == "auto":
-        schedule = "stream_k"
-    return _w4a16_schedule(op, schedule, 0, 0, 0)
-
-
-def dense_workspace_size(m: int, n: int, k: int, gelu: bool = False, tile_n: int = 128,
-                         schedule: str = "auto") -> int:
-    """Bytes of workspace dense_gemm needs for this shape, epilogue, tile and schedule (stream-K partial sums)."""
-    op = "dense_workspace_size"
-    _require_op("dense_gemm", "a Hopper (sm_90a)")
-    _check_dense_dims(op, m, n, k)
-    return int(_ext().dense_workspace_size(m, n, k, gelu, tile_n, *_dense_schedule(op, schedule, tile_n)))
-
-
-def dense_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, workspace: torch.Tensor,
-               gelu: bool = False, tile_n: int = 128, schedule: str = "auto") -> None:
-    """out[M, N] (bf16) = act(x[M, K] @ W[N, K]^T + bias[N]) on the Hopper wheel's CUTLASS kernel (TMA, cooperative
-    warp-specialized, stream-K by default: SigLIP's few-tile GEMMs at M = 512 spread over every SM); act is GELU
-    (tanh form) with gelu=True. The workspace must be sized with dense_workspace_size and the same arguments."""
-    op = "dense_gemm"
-    _require_op(op, "a Hopper (sm_90a)")
-    if x.dim() != 2 or weight.dim() != 2:
-        raise KernelError(f"{op}: x and weight must be 2-D, got {list(x.shape)} and {list(weight.shape)}")
-    m, k = x.shape
-    n = weight.shape[0]
-    _check_dense_dims(op, m, n, k)
-    _check(op, "x", x, torch.bfloat16)
-    _check(op, "weight", weight, torch.bfloat16, (n, k))
-    _check(op, "bias", bias, torch.bfloat16, (n,))
-    _check(op, "out", out, torch.bfloat16, (m, n))
-    _check_same_device(op, x, weight, bias, out, workspace)
-    sched = _dense_schedule(op, schedule, tile_n)
-    _check_workspace(op, workspace, int(_ext().dense_workspace_size(m, n, k, gelu, tile_n, *sched)))
-    _ext().dense_gemm(x, weight, bias, out, workspace, gelu, tile_n, *sched)
-
-
 W4A16_SKINNY_MAX_ROWS = 64
 
 
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
-                 gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
+                 gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0, stages: int = 0,
                  dependent: bool = False) -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
@@ -285,10 +237,11 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
     if gate is not None:
         _check(op, "gate", gate, torch.float32, (n,))
-    if splits < 0 or tiles_per_warp not in (0, 1, 2):
-        raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
+    if splits < 0 or tiles_per_warp not in (0, 1, 2) or stages not in (0, 4, 8):
+        raise KernelError(f"{op}: splits must be >= 0, tiles_per_warp 0, 1 or 2 and stages 0, 4 or 8; got {splits}, "
+                          f"{tiles_per_warp}, {stages}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, stages, dependent)
 
 
 def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, act: torch.Tensor,

@@ -52,8 +52,8 @@ def check_backend(precision: str) -> None:
                                    f"for {gpu}: rebuild with `invoke build-kernels --arch` for this GPU")
 
 
-# the kernels W4A16Linear.add_into / geglu_into can run (the denoise step's o, down and gate/up, M <= 64); Triton is
-# the default: the wheel's kernel has not yet been measured in the engine (bench/engine_variants.py compares them)
+# the kernels W4A16Linear.add_into / geglu_into can run (the denoise step's o, down and gate/up, M <= 64); the engine
+# picks mma where the wheel has it (engine._default_w4a16_few_row; bench/engine_variants.py compares them)
 FEW_ROW_W4A16_KERNELS = {
     "triton": "fused.skinny_w4a16: Triton, canonical int4, int4 groups dequantized into tl.dot",
     "mma": "the wheel's w4a16_skinny: warp-level MMA on prepacked fragments, cp.async weight stream",
@@ -112,7 +112,7 @@ class W4A16Linear:
         self._packed = None
         self._workspace: dict = {}
         self.nbytes = self.qweight.numel() + self.scales.numel() * 2
-        self.few_row, self._fragments = "triton", None   # "mma": opt-in until measured (engine.set_w4a16_few_row)
+        self.few_row, self._fragments = "triton", None   # the engine sets it (engine._default_w4a16_few_row)
 
     def use_few_row_kernel(self, kernel: str) -> None:
         """Which kernel runs add_into / geglu_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the weights on first use

@@ -110,6 +110,9 @@ def channel_scale(layer):
     return getattr(layer, "input_channel_scale", None)
 
 
+W4A16_FEW_ROW_LAYERS = ("o", "down", "gate_up")   # the expert layers a few-row W4A16 kernel can run
+
+
 def few_row_layer(layer_id: str) -> bool:
     """The layers that run at the action horizon's few rows and add into the residual: the expert's o and down."""
     return layer_id.startswith("expert.") and layer_id.endswith((".o", ".down"))
@@ -125,39 +128,14 @@ class Linear:
         self.weight = _bf16(weight)
         self.bias = None if bias is None else _bf16(bias)
         self.adds_into_residual = few_row_kernel and bias is None
-        self.dense = None   # (triforce_kernels, tile_n, schedule): the wheel's CUTLASS GEMM instead of cuBLAS
-        self._workspace: dict = {}
-
-    def use_dense_kernel(self, tk, tile_n: int = 128, schedule: str = "auto") -> None:
-        """x W^T + b (and its GELU) on the wheel's CUTLASS GEMM (tk.dense_gemm: stream-K spreads the few tiles of
-        M = 512 over every SM); tk=None goes back to cuBLAS. Needs a bias (SigLIP's layers all have one)."""
-        if tk is not None and self.bias is None:
-            raise TriforceError("dense_gemm needs a bias (the SigLIP layers); this layer has none")
-        self.dense, self._workspace = (None if tk is None else (tk, tile_n, schedule)), {}
-
-    def _dense_call(self, x, gelu: bool):
-        tk, tile_n, schedule = self.dense
-        m, n = x.shape[0], self.weight.shape[0]
-        key = (m, gelu)
-        if key not in self._workspace:   # the first call of a shape is a warm-up, before any capture
-            size = tk.dense_workspace_size(m, n, self.weight.shape[1], gelu, tile_n, schedule)
-            self._workspace[key] = torch.empty(max(size, 1), dtype=torch.uint8, device=x.device)
-        out = torch.empty(m, n, dtype=BF16, device=x.device)
-        tk.dense_gemm(x, self.weight, self.bias, out, self._workspace[key], gelu, tile_n, schedule)
-        return out
 
     def __call__(self, x):
-        if self.dense is not None:
-            return self._dense_call(x, gelu=False)
         if self.bias is None:
             return x @ self.weight.t()
         return torch.addmm(self.bias, x, self.weight.t())
 
     def gelu(self, x):
-        """gelu_tanh(x W^T + b) with the GELU in the GEMM's epilogue (cuBLASLt's, or the wheel's CUTLASS GEMM with
-        use_dense_kernel): SigLIP's fc1 in one launch, no fp32 round trip."""
-        if self.dense is not None:
-            return self._dense_call(x, gelu=True)
+        """gelu_tanh(x W^T + b) with the GELU in cuBLASLt's epilogue (SigLIP's fc1: one launch, no fp32 round trip)."""
         return torch._addmm_activation(self.bias, x, self.weight.t(), use_gelu=True)
 
     @property
@@ -177,12 +155,6 @@ class Linear:
     def out_features(self) -> int:
         return self.weight.shape[0]
 
-
-# SigLIP's bf16 GEMMs (engine.set_vision_gemm)
-VISION_GEMM_KERNELS = {
-    "cublas": "torch.addmm / _addmm_activation (cuBLASLt, its GELU epilogue)",
-    "cutlass": "the wheel's dense_gemm (Hopper): CUTLASS TMA warp-specialized, stream-K, bias + GELU epilogue",
-}
 
 MLP_WIDTH_MULTIPLE = 128   # SigLIP's 4304 -> 4352: cuBLAS runs fc2 at K 4352 1.12x faster (vision_ops-*-s5.json)
 
@@ -262,6 +234,19 @@ class Pi05Engine:
         self._build_weights(state)
         self._precompute_time_tables(state)
         self.set_expert_path(self.expert_path or next(p for p in EXPERT_DEFAULT_ORDER if self.expert_path_refusal(p) is None))
+        self._default_w4a16_few_row()
+
+    def _default_w4a16_few_row(self) -> None:
+        """Plan B's W4A16 expert o/down and gate/up (+ GeGLU) on the wheel's warp-MMA kernel where the wheel has it:
+        8.86-8.87 vs 8.97-8.99 ms on the Triton kernels, two H100 runs (engine_variants-planb-*-s9-*.json)."""
+        w4a16 = [layer[n] for layer in self.expert_layers for n in W4A16_FEW_ROW_LAYERS
+                 if hasattr(layer[n], "use_few_row_kernel")]
+        if not w4a16:
+            return
+        kernel = "mma" if w4a16[0].tk.has_op("w4a16_skinny") else "triton"
+        self.set_w4a16_few_row(kernel, W4A16_FEW_ROW_LAYERS)
+        self.log(f"[engine] W4A16 expert o/down/gate_up few-row kernel: {kernel}"
+                 + ("" if kernel == "mma" else " (this triforce_kernels wheel has no w4a16_skinny)"))
 
     # ── weights ───────────────────────────────────────────────────────────────────────────────────────────────
     def _linear(self, layer_id: str, build):
@@ -390,27 +375,7 @@ class Pi05Engine:
         self.denoise_launch = mode
         self.slots.clear()
 
-    def set_vision_gemm(self, kernel: str, tile_n: int = 128, schedule: str = "auto") -> None:
-        """SigLIP's bf16 linear layers (qkv, o, fc1 + GELU, fc2) on VISION_GEMM_KERNELS[kernel]; quantized layers keep
-        their own GEMM. Captured graphs are dropped and re-capture."""
-        if kernel not in VISION_GEMM_KERNELS:
-            raise TriforceError(f"unknown vision GEMM kernel '{kernel}': {', '.join(VISION_GEMM_KERNELS)}")
-        tk = None
-        if kernel == "cutlass":
-            try:
-                import triforce_kernels as tk
-            except ImportError as err:
-                raise TriforceError(f"vision GEMM 'cutlass' needs the triforce_kernels wheel ({err})") from None
-            if not tk.has_op("dense_gemm"):
-                raise TriforceError(f"vision GEMM 'cutlass' needs a triforce_kernels wheel with dense_gemm (Hopper, "
-                                    f"sm_90a); this one is {tk.family()}")
-        for layer in self.vision_layers:
-            for name in ("qkv", "o", "fc1", "fc2"):
-                if type(layer[name]) is Linear:
-                    layer[name].use_dense_kernel(tk, tile_n, schedule)
-        self.slots.clear()
-
-    def set_w4a16_few_row(self, kernel: str, layers=("o", "down")) -> None:
+    def set_w4a16_few_row(self, kernel: str, layers=W4A16_FEW_ROW_LAYERS) -> None:
         """The kernel (plan_b.FEW_ROW_W4A16_KERNELS) of the W4A16 expert layers named in `layers` (o, down: added into
         the residual; gate_up: with its GeGLU); a no-op without them. Captured graphs are dropped and re-capture."""
         for layer in self.expert_layers:
