@@ -36,13 +36,14 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma"}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "w4a16_stages": 0}
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
                   ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel)", ENGINE_DEFAULTS),
                   ("W4A16 few-row on the Triton kernels", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton",
                                                             "w4a16_geglu": "triton"}),
-                  ("W4A16 o/down on Triton, gate/up + GeGLU on mma", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}))}
+                  ("W4A16 o/down on Triton, gate/up + GeGLU on mma", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}),
+                  ("W4A16 o/down on mma with 8 stages", {**ENGINE_DEFAULTS, "w4a16_stages": 8}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -51,6 +52,10 @@ def apply(eng, settings: dict) -> None:
     eng.set_denoise_launch(settings["denoise_launch"])
     eng.set_w4a16_few_row(settings["w4a16_few_row"], layers=("o", "down"))
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
+    for layer in eng.expert_layers:   # the mma kernel's pipeline depth for o/down (0: the kernel's default)
+        for name in ("o", "down"):
+            if hasattr(layer[name], "few_row_stages"):
+                layer[name].few_row_stages = settings["w4a16_stages"]
 
 
 def main():
