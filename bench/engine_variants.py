@@ -17,7 +17,9 @@ mode prefetching each kernel's weights into L2, which lost, and dependent launch
 slowed Plan B's prefix: 3.13 vs 3.03 ms). Session 7: the expert's o reading the split-KV attention partials and
 combining them as it loads its input (no combine launch, 7 launches a layer): Plan A 12.31 vs 11.21 ms, lost and
 removed (*-s7-fused-combine.json). Session 9: the few-row W4A16 kernels (*-s9-few-row.json, *-s9-cutlass-vision.json:
-mma for o/down and gate/up 8.86-8.87 vs Triton 8.97-8.99 ms, now the default) and SigLIP's GEMMs on a CUTLASS
+mma for o/down and gate/up 8.86-8.87 vs Triton 8.97-8.99 ms, now the default; a version spreading equal ranges
+of (row block, group) units over the CTAs, with an 8-stage option, took it to 9.40 vs Triton 9.03 ms and was
+reverted, *-s9-balanced-units.json) and SigLIP's GEMMs on a CUTLASS
 stream-K GEMM with a bias/GELU epilogue (vision 2.38-2.46 vs cuBLAS 1.61 ms: lost, removed; dense_gemm-*-s9.json).
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
@@ -36,14 +38,13 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "w4a16_stages": 0}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma"}
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
                   ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel)", ENGINE_DEFAULTS),
                   ("W4A16 few-row on the Triton kernels", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton",
                                                             "w4a16_geglu": "triton"}),
-                  ("W4A16 o/down on Triton, gate/up + GeGLU on mma", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}),
-                  ("W4A16 o/down on mma with 8 stages", {**ENGINE_DEFAULTS, "w4a16_stages": 8}))}
+                  ("W4A16 o/down on Triton, gate/up + GeGLU on mma", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -52,10 +53,6 @@ def apply(eng, settings: dict) -> None:
     eng.set_denoise_launch(settings["denoise_launch"])
     eng.set_w4a16_few_row(settings["w4a16_few_row"], layers=("o", "down"))
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
-    for layer in eng.expert_layers:   # the mma kernel's pipeline depth for o/down (0: the kernel's default)
-        for name in ("o", "down"):
-            if hasattr(layer[name], "few_row_stages"):
-                layer[name].few_row_stages = settings["w4a16_stages"]
 
 
 def main():

@@ -34,9 +34,10 @@
 #   part 20 (the kernel wheel): part 18's kernel tests and the sweep on the Gemma gate at M = 10 and 64 only
 #   part 21 (ran at dd8364f; its CUTLASS dense GEMM lost and was removed): dense_gemm GPU tests, bench/dense_gemm.py,
 #     the engine variants of Plan A and Plan B h100_fast with SigLIP's GEMMs on it
-#   part 22 (the kernel wheel, development build): the few-row W4A16 kernel tests (8-stage pipeline, balanced units)
-#     and all engine GPU tests, the W4A16 sweep, the engine variants of Plan B h100_fast (mma now the default), Plan B
-#     validation (h100_fast), Plan A validation, the engine benchmark
+#   part 22 (ran at 1dba24a, a few-row kernel version since reverted): the few-row W4A16 kernel tests and all engine
+#     GPU tests, the W4A16 sweep, the engine variants of Plan B h100_fast, Plan B and Plan A validation, the benchmark
+#   part 23 (the kernel wheel, development build): the few-row kernel tests and all engine GPU tests, the engine
+#     variants of Plan B h100_fast (mma the default), Plan B validation (h100_fast), the engine benchmark
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|20   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -136,17 +137,14 @@ elif [ "$1" = 20 ]; then
   run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --shapes 1 --rows 10,64 --out-dir "$OUT"
-elif [ "$1" = 22 ]; then
+elif [ "$1" = 23 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -c "import devbuild; print(devbuild.load().build_info() or 'devbuild ok')"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
 elif [ "$1" = 19 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k few_row
   mkdir -p "$OUT/fast"

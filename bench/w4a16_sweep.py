@@ -30,8 +30,7 @@ ROWS = (1, 10, 64)
 DEFAULT: dict = {}     # each kernel's default launch shape (what the engine runs), then the grids around it
 TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
-MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 4)] + [dict(tiles_per_warp=t) for t in (1, 2)] + \
-    [dict(stages=8)] + [dict(stages=8, splits=sp) for sp in (1, 2)] + [dict(stages=8, tiles_per_warp=t) for t in (1, 2)]
+MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 4)] + [dict(tiles_per_warp=t) for t in (1, 2)]
 # session 5 compared the int4 -> bf16 conversion (I2F) with the bit-pattern dequant that replaced it, at the engine's
 # launch shape then: 1.4-2.9x faster (bench/results/w4a16_sweep-*-s5.json, "convert_default" / "magic_default")
 

@@ -31,9 +31,8 @@ struct W4A16Problem {
 
 // Few-row W4A16 (w4a16_skinny.cu, every family): out[M, N] (fp32, row stride ldo) += [gate ⊙] x[M, K] @
 // dequant(W)^T for M <= 64, W in the MMA-fragment layout of formats.pack_int4_fragments ([N/16][K/64][512 bytes]),
-// scales [N/16][K/128][16] bf16. splits: CTAs per row block (0: one per resident CTA slot), the (row block, group)
-// units spread evenly over them; tiles_per_warp: 16-row tiles per warp (1 or 2); stages: cp.async pipeline depth (4
-// or 8); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
+// scales [N/16][K/128][16] bf16. splits: CTAs along K (0: fill the resident CTA slots once); tiles_per_warp: 16-row
+// tiles per warp (1 or 2); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
 // With act instead of out: gelu_tanh(gate) * up of gate/up rows interleaved in 8-row blocks, each CTA all of K.
 struct W4A16SkinnyProblem {
   const void* x;
@@ -46,12 +45,10 @@ struct W4A16SkinnyProblem {
   int64_t ldx, ldo;   // ldo: of out, or of act
   int splits;
   int tiles_per_warp;
-  int stages;
   bool dependent;
   int sm_count;
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
-int w4a16_skinny_default_stages(int m);
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
 
 #if defined(TRIFORCE_FAMILY_HOPPER)

@@ -9,13 +9,11 @@
 // so each lane's tokens are 32 contiguous bytes. Nibbles become bf16 by their bit pattern (0x4300 | u is 128 + u,
 // exact) minus 136: the integers q in [-8, 7] enter the MMA exactly, and each group's sum is scaled in fp32.
 //
-// Work: a unit is one row block (WARPS * RT row tiles of 16 features) times one group (128 k). The units, row block
-// major, are cut into equal contiguous ranges, one per CTA, so every CTA (and so every SM) streams the same number
-// of bytes whatever the shape; a CTA whose range crosses a row block flushes its sums there. Pipeline: every stage
-// (one unit) brings each warp's weights, the tiles' scales and the x slice of all tokens into shared memory with
-// cp.async, STAGES deep. The weights and scales of the first stages are requested before griddepcontrol.wait (they
-// do not depend on the kernel before; under programmatic dependent launch their reads overlap it). Partial sums are
-// added with fp32 reductions into `out`, which the caller zeroes (or is the residual).
+// Pipeline: a CTA of 8 warps owns 8 * RT row tiles of 16 features and a range of whole groups (128 k); every stage
+// (one group) brings each warp's weights, the tiles' scales and the x slice of all tokens into shared memory with
+// cp.async, kStages deep. The weights and scales of the first stages are requested before griddepcontrol.wait (they
+// do not depend on the kernel before; under programmatic dependent launch their reads overlap it). Splits of K
+// across CTAs add their partial sums with fp32 reductions into `out`, which the caller zeroes (or is the residual).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -28,6 +26,7 @@
 namespace triforce {
 namespace {
 
+constexpr int kStages = 4;
 constexpr int kChunk = 64;   // k per prepacked 16-byte lane fragment (four MMAs)
 constexpr int kGroup = 128;  // k per scale (one pipeline stage)
 
@@ -74,17 +73,17 @@ struct SkinnyArgs {
   const float* gate;            // [N] or null
   float* out;                   // fp32 [M, N] added to (or null with GEGLU)
   __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
-  int m, n, k;
+  int m, n, k, splits;
   int64_t ldx, ldo;
 };
 
-template <int NT, int RT, int WARPS, int STAGES>
+template <int NT, int RT, int WARPS>
 struct SkinnySmem {
   static constexpr int kWeightBytes = WARPS * RT * 2 * 32 * 16;  // two chunks a stage
   static constexpr int kScaleBytes = WARPS * RT * 16 * 2;
   static constexpr int kXBytes = 2 * NT * 8 * kChunk * 2;         // two chunks x (8 NT tokens) x 64 k, bf16
   static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
-  static constexpr int kBytes = STAGES * kStageBytes;
+  static constexpr int kBytes = kStages * kStageBytes;
 };
 
 template <int RT, int NT>
@@ -101,44 +100,45 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
-// NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp; WARPS per CTA; STAGES of the pipeline.
-// GEGLU: the weights are gate/up interleaved in 8-row blocks (formats.interleave_gate_up), so a tile's rows g and
-// g + 8 are gate and up of one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (launched with one CTA
-// per row block: each covers all of K).
-template <int NT, int RT, int WARPS, int STAGES, bool GEGLU>
+// NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp; WARPS per CTA. GEGLU: the weights are
+// gate/up interleaved in 8-row blocks (formats.interleave_gate_up), so a tile's rows g and g + 8 are gate and up of
+// one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (the CTA covers all of K: splits = 1).
+template <int NT, int RT, int WARPS, bool GEGLU>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) {
-  using S = SkinnySmem<NT, RT, WARPS, STAGES>;
+  using S = SkinnySmem<NT, RT, WARPS>;
   constexpr int kThreads = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
-  const int64_t units = int64_t((tiles + WARPS * RT - 1) / (WARPS * RT)) * groups;
-  const int ubeg = int(int64_t(blockIdx.x) * units / gridDim.x);
-  const int nu = int(int64_t(blockIdx.x + 1) * units / gridDim.x) - ubeg;
-  // row tile r of this warp in row block rb
-  auto tile_of = [&](int rb, int r) { return (rb * WARPS + warp) * RT + r; };
+  const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
+  const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
+  int tile[RT];
+  bool valid[RT];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    tile[r] = (blockIdx.x * WARPS + warp) * RT + r;
+    valid[r] = tile[r] < tiles;
+  }
 
   auto issue_weights = [&](int i) {  // stage i's weights and scales (this warp's tiles)
-    unsigned char* base = smem + (i % STAGES) * S::kStageBytes;
-    const int rb = (ubeg + i) / groups, grp = (ubeg + i) % groups;
+    unsigned char* base = smem + (i % kStages) * S::kStageBytes;
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
-      const int tile = tile_of(rb, r);
-      if (tile >= tiles) continue;
-      const uint4* src = a.weight + (int64_t(tile) * chunks + 2 * grp) * 32 + lane;
+      if (!valid[r]) continue;
+      const uint4* src = a.weight + (int64_t(tile[r]) * chunks + 2 * (gbeg + i)) * 32 + lane;
       unsigned char* dst = base + ((warp * RT + r) * 2 * 32 + lane) * 16;
       cp_async16(dst, src, 16);
       cp_async16(dst + 32 * 16, src + 32, 16);
       if (lane < 2)
         cp_async16(base + S::kWeightBytes + (warp * RT + r) * 32 + lane * 16,
-                   a.scales + (int64_t(tile) * groups + grp) * 16 + lane * 8, 16);
+                   a.scales + (int64_t(tile[r]) * groups + gbeg + i) * 16 + lane * 8, 16);
     }
   };
   // Stage i's x slice, all 8 NT token rows (rows >= M zero-filled); 16-byte segments XOR-swizzled by token so the
   // MMA-order reads of a quarter warp hit distinct banks.
   auto issue_x = [&](int i) {
-    unsigned char* xs = smem + (i % STAGES) * S::kStageBytes + S::kWeightBytes + S::kScaleBytes;
-    const int64_t k0 = int64_t((ubeg + i) % groups) * kGroup;
+    unsigned char* xs = smem + (i % kStages) * S::kStageBytes + S::kWeightBytes + S::kScaleBytes;
+    const int64_t k0 = int64_t(gbeg + i) * kGroup;
     for (int idx = threadIdx.x; idx < 2 * NT * 8 * 8; idx += kThreads) {
       const int seg = idx & 7, tok = (idx >> 3) % (NT * 8), c = idx / (NT * 64);
       const bool in = tok < a.m;
@@ -147,63 +147,29 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
     }
   };
 
-  float acc[RT][NT][4];
-  zero(acc);
-  // c0, c1: feature g, tokens 2t, 2t + 1; c2, c3: feature g + 8.
-  auto flush = [&](int rb) {
-#pragma unroll
-    for (int r = 0; r < RT; ++r) {
-      const int tile = tile_of(rb, r);
-      if (tile >= tiles) continue;
-      if constexpr (GEGLU) {
-        const int feature = tile * 8 + g;
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          const int tok = j * 8 + 2 * t;
-          if (tok < a.m) a.act[tok * a.ldo + feature] = __float2bfloat16(gelu_tanh(acc[r][j][0]) * acc[r][j][2]);
-          if (tok + 1 < a.m)
-            a.act[(tok + 1) * a.ldo + feature] = __float2bfloat16(gelu_tanh(acc[r][j][1]) * acc[r][j][3]);
-        }
-      } else {
-        const int row = tile * 16 + g;
-        const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          const int tok = j * 8 + 2 * t;
-          if (tok < a.m) {
-            atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[r][j][0]);
-            atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[r][j][2]);
-          }
-          if (tok + 1 < a.m) {
-            atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[r][j][1]);
-            atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[r][j][3]);
-          }
-        }
-      }
-    }
-    zero(acc);
-  };
-
-  for (int i = 0; i < STAGES - 1; ++i)
-    if (i < nu) issue_weights(i);
+  for (int i = 0; i < kStages - 1; ++i)
+    if (i < ng) issue_weights(i);
   cp_async_commit();
   grid_dependency_wait();  // x, gate and out belong to the kernels before
   launch_dependents();
-  for (int i = 0; i < STAGES - 1; ++i) {
-    if (i < nu) issue_x(i);
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < ng) issue_x(i);
     cp_async_commit();
   }
 
-  for (int i = 0; i < nu; ++i) {
-    cp_async_wait<STAGES - 2>();  // stage i has landed (for this thread) ...
-    __syncthreads();              // ... for every thread, and stage i - 1's slot is free
-    if (i + STAGES - 1 < nu) {
-      issue_weights(i + STAGES - 1);
-      issue_x(i + STAGES - 1);
+  float acc[RT][NT][4];
+  zero(acc);
+
+  for (int i = 0; i < ng; ++i) {
+    cp_async_wait<kStages - 2>();  // stage i has landed (for this thread) ...
+    __syncthreads();               // ... for every thread, and stage i - 1's slot is free
+    if (i + kStages - 1 < ng) {
+      issue_weights(i + kStages - 1);
+      issue_x(i + kStages - 1);
     }
     cp_async_commit();
 
-    const unsigned char* base = smem + (i % STAGES) * S::kStageBytes;
+    const unsigned char* base = smem + (i % kStages) * S::kStageBytes;
     const uint4* xs = reinterpret_cast<const uint4*>(base + S::kWeightBytes + S::kScaleBytes);
     float part[RT][NT][4];
     zero(part);
@@ -245,39 +211,62 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
         acc[r][j][3] += s_hi * part[r][j][3];
       }
     }
-    const int rb = (ubeg + i) / groups;
-    if (i == nu - 1 || (ubeg + i + 1) / groups != rb) flush(rb);  // the end of this CTA's part of a row block
   }
   cp_async_wait<0>();
+
+  // c0, c1: feature g, tokens 2t, 2t + 1; c2, c3: feature g + 8.
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    if (!valid[r]) continue;
+    if constexpr (GEGLU) {
+      const int feature = tile[r] * 8 + g;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const int tok = j * 8 + 2 * t;
+        if (tok < a.m) a.act[tok * a.ldo + feature] = __float2bfloat16(gelu_tanh(acc[r][j][0]) * acc[r][j][2]);
+        if (tok + 1 < a.m)
+          a.act[(tok + 1) * a.ldo + feature] = __float2bfloat16(gelu_tanh(acc[r][j][1]) * acc[r][j][3]);
+      }
+    } else {
+      const int row = tile[r] * 16 + g;
+      const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const int tok = j * 8 + 2 * t;
+        if (tok < a.m) {
+          atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[r][j][0]);
+          atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[r][j][2]);
+        }
+        if (tok + 1 < a.m) {
+          atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[r][j][1]);
+          atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[r][j][3]);
+        }
+      }
+    }
+  }
 }
 
-template <int NT, int RT, int WARPS, int STAGES, bool GEGLU>
-void launch(const SkinnyArgs& a, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  using S = SkinnySmem<NT, RT, WARPS, STAGES>;
-  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, STAGES, GEGLU>;
-  int device = 0, smem_max = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (S::kBytes > smem_max)
-    throw std::runtime_error("w4a16_skinny: " + std::to_string(STAGES) + " stages at M=" + std::to_string(p.m) +
-                             " with " + std::to_string(RT) + " tiles per warp need " + std::to_string(S::kBytes) +
-                             " bytes of shared memory, this GPU allows " + std::to_string(smem_max) +
-                             ": use fewer stages or tiles per warp");
+template <int NT, int RT, int WARPS, bool GEGLU>
+void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
+  using S = SkinnySmem<NT, RT, WARPS>;
+  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
   if (attr != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny: cannot allow ") + std::to_string(S::kBytes) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
-  const int64_t row_blocks = (p.n / 16 + WARPS * RT - 1) / (WARPS * RT), units = row_blocks * (p.k / kGroup);
-  int64_t ctas = row_blocks;  // GEGLU: one CTA per row block, all of K
-  if (!GEGLU && p.splits > 0) ctas = row_blocks * p.splits;
-  if (!GEGLU && p.splits <= 0) {  // every resident CTA slot once, the units spread evenly over them
+  const int tiles = p.n / 16;
+  int splits = GEGLU ? 1 : p.splits;
+  const int row_blocks = (tiles + WARPS * RT - 1) / (WARPS * RT);
+  if (splits <= 0) {  // fill every resident CTA slot once
     int per_sm = 0;
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, S::kBytes);
-    ctas = int64_t(p.sm_count) * (per_sm > 0 ? per_sm : 1);
+    splits = (p.sm_count * (per_sm > 0 ? per_sm : 1) + row_blocks - 1) / row_blocks;
   }
+  SkinnyArgs a = args;
+  a.splits = splits < p.k / kGroup ? splits : p.k / kGroup;
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(ctas < units ? ctas : units));
+  config.gridDim = dim3(unsigned(row_blocks), unsigned(a.splits));
   config.blockDim = dim3(WARPS * 32);
   config.dynamicSmemBytes = S::kBytes;
   config.stream = stream;
@@ -290,26 +279,18 @@ void launch(const SkinnyArgs& a, const W4A16SkinnyProblem& p, cudaStream_t strea
     throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
 }
 
-template <int NT, int RT>
-void launch_stages(const SkinnyArgs& a, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  if (p.stages == 4) return launch<NT, RT, 8, 4, false>(a, p, stream);
-  if (p.stages == 8) return launch<NT, RT, 8, 8, false>(a, p, stream);
-  throw std::runtime_error("w4a16_skinny: stages must be 4 or 8, got " + std::to_string(p.stages));
-}
-
 template <int NT>
-void launch_rows(const SkinnyArgs& a, const W4A16SkinnyProblem& p, cudaStream_t stream) {
+void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   // GeGLU: the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K
-  if (p.act != nullptr) return launch<NT, 1, 4, 4, true>(a, p, stream);
-  if (p.tiles_per_warp == 1) return launch_stages<NT, 1>(a, p, stream);
-  if (p.tiles_per_warp == 2) return launch_stages<NT, 2>(a, p, stream);
+  if (p.act != nullptr) return launch<NT, 1, 4, true>(args, p, stream);
+  if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false>(args, p, stream);
+  if (p.tiles_per_warp == 2) return launch<NT, 2, 8, false>(args, p, stream);
   throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));
 }
 
 }  // namespace
 
 int w4a16_skinny_default_tiles_per_warp(int m) { return m > 16 ? 2 : 1; }
-int w4a16_skinny_default_stages(int) { return 4; }
 
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > 64 || p.n % 16 || p.k % kGroup)
@@ -319,7 +300,7 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
     throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
-               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, p.ldx, p.ldo};
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

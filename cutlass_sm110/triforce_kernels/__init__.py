@@ -211,7 +211,7 @@ W4A16_SKINNY_MAX_ROWS = 64
 
 
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
-                 gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0, stages: int = 0,
+                 gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
                  dependent: bool = False) -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
@@ -237,11 +237,10 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
     if gate is not None:
         _check(op, "gate", gate, torch.float32, (n,))
-    if splits < 0 or tiles_per_warp not in (0, 1, 2) or stages not in (0, 4, 8):
-        raise KernelError(f"{op}: splits must be >= 0, tiles_per_warp 0, 1 or 2 and stages 0, 4 or 8; got {splits}, "
-                          f"{tiles_per_warp}, {stages}")
+    if splits < 0 or tiles_per_warp not in (0, 1, 2):
+        raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, stages, dependent)
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
 
 
 def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, act: torch.Tensor,
