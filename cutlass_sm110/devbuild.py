@@ -15,6 +15,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # Compute capability -> (family, TORCH_CUDA_ARCH_LIST entry). 'a' targets only: plain ones compile to stubs.
 _ARCHS = {(9, 0): ("hopper", "9.0a"), (10, 0): ("blackwell", "10.0a"), (11, 0): ("blackwell", "11.0a")}
+# the arch a prebuild compiles a family for (bench/prebuild_device.sh): the lent GPU's, or Thor's
+_PREBUILD_ARCH = {"hopper": "9.0a", "blackwell": "11.0a"}
 
 
 def cutlass_source() -> Path:
@@ -127,13 +129,15 @@ def prebuild(family: str) -> Path:
     import json
     import shutil
 
-    arch = dict(_ARCHS.values())[family]
+    arch = _PREBUILD_ARCH[family]
+    stamp = fingerprint(family, arch)   # of the sources as the compile starts (an edit meanwhile must not match)
     build_dir = REPO / "build" / f"prebuild-{family}"
     compile_extension(family, arch, build_dir, verbose=False)
     folder = prebuilt_dir(family)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "stamp.json").unlink(missing_ok=True)   # no valid stamp beside a library being replaced
     shutil.copy2(build_dir / "_C.so", folder / "_C.so")
-    (folder / "stamp.json").write_text(json.dumps(fingerprint(family, arch), indent=1) + "\n")
+    (folder / "stamp.json").write_text(json.dumps(stamp, indent=1) + "\n")
     return folder / "_C.so"
 
 
@@ -149,6 +153,6 @@ def load(verbose: bool = False):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "--prebuild" or sys.argv[2] not in dict(_ARCHS.values()):
+    if len(sys.argv) != 3 or sys.argv[1] != "--prebuild" or sys.argv[2] not in _PREBUILD_ARCH:
         sys.exit("usage: devbuild.py --prebuild hopper|blackwell")
     print(prebuild(sys.argv[2]))

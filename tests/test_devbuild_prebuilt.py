@@ -49,3 +49,13 @@ def test_a_matching_stamp_loads_the_carried_library(carried):
     (carried / "_C.so").write_bytes(b"not a library")
     with pytest.raises(ImportError):  # it really tried to load the carried file
         devbuild.load_prebuilt("hopper", "9.0a")
+
+
+def test_an_unknown_prebuild_family_is_refused_before_any_compile(tmp_path):
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(devbuild.HERE / "devbuild.py"), "--prebuild", "ampere"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip() == "usage: devbuild.py --prebuild hopper|blackwell"
+    assert not devbuild.prebuilt_dir("ampere").exists()

@@ -135,13 +135,21 @@ std::tuple<at::Tensor, at::Tensor> w4a16_prepack(const at::Tensor& qweight, cons
   return {packed_weight, packed_scales};
 }
 
-// x (row-strided bf16 view allowed), fragment-layout weights and scales of the few-row kernel.
-void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const char* op) {
+// x (row-strided bf16 view allowed, 1..64 rows) and the few-row kernel's fragment-layout weights and scales of N
+// weight rows (gate and up rows both counted for the GeGLU form).
+void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n, const char* op) {
   TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 &&
                   x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
               op, ": x must be a CUDA bf16 [M, K] with unit column stride, 16-byte aligned rows");
   check_tensor(w, op, "weight", at::kByte);
   check_tensor(s, op, "scales", at::kBFloat16);
+  const int64_t m = x.size(0), k = x.size(1);
+  TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
+              ": needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 512, op,
+              ": weight must be [", n / 16, ", ", k / 64, ", 512] (pack_int4_fragments), got ", w.sizes());
+  TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 16 && s.size(1) == k / 128 && s.size(2) == 16, op,
+              ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
 }
 
 // Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
@@ -149,17 +157,11 @@ void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::T
 void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
                   const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent) {
   const char* op = "w4a16_skinny";
-  check_skinny_operands(x, w, s, op);
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
               ": out must be a CUDA fp32 [M, N] with unit column stride");
+  check_skinny_operands(x, w, s, out.size(1), op);
   const int64_t m = x.size(0), k = x.size(1), n = out.size(1);
   TORCH_CHECK(out.size(0) == m, op, ": out has ", out.size(0), " rows, x has ", m);
-  TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
-              ": needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
-  TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 512, op,
-              ": weight must be [", n / 16, ", ", k / 64, ", 512] (pack_int4_fragments), got ", w.sizes());
-  TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 16 && s.size(1) == k / 128 && s.size(2) == 16, op,
-              ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
   const float* gate_ptr = nullptr;
   if (gate.has_value()) {
     check_tensor(*gate, op, "gate", at::kFloat);
@@ -182,17 +184,11 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
 void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor act,
                         bool dependent) {
   const char* op = "w4a16_skinny_geglu";
-  check_skinny_operands(x, w, s, op);
   TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
               ": act must be a CUDA bf16 [M, N/2] with unit column stride");
+  check_skinny_operands(x, w, s, 2 * act.size(1), op);
   const int64_t m = x.size(0), k = x.size(1), n = 2 * act.size(1);
   TORCH_CHECK(act.size(0) == m, op, ": act has ", act.size(0), " rows, x has ", m);
-  TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
-              ": needs 1 <= M <= 64, N/2 % 8 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
-  TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 512, op,
-              ": weight must be [", n / 16, ", ", k / 64, ", 512] (interleaved, pack_int4_fragments), got ", w.sizes());
-  TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 16 && s.size(1) == k / 128 && s.size(2) == 16, op,
-              ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
   const c10::cuda::CUDAGuard guard(x.device());
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), nullptr, nullptr, act.data_ptr(),
                                  int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count()};

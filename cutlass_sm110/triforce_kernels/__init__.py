@@ -210,6 +210,17 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
 W4A16_SKINNY_MAX_ROWS = 64
 
 
+def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int) -> None:
+    """x (a row-strided bf16 view allowed) and the fragment-layout weights and scales of N output rows."""
+    m, k = x.shape
+    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
+    if x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16:
+        raise KernelError(f"{op}: x must be bf16 with unit column stride and 16-byte aligned rows, got {x.dtype}, "
+                          f"strides {list(x.stride())}")
+    _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
+    _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
+
+
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
                  gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
                  dependent: bool = False) -> None:
@@ -226,15 +237,10 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     n = out.shape[1]
     if not 1 <= m <= W4A16_SKINNY_MAX_ROWS:
         raise KernelError(f"{op}: M={m} rows; this kernel takes 1..{W4A16_SKINNY_MAX_ROWS} (w4a16_gemm takes more)")
-    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
-    if x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16:
-        raise KernelError(f"{op}: x must be bf16 with unit column stride and 16-byte aligned rows, got {x.dtype}, "
-                          f"strides {list(x.stride())}")
+    _check_skinny_operands(op, x, weight, scales, n)
     if out.dtype != torch.float32 or tuple(out.shape) != (m, n) or out.stride(1) != 1:
         raise KernelError(f"{op}: out must be fp32 [{m}, {n}] with unit column stride, got {out.dtype} "
                           f"{list(out.shape)}")
-    _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
-    _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
     if gate is not None:
         _check(op, "gate", gate, torch.float32, (n,))
     if splits < 0 or tiles_per_warp not in (0, 1, 2):
@@ -257,14 +263,9 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     if not 1 <= m <= W4A16_SKINNY_MAX_ROWS or act.shape[0] != m:
         raise KernelError(f"{op}: x and act must have the same 1..{W4A16_SKINNY_MAX_ROWS} rows, got {m} and "
                           f"{act.shape[0]}")
-    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
-    if x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16:
-        raise KernelError(f"{op}: x must be bf16 with unit column stride and 16-byte aligned rows, got {x.dtype}, "
-                          f"strides {list(x.stride())}")
+    _check_skinny_operands(op, x, weight, scales, n)
     if act.dtype != torch.bfloat16 or act.stride(1) != 1:
         raise KernelError(f"{op}: act must be bf16 with unit column stride, got {act.dtype}")
-    _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
-    _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
     _check_same_device(op, x, weight, scales, act)
     _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent)
 
