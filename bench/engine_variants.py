@@ -6,8 +6,9 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
   launch).
-- w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
-  (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
+- w4a16_few_row / w4a16_geglu / w4a16_qkv: the kernel of Plan B's W4A16 expert o/down, of its gate/up with GeGLU
+  and of its qkv with RoPE (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked
+  fragments); norm_fold: the mma qkv / gate/up kernels computing the adaRMS norm themselves (6 launches a layer).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
@@ -38,13 +39,16 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma"}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "w4a16_qkv": "mma",
+                   "norm_fold": True}
+SESSION9 = {**ENGINE_DEFAULTS, "w4a16_qkv": "triton", "norm_fold": False}
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
                   ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
-            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel)", ENGINE_DEFAULTS),
-                  ("W4A16 few-row on the Triton kernels", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton",
-                                                            "w4a16_geglu": "triton"}),
-                  ("W4A16 o/down on Triton, gate/up + GeGLU on mma", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}))}
+            "b": (("engine default (W4A16 qkv + RoPE, o/down, gate/up + GeGLU on mma; norms folded)", ENGINE_DEFAULTS),
+                  ("the same without the norm fold (add_norm launches)", {**ENGINE_DEFAULTS, "norm_fold": False}),
+                  ("session 9 default (qkv on Triton, no norm fold)", SESSION9),
+                  ("W4A16 few-row on the Triton kernels", {**SESSION9, "w4a16_few_row": "triton",
+                                                            "w4a16_geglu": "triton"}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -53,6 +57,8 @@ def apply(eng, settings: dict) -> None:
     eng.set_denoise_launch(settings["denoise_launch"])
     eng.set_w4a16_few_row(settings["w4a16_few_row"], layers=("o", "down"))
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
+    eng.set_w4a16_few_row(settings["w4a16_qkv"], layers=("qkv",))
+    eng.set_norm_fold(settings["norm_fold"])
 
 
 def main():

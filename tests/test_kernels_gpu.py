@@ -309,3 +309,156 @@ def test_w4a16_skinny_geglu_matches_reference(tk, m):
     ref = formats.geglu_tanh(_reference(x, q, s))
     assert torch.isfinite(act).all()
     assert _rel_err(act, ref) < 1e-2, "bf16 output"
+
+
+# ── the full-K forms with the adaRMS norm folded in (x = the fp32 residual) and the fused QKV with RoPE ──────────
+def _adarms(res, scale, shift, eps=1e-6):
+    """The engine's add_norm (no add): bf16(res * rsqrt(mean(res^2) + eps) * scale + shift)."""
+    return (res * torch.rsqrt(res.pow(2).mean(-1, keepdim=True) + eps) * scale + shift).bfloat16()
+
+
+def _norm_inputs(m, k, gen):
+    res = torch.randn(m, k, device="cuda", generator=gen) * 30.0      # a residual stream's magnitude
+    scale = 1.0 + 0.5 * torch.randn(k, device="cuda", generator=gen)
+    shift = 0.1 * torch.randn(k, device="cuda", generator=gen)
+    return res, scale, shift
+
+
+@pytest.mark.parametrize("m", [1, 10, 16])
+def test_w4a16_skinny_geglu_norm_fold_matches_norm_then_geglu(tk, m):
+    inter, k = 4096, 1024
+    gen = torch.Generator(device="cuda").manual_seed(100 + m)
+    q, s = _weights(2 * inter, k, gen)
+    w, sc = _fragments(formats.interleave_gate_up(q), formats.interleave_gate_up(s))
+    res, scale, shift = _norm_inputs(m, 2 * k, gen)
+    res = res[:, :k]                                                    # a row-strided residual view
+    folded = torch.full((m, inter), float("nan"), device="cuda", dtype=torch.bfloat16)
+    tk.w4a16_skinny_geglu(res, w, sc, folded, norm_scale=scale[:k].contiguous(), norm_shift=shift[:k].contiguous())
+    unfolded = torch.empty_like(folded)
+    h = _adarms(res, scale[:k], shift[:k])
+    tk.w4a16_skinny_geglu(h, w, sc, unfolded)
+    torch.cuda.synchronize()
+    assert torch.isfinite(folded).all()
+    assert _rel_err(folded, unfolded) < 5e-3, "the same bf16 h up to the rounding of a few elements"
+    assert _rel_err(folded, formats.geglu_tanh(_reference(h, q, s))) < 1e-2
+
+
+def _rope_reference(qkv, pos, cos, sin, heads, d):
+    """qkv fp32 [M, (heads + 2) d] -> (q [M * heads, d], k [M, d], v [M, d]) with half-split RoPE at pos."""
+    m, half = qkv.shape[0], d // 2
+    c, sn = cos[pos.long()][:, None, :], sin[pos.long()][:, None, :]
+    rot = qkv[:, : (heads + 1) * d].reshape(m, heads + 1, d)
+    x1, x2 = rot[..., :half], rot[..., half:]
+    rot = torch.cat([x1 * c - x2 * sn, x2 * c + x1 * sn], -1)
+    return rot[:, :heads].reshape(m * heads, d), rot[:, heads], qkv[:, (heads + 1) * d:]
+
+
+@pytest.mark.parametrize("m, fold", [(1, False), (10, False), (40, False), (64, False), (1, True), (10, True),
+                                     (16, True)])
+def test_w4a16_skinny_qkv_rope_matches_reference(tk, m, fold):
+    """The expert's fused QKV (8 query heads, one key, one value head of 256, K = 1024) with RoPE; q rows and the
+    K/V cache rows kv_offset.. written, every other cache row untouched."""
+    heads, d, k, offset = 8, 256, 1024, 7
+    gen = torch.Generator(device="cuda").manual_seed(200 + m + fold)
+    q, s = _weights((heads + 2) * d, k, gen)
+    w, sc = _fragments(formats.interleave_rope(q, heads, d), formats.interleave_rope(s, heads, d))
+    cos, sin = (t.cuda() for t in _rope_tables(600, d))
+    pos = torch.randint(0, 600, (m,), device="cuda", dtype=torch.int32, generator=gen)
+    if fold:
+        res, scale, shift = _norm_inputs(m, k, gen)
+        x, norm = res, {"norm_scale": scale, "norm_shift": shift}
+        h = _adarms(res, scale, shift)
+    else:
+        h = x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+        norm = {}
+    q_out = torch.full((m * heads, d), float("nan"), device="cuda", dtype=torch.bfloat16)
+    k_cache, v_cache = (torch.full((offset + m + 5, d), 3.0, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    tk.w4a16_skinny_qkv_rope(x, w, sc, pos, cos, sin, q_out, k_cache, v_cache, offset, heads, **norm)
+    torch.cuda.synchronize()
+    eq, ek, ev = _rope_reference(_reference(h, q, s), pos, cos, sin, heads, d)
+    assert _rel_err(q_out, eq) < 1e-2
+    assert _rel_err(k_cache[offset:offset + m], ek) < 1e-2
+    assert _rel_err(v_cache[offset:offset + m], ev) < 1e-2
+    for cache in (k_cache, v_cache):
+        assert bool((cache[:offset] == 3.0).all()) and bool((cache[offset + m:] == 3.0).all())
+
+
+def _rope_tables(positions, d):
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    ang = torch.arange(positions, dtype=torch.float64)[:, None] * inv[None, :]
+    return torch.cos(ang).float().contiguous(), torch.sin(ang).float().contiguous()
+
+
+def test_w4a16_skinny_norm_fold_chain_in_a_graph(tk):
+    """The denoise form: dependent launches in one graph, each norm-folded GeGLU reading the residual that the
+    add-form launch before it changed."""
+    inter, k = 1024, 1024
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    qg, sg = _weights(2 * inter, k, gen)
+    wg, scg = _fragments(formats.interleave_gate_up(qg), formats.interleave_gate_up(sg))
+    qd, sd = _weights(k, inter, gen)
+    wd, scd = _fragments(qd, sd)
+    res0, scale, shift = _norm_inputs(10, k, gen)
+    res, act = res0.clone(), torch.empty(10, inter, device="cuda", dtype=torch.bfloat16)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        tk.w4a16_skinny_geglu(res, wg, scg, act, dependent=True, norm_scale=scale, norm_shift=shift)
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(4):
+                tk.w4a16_skinny_geglu(res, wg, scg, act, dependent=True, norm_scale=scale, norm_shift=shift)
+                tk.w4a16_skinny(act, wd, scd, res, dependent=True)
+    res.copy_(res0)
+    graph.replay()
+    torch.cuda.synchronize()
+    expect = res0.clone()
+    for _ in range(4):
+        a = formats.geglu_tanh(_reference(_adarms(expect, scale, shift), qg, sg)).bfloat16()
+        expect += _reference(a, qd, sd)
+    assert _rel_err(res, expect) < 2e-2
+
+
+FULL_K_BAD = {
+    "norm fold, 17 rows": lambda res, h, sc, sh: dict(x=torch.zeros(17, res.shape[1], device="cuda"),
+                                                      norm_scale=sc, norm_shift=sh),
+    "norm_scale without norm_shift": lambda res, h, sc, sh: dict(x=res, norm_scale=sc),
+    "norm fold on bf16 x": lambda res, h, sc, sh: dict(x=h, norm_scale=sc, norm_shift=sh),
+    "norm_scale wrong length": lambda res, h, sc, sh: dict(x=res, norm_scale=sc[:-16].contiguous(), norm_shift=sh),
+    "fp32 x without the norm": lambda res, h, sc, sh: dict(x=res),
+}
+
+
+@pytest.mark.parametrize("case", list(FULL_K_BAD))
+def test_w4a16_skinny_full_k_forms_refuse_bad_input(tk, case):
+    heads, d, k, m = 2, 32, 256, 10
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    q, s = _weights((heads + 2) * d, k, gen)
+    w, sc = _fragments(formats.interleave_rope(q, heads, d), formats.interleave_rope(s, heads, d))
+    res, scale, shift = _norm_inputs(m, k, gen)
+    args = FULL_K_BAD[case](res, _adarms(res, scale, shift), scale, shift)
+    rows = args["x"].shape[0]
+    cos, sin = (t.cuda() for t in _rope_tables(64, d))
+    pos = torch.zeros(rows, device="cuda", dtype=torch.int32)
+    q_out = torch.ones(rows * heads, d, device="cuda", dtype=torch.bfloat16)
+    k_cache, v_cache = (torch.ones(rows, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    with pytest.raises(tk.KernelError):
+        tk.w4a16_skinny_qkv_rope(args.pop("x"), w, sc, pos, cos, sin, q_out, k_cache, v_cache, 0, heads, **args)
+    torch.cuda.synchronize()
+    assert all(bool((t == 1.0).all()) for t in (q_out, k_cache, v_cache)), "a refused call writes nothing"
+
+
+def test_w4a16_skinny_qkv_rope_refuses_bad_shapes(tk):
+    heads, d, k, m = 2, 32, 256, 4
+    q, s = _weights((heads + 2) * d, k, torch.Generator(device="cuda").manual_seed(6))
+    w, sc = _fragments(formats.interleave_rope(q, heads, d), formats.interleave_rope(s, heads, d))
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    cos, sin = (t.cuda() for t in _rope_tables(64, d))
+    pos = torch.zeros(m, device="cuda", dtype=torch.int32)
+    q_out = torch.empty(m * heads, d, device="cuda", dtype=torch.bfloat16)
+    cache = torch.empty(m + 2, d, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(tk.KernelError, match="k_cache"):
+        tk.w4a16_skinny_qkv_rope(x, w, sc, pos, cos, sin, q_out, cache, cache.clone(), 3, heads)
+    with pytest.raises(tk.KernelError, match="weight"):
+        tk.w4a16_skinny_qkv_rope(x, w, sc, pos, cos, sin, q_out[: m * (heads - 1)], cache, cache.clone(), 0, heads - 1)
+    with pytest.raises(tk.KernelError, match="pos"):
+        tk.w4a16_skinny_qkv_rope(x, w, sc, pos.long(), cos, sin, q_out, cache, cache.clone(), 0, heads)
