@@ -18,8 +18,8 @@
 // Epilogues: add (fp32 reductions, optionally gated), GeGLU (gate/up interleaved) and RoPE (the expert's fused QKV,
 // each rotary head's halves interleaved so a tile's rows g / g + 8 are a rotation pair; q rows, K/V cache rows
 // written). Norm fold (GeGLU and RoPE, M <= 16): x is the RMS norm of the fp32 residual, computed by every CTA
-// into a shared-memory copy of all of K, so the norm needs no launch of its own; then the pipeline is 9 stages
-// deep and every weight stage of K <= 1152 is requested before griddepcontrol.wait.
+// (the rows bulk-copied into shared memory) into a bf16 copy of all of K, so the norm needs no launch of its own;
+// then the pipeline is 9 stages deep and every weight stage of K <= 1152 is requested before griddepcontrol.wait.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -104,8 +104,10 @@ struct SkinnySmem {
   static constexpr int kXGroupBytes = 2 * NT * 8 * kChunk * 2;    // two chunks x (8 NT tokens) x 64 k, bf16
   static constexpr int kStageBytes = kWeightBytes + kScaleBytes + (NORM ? 0 : kXGroupBytes);
   static constexpr int kPipeBytes = kStages * kStageBytes;
-  static constexpr int kNormFloats = (WARPS + 1) * NT * 8;        // per-warp sums of squares, then 1 / rms
-  static int bytes(int groups) { return kPipeBytes + (NORM ? groups * kXGroupBytes + kNormFloats * 4 : 0); }
+  // NORM: after x, the staged residual rows, scale and shift (fp32 [M + 2, K]) and 1 / rms of each token row
+  static int bytes(int groups, int m) {
+    return kPipeBytes + (NORM ? groups * kXGroupBytes + ((m + 2) * groups * kGroup + NT * 8) * 4 : 0);
+  }
 };
 
 template <int RT, int NT>
@@ -122,68 +124,81 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
-__device__ __forceinline__ float sum_sq(const float4 u, const float4 v) {
-  return u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w + v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-}
-
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// Norm fold: xs (all K, the per-group layout of the pipeline's x slices, rows >= M zero) = bf16 of the RMS norm of
-// the fp32 residual rows times nscale plus nshift. Each thread owns 8-k segments of every token; the second pass
-// re-reads the residual (now in L1).
-template <int NT, int WARPS>
-__device__ __forceinline__ void norm_into_shared(const SkinnyArgs& a, uint4* xs, float* red) {
-  constexpr int kTok = NT * 8, kThreads = WARPS * 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, segs = a.k / 8;
-  float ss[kTok];
-#pragma unroll
-  for (int tok = 0; tok < kTok; ++tok) ss[tok] = 0.f;
-  for (int seg = threadIdx.x; seg < segs; seg += kThreads) {
-#pragma unroll
-    for (int tok = 0; tok < kTok; ++tok)
-      if (tok < a.m) {
-        const float4* p = reinterpret_cast<const float4*>(a.res + tok * a.ldx + seg * 8);
-        ss[tok] += sum_sq(p[0], p[1]);
-      }
+// Norm fold, part 1 (before griddepcontrol.wait): the mbarrier that the residual's bulk copies complete.
+__device__ __forceinline__ void norm_barrier_init(uint64_t* bar) {
+  if (threadIdx.x == 0) {
+    const auto b = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(b) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-#pragma unroll
-  for (int tok = 0; tok < kTok; ++tok) {
-    float v = ss[tok];
+  __syncthreads();
+}
+
+// Norm fold, part 2: xs (all K, the per-group layout of the pipeline's x slices, rows >= M zero) = bf16 of the RMS
+// norm of the fp32 residual rows times nscale plus nshift. The M residual rows and the two vectors arrive by bulk
+// copies (one thread issues them, an mbarrier counts the bytes): every byte is in flight at once and nothing waits
+// on the weights' cp.async groups (plain loads went in waves of ~5, the first version's fold cost ~4 us a launch).
+template <int NT, int WARPS>
+__device__ __forceinline__ void norm_into_shared(const SkinnyArgs& a, uint4* xs, float* stage, uint64_t* bar) {
+  constexpr int kTok = NT * 8, kThreads = WARPS * 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, k = a.k, segs = k / 8;
+  float* scale = stage + a.m * k;
+  float* shift = scale + k;
+  float* inv_rms = shift + k;  // kTok
+  const auto b = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
+  if (threadIdx.x == 0) {
+    const uint32_t row_bytes = uint32_t(k) * 4;
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"((a.m + 2) * row_bytes)
+                 : "memory");
+    auto bulk = [&](float* dst, const float* src) {
+      asm volatile(
+          "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+              static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
+          "l"(src), "r"(row_bytes), "r"(b)
+          : "memory");
+    };
+    for (int tok = 0; tok < a.m; ++tok) bulk(stage + tok * k, a.res + tok * a.ldx);
+    bulk(scale, a.nscale);
+    bulk(shift, a.nshift);
+  }
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(b)
+        : "memory");
+  for (int tok = warp; tok < kTok; tok += WARPS) {  // a warp per row: sum of squares, 1 / rms
+    float v = 0.f;
+    if (tok < a.m)
+      for (int c = lane; c < k / 4; c += 32) {
+        const float4 u = reinterpret_cast<const float4*>(stage + tok * k)[c];
+        v += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
+      }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == 0) red[warp * kTok + tok] = v;
+    if (lane == 0) inv_rms[tok] = tok < a.m ? 1.f / sqrtf(v / float(k) + a.eps) : 0.f;
   }
   __syncthreads();
-  float* inv_rms = red + WARPS * kTok;
-  if (threadIdx.x < kTok) {
-    float v = 0.f;
+  for (int idx = threadIdx.x; idx < kTok * segs; idx += kThreads) {
+    const int tok = idx / segs, seg = idx % segs, kk = seg * 8, c = kk / kChunk, s8 = (kk % kChunk) / 8;
+    uint4 packed = make_uint4(0u, 0u, 0u, 0u);
+    if (tok < a.m) {
+      const float r = inv_rms[tok];
+      const float* x = stage + tok * k + kk;
+      uint32_t w[4];
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) v += red[w * kTok + threadIdx.x];
-    inv_rms[threadIdx.x] = 1.f / sqrtf(v / float(a.k) + a.eps);
-  }
-  __syncthreads();
-  for (int seg = threadIdx.x; seg < segs; seg += kThreads) {
-    const float4* sp = reinterpret_cast<const float4*>(a.nscale + seg * 8);
-    const float4* hp = reinterpret_cast<const float4*>(a.nshift + seg * 8);
-    const float4 s0 = sp[0], s1 = sp[1], h0 = hp[0], h1 = hp[1];
-    const int kk = seg * 8, c = kk / kChunk, s8 = (kk % kChunk) / 8;  // c: chunk index over all of K
-#pragma unroll
-    for (int tok = 0; tok < kTok; ++tok) {
-      uint4 packed = make_uint4(0u, 0u, 0u, 0u);
-      if (tok < a.m) {
-        const float4* p = reinterpret_cast<const float4*>(a.res + tok * a.ldx + seg * 8);
-        const float4 u = p[0], v = p[1];
-        const float r = inv_rms[tok];
-        packed.x = pack_bf16x2(u.x * r * s0.x + h0.x, u.y * r * s0.y + h0.y);
-        packed.y = pack_bf16x2(u.z * r * s0.z + h0.z, u.w * r * s0.w + h0.w);
-        packed.z = pack_bf16x2(v.x * r * s1.x + h1.x, v.y * r * s1.y + h1.y);
-        packed.w = pack_bf16x2(v.z * r * s1.z + h1.z, v.w * r * s1.w + h1.w);
-      }
-      xs[(c * kTok + tok) * 8 + (s8 ^ (tok & 7))] = packed;
+      for (int e = 0; e < 4; ++e)
+        w[e] = pack_bf16x2(x[2 * e] * r * scale[kk + 2 * e] + shift[kk + 2 * e],
+                           x[2 * e + 1] * r * scale[kk + 2 * e + 1] + shift[kk + 2 * e + 1]);
+      packed = make_uint4(w[0], w[1], w[2], w[3]);
     }
+    xs[(c * kTok + tok) * 8 + (s8 ^ (tok & 7))] = packed;
   }
   __syncthreads();
 }
@@ -239,13 +254,16 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 
   uint4* x_all = reinterpret_cast<uint4*>(smem + S::kPipeBytes);  // NORM: x of all groups
   if constexpr (NORM) {  // one commit group per stage: stage 0 need not wait for the later ones
+    __shared__ __align__(8) uint64_t bar;
+    norm_barrier_init(&bar);
     for (int i = 0; i < kStages - 1; ++i) {
       if (i < ng) issue_weights(i);
       cp_async_commit();
     }
     grid_dependency_wait();  // the residual belongs to the kernels before
     launch_dependents();
-    norm_into_shared<NT, WARPS>(a, x_all, reinterpret_cast<float*>(smem + S::kPipeBytes + ng * S::kXGroupBytes));
+    norm_into_shared<NT, WARPS>(a, x_all, reinterpret_cast<float*>(smem + S::kPipeBytes + ng * S::kXGroupBytes),
+                                &bar);
   } else {
     for (int i = 0; i < kStages - 1; ++i)
       if (i < ng) issue_weights(i);
@@ -371,13 +389,13 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
-constexpr int kNormMaxBytes = 160 * 1024;  // the norm fold's shared memory (x of all K plus the pipeline) at most
+constexpr int kNormMaxBytes = 160 * 1024;  // the norm fold's shared memory (x, the staged rows, the pipeline) at most
 
 template <int NT, int RT, int WARPS, int EPI, bool NORM>
 void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   using S = SkinnySmem<NT, RT, WARPS, NORM>;
   auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, EPI, NORM>;
-  const int bytes = S::bytes(p.k / kGroup);
+  const int bytes = S::bytes(p.k / kGroup, p.m);
   if (NORM && bytes > kNormMaxBytes)
     throw std::runtime_error("w4a16_skinny: the norm fold keeps x of all K in shared memory; K=" +
                              std::to_string(p.k) + " needs " + std::to_string(bytes) + " bytes (at most " +
@@ -415,7 +433,7 @@ template <int NT, bool NORM>
 void launch_full_k(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   // the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K
   if (p.act != nullptr) return launch<NT, 1, 4, kGeglu, NORM>(args, p, stream);
-  return launch<NT, 1, 4, kRope, NORM>(args, p, stream);
+  return launch<NT, 1, 2, kRope, NORM>(args, p, stream);  // the expert's QKV: 160 tiles, 80 CTAs
 }
 
 template <int NT>
