@@ -46,9 +46,8 @@ VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
                   ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
             "b": (("engine default (W4A16 qkv + RoPE, o/down, gate/up + GeGLU on mma; norms folded)", ENGINE_DEFAULTS),
                   ("the same without the norm fold (add_norm launches)", {**ENGINE_DEFAULTS, "norm_fold": False}),
-                  ("session 9 default (qkv on Triton, no norm fold)", SESSION9),
-                  ("W4A16 few-row on the Triton kernels", {**SESSION9, "w4a16_few_row": "triton",
-                                                            "w4a16_geglu": "triton"}))}
+                  ("qkv on Triton, the norm folded into gate/up only", {**ENGINE_DEFAULTS, "w4a16_qkv": "triton"}),
+                  ("session 9 default (qkv on Triton, no norm fold)", SESSION9))}
 
 
 def apply(eng, settings: dict) -> None:
