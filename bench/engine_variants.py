@@ -6,9 +6,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
   launch).
-- w4a16_few_row / w4a16_geglu / w4a16_qkv: the kernel of Plan B's W4A16 expert o/down, of its gate/up with GeGLU
-  and of its qkv with RoPE (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked
-  fragments); norm_fold: the mma qkv / gate/up kernels computing the adaRMS norm themselves (6 launches a layer).
+- w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
+  (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
 Triton kernel, which won (engine_variants-plana-*-s4.json); split-K residual GEMMs, which lost (*-s4-residual.json);
 stream priorities (*-s4-priority.json: prefix first 12.35, equal 12.39, step 0 first 12.47 ms); and the adaRMS norm
@@ -22,6 +21,9 @@ mma for o/down and gate/up 8.86-8.87 vs Triton 8.97-8.99 ms, now the default; a 
 of (row block, group) units over the CTAs, with an 8-stage option, took it to 9.40 vs Triton 9.03 ms and was
 reverted, *-s9-balanced-units.json) and SigLIP's GEMMs on a CUTLASS
 stream-K GEMM with a bias/GELU epilogue (vision 2.38-2.46 vs cuBLAS 1.61 ms: lost, removed; dense_gemm-*-s9.json).
+Session 10: the adaRMS norm folded into the mma gate/up and a QKV + RoPE form of the mma kernel (6 launches a layer):
+10.22 and 12.27 ms vs 8.95 and 9.02 without (two kernel versions); the mma QKV alone 9.30 / 9.35 vs Triton's 8.95 /
+9.02 ms: all removed (*-s10-norm-fold-v1.json, *-s10-norm-fold-v2.json).
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
 
@@ -39,15 +41,13 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "w4a16_qkv": "mma",
-                   "norm_fold": True}
-SESSION9 = {**ENGINE_DEFAULTS, "w4a16_qkv": "triton", "norm_fold": False}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma"}
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
                   ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
-            "b": (("engine default (W4A16 qkv + RoPE, o/down, gate/up + GeGLU on mma; norms folded)", ENGINE_DEFAULTS),
-                  ("the same without the norm fold (add_norm launches)", {**ENGINE_DEFAULTS, "norm_fold": False}),
-                  ("qkv on Triton, the norm folded into gate/up only", {**ENGINE_DEFAULTS, "w4a16_qkv": "triton"}),
-                  ("session 9 default (qkv on Triton, no norm fold)", SESSION9))}
+            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel)", ENGINE_DEFAULTS),
+                  ("W4A16 few-row on the Triton kernels", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton",
+                                                            "w4a16_geglu": "triton"}),
+                  ("W4A16 o/down on Triton, gate/up + GeGLU on mma", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -56,8 +56,6 @@ def apply(eng, settings: dict) -> None:
     eng.set_denoise_launch(settings["denoise_launch"])
     eng.set_w4a16_few_row(settings["w4a16_few_row"], layers=("o", "down"))
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
-    eng.set_w4a16_few_row(settings["w4a16_qkv"], layers=("qkv",))
-    eng.set_norm_fold(settings["norm_fold"])
 
 
 def main():

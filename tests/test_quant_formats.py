@@ -132,24 +132,6 @@ def test_interleave_gate_up_pairs_rows_g_and_g_plus_8():
         fmt.interleave_gate_up(torch.zeros(24, 4))
 
 
-def test_interleave_rope_pairs_rotation_halves_and_keeps_v():
-    """After interleaving the fused QKV, tile b of a rotary head (the q heads, then k) holds dims 8b + g (rows g) and
-    head_dim/2 + 8b + g (rows g + 8), the pair RoPE rotates together; the value head's rows stay in order."""
-    heads, d, k = 3, 32, 128
-    w = torch.arange((heads + 2) * d, dtype=torch.float32)[:, None].expand(-1, k)
-    tiles = fmt.interleave_rope(w, heads, d).reshape(heads + 2, d // 16, 16, k)
-    for head in range(heads + 1):
-        for b in range(d // 16):
-            for g in range(8):
-                assert tiles[head, b, g, 0] == head * d + 8 * b + g
-                assert tiles[head, b, g + 8, 0] == head * d + d // 2 + 8 * b + g
-    assert torch.equal(tiles[heads + 1].reshape(d, k)[:, 0], torch.arange((heads + 1) * d, (heads + 2) * d).float())
-    with pytest.raises(TriforceError, match="heads \\+ 2"):
-        fmt.interleave_rope(torch.zeros(4 * 32, 4), 3, 32)
-    with pytest.raises(TriforceError, match="head_dim % 16"):
-        fmt.interleave_rope(torch.zeros(5 * 24, 4), 3, 24)
-
-
 def test_int4_fragment_word_holds_one_mma_step():
     """Hand-made: only W[row 9, k 70] = 7 (tile 0, chunk 1, g 1, half 1, t 0, s 1, j2 1, j 0) -> nibble 3 of word 1
     of lane 4 in chunk 1 holds u = 15; every other nibble is u = 8 (q = 0)."""

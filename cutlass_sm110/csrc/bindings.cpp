@@ -135,68 +135,21 @@ std::tuple<at::Tensor, at::Tensor> w4a16_prepack(const at::Tensor& qweight, cons
   return {packed_weight, packed_scales};
 }
 
-// The few-row kernel's fragment-layout weights and scales of N weight rows (gate and up rows both counted for the
-// GeGLU form) for x of M rows and K columns.
-void check_skinny_weights(const at::Tensor& w, const at::Tensor& s, int64_t m, int64_t n, int64_t k, const char* op) {
+// x (row-strided bf16 view allowed, 1..64 rows) and the few-row kernel's fragment-layout weights and scales of N
+// weight rows (gate and up rows both counted for the GeGLU form).
+void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n, const char* op) {
+  TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 &&
+                  x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
+              op, ": x must be a CUDA bf16 [M, K] with unit column stride, 16-byte aligned rows");
   check_tensor(w, op, "weight", at::kByte);
   check_tensor(s, op, "scales", at::kBFloat16);
+  const int64_t m = x.size(0), k = x.size(1);
   TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
               ": needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
   TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 512, op,
               ": weight must be [", n / 16, ", ", k / 64, ", 512] (pack_int4_fragments), got ", w.sizes());
   TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 16 && s.size(1) == k / 128 && s.size(2) == 16, op,
               ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
-}
-
-// x (row-strided bf16 view allowed, 1..64 rows) and the weights.
-void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n, const char* op) {
-  TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 &&
-                  x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
-              op, ": x must be a CUDA bf16 [M, K] with unit column stride, 16-byte aligned rows");
-  check_skinny_weights(w, s, x.size(0), n, x.size(1), op);
-}
-
-// The input of a full-K form: bf16 x, or with the norm fold (norm_scale and norm_shift given) the fp32 residual
-// (1..16 rows, row-strided view allowed) whose RMS norm the kernel computes.
-void set_skinny_input(triforce::W4A16SkinnyProblem& p, const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
-                      int64_t n, const c10::optional<at::Tensor>& norm_scale,
-                      const c10::optional<at::Tensor>& norm_shift, double eps, const char* op) {
-  TORCH_CHECK(norm_scale.has_value() == norm_shift.has_value(), op, ": give norm_scale and norm_shift together");
-  if (!norm_scale.has_value()) {
-    check_skinny_operands(x, w, s, n, op);
-    p.x = x.data_ptr();
-    return;
-  }
-  TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.stride(1) == 1 &&
-                  x.stride(0) % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
-              op, ": with the norm fold x is the fp32 residual [M, K], unit column stride, 16-byte aligned rows");
-  TORCH_CHECK(x.size(0) <= 16, op, ": the norm fold takes M <= 16 rows, got ", x.size(0));
-  check_skinny_weights(w, s, x.size(0), n, x.size(1), op);
-  for (const auto* t : {&*norm_scale, &*norm_shift}) {
-    check_tensor(*t, op, "norm_scale / norm_shift", at::kFloat);
-    TORCH_CHECK(t->numel() == x.size(1), op, ": norm_scale and norm_shift need K = ", x.size(1), " elements, got ",
-                t->numel());
-  }
-  p.res = x.data_ptr<float>();
-  p.norm_scale = norm_scale->data_ptr<float>();
-  p.norm_shift = norm_shift->data_ptr<float>();
-  p.eps = float(eps);
-}
-
-triforce::W4A16SkinnyProblem skinny_problem(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n,
-                                            bool dependent) {
-  triforce::W4A16SkinnyProblem p{};
-  p.weight = w.data_ptr();
-  p.scales = s.data_ptr();
-  p.m = int(x.size(0));
-  p.n = int(n);
-  p.k = int(x.size(1));
-  p.ldx = x.stride(0);
-  p.splits = 1;
-  p.tiles_per_warp = 1;
-  p.dependent = dependent;
-  p.sm_count = sm_count();
-  return p;
 }
 
 // Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
@@ -207,82 +160,38 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
               ": out must be a CUDA fp32 [M, N] with unit column stride");
   check_skinny_operands(x, w, s, out.size(1), op);
-  const int64_t m = x.size(0), n = out.size(1);
+  const int64_t m = x.size(0), k = x.size(1), n = out.size(1);
   TORCH_CHECK(out.size(0) == m, op, ": out has ", out.size(0), " rows, x has ", m);
-  TORCH_CHECK(splits >= 0 && (tiles_per_warp == 0 || tiles_per_warp == 1 || tiles_per_warp == 2), op,
-              ": splits >= 0 (0: fill the GPU) and tiles_per_warp 0 (default), 1 or 2; got ", splits, ", ",
-              tiles_per_warp);
-  auto p = skinny_problem(x, w, s, n, dependent);
+  const float* gate_ptr = nullptr;
   if (gate.has_value()) {
     check_tensor(*gate, op, "gate", at::kFloat);
     TORCH_CHECK(gate->numel() == n, op, ": gate must have N = ", n, " elements, got ", gate->numel());
-    p.gate = gate->data_ptr<float>();
+    gate_ptr = gate->data_ptr<float>();
   }
-  p.x = x.data_ptr();
-  p.out = out.data_ptr<float>();
-  p.ldo = out.stride(0);
-  p.splits = int(splits);
-  p.tiles_per_warp = tiles_per_warp ? int(tiles_per_warp) : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
+  TORCH_CHECK(splits >= 0 && (tiles_per_warp == 0 || tiles_per_warp == 1 || tiles_per_warp == 2), op,
+              ": splits >= 0 (0: fill the GPU) and tiles_per_warp 0 (default), 1 or 2; got ", splits, ", ",
+              tiles_per_warp);
   const c10::cuda::CUDAGuard guard(x.device());
+  const int rt = tiles_per_warp ? int(tiles_per_warp) : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
+  triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(), nullptr,
+                                 int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
+                                 sm_count()};
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
 // The same kernel with gate/up interleaved in 8-row blocks (formats.interleave_gate_up, then the fragment packing):
 // act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T), written (the expert's gate/up + GeGLU in one launch).
 void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor act,
-                        bool dependent, const c10::optional<at::Tensor>& norm_scale,
-                        const c10::optional<at::Tensor>& norm_shift, double eps) {
+                        bool dependent) {
   const char* op = "w4a16_skinny_geglu";
   TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
               ": act must be a CUDA bf16 [M, N/2] with unit column stride");
-  const int64_t n = 2 * act.size(1);
-  TORCH_CHECK(act.size(0) == x.size(0), op, ": act has ", act.size(0), " rows, x has ", x.size(0));
-  auto p = skinny_problem(x, w, s, n, dependent);
-  set_skinny_input(p, x, w, s, n, norm_scale, norm_shift, eps, op);
-  p.act = act.data_ptr();
-  p.ldo = act.stride(0);
+  check_skinny_operands(x, w, s, 2 * act.size(1), op);
+  const int64_t m = x.size(0), k = x.size(1), n = 2 * act.size(1);
+  TORCH_CHECK(act.size(0) == m, op, ": act has ", act.size(0), " rows, x has ", m);
   const c10::cuda::CUDAGuard guard(x.device());
-  triforce::w4a16_skinny_run(p, current_stream());
-}
-
-// The expert's fused QKV (heads query heads, one key, one value head; formats.interleave_rope, then the fragment
-// packing) with RoPE at positions pos (int32 [M], tables cos / sin fp32 [positions, head_dim/2]): q_out [M * heads,
-// head_dim] (token-major), k_cache / v_cache rows kv_offset.. written (the key rotated).
-void w4a16_skinny_qkv_rope(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const at::Tensor& pos,
-                           const at::Tensor& cos, const at::Tensor& sin, at::Tensor q_out, at::Tensor k_cache,
-                           at::Tensor v_cache, int64_t kv_offset, int64_t heads, bool dependent,
-                           const c10::optional<at::Tensor>& norm_scale, const c10::optional<at::Tensor>& norm_shift,
-                           double eps) {
-  const char* op = "w4a16_skinny_qkv_rope";
-  const int64_t m = x.size(0);
-  for (const auto* t : {&q_out, &k_cache, &v_cache}) {
-    check_tensor(*t, op, "q_out / k_cache / v_cache", at::kBFloat16);
-    TORCH_CHECK(t->dim() == 2, op, ": q_out, k_cache and v_cache must be 2-D");
-  }
-  const int64_t d = q_out.size(1), n = (heads + 2) * d;
-  TORCH_CHECK(heads >= 1 && d % 16 == 0 && q_out.size(0) == m * heads, op, ": q_out must be [M * heads, head_dim] "
-              "with head_dim % 16 == 0, got ", q_out.sizes(), " for M=", m, ", heads=", heads);
-  TORCH_CHECK(k_cache.size(1) == d && v_cache.size(1) == d && kv_offset >= 0 && kv_offset + m <= k_cache.size(0) &&
-                  kv_offset + m <= v_cache.size(0),
-              op, ": k_cache / v_cache must be [rows, ", d, "] with rows >= kv_offset + M = ", kv_offset + m);
-  check_tensor(pos, op, "pos", at::kInt);
-  TORCH_CHECK(pos.numel() == m, op, ": pos needs M = ", m, " positions, got ", pos.numel());
-  check_tensor(cos, op, "cos", at::kFloat);
-  check_tensor(sin, op, "sin", at::kFloat);
-  TORCH_CHECK(cos.dim() == 2 && cos.size(1) == d / 2 && sin.sizes() == cos.sizes(), op,
-              ": cos and sin must be [positions, ", d / 2, "]");
-  auto p = skinny_problem(x, w, s, n, dependent);
-  set_skinny_input(p, x, w, s, n, norm_scale, norm_shift, eps, op);
-  p.pos = pos.data_ptr<int>();
-  p.cos = cos.data_ptr<float>();
-  p.sin = sin.data_ptr<float>();
-  p.q_out = q_out.data_ptr();
-  p.k_cache = k_cache.data_ptr();
-  p.v_cache = v_cache.data_ptr();
-  p.heads = int(heads);
-  p.head_dim = int(d);
-  p.kv_offset = int(kv_offset);
-  const c10::cuda::CUDAGuard guard(x.device());
+  triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), nullptr, nullptr, act.data_ptr(),
+                                 int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count()};
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -429,14 +338,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
         py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);
   m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
-        "interleaved, M <= 64; with norm_scale/norm_shift x is the fp32 residual, RMS-normed in the kernel",
-        py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"), py::arg("dependent") = false,
-        py::arg("norm_scale") = py::none(), py::arg("norm_shift") = py::none(), py::arg("eps") = 1e-6);
-  m.def("w4a16_skinny_qkv_rope", &w4a16_skinny_qkv_rope, "fused QKV with RoPE: q rows and K/V cache rows written, "
-        "M <= 64; with norm_scale/norm_shift x is the fp32 residual, RMS-normed in the kernel", py::arg("x"),
-        py::arg("weight"), py::arg("scales"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("q_out"),
-        py::arg("k_cache"), py::arg("v_cache"), py::arg("kv_offset"), py::arg("heads"), py::arg("dependent") = false,
-        py::arg("norm_scale") = py::none(), py::arg("norm_shift") = py::none(), py::arg("eps") = 1e-6);
+        "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
+        py::arg("dependent") = false);
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

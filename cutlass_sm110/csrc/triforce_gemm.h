@@ -34,9 +34,6 @@ struct W4A16Problem {
 // scales [N/16][K/128][16] bf16. splits: CTAs along K (0: fill the resident CTA slots once); tiles_per_warp: 16-row
 // tiles per warp (1 or 2); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
 // With act instead of out: gelu_tanh(gate) * up of gate/up rows interleaved in 8-row blocks, each CTA all of K.
-// With q_out instead: the fused QKV of `heads` query heads, one key and one value head (formats.interleave_rope),
-// RoPE applied, q rows and K/V cache rows kv_offset.. written. With res instead of x (act or q_out, M <= 16): x is
-// res * rsqrt(mean(res^2) + eps) * norm_scale + norm_shift, computed in the kernel (the adaRMS norm folded in).
 struct W4A16SkinnyProblem {
   const void* x;
   const void* weight;
@@ -50,17 +47,6 @@ struct W4A16SkinnyProblem {
   int tiles_per_warp;
   bool dependent;
   int sm_count;
-  const float* res = nullptr;  // fp32 [M, K], row stride ldx (x null)
-  const float* norm_scale = nullptr;
-  const float* norm_shift = nullptr;
-  float eps = 0.f;
-  const int* pos = nullptr;    // int32 [M]
-  const float* cos = nullptr;  // fp32 [positions, head_dim / 2]
-  const float* sin = nullptr;
-  void* q_out = nullptr;       // bf16 [M * heads, head_dim]
-  void* k_cache = nullptr;     // bf16 [rows, head_dim]
-  void* v_cache = nullptr;
-  int heads = 0, head_dim = 0, kv_offset = 0;
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);

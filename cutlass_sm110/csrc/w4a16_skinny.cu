@@ -14,12 +14,6 @@
 // cp.async, kStages deep. The weights and scales of the first stages are requested before griddepcontrol.wait (they
 // do not depend on the kernel before; under programmatic dependent launch their reads overlap it). Splits of K
 // across CTAs add their partial sums with fp32 reductions into `out`, which the caller zeroes (or is the residual).
-//
-// Epilogues: add (fp32 reductions, optionally gated), GeGLU (gate/up interleaved) and RoPE (the expert's fused QKV,
-// each rotary head's halves interleaved so a tile's rows g / g + 8 are a rotation pair; q rows, K/V cache rows
-// written). Norm fold (GeGLU and RoPE, M <= 16): x is the RMS norm of the fp32 residual, computed by every CTA
-// (the rows bulk-copied into shared memory) into a bf16 copy of all of K, so the norm needs no launch of its own;
-// then the pipeline is 9 stages deep and every weight stage of K <= 1152 is requested before griddepcontrol.wait.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -32,6 +26,7 @@
 namespace triforce {
 namespace {
 
+constexpr int kStages = 4;
 constexpr int kChunk = 64;   // k per prepacked 16-byte lane fragment (four MMAs)
 constexpr int kGroup = 128;  // k per scale (one pipeline stage)
 
@@ -71,43 +66,24 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-enum Epilogue : int { kAdd = 0, kGeglu = 1, kRope = 2 };
-
 struct SkinnyArgs {
-  const __nv_bfloat16* x;       // bf16 [M, K] (row stride ldx), or null with the norm fold
-  const float* res;             // norm fold: fp32 residual [M, K] (row stride ldx)
-  const float* nscale;          // norm fold: h = res * rsqrt(mean(res^2) + eps) * nscale + nshift, fp32 [K] each
-  const float* nshift;
-  float eps;
+  const __nv_bfloat16* x;
   const uint4* weight;          // [N/16][K/64][32 lanes] x 16 bytes
   const __nv_bfloat16* scales;  // [N/16][K/128][16]
   const float* gate;            // [N] or null
   float* out;                   // fp32 [M, N] added to (or null with GEGLU)
   __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
-  const int* pos;               // ROPE: positions [M], cos / sin fp32 [positions, head_dim / 2]
-  const float* cos;
-  const float* sin;
-  __nv_bfloat16* q_out;         // ROPE: [M * heads, head_dim]; k_cache / v_cache rows kv_offset.. [*, head_dim]
-  __nv_bfloat16* k_cache;
-  __nv_bfloat16* v_cache;
-  int heads, head_dim, kv_offset;
   int m, n, k, splits;
   int64_t ldx, ldo;
 };
 
-// NORM: x lives in shared memory whole (kXGroupBytes a group), so a stage holds weights and scales only.
-template <int NT, int RT, int WARPS, bool NORM>
+template <int NT, int RT, int WARPS>
 struct SkinnySmem {
-  static constexpr int kStages = NORM ? 9 : 4;
   static constexpr int kWeightBytes = WARPS * RT * 2 * 32 * 16;  // two chunks a stage
   static constexpr int kScaleBytes = WARPS * RT * 16 * 2;
-  static constexpr int kXGroupBytes = 2 * NT * 8 * kChunk * 2;    // two chunks x (8 NT tokens) x 64 k, bf16
-  static constexpr int kStageBytes = kWeightBytes + kScaleBytes + (NORM ? 0 : kXGroupBytes);
-  static constexpr int kPipeBytes = kStages * kStageBytes;
-  // NORM: after x, the staged residual rows, scale and shift (fp32 [M + 2, K]) and 1 / rms of each token row
-  static int bytes(int groups, int m) {
-    return kPipeBytes + (NORM ? groups * kXGroupBytes + ((m + 2) * groups * kGroup + NT * 8) * 4 : 0);
-  }
+  static constexpr int kXBytes = 2 * NT * 8 * kChunk * 2;         // two chunks x (8 NT tokens) x 64 k, bf16
+  static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
+  static constexpr int kBytes = kStages * kStageBytes;
 };
 
 template <int RT, int NT>
@@ -124,93 +100,12 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// Norm fold, part 1 (before griddepcontrol.wait): the mbarrier that the residual's bulk copies complete.
-__device__ __forceinline__ void norm_barrier_init(uint64_t* bar) {
-  if (threadIdx.x == 0) {
-    const auto b = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(b) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
-}
-
-// Norm fold, part 2: xs (all K, the per-group layout of the pipeline's x slices, rows >= M zero) = bf16 of the RMS
-// norm of the fp32 residual rows times nscale plus nshift. The M residual rows and the two vectors arrive by bulk
-// copies (one thread issues them, an mbarrier counts the bytes): every byte is in flight at once and nothing waits
-// on the weights' cp.async groups (plain loads went in waves of ~5, the first version's fold cost ~4 us a launch).
-template <int NT, int WARPS>
-__device__ __forceinline__ void norm_into_shared(const SkinnyArgs& a, uint4* xs, float* stage, uint64_t* bar) {
-  constexpr int kTok = NT * 8, kThreads = WARPS * 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, k = a.k, segs = k / 8;
-  float* scale = stage + a.m * k;
-  float* shift = scale + k;
-  float* inv_rms = shift + k;  // kTok
-  const auto b = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
-  if (threadIdx.x == 0) {
-    const uint32_t row_bytes = uint32_t(k) * 4;
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"((a.m + 2) * row_bytes)
-                 : "memory");
-    auto bulk = [&](float* dst, const float* src) {
-      asm volatile(
-          "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-              static_cast<uint32_t>(__cvta_generic_to_shared(dst))),
-          "l"(src), "r"(row_bytes), "r"(b)
-          : "memory");
-    };
-    for (int tok = 0; tok < a.m; ++tok) bulk(stage + tok * k, a.res + tok * a.ldx);
-    bulk(scale, a.nscale);
-    bulk(shift, a.nshift);
-  }
-  uint32_t done = 0;
-  while (!done)
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(b)
-        : "memory");
-  for (int tok = warp; tok < kTok; tok += WARPS) {  // a warp per row: sum of squares, 1 / rms
-    float v = 0.f;
-    if (tok < a.m)
-      for (int c = lane; c < k / 4; c += 32) {
-        const float4 u = reinterpret_cast<const float4*>(stage + tok * k)[c];
-        v += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
-      }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == 0) inv_rms[tok] = tok < a.m ? 1.f / sqrtf(v / float(k) + a.eps) : 0.f;
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < kTok * segs; idx += kThreads) {
-    const int tok = idx / segs, seg = idx % segs, kk = seg * 8, c = kk / kChunk, s8 = (kk % kChunk) / 8;
-    uint4 packed = make_uint4(0u, 0u, 0u, 0u);
-    if (tok < a.m) {
-      const float r = inv_rms[tok];
-      const float* x = stage + tok * k + kk;
-      uint32_t w[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        w[e] = pack_bf16x2(x[2 * e] * r * scale[kk + 2 * e] + shift[kk + 2 * e],
-                           x[2 * e + 1] * r * scale[kk + 2 * e + 1] + shift[kk + 2 * e + 1]);
-      packed = make_uint4(w[0], w[1], w[2], w[3]);
-    }
-    xs[(c * kTok + tok) * 8 + (s8 ^ (tok & 7))] = packed;
-  }
-  __syncthreads();
-}
-
 // NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp; WARPS per CTA. GEGLU: the weights are
 // gate/up interleaved in 8-row blocks (formats.interleave_gate_up), so a tile's rows g and g + 8 are gate and up of
-// one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (the CTA covers all of K: splits = 1). ROPE
-// (splits = 1): tiles of a rotary head are 8 pairs (rows g, g + 8 = dims p, p + D/2), the value head's are plain.
-template <int NT, int RT, int WARPS, int EPI, bool NORM>
+// one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (the CTA covers all of K: splits = 1).
+template <int NT, int RT, int WARPS, bool GEGLU>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) {
-  using S = SkinnySmem<NT, RT, WARPS, NORM>;
-  constexpr int kStages = S::kStages;
+  using S = SkinnySmem<NT, RT, WARPS>;
   constexpr int kThreads = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -252,28 +147,14 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
     }
   };
 
-  uint4* x_all = reinterpret_cast<uint4*>(smem + S::kPipeBytes);  // NORM: x of all groups
-  if constexpr (NORM) {  // one commit group per stage: stage 0 need not wait for the later ones
-    __shared__ __align__(8) uint64_t bar;
-    norm_barrier_init(&bar);
-    for (int i = 0; i < kStages - 1; ++i) {
-      if (i < ng) issue_weights(i);
-      cp_async_commit();
-    }
-    grid_dependency_wait();  // the residual belongs to the kernels before
-    launch_dependents();
-    norm_into_shared<NT, WARPS>(a, x_all, reinterpret_cast<float*>(smem + S::kPipeBytes + ng * S::kXGroupBytes),
-                                &bar);
-  } else {
-    for (int i = 0; i < kStages - 1; ++i)
-      if (i < ng) issue_weights(i);
+  for (int i = 0; i < kStages - 1; ++i)
+    if (i < ng) issue_weights(i);
+  cp_async_commit();
+  grid_dependency_wait();  // x, gate and out belong to the kernels before
+  launch_dependents();
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < ng) issue_x(i);
     cp_async_commit();
-    grid_dependency_wait();  // x, gate and out belong to the kernels before
-    launch_dependents();
-    for (int i = 0; i < kStages - 1; ++i) {
-      if (i < ng) issue_x(i);
-      cp_async_commit();
-    }
   }
 
   float acc[RT][NT][4];
@@ -284,13 +165,12 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
     __syncthreads();               // ... for every thread, and stage i - 1's slot is free
     if (i + kStages - 1 < ng) {
       issue_weights(i + kStages - 1);
-      if constexpr (!NORM) issue_x(i + kStages - 1);
+      issue_x(i + kStages - 1);
     }
     cp_async_commit();
 
     const unsigned char* base = smem + (i % kStages) * S::kStageBytes;
-    const uint4* xs = NORM ? x_all + i * (S::kXGroupBytes / 16)
-                           : reinterpret_cast<const uint4*>(base + S::kWeightBytes + S::kScaleBytes);
+    const uint4* xs = reinterpret_cast<const uint4*>(base + S::kWeightBytes + S::kScaleBytes);
     float part[RT][NT][4];
     zero(part);
 #pragma unroll
@@ -338,7 +218,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
     if (!valid[r]) continue;
-    if constexpr (EPI == kGeglu) {
+    if constexpr (GEGLU) {
       const int feature = tile[r] * 8 + g;
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
@@ -347,29 +227,6 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
         if (tok + 1 < a.m)
           a.act[(tok + 1) * a.ldo + feature] = __float2bfloat16(gelu_tanh(acc[r][j][1]) * acc[r][j][3]);
       }
-    } else if constexpr (EPI == kRope) {
-      const int d = a.head_dim, half = d / 2, head = tile[r] / (d / 16), b = tile[r] % (d / 16);
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int tok = j * 8 + 2 * t + e;
-          if (tok >= a.m) continue;
-          const float lo = acc[r][j][e], hi = acc[r][j][2 + e];
-          if (head <= a.heads) {  // a query head, then the key head: rotated
-            const int p = b * 8 + g;
-            const int64_t at = int64_t(a.pos[tok]) * half + p;
-            const float c = a.cos[at], sn = a.sin[at];
-            __nv_bfloat16* dst = head < a.heads ? a.q_out + (int64_t(tok) * a.heads + head) * d
-                                                : a.k_cache + int64_t(a.kv_offset + tok) * d;
-            dst[p] = __float2bfloat16(lo * c - hi * sn);
-            dst[half + p] = __float2bfloat16(hi * c + lo * sn);
-          } else {  // the value head
-            __nv_bfloat16* dst = a.v_cache + int64_t(a.kv_offset + tok) * d + b * 16 + g;
-            dst[0] = __float2bfloat16(lo);
-            dst[8] = __float2bfloat16(hi);
-          }
-        }
     } else {
       const int row = tile[r] * 16 + g;
       const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
@@ -389,28 +246,21 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
-constexpr int kNormMaxBytes = 160 * 1024;  // the norm fold's shared memory (x, the staged rows, the pipeline) at most
-
-template <int NT, int RT, int WARPS, int EPI, bool NORM>
+template <int NT, int RT, int WARPS, bool GEGLU>
 void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  using S = SkinnySmem<NT, RT, WARPS, NORM>;
-  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, EPI, NORM>;
-  const int bytes = S::bytes(p.k / kGroup, p.m);
-  if (NORM && bytes > kNormMaxBytes)
-    throw std::runtime_error("w4a16_skinny: the norm fold keeps x of all K in shared memory; K=" +
-                             std::to_string(p.k) + " needs " + std::to_string(bytes) + " bytes (at most " +
-                             std::to_string(kNormMaxBytes) + ")");
+  using S = SkinnySmem<NT, RT, WARPS>;
+  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU>;
   static const cudaError_t attr =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kNormMaxBytes);
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
   if (attr != cudaSuccess)
-    throw std::runtime_error(std::string("w4a16_skinny: cannot allow ") + std::to_string(kNormMaxBytes) +
+    throw std::runtime_error(std::string("w4a16_skinny: cannot allow ") + std::to_string(S::kBytes) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
   const int tiles = p.n / 16;
-  int splits = EPI == kAdd ? p.splits : 1;
+  int splits = GEGLU ? 1 : p.splits;
   const int row_blocks = (tiles + WARPS * RT - 1) / (WARPS * RT);
   if (splits <= 0) {  // fill every resident CTA slot once
     int per_sm = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, bytes);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, S::kBytes);
     splits = (p.sm_count * (per_sm > 0 ? per_sm : 1) + row_blocks - 1) / row_blocks;
   }
   SkinnyArgs a = args;
@@ -418,7 +268,7 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(row_blocks), unsigned(a.splits));
   config.blockDim = dim3(WARPS * 32);
-  config.dynamicSmemBytes = bytes;
+  config.dynamicSmemBytes = S::kBytes;
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -429,22 +279,12 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
     throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
 }
 
-template <int NT, bool NORM>
-void launch_full_k(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  // the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K
-  if (p.act != nullptr) return launch<NT, 1, 4, kGeglu, NORM>(args, p, stream);
-  return launch<NT, 1, 2, kRope, NORM>(args, p, stream);  // the expert's QKV: 160 tiles, 80 CTAs
-}
-
 template <int NT>
 void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  if (p.act != nullptr || p.q_out != nullptr) {
-    if (p.res == nullptr) return launch_full_k<NT, false>(args, p, stream);
-    if constexpr (NT <= 2) return launch_full_k<NT, true>(args, p, stream);
-    throw std::runtime_error("w4a16_skinny: the norm fold takes M <= 16 rows, got " + std::to_string(p.m));
-  }
-  if (p.tiles_per_warp == 1) return launch<NT, 1, 8, kAdd, false>(args, p, stream);
-  if (p.tiles_per_warp == 2) return launch<NT, 2, 8, kAdd, false>(args, p, stream);
+  // GeGLU: the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K
+  if (p.act != nullptr) return launch<NT, 1, 4, true>(args, p, stream);
+  if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false>(args, p, stream);
+  if (p.tiles_per_warp == 2) return launch<NT, 2, 8, false>(args, p, stream);
   throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));
 }
 
@@ -456,19 +296,11 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > 64 || p.n % 16 || p.k % kGroup)
     throw std::runtime_error("w4a16_skinny: needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=" +
                              std::to_string(p.m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k) + ")");
-  if ((p.act != nullptr) + (p.out != nullptr) + (p.q_out != nullptr) != 1)
-    throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add), act (GeGLU) and q_out (RoPE) must be given");
-  if ((p.x != nullptr) == (p.res != nullptr) || (p.res != nullptr && p.out != nullptr))
-    throw std::runtime_error("w4a16_skinny: give x, or the residual of the norm fold (GeGLU and RoPE only)");
-  if (p.q_out != nullptr && (p.head_dim % 16 || p.n != (p.heads + 2) * p.head_dim))
-    throw std::runtime_error("w4a16_skinny: RoPE needs head_dim % 16 == 0 and N = (heads + 2) * head_dim (got N=" +
-                             std::to_string(p.n) + ", heads " + std::to_string(p.heads) + ", head_dim " +
-                             std::to_string(p.head_dim) + ")");
-  SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), p.res, p.norm_scale, p.norm_shift, p.eps,
-               static_cast<const uint4*>(p.weight), static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
-               static_cast<__nv_bfloat16*>(p.act), p.pos, p.cos, p.sin, static_cast<__nv_bfloat16*>(p.q_out),
-               static_cast<__nv_bfloat16*>(p.k_cache), static_cast<__nv_bfloat16*>(p.v_cache), p.heads, p.head_dim,
-               p.kv_offset, p.m, p.n, p.k, 1, p.ldx, p.ldo};
+  if ((p.act != nullptr) == (p.out != nullptr))
+    throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
+  SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
+               static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

@@ -249,38 +249,11 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
 
 
-W4A16_NORM_FOLD_MAX_ROWS = 16
-
-
-def _check_skinny_input(op: str, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int,
-                        norm_scale: torch.Tensor | None, norm_shift: torch.Tensor | None) -> None:
-    """bf16 x, or with the norm fold (norm_scale and norm_shift) the fp32 residual of 1..16 rows."""
-    if (norm_scale is None) != (norm_shift is None):
-        raise KernelError(f"{op}: give norm_scale and norm_shift together (the norm fold), or neither")
-    if norm_scale is None:
-        _check_skinny_operands(op, x, weight, scales, n)
-        return
-    m, k = x.shape
-    if m > W4A16_NORM_FOLD_MAX_ROWS:
-        raise KernelError(f"{op}: the norm fold takes 1..{W4A16_NORM_FOLD_MAX_ROWS} rows, got {m}")
-    if x.dtype != torch.float32 or x.stride(1) != 1 or x.stride(0) % 4 or x.data_ptr() % 16:
-        raise KernelError(f"{op}: with the norm fold x is the fp32 residual with unit column stride and 16-byte "
-                          f"aligned rows, got {x.dtype}, strides {list(x.stride())}")
-    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
-    _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
-    _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
-    _check(op, "norm_scale", norm_scale, torch.float32, (k,))
-    _check(op, "norm_shift", norm_shift, torch.float32, (k,))
-
-
 def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, act: torch.Tensor,
-                       dependent: bool = False, norm_scale: torch.Tensor | None = None,
-                       norm_shift: torch.Tensor | None = None, eps: float = 1e-6) -> None:
+                       dependent: bool = False) -> None:
     """act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T) for M <= 64: w4a16_skinny on gate/up weights whose
     rows were interleaved in 8-row blocks (formats.interleave_gate_up, then pack_int4_fragments /
-    pack_scales_fragments). Each CTA covers all of K; nothing is accumulated, act is written.
-    Norm fold (norm_scale, norm_shift fp32 [K]; M <= 16): x is the fp32 residual and the kernel multiplies
-    x * rsqrt(mean(x^2) + eps) * norm_scale + norm_shift (the adaRMS norm, no launch of its own)."""
+    pack_scales_fragments). Each CTA covers all of K; nothing is accumulated, act is written."""
     op = "w4a16_skinny_geglu"
     _require_op(op)
     if x.dim() != 2 or act.dim() != 2:
@@ -290,49 +263,11 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     if not 1 <= m <= W4A16_SKINNY_MAX_ROWS or act.shape[0] != m:
         raise KernelError(f"{op}: x and act must have the same 1..{W4A16_SKINNY_MAX_ROWS} rows, got {m} and "
                           f"{act.shape[0]}")
-    _check_skinny_input(op, x, weight, scales, n, norm_scale, norm_shift)
+    _check_skinny_operands(op, x, weight, scales, n)
     if act.dtype != torch.bfloat16 or act.stride(1) != 1:
         raise KernelError(f"{op}: act must be bf16 with unit column stride, got {act.dtype}")
-    norm = [t for t in (norm_scale, norm_shift) if t is not None]
-    _check_same_device(op, x, weight, scales, act, *norm)
-    _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent, norm_scale, norm_shift, eps)
-
-
-def w4a16_skinny_qkv_rope(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, pos: torch.Tensor,
-                          cos: torch.Tensor, sin: torch.Tensor, q_out: torch.Tensor, k_cache: torch.Tensor,
-                          v_cache: torch.Tensor, kv_offset: int, heads: int, dependent: bool = False,
-                          norm_scale: torch.Tensor | None = None, norm_shift: torch.Tensor | None = None,
-                          eps: float = 1e-6) -> None:
-    """The fused QKV projection of `heads` query heads, one key and one value head for M <= 64 rows, with RoPE
-    (half-split pairs, positions pos int32 [M], tables cos / sin fp32 [positions, head_dim/2]) in its epilogue:
-    q_out [M * heads, head_dim] (token-major), k_cache / v_cache rows kv_offset.. (the key rotated). The weights'
-    rotary heads are interleaved (formats.interleave_rope, then pack_int4_fragments / pack_scales_fragments); each
-    CTA covers all of K. Norm fold as in w4a16_skinny_geglu."""
-    op = "w4a16_skinny_qkv_rope"
-    _require_op(op)
-    if x.dim() != 2 or q_out.dim() != 2:
-        raise KernelError(f"{op}: x and q_out must be 2-D, got {list(x.shape)} and {list(q_out.shape)}")
-    m = x.shape[0]
-    d = q_out.shape[1]
-    if not 1 <= m <= W4A16_SKINNY_MAX_ROWS or heads < 1 or d % 16 or tuple(q_out.shape) != (m * heads, d):
-        raise KernelError(f"{op}: needs 1..{W4A16_SKINNY_MAX_ROWS} rows, heads >= 1 and q_out [M * heads, head_dim] "
-                          f"with head_dim % 16 == 0; got M={m}, heads={heads}, q_out {list(q_out.shape)}")
-    _check_skinny_input(op, x, weight, scales, (heads + 2) * d, norm_scale, norm_shift)
-    _check(op, "q_out", q_out, torch.bfloat16)
-    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        _check(op, name, cache, torch.bfloat16)
-        if cache.dim() != 2 or cache.shape[1] != d or not 0 <= kv_offset <= cache.shape[0] - m:
-            raise KernelError(f"{op}: {name} must be [rows >= kv_offset + M = {kv_offset + m}, {d}], got "
-                              f"{list(cache.shape)}")
-    _check(op, "pos", pos, torch.int32, (m,))
-    _check(op, "cos", cos, torch.float32)
-    _check(op, "sin", sin, torch.float32, tuple(cos.shape))
-    if cos.dim() != 2 or cos.shape[1] != d // 2:
-        raise KernelError(f"{op}: cos and sin must be [positions, {d // 2}], got {list(cos.shape)}")
-    norm = [t for t in (norm_scale, norm_shift) if t is not None]
-    _check_same_device(op, x, weight, scales, pos, cos, sin, q_out, k_cache, v_cache, *norm)
-    _ext().w4a16_skinny_qkv_rope(x, weight, scales, pos, cos, sin, q_out, k_cache, v_cache, kv_offset, heads,
-                                 dependent, norm_scale, norm_shift, eps)
+    _check_same_device(op, x, weight, scales, act)
+    _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent)
 
 
 # ── NVFP4 (Blackwell) ───────────────────────────────────────────────────────────────────────────────────────────

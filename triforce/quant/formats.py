@@ -143,18 +143,6 @@ def interleave_gate_up(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(2, rows // 16, 8, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
 
 
-def interleave_rope(t: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-    """Fused QKV rows [q heads (heads x head_dim), k, v] -> each rotary head (the q heads and k) in 8-row blocks of
-    its two halves (dims 8b.. then head_dim/2 + 8b..), v as is: a fragment tile's rows g and g + 8 are then a RoPE
-    pair, so the few-row kernel rotates in its registers (w4a16_skinny_qkv_rope)."""
-    _require(head_dim % 16 == 0 and t.shape[0] == (heads + 2) * head_dim,
-             f"interleave_rope: expected (heads + 2) * head_dim = {(heads + 2) * head_dim} rows with head_dim % 16 == "
-             f"0, got {t.shape[0]} rows, head_dim {head_dim}")
-    rope = (heads + 1) * head_dim
-    rotary = t[:rope].reshape(heads + 1, 2, head_dim // 16, 8, *t.shape[1:]).transpose(1, 2).reshape(rope, *t.shape[1:])
-    return torch.cat([rotary, t[rope:]]).contiguous()
-
-
 def pack_scales_fragments(scales: torch.Tensor) -> torch.Tensor:
     """bf16 scales [N, K/128] -> [N/16, K/128, 16]: a tile's 16 scales of one group in 32 contiguous bytes."""
     _require(scales.dim() == 2 and scales.shape[0] % FRAGMENT_ROWS == 0,

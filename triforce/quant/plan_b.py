@@ -52,7 +52,7 @@ def check_backend(precision: str) -> None:
                                    f"for {gpu}: rebuild with `invoke build-kernels --arch` for this GPU")
 
 
-# the kernels the denoise step's W4A16 qkv (+ RoPE), o, down and gate/up (+ GeGLU) can run on (M <= 64); the engine
+# the kernels W4A16Linear.add_into / geglu_into can run (the denoise step's o, down and gate/up, M <= 64); the engine
 # picks mma where the wheel has it (engine._default_w4a16_few_row; bench/engine_variants.py compares them)
 FEW_ROW_W4A16_KERNELS = {
     "triton": "fused.skinny_w4a16: Triton, canonical int4, int4 groups dequantized into tl.dot",
@@ -112,45 +112,25 @@ class W4A16Linear:
         self._packed = None
         self._workspace: dict = {}
         self.nbytes = self.qweight.numel() + self.scales.numel() * 2
-        self.few_row, self._fragments, self.rope_heads = "triton", None, None   # set by the engine (_default_w4a16_few_row)
+        self.few_row, self._fragments = "triton", None   # the engine sets it (engine._default_w4a16_few_row)
 
-    def use_few_row_kernel(self, kernel: str, rope: tuple[int, int] | None = None) -> None:
-        """Which kernel runs add_into / geglu_into / qkv_rope_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the
-        weights on first use (before any capture; gate/up interleaved for its GeGLU, the fused QKV's rotary heads
-        for its RoPE: rope = (query heads, head dim)) and needs a wheel with the op."""
+    def use_few_row_kernel(self, kernel: str) -> None:
+        """Which kernel runs add_into / geglu_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the weights on first use
+        (before any capture; gate/up interleaved for its GeGLU) and needs a wheel with w4a16_skinny."""
         if kernel not in FEW_ROW_W4A16_KERNELS:
             raise TriforceError(f"unknown few-row W4A16 kernel '{kernel}': {', '.join(FEW_ROW_W4A16_KERNELS)}")
         if kernel == "mma" and self._fragments is None:
-            op = "w4a16_skinny_qkv_rope" if rope is not None else "w4a16_skinny"
-            if not self.tk.has_op(op):
-                raise UnsupportedError(f"the few-row W4A16 kernel 'mma' needs a triforce_kernels wheel with {op}: "
-                                       f"rebuild with `invoke build-kernels`")
-            if rope is not None:
-                q, s = (fm.interleave_rope(t, *rope) for t in (self.qweight, self.scales))
-            elif self.gate_up:
-                q, s = fm.interleave_gate_up(self.qweight), fm.interleave_gate_up(self.scales)
-            else:
-                q, s = self.qweight, self.scales
+            if not self.tk.has_op("w4a16_skinny"):
+                raise UnsupportedError("the few-row W4A16 kernel 'mma' needs a triforce_kernels wheel with "
+                                       "w4a16_skinny: rebuild with `invoke build-kernels`")
+            q, s = (fm.interleave_gate_up(self.qweight), fm.interleave_gate_up(self.scales)) if self.gate_up \
+                else (self.qweight, self.scales)
             self._fragments = (fm.pack_int4_fragments(q), fm.pack_scales_fragments(s))
-            self.rope_heads = rope[0] if rope is not None else None
         self.few_row = kernel
 
-    @staticmethod
-    def _norm_kwargs(norm) -> dict:
-        """norm = (scale, shift, eps) of the adaRMS norm the kernel applies to the fp32 residual x, or None (bf16 x)."""
-        return {} if norm is None else {"norm_scale": norm[0], "norm_shift": norm[1], "eps": norm[2]}
-
-    def geglu_into(self, x, act, norm=None):
-        """act (bf16 [M, N/2]) = gelu_tanh(x gate^T) ⊙ (x up^T), few rows, on the wheel's kernel (gate/up layers);
-        with norm, x is the fp32 residual normed in the kernel."""
-        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent(),
-                                   **self._norm_kwargs(norm))
-
-    def qkv_rope_into(self, x, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, norm=None):
-        """The fused QKV with RoPE on the wheel's kernel: q_out rows, K/V cache rows kv_offset.. (the expert's qkv
-        after use_few_row_kernel("mma", rope=...)); with norm, x is the fp32 residual normed in the kernel."""
-        self.tk.w4a16_skinny_qkv_rope(x, *self._fragments, pos, cos, sin, q_out, k_cache, v_cache, kv_offset,
-                                      self.rope_heads, dependent=fused.launching_dependent(), **self._norm_kwargs(norm))
+    def geglu_into(self, x, act):
+        """act (bf16 [M, N/2]) = gelu_tanh(x gate^T) ⊙ (x up^T), few rows, on the wheel's kernel (gate/up layers)."""
+        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent())
 
     def __call__(self, x, arena=None):
         rows = x.shape[0]

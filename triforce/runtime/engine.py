@@ -110,8 +110,7 @@ def channel_scale(layer):
     return getattr(layer, "input_channel_scale", None)
 
 
-W4A16_FEW_ROW_LAYERS = ("qkv", "o", "down", "gate_up")   # the expert layers a few-row W4A16 kernel can run
-NORM_FOLD_MAX_ROWS = 16   # the wheel's norm fold keeps all of x in shared memory (w4a16_skinny.cu)
+W4A16_FEW_ROW_LAYERS = ("o", "down", "gate_up")   # the expert layers a few-row W4A16 kernel can run
 
 
 def few_row_layer(layer_id: str) -> bool:
@@ -197,7 +196,6 @@ class Pi05Engine:
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
-        self.norm_fold = True            # set_norm_fold: the adaRMS norms inside the mma qkv and gate/up kernels
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -239,30 +237,16 @@ class Pi05Engine:
         self._default_w4a16_few_row()
 
     def _default_w4a16_few_row(self) -> None:
-        """Plan B's W4A16 expert layers on the wheel's warp-MMA kernel where the wheel has it (o/down and gate/up:
-        8.86-8.87 vs 8.97-8.99 ms on the Triton kernels, two H100 runs, engine_variants-planb-*-s9-*.json; qkv with
-        RoPE and the norm fold since session 10), else the Triton kernels; logged."""
+        """Plan B's W4A16 expert o/down and gate/up (+ GeGLU) on the wheel's warp-MMA kernel where the wheel has it:
+        8.86-8.87 vs 8.97-8.99 ms on the Triton kernels, two H100 runs (engine_variants-planb-*-s9-*.json)."""
         w4a16 = [layer[n] for layer in self.expert_layers for n in W4A16_FEW_ROW_LAYERS
                  if hasattr(layer[n], "use_few_row_kernel")]
         if not w4a16:
             return
-        has = w4a16[0].tk.has_op
-        kernel = "mma" if has("w4a16_skinny") else "triton"
-        qkv_kernel = "mma" if has("w4a16_skinny_qkv_rope") else "triton"
-        self.set_w4a16_few_row(kernel, ("o", "down", "gate_up"))
-        self.set_w4a16_few_row(qkv_kernel, ("qkv",))
-        self.log(f"[engine] W4A16 expert few-row kernels: o/down/gate_up {kernel}, qkv {qkv_kernel}"
-                 + ("" if qkv_kernel == "mma" else " (this triforce_kernels wheel has no w4a16_skinny_qkv_rope)")
-                 + f"; adaRMS norms folded into the mma qkv / gate_up kernels: {self._folds_norm()}")
-
-    def set_norm_fold(self, on: bool) -> None:
-        """Whether the mma qkv and gate/up kernels compute the adaRMS norm of the residual themselves (no add_norm
-        launch before them; horizon <= NORM_FOLD_MAX_ROWS). Captured graphs are dropped and re-capture."""
-        self.norm_fold = bool(on)
-        self.slots.clear()
-
-    def _folds_norm(self) -> bool:
-        return self.norm_fold and self.cfg.action_horizon <= NORM_FOLD_MAX_ROWS
+        kernel = "mma" if w4a16[0].tk.has_op("w4a16_skinny") else "triton"
+        self.set_w4a16_few_row(kernel, W4A16_FEW_ROW_LAYERS)
+        self.log(f"[engine] W4A16 expert o/down/gate_up few-row kernel: {kernel}"
+                 + ("" if kernel == "mma" else " (this triforce_kernels wheel has no w4a16_skinny)"))
 
     # ── weights ───────────────────────────────────────────────────────────────────────────────────────────────
     def _linear(self, layer_id: str, build):
@@ -394,12 +378,10 @@ class Pi05Engine:
     def set_w4a16_few_row(self, kernel: str, layers=W4A16_FEW_ROW_LAYERS) -> None:
         """The kernel (plan_b.FEW_ROW_W4A16_KERNELS) of the W4A16 expert layers named in `layers` (o, down: added into
         the residual; gate_up: with its GeGLU); a no-op without them. Captured graphs are dropped and re-capture."""
-        e = self.cfg.expert
         for layer in self.expert_layers:
             for name in layers:
                 if hasattr(layer[name], "use_few_row_kernel"):
-                    rope = (e.num_heads, e.dim_head) if name == "qkv" else None
-                    layer[name].use_few_row_kernel(kernel, rope=rope)
+                    layer[name].use_few_row_kernel(kernel)
         self.slots.clear()
 
     def _launches(self, step: int):
@@ -496,8 +478,7 @@ class Pi05Engine:
         before_layer(i), if given, runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
         Per layer: norm, QKV + RoPE + cache write, split-KV attention (partials, combine), o into the residual, norm,
         gate/up + GeGLU, down into the residual: 8 launches on the fused_epilogue path, 10 on per_op (QKV, RoPE,
-        gate/up, GeGLU separate; bench/results/expert_layer-*.json times each), 6 with Plan B's mma kernels folding
-        the norms into qkv and gate/up; then one euler_tail.
+        gate/up, GeGLU separate; bench/results/expert_layer-*.json times each); then one euler_tail.
         (Norms and the attention combine done by the last program of the launch before them measured slower than
         these launches: expert_layer-*-s4-tails.json.)"""
         cfg, e = self.cfg, self.cfg.expert
@@ -513,42 +494,29 @@ class Pi05Engine:
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
-            rope_out = (pos, self.cos, self.sin, q, k_cache, v_cache, seq)
-            if self._fold_here(qkv_l, pending):
-                qkv_l.qkv_rope_into(x, *rope_out, norm=(s1[step], b1[step], cfg.norm_eps))
+            h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(qkv_l))
+            if fused_epilogue:
+                fused.qkv_rope(h, pos=pos, cos=self.cos, sin=self.sin, q_out=q, k_cache=k_cache, v_cache=v_cache,
+                               kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, **qkv_l.few_row_weights)
             else:
-                h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
-                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
-                               quant_scale=quant_scale(qkv_l))
-                if getattr(qkv_l, "few_row", None) == "mma":
-                    qkv_l.qkv_rope_into(h, *rope_out)
-                elif fused_epilogue:
-                    fused.qkv_rope(h, pos=pos, cos=self.cos, sin=self.sin, q_out=q, k_cache=k_cache, v_cache=v_cache,
-                                   kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, **qkv_l.few_row_weights)
-                else:
-                    fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
-                                   e.num_heads, e.dim_head)
+                fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
+                               e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
+            h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
-            if self._fold_here(gu_l, pending):
-                gu_l.geglu_into(x, act, norm=(s2[step], b2[step], cfg.norm_eps))
+            if getattr(gu_l, "few_row", None) == "mma":
+                gu_l.geglu_into(h, act)
+            elif fused_epilogue:
+                fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
             else:
-                h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
-                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
-                               quant_scale=quant_scale(gu_l))
-                if getattr(gu_l, "few_row", None) == "mma":
-                    gu_l.geglu_into(h, act)
-                elif fused_epilogue:
-                    fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
-                else:
-                    fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
+                fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
             pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
         return self._euler_end(step, x, x_t, pending, pending_gate)
-
-    def _fold_here(self, layer, pending) -> bool:
-        """Whether this mma layer computes the adaRMS norm of x itself: nothing left pending to add into x first."""
-        return pending is None and getattr(layer, "few_row", None) == "mma" and self._folds_norm()
 
     def _euler_end(self, step, x, x_t, pending=None, pending_gate=None):
         """The end of a denoise step (one euler_tail launch): final norm of x [+ gate ⊙ pending], action_out, the
