@@ -6,6 +6,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
   launch).
+- carveout: one preferred L1 / shared-memory split for every kernel of the engine's chains (-1: the driver's choice
+  per kernel; session 10 saw the few-row kernels slow the chain when they allowed more shared memory).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -41,13 +43,14 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma"}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": -1}
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
-                  ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
+                  ("one carveout: 100% shared", {**ENGINE_DEFAULTS, "carveout": 100}),
+                  ("engine default, again", ENGINE_DEFAULTS)),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel)", ENGINE_DEFAULTS),
-                  ("W4A16 few-row on the Triton kernels", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton",
-                                                            "w4a16_geglu": "triton"}),
-                  ("W4A16 o/down on Triton, gate/up + GeGLU on mma", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton"}))}
+                  ("one carveout: 100% shared", {**ENGINE_DEFAULTS, "carveout": 100}),
+                  ("engine default, again", ENGINE_DEFAULTS),
+                  ("one carveout: 50% shared", {**ENGINE_DEFAULTS, "carveout": 50}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -56,6 +59,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_denoise_launch(settings["denoise_launch"])
     eng.set_w4a16_few_row(settings["w4a16_few_row"], layers=("o", "down"))
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
+    eng.set_carveout(settings["carveout"])
 
 
 def main():

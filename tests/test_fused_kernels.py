@@ -23,3 +23,13 @@ def test_w4a16_few_row_kernel_refuses_more_than_64_rows():
     x, w, sc = torch.zeros(65, 256, dtype=torch.bfloat16), torch.zeros(32, 128, dtype=torch.uint8), torch.zeros(32, 2)
     with pytest.raises(ValueError, match="<= 64 rows"):
         fused.skinny_w4a16(x, w, sc)
+
+
+def test_preferred_carveout_refuses_a_bad_percent():
+    import pytest
+
+    from triforce.runtime import fused
+
+    for percent in (101, -2):
+        with pytest.raises(ValueError, match="carveout: a percent 0..100"):
+            fused.set_preferred_carveout(percent)

@@ -49,6 +49,7 @@ struct W4A16SkinnyProblem {
   int sm_count;
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
+void w4a16_skinny_set_carveout(int percent);  // preferred shared-memory carveout of later launches; -1: driver's
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
 
 #if defined(TRIFORCE_FAMILY_HOPPER)

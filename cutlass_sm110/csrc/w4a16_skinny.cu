@@ -27,6 +27,11 @@ namespace triforce {
 namespace {
 
 constexpr int kStages = 4;
+
+// The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory; -1: the driver's choice) set
+// on every launch (w4a16_skinny_set_carveout): kernels of one dependent-launch chain that ask the SM for different
+// splits may not share it, so the engine can give the whole chain one split.
+int g_carveout = -1;
 constexpr int kChunk = 64;   // k per prepacked 16-byte lane fragment (four MMAs)
 constexpr int kGroup = 128;  // k per scale (one pipeline stage)
 
@@ -255,6 +260,10 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
   if (attr != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny: cannot allow ") + std::to_string(S::kBytes) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
+  if (auto err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, g_carveout);
+      err != cudaSuccess)
+    throw std::runtime_error(std::string("w4a16_skinny: cannot set the shared-memory carveout ") +
+                             std::to_string(g_carveout) + ": " + cudaGetErrorString(err));
   const int tiles = p.n / 16;
   int splits = GEGLU ? 1 : p.splits;
   const int row_blocks = (tiles + WARPS * RT - 1) / (WARPS * RT);
@@ -291,6 +300,13 @@ void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream
 }  // namespace
 
 int w4a16_skinny_default_tiles_per_warp(int m) { return m > 16 ? 2 : 1; }
+
+void w4a16_skinny_set_carveout(int percent) {
+  if (percent != -1 && (percent < 0 || percent > 100))
+    throw std::runtime_error("w4a16_skinny: the carveout is a percent 0..100 or -1 (the driver's choice), got " +
+                             std::to_string(percent));
+  g_carveout = percent;
+}
 
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > 64 || p.n % 16 || p.k % kGroup)

@@ -270,6 +270,16 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent)
 
 
+def w4a16_skinny_set_carveout(percent: int) -> None:
+    """The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory, or -1 for the driver's
+    choice) that the few-row kernels' later launches ask for; a launch captured into a graph keeps it."""
+    op = "w4a16_skinny_set_carveout"
+    _require_op(op)
+    if not (percent == -1 or 0 <= percent <= 100):
+        raise KernelError(f"{op}: a percent 0..100 or -1 (the driver's choice), got {percent}")
+    _ext().w4a16_skinny_set_carveout(int(percent))
+
+
 # ── NVFP4 (Blackwell) ───────────────────────────────────────────────────────────────────────────────────────────
 def nvfp4_sf_bytes(rows: int, k: int) -> int:
     """Bytes of a swizzled NVFP4 scale-factor tensor for a [rows, K] operand (rows padded to 128, K/16 to 4)."""

@@ -196,6 +196,7 @@ class Pi05Engine:
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
+        self.carveout, self._carveout_set = fused.CARVEOUT_DEFAULT, False   # set_carveout
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -374,6 +375,27 @@ class Pi05Engine:
                                 f"{'.'.join(map(str, capability))}")
         self.denoise_launch = mode
         self.slots.clear()
+
+    def set_carveout(self, percent: int) -> None:
+        """One preferred L1 / shared-memory split (percent shared; fused.CARVEOUT_DEFAULT: the driver's choice per
+        kernel) for the engine's Triton kernels and the wheel's few-row kernels, applied at the next capture.
+        Captured graphs are dropped and re-capture."""
+        if not (percent == fused.CARVEOUT_DEFAULT or 0 <= percent <= 100):
+            raise TriforceError(f"carveout: a percent 0..100 or {fused.CARVEOUT_DEFAULT} (the driver's choice), "
+                                f"got {percent}")
+        self.carveout = int(percent)
+        self.slots.clear()
+
+    def _apply_carveout(self) -> None:
+        """Before a capture (every kernel compiled): the carveout into the kernels, once it was ever changed."""
+        self._carveout_set = self._carveout_set or self.carveout != fused.CARVEOUT_DEFAULT
+        if not self._carveout_set:
+            return
+        fused.set_preferred_carveout(self.carveout)
+        wheels = {id(lin.tk): lin.tk for layer in self.expert_layers for lin in layer.values() if hasattr(lin, "tk")}
+        for tk in wheels.values():
+            if tk.has_op("w4a16_skinny_set_carveout"):
+                tk.w4a16_skinny_set_carveout(self.carveout)
 
     def set_w4a16_few_row(self, kernel: str, layers=W4A16_FEW_ROW_LAYERS) -> None:
         """The kernel (plan_b.FEW_ROW_W4A16_KERNELS) of the W4A16 expert layers named in `layers` (o, down: added into
@@ -648,6 +670,7 @@ class Pi05Engine:
             for _ in range(2):
                 self._forward(bufs)
         torch.cuda.current_stream().wait_stream(side)
+        self._apply_carveout()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.no_grad():
             actions = self._forward(bufs, events)

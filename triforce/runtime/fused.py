@@ -7,6 +7,7 @@ They also run under TRITON_INTERPRET=1 on a CPU, which is how CI checks them aga
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 
 import torch
@@ -39,6 +40,41 @@ def dependent_launches():
         yield
     finally:
         _Dependent.on = saved
+
+
+CARVEOUT_DEFAULT = -1                      # the driver's choice of the L1 / shared-memory split, per launch
+_CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9
+
+
+def _loaded_triton_kernels():
+    """Every compiled kernel of this package's Triton functions (fused, expert_layer), loaded on the GPU."""
+    from . import expert_layer
+
+    for module in (globals(), vars(expert_layer)):
+        for fn in list(module.values()):
+            if isinstance(fn, triton.runtime.JITFunction):
+                for cache in fn.device_caches.values():
+                    for kernel in list(cache[0].values()):
+                        kernel._init_handles()
+                        yield kernel
+
+
+def set_preferred_carveout(percent: int) -> int:
+    """Ask for one L1 / shared-memory split (percent shared, or CARVEOUT_DEFAULT) in every compiled Triton kernel of
+    the engine; returns how many were set. Kernels that ask an SM for different splits may not run on it together,
+    which a dependent-launch chain relies on. Call before capturing a graph (compiled kernels only)."""
+    if not (percent == CARVEOUT_DEFAULT or 0 <= percent <= 100):
+        raise ValueError(f"carveout: a percent 0..100 or {CARVEOUT_DEFAULT} (the driver's choice), got {percent}")
+    cuda = ctypes.CDLL("libcuda.so.1")
+    count = 0
+    for kernel in _loaded_triton_kernels():
+        err = cuda.cuFuncSetAttribute(ctypes.c_void_p(kernel.function),
+                                      _CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, ctypes.c_int(percent))
+        if err:
+            raise RuntimeError(f"carveout: cuFuncSetAttribute({kernel.name}, preferred carveout {percent}) failed "
+                               f"with CUDA error {err}")
+        count += 1
+    return count
 
 
 def launching_dependent() -> bool:
