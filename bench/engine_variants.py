@@ -6,8 +6,10 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
   launch).
-- carveout: one preferred L1 / shared-memory split for every kernel of the engine's chains (-1: the driver's choice
-  per kernel; session 10 saw the few-row kernels slow the chain when they allowed more shared memory).
+- carveout: one preferred L1 / shared-memory split for the kernels of the denoise chain's dependent launches (-1: the
+  driver's choice per kernel; session 10 saw the few-row kernels slow the chain when they allowed more shared
+  memory, then the same split for every Triton kernel took Plan A's denoise from 5.36 to 5.00 ms but slowed the
+  prefix: engine_variants-*-s10-carveout-all.json).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -46,7 +48,8 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": -1}
 VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
                   ("one carveout: 100% shared", {**ENGINE_DEFAULTS, "carveout": 100}),
-                  ("engine default, again", ENGINE_DEFAULTS)),
+                  ("engine default, again", ENGINE_DEFAULTS),
+                  ("one carveout: 50% shared", {**ENGINE_DEFAULTS, "carveout": 50})),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel)", ENGINE_DEFAULTS),
                   ("one carveout: 100% shared", {**ENGINE_DEFAULTS, "carveout": 100}),
                   ("engine default, again", ENGINE_DEFAULTS),

@@ -32,4 +32,4 @@ def test_preferred_carveout_refuses_a_bad_percent():
 
     for percent in (101, -2):
         with pytest.raises(ValueError, match="carveout: a percent 0..100"):
-            fused.set_preferred_carveout(percent)
+            fused.set_chain_carveout(percent)

@@ -28,9 +28,10 @@ namespace {
 
 constexpr int kStages = 4;
 
-// The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory; -1: the driver's choice) set
-// on every launch (w4a16_skinny_set_carveout): kernels of one dependent-launch chain that ask the SM for different
-// splits may not share it, so the engine can give the whole chain one split.
+// The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory; -1: the driver's choice) of
+// the dependent launches (w4a16_skinny_set_carveout): kernels of one dependent-launch chain that ask the SM for
+// different splits may not share it, so the engine can give the whole chain one split. A launch attribute, so a
+// graph's kernel node keeps it and plain launches (denoise step 0 beside the prefix) are left to the driver.
 int g_carveout = -1;
 constexpr int kChunk = 64;   // k per prepacked 16-byte lane fragment (four MMAs)
 constexpr int kGroup = 128;  // k per scale (one pipeline stage)
@@ -260,10 +261,6 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
   if (attr != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny: cannot allow ") + std::to_string(S::kBytes) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
-  if (auto err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, g_carveout);
-      err != cudaSuccess)
-    throw std::runtime_error(std::string("w4a16_skinny: cannot set the shared-memory carveout ") +
-                             std::to_string(g_carveout) + ": " + cudaGetErrorString(err));
   const int tiles = p.n / 16;
   int splits = GEGLU ? 1 : p.splits;
   const int row_blocks = (tiles + WARPS * RT - 1) / (WARPS * RT);
@@ -279,11 +276,13 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
   config.blockDim = dim3(WARPS * 32);
   config.dynamicSmemBytes = S::kBytes;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
+  cudaLaunchAttribute attribute[2];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  attribute[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+  attribute[1].val.sharedMemCarveout = unsigned(g_carveout);
   config.attrs = attribute;
-  config.numAttrs = p.dependent ? 1 : 0;
+  config.numAttrs = p.dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
   if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
 }

@@ -378,8 +378,8 @@ class Pi05Engine:
 
     def set_carveout(self, percent: int) -> None:
         """One preferred L1 / shared-memory split (percent shared; fused.CARVEOUT_DEFAULT: the driver's choice per
-        kernel) for the engine's Triton kernels and the wheel's few-row kernels, applied at the next capture.
-        Captured graphs are dropped and re-capture."""
+        kernel) for the kernels of the denoise chain's dependent launches (Triton's and the wheel's few-row
+        kernels), applied at the next capture. Captured graphs are dropped and re-capture."""
         if not (percent == fused.CARVEOUT_DEFAULT or 0 <= percent <= 100):
             raise TriforceError(f"carveout: a percent 0..100 or {fused.CARVEOUT_DEFAULT} (the driver's choice), "
                                 f"got {percent}")
@@ -391,7 +391,7 @@ class Pi05Engine:
         self._carveout_set = self._carveout_set or self.carveout != fused.CARVEOUT_DEFAULT
         if not self._carveout_set:
             return
-        fused.set_preferred_carveout(self.carveout)
+        fused.set_chain_carveout(self.carveout)
         wheels = {id(lin.tk): lin.tk for layer in self.expert_layers for lin in layer.values() if hasattr(lin, "tk")}
         for tk in wheels.values():
             if tk.has_op("w4a16_skinny_set_carveout"):

@@ -46,28 +46,33 @@ CARVEOUT_DEFAULT = -1                      # the driver's choice of the L1 / sha
 _CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9
 
 
-def _loaded_triton_kernels():
-    """Every compiled kernel of this package's Triton functions (fused, expert_layer), loaded on the GPU."""
+def _chain_kernels():
+    """The compiled kernels of this package's Triton functions (fused, expert_layer) that were specialized for
+    programmatic dependent launch (constexpr PDL true): the denoise chain's, loaded on the GPU."""
     from . import expert_layer
 
     for module in (globals(), vars(expert_layer)):
         for fn in list(module.values()):
-            if isinstance(fn, triton.runtime.JITFunction):
-                for cache in fn.device_caches.values():
-                    for kernel in list(cache[0].values()):
+            if not isinstance(fn, triton.runtime.JITFunction) or "PDL" not in fn.arg_names:
+                continue
+            pdl = (fn.arg_names.index("PDL"),)
+            for cache in fn.device_caches.values():
+                for kernel in list(cache[0].values()):
+                    if kernel.src.constants.get(pdl):
                         kernel._init_handles()
                         yield kernel
 
 
-def set_preferred_carveout(percent: int) -> int:
-    """Ask for one L1 / shared-memory split (percent shared, or CARVEOUT_DEFAULT) in every compiled Triton kernel of
-    the engine; returns how many were set. Kernels that ask an SM for different splits may not run on it together,
-    which a dependent-launch chain relies on. Call before capturing a graph (compiled kernels only)."""
+def set_chain_carveout(percent: int) -> int:
+    """Ask for one L1 / shared-memory split (percent shared, or CARVEOUT_DEFAULT) in every compiled kernel of the
+    dependent-launch chain (its PDL specializations; the same functions launched plain, in the prefix or vision,
+    keep the driver's choice); returns how many were set. Kernels that ask an SM for different splits may not run
+    on it together, which the chain's early launches rely on. Call before capturing a graph."""
     if not (percent == CARVEOUT_DEFAULT or 0 <= percent <= 100):
         raise ValueError(f"carveout: a percent 0..100 or {CARVEOUT_DEFAULT} (the driver's choice), got {percent}")
     cuda = ctypes.CDLL("libcuda.so.1")
     count = 0
-    for kernel in _loaded_triton_kernels():
+    for kernel in _chain_kernels():
         err = cuda.cuFuncSetAttribute(ctypes.c_void_p(kernel.function),
                                       _CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, ctypes.c_int(percent))
         if err:
