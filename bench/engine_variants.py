@@ -45,15 +45,15 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": -1}
-VARIANTS = {"a": (("engine default", ENGINE_DEFAULTS),
-                  ("one carveout: 100% shared", {**ENGINE_DEFAULTS, "carveout": 100}),
-                  ("engine default, again", ENGINE_DEFAULTS),
-                  ("one carveout: 50% shared", {**ENGINE_DEFAULTS, "carveout": 50})),
-            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel)", ENGINE_DEFAULTS),
-                  ("one carveout: 100% shared", {**ENGINE_DEFAULTS, "carveout": 100}),
-                  ("engine default, again", ENGINE_DEFAULTS),
-                  ("one carveout: 50% shared", {**ENGINE_DEFAULTS, "carveout": 50}))}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100}
+VARIANTS = {"a": (("engine default (the chain's carveout 100% shared)", ENGINE_DEFAULTS),
+                  ("carveout: the driver's choice per kernel", {**ENGINE_DEFAULTS, "carveout": -1}),
+                  ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
+            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; carveout 100% shared)",
+                   ENGINE_DEFAULTS),
+                  ("carveout: the driver's choice per kernel", {**ENGINE_DEFAULTS, "carveout": -1}),
+                  ("W4A16 few-row on the Triton kernels", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton",
+                                                            "w4a16_geglu": "triton"}))}
 
 
 def apply(eng, settings: dict) -> None:

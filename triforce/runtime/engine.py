@@ -64,6 +64,11 @@ DENOISE_LAUNCHES = {
                  "waits for it on the GPU; step 0, beside the prefix, launches plain",
 }
 PDL_CAPABILITY = (9, 0)
+# One L1 / shared-memory split (percent shared) for the dependent launches of the denoise chain (set_carveout): with
+# the driver choosing per kernel, consecutive kernels may ask an SM for different splits and cannot share it, which
+# the early launches need. Plan A 10.77 vs 11.11-11.13 ms (denoise 4.98 vs 5.36), Plan B h100_fast 8.84 vs
+# 8.85-8.87 ms; 50% shared 11.05 / 8.87 (bench/results/engine_variants-*-s10-carveout-chain.json)
+CHAIN_CARVEOUT = 100
 
 
 def _bf16(t):
@@ -196,7 +201,7 @@ class Pi05Engine:
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
-        self.carveout, self._carveout_set = fused.CARVEOUT_DEFAULT, False   # set_carveout
+        self.carveout = CHAIN_CARVEOUT   # set_carveout
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -387,10 +392,7 @@ class Pi05Engine:
         self.slots.clear()
 
     def _apply_carveout(self) -> None:
-        """Before a capture (every kernel compiled): the carveout into the kernels, once it was ever changed."""
-        self._carveout_set = self._carveout_set or self.carveout != fused.CARVEOUT_DEFAULT
-        if not self._carveout_set:
-            return
+        """Before a capture (every kernel compiled): the carveout into the chain's kernels."""
         fused.set_chain_carveout(self.carveout)
         wheels = {id(lin.tk): lin.tk for layer in self.expert_layers for lin in layer.values() if hasattr(lin, "tk")}
         for tk in wheels.values():

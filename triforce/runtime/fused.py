@@ -72,7 +72,12 @@ def set_chain_carveout(percent: int) -> int:
         raise ValueError(f"carveout: a percent 0..100 or {CARVEOUT_DEFAULT} (the driver's choice), got {percent}")
     cuda = ctypes.CDLL("libcuda.so.1")
     count = 0
-    for kernel in _chain_kernels():
+    try:
+        kernels = list(_chain_kernels())
+    except (AttributeError, KeyError, TypeError) as err:   # Triton's kernel cache is not what this reads
+        raise RuntimeError(f"carveout: cannot read the compiled kernels of Triton {triton.__version__} ({err}); "
+                           f"engine.set_carveout({CARVEOUT_DEFAULT}) leaves the split to the driver") from None
+    for kernel in kernels:
         err = cuda.cuFuncSetAttribute(ctypes.c_void_p(kernel.function),
                                       _CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, ctypes.c_int(percent))
         if err:
