@@ -46,6 +46,8 @@
 #     h100_fast (one shared-memory carveout for every kernel against the driver's choice)
 #   part 27 (the kernel wheel, development build): the few-row kernel tests, all engine GPU tests, the engine variants
 #     of Plan A, Plan B validation (h100_fast), Plan A validation, the engine benchmark
+#   part 28 (the kernel wheel, development build): the engine variants of Plan B h100_fast (the chain's carveout;
+#     the few-row kernels on Triton under it)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|20   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -175,6 +177,8 @@ elif [ "$1" = 27 ]; then
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+elif [ "$1" = 28 ]; then
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
 elif [ "$1" = 19 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k few_row
   mkdir -p "$OUT/fast"
