@@ -230,6 +230,10 @@ def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_pr
     assert _denoise_note(steps, {"overlap_step0": True, "expert_path": "per_op"}) == \
         "0.710/step (step 0: 0.060 after the prefix ends), per_op expert layers"
     assert _denoise_note([0.75] * 10, {"overlap_step0": False, "expert_path": "per_op"}) == "0.750/step, per_op expert layers"
+    chain = {"overlap_step0": False, "expert_path": "fused_epilogue", "denoise_launch": "dependent"}
+    assert _denoise_note([0.55] * 10, {**chain, "chain_carveout": 100}) == \
+        "0.550/step, fused_epilogue expert layers, dependent launches (carveout 100% shared)"
+    assert _denoise_note([0.55] * 10, {**chain, "chain_carveout": -1}).endswith("dependent launches")
 
 
 def test_placeholder_state_has_every_expected_tensor_in_one_buffer():

@@ -95,7 +95,8 @@ def run(checkpoint: str, config: str, observations: int, runs: int, seed: int = 
               "precision": precision, "latency": latency, "cold_start_s": cold_start,
               "load_s": policy.load_seconds, "peak_gpu_memory_gb": peak_gb,
               "weight_bytes": policy.backend.weight_bytes(), "expert_path": policy.backend.expert_path,
-              "overlap_step0": policy.backend.overlap_step0, "denoise_launch": policy.backend.denoise_launch}
+              "overlap_step0": policy.backend.overlap_step0, "denoise_launch": policy.backend.denoise_launch,
+              "chain_carveout": policy.backend.carveout}
     return report, rep.EXIT_PASS if passed else rep.EXIT_GATE_FAILED
 
 
@@ -104,6 +105,8 @@ def _denoise_note(steps: list, report: dict) -> str:
     later = float(np.median(steps[1:])) if len(steps) > 1 else steps[0]
     overlap = f" (step 0: {steps[0]:.3f} after the prefix ends)" if report.get("overlap_step0") else ""
     launch = f", {report['denoise_launch']} launches" if "denoise_launch" in report else ""
+    if report.get("chain_carveout", -1) >= 0:
+        launch += f" (carveout {report['chain_carveout']}% shared)"
     return f"{later:.3f}/step{overlap}, {report['expert_path']} expert layers{launch}"
 
 
