@@ -25,7 +25,7 @@ def test_w4a16_few_row_kernel_refuses_more_than_64_rows():
         fused.skinny_w4a16(x, w, sc)
 
 
-def test_preferred_carveout_refuses_a_bad_percent():
+def test_chain_carveout_refuses_a_bad_percent():
     import pytest
 
     from triforce.runtime import fused

@@ -201,7 +201,7 @@ class Pi05Engine:
         max_pos = len(cfg.image_slots) * cfg.tokens_per_image + cfg.max_token_len + cfg.action_horizon
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
-        self.carveout = CHAIN_CARVEOUT   # set_carveout
+        self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -392,7 +392,11 @@ class Pi05Engine:
         self.slots.clear()
 
     def _apply_carveout(self) -> None:
-        """Before a capture (every kernel compiled): the carveout into the chain's kernels."""
+        """Before a capture (every kernel compiled): the carveout into the chain's kernels (the driver's choice, never
+        changed, needs nothing)."""
+        self._carveout_pushed = self._carveout_pushed or self.carveout != fused.CARVEOUT_DEFAULT
+        if not self._carveout_pushed:
+            return
         fused.set_chain_carveout(self.carveout)
         wheels = {id(lin.tk): lin.tk for layer in self.expert_layers for lin in layer.values() if hasattr(lin, "tk")}
         for tk in wheels.values():
