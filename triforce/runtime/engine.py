@@ -245,8 +245,7 @@ class Pi05Engine:
     def _default_w4a16_few_row(self) -> None:
         """Plan B's W4A16 expert o/down and gate/up (+ GeGLU) on the wheel's warp-MMA kernel where the wheel has it:
         8.86-8.87 vs 8.97-8.99 ms on the Triton kernels, two H100 runs (engine_variants-planb-*-s9-*.json)."""
-        w4a16 = [layer[n] for layer in self.expert_layers for n in W4A16_FEW_ROW_LAYERS
-                 if hasattr(layer[n], "use_few_row_kernel")]
+        w4a16 = self._w4a16_layers(W4A16_FEW_ROW_LAYERS)
         if not w4a16:
             return
         kernel = "mma" if w4a16[0].tk.has_op("w4a16_skinny") else "triton"
@@ -385,9 +384,10 @@ class Pi05Engine:
         """One preferred L1 / shared-memory split (percent shared; fused.CARVEOUT_DEFAULT: the driver's choice per
         kernel) for the kernels of the denoise chain's dependent launches (Triton's and the wheel's few-row
         kernels), applied at the next capture. Captured graphs are dropped and re-capture."""
-        if not (percent == fused.CARVEOUT_DEFAULT or 0 <= percent <= 100):
-            raise TriforceError(f"carveout: a percent 0..100 or {fused.CARVEOUT_DEFAULT} (the driver's choice), "
-                                f"got {percent}")
+        try:
+            fused.check_carveout(percent)
+        except ValueError as err:
+            raise TriforceError(str(err)) from None
         self.carveout = int(percent)
         self.slots.clear()
 
@@ -398,18 +398,19 @@ class Pi05Engine:
         if not self._carveout_pushed:
             return
         fused.set_chain_carveout(self.carveout)
-        wheels = {id(lin.tk): lin.tk for layer in self.expert_layers for lin in layer.values() if hasattr(lin, "tk")}
-        for tk in wheels.values():
-            if tk.has_op("w4a16_skinny_set_carveout"):
-                tk.w4a16_skinny_set_carveout(self.carveout)
+        w4a16 = self._w4a16_layers(W4A16_FEW_ROW_LAYERS)
+        if w4a16 and w4a16[0].tk.has_op("w4a16_skinny_set_carveout"):   # one triforce_kernels module for all
+            w4a16[0].tk.w4a16_skinny_set_carveout(self.carveout)
+
+    def _w4a16_layers(self, names) -> list:
+        """Plan B's W4A16 expert layers among `names` (qkv, o, gate_up, down) of every layer."""
+        return [layer[n] for layer in self.expert_layers for n in names if hasattr(layer[n], "use_few_row_kernel")]
 
     def set_w4a16_few_row(self, kernel: str, layers=W4A16_FEW_ROW_LAYERS) -> None:
         """The kernel (plan_b.FEW_ROW_W4A16_KERNELS) of the W4A16 expert layers named in `layers` (o, down: added into
         the residual; gate_up: with its GeGLU); a no-op without them. Captured graphs are dropped and re-capture."""
-        for layer in self.expert_layers:
-            for name in layers:
-                if hasattr(layer[name], "use_few_row_kernel"):
-                    layer[name].use_few_row_kernel(kernel)
+        for layer in self._w4a16_layers(layers):
+            layer.use_few_row_kernel(kernel)
         self.slots.clear()
 
     def _launches(self, step: int):

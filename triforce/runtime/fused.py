@@ -46,6 +46,11 @@ CARVEOUT_DEFAULT = -1                      # the driver's choice of the L1 / sha
 _CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9
 
 
+def check_carveout(percent: int) -> None:
+    if not (percent == CARVEOUT_DEFAULT or 0 <= percent <= 100):
+        raise ValueError(f"carveout: a percent 0..100 or {CARVEOUT_DEFAULT} (the driver's choice), got {percent}")
+
+
 def _chain_kernels():
     """The compiled kernels of this package's Triton functions (fused, expert_layer) that were specialized for
     programmatic dependent launch (constexpr PDL true): the denoise chain's, loaded on the GPU."""
@@ -68,8 +73,7 @@ def set_chain_carveout(percent: int) -> int:
     dependent-launch chain (its PDL specializations; the same functions launched plain, in the prefix or vision,
     keep the driver's choice); returns how many were set. Kernels that ask an SM for different splits may not run
     on it together, which the chain's early launches rely on. Call before capturing a graph."""
-    if not (percent == CARVEOUT_DEFAULT or 0 <= percent <= 100):
-        raise ValueError(f"carveout: a percent 0..100 or {CARVEOUT_DEFAULT} (the driver's choice), got {percent}")
+    check_carveout(percent)
     cuda = ctypes.CDLL("libcuda.so.1")
     count = 0
     try:
