@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from triforce.errors import TriforceError
+from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime import fused
 from triforce.runtime.engine import DENOISE_LAUNCHES, Pi05Engine
 
@@ -51,3 +51,21 @@ def test_dependent_launch_is_refused_without_pdl_naming_the_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (11, 0))   # Thor
     Pi05Engine.set_denoise_launch(stub, "dependent")
     assert stub.denoise_launch == "dependent" and set(DENOISE_LAUNCHES) == {"plain", "dependent"}
+
+
+def test_a_carveout_the_wheel_cannot_apply_is_refused(monkeypatch):
+    """The few-row mma kernels of a wheel without w4a16_skinny_set_carveout would keep the driver's split silently:
+    the capture refuses instead, naming the op and the way out."""
+    applied = []
+    monkeypatch.setattr(fused, "set_chain_carveout", applied.append)
+    old_wheel = SimpleNamespace(has_op=lambda op: op != "w4a16_skinny_set_carveout")
+    layer = SimpleNamespace(use_few_row_kernel=None, few_row="mma", tk=old_wheel)
+    stub = SimpleNamespace(carveout=100, _carveout_pushed=False,
+                           expert_layers=[{"qkv": object(), "o": layer, "gate_up": object(), "down": layer}])
+    stub._w4a16_layers = lambda names: Pi05Engine._w4a16_layers(stub, names)
+    with pytest.raises(UnsupportedError, match="no w4a16_skinny_set_carveout.*set_carveout\\(-1\\)"):
+        Pi05Engine._apply_carveout(stub)
+    assert applied == [100]
+    layer.few_row = "triton"                      # no mma kernel in use: nothing to ask the wheel
+    Pi05Engine._apply_carveout(stub)
+    assert applied == [100, 100]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import TriforceError
+from ..errors import TriforceError, UnsupportedError
 from . import expert_layer, fused, jit_warmup
 from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION, placeholder_state
 from .config import ModelConfig
@@ -398,9 +398,15 @@ class Pi05Engine:
         if not self._carveout_pushed:
             return
         fused.set_chain_carveout(self.carveout)
-        w4a16 = self._w4a16_layers(W4A16_FEW_ROW_LAYERS)
-        if w4a16 and w4a16[0].tk.has_op("w4a16_skinny_set_carveout"):   # one triforce_kernels module for all
-            w4a16[0].tk.w4a16_skinny_set_carveout(self.carveout)
+        mma = [lin for lin in self._w4a16_layers(W4A16_FEW_ROW_LAYERS) if lin.few_row == "mma"]
+        if not mma:
+            return
+        tk = mma[0].tk   # one triforce_kernels module for all
+        if not tk.has_op("w4a16_skinny_set_carveout"):
+            raise UnsupportedError(f"carveout {self.carveout}: this triforce_kernels wheel has no "
+                                   f"w4a16_skinny_set_carveout for its few-row kernels; rebuild it with `invoke "
+                                   f"build-kernels`, or set_carveout({fused.CARVEOUT_DEFAULT})")
+        tk.w4a16_skinny_set_carveout(self.carveout)
 
     def _w4a16_layers(self, names) -> list:
         """Plan B's W4A16 expert layers among `names` (qkv, o, gate_up, down) of every layer."""
