@@ -45,13 +45,14 @@ from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100}
-VARIANTS = {"a": (("engine default (the chain's carveout 100% shared)", ENGINE_DEFAULTS),
-                  ("carveout: the driver's choice per kernel", {**ENGINE_DEFAULTS, "carveout": -1}),
-                  ("denoise launch plain", {**ENGINE_DEFAULTS, "denoise_launch": "plain"})),
-            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; carveout 100% shared)",
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100,
+                   "decode_attention": "cluster"}
+VARIANTS = {"a": (("engine default (cluster attention; the chain's carveout 100% shared)", ENGINE_DEFAULTS),
+                  ("denoise attention on Triton (partials + combine)", {**ENGINE_DEFAULTS, "decode_attention": "triton"}),
+                  ("carveout: the driver's choice per kernel", {**ENGINE_DEFAULTS, "carveout": -1})),
+            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention; carveout 100%)",
                    ENGINE_DEFAULTS),
-                  ("carveout: the driver's choice per kernel", {**ENGINE_DEFAULTS, "carveout": -1}),
+                  ("denoise attention on Triton (partials + combine)", {**ENGINE_DEFAULTS, "decode_attention": "triton"}),
                   ("W4A16 few-row on the Triton kernels", {**ENGINE_DEFAULTS, "w4a16_few_row": "triton",
                                                             "w4a16_geglu": "triton"}))}
 
@@ -63,6 +64,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_few_row(settings["w4a16_few_row"], layers=("o", "down"))
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
     eng.set_carveout(settings["carveout"])
+    eng.set_decode_attention(settings["decode_attention"])
 
 
 def main():

@@ -73,9 +73,11 @@ def _assert_wheel(build: _Build, family: str, opcodes: set) -> None:
     assert info["family"] == family and info["sass_gate"]["passed"]
     gate = build.result.gate
     assert gate.passed and len(gate.gemm) >= 1
-    for name, found in gate.gemm.items():   # the few-row W4A16 kernel's tensor-core instruction is warp-level HMMA
-        assert set(found) & ({"HMMA"} if "w4a16_skinny_kernel" in name else opcodes), (name, found)
-    assert any("w4a16_skinny_kernel" in name for name in gate.gemm), "every family ships the few-row W4A16 kernel"
+    warp_mma = ("w4a16_skinny_kernel", "mqa_cluster_attention_kernel")   # warp-level HMMA, every family
+    for name, found in gate.gemm.items():
+        assert set(found) & ({"HMMA"} if any(w in name for w in warp_mma) else opcodes), (name, found)
+    for kernel in warp_mma:
+        assert any(kernel in name for name in gate.gemm), f"every family ships {kernel}"
     # that kernel passes only through its unit's opcode set: judged by the target's, it is named as no tensor-core GEMM
     so = next((build.build_dir / "lib" / "triforce_kernels").glob("_C*.so"))
     report = sass.evaluate(so, sass.dump_sass(so), build.arch, {"w4a16_skinny": "w4a16_skinny_kernel"},

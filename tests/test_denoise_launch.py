@@ -60,7 +60,7 @@ def test_a_carveout_the_wheel_cannot_apply_is_refused(monkeypatch):
     monkeypatch.setattr(fused, "set_chain_carveout", applied.append)
     old_wheel = SimpleNamespace(has_op=lambda op: op != "w4a16_skinny_set_carveout")
     layer = SimpleNamespace(use_few_row_kernel=None, few_row="mma", tk=old_wheel)
-    stub = SimpleNamespace(carveout=100, _carveout_pushed=False,
+    stub = SimpleNamespace(carveout=100, _carveout_pushed=False, decode_attention="triton",
                            expert_layers=[{"qkv": object(), "o": layer, "gate_up": object(), "down": layer}])
     stub._w4a16_layers = lambda names: Pi05Engine._w4a16_layers(stub, names)
     with pytest.raises(UnsupportedError, match="no w4a16_skinny_set_carveout.*set_carveout\\(-1\\)"):
@@ -69,3 +69,38 @@ def test_a_carveout_the_wheel_cannot_apply_is_refused(monkeypatch):
     layer.few_row = "triton"                      # no mma kernel in use: nothing to ask the wheel
     Pi05Engine._apply_carveout(stub)
     assert applied == [100, 100]
+
+
+def test_cluster_attention_is_refused_naming_why_and_its_carveout_reaches_the_wheel(monkeypatch):
+    """'cluster' needs the wheel's op and a head dim it takes; asked for where it cannot run, it raises naming why
+    (the default then is 'triton', logged). Where it runs, the capture gives the wheel the chain's carveout even
+    with no few-row mma layer (Plan A)."""
+    from triforce.runtime import engine
+
+    cfg = SimpleNamespace(name="pi05_tiny", expert=SimpleNamespace(dim_head=64))
+    stub = SimpleNamespace(cfg=cfg, slots={"graph": 1}, decode_attention="triton")
+    stub._cluster_attention_refusal = lambda: Pi05Engine._cluster_attention_refusal(stub)
+    monkeypatch.setattr(engine, "kernel_wheel", lambda: None)
+    with pytest.raises(UnsupportedError, match="denoise attention 'cluster' cannot run: no triforce_kernels wheel"):
+        Pi05Engine.set_decode_attention(stub, "cluster")
+    with pytest.raises(TriforceError, match="unknown denoise attention 'flash': triton, cluster"):
+        Pi05Engine.set_decode_attention(stub, "flash")
+    assert stub.decode_attention == "triton" and stub.slots                 # nothing changed
+    pushed = []
+    wheel = SimpleNamespace(has_op=lambda op: op != "mqa_cluster_attention", MQA_CLUSTER_HEAD_DIMS=(64, 128, 256),
+                            UnsupportedError=UnsupportedError, w4a16_skinny_set_carveout=pushed.append)
+    monkeypatch.setattr(engine, "kernel_wheel", lambda: wheel)
+    with pytest.raises(UnsupportedError, match="has no mqa_cluster_attention"):
+        Pi05Engine.set_decode_attention(stub, "cluster")
+    wheel.has_op = lambda op: True
+    cfg.expert.dim_head = 96
+    with pytest.raises(UnsupportedError, match=r"head dims \(64, 128, 256\); pi05_tiny has 96"):
+        Pi05Engine.set_decode_attention(stub, "cluster")
+    cfg.expert.dim_head = 64
+    Pi05Engine.set_decode_attention(stub, "cluster")
+    assert stub.decode_attention == "cluster" and not stub.slots            # graphs re-capture
+    monkeypatch.setattr(fused, "set_chain_carveout", lambda percent: None)
+    stub.carveout, stub._carveout_pushed, stub.expert_layers = 100, False, []
+    stub._w4a16_layers = lambda names: []
+    Pi05Engine._apply_carveout(stub)
+    assert pushed == [100]

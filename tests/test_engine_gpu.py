@@ -203,3 +203,27 @@ def test_one_carveout_keeps_the_actions(policies):
     with pytest.raises(TriforceError, match="carveout"):
         eng.set_carveout(101)
     eng.set_carveout(CHAIN_CARVEOUT)
+
+
+def test_cluster_attention_gives_the_triton_actions():
+    """The denoise step's attention on the wheel's one-launch cluster kernel (the default where the wheel has it)
+    against the Triton partials + combine, with dependent launches and step 0 beside the prefix (the defaults)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
+    import devbuild
+
+    devbuild.load()
+    policy = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="a")
+    eng = policy.backend
+    assert eng.decode_attention == "cluster"
+    rng = np.random.default_rng(12)
+    for tokens in (5, 16):
+        obs, noise = random_observation(TINY, rng, 2, tokens), random_noise(TINY, rng)
+        eng.set_decode_attention("triton")
+        want = policy.infer(obs, noise)
+        eng.set_decode_attention("cluster")
+        assert cosine(policy.infer(obs, noise), want) >= 0.9999
+    with pytest.raises(TriforceError, match="unknown denoise attention"):
+        eng.set_decode_attention("flash")

@@ -316,3 +316,100 @@ def test_w4a16_skinny_set_carveout_refuses_a_bad_percent(tk):
         with pytest.raises(tk.KernelError, match="a percent 0..100 or -1"):
             tk.w4a16_skinny_set_carveout(percent)
     tk.w4a16_skinny_set_carveout(-1)   # the driver's choice, as before
+
+
+# ── mqa_cluster_attention (the denoise step's attention in one launch) ─────────────────────────────────────────────
+def _attention_reference(q, k, v, bias):
+    s = q.float() @ k.float().T / q.shape[1] ** 0.5 + bias.float()
+    return torch.softmax(s, -1) @ v.float()
+
+
+def _attention_operands(rows, keys, dim, gen, masked=()):
+    q, k, v = (torch.randn(n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for n in (rows, keys, keys))
+    bias = torch.zeros(keys, device="cuda", dtype=torch.bfloat16)
+    for lo, hi in masked:
+        bias[lo:hi] = float("-inf")
+    return q, k, v, bias
+
+
+@pytest.mark.parametrize("rows,keys,dim,max_splits,masked", [
+    (80, 538, 256, 8, [(20, 200), (338, 528)]),   # the denoise step: 10 actions x 8 heads, 528-slot prefix
+    (80, 538, 256, 3, []),
+    (80, 538, 256, 8, [(0, 528)]),                 # whole key blocks masked
+    (37, 1000, 128, 8, [(900, 990)]),
+    (16, 1024, 256, 8, []),
+    (10, 33, 64, 8, []),
+    (1, 7, 256, 1, []),
+])
+def test_mqa_cluster_attention_matches_reference(tk, rows, keys, dim, max_splits, masked):
+    gen = torch.Generator(device="cuda").manual_seed(rows + keys)
+    q, k, v, bias = _attention_operands(rows, keys, dim, gen, masked)
+    out = torch.full_like(q, float("nan"))          # poisoned: every element must be written
+    tk.mqa_cluster_attention(q, k, v, bias, out, static_keys=keys // 2, max_splits=max_splits)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
+    assert _rel_err(out, _attention_reference(q, k, v, bias)) < 1e-2, "bf16 probabilities"
+
+
+def test_mqa_cluster_attention_row_strided_views(tk):
+    """q and out as column slices of wider buffers, k/v as rows of a longer cache: the engine's views."""
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v, bias = _attention_operands(80, 600, 256, gen)
+    wide = torch.randn(80, 512, device="cuda", dtype=torch.bfloat16, generator=gen)
+    wide[:, 128:384] = q
+    out = torch.zeros(80, 512, device="cuda", dtype=torch.bfloat16)
+    tk.mqa_cluster_attention(wide[:, 128:384], k[:538], v[:538], bias[:538], out[:, 256:], static_keys=528)
+    torch.cuda.synchronize()
+    assert _rel_err(out[:, 256:], _attention_reference(q, k[:538], v[:538], bias[:538])) < 1e-2
+    assert bool((out[:, :256] == 0).all()), "nothing outside out's view is written"
+
+
+def test_mqa_cluster_attention_in_a_graph_with_dependent_launches(tk):
+    """Captured as dependent launches after the writes of the step's own keys and queries (rows >= static_keys):
+    each call must see what was written just before it, while the static keys may be read early."""
+    rows, keys, static = 80, 538, 528
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    q, k, v, bias = _attention_operands(rows, keys, 256, gen)
+    steps = [(torch.randn_like(q), torch.randn(keys - static, 256, device="cuda", generator=gen).bfloat16(),
+              torch.randn(keys - static, 256, device="cuda", generator=gen).bfloat16()) for _ in range(3)]
+    outs = [torch.full_like(q, float("nan")) for _ in steps]
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        tk.mqa_cluster_attention(q, k, v, bias, outs[0], static_keys=static, dependent=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for (qs, ks, vs), out in zip(steps, outs):
+                q.copy_(qs)
+                k[static:].copy_(ks)
+                v[static:].copy_(vs)
+                tk.mqa_cluster_attention(q, k, v, bias, out, static_keys=static, dependent=True)
+    graph.replay()
+    torch.cuda.synchronize()
+    for (qs, ks, vs), out in zip(steps, outs):
+        ref = _attention_reference(qs, torch.cat([k[:static], ks]), torch.cat([v[:static], vs]), bias)
+        assert _rel_err(out, ref) < 1e-2
+
+
+ATTENTION_BAD = {
+    "head dim 96": lambda q, k, v, b, o: (q[:, :96], k[:, :96], v[:, :96], b, o[:, :96]),
+    "1025 keys": lambda q, k, v, b, o: (q, k.repeat(2, 1)[:1025], v.repeat(2, 1)[:1025],
+                                        b.repeat(2)[:1025].contiguous(), o),
+    "q fp16": lambda q, k, v, b, o: (q.half(), k, v, b, o),
+    "v rows": lambda q, k, v, b, o: (q, k, v[:-1], b, o),
+    "bias length": lambda q, k, v, b, o: (q, k, v, b[:-1].contiguous(), o),
+    "out rows": lambda q, k, v, b, o: (q, k, v, b, o[:-1]),
+    "k column stride": lambda q, k, v, b, o: (q, torch.cat([k, k], 1)[:, ::2], v, b, o),
+}
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_BAD))
+def test_mqa_cluster_attention_refuses_bad_input(tk, case):
+    q, k, v, bias = _attention_operands(80, 538, 256, torch.Generator(device="cuda").manual_seed(2))
+    out = torch.ones_like(q)
+    with pytest.raises(tk.KernelError):
+        tk.mqa_cluster_attention(*ATTENTION_BAD[case](q, k, v, bias, out))
+    for kwargs in ({"static_keys": 539}, {"static_keys": -1}, {"max_splits": 9}, {"max_splits": 0}):
+        with pytest.raises(tk.KernelError):
+            tk.mqa_cluster_attention(q, k, v, bias, out, **kwargs)
+    torch.cuda.synchronize()
+    assert bool((out == 1.0).all()), "a refused call must leave the output untouched"

@@ -6,6 +6,9 @@
 #include <cuda_runtime_api.h>
 #include <torch/extension.h>
 
+#include <cmath>
+#include <utility>
+
 #include "act_quant.h"
 #include "triforce_gemm.h"
 
@@ -195,6 +198,34 @@ void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tens
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
+// Split-KV attention of few query rows (the denoise step) in one launch, the key blocks one cluster's CTAs:
+// out[R, D] = softmax(q k^T / sqrt(D) + bias) v over one kv head. static_keys: keys [0, static_keys) are not
+// written by the kernels before it (read before griddepcontrol.wait under a dependent launch).
+void mqa_cluster_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                           at::Tensor out, int64_t static_keys, int64_t max_splits, bool dependent) {
+  const char* op = "mqa_cluster_attention";
+  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) {
+    TORCH_CHECK(t->is_cuda() && t->scalar_type() == at::kBFloat16 && t->dim() == 2 && t->stride(1) == 1 &&
+                    t->stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0,
+                op, ": ", name, " must be a CUDA bf16 [rows, D] with unit column stride and 16-byte aligned rows");
+  }
+  check_tensor(bias, op, "bias", at::kBFloat16);
+  const int64_t rows = q.size(0), d = q.size(1), keys = k.size(0);
+  TORCH_CHECK(d == 64 || d == 128 || d == 256, op, ": head dim must be 64, 128 or 256, got ", d);
+  TORCH_CHECK(k.size(1) == d && v.size(1) == d && v.size(0) == keys && bias.dim() == 1 && bias.size(0) == keys, op,
+              ": k, v must be [T, ", d, "] and bias [T]; got k ", k.sizes(), ", v ", v.sizes(), ", bias ", bias.sizes());
+  TORCH_CHECK(out.size(0) == rows && out.size(1) == d, op, ": out must be [", rows, ", ", d, "], got ", out.sizes());
+  TORCH_CHECK(rows >= 1 && keys >= 1 && static_keys >= 0 && static_keys <= keys, op,
+              ": needs rows >= 1, keys >= 1 and 0 <= static_keys <= keys (got ", rows, ", ", keys, ", ", static_keys,
+              ")");
+  const c10::cuda::CUDAGuard guard(q.device());
+  triforce::MqaClusterProblem p{q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), out.data_ptr(),
+                                int(rows), int(keys), int(d), int(static_keys), int(max_splits),
+                                q.stride(0), k.stride(0), v.stride(0), out.stride(0),
+                                float(1.4426950408889634 / std::sqrt(double(d))), dependent};
+  triforce::mqa_cluster_attention_run(p, current_stream());
+}
+
 // ── NVFP4 (Blackwell only) ──────────────────────────────────────────────────────────────────────────────────────
 #if defined(TRIFORCE_FAMILY_BLACKWELL)
 // Swizzled scale-factor bytes of a [rows, K] operand: 128x4 atoms of 512 bytes (rows padded to 128, K/16 to 4).
@@ -341,7 +372,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
         py::arg("dependent") = false);
   m.def("w4a16_skinny_set_carveout", &triforce::w4a16_skinny_set_carveout, "preferred shared-memory carveout (percent, "
-        "-1: the driver's choice) of the few-row kernels' later launches", py::arg("percent"));
+        "-1: the driver's choice) of the wheel's later dependent launches (few-row W4A16, mqa_cluster_attention)", py::arg("percent"));
+  m.def("mqa_cluster_attention", &mqa_cluster_attention, "out[R,D] = softmax(q k^T/sqrt(D) + bias) v, one kv head, "
+        "few rows (split-KV over one cluster's CTAs, one launch)", py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("bias"), py::arg("out"), py::arg("static_keys") = 0, py::arg("max_splits") = 8,
+        py::arg("dependent") = false);
+  m.def("mqa_cluster_key_block", &triforce::mqa_cluster_key_block, "keys a CTA of mqa_cluster_attention takes for "
+        "(keys, max_splits); raises where they do not fit", py::arg("keys"), py::arg("max_splits") = 8);
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

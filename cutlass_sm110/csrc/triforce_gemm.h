@@ -49,8 +49,29 @@ struct W4A16SkinnyProblem {
   int sm_count;
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
-void w4a16_skinny_set_carveout(int percent);  // preferred shared-memory carveout of later launches; -1: driver's
+// The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches
+// (the few-row W4A16 kernels and mqa_cluster_attention: one split for the whole denoise chain).
+void w4a16_skinny_set_carveout(int percent);
+int chain_carveout();
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
+
+// Split-KV attention of few query rows over one kv head in one launch (mqa_cluster_attention.cu, every family):
+// out[rows, D] = softmax(q k^T / sqrt(D) + bias) v, q [rows, D], k/v [keys, D], bias [keys] (bf16, 0 or -inf), the
+// key blocks of 16 rows being the CTAs of one cluster (at most max_splits <= 8, blocks of <= 128 keys). Keys below
+// static_keys are not written by the kernels before it and are read before griddepcontrol.wait.
+struct MqaClusterProblem {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* bias;
+  void* out;
+  int rows, keys, head_dim, static_keys, max_splits;
+  int64_t ldq, ldk, ldv, ldo;
+  float qk_scale;  // softmax scale * log2 e
+  bool dependent;
+};
+int mqa_cluster_key_block(int keys, int max_splits);
+void mqa_cluster_attention_run(const MqaClusterProblem& p, cudaStream_t stream);
 
 #if defined(TRIFORCE_FAMILY_HOPPER)
 // One tile configuration per translation unit: the token tile (N of the swapped problem) is 16, 64 or 128.

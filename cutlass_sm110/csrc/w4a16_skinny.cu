@@ -307,6 +307,8 @@ void w4a16_skinny_set_carveout(int percent) {
   g_carveout = percent;
 }
 
+int chain_carveout() { return g_carveout; }
+
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > 64 || p.n % 16 || p.k % kGroup)
     throw std::runtime_error("w4a16_skinny: needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=" +

@@ -272,12 +272,68 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
 
 def w4a16_skinny_set_carveout(percent: int) -> None:
     """The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory, or -1 for the driver's
-    choice) that the few-row kernels' later launches ask for; a launch captured into a graph keeps it."""
+    choice) that the wheel's later dependent launches ask for (the few-row W4A16 kernels and mqa_cluster_attention:
+    one split for the denoise chain); a launch captured into a graph keeps it."""
     op = "w4a16_skinny_set_carveout"
     _require_op(op)
     if not (percent == -1 or 0 <= percent <= 100):
         raise KernelError(f"{op}: a percent 0..100 or -1 (the driver's choice), got {percent}")
     _ext().w4a16_skinny_set_carveout(int(percent))
+
+
+# ── few-row attention ───────────────────────────────────────────────────────────────────────────────────────────
+MQA_CLUSTER_HEAD_DIMS = (64, 128, 256)
+MQA_CLUSTER_MAX_SPLITS = 8      # key blocks (CTAs of one cluster) of a 16-row group
+MQA_CLUSTER_MAX_KEY_BLOCK = 128
+
+
+def mqa_cluster_max_keys(max_splits: int = MQA_CLUSTER_MAX_SPLITS) -> int:
+    return max_splits * MQA_CLUSTER_MAX_KEY_BLOCK
+
+
+def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> None:
+    """A bf16 [rows, D] operand with unit column stride and 16-byte aligned rows (row-strided views allowed)."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.bfloat16 or t.dim() != 2:
+        raise KernelError(f"{op}: {name} must be a bf16 2-D tensor, got "
+                          f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}")
+    if t.stride(1) != 1 or t.stride(0) % 8 or t.data_ptr() % 16:
+        raise KernelError(f"{op}: {name} needs unit column stride and 16-byte aligned rows")
+    if dim is not None and t.shape[1] != dim:
+        raise KernelError(f"{op}: {name} has head dim {t.shape[1]}, q has {dim}")
+
+
+def mqa_cluster_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
+                          static_keys: int = 0, max_splits: int = MQA_CLUSTER_MAX_SPLITS,
+                          dependent: bool = False) -> None:
+    """out[R, D] = softmax(q k^T / sqrt(D) + bias) v over one kv head (every query head a row), bf16, for few rows
+    (the denoise step), in one launch: the keys are split into at most `max_splits` blocks of <= 128, the CTAs of one
+    thread-block cluster, which combine their partial softmaxes through distributed shared memory. bias [T] bf16 is
+    additive (0 or -inf). static_keys: keys [0, static_keys) are not written by the kernels launched before this one
+    in its dependent chain, so a dependent launch reads them before waiting on them."""
+    op = "mqa_cluster_attention"
+    if not has_op(op):
+        raise UnsupportedError(f"{op}: not in this wheel (built for {_built_for()}); rebuild it with "
+                               f"`invoke build-kernels`")
+    _check_rows(op, "q", q)
+    dim = q.shape[1]
+    if dim not in MQA_CLUSTER_HEAD_DIMS:
+        raise KernelError(f"{op}: head dim {dim}; this kernel takes {MQA_CLUSTER_HEAD_DIMS}")
+    for name, t in (("k", k), ("v", v), ("out", out)):
+        _check_rows(op, name, t, dim)
+    keys = k.shape[0]
+    if v.shape[0] != keys or tuple(out.shape) != tuple(q.shape):
+        raise KernelError(f"{op}: v must have k's {keys} rows and out q's shape {list(q.shape)}; got v "
+                          f"{list(v.shape)}, out {list(out.shape)}")
+    _check(op, "bias", bias, torch.bfloat16, (keys,))
+    if not 1 <= max_splits <= MQA_CLUSTER_MAX_SPLITS:
+        raise KernelError(f"{op}: max_splits must be 1..{MQA_CLUSTER_MAX_SPLITS}, got {max_splits}")
+    if not 1 <= keys <= mqa_cluster_max_keys(max_splits):
+        raise KernelError(f"{op}: {keys} keys; {max_splits} blocks of at most {MQA_CLUSTER_MAX_KEY_BLOCK} take "
+                          f"1..{mqa_cluster_max_keys(max_splits)}")
+    if not 0 <= static_keys <= keys:
+        raise KernelError(f"{op}: static_keys must be 0..{keys}, got {static_keys}")
+    _check_same_device(op, q, k, v, bias, out)
+    _ext().mqa_cluster_attention(q, k, v, bias, out, int(static_keys), int(max_splits), bool(dependent))
 
 
 # ── NVFP4 (Blackwell) ───────────────────────────────────────────────────────────────────────────────────────────

@@ -69,6 +69,22 @@ PDL_CAPABILITY = (9, 0)
 # the early launches need. Plan A 10.77 vs 11.11-11.13 ms (denoise 4.98 vs 5.36), Plan B h100_fast 8.84 vs
 # 8.85-8.87 ms; 50% shared 11.05 / 8.87 (bench/results/engine_variants-*-s10-carveout-chain.json)
 CHAIN_CARVEOUT = 100
+# the kernel of the denoise step's attention (set_decode_attention); the default is "cluster" where the kernel wheel
+# has it and the head dim fits (_default_decode_attention)
+DECODE_ATTENTION_KERNELS = {
+    "triton": "fused.mqa_attention_split: key-block partials, then a combine (2 launches)",
+    "cluster": "the wheel's mqa_cluster_attention: the key blocks are one cluster's CTAs, combined through distributed "
+               "shared memory (1 launch; the prefix's keys read before waiting on the kernel before)",
+}
+
+
+def kernel_wheel():
+    """The triforce_kernels module, or None where it is not installed (Plan A runs without it)."""
+    try:
+        import triforce_kernels
+    except ImportError:
+        return None
+    return triforce_kernels
 
 
 def _bf16(t):
@@ -241,6 +257,7 @@ class Pi05Engine:
         self._precompute_time_tables(state)
         self.set_expert_path(self.expert_path or next(p for p in EXPERT_DEFAULT_ORDER if self.expert_path_refusal(p) is None))
         self._default_w4a16_few_row()
+        self._default_decode_attention()
 
     def _default_w4a16_few_row(self) -> None:
         """Plan B's W4A16 expert o/down and gate/up (+ GeGLU) on the wheel's warp-MMA kernel where the wheel has it:
@@ -252,6 +269,38 @@ class Pi05Engine:
         self.set_w4a16_few_row(kernel, W4A16_FEW_ROW_LAYERS)
         self.log(f"[engine] W4A16 expert o/down/gate_up few-row kernel: {kernel}"
                  + ("" if kernel == "mma" else " (this triforce_kernels wheel has no w4a16_skinny)"))
+
+    def _cluster_attention_refusal(self) -> str | None:
+        """Why the denoise attention cannot be 'cluster' here, or None."""
+        tk, dim = kernel_wheel(), self.cfg.expert.dim_head
+        if tk is None:
+            return "no triforce_kernels wheel is installed (`invoke build-kernels`, then install it)"
+        try:
+            has = tk.has_op("mqa_cluster_attention")
+        except tk.UnsupportedError as err:          # the wheel's extension does not load here
+            return str(err)
+        if not has:
+            return "this triforce_kernels wheel has no mqa_cluster_attention (rebuild it with `invoke build-kernels`)"
+        if dim not in tk.MQA_CLUSTER_HEAD_DIMS:
+            return f"it takes head dims {tk.MQA_CLUSTER_HEAD_DIMS}; {self.cfg.name} has {dim}"
+        return None
+
+    def _default_decode_attention(self) -> None:
+        """'cluster' where it can run: one launch instead of two per layer (bench/results/engine_variants-*-s11*)."""
+        why = self._cluster_attention_refusal()
+        self.set_decode_attention("triton" if why else "cluster")
+        self.log(f"[engine] denoise attention: {self.decode_attention}" + (f" (cluster: {why})" if why else ""))
+
+    def set_decode_attention(self, kernel: str) -> None:
+        """The denoise step's attention kernel (DECODE_ATTENTION_KERNELS); "cluster" needs a triforce_kernels wheel
+        with mqa_cluster_attention and a head dim it takes. Captured graphs are dropped and re-capture."""
+        if kernel not in DECODE_ATTENTION_KERNELS:
+            raise TriforceError(f"unknown denoise attention '{kernel}': {', '.join(DECODE_ATTENTION_KERNELS)}")
+        why = self._cluster_attention_refusal() if kernel == "cluster" else None
+        if why:
+            raise UnsupportedError(f"denoise attention 'cluster' cannot run: {why}")
+        self.decode_attention = kernel
+        self.slots.clear()
 
     # ── weights ───────────────────────────────────────────────────────────────────────────────────────────────
     def _linear(self, layer_id: str, build):
@@ -399,12 +448,12 @@ class Pi05Engine:
             return
         fused.set_chain_carveout(self.carveout)
         mma = [lin for lin in self._w4a16_layers(W4A16_FEW_ROW_LAYERS) if lin.few_row == "mma"]
-        if not mma:
-            return
-        tk = mma[0].tk   # one triforce_kernels module for all
+        if not mma and self.decode_attention != "cluster":
+            return                        # no kernel of the wheel in the chain
+        tk = mma[0].tk if mma else kernel_wheel()   # one triforce_kernels module for all
         if not tk.has_op("w4a16_skinny_set_carveout"):
             raise UnsupportedError(f"carveout {self.carveout}: this triforce_kernels wheel has no "
-                                   f"w4a16_skinny_set_carveout for its few-row kernels; rebuild it with `invoke "
+                                   f"w4a16_skinny_set_carveout for its chain kernels; rebuild it with `invoke "
                                    f"build-kernels`, or set_carveout({fused.CARVEOUT_DEFAULT})")
         tk.w4a16_skinny_set_carveout(self.carveout)
 
@@ -538,7 +587,7 @@ class Pi05Engine:
             else:
                 fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
                                e.num_heads, e.dim_head)
-            att = self._attend(q, k_cache, v_cache, mask).view(horizon, -1)
+            att = self._attend(q, k_cache, v_cache, mask, static_keys=seq).view(horizon, -1)
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
@@ -578,14 +627,22 @@ class Pi05Engine:
         """Few-row quantized layers take the step's zeroed accumulators; the others manage their own outputs."""
         return layer(x, arena) if getattr(layer, "takes_arena", False) else layer(x)
 
-    @staticmethod
-    def _attend(q, k, v, bias):
+    def _attend(self, q, k, v, bias, static_keys=None):
         """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
-        (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over rows fills the GPU.)"""
+        static_keys (the denoise step): keys [0, static_keys) are the prefix's, not written inside the chain.
+        (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over keys fills the GPU.)"""
         out = torch.empty_like(q)
-        if q.shape[0] <= 256:
-            return fused.mqa_attention_split(q, k, v, bias, out)
-        return fused.mqa_attention(q, k, v, bias, out)
+        if q.shape[0] > 256:
+            return fused.mqa_attention(q, k, v, bias, out)
+        if static_keys is not None and self.decode_attention == "cluster":
+            tk = kernel_wheel()
+            if k.shape[0] > tk.mqa_cluster_max_keys():
+                raise UnsupportedError(f"denoise attention 'cluster' takes at most {tk.mqa_cluster_max_keys()} keys, "
+                                       f"this bucket has {k.shape[0]}: set_decode_attention('triton')")
+            tk.mqa_cluster_attention(q, k, v, bias, out, static_keys=static_keys,
+                                     dependent=fused.launching_dependent())
+            return out
+        return fused.mqa_attention_split(q, k, v, bias, out)
 
     def _forward(self, slot_bufs, events=None):
         """The whole inference on static buffers; `events` (optional) are recorded between stages for timing (with

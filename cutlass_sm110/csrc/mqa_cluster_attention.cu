@@ -1,0 +1,319 @@
+// Split-KV attention for few query rows in one launch (the denoise step: horizon x heads rows over one kv head):
+// out[R, D] = softmax(q k^T / sqrt(D) + bias) v, q [R, D], k/v [T, D], additive key bias [T] (0 or -inf), bf16.
+//
+// Why: the Triton form needs two launches (key-block partials, then a combine), and in the denoise chain a launch
+// costs ~1.6 us whatever it does. Here the key blocks of one group of 16 rows are the CTAs of one thread-block
+// cluster: each writes its block's (row max, row sum, unnormalized p v) into its own shared memory, the cluster
+// barrier publishes them, and every CTA combines a slice of the output by reading the others' shared memory
+// (distributed shared memory): no partials in global memory, no second launch.
+//
+// The keys below `static_keys` (the prefix's, written long before the denoise chain) are requested before
+// griddepcontrol.wait, so under programmatic dependent launch their reads overlap the kernel before; the query rows
+// and the keys from static_keys on (the step's own, written by the QKV kernel just before) are read after it.
+//
+// Per CTA (4 warps, 16 query rows, a block of kb <= 128 keys): warps split the keys for q k^T (m16n8k16 bf16 MMA,
+// fp32), the softmax runs per row over the block, and warps split the head dimension for p v. Tiles of k, v and q
+// sit in shared memory with their 16-byte chunks XOR-swizzled by row, so ldmatrix reads hit distinct banks.
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "triforce_gemm.h"
+
+namespace cg = cooperative_groups;
+
+namespace triforce {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRows = 16;            // query rows a CTA: one MMA row tile
+constexpr int kMaxSplits = 8;        // CTAs a cluster: the portable cluster size
+constexpr int kMaxKeyBlock = 128;    // keys a CTA
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct ClusterArgs {
+  const __nv_bfloat16* q;
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  const __nv_bfloat16* bias;
+  __nv_bfloat16* out;
+  int rows, keys, static_keys, kb;
+  int64_t ldq, ldk, ldv, ldo;
+  float qk_scale;  // 1/sqrt(D) * log2 e: the softmax runs in the exp2 domain
+};
+
+// Shared-memory layout for head dim D and kb keys a CTA (byte offsets; every part 16-byte aligned).
+struct Layout {
+  int q, k, v, s, p, bias, ml, wgt, bytes;
+  __host__ __device__ Layout(int d, int kb) {
+    q = 0;
+    k = q + kRows * d * 2;
+    v = k + kb * d * 2;            // k's region holds the CTA's fp32 output [16, D] once q k^T is done (kb >= 32)
+    s = v + kb * d * 2;
+    p = s + kRows * (kb + 4) * 4;  // scores fp32 [16, kb + 4]
+    bias = p + kRows * (kb + 8) * 2;  // probabilities bf16 [16, kb + 8] (padded rows: conflict-free ldmatrix)
+    ml = bias + kb * 4;
+    wgt = ml + 2 * kRows * 4;
+    bytes = wgt + kMaxSplits * kRows * 4;
+  }
+};
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const auto a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  const auto a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Element offset of (row, 16-byte chunk) in a [rows, D] bf16 tile whose chunks are XOR-swizzled by row (D >= 64).
+template <int D>
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+// Rows [from, to) of a [n, D] tile from global rows base + r (rows >= limit zero-filled: no NaN from stale memory).
+template <int D>
+__device__ __forceinline__ void load_rows(__nv_bfloat16* tile, const __nv_bfloat16* src, int64_t ld, int from, int to,
+                                          int limit) {
+  constexpr int kChunks = D / 8;
+  for (int idx = from * kChunks + threadIdx.x; idx < to * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool in = r < limit;
+    cp_async16(tile + swizzled<D>(r, c), in ? src + r * ld + c * 8 : src, in ? 16 : 0);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(ClusterArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  cg::cluster_group cluster = cg::this_cluster();
+  const Layout L(D, a.kb);
+  auto* qs = reinterpret_cast<__nv_bfloat16*>(smem + L.q);
+  auto* ks = reinterpret_cast<__nv_bfloat16*>(smem + L.k);
+  auto* vs = reinterpret_cast<__nv_bfloat16*>(smem + L.v);
+  auto* ss = reinterpret_cast<float*>(smem + L.s);
+  auto* ps = reinterpret_cast<__nv_bfloat16*>(smem + L.p);
+  auto* bias_s = reinterpret_cast<float*>(smem + L.bias);
+  auto* m_s = reinterpret_cast<float*>(smem + L.ml);
+  auto* l_s = m_s + kRows;
+  auto* wgt = reinterpret_cast<float*>(smem + L.wgt);
+  auto* os = reinterpret_cast<float*>(smem + L.k);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int kb = a.kb, key0 = blockIdx.x * kb, row0 = blockIdx.y * kRows;
+  const int key_limit = min(kb, a.keys - key0);           // keys of this block
+  const int pre = max(0, min(key_limit, a.static_keys - key0));  // of them, readable before the wait
+
+  const __nv_bfloat16* kg = a.k + int64_t(key0) * a.ldk;
+  const __nv_bfloat16* vg = a.v + int64_t(key0) * a.ldv;
+  load_rows<D>(ks, kg, a.ldk, 0, pre, key_limit);
+  load_rows<D>(vs, vg, a.ldv, 0, pre, key_limit);
+  cp_async_commit();
+  grid_dependency_wait();  // q and the step's own keys belong to the kernels before
+  launch_dependents();
+  load_rows<D>(ks, kg, a.ldk, pre, kb, key_limit);
+  load_rows<D>(vs, vg, a.ldv, pre, kb, key_limit);
+  load_rows<D>(qs, a.q + int64_t(row0) * a.ldq, a.ldq, 0, kRows, a.rows - row0);
+  cp_async_commit();
+  for (int j = threadIdx.x; j < kb; j += kThreads)
+    bias_s[j] = j < key_limit ? __bfloat162float(a.bias[key0 + j]) * kLog2e : -INFINITY;
+  cp_async_wait_all();
+  __syncthreads();
+
+  // scores: warp w takes the 8-key tiles w, w + 4, ...; q's A fragments stay in registers
+  uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int kstep = 0; kstep < D / 16; ++kstep)
+    ldmatrix_x4(qa[kstep], qs + swizzled<D>((lane & 7) + ((lane >> 3) & 1) * 8, 2 * kstep + (lane >> 4)));
+  for (int nt = warp; nt < kb / 8; nt += kWarps) {
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int kk = 0; kk < D / 32; ++kk) {  // ldmatrix x4: b0, b1 of k steps 2 kk and 2 kk + 1
+      uint32_t b[4];
+      ldmatrix_x4(b, ks + swizzled<D>(nt * 8 + (lane & 7), 4 * kk + (lane >> 3)));
+      mma_bf16(s, qa[2 * kk], b[0], b[1]);
+      mma_bf16(s, qa[2 * kk + 1], b[2], b[3]);
+    }
+    const int col = nt * 8 + 2 * t;
+    ss[g * (kb + 4) + col] = s[0] * a.qk_scale + bias_s[col];
+    ss[g * (kb + 4) + col + 1] = s[1] * a.qk_scale + bias_s[col + 1];
+    ss[(g + 8) * (kb + 4) + col] = s[2] * a.qk_scale + bias_s[col];
+    ss[(g + 8) * (kb + 4) + col + 1] = s[3] * a.qk_scale + bias_s[col + 1];
+  }
+  __syncthreads();
+
+  // the block's softmax: warp w takes rows 4w .. 4w + 3
+  for (int r = warp * (kRows / kWarps); r < (warp + 1) * (kRows / kWarps); ++r) {
+    float m = -1.0e30f;  // finite: a fully masked block contributes exactly 0
+    for (int j = lane; j < kb; j += 32) m = fmaxf(m, ss[r * (kb + 4) + j]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float l = 0.f;
+    for (int j = lane; j < kb; j += 32) {
+      const float p = exp2f(ss[r * (kb + 4) + j] - m);
+      l += p;
+      ps[r * (kb + 8) + j] = __float2bfloat16(p);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (lane == 0) {
+      m_s[r] = m;
+      l_s[r] = l;
+    }
+  }
+  __syncthreads();
+
+  // p v: warp w takes head dims [w D/4, (w + 1) D/4)
+  constexpr int kTiles = D / 32;  // 8-dim tiles a warp
+  float o[kTiles][4];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  const int dim0 = warp * (D / 4);
+  for (int kk = 0; kk < kb / 16; ++kk) {
+    uint32_t pa[4];
+    ldmatrix_x4(pa, ps + ((lane & 7) + ((lane >> 3) & 1) * 8) * (kb + 8) + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int j = 0; j < kTiles; j += 2) {  // ldmatrix x4 trans: b0, b1 of dim tiles j and j + 1
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vs + swizzled<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                            (dim0 + j * 8) / 8 + (lane >> 4)));
+      mma_bf16(o[j], pa, b[0], b[1]);
+      mma_bf16(o[j + 1], pa, b[2], b[3]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {  // k's tiles are no longer read (the barrier before the softmax)
+    const int col = dim0 + j * 8 + 2 * t;
+    *reinterpret_cast<float2*>(os + g * D + col) = make_float2(o[j][0], o[j][1]);
+    *reinterpret_cast<float2*>(os + (g + 8) * D + col) = make_float2(o[j][2], o[j][3]);
+  }
+  cluster.sync();  // every block's (m, l, p v) visible to the cluster
+
+  // combine: each CTA writes a slice of the 16 x D outputs from every block's shared memory
+  const int splits = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  if (threadIdx.x < kRows) {
+    const int r = threadIdx.x;
+    float mb[kMaxSplits], mx = -1.0e30f, total = 0.f;
+    for (int j = 0; j < splits; ++j) {
+      mb[j] = cluster.map_shared_rank(m_s, j)[r];
+      mx = fmaxf(mx, mb[j]);
+    }
+    for (int j = 0; j < splits; ++j) {
+      mb[j] = exp2f(mb[j] - mx);
+      total += mb[j] * cluster.map_shared_rank(l_s, j)[r];
+    }
+    for (int j = 0; j < splits; ++j) wgt[j * kRows + r] = total > 0.f ? mb[j] / total : 0.f;
+  }
+  __syncthreads();
+  for (int i = rank * kThreads + threadIdx.x; i < kRows * D / 4; i += splits * kThreads) {
+    const int r = i / (D / 4), c = (i % (D / 4)) * 4;
+    if (row0 + r >= a.rows) continue;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int j = 0; j < splits; ++j) {
+      const float w = wgt[j * kRows + r];
+      const float4 x = *reinterpret_cast<const float4*>(cluster.map_shared_rank(os, j) + r * D + c);
+      acc.x += w * x.x;
+      acc.y += w * x.y;
+      acc.z += w * x.z;
+      acc.w += w * x.w;
+    }
+    __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x, acc.y), hi = __floats2bfloat162_rn(acc.z, acc.w);
+    uint2 packed;
+    packed.x = *reinterpret_cast<uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(a.out + int64_t(row0 + r) * a.ldo + c) = packed;
+  }
+  // No CTA leaves while another still reads its shared memory. Relaxed (no GPU-scope fence, which a release here
+  // would be: MEMBAR.ALL.GPU behind the output stores): each read above has returned before the store that uses it.
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+template <int D>
+void launch(const ClusterArgs& args, int splits, bool dependent, cudaStream_t stream) {
+  auto kernel = mqa_cluster_attention_kernel<D>;
+  const Layout L(D, args.kb);
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout(D, kMaxKeyBlock).bytes);
+  if (attr != cudaSuccess)
+    throw std::runtime_error(std::string("mqa_cluster_attention: cannot allow ") +
+                             std::to_string(Layout(D, kMaxKeyBlock).bytes) +
+                             " bytes of shared memory: " + cudaGetErrorString(attr));
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(splits), unsigned((args.rows + kRows - 1) / kRows));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = L.bytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[3];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = unsigned(splits);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  attribute[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[1].val.programmaticStreamSerializationAllowed = 1;
+  attribute[2].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+  attribute[2].val.sharedMemCarveout = unsigned(chain_carveout());
+  config.attrs = attribute;
+  config.numAttrs = dependent ? (chain_carveout() >= 0 ? 3 : 2) : 1;
+  if (auto err = cudaLaunchKernelEx(&config, kernel, args); err != cudaSuccess)
+    throw std::runtime_error(std::string("mqa_cluster_attention: launch failed: ") + cudaGetErrorString(err));
+}
+
+}  // namespace
+
+int mqa_cluster_key_block(int keys, int max_splits) {
+  if (max_splits < 1 || max_splits > kMaxSplits)
+    throw std::runtime_error("mqa_cluster_attention: max_splits must be 1.." + std::to_string(kMaxSplits) +
+                             ", got " + std::to_string(max_splits));
+  const int per = (keys + max_splits - 1) / max_splits;
+  const int kb = ((per + 15) / 16) * 16;
+  if (keys < 1 || kb > kMaxKeyBlock)
+    throw std::runtime_error("mqa_cluster_attention: " + std::to_string(keys) + " keys do not fit " +
+                             std::to_string(max_splits) + " blocks of at most " + std::to_string(kMaxKeyBlock));
+  return kb < 32 ? 32 : kb;  // k's tiles hold the fp32 output afterwards: at least 32 keys
+}
+
+void mqa_cluster_attention_run(const MqaClusterProblem& p, cudaStream_t stream) {
+  if (p.rows < 1 || p.static_keys < 0 || p.static_keys > p.keys)
+    throw std::runtime_error("mqa_cluster_attention: needs rows >= 1 and 0 <= static_keys <= keys (got rows=" +
+                             std::to_string(p.rows) + " keys=" + std::to_string(p.keys) +
+                             " static_keys=" + std::to_string(p.static_keys) + ")");
+  const int kb = mqa_cluster_key_block(p.keys, p.max_splits);
+  const int splits = (p.keys + kb - 1) / kb;
+  ClusterArgs a{static_cast<const __nv_bfloat16*>(p.q), static_cast<const __nv_bfloat16*>(p.k),
+                static_cast<const __nv_bfloat16*>(p.v), static_cast<const __nv_bfloat16*>(p.bias),
+                static_cast<__nv_bfloat16*>(p.out), p.rows, p.keys, p.static_keys, kb,
+                p.ldq, p.ldk, p.ldv, p.ldo, p.qk_scale};
+  switch (p.head_dim) {
+    case 64: return launch<64>(a, splits, p.dependent, stream);
+    case 128: return launch<128>(a, splits, p.dependent, stream);
+    case 256: return launch<256>(a, splits, p.dependent, stream);
+    default:
+      throw std::runtime_error("mqa_cluster_attention: head dim must be 64, 128 or 256, got " +
+                               std::to_string(p.head_dim));
+  }
+}
+
+}  // namespace triforce
