@@ -334,7 +334,7 @@ def _attention_operands(rows, keys, dim, gen, masked=()):
 
 @pytest.mark.parametrize("rows,keys,dim,max_splits,masked", [
     (80, 538, 256, 8, [(20, 200), (338, 528)]),   # the denoise step: 10 actions x 8 heads, 528-slot prefix
-    (80, 538, 256, 3, []),
+    (80, 538, 256, 5, []),
     (80, 538, 256, 8, [(0, 528)]),                 # whole key blocks masked
     (37, 1000, 128, 8, [(900, 990)]),
     (16, 1024, 256, 8, []),

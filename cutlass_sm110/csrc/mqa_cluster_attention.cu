@@ -143,43 +143,57 @@ __global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(Cluster
   cp_async_wait_all();
   __syncthreads();
 
-  // scores: warp w takes the 8-key tiles w, w + 4, ...; q's A fragments stay in registers
+  // scores: warp w takes the 8-key tiles w, w + 4, ... (independent accumulators, interleaved so the MMAs
+  // pipeline; a warp with fewer tiles repeats its last one and does not store it); q's A fragments stay in registers
+  constexpr int kTilesPerWarp = kMaxKeyBlock / 8 / kWarps;
+  const int key_tiles = kb / 8;
   uint32_t qa[D / 16][4];
 #pragma unroll
   for (int kstep = 0; kstep < D / 16; ++kstep)
     ldmatrix_x4(qa[kstep], qs + swizzled<D>((lane & 7) + ((lane >> 3) & 1) * 8, 2 * kstep + (lane >> 4)));
-  for (int nt = warp; nt < kb / 8; nt += kWarps) {
-    float s[4] = {0.f, 0.f, 0.f, 0.f};
+  float s[kTilesPerWarp][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 32; ++kk) {  // ldmatrix x4: b0, b1 of k steps 2 kk and 2 kk + 1
+  for (int i = 0; i < kTilesPerWarp; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 32; ++kk) {  // ldmatrix x4: b0, b1 of k steps 2 kk and 2 kk + 1
+#pragma unroll
+    for (int i = 0; i < kTilesPerWarp; ++i) {
+      const int nt = min(warp + i * kWarps, key_tiles - 1);
       uint32_t b[4];
       ldmatrix_x4(b, ks + swizzled<D>(nt * 8 + (lane & 7), 4 * kk + (lane >> 3)));
-      mma_bf16(s, qa[2 * kk], b[0], b[1]);
-      mma_bf16(s, qa[2 * kk + 1], b[2], b[3]);
+      mma_bf16(s[i], qa[2 * kk], b[0], b[1]);
+      mma_bf16(s[i], qa[2 * kk + 1], b[2], b[3]);
     }
+  }
+#pragma unroll
+  for (int i = 0; i < kTilesPerWarp; ++i) {
+    const int nt = warp + i * kWarps;
+    if (nt >= key_tiles) continue;
     const int col = nt * 8 + 2 * t;
-    ss[g * (kb + 4) + col] = s[0] * a.qk_scale + bias_s[col];
-    ss[g * (kb + 4) + col + 1] = s[1] * a.qk_scale + bias_s[col + 1];
-    ss[(g + 8) * (kb + 4) + col] = s[2] * a.qk_scale + bias_s[col];
-    ss[(g + 8) * (kb + 4) + col + 1] = s[3] * a.qk_scale + bias_s[col + 1];
+    ss[g * (kb + 4) + col] = s[i][0] * a.qk_scale + bias_s[col];
+    ss[g * (kb + 4) + col + 1] = s[i][1] * a.qk_scale + bias_s[col + 1];
+    ss[(g + 8) * (kb + 4) + col] = s[i][2] * a.qk_scale + bias_s[col];
+    ss[(g + 8) * (kb + 4) + col + 1] = s[i][3] * a.qk_scale + bias_s[col + 1];
   }
   __syncthreads();
 
-  // the block's softmax: warp w takes rows 4w .. 4w + 3
-  for (int r = warp * (kRows / kWarps); r < (warp + 1) * (kRows / kWarps); ++r) {
+  // the block's softmax: 8 lanes a row, all 16 rows at once (warp w: rows 4w .. 4w + 3)
+  {
+    static_assert(kRows == 4 * kWarps, "a warp's 32 lanes are 4 rows of 8");
+    const int r = warp * 4 + (lane >> 3), part = lane & 7;
     float m = -1.0e30f;  // finite: a fully masked block contributes exactly 0
-    for (int j = lane; j < kb; j += 32) m = fmaxf(m, ss[r * (kb + 4) + j]);
+    for (int j = part; j < kb; j += 8) m = fmaxf(m, ss[r * (kb + 4) + j]);
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int o = 4; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     float l = 0.f;
-    for (int j = lane; j < kb; j += 32) {
+    for (int j = part; j < kb; j += 8) {
       const float p = exp2f(ss[r * (kb + 4) + j] - m);
       l += p;
       ps[r * (kb + 8) + j] = __float2bfloat16(p);
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-    if (lane == 0) {
+    for (int o = 4; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (part == 0) {
       m_s[r] = m;
       l_s[r] = l;
     }
@@ -212,33 +226,41 @@ __global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(Cluster
   }
   cluster.sync();  // every block's (m, l, p v) visible to the cluster
 
-  // combine: each CTA writes a slice of the 16 x D outputs from every block's shared memory
+  // combine: each CTA writes a slice of the 16 x D outputs from every block's shared memory. The remote loads of
+  // one output are independent and issued together (unrolled over the largest cluster), so their latency is paid once.
   const int splits = int(cluster.num_blocks()), rank = int(cluster.block_rank());
-  if (threadIdx.x < kRows) {
-    const int r = threadIdx.x;
-    float mb[kMaxSplits], mx = -1.0e30f, total = 0.f;
-    for (int j = 0; j < splits; ++j) {
-      mb[j] = cluster.map_shared_rank(m_s, j)[r];
-      mx = fmaxf(mx, mb[j]);
-    }
-    for (int j = 0; j < splits; ++j) {
-      mb[j] = exp2f(mb[j] - mx);
-      total += mb[j] * cluster.map_shared_rank(l_s, j)[r];
-    }
-    for (int j = 0; j < splits; ++j) wgt[j * kRows + r] = total > 0.f ? mb[j] / total : 0.f;
+  {  // thread (r, j) = (tid / 8, tid % 8): block j's weight for row r, exp2(m_j - max m) / sum of the weighted l
+    static_assert(kRows * kMaxSplits == kThreads, "one thread per (row, block)");
+    const int r = threadIdx.x / kMaxSplits, j = threadIdx.x % kMaxSplits;
+    const bool in = j < splits;
+    const float mj = in ? cluster.map_shared_rank(m_s, j)[r] : -1.0e30f;
+    const float lj = in ? cluster.map_shared_rank(l_s, j)[r] : 0.f;
+    float mx = mj;
+#pragma unroll
+    for (int o = kMaxSplits / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    const float w = in ? exp2f(mj - mx) : 0.f;
+    float total = w * lj;
+#pragma unroll
+    for (int o = kMaxSplits / 2; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+    wgt[j * kRows + r] = total > 0.f ? w / total : 0.f;
   }
   __syncthreads();
   for (int i = rank * kThreads + threadIdx.x; i < kRows * D / 4; i += splits * kThreads) {
     const int r = i / (D / 4), c = (i % (D / 4)) * 4;
     if (row0 + r >= a.rows) continue;
+    float4 x[kMaxSplits];
+#pragma unroll
+    for (int j = 0; j < kMaxSplits; ++j)
+      x[j] = j < splits ? *reinterpret_cast<const float4*>(cluster.map_shared_rank(os, j) + r * D + c)
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int j = 0; j < splits; ++j) {
-      const float w = wgt[j * kRows + r];
-      const float4 x = *reinterpret_cast<const float4*>(cluster.map_shared_rank(os, j) + r * D + c);
-      acc.x += w * x.x;
-      acc.y += w * x.y;
-      acc.z += w * x.z;
-      acc.w += w * x.w;
+#pragma unroll
+    for (int j = 0; j < kMaxSplits; ++j) {
+      const float w = wgt[j * kRows + r];  // 0 for j >= splits
+      acc.x += w * x[j].x;
+      acc.y += w * x[j].y;
+      acc.z += w * x[j].z;
+      acc.w += w * x[j].w;
     }
     __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x, acc.y), hi = __floats2bfloat162_rn(acc.z, acc.w);
     uint2 packed;
