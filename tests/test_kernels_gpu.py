@@ -333,7 +333,9 @@ def _attention_operands(rows, keys, dim, gen, masked=()):
 
 
 @pytest.mark.parametrize("rows,keys,dim,max_splits,masked", [
-    (80, 538, 256, 8, [(20, 200), (338, 528)]),   # the denoise step: 10 actions x 8 heads, 528-slot prefix
+    (80, 538, 256, 16, [(20, 200), (338, 528)]),  # the denoise step: 10 actions x 8 heads, 528-slot prefix
+    (80, 538, 256, 8, [(20, 200), (338, 528)]),
+    (80, 2048, 128, 16, [(1000, 1100)]),
     (80, 538, 256, 5, []),
     (80, 538, 256, 8, [(0, 528)]),                 # whole key blocks masked
     (37, 1000, 128, 8, [(900, 990)]),
@@ -392,8 +394,8 @@ def test_mqa_cluster_attention_in_a_graph_with_dependent_launches(tk):
 
 ATTENTION_BAD = {
     "head dim 96": lambda q, k, v, b, o: (q[:, :96], k[:, :96], v[:, :96], b, o[:, :96]),
-    "1025 keys": lambda q, k, v, b, o: (q, k.repeat(2, 1)[:1025], v.repeat(2, 1)[:1025],
-                                        b.repeat(2)[:1025].contiguous(), o),
+    "2049 keys": lambda q, k, v, b, o: (q, k.repeat(4, 1)[:2049], v.repeat(4, 1)[:2049],
+                                        b.repeat(4)[:2049].contiguous(), o),
     "q fp16": lambda q, k, v, b, o: (q.half(), k, v, b, o),
     "v rows": lambda q, k, v, b, o: (q, k, v[:-1], b, o),
     "bias length": lambda q, k, v, b, o: (q, k, v, b[:-1].contiguous(), o),
@@ -408,7 +410,7 @@ def test_mqa_cluster_attention_refuses_bad_input(tk, case):
     out = torch.ones_like(q)
     with pytest.raises(tk.KernelError):
         tk.mqa_cluster_attention(*ATTENTION_BAD[case](q, k, v, bias, out))
-    for kwargs in ({"static_keys": 539}, {"static_keys": -1}, {"max_splits": 9}, {"max_splits": 0}):
+    for kwargs in ({"static_keys": 539}, {"static_keys": -1}, {"max_splits": 17}, {"max_splits": 0}):
         with pytest.raises(tk.KernelError):
             tk.mqa_cluster_attention(q, k, v, bias, out, **kwargs)
     torch.cuda.synchronize()

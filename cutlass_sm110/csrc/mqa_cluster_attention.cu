@@ -34,7 +34,7 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 16;            // query rows a CTA: one MMA row tile
-constexpr int kMaxSplits = 8;        // CTAs a cluster: the portable cluster size
+constexpr int kMaxSplits = 16;       // CTAs a cluster: above 8 (the portable size) a non-portable cluster
 constexpr int kMaxKeyBlock = 128;    // keys a CTA
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -309,8 +309,11 @@ template <int D>
 void launch(const ClusterArgs& args, int splits, bool dependent, cudaStream_t stream) {
   auto kernel = mqa_cluster_attention_kernel<D>;
   const Layout L(D, args.kb);
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Layout(D, kMaxKeyBlock).bytes);
+  static const cudaError_t attr = [&] {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    return e != cudaSuccess ? e : cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       Layout(D, kMaxKeyBlock).bytes);
+  }();
   if (attr != cudaSuccess)
     throw std::runtime_error(std::string("mqa_cluster_attention: cannot allow ") +
                              std::to_string(Layout(D, kMaxKeyBlock).bytes) +
@@ -332,7 +335,9 @@ void launch(const ClusterArgs& args, int splits, bool dependent, cudaStream_t st
   config.attrs = attribute;
   config.numAttrs = dependent ? (chain_carveout() >= 0 ? 3 : 2) : 1;
   if (auto err = cudaLaunchKernelEx(&config, kernel, args); err != cudaSuccess)
-    throw std::runtime_error(std::string("mqa_cluster_attention: launch failed: ") + cudaGetErrorString(err));
+    throw std::runtime_error(std::string("mqa_cluster_attention: launch of ") + std::to_string(splits) +
+                             "-CTA clusters failed: " + cudaGetErrorString(err) +
+                             (splits > 8 ? " (a GPU without non-portable clusters needs max_splits <= 8)" : ""));
 }
 
 }  // namespace

@@ -283,7 +283,7 @@ def w4a16_skinny_set_carveout(percent: int) -> None:
 
 # ── few-row attention ───────────────────────────────────────────────────────────────────────────────────────────
 MQA_CLUSTER_HEAD_DIMS = (64, 128, 256)
-MQA_CLUSTER_MAX_SPLITS = 8      # key blocks (CTAs of one cluster) of a 16-row group
+MQA_CLUSTER_MAX_SPLITS = 16     # key blocks (CTAs of one cluster) of a 16-row group; above 8 a non-portable cluster
 MQA_CLUSTER_MAX_KEY_BLOCK = 128
 
 
