@@ -60,7 +60,7 @@ def test_a_carveout_the_wheel_cannot_apply_is_refused(monkeypatch):
     monkeypatch.setattr(fused, "set_chain_carveout", applied.append)
     old_wheel = SimpleNamespace(has_op=lambda op: op != "w4a16_skinny_set_carveout")
     layer = SimpleNamespace(use_few_row_kernel=None, few_row="mma", tk=old_wheel)
-    stub = SimpleNamespace(carveout=100, _carveout_pushed=False, decode_attention="triton",
+    stub = SimpleNamespace(carveout=100, _carveout_pushed=False, decode_attention="triton", step0_attention="triton",
                            expert_layers=[{"qkv": object(), "o": layer, "gate_up": object(), "down": layer}])
     stub._w4a16_layers = lambda names: Pi05Engine._w4a16_layers(stub, names)
     with pytest.raises(UnsupportedError, match="no w4a16_skinny_set_carveout.*set_carveout\\(-1\\)"):
@@ -99,6 +99,12 @@ def test_cluster_attention_is_refused_naming_why_and_its_carveout_reaches_the_wh
     cfg.expert.dim_head = 64
     Pi05Engine.set_decode_attention(stub, "cluster")
     assert stub.decode_attention == "cluster" and not stub.slots            # graphs re-capture
+    stub.overlap_step0 = True                     # step 0 beside the prefix keeps Triton's kernels unless asked
+    assert [Pi05Engine._attention_kernel(stub, step) for step in (0, 1)] == ["triton", "cluster"]
+    Pi05Engine.set_decode_attention(stub, "cluster", beside_prefix="cluster")
+    assert Pi05Engine._attention_kernel(stub, 0) == "cluster"
+    stub.overlap_step0, stub.step0_attention = False, "triton"
+    assert Pi05Engine._attention_kernel(stub, 0) == "cluster"               # step 0 after the prefix: the chain's
     monkeypatch.setattr(fused, "set_chain_carveout", lambda percent: None)
     stub.carveout, stub._carveout_pushed, stub.expert_layers = 100, False, []
     stub._w4a16_layers = lambda names: []

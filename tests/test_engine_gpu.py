@@ -223,7 +223,8 @@ def test_cluster_attention_gives_the_triton_actions():
         obs, noise = random_observation(TINY, rng, 2, tokens), random_noise(TINY, rng)
         eng.set_decode_attention("triton")
         want = policy.infer(obs, noise)
-        eng.set_decode_attention("cluster")
-        assert cosine(policy.infer(obs, noise), want) >= 0.9999
+        for beside_prefix in ("triton", "cluster"):
+            eng.set_decode_attention("cluster", beside_prefix=beside_prefix)
+            assert cosine(policy.infer(obs, noise), want) >= 0.9999
     with pytest.raises(TriforceError, match="unknown denoise attention"):
         eng.set_decode_attention("flash")

@@ -70,7 +70,8 @@ PDL_CAPABILITY = (9, 0)
 # 8.85-8.87 ms; 50% shared 11.05 / 8.87 (bench/results/engine_variants-*-s10-carveout-chain.json)
 CHAIN_CARVEOUT = 100
 # the kernel of the denoise step's attention (set_decode_attention); the default is "cluster" where the kernel wheel
-# has it and the head dim fits (_default_decode_attention)
+# has it and the head dim fits (_default_decode_attention), but "triton" for step 0 while it runs beside the prefix
+# (its clusters, launched beside the prefix's GEMMs, cost the prefix ~0.1 ms: engine_variants-planb-*-s11-cluster-v4)
 DECODE_ATTENTION_KERNELS = {
     "triton": "fused.mqa_attention_split: key-block partials, then a combine (2 launches)",
     "cluster": "the wheel's mqa_cluster_attention: the key blocks are one cluster's CTAs, combined through distributed "
@@ -289,18 +290,24 @@ class Pi05Engine:
         """'cluster' where it can run: one launch instead of two per layer (bench/results/engine_variants-*-s11*)."""
         why = self._cluster_attention_refusal()
         self.set_decode_attention("triton" if why else "cluster")
-        self.log(f"[engine] denoise attention: {self.decode_attention}" + (f" (cluster: {why})" if why else ""))
+        self.log(f"[engine] denoise attention: {self.decode_attention}" + (f" (cluster: {why})" if why else
+                 ", step 0 beside the prefix: triton"))
 
-    def set_decode_attention(self, kernel: str) -> None:
-        """The denoise step's attention kernel (DECODE_ATTENTION_KERNELS); "cluster" needs a triforce_kernels wheel
-        with mqa_cluster_attention and a head dim it takes. Captured graphs are dropped and re-capture."""
-        if kernel not in DECODE_ATTENTION_KERNELS:
-            raise TriforceError(f"unknown denoise attention '{kernel}': {', '.join(DECODE_ATTENTION_KERNELS)}")
-        why = self._cluster_attention_refusal() if kernel == "cluster" else None
+    def set_decode_attention(self, kernel: str, beside_prefix: str = "triton") -> None:
+        """The denoise step's attention kernel (DECODE_ATTENTION_KERNELS), and step 0's while it runs beside the prefix
+        (set_overlap_step0); "cluster" needs a triforce_kernels wheel with mqa_cluster_attention and a head dim it
+        takes. Captured graphs are dropped and re-capture."""
+        for name in (kernel, beside_prefix):
+            if name not in DECODE_ATTENTION_KERNELS:
+                raise TriforceError(f"unknown denoise attention '{name}': {', '.join(DECODE_ATTENTION_KERNELS)}")
+        why = self._cluster_attention_refusal() if "cluster" in (kernel, beside_prefix) else None
         if why:
             raise UnsupportedError(f"denoise attention 'cluster' cannot run: {why}")
-        self.decode_attention = kernel
+        self.decode_attention, self.step0_attention = kernel, beside_prefix
         self.slots.clear()
+
+    def _attention_kernel(self, step: int) -> str:
+        return self.step0_attention if step == 0 and self.overlap_step0 else self.decode_attention
 
     # ── weights ───────────────────────────────────────────────────────────────────────────────────────────────
     def _linear(self, layer_id: str, build):
@@ -448,7 +455,7 @@ class Pi05Engine:
             return
         fused.set_chain_carveout(self.carveout)
         mma = [lin for lin in self._w4a16_layers(W4A16_FEW_ROW_LAYERS) if lin.few_row == "mma"]
-        if not mma and self.decode_attention != "cluster":
+        if not mma and "cluster" not in (self.decode_attention, self.step0_attention):
             return                        # no kernel of the wheel in the chain
         tk = mma[0].tk if mma else kernel_wheel()   # one triforce_kernels module for all
         if not tk.has_op("w4a16_skinny_set_carveout"):
@@ -587,7 +594,8 @@ class Pi05Engine:
             else:
                 fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
                                e.num_heads, e.dim_head)
-            att = self._attend(q, k_cache, v_cache, mask, static_keys=seq).view(horizon, -1)
+            att = self._attend(q, k_cache, v_cache, mask, static_keys=seq, kernel=self._attention_kernel(step))
+            att = att.view(horizon, -1)
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
@@ -627,14 +635,16 @@ class Pi05Engine:
         """Few-row quantized layers take the step's zeroed accumulators; the others manage their own outputs."""
         return layer(x, arena) if getattr(layer, "takes_arena", False) else layer(x)
 
-    def _attend(self, q, k, v, bias, static_keys=None):
+    @staticmethod
+    def _attend(q, k, v, bias, static_keys=0, kernel="triton"):
         """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
-        static_keys (the denoise step): keys [0, static_keys) are the prefix's, not written inside the chain.
+        static_keys (the denoise step): keys [0, static_keys) are the prefix's, not written inside the chain;
+        kernel: the few-row kernel (DECODE_ATTENTION_KERNELS).
         (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over keys fills the GPU.)"""
         out = torch.empty_like(q)
         if q.shape[0] > 256:
             return fused.mqa_attention(q, k, v, bias, out)
-        if static_keys is not None and self.decode_attention == "cluster":
+        if kernel == "cluster":
             tk = kernel_wheel()
             if k.shape[0] > tk.mqa_cluster_max_keys():
                 raise UnsupportedError(f"denoise attention 'cluster' takes at most {tk.mqa_cluster_max_keys()} keys, "
