@@ -234,6 +234,10 @@ def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_pr
     assert _denoise_note([0.55] * 10, {**chain, "chain_carveout": 100}) == \
         "0.550/step, fused_epilogue expert layers, dependent launches (carveout 100% shared)"
     assert _denoise_note([0.55] * 10, {**chain, "chain_carveout": -1}).endswith("dependent launches")
+    beside = {**chain, "overlap_step0": True, "decode_attention": "cluster", "step0_attention": "triton"}
+    assert _denoise_note([0.05] + [0.5] * 9, beside).endswith("dependent launches, cluster attention (triton in step 0)")
+    assert _denoise_note([0.5] * 10, {**chain, "decode_attention": "triton", "step0_attention": "triton"}).endswith(
+        ", triton attention")
 
 
 def test_placeholder_state_has_every_expected_tensor_in_one_buffer():

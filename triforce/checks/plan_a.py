@@ -96,7 +96,8 @@ def run(checkpoint: str, config: str, observations: int, runs: int, seed: int = 
               "load_s": policy.load_seconds, "peak_gpu_memory_gb": peak_gb,
               "weight_bytes": policy.backend.weight_bytes(), "expert_path": policy.backend.expert_path,
               "overlap_step0": policy.backend.overlap_step0, "denoise_launch": policy.backend.denoise_launch,
-              "chain_carveout": policy.backend.carveout}
+              "chain_carveout": policy.backend.carveout, "decode_attention": policy.backend.decode_attention,
+              "step0_attention": policy.backend.step0_attention}
     return report, rep.EXIT_PASS if passed else rep.EXIT_GATE_FAILED
 
 
@@ -107,6 +108,10 @@ def _denoise_note(steps: list, report: dict) -> str:
     launch = f", {report['denoise_launch']} launches" if "denoise_launch" in report else ""
     if report.get("chain_carveout", -1) >= 0:
         launch += f" (carveout {report['chain_carveout']}% shared)"
+    if "decode_attention" in report:
+        launch += f", {report['decode_attention']} attention"
+        if report.get("overlap_step0") and report.get("step0_attention") != report["decode_attention"]:
+            launch += f" ({report['step0_attention']} in step 0)"
     return f"{later:.3f}/step{overlap}, {report['expert_path']} expert layers{launch}"
 
 
