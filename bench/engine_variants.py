@@ -46,15 +46,14 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100,
-                   "decode_attention": "cluster", "step0_attention": "triton", "prefix_key_splits": None}
-ATTENTION_VARIANTS = (("prefix attention unsplit (66 programs)", {"prefix_key_splits": 1}),
-                      ("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}))
-VARIANTS = {"a": (("engine default (prefix attention split to fill the SMs; cluster attention but in step 0 beside "
-                   "the prefix; carveout 100% shared)",
+                   "decode_attention": "cluster", "step0_attention": "triton"}
+ATTENTION_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
+                      ("cluster attention in step 0 beside the prefix too", {"step0_attention": "cluster"}))
+VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS)),
-            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; prefix attention split; cluster "
-                   "attention but in step 0 beside the prefix; carveout 100%)", ENGINE_DEFAULTS),
+            "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention but in step 0 "
+                   "beside the prefix; carveout 100%)", ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS))}
 
 
@@ -66,7 +65,6 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
     eng.set_carveout(settings["carveout"])
     eng.set_decode_attention(settings["decode_attention"], beside_prefix=settings["step0_attention"])
-    eng.set_prefix_attention_splits(settings["prefix_key_splits"])
 
 
 def main():

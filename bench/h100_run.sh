@@ -52,7 +52,6 @@
 #     engine variants of Plan A and of Plan B h100_fast (the denoise attention on the cluster kernel or on Triton)
 #   part 30 (the kernel wheel, development build): the few-row and cluster attention kernel tests, all engine GPU
 #     tests, Plan B validation (h100_fast), Plan A validation (with the wheel), the engine benchmark
-#   part 32: the prefix attention sweep (key splits), then part 31 (variants: the prefix attention unsplit)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|20   (carry .device_carry and .whl)
@@ -191,12 +190,11 @@ elif [ "$1" = 29 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
-elif [ "$1" = 30 ] || [ "$1" = 31 ] || [ "$1" = 32 ]; then
+elif [ "$1" = 30 ] || [ "$1" = 31 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  [ "$1" = 32 ] && run python3 bench/prefix_attention.py --out-dir "$OUT"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "skinny or mqa_cluster"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  if [ "$1" != 30 ]; then
+  if [ "$1" = 31 ]; then
     run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --out-dir "$OUT"
     run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
   fi

@@ -110,22 +110,3 @@ def test_cluster_attention_is_refused_naming_why_and_its_carveout_reaches_the_wh
     stub._w4a16_layers = lambda names: []
     Pi05Engine._apply_carveout(stub)
     assert pushed == [100]
-
-
-def test_prefix_attention_splits_fill_the_sms_once_unless_set(monkeypatch):
-    """The prefix attention's key ranges: by default as many as fill the SMs once with its 64-row blocks (2 on a
-    132-SM H100 at the standard workload's 4224 rows, 1 where the row blocks alone fill the GPU); a set count is
-    kept; a bad one is refused and changes nothing."""
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    sms = {"n": 132}
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(multi_processor_count=sms["n"]))
-    stub = SimpleNamespace(prefix_key_splits=None, slots={"graph": 1})
-    assert Pi05Engine._prefix_key_splits(stub, 4224) == 2
-    sms["n"] = 20                                                  # Thor-sized: 66 row blocks already fill it
-    assert Pi05Engine._prefix_key_splits(stub, 4224) == 1
-    for bad in (0, -1, 1.5, "2"):
-        with pytest.raises(TriforceError, match="prefix attention splits must be a positive integer or None"):
-            Pi05Engine.set_prefix_attention_splits(stub, bad)
-    assert stub.prefix_key_splits is None and stub.slots
-    Pi05Engine.set_prefix_attention_splits(stub, 3)
-    assert Pi05Engine._prefix_key_splits(stub, 4224) == 3 and not stub.slots

@@ -219,7 +219,6 @@ class Pi05Engine:
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
-        self.prefix_key_splits = None     # set_prefix_attention_splits
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -306,21 +305,6 @@ class Pi05Engine:
             raise UnsupportedError(f"denoise attention 'cluster' cannot run: {why}")
         self.decode_attention, self.step0_attention = kernel, beside_prefix
         self.slots.clear()
-
-    def set_prefix_attention_splits(self, splits: int | None) -> None:
-        """How many key ranges the prefix's attention splits into (then combines); None: enough that its programs
-        fill the GPU's SMs once (fused.mqa_attention's 64-row blocks alone leave half of an H100's idle at the
-        standard workload). Captured graphs are dropped and re-capture."""
-        if splits is not None and (not isinstance(splits, int) or splits < 1):
-            raise TriforceError(f"prefix attention splits must be a positive integer or None, got {splits!r}")
-        self.prefix_key_splits = splits
-        self.slots.clear()
-
-    def _prefix_key_splits(self, rows: int) -> int:
-        if self.prefix_key_splits is not None:
-            return self.prefix_key_splits
-        sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-        return max(1, sms // -(-rows // 64))
 
     def _attention_kernel(self, step: int) -> str:
         return self.step0_attention if step == 0 and self.overlap_step0 else self.decode_attention
@@ -544,7 +528,6 @@ class Pi05Engine:
         pos = (torch.cumsum(valid.int(), 0) - 1).int()
         mask = additive_mask(valid)
         q = torch.empty(seq * p.num_heads, p.dim_head, dtype=BF16, device="cuda")
-        prefix_splits = self._prefix_key_splits(q.shape[0])
         pending = pending_scale = None
         for i, layer in enumerate(self.prefix_layers):
             k_cache, v_cache = kv[i]
@@ -558,7 +541,7 @@ class Pi05Engine:
                 kv_ready(i)
             if i == len(self.prefix_layers) - 1:
                 break                       # the expert reads only this layer's K/V
-            att = self._attend(q, k_cache[:seq], v_cache[:seq], mask, key_splits=prefix_splits).view(seq, -1)
+            att = self._attend(q, k_cache[:seq], v_cache[:seq], mask).view(seq, -1)
             h = torch.empty(seq, p.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=layer["o"](att), gate=out_scale(layer["o"]), scale=channel_scale(gu_l), eps=cfg.norm_eps,
                            quant_scale=quant_scale(gu_l))
@@ -653,14 +636,14 @@ class Pi05Engine:
         return layer(x, arena) if getattr(layer, "takes_arena", False) else layer(x)
 
     @staticmethod
-    def _attend(q, k, v, bias, static_keys=0, kernel="triton", key_splits=1):
+    def _attend(q, k, v, bias, static_keys=0, kernel="triton"):
         """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
         static_keys (the denoise step): keys [0, static_keys) are the prefix's, not written inside the chain;
-        kernel: the few-row kernel (DECODE_ATTENTION_KERNELS); key_splits: many rows' (fused.mqa_attention).
+        kernel: the few-row kernel (DECODE_ATTENTION_KERNELS).
         (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over keys fills the GPU.)"""
         out = torch.empty_like(q)
         if q.shape[0] > 256:
-            return fused.mqa_attention(q, k, v, bias, out, key_splits=key_splits)
+            return fused.mqa_attention(q, k, v, bias, out)
         if kernel == "cluster":
             tk = kernel_wheel()
             if k.shape[0] > tk.mqa_cluster_max_keys():

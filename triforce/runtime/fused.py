@@ -350,35 +350,24 @@ def online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32: tl.cons
 
 
 @triton.jit
-def _mqa_attention_kernel(Q, K, V, BIAS, O, PO, PM, PL, R, T, CHUNK, qk_scale, stride_q, stride_k, stride_v, stride_o,
-                          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
-                          DOT_F32: tl.constexpr):
-    """Flash attention of a block of rows over the keys [split * CHUNK, (split + 1) * CHUNK): normalized into O, or
-    with SPLIT the (row max, row sum, unnormalized output) into PM / PL / PO for _mqa_combine_kernel."""
+def _mqa_attention_kernel(Q, K, V, BIAS, O, R, T, qk_scale, stride_q, stride_k, stride_v, stride_o,
+                          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    split = tl.program_id(1)
     rmask = rows < R
     d = tl.arange(0, D)
     q = tl.load(Q + rows[:, None] * stride_q + d[None, :], mask=rmask[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)   # finite: a fully masked key block then contributes exactly 0
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    end = tl.minimum(T, (split + 1) * CHUNK)
-    for start in range(split * CHUNK, end, BLOCK_N):
+    for start in range(0, T, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        cmask = cols < end
+        cmask = cols < T
         k = tl.load(K + cols[:, None] * stride_k + d[None, :], mask=cmask[:, None], other=0.0)
         v = tl.load(V + cols[:, None] * stride_v + d[None, :], mask=cmask[:, None], other=0.0)
         bias = tl.load(BIAS + cols, mask=cmask, other=float("-inf")).to(tl.float32)
         m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
-    if SPLIT:
-        base = split * R + rows
-        tl.store(PM + base, m_i, mask=rmask)
-        tl.store(PL + base, l_i, mask=rmask)
-        tl.store(PO + base[:, None] * D + d[None, :], acc, mask=rmask[:, None])
-    else:
-        out = acc / l_i[:, None]
-        tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
+    out = acc / l_i[:, None]
+    tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
 
 
 @triton.jit
@@ -423,31 +412,16 @@ def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: 
     return out
 
 
-def mqa_attention(q, k, v, bias, out, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
-                  key_splits: int = 1):
+def mqa_attention(q, k, v, bias, out, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2):
     """Attention of every query row (all heads of all tokens, one kv head) over keys k/v [T, D] with an additive
     key bias [T] (0 or -inf). softmax scale 1/sqrt(D). Rows are independent, so their order is the caller's.
-    key_splits > 1: the keys are cut into that many ranges of whole key blocks, one program per (row block, range),
-    then combined (more programs where the row blocks alone leave SMs idle: 66 at the prefix on 132 SMs).
     Default launch shape: the fastest of bench/prefix_attention.py at the prefix (16.6 us vs 22.5 for 32 rows)."""
     rows, dim = q.shape
     keys = k.shape[0]
-    if key_splits < 1:
-        raise ValueError(f"mqa_attention: key_splits must be >= 1, got {key_splits}")
-    chunk = triton.cdiv(triton.cdiv(keys, key_splits), block_n) * block_n
-    splits = triton.cdiv(keys, chunk)
-    po = pm = pl = out
-    if splits > 1:
-        po = torch.empty(splits, rows, dim, dtype=torch.float32, device=q.device)
-        pm = torch.empty(splits, rows, dtype=torch.float32, device=q.device)
-        pl = torch.empty_like(pm)
-    _mqa_attention_kernel[(triton.cdiv(rows, block_m), splits)](
-        q, k, v, bias, out, po, pm, pl, rows, keys, chunk, dim ** -0.5 * 1.4426950408889634,
+    _mqa_attention_kernel[(triton.cdiv(rows, block_m),)](
+        q, k, v, bias, out, rows, keys, dim ** -0.5 * 1.4426950408889634,
         q.stride(0), k.stride(0), v.stride(0), out.stride(0), D=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        SPLIT=splits > 1, DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
-    if splits > 1:
-        _mqa_combine_kernel[(rows,)](po, pm, pl, out, rows, splits, out.stride(0), D=dim,
-                                     SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4, **_dependent())
+        DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
