@@ -52,6 +52,8 @@
 #     engine variants of Plan A and of Plan B h100_fast (the denoise attention on the cluster kernel or on Triton)
 #   part 30 (the kernel wheel, development build): the few-row and cluster attention kernel tests, all engine GPU
 #     tests, Plan B validation (h100_fast), Plan A validation (with the wheel), the engine benchmark
+#   part 32 (ran at c2dabb1; the prefix attention split into key ranges lost and was removed): the prefix attention
+#     sweep of key splits, then part 31 with the prefix attention unsplit as a variant
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|20   (carry .device_carry and .whl)

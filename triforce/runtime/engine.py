@@ -70,8 +70,9 @@ PDL_CAPABILITY = (9, 0)
 # 8.85-8.87 ms; 50% shared 11.05 / 8.87 (bench/results/engine_variants-*-s10-carveout-chain.json)
 CHAIN_CARVEOUT = 100
 # the kernel of the denoise step's attention (set_decode_attention); the default is "cluster" where the kernel wheel
-# has it and the head dim fits (_default_decode_attention), but "triton" for step 0 while it runs beside the prefix
-# (its clusters, launched beside the prefix's GEMMs, cost the prefix ~0.1 ms: engine_variants-planb-*-s11-cluster-v4)
+# has it and the head dim fits (_default_decode_attention): Plan A 10.64 vs 10.77 ms, Plan B h100_fast 8.69 vs 8.83 ms
+# (engine_variants-*-s11-final.json); but "triton" for step 0 while it runs beside the prefix (its clusters, launched
+# beside the prefix's GEMMs, cost the prefix ~0.1 ms: 8.79 vs 8.69 ms)
 DECODE_ATTENTION_KERNELS = {
     "triton": "fused.mqa_attention_split: key-block partials, then a combine (2 launches)",
     "cluster": "the wheel's mqa_cluster_attention: the key blocks are one cluster's CTAs, combined through distributed "
