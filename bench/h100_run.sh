@@ -54,6 +54,7 @@
 #     tests, Plan B validation (h100_fast), Plan A validation (with the wheel), the engine benchmark
 #   part 32 (ran at c2dabb1; the prefix attention split into key ranges lost and was removed): the prefix attention
 #     sweep of key splits, then part 31 with the prefix attention unsplit as a variant
+#   part 33 (the kernel wheel, development build): the cluster attention's kernel tests, all engine GPU tests
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|20   (carry .device_carry and .whl)
@@ -204,6 +205,9 @@ elif [ "$1" = 30 ] || [ "$1" = 31 ]; then
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+elif [ "$1" = 33 ]; then
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k mqa_cluster
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
 elif [ "$1" = 28 ]; then
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
 elif [ "$1" = 19 ]; then

@@ -354,7 +354,8 @@ def test_mqa_cluster_attention_matches_reference(tk, rows, keys, dim, max_splits
 
 
 def test_mqa_cluster_attention_row_strided_views(tk):
-    """q and out as column slices of wider buffers, k/v as rows of a longer cache: the engine's views."""
+    """q and out as column slices of wider buffers, k/v as rows of a longer cache: the engine's views (and its
+    max_splits, 0: the largest cluster the GPU schedules)."""
     gen = torch.Generator(device="cuda").manual_seed(5)
     q, k, v, bias = _attention_operands(80, 600, 256, gen)
     wide = torch.randn(80, 512, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -410,7 +411,7 @@ def test_mqa_cluster_attention_refuses_bad_input(tk, case):
     out = torch.ones_like(q)
     with pytest.raises(tk.KernelError):
         tk.mqa_cluster_attention(*ATTENTION_BAD[case](q, k, v, bias, out))
-    for kwargs in ({"static_keys": 539}, {"static_keys": -1}, {"max_splits": 17}, {"max_splits": 0}):
+    for kwargs in ({"static_keys": 539}, {"static_keys": -1}, {"max_splits": 17}, {"max_splits": -1}):
         with pytest.raises(tk.KernelError):
             tk.mqa_cluster_attention(q, k, v, bias, out, **kwargs)
     torch.cuda.synchronize()

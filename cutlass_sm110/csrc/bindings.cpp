@@ -375,7 +375,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "-1: the driver's choice) of the wheel's later dependent launches (few-row W4A16, mqa_cluster_attention)", py::arg("percent"));
   m.def("mqa_cluster_attention", &mqa_cluster_attention, "out[R,D] = softmax(q k^T/sqrt(D) + bias) v, one kv head, "
         "few rows (split-KV over one cluster's CTAs, one launch)", py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("bias"), py::arg("out"), py::arg("static_keys") = 0, py::arg("max_splits") = 16,
+        py::arg("bias"), py::arg("out"), py::arg("static_keys") = 0, py::arg("max_splits") = 0,
         py::arg("dependent") = false);
   m.def("mqa_cluster_key_block", &triforce::mqa_cluster_key_block, "keys a CTA of mqa_cluster_attention takes for "
         "(keys, max_splits); raises where they do not fit", py::arg("keys"), py::arg("max_splits") = 16);

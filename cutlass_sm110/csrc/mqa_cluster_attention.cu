@@ -305,23 +305,54 @@ __global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(Cluster
   }
 }
 
+// The kernel with its attributes set (once): non-portable clusters allowed, the largest key block's shared memory.
 template <int D>
-void launch(const ClusterArgs& args, int splits, bool dependent, cudaStream_t stream) {
+auto prepared_kernel() {
   auto kernel = mqa_cluster_attention_kernel<D>;
-  const Layout L(D, args.kb);
   static const cudaError_t attr = [&] {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     return e != cudaSuccess ? e : cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                        Layout(D, kMaxKeyBlock).bytes);
   }();
   if (attr != cudaSuccess)
-    throw std::runtime_error(std::string("mqa_cluster_attention: cannot allow ") +
+    throw std::runtime_error(std::string("mqa_cluster_attention: cannot allow non-portable clusters and ") +
                              std::to_string(Layout(D, kMaxKeyBlock).bytes) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
+  return kernel;
+}
+
+// The largest cluster this GPU co-schedules for the kernel (at most kMaxSplits): 16 on an H100; a GPU without
+// non-portable clusters gives 8 (or less), and max_splits 0 then stays within it instead of failing to launch.
+template <int D>
+int schedulable_splits() {
+  static const int splits = [] {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(kMaxSplits);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = Layout(D, kMaxKeyBlock).bytes;
+    int size = 0;
+    if (auto err = cudaOccupancyMaxPotentialClusterSize(&size, prepared_kernel<D>(), &config); err != cudaSuccess)
+      throw std::runtime_error(std::string("mqa_cluster_attention: cannot query the cluster size: ") +
+                               cudaGetErrorString(err));
+    if (size < 1) throw std::runtime_error("mqa_cluster_attention: this GPU schedules no cluster of this kernel");
+    return size < kMaxSplits ? size : kMaxSplits;
+  }();
+  return splits;
+}
+
+template <int D>
+void run(const MqaClusterProblem& p, cudaStream_t stream) {
+  auto kernel = prepared_kernel<D>();
+  const int kb = mqa_cluster_key_block(p.keys, p.max_splits > 0 ? p.max_splits : schedulable_splits<D>());
+  const int splits = (p.keys + kb - 1) / kb;
+  const ClusterArgs args{static_cast<const __nv_bfloat16*>(p.q), static_cast<const __nv_bfloat16*>(p.k),
+                         static_cast<const __nv_bfloat16*>(p.v), static_cast<const __nv_bfloat16*>(p.bias),
+                         static_cast<__nv_bfloat16*>(p.out), p.rows, p.keys, p.static_keys, kb,
+                         p.ldq, p.ldk, p.ldv, p.ldo, p.qk_scale};
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(splits), unsigned((args.rows + kRows - 1) / kRows));
+  config.gridDim = dim3(unsigned(splits), unsigned((p.rows + kRows - 1) / kRows));
   config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = L.bytes;
+  config.dynamicSmemBytes = Layout(D, kb).bytes;
   config.stream = stream;
   cudaLaunchAttribute attribute[3];
   attribute[0].id = cudaLaunchAttributeClusterDimension;
@@ -333,11 +364,11 @@ void launch(const ClusterArgs& args, int splits, bool dependent, cudaStream_t st
   attribute[2].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
   attribute[2].val.sharedMemCarveout = unsigned(chain_carveout());
   config.attrs = attribute;
-  config.numAttrs = dependent ? (chain_carveout() >= 0 ? 3 : 2) : 1;
+  config.numAttrs = p.dependent ? (chain_carveout() >= 0 ? 3 : 2) : 1;
   if (auto err = cudaLaunchKernelEx(&config, kernel, args); err != cudaSuccess)
     throw std::runtime_error(std::string("mqa_cluster_attention: launch of ") + std::to_string(splits) +
-                             "-CTA clusters failed: " + cudaGetErrorString(err) +
-                             (splits > 8 ? " (a GPU without non-portable clusters needs max_splits <= 8)" : ""));
+                             "-CTA clusters failed: " + cudaGetErrorString(err) + " (max_splits 0 takes the largest "
+                             "cluster this GPU schedules)");
 }
 
 }  // namespace
@@ -355,20 +386,15 @@ int mqa_cluster_key_block(int keys, int max_splits) {
 }
 
 void mqa_cluster_attention_run(const MqaClusterProblem& p, cudaStream_t stream) {
-  if (p.rows < 1 || p.static_keys < 0 || p.static_keys > p.keys)
-    throw std::runtime_error("mqa_cluster_attention: needs rows >= 1 and 0 <= static_keys <= keys (got rows=" +
-                             std::to_string(p.rows) + " keys=" + std::to_string(p.keys) +
-                             " static_keys=" + std::to_string(p.static_keys) + ")");
-  const int kb = mqa_cluster_key_block(p.keys, p.max_splits);
-  const int splits = (p.keys + kb - 1) / kb;
-  ClusterArgs a{static_cast<const __nv_bfloat16*>(p.q), static_cast<const __nv_bfloat16*>(p.k),
-                static_cast<const __nv_bfloat16*>(p.v), static_cast<const __nv_bfloat16*>(p.bias),
-                static_cast<__nv_bfloat16*>(p.out), p.rows, p.keys, p.static_keys, kb,
-                p.ldq, p.ldk, p.ldv, p.ldo, p.qk_scale};
+  if (p.rows < 1 || p.static_keys < 0 || p.static_keys > p.keys || p.max_splits < 0)
+    throw std::runtime_error("mqa_cluster_attention: needs rows >= 1, 0 <= static_keys <= keys and max_splits >= 0 "
+                             "(got rows=" + std::to_string(p.rows) + " keys=" + std::to_string(p.keys) +
+                             " static_keys=" + std::to_string(p.static_keys) +
+                             " max_splits=" + std::to_string(p.max_splits) + ")");
   switch (p.head_dim) {
-    case 64: return launch<64>(a, splits, p.dependent, stream);
-    case 128: return launch<128>(a, splits, p.dependent, stream);
-    case 256: return launch<256>(a, splits, p.dependent, stream);
+    case 64: return run<64>(p, stream);
+    case 128: return run<128>(p, stream);
+    case 256: return run<256>(p, stream);
     default:
       throw std::runtime_error("mqa_cluster_attention: head dim must be 64, 128 or 256, got " +
                                std::to_string(p.head_dim));

@@ -57,7 +57,8 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
 
 // Split-KV attention of few query rows over one kv head in one launch (mqa_cluster_attention.cu, every family):
 // out[rows, D] = softmax(q k^T / sqrt(D) + bias) v, q [rows, D], k/v [keys, D], bias [keys] (bf16, 0 or -inf), the
-// key blocks of 16 rows being the CTAs of one cluster (at most max_splits <= 16, blocks of <= 128 keys). Keys below
+// key blocks of 16 rows being the CTAs of one cluster (at most max_splits <= 16, 0: the largest cluster the GPU
+// schedules; blocks of <= 128 keys). Keys below
 // static_keys are not written by the kernels before it and are read before griddepcontrol.wait.
 struct MqaClusterProblem {
   const void* q;

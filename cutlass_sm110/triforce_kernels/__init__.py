@@ -288,7 +288,8 @@ MQA_CLUSTER_MAX_KEY_BLOCK = 128
 
 
 def mqa_cluster_max_keys(max_splits: int = MQA_CLUSTER_MAX_SPLITS) -> int:
-    return max_splits * MQA_CLUSTER_MAX_KEY_BLOCK
+    """Keys max_splits blocks take (0: as many as the largest cluster; a GPU scheduling fewer refuses at launch)."""
+    return (max_splits or MQA_CLUSTER_MAX_SPLITS) * MQA_CLUSTER_MAX_KEY_BLOCK
 
 
 def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> None:
@@ -303,11 +304,12 @@ def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> 
 
 
 def mqa_cluster_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
-                          static_keys: int = 0, max_splits: int = MQA_CLUSTER_MAX_SPLITS,
+                          static_keys: int = 0, max_splits: int = 0,
                           dependent: bool = False) -> None:
     """out[R, D] = softmax(q k^T / sqrt(D) + bias) v over one kv head (every query head a row), bf16, for few rows
-    (the denoise step), in one launch: the keys are split into at most `max_splits` blocks of <= 128, the CTAs of one
-    thread-block cluster, which combine their partial softmaxes through distributed shared memory. bias [T] bf16 is
+    (the denoise step), in one launch: the keys are split into at most `max_splits` blocks of <= 128 (0: as many as
+    the largest cluster this GPU schedules, at most 16), the CTAs of one thread-block cluster, which combine their
+    partial softmaxes through distributed shared memory. bias [T] bf16 is
     additive (0 or -inf). static_keys: keys [0, static_keys) are not written by the kernels launched before this one
     in its dependent chain, so a dependent launch reads them before waiting on them."""
     op = "mqa_cluster_attention"
@@ -325,11 +327,12 @@ def mqa_cluster_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
         raise KernelError(f"{op}: v must have k's {keys} rows and out q's shape {list(q.shape)}; got v "
                           f"{list(v.shape)}, out {list(out.shape)}")
     _check(op, "bias", bias, torch.bfloat16, (keys,))
-    if not 1 <= max_splits <= MQA_CLUSTER_MAX_SPLITS:
-        raise KernelError(f"{op}: max_splits must be 1..{MQA_CLUSTER_MAX_SPLITS}, got {max_splits}")
+    if not 0 <= max_splits <= MQA_CLUSTER_MAX_SPLITS:
+        raise KernelError(f"{op}: max_splits must be 0 (the largest cluster) .. {MQA_CLUSTER_MAX_SPLITS}, got "
+                          f"{max_splits}")
     if not 1 <= keys <= mqa_cluster_max_keys(max_splits):
-        raise KernelError(f"{op}: {keys} keys; {max_splits} blocks of at most {MQA_CLUSTER_MAX_KEY_BLOCK} take "
-                          f"1..{mqa_cluster_max_keys(max_splits)}")
+        raise KernelError(f"{op}: {keys} keys; {max_splits or MQA_CLUSTER_MAX_SPLITS} blocks of at most "
+                          f"{MQA_CLUSTER_MAX_KEY_BLOCK} take 1..{mqa_cluster_max_keys(max_splits)}")
     if not 0 <= static_keys <= keys:
         raise KernelError(f"{op}: static_keys must be 0..{keys}, got {static_keys}")
     _check_same_device(op, q, k, v, bias, out)
