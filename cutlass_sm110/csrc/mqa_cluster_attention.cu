@@ -38,17 +38,6 @@ constexpr int kMaxSplits = 16;       // CTAs a cluster: above 8 (the portable si
 constexpr int kMaxKeyBlock = 128;    // keys a CTA
 constexpr float kLog2e = 1.4426950408889634f;
 
-struct ClusterArgs {
-  const __nv_bfloat16* q;
-  const __nv_bfloat16* k;
-  const __nv_bfloat16* v;
-  const __nv_bfloat16* bias;
-  __nv_bfloat16* out;
-  int rows, keys, static_keys, kb;
-  int64_t ldq, ldk, ldv, ldo;
-  float qk_scale;  // 1/sqrt(D) * log2 e: the softmax runs in the exp2 domain
-};
-
 // Shared-memory layout for head dim D and kb keys a CTA (byte offsets; every part 16-byte aligned).
 struct Layout {
   int q, k, v, s, p, bias, ml, recv, recv_ml, bar, bytes;
@@ -133,10 +122,10 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16* tile, const __nv_bfloat
 }
 
 template <int D>
-__global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(ClusterArgs a) {
+__global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(MqaClusterProblem a, int kb) {
   extern __shared__ __align__(16) unsigned char smem[];
   cg::cluster_group cluster = cg::this_cluster();
-  const Layout L(D, a.kb);
+  const Layout L(D, kb);
   auto* qs = reinterpret_cast<__nv_bfloat16*>(smem + L.q);
   auto* ks = reinterpret_cast<__nv_bfloat16*>(smem + L.k);
   auto* vs = reinterpret_cast<__nv_bfloat16*>(smem + L.v);
@@ -146,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(Cluster
   auto* m_s = reinterpret_cast<float*>(smem + L.ml);
   auto* l_s = m_s + kRows;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int kb = a.kb, key0 = blockIdx.x * kb, row0 = blockIdx.y * kRows;
+  const int key0 = blockIdx.x * kb, row0 = blockIdx.y * kRows;
   const int key_limit = min(kb, a.keys - key0);           // keys of this block
   const int pre = max(0, min(key_limit, a.static_keys - key0));  // of them, readable before the wait
 
@@ -166,8 +155,8 @@ __global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(Cluster
   // every mbarrier initialized before any block pushes (waited on just before the pushes)
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 
-  const __nv_bfloat16* kg = a.k + int64_t(key0) * a.ldk;
-  const __nv_bfloat16* vg = a.v + int64_t(key0) * a.ldv;
+  const auto* kg = static_cast<const __nv_bfloat16*>(a.k) + int64_t(key0) * a.ldk;
+  const auto* vg = static_cast<const __nv_bfloat16*>(a.v) + int64_t(key0) * a.ldv;
   load_rows<D>(ks, kg, a.ldk, 0, pre, key_limit);
   load_rows<D>(vs, vg, a.ldv, 0, pre, key_limit);
   cp_async_commit();
@@ -175,10 +164,11 @@ __global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(Cluster
   launch_dependents();
   load_rows<D>(ks, kg, a.ldk, pre, kb, key_limit);
   load_rows<D>(vs, vg, a.ldv, pre, kb, key_limit);
-  load_rows<D>(qs, a.q + int64_t(row0) * a.ldq, a.ldq, 0, kRows, a.rows - row0);
+  const auto* qg = static_cast<const __nv_bfloat16*>(a.q) + int64_t(row0) * a.ldq;
+  load_rows<D>(qs, qg, a.ldq, 0, kRows, a.rows - row0);
   cp_async_commit();
   for (int j = threadIdx.x; j < kb; j += kThreads)
-    bias_s[j] = j < key_limit ? __bfloat162float(a.bias[key0 + j]) * kLog2e : -INFINITY;
+    bias_s[j] = j < key_limit ? __bfloat162float(static_cast<const __nv_bfloat16*>(a.bias)[key0 + j]) * kLog2e : -INFINITY;
   cp_async_wait_all();
   __syncthreads();
 
@@ -301,7 +291,7 @@ __global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(Cluster
     packed.x = *reinterpret_cast<uint32_t*>(&lo);
     packed.y = *reinterpret_cast<uint32_t*>(&hi);
     const int col = (local * splits + rank) * 8 + 4 * half;
-    *reinterpret_cast<uint2*>(a.out + int64_t(row0 + r) * a.ldo + col) = packed;
+    *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(a.out) + int64_t(row0 + r) * a.ldo + col) = packed;
   }
 }
 
@@ -345,10 +335,6 @@ void run(const MqaClusterProblem& p, cudaStream_t stream) {
   auto kernel = prepared_kernel<D>();
   const int kb = mqa_cluster_key_block(p.keys, p.max_splits > 0 ? p.max_splits : schedulable_splits<D>());
   const int splits = (p.keys + kb - 1) / kb;
-  const ClusterArgs args{static_cast<const __nv_bfloat16*>(p.q), static_cast<const __nv_bfloat16*>(p.k),
-                         static_cast<const __nv_bfloat16*>(p.v), static_cast<const __nv_bfloat16*>(p.bias),
-                         static_cast<__nv_bfloat16*>(p.out), p.rows, p.keys, p.static_keys, kb,
-                         p.ldq, p.ldk, p.ldv, p.ldo, p.qk_scale};
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(splits), unsigned((p.rows + kRows - 1) / kRows));
   config.blockDim = dim3(kThreads);
@@ -365,7 +351,7 @@ void run(const MqaClusterProblem& p, cudaStream_t stream) {
   attribute[2].val.sharedMemCarveout = unsigned(chain_carveout());
   config.attrs = attribute;
   config.numAttrs = p.dependent ? (chain_carveout() >= 0 ? 3 : 2) : 1;
-  if (auto err = cudaLaunchKernelEx(&config, kernel, args); err != cudaSuccess)
+  if (auto err = cudaLaunchKernelEx(&config, kernel, p, kb); err != cudaSuccess)
     throw std::runtime_error(std::string("mqa_cluster_attention: launch of ") + std::to_string(splits) +
                              "-CTA clusters failed: " + cudaGetErrorString(err) + " (max_splits 0 takes the largest "
                              "cluster this GPU schedules)");
