@@ -58,7 +58,7 @@
 #   part 34 (the kernel wheel, development build): the denoise attention benchmark (max_splits 0 included)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|20   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|34   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -66,6 +66,19 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /
 export PYTHONPATH=$PWD:$PWD/cutlass_sm110:/tmp/site PYTHONUNBUFFERED=1 MAX_JOBS=14
 LOG="$OUT/log$1.txt"
 run() { echo "== $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; echo "== exit ${PIPESTATUS[0]}" | tee -a "$LOG"; }
+# the engine variants of Plan A and of Plan B h100_fast, with the development build
+engine_variants_ab() {
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+}
+# Plan B (h100_fast) and Plan A validation, then the engine benchmark; $1: how Plan A's validation runs ("" without
+# the kernel wheel, bench/with_devbuild.py with the development build)
+validate_and_bench() {
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+  run python3 $1 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+}
 if [ "$1" = 1 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
@@ -169,43 +182,31 @@ elif [ "$1" = 25 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  mkdir -p "$OUT/fast"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+  validate_and_bench ""
 elif [ "$1" = 26 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+  engine_variants_ab
 elif [ "$1" = 27 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --out-dir "$OUT"
-  mkdir -p "$OUT/fast"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-  run python3 scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+  validate_and_bench ""
 elif [ "$1" = 29 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "mqa_cluster or carveout"
   run python3 bench/with_devbuild.py bench/decode_attention.py --out-dir "$OUT"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+  engine_variants_ab
 elif [ "$1" = 30 ] || [ "$1" = 31 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "skinny or mqa_cluster"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   if [ "$1" = 31 ]; then
-    run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --out-dir "$OUT"
-    run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+    engine_variants_ab
   fi
-  mkdir -p "$OUT/fast"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+  validate_and_bench bench/with_devbuild.py
 elif [ "$1" = 33 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k mqa_cluster
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py

@@ -56,9 +56,12 @@ def test_dependent_launch_is_refused_without_pdl_naming_the_gpu(monkeypatch):
 def test_a_carveout_the_wheel_cannot_apply_is_refused(monkeypatch):
     """The few-row mma kernels of a wheel without w4a16_skinny_set_carveout would keep the driver's split silently:
     the capture refuses instead, naming the op and the way out."""
+    from triforce.runtime import engine
+
     applied = []
     monkeypatch.setattr(fused, "set_chain_carveout", applied.append)
     old_wheel = SimpleNamespace(has_op=lambda op: op != "w4a16_skinny_set_carveout")
+    monkeypatch.setattr(engine, "kernel_wheel", lambda: old_wheel)
     layer = SimpleNamespace(use_few_row_kernel=None, few_row="mma", tk=old_wheel)
     stub = SimpleNamespace(carveout=100, _carveout_pushed=False, decode_attention="triton", step0_attention="triton",
                            expert_layers=[{"qkv": object(), "o": layer, "gate_up": object(), "down": layer}])

@@ -138,12 +138,17 @@ std::tuple<at::Tensor, at::Tensor> w4a16_prepack(const at::Tensor& qweight, cons
   return {packed_weight, packed_scales};
 }
 
+// A CUDA bf16 [rows, cols] operand read by 16-byte rows: unit column stride, row-strided views allowed.
+void check_rows(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.scalar_type() == at::kBFloat16 && t.dim() == 2 && t.stride(1) == 1 &&
+                  t.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0,
+              op, ": ", name, " must be a CUDA bf16 2-D tensor with unit column stride and 16-byte aligned rows");
+}
+
 // x (row-strided bf16 view allowed, 1..64 rows) and the few-row kernel's fragment-layout weights and scales of N
 // weight rows (gate and up rows both counted for the GeGLU form).
 void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n, const char* op) {
-  TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 &&
-                  x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
-              op, ": x must be a CUDA bf16 [M, K] with unit column stride, 16-byte aligned rows");
+  check_rows(x, op, "x");
   check_tensor(w, op, "weight", at::kByte);
   check_tensor(s, op, "scales", at::kBFloat16);
   const int64_t m = x.size(0), k = x.size(1);
@@ -204,11 +209,7 @@ void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tens
 void mqa_cluster_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                            at::Tensor out, int64_t static_keys, int64_t max_splits, bool dependent) {
   const char* op = "mqa_cluster_attention";
-  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) {
-    TORCH_CHECK(t->is_cuda() && t->scalar_type() == at::kBFloat16 && t->dim() == 2 && t->stride(1) == 1 &&
-                    t->stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0,
-                op, ": ", name, " must be a CUDA bf16 [rows, D] with unit column stride and 16-byte aligned rows");
-  }
+  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) check_rows(*t, op, name);
   check_tensor(bias, op, "bias", at::kBFloat16);
   const int64_t rows = q.size(0), d = q.size(1), keys = k.size(0);
   TORCH_CHECK(d == 64 || d == 128 || d == 256, op, ": head dim must be 64, 128 or 256, got ", d);
@@ -377,8 +378,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "few rows (split-KV over one cluster's CTAs, one launch)", py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("bias"), py::arg("out"), py::arg("static_keys") = 0, py::arg("max_splits") = 0,
         py::arg("dependent") = false);
-  m.def("mqa_cluster_key_block", &triforce::mqa_cluster_key_block, "keys a CTA of mqa_cluster_attention takes for "
-        "(keys, max_splits); raises where they do not fit", py::arg("keys"), py::arg("max_splits") = 16);
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

@@ -295,6 +295,19 @@ __global__ void __launch_bounds__(kThreads) mqa_cluster_attention_kernel(MqaClus
   }
 }
 
+// Keys a CTA takes (a multiple of 16, at most kMaxKeyBlock) when the keys are cut into at most max_splits blocks.
+int mqa_cluster_key_block(int keys, int max_splits) {
+  if (max_splits < 1 || max_splits > kMaxSplits)
+    throw std::runtime_error("mqa_cluster_attention: max_splits must be 1.." + std::to_string(kMaxSplits) +
+                             ", got " + std::to_string(max_splits));
+  const int per = (keys + max_splits - 1) / max_splits;
+  const int kb = ((per + 15) / 16) * 16;
+  if (keys < 1 || kb > kMaxKeyBlock)
+    throw std::runtime_error("mqa_cluster_attention: " + std::to_string(keys) + " keys do not fit " +
+                             std::to_string(max_splits) + " blocks of at most " + std::to_string(kMaxKeyBlock));
+  return kb;
+}
+
 // The kernel with its attributes set (once): non-portable clusters allowed, the largest key block's shared memory.
 template <int D>
 auto prepared_kernel() {
@@ -358,18 +371,6 @@ void run(const MqaClusterProblem& p, cudaStream_t stream) {
 }
 
 }  // namespace
-
-int mqa_cluster_key_block(int keys, int max_splits) {
-  if (max_splits < 1 || max_splits > kMaxSplits)
-    throw std::runtime_error("mqa_cluster_attention: max_splits must be 1.." + std::to_string(kMaxSplits) +
-                             ", got " + std::to_string(max_splits));
-  const int per = (keys + max_splits - 1) / max_splits;
-  const int kb = ((per + 15) / 16) * 16;
-  if (keys < 1 || kb > kMaxKeyBlock)
-    throw std::runtime_error("mqa_cluster_attention: " + std::to_string(keys) + " keys do not fit " +
-                             std::to_string(max_splits) + " blocks of at most " + std::to_string(kMaxKeyBlock));
-  return kb;
-}
 
 void mqa_cluster_attention_run(const MqaClusterProblem& p, cudaStream_t stream) {
   if (p.rows < 1 || p.static_keys < 0 || p.static_keys > p.keys || p.max_splits < 0)

@@ -71,7 +71,6 @@ struct MqaClusterProblem {
   float qk_scale;  // softmax scale * log2 e
   bool dependent;
 };
-int mqa_cluster_key_block(int keys, int max_splits);
 void mqa_cluster_attention_run(const MqaClusterProblem& p, cudaStream_t stream);
 
 #if defined(TRIFORCE_FAMILY_HOPPER)

@@ -210,13 +210,22 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
 W4A16_SKINNY_MAX_ROWS = 64
 
 
+def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> None:
+    """A bf16 [rows, D] operand with unit column stride and 16-byte aligned rows (row-strided views allowed)."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.bfloat16 or t.dim() != 2:
+        raise KernelError(f"{op}: {name} must be a bf16 2-D tensor, got "
+                          f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}")
+    if t.stride(1) != 1 or t.stride(0) % 8 or t.data_ptr() % 16:
+        raise KernelError(f"{op}: {name} needs unit column stride and 16-byte aligned rows")
+    if dim is not None and t.shape[1] != dim:
+        raise KernelError(f"{op}: {name} has head dim {t.shape[1]}, q has {dim}")
+
+
 def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int) -> None:
     """x (a row-strided bf16 view allowed) and the fragment-layout weights and scales of N output rows."""
     m, k = x.shape
     _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
-    if x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16:
-        raise KernelError(f"{op}: x must be bf16 with unit column stride and 16-byte aligned rows, got {x.dtype}, "
-                          f"strides {list(x.stride())}")
+    _check_rows(op, "x", x)
     _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
     _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
 
@@ -290,17 +299,6 @@ MQA_CLUSTER_MAX_KEY_BLOCK = 128
 def mqa_cluster_max_keys(max_splits: int = MQA_CLUSTER_MAX_SPLITS) -> int:
     """Keys max_splits blocks take (0: as many as the largest cluster; a GPU scheduling fewer refuses at launch)."""
     return (max_splits or MQA_CLUSTER_MAX_SPLITS) * MQA_CLUSTER_MAX_KEY_BLOCK
-
-
-def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> None:
-    """A bf16 [rows, D] operand with unit column stride and 16-byte aligned rows (row-strided views allowed)."""
-    if not isinstance(t, torch.Tensor) or t.dtype != torch.bfloat16 or t.dim() != 2:
-        raise KernelError(f"{op}: {name} must be a bf16 2-D tensor, got "
-                          f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}")
-    if t.stride(1) != 1 or t.stride(0) % 8 or t.data_ptr() % 16:
-        raise KernelError(f"{op}: {name} needs unit column stride and 16-byte aligned rows")
-    if dim is not None and t.shape[1] != dim:
-        raise KernelError(f"{op}: {name} has head dim {t.shape[1]}, q has {dim}")
 
 
 def mqa_cluster_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,

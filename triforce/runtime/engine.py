@@ -458,7 +458,7 @@ class Pi05Engine:
         mma = [lin for lin in self._w4a16_layers(W4A16_FEW_ROW_LAYERS) if lin.few_row == "mma"]
         if not mma and "cluster" not in (self.decode_attention, self.step0_attention):
             return                        # no kernel of the wheel in the chain
-        tk = mma[0].tk if mma else kernel_wheel()   # one triforce_kernels module for all
+        tk = kernel_wheel()
         if not tk.has_op("w4a16_skinny_set_carveout"):
             raise UnsupportedError(f"carveout {self.carveout}: this triforce_kernels wheel has no "
                                    f"w4a16_skinny_set_carveout for its chain kernels; rebuild it with `invoke "
@@ -645,13 +645,9 @@ class Pi05Engine:
         out = torch.empty_like(q)
         if q.shape[0] > 256:
             return fused.mqa_attention(q, k, v, bias, out)
-        if kernel == "cluster":
-            tk = kernel_wheel()
-            if k.shape[0] > tk.mqa_cluster_max_keys():
-                raise UnsupportedError(f"denoise attention 'cluster' takes at most {tk.mqa_cluster_max_keys()} keys, "
-                                       f"this bucket has {k.shape[0]}: set_decode_attention('triton')")
-            tk.mqa_cluster_attention(q, k, v, bias, out, static_keys=static_keys,
-                                     dependent=fused.launching_dependent())
+        if kernel == "cluster":             # it refuses, naming them, keys beyond its blocks
+            kernel_wheel().mqa_cluster_attention(q, k, v, bias, out, static_keys=static_keys,
+                                                 dependent=fused.launching_dependent())
             return out
         return fused.mqa_attention_split(q, k, v, bias, out)
 
