@@ -56,6 +56,8 @@
 #     sweep of key splits, then part 31 with the prefix attention unsplit as a variant
 #   part 33 (the kernel wheel, development build): the cluster attention's kernel tests, all engine GPU tests
 #   part 34 (the kernel wheel, development build): the denoise attention benchmark (max_splits 0 included)
+#   part 35 (the kernel wheel, development build): the few-row and cluster attention kernel tests, all engine GPU
+#     tests, the FP8 GEMM forms (Gemma MLP and SigLIP; FP8 output), Plan B's kernel profile (h100_fast)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|34   (carry .device_carry and .whl)
@@ -212,6 +214,11 @@ elif [ "$1" = 33 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
 elif [ "$1" = 34 ]; then
   run python3 bench/with_devbuild.py bench/decode_attention.py --out-dir "$OUT"
+elif [ "$1" = 35 ]; then
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "skinny or mqa_cluster"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/fp8_gemm.py --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/profile_engine.py --plan b --recipe h100_fast --top 40
 elif [ "$1" = 28 ]; then
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
 elif [ "$1" = 19 ]; then
