@@ -28,8 +28,11 @@ stream-K GEMM with a bias/GELU epilogue (vision 2.38-2.46 vs cuBLAS 1.61 ms: los
 Session 10: the adaRMS norm folded into the mma gate/up and a QKV + RoPE form of the mma kernel (6 launches a layer):
 10.22 and 12.27 ms vs 8.95 and 9.02 without (two kernel versions); the mma QKV alone 9.30 / 9.35 vs Triton's 8.95 /
 9.02 ms: all removed (*-s10-norm-fold-v1.json, *-s10-norm-fold-v2.json).
+With --recipes r1,r2,... (Plan B) the variants are instead the engine defaults on each recipe's model (one model a
+recipe, same run): session 12 compared SigLIP in FP8 (recipe h100) against bf16 (h100_fast) this way.
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
-    python3 bench/engine_variants.py [--plan a] [--recipe h100_measured] [--runs 100] [--out-dir bench/results]"""
+    python3 bench/engine_variants.py [--plan a] [--recipe h100_measured | --recipes h100_fast,h100] [--runs 100]
+        [--out-dir bench/results]"""
 
 import sys
 from pathlib import Path
@@ -71,16 +74,25 @@ def main():
     ap = rep.bench_parser(__doc__, runs=True)
     ap.add_argument("--plan", default="a", help="a or b")
     ap.add_argument("--recipe", default="h100_measured", help="the Plan B recipe (with --plan b)")
+    ap.add_argument("--recipes", default=None, help="Plan B: compare these recipes (comma-separated), engine defaults")
     a = ap.parse_args()
     config = STANDARD["config"]
-    recipe = a.recipe if a.plan == "b" else None
-    policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=recipe)
-    eng, cfg = policy.backend, policy.config
+    if a.recipes and a.plan != "b":
+        raise SystemExit("engine_variants: --recipes compares Plan B recipes (use --plan b)")
+    recipes = a.recipes.split(",") if a.recipes else [a.recipe if a.plan == "b" else None]
+    load = lambda recipe: Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=recipe)  # noqa: E731
+    if a.recipes:
+        runs = [(f"recipe {r}", ENGINE_DEFAULTS, load(r)) for r in recipes]
+    else:
+        policy = load(recipes[0])
+        runs = [(name, settings, policy) for name, settings in VARIANTS[a.plan]]
+    cfg = runs[0][2].config
     rng = np.random.default_rng(0)
     obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
     noise = random_noise(cfg, rng)
     rows, results, first = [], {}, None
-    for name, settings in VARIANTS[a.plan]:
+    for name, settings, policy in runs:
+        eng = policy.backend
         apply(eng, settings)
         timing = time_cuda(eng.ready_replay(obs, noise), runs=a.runs, warmup_s=1.5)
         actions = eng.infer(obs, noise)
@@ -93,7 +105,7 @@ def main():
     rep.print_table(f"engine variants, plan {a.plan}, {config} standard workload (graph replay median, ms)",
                     ["variant", "total", "vision", "prefix", "step 0 after prefix end", "denoise", "x vs first",
                      "cos vs first"], rows)
-    rep.record_run(a.out_dir, f"engine_variants-plan{a.plan}", {"plan": a.plan, "recipe": recipe, "workload": STANDARD,
+    rep.record_run(a.out_dir, f"engine_variants-plan{a.plan}", {"plan": a.plan, "recipes": recipes, "workload": STANDARD,
                                                                 "variants": results, "note": rep.RANDOM_WEIGHTS_NOTE})
 
 

@@ -110,6 +110,14 @@ check("geglu with deferred channel scales", fused.geglu(gu, torch.empty(3, 40, d
       F.gelu(gs[:, :40], approximate="tanh") * gs[:, 40:], 1e-2)
 h = torch.randn(4, 64).bfloat16()
 check("gelu", fused.gelu(h, torch.empty_like(h)), F.gelu(h.float(), approximate="tanh"), 1e-2)
+hcs, hb = torch.rand(64) + 0.5, torch.randn(64).bfloat16()
+check("gelu with an FP8 GEMM's deferred channel scales and bias",
+      fused.gelu(h, torch.empty_like(h), channel_scale=hcs, bias=hb),
+      F.gelu(h.float() * hcs + hb.float(), approximate="tanh"), 1e-2)
+x = x0.clone()
+yb = torch.randn(96).bfloat16()
+fused.add_norm(x, out, y=y, gate=g, y_bias=yb, weight=w, bias=b, layernorm=True)
+check("add_norm residual with a deferred bias", x, x0 + y.float() * g + yb.float(), 1e-6)
 
 R, T = 40, 150
 qa, ka, va = torch.randn(R, D).bfloat16(), torch.randn(T, D).bfloat16(), torch.randn(T, D).bfloat16()
@@ -127,6 +135,26 @@ qkv5 = packed.float().view(Vw, Tk, 3, Hh, Dh).permute(2, 0, 3, 1, 4)
 ref = F.scaled_dot_product_attention(qkv5[0], qkv5[1], qkv5[2]).transpose(1, 2).reshape(Vw * Tk, Hh * Dh)
 check("packed attention (SigLIP, from the QKV output)",
       fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), Tk, Hh, Dh, 16, 16), ref, 1e-2)
+pcs, pb = torch.rand(3 * Hh * Dh) + 0.5, (0.2 * torch.randn(3 * Hh * Dh)).bfloat16()
+# the kernel rounds the scaled q / k / v to bf16 for its dots; the interpreter's cast truncates (the GPU's rounds to
+# nearest), so the reference truncates too
+scaled = ((packed.float() * pcs + pb.float()).view(torch.int32) & -65536).view(torch.float32)
+qkv5 = scaled.view(Vw, Tk, 3, Hh, Dh).permute(2, 0, 3, 1, 4)
+ref = F.scaled_dot_product_attention(qkv5[0], qkv5[1], qkv5[2]).transpose(1, 2).reshape(Vw * Tk, Hh * Dh)
+check("packed attention with the FP8 QKV GEMM's deferred channel scales and bias",
+      fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), Tk, Hh, Dh, 16, 16,
+                             channel_scale=pcs, bias=pb), ref, 1e-2)
+a8 = fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.float8_e4m3fn), Tk, Hh, Dh, 16, 16,
+                            channel_scale=pcs, bias=pb, quant_scale=torch.tensor([8.0]))
+a16 = fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), Tk, Hh, Dh, 16, 16,
+                             channel_scale=pcs, bias=pb)
+got, want = a8.float(), (a16.float() * 8).to(torch.float8_e4m3fn).float()
+carry = (got != want) & (want.abs() == 2 * got.abs()) & (torch.log2(want.abs()) == torch.log2(want.abs()).round())
+other = int(((got - want).abs() > want.abs() / 8 + 2 ** -8).logical_and(~carry).sum())   # beyond one E4M3 step
+print(f"packed attention -> fp8: {other} codes off the bf16 output's E4M3 by more than one step "
+      f"({int(carry.sum())} interpreter carry drops)")
+if other:
+    failures.append("packed attention -> fp8")
 try:
     fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), 30, Hh, Dh)
     failures.append("packed attention took 80 rows as views of 30 tokens")

@@ -1,5 +1,8 @@
 """Plan A / Plan B engines on a real GPU (marked gpu: run on the lent H100, not in CI)."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,14 @@ from triforce.workload import cosine, random_noise, random_observation
 
 pytestmark = pytest.mark.gpu
 TINY = load_config("pi05_tiny")
+
+
+def _load_devbuild():
+    """The kernel wheel's development build (cutlass_sm110/devbuild.py), which the W4A16 layers need."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
+    import devbuild
+
+    devbuild.load()
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +90,7 @@ def test_fp8_norm_output_is_exact_e4m3():
 
 
 def test_plan_b_h100_recipe_on_tiny():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
-    import devbuild
-
-    devbuild.load()
+    _load_devbuild()
     ref = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="ref", device="cuda")
     b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
     rng = np.random.default_rng(2)
@@ -94,17 +99,25 @@ def test_plan_b_h100_recipe_on_tiny():
         assert cosine(b.infer(obs, noise), ref.infer(obs, noise)) >= 0.98
 
 
+def test_fp8_vision_applies_the_deferred_epilogues(policies):
+    """The h100 recipe's SigLIP GEMMs run per-tensor FP8 and leave their per-channel weight scales and biases to the
+    kernels after them (attention, GELU, residual add): the image tokens match the bf16 engine's."""
+    _load_devbuild()
+    b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
+    layer = b.backend.vision_layers[0]
+    assert all(layer[n].output_bias is not None and layer[n].output_channel_scale is not None
+               for n in ("qkv", "o", "fc1", "fc2")), "SigLIP's FP8 layers defer their epilogue"
+    images = torch.rand(2, TINY.image_size, TINY.image_size, 3, device="cuda") * 2 - 1
+    with torch.no_grad():
+        want, got = policies[1].backend._vision(images), b.backend._vision(images)
+    assert cosine(got.float().cpu().numpy(), want.float().cpu().numpy()) >= 0.99
+
+
 def test_w4a16_few_row_kernels_give_the_same_actions():
     """Plan B's W4A16 expert o/down, then also gate/up with its GeGLU, on the wheel's warp-MMA kernel (fragment
     layout) against the Triton kernels, with dependent launches (the engine default on sm_90+): the same actions up
     to fp32 summation order."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
-    import devbuild
-
-    devbuild.load()
+    _load_devbuild()
     b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
     eng = b.backend
     rng = np.random.default_rng(4)
@@ -208,13 +221,7 @@ def test_one_carveout_keeps_the_actions(policies):
 def test_cluster_attention_gives_the_triton_actions():
     """The denoise step's attention on the wheel's one-launch cluster kernel (the default where the wheel has it)
     against the Triton partials + combine, with dependent launches and step 0 beside the prefix (the defaults)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
-    import devbuild
-
-    devbuild.load()
+    _load_devbuild()
     policy = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="a")
     eng = policy.backend
     assert eng.decode_attention == "cluster"

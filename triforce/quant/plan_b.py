@@ -70,13 +70,15 @@ class Fp8Linear:
     def __init__(self, t: dict, defer_channel_scale: bool = False):
         self.weight = t["weight"].cuda()                       # [N, K] e4m3
         self.weight_scale = t["weight_scale"].cuda().float().view(1, -1)
-        # Deferred: cuBLASLt runs its per-tensor-scaled FP8 kernel and the consumer kernel (RoPE, GeGLU, residual
-        # add) multiplies the per-output-channel weight scales (the row-wise scaled kernel measured ~1.1x bf16).
+        # Deferred: cuBLASLt runs its per-tensor-scaled FP8 kernel and the consumer kernel (RoPE, GeGLU, attention,
+        # residual add) multiplies the per-output-channel weight scales and adds the bias (the row-wise scaled kernel
+        # measured 0.87-1.2x bf16, per-tensor 1.26-1.72x: bench/results/fp8_gemm-*-s12.json).
         self.output_channel_scale = self.weight_scale.view(-1).contiguous() if defer_channel_scale else None
         self._one = torch.ones((), device="cuda")
         self.input_scale = t["input_scale"].cuda().float().view(1)
         self.input_quant_scale = (1.0 / self.input_scale).contiguous()
         self.bias = t["bias"].cuda() if "bias" in t else None
+        self.output_bias = self.bias if defer_channel_scale else None
         self._scale_a: dict = {}
         self.nbytes = self.weight.numel() + self.weight_scale.numel() * 4
 
@@ -210,8 +212,8 @@ class QuantizedModel:
         if precision == "w4a16":   # few rows: the Triton kernel except where CUTLASS measured faster (gate_up)
             gate_up = layer_id.endswith(".gate_up")
             return W4A16Linear(t, few_row_kernel=not gate_up, gate_up=gate_up)
-        if precision == "fp8":     # the prefix's consumer kernels apply the per-channel weight scales
-            return Fp8Linear(t, defer_channel_scale=layer_id.startswith("prefix."))
+        if precision == "fp8":     # the consumer kernels apply the per-channel weight scales (and SigLIP's biases)
+            return Fp8Linear(t, defer_channel_scale=layer_id.startswith(("prefix.", "vision.")))
         if precision == "bf16":    # the Plan A engine's layer: the expert's o and down add into the residual
             from ..runtime.engine import Linear, few_row_layer
 

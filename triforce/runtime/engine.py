@@ -128,6 +128,11 @@ def out_scale(layer):
     return getattr(layer, "output_channel_scale", None)
 
 
+def out_bias(layer):
+    """The bias an FP8 layer left for its consumer kernel to add after out_scale (None: applied or none)."""
+    return getattr(layer, "output_bias", None)
+
+
 def channel_scale(layer):
     """Per-input-channel 1/s of an AWQ-smoothed layer, applied by the norm that feeds it (None: no smoothing)."""
     return getattr(layer, "input_channel_scale", None)
@@ -492,24 +497,29 @@ class Pi05Engine:
         patches = images.to(BF16).view(n_views, g, p, g, p, 3).permute(0, 1, 3, 5, 2, 4).reshape(n_views * g * g, 3 * p * p)
         x = (self.patch(patches).float().view(n_views, g * g, v.width) + self.pos_emb).view(n_views * g * g, v.width)
         rows = n_views * g * g
-        pending = None
+        pending = pending_scale = pending_bias = None
         for layer in self.vision_layers:
-            qkv_l, fc1, fc2 = layer["qkv"], layer["fc1"], layer["fc2"]
+            qkv_l, o_l, fc1, fc2 = layer["qkv"], layer["o"], layer["fc1"], layer["fc2"]
             h = torch.empty(rows, v.width, dtype=in_dtype(qkv_l), device="cuda")
-            fused.add_norm(x, h, y=pending, weight=layer["ln1"][0], bias=layer["ln1"][1], eps=cfg.norm_eps,
-                           layernorm=True, quant_scale=quant_scale(qkv_l))
-            att = fused.packed_attention(qkv_l(h), torch.empty(rows, v.width, dtype=BF16, device="cuda"), g * g, v.num_heads, v.dim_head)
+            fused.add_norm(x, h, y=pending, gate=pending_scale, y_bias=pending_bias, weight=layer["ln1"][0],
+                           bias=layer["ln1"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(qkv_l))
+            att = fused.packed_attention(qkv_l(h), torch.empty(rows, v.width, dtype=in_dtype(o_l), device="cuda"),
+                                         g * g, v.num_heads, v.dim_head, channel_scale=out_scale(qkv_l),
+                                         bias=out_bias(qkv_l), quant_scale=quant_scale(o_l))
             h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
-            fused.add_norm(x, h, y=layer["o"](att), weight=layer["ln2"][0], bias=layer["ln2"][1], eps=cfg.norm_eps,
-                           layernorm=True, quant_scale=quant_scale(fc1))
+            fused.add_norm(x, h, y=o_l(att), gate=out_scale(o_l), y_bias=out_bias(o_l), weight=layer["ln2"][0],
+                           bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(fc1))
             if isinstance(fc1, Linear) and fc1.bias is not None and in_dtype(fc2) == BF16:
                 pending = fc2(fc1.gelu(h))
-            else:   # a quantized fc1, or an FP8 fc2 that reads E4M3: the GELU kernel (quantizing)
+            else:   # a quantized fc1, or an FP8 fc2 that reads E4M3: the GELU kernel (with fc1's deferred epilogue)
                 mid = fc1(h)
                 act = mid if in_dtype(fc2) == mid.dtype else torch.empty(mid.shape, dtype=in_dtype(fc2), device="cuda")
-                pending = fc2(fused.gelu(mid, act, quant_scale=quant_scale(fc2)))
+                pending = fc2(fused.gelu(mid, act, quant_scale=quant_scale(fc2), channel_scale=out_scale(fc1),
+                                         bias=out_bias(fc1)))
+            pending_scale, pending_bias = out_scale(fc2), out_bias(fc2)
         h = torch.empty(rows, v.width, dtype=BF16, device="cuda")
-        fused.add_norm(x, h, y=pending, weight=self.post_ln[0], bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
+        fused.add_norm(x, h, y=pending, gate=pending_scale, y_bias=pending_bias, weight=self.post_ln[0],
+                       bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
 
     @staticmethod

@@ -111,9 +111,10 @@ def _await_previous(PDL: tl.constexpr):
 
 
 @triton.jit
-def _add_norm_kernel(X, Y, GATE, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stride_y, stride_out, N, eps,
-                     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                     LAYERNORM: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stride_y, stride_out, N, eps,
+                     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_YB: tl.constexpr, HAS_SCALE: tl.constexpr,
+                     HAS_SHIFT: tl.constexpr, LAYERNORM: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
     _await_previous(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -123,6 +124,8 @@ def _add_norm_kernel(X, Y, GATE, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stri
         y = tl.load(Y + row * stride_y + cols, mask=m, other=0.0).to(tl.float32)
         if HAS_GATE:
             y = y * tl.load(GATE + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_YB:
+            y = y + tl.load(YB + cols, mask=m, other=0.0).to(tl.float32)
         x = x + y
         tl.store(X + row * stride_x + cols, x, mask=m)
     if LAYERNORM:
@@ -142,17 +145,19 @@ def _add_norm_kernel(X, Y, GATE, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stri
 
 
 def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bias=None, eps=1e-6, layernorm=False,
-             quant_scale=None):
-    """x (fp32 residual, updated in place) += y [* gate]; out = norm(x) [* scale + shift] (RMS) or LayerNorm(w, b).
+             quant_scale=None, y_bias=None):
+    """x (fp32 residual, updated in place) += y [* gate] [+ y_bias]; out = norm(x) [* scale + shift] (RMS) or
+    LayerNorm(w, b). gate / y_bias: a GEMM's deferred per-channel weight scales and its bias (FP8 layers).
     With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM."""
     rows, n = x.shape
     dummy = x
     _add_norm_kernel[(rows,)](
-        x, y if y is not None else dummy, gate if gate is not None else dummy, scale if scale is not None else dummy,
-        shift if shift is not None else dummy, weight if weight is not None else dummy, bias if bias is not None else dummy,
+        x, y if y is not None else dummy, gate if gate is not None else dummy, y_bias if y_bias is not None else dummy,
+        scale if scale is not None else dummy, shift if shift is not None else dummy,
+        weight if weight is not None else dummy, bias if bias is not None else dummy,
         out, quant_scale if quant_scale is not None else dummy, x.stride(0), y.stride(0) if y is not None else 0,
-        out.stride(0), n, eps, HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_SCALE=scale is not None,
-        HAS_SHIFT=shift is not None, LAYERNORM=layernorm, QUANT=quant_scale is not None,
+        out.stride(0), n, eps, HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_YB=y_bias is not None,
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, LAYERNORM=layernorm, QUANT=quant_scale is not None,
         BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 1024 else 8, **_dependent())
     return out
 
@@ -233,10 +238,15 @@ def geglu(gate_up, out, quant_scale=None, channel_scale=None):
 
 
 @triton.jit
-def _gelu_kernel(X, OUT, QSCALE, N, GELU: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr):
+def _gelu_kernel(X, OUT, QSCALE, CS, B, N, COLS, GELU: tl.constexpr, QUANT: tl.constexpr, HAS_CS: tl.constexpr,
+                 HAS_B: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+    if HAS_CS:   # deferred per-channel weight scales and the bias of an FP8 GEMM (column = offs % COLS)
+        x = x * tl.load(CS + offs % COLS, mask=m, other=0.0)
+    if HAS_B:
+        x = x + tl.load(B + offs % COLS, mask=m, other=0.0).to(tl.float32)
     if GELU:
         z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
         x = x * tl.sigmoid(2.0 * z)
@@ -245,11 +255,15 @@ def _gelu_kernel(X, OUT, QSCALE, N, GELU: tl.constexpr, QUANT: tl.constexpr, BLO
     tl.store(OUT + offs, x.to(OUT.dtype.element_ty), mask=m)
 
 
-def gelu(x, out, quant_scale=None):
-    """out = gelu_tanh(x) for contiguous tensors (in place when out is x; FP8 out with quant_scale)."""
+def gelu(x, out, quant_scale=None, channel_scale=None, bias=None):
+    """out = gelu_tanh(x [* channel_scale] [+ bias]) for contiguous [rows, cols] tensors (in place when out is x;
+    FP8 out with quant_scale). channel_scale (fp32 [cols]) and bias ([cols]): an FP8 GEMM's deferred epilogue."""
     n = x.numel()
-    _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale if quant_scale is not None else x, n, GELU=True,
-                                          QUANT=quant_scale is not None, BLOCK=2048, num_warps=4)
+    _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale if quant_scale is not None else x,
+                                          channel_scale if channel_scale is not None else x,
+                                          bias if bias is not None else x, n, x.shape[-1], GELU=True,
+                                          QUANT=quant_scale is not None, HAS_CS=channel_scale is not None,
+                                          HAS_B=bias is not None, BLOCK=2048, num_warps=4)
     return out
 
 
@@ -257,7 +271,8 @@ def quantize_fp8(x, out, quant_scale):
     """out = e4m3(clamp(x · quant_scale)) for contiguous tensors: the one unfused activation quantization (inputs
     that come from cuBLAS/FlashAttention)."""
     n = x.numel()
-    _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale, n, GELU=False, QUANT=True, BLOCK=2048, num_warps=4)
+    _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale, x, x, n, x.shape[-1], GELU=False, QUANT=True, HAS_CS=False,
+                                          HAS_B=False, BLOCK=2048, num_warps=4)
     return out
 
 
@@ -371,44 +386,68 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, R, T, qk_scale, stride_q, stride_k, 
 
 
 @triton.jit
-def _packed_attention_kernel(QKV, O, T, H, qk_scale, stride_row, stride_o, D: tl.constexpr, D_PAD: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+def _qkv_part(QKV, CS, B, rows, cols, mask, stride_row, HAS_CS: tl.constexpr, HAS_B: tl.constexpr):
+    """A [rows, cols] slice of the fused QKV output as bf16, with an FP8 GEMM's deferred channel scales and bias."""
+    v = tl.load(QKV + rows[:, None] * stride_row + cols[None, :], mask=mask, other=0.0)
+    if HAS_CS or HAS_B:
+        v = v.to(tl.float32)
+        if HAS_CS:
+            v = v * tl.load(CS + cols)[None, :]
+        if HAS_B:
+            v = v + tl.load(B + cols).to(tl.float32)[None, :]
+        v = tl.where(mask, v, 0.0).to(tl.bfloat16)
+    return v
+
+
+@triton.jit
+def _packed_attention_kernel(QKV, O, CS, B, QSCALE, T, H, qk_scale, stride_row, stride_o, D: tl.constexpr,
+                             D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_CS: tl.constexpr,
+                             HAS_B: tl.constexpr, QUANT: tl.constexpr, DOT_F32: tl.constexpr):
     """Unmasked attention of one (view, head) per program column, read straight from the fused QKV GEMM's output
     [views·T, 3·H·D] (q | k | v, head-major) and written as [views·T, H·D], the o projection's input."""
     view, head = tl.program_id(1) // H, tl.program_id(1) % H
     t = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D_PAD)
     dmask = d < D
-    base = QKV + view * T * stride_row + head * D + d[None, :]
-    q = tl.load(base + t[:, None] * stride_row, mask=(t[:, None] < T) & dmask[None, :], other=0.0)
+    dcol = head * D + tl.where(dmask, d, 0)
+    base = QKV + view * T * stride_row
+    q = _qkv_part(base, CS, B, t, dcol, (t[:, None] < T) & dmask[None, :], stride_row, HAS_CS, HAS_B)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     for start in range(0, T, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         kv_mask = (cols[:, None] < T) & dmask[None, :]
-        k = tl.load(base + cols[:, None] * stride_row + H * D, mask=kv_mask, other=0.0)
-        v = tl.load(base + cols[:, None] * stride_row + 2 * H * D, mask=kv_mask, other=0.0)
+        k = _qkv_part(base, CS, B, cols, H * D + dcol, kv_mask, stride_row, HAS_CS, HAS_B)
+        v = _qkv_part(base, CS, B, cols, 2 * H * D + dcol, kv_mask, stride_row, HAS_CS, HAS_B)
         bias = tl.where(cols < T, 0.0, float("-inf"))
         m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
     out = acc / l_i[:, None]
+    if QUANT:   # E4M3 for an FP8 o projection (static per-tensor scale)
+        out = tl.minimum(tl.maximum(out * tl.load(QSCALE), -448.0), 448.0)
     tl.store(O + (view * T + t)[:, None] * stride_o + head * D + d[None, :], out.to(O.dtype.element_ty),
              mask=(t[:, None] < T) & dmask[None, :])
 
 
 def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: int = 64, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 3):
+                     num_warps: int = 4, num_stages: int = 3, channel_scale=None, bias=None, quant_scale=None):
     """SigLIP's attention (no mask, softmax scale 1/sqrt(head_dim)) from the fused QKV output qkv [views·tokens,
     3·heads·head_dim] into out [views·tokens, heads·head_dim]: no permute copies on either side. Default launch
-    shape: the fastest of bench/vision_ops.py (6.3 us against 9.7 for cuDNN SDPA plus the copies, H100)."""
+    shape: the fastest of bench/vision_ops.py (6.3 us against 9.7 for cuDNN SDPA plus the copies, H100).
+    channel_scale (fp32) / bias ([3·heads·head_dim]): an FP8 QKV GEMM's deferred epilogue, applied as q, k, v load;
+    quant_scale: out is E4M3 for an FP8 o projection."""
     rows = qkv.shape[0]
     if qkv.shape[1] != 3 * heads * head_dim or rows % tokens or tuple(out.shape) != (rows, heads * head_dim):
         raise ValueError(f"packed_attention: qkv {tuple(qkv.shape)} / out {tuple(out.shape)} do not match "
                          f"{tokens} tokens x {heads} heads x {head_dim}")
     grid = (triton.cdiv(tokens, block_m), rows // tokens * heads)
-    _packed_attention_kernel[grid](qkv, out, tokens, heads, head_dim ** -0.5 * 1.4426950408889634, qkv.stride(0),
+    _packed_attention_kernel[grid](qkv, out, channel_scale if channel_scale is not None else qkv,
+                                   bias if bias is not None else qkv, quant_scale if quant_scale is not None else qkv,
+                                   tokens, heads, head_dim ** -0.5 * 1.4426950408889634, qkv.stride(0),
                                    out.stride(0), D=head_dim, D_PAD=triton.next_power_of_2(head_dim), BLOCK_M=block_m,
-                                   BLOCK_N=block_n, DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
+                                   BLOCK_N=block_n, HAS_CS=channel_scale is not None, HAS_B=bias is not None,
+                                   QUANT=quant_scale is not None, DOT_F32=INTERPRETED, num_warps=num_warps,
+                                   num_stages=num_stages)
     return out
 
 
