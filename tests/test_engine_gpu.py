@@ -100,13 +100,14 @@ def test_plan_b_h100_recipe_on_tiny():
 
 
 def test_fp8_vision_applies_the_deferred_epilogues(policies):
-    """The h100 recipe's SigLIP GEMMs run per-tensor FP8 and leave their per-channel weight scales and biases to the
-    kernels after them (attention, GELU, residual add): the image tokens match the bf16 engine's."""
+    """The h100 recipe's SigLIP o / fc1 / fc2 run per-tensor FP8 and leave their per-channel weight scales and
+    biases to the kernels after them (GELU, residual add): the image tokens match the bf16 engine's."""
     _load_devbuild()
     b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
     layer = b.backend.vision_layers[0]
     assert all(layer[n].output_bias is not None and layer[n].output_channel_scale is not None
-               for n in ("qkv", "o", "fc1", "fc2")), "SigLIP's FP8 layers defer their epilogue"
+               for n in ("o", "fc1", "fc2")), "SigLIP's FP8 o / fc1 / fc2 defer their epilogue"
+    assert layer["qkv"].output_channel_scale is None, "SigLIP's FP8 QKV applies its own"
     images = torch.rand(2, TINY.image_size, TINY.image_size, 3, device="cuda") * 2 - 1
     with torch.no_grad():
         want, got = policies[1].backend._vision(images), b.backend._vision(images)

@@ -192,6 +192,13 @@ class NvFp4Linear:
         return out + self.bias if self.bias is not None else out
 
 
+def defers_epilogue(layer_id: str) -> bool:
+    """FP8 layers whose consumer kernel applies the per-channel weight scales (and bias): every prefix layer, and
+    SigLIP's o / fc1 / fc2 (residual add, GELU). SigLIP's QKV keeps the row-wise scaled GEMM with its bias: scaling
+    K / V inside the attention's key loop cost more than the row-wise kernel (engine_variants-planb-*-s12-*)."""
+    return layer_id.startswith("prefix.") or (layer_id.startswith("vision.") and not layer_id.endswith(".qkv"))
+
+
 class QuantizedModel:
     """Every engine GEMM layer by id, as the recipe says. The engine asks has(id) / layer(id) while building."""
 
@@ -213,7 +220,7 @@ class QuantizedModel:
             gate_up = layer_id.endswith(".gate_up")
             return W4A16Linear(t, few_row_kernel=not gate_up, gate_up=gate_up)
         if precision == "fp8":     # the consumer kernels apply the per-channel weight scales (and SigLIP's biases)
-            return Fp8Linear(t, defer_channel_scale=layer_id.startswith(("prefix.", "vision.")))
+            return Fp8Linear(t, defer_channel_scale=defers_epilogue(layer_id))
         if precision == "bf16":    # the Plan A engine's layer: the expert's o and down add into the residual
             from ..runtime.engine import Linear, few_row_layer
 

@@ -504,8 +504,7 @@ class Pi05Engine:
             fused.add_norm(x, h, y=pending, gate=pending_scale, y_bias=pending_bias, weight=layer["ln1"][0],
                            bias=layer["ln1"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(qkv_l))
             att = fused.packed_attention(qkv_l(h), torch.empty(rows, v.width, dtype=in_dtype(o_l), device="cuda"),
-                                         g * g, v.num_heads, v.dim_head, channel_scale=out_scale(qkv_l),
-                                         bias=out_bias(qkv_l), quant_scale=quant_scale(o_l))
+                                         g * g, v.num_heads, v.dim_head, quant_scale=quant_scale(o_l))
             h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
             fused.add_norm(x, h, y=o_l(att), gate=out_scale(o_l), y_bias=out_bias(o_l), weight=layer["ln2"][0],
                            bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(fc1))
