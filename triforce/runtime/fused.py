@@ -238,6 +238,65 @@ def geglu(gate_up, out, quant_scale=None, channel_scale=None):
 
 
 @triton.jit
+def _fp8_gate_up_geglu_kernel(X, W, ASCALE, CS, QSCALE, OUT, M, I, K, stride_x, stride_w, stride_o,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              GROUP_M: tl.constexpr):
+    """out = e4m3(gelu_tanh(g) * u * qscale) with [g | u] = ascale * (x @ W^T) * cs: the prefix's FP8 gate/up GEMM
+    and its GeGLU in one kernel (two accumulators share each x tile), so the [M, 2I] bf16 product never leaves the
+    SM. Program ids walk GROUP_M row tiles per column tile (the W tiles stay in L2 across them)."""
+    pid = tl.program_id(0)
+    tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(I, BLOCK_N)
+    group = pid // (GROUP_M * tiles_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(tiles_m - first_m, GROUP_M)
+    pm = first_m + (pid % (GROUP_M * tiles_n)) % size_m
+    pn = (pid % (GROUP_M * tiles_n)) // size_m
+    rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    xp = X + rm[:, None] * stride_x + rk[None, :]
+    gp = W + rn[:, None] * stride_w + rk[None, :]
+    up = W + (I + rn)[:, None] * stride_w + rk[None, :]
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for _ in range(0, K, BLOCK_K):
+        a = tl.load(xp, mask=rm[:, None] < M, other=0.0)
+        acc_g = tl.dot(a, tl.trans(tl.load(gp)), acc_g)
+        acc_u = tl.dot(a, tl.trans(tl.load(up)), acc_u)
+        xp += BLOCK_K
+        gp += BLOCK_K
+        up += BLOCK_K
+    s = tl.load(ASCALE)
+    g = acc_g * (s * tl.load(CS + rn))[None, :]
+    u = acc_u * (s * tl.load(CS + I + rn))[None, :]
+    h = tl.minimum(tl.maximum(gelu_tanh_mul(g, u) * tl.load(QSCALE), -448.0), 448.0)
+    tl.store(OUT + rm[:, None] * stride_o + rn[None, :], h.to(OUT.dtype.element_ty), mask=rm[:, None] < M)
+
+
+FP8_GEGLU_SHAPE = {"block_m": 128, "block_n": 128, "block_k": 128, "group_m": 8, "num_warps": 8, "num_stages": 3}
+
+
+def fp8_gate_up_geglu(x, w, input_scale, channel_scale, out, quant_scale, block_m=None, block_n=None, block_k=None,
+                      group_m=None, num_warps=None, num_stages=None):
+    """out (E4M3 [M, I]) = quantized gelu_tanh(gate) * up of the FP8 gate/up GEMM x (E4M3 [M, K]) @ w^T (E4M3
+    [2I, K], gate rows then up rows; per-output-channel scales channel_scale [2I], activation scale input_scale)."""
+    shape = {**FP8_GEGLU_SHAPE, **{k: v for k, v in dict(block_m=block_m, block_n=block_n, block_k=block_k,
+                                                         group_m=group_m, num_warps=num_warps,
+                                                         num_stages=num_stages).items() if v is not None}}
+    rows, k = x.shape
+    inter = out.shape[1]
+    if w.shape != (2 * inter, k) or out.shape[0] != rows or inter % shape["block_n"] or k % shape["block_k"]:
+        raise ValueError(f"fp8_gate_up_geglu: x {tuple(x.shape)}, w {tuple(w.shape)}, out {tuple(out.shape)} with "
+                         f"blocks n {shape['block_n']} / k {shape['block_k']}")
+    grid = (triton.cdiv(rows, shape["block_m"]) * (inter // shape["block_n"]),)
+    _fp8_gate_up_geglu_kernel[grid](x, w, input_scale, channel_scale, quant_scale, out, rows, inter, k, x.stride(0),
+                                    w.stride(0), out.stride(0), BLOCK_M=shape["block_m"], BLOCK_N=shape["block_n"],
+                                    BLOCK_K=shape["block_k"], GROUP_M=shape["group_m"], num_warps=shape["num_warps"],
+                                    num_stages=shape["num_stages"])
+    return out
+
+
+@triton.jit
 def _gelu_kernel(X, OUT, QSCALE, CS, B, N, COLS, GELU: tl.constexpr, QUANT: tl.constexpr, HAS_CS: tl.constexpr,
                  HAS_B: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
