@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.runtime import fused  # noqa: E402
@@ -49,9 +50,11 @@ def forms(m, n, k, bias):
     return out
 
 
-GEGLU_SHAPES = [{}, {"num_stages": 4}, {"block_m": 64, "num_warps": 4, "num_stages": 4},
-                {"block_n": 64, "num_warps": 4, "num_stages": 4}, {"block_k": 64, "num_stages": 5},
-                {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 4}, {"group_m": 1}]
+GEGLU_SHAPES = [("ptr", {"num_stages": 4}), ("ptr", {"block_k": 64, "num_stages": 5}),
+                ("ptr", {"block_m": 64, "num_warps": 8, "num_stages": 4}),
+                ("tma", {}), ("tma", {"num_stages": 3}), ("tma", {"block_k": 64, "num_stages": 6}),
+                ("tma", {"block_m": 64, "num_stages": 5}), ("tma", {"programs": 132}), ("tma", {"programs": 264}),
+                ("tma", {"block_m": 64, "block_n": 256, "num_stages": 3})]
 
 
 def geglu_rows(m=528, inter=16384, k=2048):
@@ -62,21 +65,23 @@ def geglu_rows(m=528, inter=16384, k=2048):
     qs = torch.full((1,), 64.0, device="cuda")
     gu = torch.empty(m, 2 * inter, dtype=BF, device="cuda")
     two, one = torch.empty(m, inter, dtype=F8, device="cuda"), torch.empty(m, inter, dtype=F8, device="cuda")
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
     def engine_form():
         torch._scaled_mm(x8, w8.t(), scale_a=asc.view(()), scale_b=torch.ones((), device="cuda"), out_dtype=BF, out=gu)
         fused.geglu(gu, two, quant_scale=qs, channel_scale=cs)
 
     rows = [{"form": "cuBLASLt FP8 + GeGLU kernel (engine)", "us": time_graph_us([engine_form] * 17)}]
-    for shape in GEGLU_SHAPES:
-        fn = lambda shape=shape: fused.fp8_gate_up_geglu(x8, w8, asc, cs, one, qs, **shape)  # noqa: E731
+    for kind, shape in GEGLU_SHAPES:
+        op = fused.fp8_gate_up_geglu_tma if kind == "tma" else fused.fp8_gate_up_geglu
+        fn = lambda op=op, shape=shape: op(x8, w8, asc, cs, one, qs, **shape)  # noqa: E731
         try:
             us = time_graph_us([fn] * 17)
         except Exception as err:  # noqa: BLE001 -- a shape Triton cannot compile here is a row, not a crash
-            rows.append({"form": f"fused {shape}", "us": None, "failed": str(err).splitlines()[0][:120]})
+            rows.append({"form": f"fused {kind} {shape}", "us": None, "failed": str(err).splitlines()[0][:120]})
             continue
         diff = (one.float() - two.float()).abs().max().item()
-        rows.append({"form": f"fused {shape}", "us": us, "max_code_diff": diff,
+        rows.append({"form": f"fused {kind} {shape}", "us": us, "max_code_diff": diff,
                      "x_engine": rows[0]["us"] / us})
     rep.print_table(f"prefix gate/up + GeGLU, M = {m} (us per call, graph of 17)", ["form", "us", "x engine", "max diff"],
                     [[r["form"], r.get("us") or r.get("failed"), r.get("x_engine", ""), r.get("max_code_diff", "")]

@@ -273,6 +273,50 @@ def _fp8_gate_up_geglu_kernel(X, W, ASCALE, CS, QSCALE, OUT, M, I, K, stride_x, 
     tl.store(OUT + rm[:, None] * stride_o + rn[None, :], h.to(OUT.dtype.element_ty), mask=rm[:, None] < M)
 
 
+@triton.jit
+def _fp8_gate_up_geglu_tma_kernel(XD, WD, OD, ASCALE, CS, QSCALE, M, I, K, BLOCK_M: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """_fp8_gate_up_geglu_kernel with TMA descriptors for x, W and out (rows past M zero-filled / clipped), and a
+    tile loop over the grid (persistent when the grid is smaller than the tile count)."""
+    tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(I, BLOCK_N)
+    s = tl.load(ASCALE)
+    qs = tl.load(QSCALE)
+    for tile in range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0)):
+        group = tile // (GROUP_M * tiles_n)
+        first_m = group * GROUP_M
+        size_m = tl.minimum(tiles_m - first_m, GROUP_M)
+        m0 = (first_m + (tile % (GROUP_M * tiles_n)) % size_m) * BLOCK_M
+        n0 = ((tile % (GROUP_M * tiles_n)) // size_m) * BLOCK_N
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            a = XD.load([m0, k0])
+            acc_g = tl.dot(a, WD.load([n0, k0]).T, acc_g)
+            acc_u = tl.dot(a, WD.load([I + n0, k0]).T, acc_u)
+        rn = n0 + tl.arange(0, BLOCK_N)
+        g = acc_g * (s * tl.load(CS + rn))[None, :]
+        u = acc_u * (s * tl.load(CS + I + rn))[None, :]
+        h = tl.minimum(tl.maximum(gelu_tanh_mul(g, u) * qs, -448.0), 448.0)
+        OD.store([m0, n0], h.to(OD.dtype))
+
+
+def fp8_gate_up_geglu_tma(x, w, input_scale, channel_scale, out, quant_scale, block_m=128, block_n=128,
+                          block_k=128, group_m=8, num_warps=8, num_stages=4, programs=None):
+    """fp8_gate_up_geglu on TMA descriptors; programs: the grid (None: one program a tile)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    rows, k = x.shape
+    inter = out.shape[1]
+    xd = TensorDescriptor.from_tensor(x, [block_m, block_k])
+    wd = TensorDescriptor.from_tensor(w, [block_n, block_k])
+    od = TensorDescriptor.from_tensor(out, [block_m, block_n])
+    tiles = triton.cdiv(rows, block_m) * (inter // block_n)
+    _fp8_gate_up_geglu_tma_kernel[(min(tiles, programs or tiles),)](
+        xd, wd, od, input_scale, channel_scale, quant_scale, rows, inter, k, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k, GROUP_M=group_m, num_warps=num_warps, num_stages=num_stages)
+    return out
+
+
 FP8_GEGLU_SHAPE = {"block_m": 128, "block_n": 128, "block_k": 128, "group_m": 8, "num_warps": 8, "num_stages": 3}
 
 
