@@ -7,9 +7,10 @@ a CUDA graph of 18 calls (as in the engine; CUDA events after warm-up, median of
     downstream applies the channel scale;
   fp8 per-tensor: one scale each, bf16 out (the engine's prefix form: the consumer kernel applies the channel scale);
   fp8 per-tensor, E4M3 out (scale_result): half the output bytes, for a consumer that reads FP8 (gate/up -> GeGLU).
-Then the prefix's gate/up with its GeGLU (M = 528): the engine's two launches (cuBLASLt per-tensor FP8, then the
-GeGLU kernel applying the channel scales and quantizing for down) against fused.fp8_gate_up_geglu (one Triton
-kernel, the product never written) at several launch shapes, with the largest E4M3 code difference.
+Session 12 also timed the prefix's gate/up with its GeGLU fused in one Triton FP8 kernel (two accumulators sharing
+each x tile; pointer loads or TMA descriptors, persistent or not) against the engine's two launches: at best 89.0
+vs 91.2 us, within the run-to-run spread, and TMA 97.7-124 us; removed after 04b5bd9
+(fp8_gemm-*-s12-geglu.json).
 python3 bench/fp8_gemm.py [--out-dir DIR]"""
 
 import sys
@@ -18,10 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime import fused  # noqa: E402
 from triforce.timing import time_graph_us  # noqa: E402
 
 F8, BF = torch.float8_e4m3fn, torch.bfloat16
@@ -50,45 +49,6 @@ def forms(m, n, k, bias):
     return out
 
 
-GEGLU_SHAPES = [("ptr", {"num_stages": 4}), ("ptr", {"block_k": 64, "num_stages": 5}),
-                ("ptr", {"block_m": 64, "num_warps": 8, "num_stages": 4}),
-                ("tma", {}), ("tma", {"num_stages": 3}), ("tma", {"block_k": 64, "num_stages": 6}),
-                ("tma", {"block_m": 64, "num_stages": 5}), ("tma", {"programs": 132}), ("tma", {"programs": 264}),
-                ("tma", {"block_m": 64, "block_n": 256, "num_stages": 3})]
-
-
-def geglu_rows(m=528, inter=16384, k=2048):
-    x8 = (torch.randn(m, k, device="cuda") * 2).to(F8)
-    w8 = (torch.randn(2 * inter, k, device="cuda") * 40).to(F8)
-    asc = torch.full((1,), 0.02, device="cuda")
-    cs = torch.rand(2 * inter, device="cuda") * 0.002 + 0.001
-    qs = torch.full((1,), 64.0, device="cuda")
-    gu = torch.empty(m, 2 * inter, dtype=BF, device="cuda")
-    two, one = torch.empty(m, inter, dtype=F8, device="cuda"), torch.empty(m, inter, dtype=F8, device="cuda")
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-
-    def engine_form():
-        torch._scaled_mm(x8, w8.t(), scale_a=asc.view(()), scale_b=torch.ones((), device="cuda"), out_dtype=BF, out=gu)
-        fused.geglu(gu, two, quant_scale=qs, channel_scale=cs)
-
-    rows = [{"form": "cuBLASLt FP8 + GeGLU kernel (engine)", "us": time_graph_us([engine_form] * 17)}]
-    for kind, shape in GEGLU_SHAPES:
-        op = fused.fp8_gate_up_geglu_tma if kind == "tma" else fused.fp8_gate_up_geglu
-        fn = lambda op=op, shape=shape: op(x8, w8, asc, cs, one, qs, **shape)  # noqa: E731
-        try:
-            us = time_graph_us([fn] * 17)
-        except Exception as err:  # noqa: BLE001 -- a shape Triton cannot compile here is a row, not a crash
-            rows.append({"form": f"fused {kind} {shape}", "us": None, "failed": str(err).splitlines()[0][:120]})
-            continue
-        diff = (one.float() - two.float()).abs().max().item()
-        rows.append({"form": f"fused {kind} {shape}", "us": us, "max_code_diff": diff,
-                     "x_engine": rows[0]["us"] / us})
-    rep.print_table(f"prefix gate/up + GeGLU, M = {m} (us per call, graph of 17)", ["form", "us", "x engine", "max diff"],
-                    [[r["form"], r.get("us") or r.get("failed"), r.get("x_engine", ""), r.get("max_code_diff", "")]
-                     for r in rows])
-    return rows
-
-
 def main():
     args = rep.bench_parser(__doc__).parse_args()
     rows = []
@@ -110,9 +70,7 @@ def main():
                     [[r["gemm"], r["m"], r["n"], r["k"],
                       *[("-" if r["us"].get(c) is None else f"{r['us'][c]:.2f} ({r['x_bf16'][c]:.2f}x)") for c in cols]]
                      for r in rows])
-    geglu = geglu_rows()
-    rep.record_run(args.out_dir, "fp8_gemm", {"unit": "us per call, CUDA graph of 18 (GeGLU: 17) calls", "rows": rows,
-                                              "gate_up_geglu": geglu})
+    rep.record_run(args.out_dir, "fp8_gemm", {"unit": "us per call, CUDA graph of 18 calls", "rows": rows})
 
 
 if __name__ == "__main__":

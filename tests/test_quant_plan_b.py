@@ -31,7 +31,7 @@ def test_named_recipes_resolve_every_layer():
     measured = resolve_recipe("h100_measured", TINY)
     assert measured["prefix.0.qkv"] == "fp8" and measured["expert.1.down"] == "bf16" and measured["vision.0.fc1"] == "bf16"
     fast = resolve_recipe("h100_fast", TINY)
-    assert fast["prefix.0.qkv"] == "fp8" and fast["expert.1.gate_up"] == "w4a16" and fast["vision.0.fc1"] == "bf16"
+    assert fast["prefix.0.qkv"] == "fp8" and fast["expert.1.gate_up"] == "w4a16" and fast["vision.0.fc1"] == "fp8"
 
 
 @pytest.mark.parametrize("body, message", [
