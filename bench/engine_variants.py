@@ -10,6 +10,7 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   driver's choice per kernel; session 10 saw the few-row kernels slow the chain when they allowed more shared
   memory, then the same split for every Triton kernel took Plan A's denoise from 5.36 to 5.00 ms but slowed the
   prefix: engine_variants-*-s10-carveout-all.json).
+- prefix_v_split: programs a prefix attention row block is split into (engine.PREFIX_V_SPLIT).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -49,14 +50,15 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100,
-                   "decode_attention": "cluster", "step0_attention": "triton"}
-ATTENTION_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
-                      ("cluster attention in step 0 beside the prefix too", {"step0_attention": "cluster"}))
-VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
+                   "decode_attention": "cluster", "step0_attention": "triton", "prefix_v_split": 2}
+ATTENTION_VARIANTS = (("prefix attention, one program a row block (v_split 1)", {"prefix_v_split": 1}),
+                      ("prefix attention, v_split 4", {"prefix_v_split": 4}),
+                      ("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}))
+VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared; prefix v_split 2)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS)),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention but in step 0 "
-                   "beside the prefix; carveout 100%)", ENGINE_DEFAULTS),
+                   "beside the prefix; carveout 100%; prefix v_split 2)", ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS))}
 
 
@@ -68,6 +70,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
     eng.set_carveout(settings["carveout"])
     eng.set_decode_attention(settings["decode_attention"], beside_prefix=settings["step0_attention"])
+    eng.set_prefix_attention(settings["prefix_v_split"])
 
 
 def main():
