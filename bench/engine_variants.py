@@ -10,7 +10,6 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   driver's choice per kernel; session 10 saw the few-row kernels slow the chain when they allowed more shared
   memory, then the same split for every Triton kernel took Plan A's denoise from 5.36 to 5.00 ms but slowed the
   prefix: engine_variants-*-s10-carveout-all.json).
-- prefix_v_split: programs a prefix attention row block is split into (engine.PREFIX_V_SPLIT).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -28,7 +27,9 @@ reverted, *-s9-balanced-units.json) and SigLIP's GEMMs on a CUTLASS
 stream-K GEMM with a bias/GELU epilogue (vision 2.38-2.46 vs cuBLAS 1.61 ms: lost, removed; dense_gemm-*-s9.json).
 Session 10: the adaRMS norm folded into the mma gate/up and a QKV + RoPE form of the mma kernel (6 launches a layer):
 10.22 and 12.27 ms vs 8.95 and 9.02 without (two kernel versions); the mma QKV alone 9.30 / 9.35 vs Triton's 8.95 /
-9.02 ms: all removed (*-s10-norm-fold-v1.json, *-s10-norm-fold-v2.json).
+9.02 ms: all removed (*-s10-norm-fold-v1.json, *-s10-norm-fold-v2.json). Session 12: the prefix attention with two
+programs a row block (each p v for half the head dim; 14.1 vs 16.1 us alone) slowed the prefix beside denoise step
+0 (Plan B 3.11 vs 3.02 ms, Plan A 4.38 vs 4.21), four programs more: removed (*-s12-v-split.json).
 With --recipes r1,r2,... (Plan B) the variants are instead the engine defaults on each recipe's model (one model a
 recipe, same run): session 12 compared SigLIP in FP8 (recipe h100) against bf16 (h100_fast) this way.
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
@@ -50,15 +51,13 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100,
-                   "decode_attention": "cluster", "step0_attention": "triton", "prefix_v_split": 2}
-ATTENTION_VARIANTS = (("prefix attention, one program a row block (v_split 1)", {"prefix_v_split": 1}),
-                      ("prefix attention, v_split 4", {"prefix_v_split": 4}),
-                      ("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}))
-VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared; prefix v_split 2)",
+                   "decode_attention": "cluster", "step0_attention": "triton"}
+ATTENTION_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),)
+VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS)),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention but in step 0 "
-                   "beside the prefix; carveout 100%; prefix v_split 2)", ENGINE_DEFAULTS),
+                   "beside the prefix; carveout 100%)", ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS))}
 
 
@@ -70,7 +69,6 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
     eng.set_carveout(settings["carveout"])
     eng.set_decode_attention(settings["decode_attention"], beside_prefix=settings["step0_attention"])
-    eng.set_prefix_attention(settings["prefix_v_split"])
 
 
 def main():

@@ -18,11 +18,10 @@ from triforce.runtime import fused  # noqa: E402
 from triforce.timing import time_graph_us  # noqa: E402
 
 ROWS, KEYS, D, CALLS = 528 * 8, 528, 256, 17
-# (block_m, block_n, warps, stages, v_split); session 11 swept the first nine (prefix_attention-*-s11-key-splits.json
-# also split the keys), session 12 added v_split
-SHAPES = ((64, 64, 4, 2, 1), (32, 64, 4, 2, 1), (64, 64, 8, 2, 1), (128, 64, 8, 2, 1), (64, 32, 4, 2, 1),
-          (64, 64, 4, 2, 2), (64, 64, 4, 3, 2), (64, 32, 4, 2, 2), (64, 64, 4, 2, 4), (128, 64, 8, 2, 2),
-          (64, 128, 4, 2, 2), (64, 128, 8, 2, 2))
+# (block_m, block_n, warps, stages). Session 11 also split the keys (prefix_attention-*-s11-key-splits.json), session
+# 12 the head dim of p v over programs (*-s12-v-split.json): both removed
+SHAPES = ((64, 64, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 3),
+          (64, 32, 4, 3), (128, 32, 8, 2))
 
 
 def graph_us(fn) -> float:
@@ -38,15 +37,15 @@ def main():
     bias[520:] = float("-inf")
     out = torch.empty_like(q)
     rows, ref = [], None
-    for bm, bn, warps, stages, vs in SHAPES:
+    for bm, bn, warps, stages in SHAPES:
         try:
-            us = graph_us(lambda: fused.mqa_attention(q, k, v, bias, out, bm, bn, warps, stages, v_split=vs))
+            us = graph_us(lambda: fused.mqa_attention(q, k, v, bias, out, bm, bn, warps, stages))
         except Exception as err:   # a shape Triton cannot fit (shared memory): reported, not fatal
-            rows.append([bm, bn, warps, stages, vs, f"failed: {str(err)[:40]}", ""])
+            rows.append([bm, bn, warps, stages, f"failed: {str(err)[:40]}", ""])
             continue
         ref = out.clone() if ref is None else ref
-        rows.append([bm, bn, warps, stages, vs, us, float((out.float() - ref.float()).abs().max())])
-    columns = ["block_m", "block_n", "warps", "stages", "v_split", "us", "max abs diff vs first"]
+        rows.append([bm, bn, warps, stages, us, float((out.float() - ref.float()).abs().max())])
+    columns = ["block_m", "block_n", "warps", "stages", "us", "max abs diff vs first"]
     print_table("prefix MQA attention, 4224 rows x 528 keys x 256 (us per call)", columns, rows)
     rep.record_run(out_dir, "prefix_attention", {"unit": f"us per call, CUDA graph of {CALLS} calls", "shapes": [dict(zip(columns, r)) for r in rows]})
 

@@ -74,9 +74,6 @@ CHAIN_CARVEOUT = 100
 # has it and the head dim fits (_default_decode_attention): Plan A 10.64 vs 10.77 ms, Plan B h100_fast 8.69 vs 8.83 ms
 # (engine_variants-*-s11-final.json); but "triton" for step 0 while it runs beside the prefix (its clusters, launched
 # beside the prefix's GEMMs, cost the prefix ~0.1 ms: 8.79 vs 8.69 ms)
-# programs a prefix attention row block is split into, each computing p v for a slice of the head dim (set_prefix_
-# attention; fused.mqa_attention v_split): 66 row blocks of the standard workload fill half the H100's SMs
-PREFIX_V_SPLIT = 2
 DECODE_ATTENTION_KERNELS = {
     "triton": "fused.mqa_attention_split: key-block partials, then a combine (2 launches)",
     "cluster": "the wheel's mqa_cluster_attention: the key blocks are one cluster's CTAs, combined through distributed "
@@ -229,7 +226,6 @@ class Pi05Engine:
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
-        self.prefix_v_split = PREFIX_V_SPLIT                                # set_prefix_attention
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -315,15 +311,6 @@ class Pi05Engine:
         if why:
             raise UnsupportedError(f"denoise attention 'cluster' cannot run: {why}")
         self.decode_attention, self.step0_attention = kernel, beside_prefix
-        self.slots.clear()
-
-    def set_prefix_attention(self, v_split: int) -> None:
-        """How many programs share a prefix attention row block (PREFIX_V_SPLIT; a divisor of the head dim). Captured
-        graphs are dropped and re-capture."""
-        if v_split < 1 or self.cfg.prefix.dim_head % v_split:
-            raise TriforceError(f"prefix attention v_split {v_split}: a divisor of the head dim "
-                                f"{self.cfg.prefix.dim_head} expected")
-        self.prefix_v_split = v_split
         self.slots.clear()
 
     def _attention_kernel(self, step: int) -> str:
@@ -565,8 +552,7 @@ class Pi05Engine:
                 kv_ready(i)
             if i == len(self.prefix_layers) - 1:
                 break                       # the expert reads only this layer's K/V
-            att = self._attend(q, k_cache[:seq], v_cache[:seq], mask, v_split=self.prefix_v_split,
-                               quant_scale=quant_scale(layer["o"])).view(seq, -1)
+            att = self._attend(q, k_cache[:seq], v_cache[:seq], mask, quant_scale=quant_scale(layer["o"])).view(seq, -1)
             h = torch.empty(seq, p.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=layer["o"](att), gate=out_scale(layer["o"]), scale=channel_scale(gu_l), eps=cfg.norm_eps,
                            quant_scale=quant_scale(gu_l))
@@ -661,15 +647,15 @@ class Pi05Engine:
         return layer(x, arena) if getattr(layer, "takes_arena", False) else layer(x)
 
     @staticmethod
-    def _attend(q, k, v, bias, static_keys=0, kernel="triton", v_split=1, quant_scale=None):
+    def _attend(q, k, v, bias, static_keys=0, kernel="triton", quant_scale=None):
         """One kv head: all query heads are rows of one head. q [R, D], k/v [T, D], additive key bias [T].
         static_keys (the denoise step): keys [0, static_keys) are the prefix's, not written inside the chain;
-        kernel: the few-row kernel (DECODE_ATTENTION_KERNELS). Many rows (the prefix): v_split (fused.mqa_attention),
-        and quant_scale for an E4M3 output read by an FP8 o projection.
+        kernel: the few-row kernel (DECODE_ATTENTION_KERNELS). Many rows (the prefix): quant_scale for an E4M3 output
+        read by an FP8 o projection.
         (cuDNN/FlashAttention ran this shape on 2 CTAs at 37 us a call; the split over keys fills the GPU.)"""
         if q.shape[0] > 256:
             out = torch.empty(q.shape, dtype=BF16 if quant_scale is None else FP8, device=q.device)
-            return fused.mqa_attention(q, k, v, bias, out, v_split=v_split, quant_scale=quant_scale)
+            return fused.mqa_attention(q, k, v, bias, out, quant_scale=quant_scale)
         if quant_scale is not None:
             raise TriforceError("the few-row attention kernels write bf16 (no quant_scale)")
         out = torch.empty_like(q)

@@ -366,28 +366,26 @@ def online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32: tl.cons
 
 @triton.jit
 def _mqa_attention_kernel(Q, K, V, BIAS, O, QSCALE, R, T, qk_scale, stride_q, stride_k, stride_v, stride_o,
-                          D: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          QUANT: tl.constexpr, DOT_F32: tl.constexpr):
-    """program (row block, slice of DV output dims): q k^T over all D dims, p v over the slice's."""
+                          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
+                          DOT_F32: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < R
     d = tl.arange(0, D)
-    dv = tl.program_id(1) * DV + tl.arange(0, DV)
     q = tl.load(Q + rows[:, None] * stride_q + d[None, :], mask=rmask[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)   # finite: a fully masked key block then contributes exactly 0
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, DV], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
     for start in range(0, T, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         cmask = cols < T
         k = tl.load(K + cols[:, None] * stride_k + d[None, :], mask=cmask[:, None], other=0.0)
-        v = tl.load(V + cols[:, None] * stride_v + dv[None, :], mask=cmask[:, None], other=0.0)
+        v = tl.load(V + cols[:, None] * stride_v + d[None, :], mask=cmask[:, None], other=0.0)
         bias = tl.load(BIAS + cols, mask=cmask, other=float("-inf")).to(tl.float32)
         m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
     out = acc / l_i[:, None]
     if QUANT:   # E4M3 for an FP8 o projection (static per-tensor scale)
         out = tl.minimum(tl.maximum(out * tl.load(QSCALE), -448.0), 448.0)
-    tl.store(O + rows[:, None] * stride_o + dv[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
+    tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
 
 
 @triton.jit
@@ -439,22 +437,18 @@ def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: 
 
 
 def mqa_attention(q, k, v, bias, out, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
-                  v_split: int = 1, quant_scale=None):
+                  quant_scale=None):
     """Attention of every query row (all heads of all tokens, one kv head) over keys k/v [T, D] with an additive
     key bias [T] (0 or -inf). softmax scale 1/sqrt(D). Rows are independent, so their order is the caller's.
-    v_split: programs per row block, each computing q k^T in full and p v for 1/v_split of the output dims (more
-    programs on the GPU for a few hundred keys, at the cost of repeating q k^T). quant_scale: out is E4M3 for an FP8
-    o projection. Default launch shape: the fastest of bench/prefix_attention.py at the prefix (16.6 us vs 22.5 for
-    32 rows)."""
+    quant_scale: out is E4M3 for an FP8 o projection. Default launch shape: the fastest of bench/prefix_attention.py
+    at the prefix in the engine (16.6 us vs 22.5 for 32 rows; two programs a row block, each doing p v for half the
+    head dim, took 14.1 us alone but slowed the prefix beside denoise step 0: 3.11 vs 3.02 ms, s12)."""
     rows, dim = q.shape
     keys = k.shape[0]
-    if dim % v_split:
-        raise ValueError(f"mqa_attention: v_split {v_split} does not divide head dim {dim}")
-    _mqa_attention_kernel[(triton.cdiv(rows, block_m), v_split)](
+    _mqa_attention_kernel[(triton.cdiv(rows, block_m),)](
         q, k, v, bias, out, quant_scale if quant_scale is not None else q, rows, keys, dim ** -0.5 * 1.4426950408889634,
-        q.stride(0), k.stride(0), v.stride(0), out.stride(0), D=dim, DV=dim // v_split, BLOCK_M=block_m,
-        BLOCK_N=block_n, QUANT=quant_scale is not None, DOT_F32=INTERPRETED, num_warps=num_warps,
-        num_stages=num_stages)
+        q.stride(0), k.stride(0), v.stride(0), out.stride(0), D=dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        QUANT=quant_scale is not None, DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
