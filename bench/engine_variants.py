@@ -5,7 +5,7 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
-  launch).
+  launch); encoder_launch: the same for vision's and the prefix's Triton kernels.
 - carveout: one preferred L1 / shared-memory split for the kernels of the denoise chain's dependent launches (-1: the
   driver's choice per kernel; session 10 saw the few-row kernels slow the chain when they allowed more shared
   memory, then the same split for every Triton kernel took Plan A's denoise from 5.36 to 5.00 ms but slowed the
@@ -51,8 +51,10 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100,
-                   "decode_attention": "cluster", "step0_attention": "triton"}
-ATTENTION_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),)
+                   "decode_attention": "cluster", "step0_attention": "triton",
+                   "encoder_launch": "plain"}
+ATTENTION_VARIANTS = (("vision and prefix Triton kernels on dependent launches", {"encoder_launch": "dependent"}),
+                      ("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS)),
@@ -69,6 +71,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
     eng.set_carveout(settings["carveout"])
     eng.set_decode_attention(settings["decode_attention"], beside_prefix=settings["step0_attention"])
+    eng.set_encoder_launch(settings["encoder_launch"])
 
 
 def main():

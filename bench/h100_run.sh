@@ -63,6 +63,8 @@
 #   part 37: the FP8 GEMM forms, with the prefix's gate/up + GeGLU fused in one Triton kernel
 #   part 38 (the kernel wheel, development build): the prefix attention's launch shapes (v_split), all engine GPU
 #     tests, the engine variants of Plan A and of Plan B h100_fast
+#   part 39 (the kernel wheel, development build): all engine GPU tests, the engine variants of Plan A and of Plan B
+#     h100_fast (vision's and the prefix's Triton kernels on dependent launches)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|34   (carry .device_carry and .whl)
@@ -222,6 +224,9 @@ elif [ "$1" = 34 ]; then
 elif [ "$1" = 36 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipes h100_fast,h100 --out-dir "$OUT"
+elif [ "$1" = 39 ]; then
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  engine_variants_ab
 elif [ "$1" = 38 ]; then
   run python3 bench/prefix_attention.py --out-dir "$OUT"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
