@@ -5,7 +5,7 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - overlap_step0: denoise step 0 on a second stream beside the prefix (its layer i waits only for the prefix's layer-i
   K/V), or after the prefix; with it, which stream the GPU schedules first (engine.OVERLAP_PRIORITIES).
 - denoise_launch: how the denoise chain's kernels launch (engine.DENOISE_LAUNCHES: plain, programmatic dependent
-  launch); encoder_launch: the same for vision's and the prefix's Triton kernels.
+  launch).
 - carveout: one preferred L1 / shared-memory split for the kernels of the denoise chain's dependent launches (-1: the
   driver's choice per kernel; session 10 saw the few-row kernels slow the chain when they allowed more shared
   memory, then the same split for every Triton kernel took Plan A's denoise from 5.36 to 5.00 ms but slowed the
@@ -29,7 +29,9 @@ Session 10: the adaRMS norm folded into the mma gate/up and a QKV + RoPE form of
 10.22 and 12.27 ms vs 8.95 and 9.02 without (two kernel versions); the mma QKV alone 9.30 / 9.35 vs Triton's 8.95 /
 9.02 ms: all removed (*-s10-norm-fold-v1.json, *-s10-norm-fold-v2.json). Session 12: the prefix attention with two
 programs a row block (each p v for half the head dim; 14.1 vs 16.1 us alone) slowed the prefix beside denoise step
-0 (Plan B 3.11 vs 3.02 ms, Plan A 4.38 vs 4.21), four programs more: removed (*-s12-v-split.json).
+0 (Plan B 3.11 vs 3.02 ms, Plan A 4.38 vs 4.21), four programs more: removed (*-s12-v-split.json). Vision's and the prefix's Triton kernels on dependent launches (each
+waiting on griddepcontrol, launched while the GEMM before it ran): Plan A 10.79 vs 10.67, Plan B 8.71 vs 8.57 ms
+(vision 1.57 vs 1.50): removed (*-s12-encoder-pdl.json).
 With --recipes r1,r2,... (Plan B) the variants are instead the engine defaults on each recipe's model (one model a
 recipe, same run): session 12 compared SigLIP in FP8 (recipe h100) against bf16 (h100_fast) this way.
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
@@ -51,10 +53,8 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100,
-                   "decode_attention": "cluster", "step0_attention": "triton",
-                   "encoder_launch": "plain"}
-ATTENTION_VARIANTS = (("vision and prefix Triton kernels on dependent launches", {"encoder_launch": "dependent"}),
-                      ("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}))
+                   "decode_attention": "cluster", "step0_attention": "triton"}
+ATTENTION_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),)
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS)),
@@ -71,7 +71,6 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
     eng.set_carveout(settings["carveout"])
     eng.set_decode_attention(settings["decode_attention"], beside_prefix=settings["step0_attention"])
-    eng.set_encoder_launch(settings["encoder_launch"])
 
 
 def main():

@@ -63,7 +63,7 @@
 #   part 37: the FP8 GEMM forms, with the prefix's gate/up + GeGLU fused in one Triton kernel
 #   part 38 (the kernel wheel, development build): the prefix attention's launch shapes (v_split), all engine GPU
 #     tests, the engine variants of Plan A and of Plan B h100_fast
-#   part 39 (the kernel wheel, development build): all engine GPU tests, the engine variants of Plan A and of Plan B
+#   part 39 (ran at 805fc76; its encoder launch mode lost and was removed): all engine GPU tests, the engine variants of Plan A and of Plan B
 #     h100_fast (vision's and the prefix's Triton kernels on dependent launches)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
@@ -224,7 +224,7 @@ elif [ "$1" = 34 ]; then
 elif [ "$1" = 36 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipes h100_fast,h100 --out-dir "$OUT"
-elif [ "$1" = 39 ]; then
+elif [ "$1" = 39 ]; then  # ran at 805fc76 (dependent launches for vision and the prefix: lost, removed)
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   engine_variants_ab
 elif [ "$1" = 38 ]; then

@@ -53,25 +53,6 @@ def test_dependent_launch_is_refused_without_pdl_naming_the_gpu(monkeypatch):
     assert stub.denoise_launch == "dependent" and set(DENOISE_LAUNCHES) == {"plain", "dependent"}
 
 
-def test_encoder_launch_mode_is_checked_and_scopes_vision_and_prefix(monkeypatch):
-    stub = SimpleNamespace(encoder_launch="plain", slots={"graph": 1})
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (8, 9))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA L4")
-    with pytest.raises(TriforceError, match=r"encoder launch 'dependent' needs programmatic dependent launch "
-                                            r"\(compute capability >= 9.0\); NVIDIA L4 is 8.9"):
-        Pi05Engine.set_encoder_launch(stub, "dependent")
-    with pytest.raises(TriforceError, match="unknown encoder launch 'eager'"):
-        Pi05Engine.set_encoder_launch(stub, "eager")
-    assert stub.encoder_launch == "plain" and stub.slots
-    assert isinstance(Pi05Engine._encoder_launches(stub), contextlib.nullcontext)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (9, 0))
-    Pi05Engine.set_encoder_launch(stub, "dependent")
-    assert not stub.slots
-    with Pi05Engine._encoder_launches(stub):
-        assert fused._dependent()["PDL"]
-    assert not fused._dependent()["PDL"]
-
-
 def test_a_carveout_the_wheel_cannot_apply_is_refused(monkeypatch):
     """The few-row mma kernels of a wheel without w4a16_skinny_set_carveout would keep the driver's split silently:
     the capture refuses instead, naming the op and the way out."""

@@ -65,8 +65,6 @@ DENOISE_LAUNCHES = {
                  "waits for it on the GPU; step 0, beside the prefix, launches plain",
 }
 PDL_CAPABILITY = (9, 0)
-# how vision's and the prefix's Triton kernels launch (set_encoder_launch; the same modes): dependent, each is
-# launched while the GEMM (or kernel) before it runs and waits for it on the GPU, so no launch gap follows a GEMM
 # One L1 / shared-memory split (percent shared) for the dependent launches of the denoise chain (set_carveout): with
 # the driver choosing per kernel, consecutive kernels may ask an SM for different splits and cannot share it, which
 # the early launches need. Plan A 10.77 vs 11.11-11.13 ms (denoise 4.98 vs 5.36), Plan B h100_fast 8.84 vs
@@ -115,18 +113,6 @@ def fused_gemma_weight(s, n: str, which: str, fold: bool):
     *parts, norm = FUSED_PARTS[which]
     w = torch.cat([s[f"{n}.{p}.weight"].float() for p in parts if p])
     return w * (1 + s[f"{n}.{norm}.weight"].float())[None, :] if fold else w
-
-
-def check_launch_mode(stage: str, mode: str) -> str:
-    """A DENOISE_LAUNCHES mode for `stage`; "dependent" is refused, naming the GPU, below PDL_CAPABILITY."""
-    if mode not in DENOISE_LAUNCHES:
-        raise TriforceError(f"unknown {stage} launch '{mode}': {', '.join(DENOISE_LAUNCHES)}")
-    capability = torch.cuda.get_device_capability()
-    if mode == "dependent" and capability < PDL_CAPABILITY:
-        raise TriforceError(f"{stage} launch 'dependent' needs programmatic dependent launch (compute capability "
-                            f">= {'.'.join(map(str, PDL_CAPABILITY))}); {torch.cuda.get_device_name()} is "
-                            f"{'.'.join(map(str, capability))}")
-    return mode
 
 
 def in_dtype(layer):
@@ -241,7 +227,6 @@ class Pi05Engine:
         self.expert_path = None
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
-        self.encoder_launch = "plain"                                       # set_encoder_launch
         self.load_weights(lambda: state)
 
     @classmethod
@@ -448,15 +433,15 @@ class Pi05Engine:
     def set_denoise_launch(self, mode: str) -> None:
         """One of DENOISE_LAUNCHES; "dependent" needs programmatic dependent launch (PDL_CAPABILITY or newer) and is
         refused elsewhere, naming the GPU. Captured graphs are dropped and re-capture."""
-        self.denoise_launch = check_launch_mode("denoise", mode)
+        if mode not in DENOISE_LAUNCHES:
+            raise TriforceError(f"unknown denoise launch '{mode}': {', '.join(DENOISE_LAUNCHES)}")
+        capability = torch.cuda.get_device_capability()
+        if mode == "dependent" and capability < PDL_CAPABILITY:
+            raise TriforceError(f"denoise launch 'dependent' needs programmatic dependent launch (compute capability "
+                                f">= {'.'.join(map(str, PDL_CAPABILITY))}); {torch.cuda.get_device_name()} is "
+                                f"{'.'.join(map(str, capability))}")
+        self.denoise_launch = mode
         self.slots.clear()
-
-    def set_encoder_launch(self, mode: str) -> None:
-        """How vision's and the prefix's Triton kernels launch: one of DENOISE_LAUNCHES, checked the same way.
-        Captured graphs are dropped and re-capture."""
-        self.encoder_launch = check_launch_mode("encoder", mode)
-        self.slots.clear()
-
 
     def set_carveout(self, percent: int) -> None:
         """One preferred L1 / shared-memory split (percent shared; fused.CARVEOUT_DEFAULT: the driver's choice per
@@ -504,9 +489,6 @@ class Pi05Engine:
         if self.denoise_launch == "plain" or (step == 0 and self.overlap_step0):
             return contextlib.nullcontext()
         return fused.dependent_launches()
-
-    def _encoder_launches(self):
-        return fused.dependent_launches() if self.encoder_launch == "dependent" else contextlib.nullcontext()
 
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
@@ -694,14 +676,12 @@ class Pi05Engine:
                torch.empty(seq + cfg.action_horizon, e.dim_head, dtype=BF16, device="cuda")) for _ in range(e.depth)]
         mark = (lambda i: events[i].record()) if events else (lambda i: None)
         mark(0)
-        with self._encoder_launches():
-            img = self._vision(images)
+        img = self._vision(images)
         mark(1)
         valid = self._prefix_valid(img.shape[0], token_mask)
         main = torch.cuda.current_stream()
         if not self.overlap_step0:
-            with self._encoder_launches():
-                self._prefix(img, tokens, valid, kv)
+            self._prefix(img, tokens, valid, kv)
             mark(2)
             return self._denoise(valid, noise, kv, seq, mark)
         # the prefix and the denoise loop on two streams forked after vision (their priorities are captured into
@@ -712,8 +692,7 @@ class Pi05Engine:
         denoise_s.wait_stream(main)
         kv_events = [torch.cuda.Event() for _ in range(e.depth)]
         with torch.cuda.stream(prefix_s):
-            with self._encoder_launches():
-                self._prefix(img, tokens, valid, kv, lambda i: kv_events[i].record(prefix_s))
+            self._prefix(img, tokens, valid, kv, lambda i: kv_events[i].record(prefix_s))
             mark(2)
         with torch.cuda.stream(denoise_s):
             x_t = self._denoise(valid, noise, kv, seq, mark, step0_wait=lambda i: denoise_s.wait_event(kv_events[i]))

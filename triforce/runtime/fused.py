@@ -164,9 +164,8 @@ def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bia
 
 @triton.jit
 def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, CS, kv_offset, stride_qkv,
-                     H: tl.constexpr, D: tl.constexpr, HAS_CS: tl.constexpr, PDL: tl.constexpr):
+                     H: tl.constexpr, D: tl.constexpr, HAS_CS: tl.constexpr):
     """One program per (token, head): H query heads, then the key head (both rotated), then the value head."""
-    _await_previous(PDL)
     s = tl.program_id(0)
     h = tl.program_id(1)
     half: tl.constexpr = D // 2
@@ -199,7 +198,7 @@ def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads:
     _rope_qkv_kernel[(qkv.shape[0], heads + 2)](qkv, pos, cos, sin, q_out, k_cache, v_cache,
                                                  channel_scale if channel_scale is not None else cos, kv_offset,
                                                  qkv.stride(0), H=heads, D=head_dim, HAS_CS=channel_scale is not None,
-                                                 num_warps=1 if head_dim <= 128 else 2, **_dependent())
+                                                 num_warps=1 if head_dim <= 128 else 2)
 
 
 @triton.jit
@@ -211,8 +210,7 @@ def gelu_tanh_mul(g, u):
 
 @triton.jit
 def _geglu_kernel(GU, OUT, QSCALE, CS, stride_gu, stride_out, I, QUANT: tl.constexpr, HAS_CS: tl.constexpr,
-                  BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _await_previous(PDL)
+                  BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < I
@@ -235,14 +233,13 @@ def geglu(gate_up, out, quant_scale=None, channel_scale=None):
     _geglu_kernel[(rows, triton.cdiv(inter, block))](
         gate_up, out, quant_scale if quant_scale is not None else gate_up,
         channel_scale if channel_scale is not None else gate_up, gate_up.stride(0), out.stride(0), inter,
-        QUANT=quant_scale is not None, HAS_CS=channel_scale is not None, BLOCK=block, num_warps=4, **_dependent())
+        QUANT=quant_scale is not None, HAS_CS=channel_scale is not None, BLOCK=block, num_warps=4)
     return out
 
 
 @triton.jit
 def _gelu_kernel(X, OUT, QSCALE, CS, B, N, COLS, GELU: tl.constexpr, QUANT: tl.constexpr, HAS_CS: tl.constexpr,
-                 HAS_B: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _await_previous(PDL)
+                 HAS_B: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
@@ -266,7 +263,7 @@ def gelu(x, out, quant_scale=None, channel_scale=None, bias=None):
                                           channel_scale if channel_scale is not None else x,
                                           bias if bias is not None else x, n, x.shape[-1], GELU=True,
                                           QUANT=quant_scale is not None, HAS_CS=channel_scale is not None,
-                                          HAS_B=bias is not None, BLOCK=2048, num_warps=4, **_dependent())
+                                          HAS_B=bias is not None, BLOCK=2048, num_warps=4)
     return out
 
 
@@ -275,7 +272,7 @@ def quantize_fp8(x, out, quant_scale):
     that come from cuBLAS/FlashAttention)."""
     n = x.numel()
     _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale, x, x, n, x.shape[-1], GELU=False, QUANT=True, HAS_CS=False,
-                                          HAS_B=False, BLOCK=2048, num_warps=4, **_dependent())
+                                          HAS_B=False, BLOCK=2048, num_warps=4)
     return out
 
 
@@ -370,8 +367,7 @@ def online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32: tl.cons
 @triton.jit
 def _mqa_attention_kernel(Q, K, V, BIAS, O, QSCALE, R, T, qk_scale, stride_q, stride_k, stride_v, stride_o,
                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
-                          DOT_F32: tl.constexpr, PDL: tl.constexpr):
-    _await_previous(PDL)
+                          DOT_F32: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < R
     d = tl.arange(0, D)
@@ -395,10 +391,9 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, QSCALE, R, T, qk_scale, stride_q, st
 @triton.jit
 def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_o, D: tl.constexpr,
                              D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
-                             DOT_F32: tl.constexpr, PDL: tl.constexpr):
+                             DOT_F32: tl.constexpr):
     """Unmasked attention of one (view, head) per program column, read straight from the fused QKV GEMM's output
     [views·T, 3·H·D] (q | k | v, head-major) and written as [views·T, H·D], the o projection's input."""
-    _await_previous(PDL)
     view, head = tl.program_id(1) // H, tl.program_id(1) % H
     t = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D_PAD)
@@ -437,7 +432,7 @@ def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: 
                                    head_dim ** -0.5 * 1.4426950408889634, qkv.stride(0), out.stride(0), D=head_dim,
                                    D_PAD=triton.next_power_of_2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
                                    QUANT=quant_scale is not None, DOT_F32=INTERPRETED, num_warps=num_warps,
-                                   num_stages=num_stages, **_dependent())
+                                   num_stages=num_stages)
     return out
 
 
@@ -453,8 +448,7 @@ def mqa_attention(q, k, v, bias, out, block_m: int = 64, block_n: int = 64, num_
     _mqa_attention_kernel[(triton.cdiv(rows, block_m),)](
         q, k, v, bias, out, quant_scale if quant_scale is not None else q, rows, keys, dim ** -0.5 * 1.4426950408889634,
         q.stride(0), k.stride(0), v.stride(0), out.stride(0), D=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        QUANT=quant_scale is not None, DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages,
-        **_dependent())
+        QUANT=quant_scale is not None, DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
