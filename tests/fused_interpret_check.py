@@ -116,6 +116,10 @@ check("geglu with deferred channel scales", fused.geglu(gu, torch.empty(3, 40, d
       F.gelu(gs[:, :40], approximate="tanh") * gs[:, 40:], 1e-2)
 h = torch.randn(4, 64).bfloat16()
 check("gelu", fused.gelu(h, torch.empty_like(h)), F.gelu(h.float(), approximate="tanh"), 1e-2)
+# one step: bf16 inputs times 3 land on exact E4M3 ties, which the interpreter rounds away from zero (cvt.rn: to even)
+check_fp8("quantize_fp8 (an unfused producer's output)",
+          fused.quantize_fp8(h, torch.empty(4, 64, dtype=torch.float8_e4m3fn), torch.tensor([3.0])),
+          (h.float() * 3).clamp(-448, 448), 1)
 hcs, hb = torch.rand(64) + 0.5, torch.randn(64).bfloat16()
 check("gelu with an FP8 GEMM's deferred channel scales and bias",
       fused.gelu(h, torch.empty_like(h), channel_scale=hcs, bias=hb),

@@ -54,19 +54,19 @@ def test_dependent_launch_is_refused_without_pdl_naming_the_gpu(monkeypatch):
 
 
 def test_a_carveout_the_wheel_cannot_apply_is_refused(monkeypatch):
-    """The few-row mma kernels of a wheel without w4a16_skinny_set_carveout would keep the driver's split silently:
+    """The few-row mma kernels of a wheel without set_chain_carveout would keep the driver's split silently:
     the capture refuses instead, naming the op and the way out."""
     from triforce.runtime import engine
 
     applied = []
     monkeypatch.setattr(fused, "set_chain_carveout", applied.append)
-    old_wheel = SimpleNamespace(has_op=lambda op: op != "w4a16_skinny_set_carveout")
+    old_wheel = SimpleNamespace(has_op=lambda op: op != "set_chain_carveout")
     monkeypatch.setattr(engine, "kernel_wheel", lambda: old_wheel)
     layer = SimpleNamespace(use_few_row_kernel=None, few_row="mma", tk=old_wheel)
     stub = SimpleNamespace(carveout=100, _carveout_pushed=False, decode_attention="triton", step0_attention="triton",
                            expert_layers=[{"qkv": object(), "o": layer, "gate_up": object(), "down": layer}])
     stub._w4a16_layers = lambda names: Pi05Engine._w4a16_layers(stub, names)
-    with pytest.raises(UnsupportedError, match="no w4a16_skinny_set_carveout.*set_carveout\\(-1\\)"):
+    with pytest.raises(UnsupportedError, match="no set_chain_carveout.*set_carveout\\(-1\\)"):
         Pi05Engine._apply_carveout(stub)
     assert applied == [100]
     layer.few_row = "triton"                      # no mma kernel in use: nothing to ask the wheel
@@ -91,7 +91,7 @@ def test_cluster_attention_is_refused_naming_why_and_its_carveout_reaches_the_wh
     assert stub.decode_attention == "triton" and stub.slots                 # nothing changed
     pushed = []
     wheel = SimpleNamespace(has_op=lambda op: op != "mqa_cluster_attention", MQA_CLUSTER_HEAD_DIMS=(64, 128, 256),
-                            UnsupportedError=UnsupportedError, w4a16_skinny_set_carveout=pushed.append)
+                            UnsupportedError=UnsupportedError, set_chain_carveout=pushed.append)
     monkeypatch.setattr(engine, "kernel_wheel", lambda: wheel)
     with pytest.raises(UnsupportedError, match="has no mqa_cluster_attention"):
         Pi05Engine.set_decode_attention(stub, "cluster")

@@ -311,11 +311,11 @@ def test_w4a16_skinny_geglu_matches_reference(tk, m):
     assert _rel_err(act, ref) < 1e-2, "bf16 output"
 
 
-def test_w4a16_skinny_set_carveout_refuses_a_bad_percent(tk):
+def test_set_chain_carveout_refuses_a_bad_percent(tk):
     for percent in (101, -2):
         with pytest.raises(tk.KernelError, match="a percent 0..100 or -1"):
-            tk.w4a16_skinny_set_carveout(percent)
-    tk.w4a16_skinny_set_carveout(-1)   # the driver's choice, as before
+            tk.set_chain_carveout(percent)
+    tk.set_chain_carveout(-1)   # the driver's choice, as before
 
 
 # ── mqa_cluster_attention (the denoise step's attention in one launch) ─────────────────────────────────────────────

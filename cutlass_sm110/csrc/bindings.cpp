@@ -372,7 +372,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
         "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
         py::arg("dependent") = false);
-  m.def("w4a16_skinny_set_carveout", &triforce::w4a16_skinny_set_carveout, "preferred shared-memory carveout (percent, "
+  m.def("set_chain_carveout", &triforce::set_chain_carveout, "preferred shared-memory carveout (percent, "
         "-1: the driver's choice) of the wheel's later dependent launches (few-row W4A16, mqa_cluster_attention)", py::arg("percent"));
   m.def("mqa_cluster_attention", &mqa_cluster_attention, "out[R,D] = softmax(q k^T/sqrt(D) + bias) v, one kv head, "
         "few rows (split-KV over one cluster's CTAs, one launch)", py::arg("q"), py::arg("k"), py::arg("v"),

@@ -51,7 +51,7 @@ struct W4A16SkinnyProblem {
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches
 // (the few-row W4A16 kernels and mqa_cluster_attention: one split for the whole denoise chain).
-void w4a16_skinny_set_carveout(int percent);
+void set_chain_carveout(int percent);
 int chain_carveout();
 void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
 

@@ -29,7 +29,7 @@ namespace {
 constexpr int kStages = 4;
 
 // The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory; -1: the driver's choice) of
-// the dependent launches (w4a16_skinny_set_carveout): kernels of one dependent-launch chain that ask the SM for
+// the dependent launches (set_chain_carveout): kernels of one dependent-launch chain that ask the SM for
 // different splits may not share it, so the engine can give the whole chain one split. A launch attribute, so a
 // graph's kernel node keeps it and plain launches (denoise step 0 beside the prefix) are left to the driver.
 int g_carveout = -1;
@@ -300,9 +300,9 @@ void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream
 
 int w4a16_skinny_default_tiles_per_warp(int m) { return m > 16 ? 2 : 1; }
 
-void w4a16_skinny_set_carveout(int percent) {
+void set_chain_carveout(int percent) {
   if (percent != -1 && (percent < 0 || percent > 100))
-    throw std::runtime_error("w4a16_skinny: the carveout is a percent 0..100 or -1 (the driver's choice), got " +
+    throw std::runtime_error("set_chain_carveout: a percent 0..100 or -1 (the driver's choice), got " +
                              std::to_string(percent));
   g_carveout = percent;
 }

@@ -279,15 +279,15 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent)
 
 
-def w4a16_skinny_set_carveout(percent: int) -> None:
+def set_chain_carveout(percent: int) -> None:
     """The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory, or -1 for the driver's
     choice) that the wheel's later dependent launches ask for (the few-row W4A16 kernels and mqa_cluster_attention:
     one split for the denoise chain); a launch captured into a graph keeps it."""
-    op = "w4a16_skinny_set_carveout"
+    op = "set_chain_carveout"
     _require_op(op)
     if not (percent == -1 or 0 <= percent <= 100):
         raise KernelError(f"{op}: a percent 0..100 or -1 (the driver's choice), got {percent}")
-    _ext().w4a16_skinny_set_carveout(int(percent))
+    _ext().set_chain_carveout(int(percent))
 
 
 # ── few-row attention ───────────────────────────────────────────────────────────────────────────────────────────

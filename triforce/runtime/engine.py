@@ -465,11 +465,11 @@ class Pi05Engine:
         if not mma and "cluster" not in (self.decode_attention, self.step0_attention):
             return                        # no kernel of the wheel in the chain
         tk = kernel_wheel()
-        if not tk.has_op("w4a16_skinny_set_carveout"):
+        if not tk.has_op("set_chain_carveout"):
             raise UnsupportedError(f"carveout {self.carveout}: this triforce_kernels wheel has no "
-                                   f"w4a16_skinny_set_carveout for its chain kernels; rebuild it with `invoke "
+                                   f"set_chain_carveout for its chain kernels; rebuild it with `invoke "
                                    f"build-kernels`, or set_carveout({fused.CARVEOUT_DEFAULT})")
-        tk.w4a16_skinny_set_carveout(self.carveout)
+        tk.set_chain_carveout(self.carveout)
 
     def _w4a16_layers(self, names) -> list:
         """Plan B's W4A16 expert layers among `names` (qkv, o, gate_up, down) of every layer."""

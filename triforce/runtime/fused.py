@@ -238,15 +238,17 @@ def geglu(gate_up, out, quant_scale=None, channel_scale=None):
 
 
 @triton.jit
-def _gelu_kernel(X, OUT, QSCALE, CS, B, N, COLS, GELU: tl.constexpr, QUANT: tl.constexpr, HAS_CS: tl.constexpr,
+def _gelu_kernel(X, OUT, QSCALE, CS, B, COLS, GELU: tl.constexpr, QUANT: tl.constexpr, HAS_CS: tl.constexpr,
                  HAS_B: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
+    """One program per (row, block of columns) of a contiguous [rows, COLS] tensor."""
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < COLS
+    offs = tl.program_id(0).to(tl.int64) * COLS + cols
     x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
-    if HAS_CS:   # deferred per-channel weight scales and the bias of an FP8 GEMM (column = offs % COLS)
-        x = x * tl.load(CS + offs % COLS, mask=m, other=0.0)
+    if HAS_CS:   # deferred per-channel weight scales and the bias of an FP8 GEMM
+        x = x * tl.load(CS + cols, mask=m, other=0.0)
     if HAS_B:
-        x = x + tl.load(B + offs % COLS, mask=m, other=0.0).to(tl.float32)
+        x = x + tl.load(B + cols, mask=m, other=0.0).to(tl.float32)
     if GELU:
         z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
         x = x * tl.sigmoid(2.0 * z)
@@ -255,25 +257,25 @@ def _gelu_kernel(X, OUT, QSCALE, CS, B, N, COLS, GELU: tl.constexpr, QUANT: tl.c
     tl.store(OUT + offs, x.to(OUT.dtype.element_ty), mask=m)
 
 
+def _elementwise(x, out, gelu: bool, quant_scale=None, channel_scale=None, bias=None, block: int = 1024):
+    cols = x.shape[-1]
+    _gelu_kernel[(x.numel() // cols, triton.cdiv(cols, block))](
+        x, out, quant_scale if quant_scale is not None else x, channel_scale if channel_scale is not None else x,
+        bias if bias is not None else x, cols, GELU=gelu, QUANT=quant_scale is not None,
+        HAS_CS=channel_scale is not None, HAS_B=bias is not None, BLOCK=block, num_warps=4)
+    return out
+
+
 def gelu(x, out, quant_scale=None, channel_scale=None, bias=None):
     """out = gelu_tanh(x [* channel_scale] [+ bias]) for contiguous [rows, cols] tensors (in place when out is x;
     FP8 out with quant_scale). channel_scale (fp32 [cols]) and bias ([cols]): an FP8 GEMM's deferred epilogue."""
-    n = x.numel()
-    _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale if quant_scale is not None else x,
-                                          channel_scale if channel_scale is not None else x,
-                                          bias if bias is not None else x, n, x.shape[-1], GELU=True,
-                                          QUANT=quant_scale is not None, HAS_CS=channel_scale is not None,
-                                          HAS_B=bias is not None, BLOCK=2048, num_warps=4)
-    return out
+    return _elementwise(x, out, True, quant_scale, channel_scale, bias)
 
 
 def quantize_fp8(x, out, quant_scale):
     """out = e4m3(clamp(x · quant_scale)) for contiguous tensors: the one unfused activation quantization (inputs
     that come from cuBLAS/FlashAttention)."""
-    n = x.numel()
-    _gelu_kernel[(triton.cdiv(n, 2048),)](x, out, quant_scale, x, x, n, x.shape[-1], GELU=False, QUANT=True, HAS_CS=False,
-                                          HAS_B=False, BLOCK=2048, num_warps=4)
-    return out
+    return _elementwise(x, out, False, quant_scale)
 
 
 @triton.jit
