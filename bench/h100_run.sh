@@ -67,9 +67,11 @@
 #     h100_fast (vision's and the prefix's Triton kernels on dependent launches)
 #   part 40 (the kernel wheel, development build): every GPU test, the engine variants of Plan A and of Plan B
 #     h100_fast, Plan B validation (h100_fast), Plan A validation (with the wheel), the engine benchmark
+#   part 41 (the kernel wheel, development build): the few-row kernel tests, the engine variants of Plan B h100_fast
+#     (the gate/up + GeGLU kernel with an 8-stage pipeline)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|40   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|41   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -226,6 +228,9 @@ elif [ "$1" = 34 ]; then
 elif [ "$1" = 36 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipes h100_fast,h100 --out-dir "$OUT"
+elif [ "$1" = 41 ]; then
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
 elif [ "$1" = 40 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py

@@ -296,19 +296,30 @@ def test_w4a16_skinny_refuses_bad_input(tk, case):
     assert bool((out == 1.0).all()), "a refused call must leave the output untouched"
 
 
-@pytest.mark.parametrize("m", [1, 10, 16, 40, 64])
-def test_w4a16_skinny_geglu_matches_reference(tk, m):
-    """The expert's gate/up (I = 4096, K = 1024) with its GeGLU: gate/up interleaved in 8-row blocks, act written."""
+@pytest.mark.parametrize("m, stages", [(1, 0), (10, 0), (16, 0), (40, 0), (64, 0), (1, 8), (10, 8), (64, 8)])
+def test_w4a16_skinny_geglu_matches_reference(tk, m, stages):
+    """The expert's gate/up (I = 4096, K = 1024) with its GeGLU: gate/up interleaved in 8-row blocks, act written;
+    with the default pipeline and with 8 stages."""
     inter, k = 4096, 1024
     gen = torch.Generator(device="cuda").manual_seed(m)
     q, s = _weights(2 * inter, k, gen)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
     act = torch.full((m, inter), float("nan"), device="cuda", dtype=torch.bfloat16)   # every element must be written
-    tk.w4a16_skinny_geglu(x, *_fragments(formats.interleave_gate_up(q), formats.interleave_gate_up(s)), act)
+    tk.w4a16_skinny_geglu(x, *_fragments(formats.interleave_gate_up(q), formats.interleave_gate_up(s)), act,
+                          stages=stages)
     torch.cuda.synchronize()
     ref = formats.geglu_tanh(_reference(x, q, s))
     assert torch.isfinite(act).all()
     assert _rel_err(act, ref) < 1e-2, "bf16 output"
+
+
+def test_w4a16_skinny_geglu_refuses_other_stages(tk):
+    q, s = _weights(256, 256, torch.Generator(device="cuda").manual_seed(0))
+    x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
+    act = torch.zeros(4, 128, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(tk.KernelError, match="stages must be one of"):
+        tk.w4a16_skinny_geglu(x, *_fragments(formats.interleave_gate_up(q), formats.interleave_gate_up(s)), act,
+                              stages=6)
 
 
 def test_set_chain_carveout_refuses_a_bad_percent(tk):

@@ -11,7 +11,7 @@
 //
 // Pipeline: a CTA of 8 warps owns 8 * RT row tiles of 16 features and a range of whole groups (128 k); every stage
 // (one group) brings each warp's weights, the tiles' scales and the x slice of all tokens into shared memory with
-// cp.async, kStages deep. The weights and scales of the first stages are requested before griddepcontrol.wait (they
+// cp.async, STAGES deep (4; the GeGLU form, whose CTA walks all of K, optionally 8). The weights and scales of the first stages are requested before griddepcontrol.wait (they
 // do not depend on the kernel before; under programmatic dependent launch their reads overlap it). Splits of K
 // across CTAs add their partial sums with fp32 reductions into `out`, which the caller zeroes (or is the residual).
 #include <cuda_bf16.h>
@@ -26,7 +26,7 @@
 namespace triforce {
 namespace {
 
-constexpr int kStages = 4;
+constexpr int kStages = 4;   // pipeline depth of the split-K forms, and the GeGLU form's default
 
 // The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory; -1: the driver's choice) of
 // the dependent launches (set_chain_carveout): kernels of one dependent-launch chain that ask the SM for
@@ -83,13 +83,13 @@ struct SkinnyArgs {
   int64_t ldx, ldo;
 };
 
-template <int NT, int RT, int WARPS>
+template <int NT, int RT, int WARPS, int STAGES>
 struct SkinnySmem {
   static constexpr int kWeightBytes = WARPS * RT * 2 * 32 * 16;  // two chunks a stage
   static constexpr int kScaleBytes = WARPS * RT * 16 * 2;
   static constexpr int kXBytes = 2 * NT * 8 * kChunk * 2;         // two chunks x (8 NT tokens) x 64 k, bf16
   static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
-  static constexpr int kBytes = kStages * kStageBytes;
+  static constexpr int kBytes = STAGES * kStageBytes;
 };
 
 template <int RT, int NT>
@@ -109,9 +109,9 @@ __device__ __forceinline__ float gelu_tanh(float v) {
 // NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp; WARPS per CTA. GEGLU: the weights are
 // gate/up interleaved in 8-row blocks (formats.interleave_gate_up), so a tile's rows g and g + 8 are gate and up of
 // one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (the CTA covers all of K: splits = 1).
-template <int NT, int RT, int WARPS, bool GEGLU>
+template <int NT, int RT, int WARPS, bool GEGLU, int STAGES>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) {
-  using S = SkinnySmem<NT, RT, WARPS>;
+  using S = SkinnySmem<NT, RT, WARPS, STAGES>;
   constexpr int kThreads = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 
   auto issue_weights = [&](int i) {  // stage i's weights and scales (this warp's tiles)
-    unsigned char* base = smem + (i % kStages) * S::kStageBytes;
+    unsigned char* base = smem + (i % STAGES) * S::kStageBytes;
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
       if (!valid[r]) continue;
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   // Stage i's x slice, all 8 NT token rows (rows >= M zero-filled); 16-byte segments XOR-swizzled by token so the
   // MMA-order reads of a quarter warp hit distinct banks.
   auto issue_x = [&](int i) {
-    unsigned char* xs = smem + (i % kStages) * S::kStageBytes + S::kWeightBytes + S::kScaleBytes;
+    unsigned char* xs = smem + (i % STAGES) * S::kStageBytes + S::kWeightBytes + S::kScaleBytes;
     const int64_t k0 = int64_t(gbeg + i) * kGroup;
     for (int idx = threadIdx.x; idx < 2 * NT * 8 * 8; idx += kThreads) {
       const int seg = idx & 7, tok = (idx >> 3) % (NT * 8), c = idx / (NT * 64);
@@ -153,12 +153,12 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
     }
   };
 
-  for (int i = 0; i < kStages - 1; ++i)
+  for (int i = 0; i < STAGES - 1; ++i)
     if (i < ng) issue_weights(i);
   cp_async_commit();
   grid_dependency_wait();  // x, gate and out belong to the kernels before
   launch_dependents();
-  for (int i = 0; i < kStages - 1; ++i) {
+  for (int i = 0; i < STAGES - 1; ++i) {
     if (i < ng) issue_x(i);
     cp_async_commit();
   }
@@ -167,15 +167,15 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   zero(acc);
 
   for (int i = 0; i < ng; ++i) {
-    cp_async_wait<kStages - 2>();  // stage i has landed (for this thread) ...
+    cp_async_wait<STAGES - 2>();  // stage i has landed (for this thread) ...
     __syncthreads();               // ... for every thread, and stage i - 1's slot is free
-    if (i + kStages - 1 < ng) {
-      issue_weights(i + kStages - 1);
-      issue_x(i + kStages - 1);
+    if (i + STAGES - 1 < ng) {
+      issue_weights(i + STAGES - 1);
+      issue_x(i + STAGES - 1);
     }
     cp_async_commit();
 
-    const unsigned char* base = smem + (i % kStages) * S::kStageBytes;
+    const unsigned char* base = smem + (i % STAGES) * S::kStageBytes;
     const uint4* xs = reinterpret_cast<const uint4*>(base + S::kWeightBytes + S::kScaleBytes);
     float part[RT][NT][4];
     zero(part);
@@ -252,10 +252,10 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
-template <int NT, int RT, int WARPS, bool GEGLU>
+template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>
 void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  using S = SkinnySmem<NT, RT, WARPS>;
-  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU>;
+  using S = SkinnySmem<NT, RT, WARPS, STAGES>;
+  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU, STAGES>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
   if (attr != cudaSuccess)
@@ -289,8 +289,14 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
 
 template <int NT>
 void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  // GeGLU: the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K
-  if (p.act != nullptr) return launch<NT, 1, 4, true>(args, p, stream);
+  // GeGLU: the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K; 8 stages put
+  // 7 of the expert's 8 groups in flight (their weights requested before griddepcontrol.wait)
+  if (p.act != nullptr) {
+    if (p.stages == 8) return launch<NT, 1, 4, true, 8>(args, p, stream);
+    if (p.stages == 0 || p.stages == kStages) return launch<NT, 1, 4, true>(args, p, stream);
+    throw std::runtime_error("w4a16_skinny_geglu: stages must be 0 (default, 4), 4 or 8, got " +
+                             std::to_string(p.stages));
+  }
   if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false>(args, p, stream);
   if (p.tiles_per_warp == 2) return launch<NT, 2, 8, false>(args, p, stream);
   throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));

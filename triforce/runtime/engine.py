@@ -482,6 +482,17 @@ class Pi05Engine:
             layer.use_few_row_kernel(kernel)
         self.slots.clear()
 
+    def set_w4a16_geglu_stages(self, stages: int) -> None:
+        """The cp.async pipeline depth of the wheel's few-row gate/up + GeGLU kernel (0: its default, 4; or 8: the
+        expert's 8 groups of K nearly all in flight); a no-op without W4A16 gate/up layers. Captured graphs re-capture."""
+        layers = self._w4a16_layers(("gate_up",))
+        allowed = layers[0].tk.W4A16_SKINNY_GEGLU_STAGES if layers else ()
+        if layers and stages not in allowed:
+            raise TriforceError(f"W4A16 GeGLU stages {stages}: one of {allowed} expected")
+        for layer in layers:
+            layer.geglu_stages = stages
+        self.slots.clear()
+
     def _launches(self, step: int):
         """The context step `step`'s launches are made in. Step 0 beside the prefix launches plain: its programs,
         launched early, would wait on SMs the prefix's GEMMs need (Plan B prefix 3.13 vs 3.03 ms,
