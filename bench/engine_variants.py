@@ -10,7 +10,9 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   driver's choice per kernel; session 10 saw the few-row kernels slow the chain when they allowed more shared
   memory, then the same split for every Triton kernel took Plan A's denoise from 5.36 to 5.00 ms but slowed the
   prefix: engine_variants-*-s10-carveout-all.json).
-- w4a16_geglu_stages: the pipeline depth of Plan B's few-row gate/up + GeGLU kernel (0: the wheel's default, 4).
+- w4a16_geglu_stages: the pipeline depth of Plan B's few-row gate/up + GeGLU kernel in steps 1-9 (engine.
+  W4A16_GEGLU_STAGES; 0: the wheel's default, 4). Session 12, in every step: 8.581 vs 8.582 ms, denoise 4.01 vs 4.06
+  but the prefix beside step 0 3.10 vs 3.03 (`*-s12-geglu-stages.json`).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -55,14 +57,14 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100,
                    "decode_attention": "cluster", "step0_attention": "triton",
-                   "w4a16_geglu_stages": 0}
+                   "w4a16_geglu_stages": 8}
 ATTENTION_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),)
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS)),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention but in step 0 "
-                   "beside the prefix; carveout 100%)", ENGINE_DEFAULTS),
-                  ("W4A16 gate/up + GeGLU with an 8-stage pipeline", {**ENGINE_DEFAULTS, "w4a16_geglu_stages": 8}),
+                   "beside the prefix; carveout 100%; gate/up 8 stages in steps 1-9)", ENGINE_DEFAULTS),
+                  ("W4A16 gate/up + GeGLU with the default 4-stage pipeline", {**ENGINE_DEFAULTS, "w4a16_geglu_stages": 0}),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS))}
 
 

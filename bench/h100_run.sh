@@ -69,9 +69,11 @@
 #     h100_fast, Plan B validation (h100_fast), Plan A validation (with the wheel), the engine benchmark
 #   part 41 (the kernel wheel, development build): the few-row kernel tests, the engine variants of Plan B h100_fast
 #     (the gate/up + GeGLU kernel with an 8-stage pipeline)
+#   part 42 (the kernel wheel, development build): the engine's W4A16 GPU tests, the engine variants of Plan B
+#     h100_fast (the gate/up + GeGLU kernel's 8 stages in steps 1-9 against 4), Plan B validation (h100_fast)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|41   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|42   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -228,7 +230,12 @@ elif [ "$1" = 34 ]; then
 elif [ "$1" = 36 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipes h100_fast,h100 --out-dir "$OUT"
-elif [ "$1" = 41 ]; then
+elif [ "$1" = 42 ]; then
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "few_row or h100_recipe or fp8_vision"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+elif [ "$1" = 41 ]; then  # ran at 7aec4c4 (8 stages in every step, step 0 included)
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
 elif [ "$1" = 40 ]; then

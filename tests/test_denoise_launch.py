@@ -115,14 +115,16 @@ def test_cluster_attention_is_refused_naming_why_and_its_carveout_reaches_the_wh
     assert pushed == [100]
 
 
-def test_geglu_pipeline_depth_is_checked_against_the_wheel_and_set_on_every_gate_up():
+def test_geglu_pipeline_depth_is_checked_against_the_wheel_and_kept_out_of_step0_beside_the_prefix():
     wheel = SimpleNamespace(W4A16_SKINNY_GEGLU_STAGES=(0, 4, 8))
-    gate_ups = [SimpleNamespace(tk=wheel, geglu_stages=0, use_few_row_kernel=None) for _ in range(3)]
-    stub = SimpleNamespace(slots={"graph": 1}, _w4a16_layers=lambda names: gate_ups if names == ("gate_up",) else [])
+    gate_ups = [SimpleNamespace(tk=wheel) for _ in range(3)]
+    stub = SimpleNamespace(slots={"graph": 1}, w4a16_geglu_stages=0, overlap_step0=True,
+                           _w4a16_layers=lambda names: gate_ups if names == ("gate_up",) else [])
     with pytest.raises(TriforceError, match=r"W4A16 GeGLU stages 6: one of \(0, 4, 8\) expected"):
         Pi05Engine.set_w4a16_geglu_stages(stub, 6)
-    assert all(layer.geglu_stages == 0 for layer in gate_ups) and stub.slots      # nothing changed
+    assert stub.w4a16_geglu_stages == 0 and stub.slots                          # nothing changed
     Pi05Engine.set_w4a16_geglu_stages(stub, 8)
-    assert all(layer.geglu_stages == 8 for layer in gate_ups) and not stub.slots  # graphs re-capture
-    bf16 = SimpleNamespace(slots={}, _w4a16_layers=lambda names: [])
-    Pi05Engine.set_w4a16_geglu_stages(bf16, 8)                                    # no W4A16 gate/up: nothing to set
+    assert stub.w4a16_geglu_stages == 8 and not stub.slots                      # graphs re-capture
+    assert [Pi05Engine._geglu_stages(stub, step) for step in (0, 1, 9)] == [0, 8, 8]
+    stub.overlap_step0 = False                                                  # step 0 after the prefix
+    assert Pi05Engine._geglu_stages(stub, 0) == 8

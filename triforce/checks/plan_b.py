@@ -73,7 +73,7 @@ def run(checkpoint: str, config: str, recipe: str, observations: int, runs: int,
     quant = plan_b.backend.quant
     engine = {name: {"expert_path": p.backend.expert_path, "denoise_launch": p.backend.denoise_launch,
                      "chain_carveout": p.backend.carveout, "decode_attention": p.backend.decode_attention,
-                     "step0_attention": p.backend.step0_attention}
+                     "step0_attention": p.backend.step0_attention, "w4a16_geglu_stages": p.backend.w4a16_geglu_stages}
               for name, p in (("plan_a", plan_a), ("plan_b", plan_b))}
     del plan_a  # frees the bf16 engine's memory before the fp32 reference loads
     torch.cuda.empty_cache()

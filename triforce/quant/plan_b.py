@@ -115,7 +115,6 @@ class W4A16Linear:
         self._workspace: dict = {}
         self.nbytes = self.qweight.numel() + self.scales.numel() * 2
         self.few_row, self._fragments = "triton", None   # the engine sets it (engine._default_w4a16_few_row)
-        self.geglu_stages = 0                             # the wheel's default (engine.set_w4a16_geglu_stages)
 
     def use_few_row_kernel(self, kernel: str) -> None:
         """Which kernel runs add_into / geglu_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the weights on first use
@@ -131,11 +130,10 @@ class W4A16Linear:
             self._fragments = (fm.pack_int4_fragments(q), fm.pack_scales_fragments(s))
         self.few_row = kernel
 
-    def geglu_into(self, x, act):
+    def geglu_into(self, x, act, stages: int = 0):
         """act (bf16 [M, N/2]) = gelu_tanh(x gate^T) ⊙ (x up^T), few rows, on the wheel's kernel (gate/up layers;
-        geglu_stages: its pipeline depth, the engine's set_w4a16_geglu_stages)."""
-        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent(),
-                                   stages=self.geglu_stages)
+        stages: its pipeline depth, 0 the wheel's default)."""
+        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent(), stages=stages)
 
     def __call__(self, x, arena=None):
         rows = x.shape[0]

@@ -74,6 +74,10 @@ CHAIN_CARVEOUT = 100
 # has it and the head dim fits (_default_decode_attention): Plan A 10.64 vs 10.77 ms, Plan B h100_fast 8.69 vs 8.83 ms
 # (engine_variants-*-s11-final.json); but "triton" for step 0 while it runs beside the prefix (its clusters, launched
 # beside the prefix's GEMMs, cost the prefix ~0.1 ms: 8.79 vs 8.69 ms)
+# the pipeline depth of Plan B's few-row W4A16 gate/up + GeGLU kernel in denoise steps 1-9 (set_w4a16_geglu_stages):
+# 8 puts the expert's 8 groups of K nearly all in flight, their weights requested before griddepcontrol.wait
+# (denoise 4.01 vs 4.06 ms; in step 0 too it slowed the prefix beside it: engine_variants-planb-*-s12-geglu-stages)
+W4A16_GEGLU_STAGES = 8
 DECODE_ATTENTION_KERNELS = {
     "triton": "fused.mqa_attention_split: key-block partials, then a combine (2 launches)",
     "cluster": "the wheel's mqa_cluster_attention: the key blocks are one cluster's CTAs, combined through distributed "
@@ -226,6 +230,7 @@ class Pi05Engine:
         self.cos, self.sin = fused.rope_tables(max_pos, e.dim_head, cfg.rope_base, "cuda")
         self.expert_path = None
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
+        self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -483,15 +488,18 @@ class Pi05Engine:
         self.slots.clear()
 
     def set_w4a16_geglu_stages(self, stages: int) -> None:
-        """The cp.async pipeline depth of the wheel's few-row gate/up + GeGLU kernel (0: its default, 4; or 8: the
-        expert's 8 groups of K nearly all in flight); a no-op without W4A16 gate/up layers. Captured graphs re-capture."""
+        """The cp.async pipeline depth of the wheel's few-row gate/up + GeGLU kernel in denoise steps 1-9 (0: its
+        default, 4; W4A16_GEGLU_STAGES); step 0 beside the prefix keeps the default. Captured graphs re-capture."""
         layers = self._w4a16_layers(("gate_up",))
-        allowed = layers[0].tk.W4A16_SKINNY_GEGLU_STAGES if layers else ()
-        if layers and stages not in allowed:
+        allowed = layers[0].tk.W4A16_SKINNY_GEGLU_STAGES if layers else (stages,)
+        if stages not in allowed:
             raise TriforceError(f"W4A16 GeGLU stages {stages}: one of {allowed} expected")
-        for layer in layers:
-            layer.geglu_stages = stages
+        self.w4a16_geglu_stages = stages
         self.slots.clear()
+
+    def _geglu_stages(self, step: int) -> int:
+        """8 stages hold more shared memory: beside the prefix (step 0) they slowed its GEMMs (3.10 vs 3.03 ms)."""
+        return 0 if step == 0 and self.overlap_step0 else self.w4a16_geglu_stages
 
     def _launches(self, step: int):
         """The context step `step`'s launches are made in. Step 0 beside the prefix launches plain: its programs,
@@ -624,7 +632,7 @@ class Pi05Engine:
                            quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             if getattr(gu_l, "few_row", None) == "mma":
-                gu_l.geglu_into(h, act)
+                gu_l.geglu_into(h, act, stages=self._geglu_stages(step))
             elif fused_epilogue:
                 fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
             else:
