@@ -32,9 +32,9 @@ Session 10: the adaRMS norm folded into the mma gate/up and a QKV + RoPE form of
 10.22 and 12.27 ms vs 8.95 and 9.02 without (two kernel versions); the mma QKV alone 9.30 / 9.35 vs Triton's 8.95 /
 9.02 ms: all removed (*-s10-norm-fold-v1.json, *-s10-norm-fold-v2.json). Session 12: the prefix attention with two
 programs a row block (each p v for half the head dim; 14.1 vs 16.1 us alone) slowed the prefix beside denoise step
-0 (Plan B 3.11 vs 3.02 ms, Plan A 4.38 vs 4.21), four programs more: removed (*-s12-v-split.json). Vision's and the prefix's Triton kernels on dependent launches (each
-waiting on griddepcontrol, launched while the GEMM before it ran): Plan A 10.79 vs 10.67, Plan B 8.71 vs 8.57 ms
-(vision 1.57 vs 1.50): removed (*-s12-encoder-pdl.json).
+0 (Plan B 3.11 vs 3.02 ms, Plan A 4.38 vs 4.21), four programs more: removed (*-s12-v-split.json). Vision's and
+the prefix's Triton kernels on dependent launches (each waiting on griddepcontrol, launched while the GEMM before it
+ran): Plan A 10.79 vs 10.67, Plan B 8.71 vs 8.57 ms (vision 1.57 vs 1.50): removed (*-s12-encoder-pdl.json).
 With --recipes r1,r2,... (Plan B) the variants are instead the engine defaults on each recipe's model (one model a
 recipe, same run): session 12 compared SigLIP in FP8 (recipe h100) against bf16 (h100_fast) this way.
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
@@ -49,22 +49,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
+from triforce.runtime.engine import CHAIN_CARVEOUT, W4A16_GEGLU_STAGES  # noqa: E402
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
-                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma", "carveout": 100,
-                   "decode_attention": "cluster", "step0_attention": "triton",
-                   "w4a16_geglu_stages": 8}
+                   "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma",
+                   "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
+                   "w4a16_geglu_stages": W4A16_GEGLU_STAGES}
 ATTENTION_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),)
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS)),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention but in step 0 "
                    "beside the prefix; carveout 100%; gate/up 8 stages in steps 1-9)", ENGINE_DEFAULTS),
-                  ("W4A16 gate/up + GeGLU with the default 4-stage pipeline", {**ENGINE_DEFAULTS, "w4a16_geglu_stages": 0}),
+                  ("W4A16 gate/up + GeGLU with the default 4-stage pipeline",
+                   {**ENGINE_DEFAULTS, "w4a16_geglu_stages": 0}),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in ATTENTION_VARIANTS))}
 
 
@@ -76,8 +78,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
     eng.set_carveout(settings["carveout"])
     eng.set_decode_attention(settings["decode_attention"], beside_prefix=settings["step0_attention"])
-    if eng.quant is not None:
-        eng.set_w4a16_geglu_stages(settings["w4a16_geglu_stages"])
+    eng.set_w4a16_geglu_stages(settings["w4a16_geglu_stages"])   # a no-op without W4A16 gate/up layers
 
 
 def main():

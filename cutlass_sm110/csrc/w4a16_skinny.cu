@@ -11,9 +11,10 @@
 //
 // Pipeline: a CTA of 8 warps owns 8 * RT row tiles of 16 features and a range of whole groups (128 k); every stage
 // (one group) brings each warp's weights, the tiles' scales and the x slice of all tokens into shared memory with
-// cp.async, STAGES deep (4; the GeGLU form, whose CTA walks all of K, optionally 8). The weights and scales of the first stages are requested before griddepcontrol.wait (they
-// do not depend on the kernel before; under programmatic dependent launch their reads overlap it). Splits of K
-// across CTAs add their partial sums with fp32 reductions into `out`, which the caller zeroes (or is the residual).
+// cp.async, STAGES deep (4; the GeGLU form, whose CTA walks all of K, optionally 8). The weights and scales of the
+// first stages are requested before griddepcontrol.wait (they do not depend on the kernel before; under
+// programmatic dependent launch their reads overlap it). Splits of K across CTAs add their partial sums with fp32
+// reductions into `out`, which the caller zeroes (or is the residual).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

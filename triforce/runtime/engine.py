@@ -74,15 +74,15 @@ CHAIN_CARVEOUT = 100
 # has it and the head dim fits (_default_decode_attention): Plan A 10.64 vs 10.77 ms, Plan B h100_fast 8.69 vs 8.83 ms
 # (engine_variants-*-s11-final.json); but "triton" for step 0 while it runs beside the prefix (its clusters, launched
 # beside the prefix's GEMMs, cost the prefix ~0.1 ms: 8.79 vs 8.69 ms)
-# the pipeline depth of Plan B's few-row W4A16 gate/up + GeGLU kernel in denoise steps 1-9 (set_w4a16_geglu_stages):
-# 8 puts the expert's 8 groups of K nearly all in flight, their weights requested before griddepcontrol.wait
-# (denoise 4.01 vs 4.06 ms; in step 0 too it slowed the prefix beside it: engine_variants-planb-*-s12-geglu-stages)
-W4A16_GEGLU_STAGES = 8
 DECODE_ATTENTION_KERNELS = {
     "triton": "fused.mqa_attention_split: key-block partials, then a combine (2 launches)",
     "cluster": "the wheel's mqa_cluster_attention: the key blocks are one cluster's CTAs, combined through distributed "
                "shared memory (1 launch; the prefix's keys read before waiting on the kernel before)",
 }
+# the pipeline depth of Plan B's few-row W4A16 gate/up + GeGLU kernel in denoise steps 1-9 (set_w4a16_geglu_stages):
+# 8 puts the expert's 8 groups of K nearly all in flight, their weights requested before griddepcontrol.wait
+# (denoise 4.01 vs 4.06 ms; in step 0 too it slowed the prefix beside it: engine_variants-planb-*-s12-geglu-stages)
+W4A16_GEGLU_STAGES = 8
 
 
 def kernel_wheel():

@@ -111,6 +111,13 @@ def _await_previous(PDL: tl.constexpr):
 
 
 @triton.jit
+def e4m3_range(x, QSCALE):
+    """x times the static per-tensor activation scale, saturated to E4M3's range: what an FP8 GEMM's input kernel
+    stores (the store converts)."""
+    return tl.minimum(tl.maximum(x * tl.load(QSCALE), -448.0), 448.0)
+
+
+@triton.jit
 def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stride_y, stride_out, N, eps,
                      HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_YB: tl.constexpr, HAS_SCALE: tl.constexpr,
                      HAS_SHIFT: tl.constexpr, LAYERNORM: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr,
@@ -140,7 +147,7 @@ def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, 
         if HAS_SHIFT:
             h = h + tl.load(SHIFT + cols, mask=m, other=0.0).to(tl.float32)
     if QUANT:   # FP8 E4M3 with a static per-tensor scale: the next GEMM reads it directly
-        h = tl.minimum(tl.maximum(h * tl.load(QSCALE), -448.0), 448.0)
+        h = e4m3_range(h, QSCALE)
     tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -221,7 +228,7 @@ def _geglu_kernel(GU, OUT, QSCALE, CS, stride_gu, stride_out, I, QUANT: tl.const
         u = u * tl.load(CS + I + cols, mask=m, other=0.0)
     h = gelu_tanh_mul(g, u)
     if QUANT:
-        h = tl.minimum(tl.maximum(h * tl.load(QSCALE), -448.0), 448.0)
+        h = e4m3_range(h, QSCALE)
     tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -253,7 +260,7 @@ def _gelu_kernel(X, OUT, QSCALE, CS, B, COLS, GELU: tl.constexpr, QUANT: tl.cons
         z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
         x = x * tl.sigmoid(2.0 * z)
     if QUANT:
-        x = tl.minimum(tl.maximum(x * tl.load(QSCALE), -448.0), 448.0)
+        x = e4m3_range(x, QSCALE)
     tl.store(OUT + offs, x.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -386,7 +393,7 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, QSCALE, R, T, qk_scale, stride_q, st
         m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
     out = acc / l_i[:, None]
     if QUANT:   # E4M3 for an FP8 o projection (static per-tensor scale)
-        out = tl.minimum(tl.maximum(out * tl.load(QSCALE), -448.0), 448.0)
+        out = e4m3_range(out, QSCALE)
     tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
 
 
@@ -414,7 +421,7 @@ def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_
         m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
     out = acc / l_i[:, None]
     if QUANT:   # E4M3 for an FP8 o projection (static per-tensor scale)
-        out = tl.minimum(tl.maximum(out * tl.load(QSCALE), -448.0), 448.0)
+        out = e4m3_range(out, QSCALE)
     tl.store(O + (view * T + t)[:, None] * stride_o + head * D + d[None, :], out.to(O.dtype.element_ty),
              mask=(t[:, None] < T) & dmask[None, :])
 
