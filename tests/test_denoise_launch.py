@@ -128,3 +128,20 @@ def test_geglu_pipeline_depth_is_checked_against_the_wheel_and_kept_out_of_step0
     assert [Pi05Engine._geglu_stages(stub, step) for step in (0, 1, 9)] == [0, 8, 8]
     stub.overlap_step0 = False                                                  # step 0 after the prefix
     assert Pi05Engine._geglu_stages(stub, 0) == 8
+
+
+def test_few_row_attention_refuses_an_fp8_output():
+    q, k = torch.zeros(80, 256, dtype=torch.bfloat16), torch.zeros(538, 256, dtype=torch.bfloat16)
+    with pytest.raises(TriforceError, match="few-row attention kernels write bf16"):
+        Pi05Engine._attend(q, k, k, torch.zeros(538, dtype=torch.bfloat16), quant_scale=torch.ones(1))
+
+
+def test_engine_variants_refuses_recipes_without_plan_b():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "bench/engine_variants.py", "--plan", "a", "--recipes", "h100_fast,h100"],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--recipes compares Plan B recipes (use --plan b)" in r.stderr
