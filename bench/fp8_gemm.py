@@ -6,7 +6,10 @@ a CUDA graph of 18 calls (as in the engine; CUDA events after warm-up, median of
   fp8 row-wise: torch._scaled_mm with per-row / per-channel scales (+ bias), the engine's FP8 form where nothing
     downstream applies the channel scale;
   fp8 per-tensor: one scale each, bf16 out (the engine's prefix form: the consumer kernel applies the channel scale);
-  fp8 per-tensor, E4M3 out (scale_result): half the output bytes, for a consumer that reads FP8 (gate/up -> GeGLU).
+  fp8 per-tensor, E4M3 out (scale_result): half the output bytes, for a consumer that reads FP8 (gate/up -> GeGLU);
+  fp8 per-tensor, transposed: W x^T, the output [N, M]: the token count becomes cuBLASLt's N, whose tile need not
+    be 128 rows (the prefix's 528 = 4 x 128 + 16 rows leaves a fifth row of tiles nearly empty; M = 512 beside it
+    says what that row costs).
 Session 12 also timed the prefix's gate/up with its GeGLU fused in one Triton FP8 kernel (two accumulators sharing
 each x tile; pointer loads or TMA descriptors, persistent or not) against the engine's two launches: at best 89.0
 vs 91.2 us, within the run-to-run spread, and TMA 97.7-124 us; removed after 04b5bd9
@@ -25,6 +28,8 @@ from triforce.timing import time_graph_us  # noqa: E402
 
 F8, BF = torch.float8_e4m3fn, torch.bfloat16
 SHAPES = [("gemma gate_up", 528, 32768, 2048, False), ("gemma down", 528, 2048, 16384, False),
+          ("gemma gate_up", 512, 32768, 2048, False), ("gemma down", 512, 2048, 16384, False),
+          ("gemma qkv", 528, 2560, 2048, False), ("gemma o", 528, 2048, 2048, False),
           ("gemma gate_up", 712, 32768, 2048, False), ("gemma down", 712, 2048, 16384, False),
           ("siglip qkv", 512, 3456, 1152, True), ("siglip o", 512, 1152, 1152, True),
           ("siglip fc1", 512, 4352, 1152, True), ("siglip fc2", 512, 1152, 4352, True)]
@@ -43,6 +48,7 @@ def forms(m, n, k, bias):
         "fp8 per-tensor": lambda: torch._scaled_mm(a8, w8.t(), scale_a=one, scale_b=one, out_dtype=BF),
         "fp8 per-tensor, e4m3 out": lambda: torch._scaled_mm(a8, w8.t(), scale_a=one, scale_b=one, scale_result=half,
                                                              out_dtype=F8),
+        "fp8 per-tensor, transposed": lambda: torch._scaled_mm(w8, a8.t(), scale_a=one, scale_b=one, out_dtype=BF),
     }
     if bias:
         out["bf16 + gelu epilogue"] = lambda: torch._addmm_activation(b, a, w.t(), use_gelu=True)
@@ -64,7 +70,8 @@ def main():
         rows.append({"gemm": name, "m": m, "n": n, "k": k, "us": us,
                      "x_bf16": {f: (base / t if t else None) for f, t in us.items()},
                      "tflops": {f: (2 * m * n * k / t / 1e6 if t else None) for f, t in us.items()}})
-    cols = ["bf16", "bf16 + gelu epilogue", "fp8 row-wise", "fp8 per-tensor", "fp8 per-tensor, e4m3 out"]
+    cols = ["bf16", "bf16 + gelu epilogue", "fp8 row-wise", "fp8 per-tensor", "fp8 per-tensor, e4m3 out",
+            "fp8 per-tensor, transposed"]
     rep.print_table("FP8 vs bf16 (us per call, graph of 18, median of 50 replays; x bf16 in brackets)",
                     ["gemm", "M", "N", "K", *cols],
                     [[r["gemm"], r["m"], r["n"], r["k"],

@@ -145,15 +145,3 @@ def test_engine_variants_refuses_recipes_without_plan_b():
     r = subprocess.run([sys.executable, "bench/engine_variants.py", "--plan", "a", "--recipes", "h100_fast,h100"],
                        cwd=repo, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--recipes compares Plan B recipes (use --plan b)" in r.stderr
-
-
-def test_vision_streams_are_checked():
-    stub = SimpleNamespace(slots={"graph": 1}, vision_streams=1, vision_priority="equal")
-    for bad in (0, -1, 1.5, "2", True):
-        with pytest.raises(TriforceError, match="vision streams .*: a whole number >= 1 expected"):
-            Pi05Engine.set_vision_streams(stub, bad)
-    with pytest.raises(TriforceError, match="unknown vision stream priority 'first': equal, staggered"):
-        Pi05Engine.set_vision_streams(stub, 2, "first")
-    assert stub.vision_streams == 1 and stub.slots                              # nothing changed
-    Pi05Engine.set_vision_streams(stub, 2, "staggered")
-    assert (stub.vision_streams, stub.vision_priority) == (2, "staggered") and not stub.slots   # graphs re-capture

@@ -10,7 +10,7 @@ import torch
 from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime import fused
 from triforce.runtime.config import load_config
-from triforce.runtime.engine import CHAIN_CARVEOUT, VISION_STREAMS
+from triforce.runtime.engine import CHAIN_CARVEOUT
 from triforce.runtime.observation import check_observation
 from triforce.runtime.policy import Policy
 from triforce.workload import cosine, random_noise, random_observation
@@ -111,10 +111,7 @@ def test_fp8_vision_applies_the_deferred_epilogues(policies):
     images = torch.rand(2, TINY.image_size, TINY.image_size, 3, device="cuda") * 2 - 1
     with torch.no_grad():
         want, got = policies[1].backend._vision(images), b.backend._vision(images)
-        b.backend.set_vision_streams(2)                     # one view a stream: the same static activation scales
-        per_view = b.backend._vision(images)
     assert cosine(got.float().cpu().numpy(), want.float().cpu().numpy()) >= 0.99
-    assert cosine(per_view.float().cpu().numpy(), got.float().cpu().numpy()) >= 0.9999
 
 
 def test_w4a16_few_row_kernels_give_the_same_actions():
@@ -180,29 +177,6 @@ def test_step0_beside_the_prefix_gives_the_serial_actions(policies):
                 assert cosine(policy.infer(obs, noise), serial) >= 0.99999, priority
     finally:
         eng.set_overlap_step0(True)
-
-
-def test_vision_on_streams_gives_the_one_batch_actions(policies):
-    """SigLIP's views spread over streams (groups of views, joined before the prefix) give the one-batch image tokens
-    and actions, replay after replay, for two and three views (a missing join would read tokens not written yet)."""
-    _, policy = policies
-    eng = policy.backend
-    rng = np.random.default_rng(9)
-    try:
-        for views in (2, 3):
-            obs, noise = random_observation(TINY, rng, views, 6), random_noise(TINY, rng)
-            images = torch.as_tensor(np.stack(list(obs.images.values())), device="cuda")
-            eng.set_vision_streams(1)
-            with torch.no_grad():
-                want_tokens, want = eng._vision(images), policy.infer(obs, noise)
-            for streams, priority in ((2, "equal"), (2, "staggered"), (3, "equal")):
-                eng.set_vision_streams(streams, priority)
-                with torch.no_grad():
-                    torch.testing.assert_close(eng._vision(images), want_tokens, rtol=2e-2, atol=2e-2)
-                for _ in range(3):
-                    assert cosine(policy.infer(obs, noise), want) >= 0.9999, (views, streams, priority)
-    finally:
-        eng.set_vision_streams(VISION_STREAMS)
 
 
 def test_dependent_launches_give_the_plain_actions(policies):

@@ -83,11 +83,6 @@ DECODE_ATTENTION_KERNELS = {
 # 8 puts the expert's 8 groups of K nearly all in flight, their weights requested before griddepcontrol.wait
 # (denoise 4.01 vs 4.06 ms; in step 0 too it slowed the prefix beside it: engine_variants-planb-*-s12-geglu-stages)
 W4A16_GEGLU_STAGES = 8
-# how many streams SigLIP's views are spread over (set_vision_streams): its layers never mix views, and at 256-512 rows
-# its GEMMs leave SMs idle and every launch a gap, which a second view's kernels can fill; "staggered" gives the first
-# stream the higher priority, so the others fill what it leaves
-VISION_STREAMS = 1
-VISION_PRIORITIES = ("equal", "staggered")
 
 
 def kernel_wheel():
@@ -236,7 +231,6 @@ class Pi05Engine:
         self.expert_path = None
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
-        self.vision_streams, self.vision_priority = VISION_STREAMS, "equal"  # set_vision_streams
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -503,17 +497,6 @@ class Pi05Engine:
         self.w4a16_geglu_stages = stages
         self.slots.clear()
 
-    def set_vision_streams(self, streams: int, priority: str = "equal") -> None:
-        """How many streams SigLIP's views are spread over (1: all views in one batch; more: contiguous groups of
-        views, one stream each, joined before the prefix), and their priorities (VISION_PRIORITIES). Captured graphs
-        are dropped and re-capture."""
-        if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
-            raise TriforceError(f"vision streams {streams!r}: a whole number >= 1 expected")
-        if priority not in VISION_PRIORITIES:
-            raise TriforceError(f"unknown vision stream priority '{priority}': {', '.join(VISION_PRIORITIES)}")
-        self.vision_streams, self.vision_priority = streams, priority
-        self.slots.clear()
-
     def _geglu_stages(self, step: int) -> int:
         """8 stages hold more shared memory: beside the prefix (step 0) they slowed its GEMMs (3.10 vs 3.03 ms)."""
         return 0 if step == 0 and self.overlap_step0 else self.w4a16_geglu_stages
@@ -528,25 +511,7 @@ class Pi05Engine:
 
     # ── stages ────────────────────────────────────────────────────────────────────────────────────────────────
     def _vision(self, images):
-        """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]; with vision_streams > 1, contiguous
-        groups of views run on their own streams (forked from and joined into the current one)."""
-        groups = [g for g in np.array_split(np.arange(images.shape[0]), self.vision_streams) if len(g)]
-        if len(groups) == 1:
-            return self._vision_views(images)
-        main = torch.cuda.current_stream()
-        high = -1 if self.vision_priority == "staggered" else 0
-        streams = [torch.cuda.Stream(priority=high if i == 0 else 0) for i in range(len(groups))]
-        tokens = []
-        for stream, views in zip(streams, groups):
-            stream.wait_stream(main)
-            with torch.cuda.stream(stream):
-                tokens.append(self._vision_views(images[int(views[0]):int(views[-1]) + 1]))
-        for stream in streams:
-            main.wait_stream(stream)
-        return torch.cat(tokens)
-
-    def _vision_views(self, images):
-        """SigLIP and the projector on a batch of views: fp32 [V, H, W, 3] -> bf16 [V·T, prefix width]."""
+        """images fp32 [V, H, W, 3] -> image tokens bf16 [V·T, prefix width]."""
         cfg, v = self.cfg, self.cfg.vision
         n_views, p, g = images.shape[0], cfg.patch_size, cfg.image_size // cfg.patch_size
         patches = images.to(BF16).view(n_views, g, p, g, p, 3).permute(0, 1, 3, 5, 2, 4).reshape(n_views * g * g, 3 * p * p)
