@@ -73,9 +73,11 @@
 #     h100_fast (the gate/up + GeGLU kernel's 8 stages in steps 1-9 against 4), Plan B validation (h100_fast)
 #   part 43 (the kernel wheel, development build): the engine GPU tests, the engine variants of Plan A and of Plan B
 #     h100_fast (SigLIP's two views on two streams)
+#   part 44 (the kernel wheel, development build): SigLIP's ops (the attention's head dim as 64 + 16 against padded
+#     to 128), the prefix attention (E4M3 output against bf16 + quantize), the engine GPU tests, the engine variants
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|43   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|44   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -232,6 +234,11 @@ elif [ "$1" = 34 ]; then
 elif [ "$1" = 36 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipes h100_fast,h100 --out-dir "$OUT"
+elif [ "$1" = 44 ]; then
+  run python3 bench/vision_ops.py --out-dir "$OUT"
+  run python3 bench/prefix_attention.py --out-dir "$OUT"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  engine_variants_ab
 elif [ "$1" = 43 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py tests/test_act_quant_gpu.py

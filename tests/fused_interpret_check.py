@@ -153,6 +153,17 @@ a8 = fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.fl
                             quant_scale=torch.tensor([8.0]))
 a16 = fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), Tk, Hh, Dh, 16, 16)
 check_fp8("packed attention -> fp8 (one step: the bf16 output rounds first)", a8, a16.float() * 8, 1)
+check("packed attention, head dim padded to 128 (the form before the split)",
+      fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), Tk, Hh, Dh, 16, 16,
+                             head_split=(128, 0)), a16.float(), 1e-2)
+Dp = 32                                                   # a power-of-two head dim: no second column part
+packed_p = torch.randn(Vw * Tk, 3 * Hh * Dp).bfloat16()
+qkv5 = packed_p.float().view(Vw, Tk, 3, Hh, Dp).permute(2, 0, 3, 1, 4)
+ref = F.scaled_dot_product_attention(qkv5[0], qkv5[1], qkv5[2]).transpose(1, 2).reshape(Vw * Tk, Hh * Dp)
+check("packed attention, head dim 32",
+      fused.packed_attention(packed_p, torch.empty(Vw * Tk, Hh * Dp, dtype=torch.bfloat16), Tk, Hh, Dp, 16, 16), ref, 1e-2)
+if [fused.attention_head_split(d) for d in (72, 32, 64 + 40, 80)] != [(64, 16), (32, 0), (64, 64), (64, 16)]:
+    failures.append(f"attention_head_split: {[fused.attention_head_split(d) for d in (72, 32, 104, 80)]}")
 try:
     fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), 30, Hh, Dh)
     failures.append("packed attention took 80 rows as views of 30 tokens")

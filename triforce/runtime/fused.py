@@ -399,47 +399,91 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, QSCALE, R, T, qk_scale, stride_q, st
 
 @triton.jit
 def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_o, D: tl.constexpr,
-                             D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
-                             DOT_F32: tl.constexpr):
+                             D_LO: tl.constexpr, D_HI: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             QUANT: tl.constexpr, DOT_F32: tl.constexpr):
     """Unmasked attention of one (view, head) per program column, read straight from the fused QKV GEMM's output
-    [views·T, 3·H·D] (q | k | v, head-major) and written as [views·T, H·D], the o projection's input."""
+    [views·T, 3·H·D] (q | k | v, head-major) and written as [views·T, H·D], the o projection's input. The head dim
+    is D_LO columns (a power of two) plus, where D is not one, D_HI more (masked past D): SigLIP's 72 as 64 + 16,
+    not padded to 128."""
     view, head = tl.program_id(1) // H, tl.program_id(1) % H
     t = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    d = tl.arange(0, D_PAD)
-    dmask = d < D
-    base = QKV + view * T * stride_row + head * D + d[None, :]
-    q = tl.load(base + t[:, None] * stride_row, mask=(t[:, None] < T) & dmask[None, :], other=0.0)
+    d0 = tl.arange(0, D_LO)
+    tmask = t[:, None] < T
+    cmask0 = d0[None, :] < D if D_LO > D else d0[None, :] >= 0      # D_LO > D: the head dim padded to D_LO
+    base = QKV + view * T * stride_row + head * D
+    q0 = tl.load(base + t[:, None] * stride_row + d0[None, :], mask=tmask & cmask0, other=0.0)
+    if D_HI > 0:
+        d1 = D_LO + tl.arange(0, D_HI)
+        d1mask = d1[None, :] < D
+        q1 = tl.load(base + t[:, None] * stride_row + d1[None, :], mask=tmask & d1mask, other=0.0)
+        acc1 = tl.zeros([BLOCK_M, D_HI], tl.float32)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    acc0 = tl.zeros([BLOCK_M, D_LO], tl.float32)
     for start in range(0, T, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        kv_mask = (cols[:, None] < T) & dmask[None, :]
-        k = tl.load(base + cols[:, None] * stride_row + H * D, mask=kv_mask, other=0.0)
-        v = tl.load(base + cols[:, None] * stride_row + 2 * H * D, mask=kv_mask, other=0.0)
-        bias = tl.where(cols < T, 0.0, float("-inf"))
-        m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
-    out = acc / l_i[:, None]
+        cmask = cols[:, None] < T
+        rows = base + cols[:, None] * stride_row
+        k0 = tl.load(rows + H * D + d0[None, :], mask=cmask & cmask0, other=0.0)
+        v0 = tl.load(rows + 2 * H * D + d0[None, :], mask=cmask & cmask0, other=0.0)
+        s = dot_t(q0, k0, DOT_F32)
+        if D_HI > 0:
+            k1 = tl.load(rows + H * D + d1[None, :], mask=cmask & d1mask, other=0.0)
+            v1 = tl.load(rows + 2 * H * D + d1[None, :], mask=cmask & d1mask, other=0.0)
+            s += dot_t(q1, k1, DOT_F32)
+        s = s * qk_scale + tl.where(cols < T, 0.0, float("-inf"))[None, :]
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        if DOT_F32:
+            p = p.to(tl.float32)
+            acc0 = acc0 * alpha[:, None] + tl.dot(p, v0.to(tl.float32))
+        else:
+            p = p.to(v0.dtype)
+            acc0 = acc0 * alpha[:, None] + tl.dot(p, v0)
+        if D_HI > 0:
+            acc1 = acc1 * alpha[:, None] + tl.dot(p, v1.to(p.dtype))
+    out_rows = O + (view * T + t)[:, None] * stride_o + head * D
+    _store_attention_part(out_rows + d0[None, :], acc0 / l_i[:, None], QSCALE, tmask & cmask0, QUANT)
+    if D_HI > 0:
+        _store_attention_part(out_rows + d1[None, :], acc1 / l_i[:, None], QSCALE, tmask & d1mask, QUANT)
+
+
+@triton.jit
+def _store_attention_part(ptrs, out, QSCALE, mask, QUANT: tl.constexpr):
     if QUANT:   # E4M3 for an FP8 o projection (static per-tensor scale)
         out = e4m3_range(out, QSCALE)
-    tl.store(O + (view * T + t)[:, None] * stride_o + head * D + d[None, :], out.to(O.dtype.element_ty),
-             mask=(t[:, None] < T) & dmask[None, :])
+    tl.store(ptrs, out.to(ptrs.dtype.element_ty), mask=mask)
+
+
+def attention_head_split(head_dim: int) -> tuple[int, int]:
+    """(D_LO, D_HI) of _packed_attention_kernel: the largest power of two in the head dim, and the rest rounded up
+    to a power of two of at least 16 (the MMA's K), 0 when nothing is left."""
+    lo = 1 << (head_dim.bit_length() - 1)
+    rest = head_dim - lo
+    return lo, (0 if rest == 0 else max(16, triton.next_power_of_2(rest)))
 
 
 def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: int = 64, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 3, quant_scale=None):
+                     num_warps: int = 4, num_stages: int = 3, quant_scale=None, head_split=None):
     """SigLIP's attention (no mask, softmax scale 1/sqrt(head_dim)) from the fused QKV output qkv [views·tokens,
     3·heads·head_dim] into out [views·tokens, heads·head_dim]: no permute copies on either side. Default launch
     shape: the fastest of bench/vision_ops.py (6.3 us against 9.7 for cuDNN SDPA plus the copies, H100).
-    quant_scale: out is E4M3 for an FP8 o projection."""
+    quant_scale: out is E4M3 for an FP8 o projection. head_split: (D_LO, D_HI) of the kernel's head dim, default
+    attention_head_split(head_dim); (next power of two, 0) pads it instead (bench/vision_ops.py compares)."""
     rows = qkv.shape[0]
     if qkv.shape[1] != 3 * heads * head_dim or rows % tokens or tuple(out.shape) != (rows, heads * head_dim):
         raise ValueError(f"packed_attention: qkv {tuple(qkv.shape)} / out {tuple(out.shape)} do not match "
                          f"{tokens} tokens x {heads} heads x {head_dim}")
+    d_lo, d_hi = head_split or attention_head_split(head_dim)
+    if d_lo + d_hi < head_dim or (d_hi and d_lo > head_dim):
+        raise ValueError(f"packed_attention: head split {(d_lo, d_hi)} does not cover head dim {head_dim}")
     grid = (triton.cdiv(tokens, block_m), rows // tokens * heads)
     _packed_attention_kernel[grid](qkv, out, quant_scale if quant_scale is not None else qkv, tokens, heads,
                                    head_dim ** -0.5 * 1.4426950408889634, qkv.stride(0), out.stride(0), D=head_dim,
-                                   D_PAD=triton.next_power_of_2(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
+                                   D_LO=d_lo, D_HI=d_hi, BLOCK_M=block_m, BLOCK_N=block_n,
                                    QUANT=quant_scale is not None, DOT_F32=INTERPRETED, num_warps=num_warps,
                                    num_stages=num_stages)
     return out
