@@ -75,9 +75,11 @@
 #     h100_fast (SigLIP's two views on two streams)
 #   part 44 (the kernel wheel, development build): SigLIP's ops (the attention's head dim as 64 + 16 against padded
 #     to 128), the prefix attention (E4M3 output against bf16 + quantize), the engine GPU tests, the engine variants
+#   part 45 (the kernel wheel, development build): the engine GPU tests, the engine variants of Plan A and Plan B
+#     h100_fast (the QKV + RoPE kernel's weights prefetched into L2 before its chain wait)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|44   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|45   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -239,7 +241,7 @@ elif [ "$1" = 44 ]; then
   run python3 bench/prefix_attention.py --out-dir "$OUT"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   engine_variants_ab
-elif [ "$1" = 43 ]; then
+elif [ "$1" = 43 ] || [ "$1" = 45 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py tests/test_act_quant_gpu.py
   engine_variants_ab

@@ -83,6 +83,10 @@ DECODE_ATTENTION_KERNELS = {
 # 8 puts the expert's 8 groups of K nearly all in flight, their weights requested before griddepcontrol.wait
 # (denoise 4.01 vs 4.06 ms; in step 0 too it slowed the prefix beside it: engine_variants-planb-*-s12-geglu-stages)
 W4A16_GEGLU_STAGES = 8
+# whether the fused QKV + RoPE kernel (Triton) asks L2 for its weights before its chain wait (set_qkv_prefetch):
+# with every expert layer reading layer 0's weights from L2, Plan B took 8.40 vs 8.50 ms, most of it the QKV
+# weights (bench/results/l2_resident_expert-*-s13.json)
+QKV_PREFETCH = False
 
 
 def kernel_wheel():
@@ -231,6 +235,7 @@ class Pi05Engine:
         self.expert_path = None
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
+        self.qkv_prefetch = QKV_PREFETCH                                    # set_qkv_prefetch
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -497,6 +502,12 @@ class Pi05Engine:
         self.w4a16_geglu_stages = stages
         self.slots.clear()
 
+    def set_qkv_prefetch(self, on: bool) -> None:
+        """Whether the fused QKV + RoPE kernel prefetches its weights into L2 before its chain wait (dependent
+        launches only; QKV_PREFETCH). Captured graphs are dropped and re-capture."""
+        self.qkv_prefetch = bool(on)
+        self.slots.clear()
+
     def _geglu_stages(self, step: int) -> int:
         """8 stages hold more shared memory: beside the prefix (step 0) they slowed its GEMMs (3.10 vs 3.03 ms)."""
         return 0 if step == 0 and self.overlap_step0 else self.w4a16_geglu_stages
@@ -620,7 +631,8 @@ class Pi05Engine:
                            quant_scale=quant_scale(qkv_l))
             if fused_epilogue:
                 fused.qkv_rope(h, pos=pos, cos=self.cos, sin=self.sin, q_out=q, k_cache=k_cache, v_cache=v_cache,
-                               kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, **qkv_l.few_row_weights)
+                               kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, prefetch=self.qkv_prefetch,
+                               **qkv_l.few_row_weights)
             else:
                 fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
                                e.num_heads, e.dim_head)

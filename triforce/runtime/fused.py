@@ -111,6 +111,18 @@ def _await_previous(PDL: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_l2(P, rows, stride, length, LINES: tl.constexpr):
+    """Ask L2 for elements [0, length) of the rows P + rows * stride, one prefetch per 128-byte line (before a chain
+    wait: the lines arrive while the kernel before still runs)."""
+    per_line: tl.constexpr = 1024 // P.dtype.element_ty.primitive_bitwidth
+    for c0 in range(0, length, LINES * per_line):
+        cols = c0 + tl.arange(0, LINES) * per_line
+        ptrs = P + rows[:, None] * stride + tl.where(cols < length, cols, 0)[None, :]
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
 def e4m3_range(x, QSCALE):
     """x times the static per-tensor activation scale, saturated to E4M3's range: what an FP8 GEMM's input kernel
     stores (the store converts)."""
@@ -637,7 +649,7 @@ def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 1
 @triton.jit
 def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_sc, INT4: tl.constexpr,
                      BLOCK_M: tl.constexpr, PAIRS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
-                     PDL: tl.constexpr):
+                     PDL: tl.constexpr, PREFETCH: tl.constexpr = False):
     """x[M, K] @ w[rows]^T over all of K for weight rows interleaved as (first[c], second[c]) pairs; returns the two
     [BLOCK_M, PAIRS] halves (the pairs an epilogue combines: RoPE's rotated halves, GeGLU's gate and up).
     INT4: W is canonical int4 (uint8 [N, K/2]) with bf16 scales SC per BLOCK_K (the int4 group), dequantized as in
@@ -645,6 +657,10 @@ def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_s
     r = tl.arange(0, 2 * PAIRS)
     rows = tl.where(r % 2 == 0, first, second)   # first/second: scalar bases; column c of a half is base + c
     rows = rows + r // 2
+    if PREFETCH:   # the program's weight rows (and int4 scales) into L2 before the chain wait
+        _prefetch_l2(W, rows, stride_w, K // 2 if INT4 else K, 4)
+        if INT4:
+            _prefetch_l2(SC, rows, stride_sc, K // BLOCK_K, 1)
     _await_previous(PDL)
     m = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, 2 * PAIRS], tl.float32)
@@ -664,16 +680,16 @@ def _paired_rows_dot(X, W, SC, first, second, M, K, stride_x, stride_w, stride_s
 @triton.jit
 def _qkv_rope_kernel(X, W, SC, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, stride_x, stride_w, stride_sc,
                      H: tl.constexpr, D: tl.constexpr, INT4: tl.constexpr, BLOCK_M: tl.constexpr, PAIRS: tl.constexpr,
-                     BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr):
+                     BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
     """The expert's QKV projection for a few rows with RoPE and the K/V cache write as its epilogue (no qkv round
     trip, no rope launch). Program: head `hd` (H query heads, the key head, the value head), PAIRS dims i of the
-    first half with their partners i + D/2, over all of K."""
+    first half with their partners i + D/2, over all of K. PREFETCH (with PDL): its weights into L2 first."""
     half: tl.constexpr = D // 2
     per_head: tl.constexpr = half // PAIRS
     hd = tl.program_id(0) // per_head
     i0 = (tl.program_id(0) % per_head) * PAIRS
     x1, x2 = _paired_rows_dot(X, W, SC, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, stride_sc, INT4,
-                              BLOCK_M, PAIRS, BLOCK_K, DOT_F32, PDL)
+                              BLOCK_M, PAIRS, BLOCK_K, DOT_F32, PDL, PREFETCH)
     m = tl.arange(0, BLOCK_M)
     i = i0 + tl.arange(0, PAIRS)
     rmask = (m < M)[:, None]
@@ -710,11 +726,12 @@ def _few_row_weights(name: str, x, w, scales, n: int, block_k: int) -> tuple:
 
 
 def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int, scales=None,
-             pairs: int = 16, block_k: int = 128, num_warps: int = 4, num_stages: int = 4):
+             pairs: int = 16, block_k: int = 128, num_warps: int = 4, num_stages: int = 4, prefetch: bool = False):
     """rope_qkv(x @ w^T, ...) in one launch for x [M <= 16, K] bf16 and the fused QKV weight w [(H+2)·D, K] (bf16,
     or canonical int4 with `scales`, Plan B's W4A16): q_out [M·H, D] (token-major, rotated), k_cache/v_cache rows
     kv_offset.. (k rotated). Launch shape: bench/results/expert_layer-*-s5*.json (bf16: 5.6-5.7 us on the H100,
-    where cuBLAS + rope_qkv took 7.0)."""
+    where cuBLAS + rope_qkv took 7.0). prefetch: under dependent launches, the weights are asked into L2 before the
+    chain wait (a no-op otherwise: nothing to overlap)."""
     if (head_dim // 2) % pairs:
         raise ValueError(f"qkv_rope: pairs={pairs} must divide half the head dim {head_dim}")
     wt, sc, stride_sc, int4, block_k = _few_row_weights("qkv_rope", x, w, scales, (heads + 2) * head_dim, block_k)
@@ -722,7 +739,8 @@ def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads
     _qkv_rope_kernel[grid](x, wt, sc, pos, cos, sin, q_out, k_cache, v_cache, x.shape[0], x.shape[1], kv_offset,
                            x.stride(0), wt.stride(0), stride_sc, H=heads, D=head_dim, INT4=int4,
                            BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED,
-                           num_warps=num_warps, num_stages=num_stages, **_dependent())
+                           PREFETCH=prefetch and _Dependent.on and not INTERPRETED, num_warps=num_warps,
+                           num_stages=num_stages, **_dependent())
 
 
 @triton.jit
