@@ -13,7 +13,9 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - w4a16_geglu_stages: the pipeline depth of Plan B's few-row gate/up + GeGLU kernel in steps 1-9 (engine.
   W4A16_GEGLU_STAGES; 0: the wheel's default, 4). Session 12, in every step: 8.581 vs 8.582 ms, denoise 4.01 vs 4.06
   but the prefix beside step 0 3.10 vs 3.03 (`*-s12-geglu-stages.json`).
-- qkv_prefetch: the fused QKV + RoPE kernel asks L2 for its weights before its chain wait (engine.QKV_PREFETCH).
+- qkv_prefetch: whether the fused QKV + RoPE kernel asks L2 for its weights before its chain wait: the engine's
+  default for its weights (engine.QKV_PREFETCH: int4 on, bf16 off; session 13: Plan B 8.43 vs 8.51 ms, Plan A
+  10.72 vs 10.67, *-s13-qkv-prefetch.json) or the opposite.
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -59,10 +61,10 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma",
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
-                   "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": QKV_PREFETCH}
+                   "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine"}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
-                   ("QKV + RoPE weights prefetched into L2 before the chain wait",
-                    {"qkv_prefetch": not QKV_PREFETCH}))
+                   ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
+                    {"qkv_prefetch": "opposite"}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS)),
@@ -82,7 +84,8 @@ def apply(eng, settings: dict) -> None:
     eng.set_carveout(settings["carveout"])
     eng.set_decode_attention(settings["decode_attention"], beside_prefix=settings["step0_attention"])
     eng.set_w4a16_geglu_stages(settings["w4a16_geglu_stages"])   # a no-op without W4A16 gate/up layers
-    eng.set_qkv_prefetch(settings["qkv_prefetch"])
+    prefetch = QKV_PREFETCH[eng.qkv_weight_kind()]
+    eng.set_qkv_prefetch(prefetch if settings["qkv_prefetch"] == "engine" else not prefetch)
 
 
 def main():

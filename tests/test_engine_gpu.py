@@ -134,6 +134,28 @@ def test_w4a16_few_row_kernels_give_the_same_actions():
         eng.set_w4a16_few_row("cutlass")
 
 
+def test_qkv_weight_prefetch_is_the_int4_default_and_keeps_the_actions(policies):
+    """The QKV + RoPE kernel asking L2 for its weights before its chain wait changes no result: on by default for
+    Plan B's int4 weights, off for Plan A's bf16 ones, and either way the same actions replay after replay."""
+    from triforce.runtime.engine import QKV_PREFETCH
+
+    _load_devbuild()
+    b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
+    rng = np.random.default_rng(10)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    for policy, kind in ((b, "int4"), (policies[1], "bf16")):
+        eng = policy.backend
+        assert eng.qkv_weight_kind() == kind and eng.qkv_prefetch == QKV_PREFETCH[kind]
+        try:
+            eng.set_qkv_prefetch(False)
+            want = policy.infer(obs, noise)
+            eng.set_qkv_prefetch(True)
+            for _ in range(3):
+                assert cosine(policy.infer(obs, noise), want) >= 0.99999, kind
+        finally:
+            eng.set_qkv_prefetch(QKV_PREFETCH[kind])
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] in (10, 11), reason="Blackwell runs NVFP4")
 def test_nvfp4_refused_on_this_gpu():
     with pytest.raises(UnsupportedError, match="NVFP4 needs Blackwell.*this GPU is"):

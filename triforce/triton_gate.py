@@ -71,7 +71,7 @@ KERNELS = {
         "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16",
                 "KC": "bf16", "VC": "bf16"},
         "const": {"H": 8, "D": 256, "INT4": False, "BLOCK_M": 16, "PAIRS": 16, "BLOCK_K": 128, "DOT_F32": False,
-                  "PDL": True, "PREFETCH": False},
+                  "PDL": True, "PREFETCH": True},
         "options": {"num_warps": 4, "num_stages": 4}, "dot": True},
     "_gate_up_geglu_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "OUT": "bf16"},

@@ -83,10 +83,12 @@ DECODE_ATTENTION_KERNELS = {
 # 8 puts the expert's 8 groups of K nearly all in flight, their weights requested before griddepcontrol.wait
 # (denoise 4.01 vs 4.06 ms; in step 0 too it slowed the prefix beside it: engine_variants-planb-*-s12-geglu-stages)
 W4A16_GEGLU_STAGES = 8
-# whether the fused QKV + RoPE kernel (Triton) asks L2 for its weights before its chain wait (set_qkv_prefetch):
-# with every expert layer reading layer 0's weights from L2, Plan B took 8.40 vs 8.50 ms, most of it the QKV
-# weights (bench/results/l2_resident_expert-*-s13.json)
-QKV_PREFETCH = False
+# The fused QKV + RoPE kernel (Triton; the chain's one weight-streaming kernel that cannot load weights before its
+# wait) asks L2 for its weights before its chain wait where they are int4 (set_qkv_prefetch; default per weight
+# kind): Plan B h100_fast 8.43 vs 8.51 ms (denoise 3.96 vs 4.03), Plan A's bf16 weights 10.72 vs 10.67 ms
+# (engine_variants-*-s13-qkv-prefetch.json). With every expert layer reading layer 0's weights from L2, Plan B took
+# 8.40 vs 8.50 ms, most of it the QKV weights' (l2_resident_expert-*-s13.json).
+QKV_PREFETCH = {"int4": True, "bf16": False}
 
 
 def kernel_wheel():
@@ -235,7 +237,7 @@ class Pi05Engine:
         self.expert_path = None
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
-        self.qkv_prefetch = QKV_PREFETCH                                    # set_qkv_prefetch
+        self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -276,6 +278,11 @@ class Pi05Engine:
         self.set_expert_path(self.expert_path or next(p for p in EXPERT_DEFAULT_ORDER if self.expert_path_refusal(p) is None))
         self._default_w4a16_few_row()
         self._default_decode_attention()
+        self.qkv_prefetch = QKV_PREFETCH[self.qkv_weight_kind()]
+
+    def qkv_weight_kind(self) -> str:
+        """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
+        return "int4" if "scales" in (self.expert_layers[0]["qkv"].few_row_weights or {}) else "bf16"
 
     def _default_w4a16_few_row(self) -> None:
         """Plan B's W4A16 expert o/down and gate/up (+ GeGLU) on the wheel's warp-MMA kernel where the wheel has it:
@@ -504,7 +511,8 @@ class Pi05Engine:
 
     def set_qkv_prefetch(self, on: bool) -> None:
         """Whether the fused QKV + RoPE kernel prefetches its weights into L2 before its chain wait (dependent
-        launches only; QKV_PREFETCH). Captured graphs are dropped and re-capture."""
+        launches only; the default is QKV_PREFETCH of the weights' kind). Captured graphs are dropped and
+        re-capture."""
         self.qkv_prefetch = bool(on)
         self.slots.clear()
 
