@@ -77,9 +77,12 @@
 #     to 128), the prefix attention (E4M3 output against bf16 + quantize), the engine GPU tests, the engine variants
 #   part 45 (the kernel wheel, development build): the engine GPU tests, the engine variants of Plan A and Plan B
 #     h100_fast (the QKV + RoPE kernel's weights prefetched into L2 before its chain wait)
+#   part 46 (the kernel wheel, development build; carry .device_carry/baseline too: `git archive <sha> triforce
+#     bench` of the code before): the engine GPU tests, then Plan B h100_fast and Plan A engine defaults of the code
+#     before and of this checkout, alternated (two processes each, same machine), Plan B validation (h100_fast)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|45   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|46   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -236,6 +239,17 @@ elif [ "$1" = 34 ]; then
 elif [ "$1" = 36 ]; then
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipes h100_fast,h100 --out-dir "$OUT"
+elif [ "$1" = 46 ]; then
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  for tree in .device_carry/baseline .; do
+    mkdir -p "$OUT/$(basename "$tree")"
+    run python3 "$tree/bench/with_devbuild.py" "$tree/bench/engine_variants.py" --plan b --recipes h100_fast --out-dir "$OUT/$(basename "$tree")"
+  done
+  for tree in .device_carry/baseline .; do
+    run python3 "$tree/bench/with_devbuild.py" "$tree/bench/engine_variants.py" --plan a --out-dir "$OUT/$(basename "$tree")"
+  done
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
 elif [ "$1" = 44 ]; then
   run python3 bench/vision_ops.py --out-dir "$OUT"
   run python3 bench/prefix_attention.py --out-dir "$OUT"

@@ -134,30 +134,32 @@ def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, 
                      HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_YB: tl.constexpr, HAS_SCALE: tl.constexpr,
                      HAS_SHIFT: tl.constexpr, LAYERNORM: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr,
                      PDL: tl.constexpr):
-    _await_previous(PDL)
-    row = tl.program_id(0)
+    """One program per row. The per-column vectors (the step's adaRMS scale / shift, LayerNorm weights, a GEMM's
+    deferred channel scale and bias: never written by the chain) load before the chain wait, so a miss to DRAM
+    overlaps the kernel before."""
     cols = tl.arange(0, BLOCK)
     m = cols < N
+    gate = tl.load(GATE + cols, mask=m, other=0.0).to(tl.float32) if HAS_Y and HAS_GATE else 1.0
+    y_bias = tl.load(YB + cols, mask=m, other=0.0).to(tl.float32) if HAS_Y and HAS_YB else 0.0
+    if LAYERNORM:
+        scale = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+        shift = tl.load(B + cols, mask=m, other=0.0).to(tl.float32)
+    else:
+        scale = tl.load(SCALE + cols, mask=m, other=0.0).to(tl.float32) if HAS_SCALE else 1.0
+        shift = tl.load(SHIFT + cols, mask=m, other=0.0).to(tl.float32) if HAS_SHIFT else 0.0
+    _await_previous(PDL)
+    row = tl.program_id(0)
     x = tl.load(X + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
     if HAS_Y:
-        y = tl.load(Y + row * stride_y + cols, mask=m, other=0.0).to(tl.float32)
-        if HAS_GATE:
-            y = y * tl.load(GATE + cols, mask=m, other=0.0).to(tl.float32)
-        if HAS_YB:
-            y = y + tl.load(YB + cols, mask=m, other=0.0).to(tl.float32)
-        x = x + y
+        x = x + (tl.load(Y + row * stride_y + cols, mask=m, other=0.0).to(tl.float32) * gate + y_bias)
         tl.store(X + row * stride_x + cols, x, mask=m)
     if LAYERNORM:
         mean = tl.sum(x, 0) / N
         xc = tl.where(m, x - mean, 0.0)
         h = xc * (1.0 / tl.sqrt(tl.sum(xc * xc, 0) / N + eps))
-        h = h * tl.load(W + cols, mask=m, other=0.0).to(tl.float32) + tl.load(B + cols, mask=m, other=0.0).to(tl.float32)
     else:
         h = x * (1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps))
-        if HAS_SCALE:
-            h = h * tl.load(SCALE + cols, mask=m, other=0.0).to(tl.float32)
-        if HAS_SHIFT:
-            h = h + tl.load(SHIFT + cols, mask=m, other=0.0).to(tl.float32)
+    h = h * scale + shift
     if QUANT:   # FP8 E4M3 with a static per-tensor scale: the next GEMM reads it directly
         h = e4m3_range(h, QSCALE)
     tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
@@ -688,17 +690,17 @@ def _qkv_rope_kernel(X, W, SC, POS, COS, SIN, QOUT, KC, VC, M, K, kv_offset, str
     per_head: tl.constexpr = half // PAIRS
     hd = tl.program_id(0) // per_head
     i0 = (tl.program_id(0) % per_head) * PAIRS
-    x1, x2 = _paired_rows_dot(X, W, SC, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, stride_sc, INT4,
-                              BLOCK_M, PAIRS, BLOCK_K, DOT_F32, PDL, PREFETCH)
     m = tl.arange(0, BLOCK_M)
     i = i0 + tl.arange(0, PAIRS)
+    pos = tl.load(POS + m, mask=m < M, other=0)       # the rotary angles: written before the chain, read before
+    cos = tl.load(COS + pos[:, None] * half + i[None, :])   # its wait (inside _paired_rows_dot)
+    sin = tl.load(SIN + pos[:, None] * half + i[None, :])
+    x1, x2 = _paired_rows_dot(X, W, SC, hd * D + i0, hd * D + half + i0, M, K, stride_x, stride_w, stride_sc, INT4,
+                              BLOCK_M, PAIRS, BLOCK_K, DOT_F32, PDL, PREFETCH)
     rmask = (m < M)[:, None]
     if hd == H + 1:
         dst = VC + (kv_offset + m)[:, None] * D + i[None, :]
     else:
-        pos = tl.load(POS + m, mask=m < M, other=0)
-        cos = tl.load(COS + pos[:, None] * half + i[None, :])
-        sin = tl.load(SIN + pos[:, None] * half + i[None, :])
         x1, x2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
         if hd < H:
             dst = QOUT + (m * H + hd)[:, None] * D + i[None, :]
