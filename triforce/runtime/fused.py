@@ -31,8 +31,9 @@ def dependent_launches():
     skinny_w4a16, euler_tail) launch with programmatic dependent launch (sm_90+): each is launched while the kernel
     before it still runs, waits for it on the GPU (griddepcontrol.wait), then lets the next one launch; at most two
     of the chain overlap, and no launch waits for the previous kernel's end (W4A16 expert layer 24.9 vs 30.3 us:
-    bench/results/expert_layer-*-s6-launch-modes.json). Prefetching each kernel's weights into L2 before its wait
-    measured slower (same records) and was removed."""
+    bench/results/expert_layer-*-s6-launch-modes.json). Prefetching every kernel's weights into L2 before its wait
+    measured slower (same records); only the QKV + RoPE kernel's int4 weights are (qkv_rope(prefetch=...), session
+    13). Loads of what the chain never writes (norm vectors, rotary angles) go before the wait."""
     if INTERPRETED:
         raise ValueError("dependent launches need a GPU (griddepcontrol, sm_90+); the Triton interpreter has none")
     saved, _Dependent.on = _Dependent.on, True
@@ -136,7 +137,8 @@ def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, 
                      PDL: tl.constexpr):
     """One program per row. The per-column vectors (the step's adaRMS scale / shift, LayerNorm weights, a GEMM's
     deferred channel scale and bias: never written by the chain) load before the chain wait, so a miss to DRAM
-    overlaps the kernel before."""
+    overlaps the kernel before (with qkv_rope's rotary angles: Plan A 10.52 vs 10.68 ms, Plan B unchanged, same
+    run: bench/results/engine_variants-*-s13-early-constants*.json)."""
     cols = tl.arange(0, BLOCK)
     m = cols < N
     gate = tl.load(GATE + cols, mask=m, other=0.0).to(tl.float32) if HAS_Y and HAS_GATE else 1.0
@@ -418,7 +420,7 @@ def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_
     """Unmasked attention of one (view, head) per program column, read straight from the fused QKV GEMM's output
     [views·T, 3·H·D] (q | k | v, head-major) and written as [views·T, H·D], the o projection's input. The head dim
     is D_LO columns (a power of two) plus, where D is not one, D_HI more (masked past D): SigLIP's 72 as 64 + 16,
-    not padded to 128."""
+    not padded to 128 (6.07 vs 6.34 us a call, bench/results/vision_ops-*-s13-head-split.json)."""
     view, head = tl.program_id(1) // H, tl.program_id(1) % H
     t = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     d0 = tl.arange(0, D_LO)
