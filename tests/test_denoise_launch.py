@@ -145,3 +145,17 @@ def test_engine_variants_refuses_recipes_without_plan_b():
     r = subprocess.run([sys.executable, "bench/engine_variants.py", "--plan", "a", "--recipes", "h100_fast,h100"],
                        cwd=repo, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--recipes compares Plan B recipes (use --plan b)" in r.stderr
+
+
+def test_qkv_prefetch_default_follows_the_qkv_weight_kind():
+    """The QKV + RoPE kernel's L2 prefetch defaults by weight kind (engine.QKV_PREFETCH): int4 weights come with
+    scales in the kernel's weight arguments, bf16 ones without (or none, with a bias)."""
+    from triforce.runtime.engine import QKV_PREFETCH
+
+    for weights, kind in (({"w": 1, "scales": 2}, "int4"), ({"w": 1}, "bf16"), (None, "bf16")):
+        stub = SimpleNamespace(expert_layers=[{"qkv": SimpleNamespace(few_row_weights=weights)}])
+        assert Pi05Engine.qkv_weight_kind(stub) == kind
+    assert set(QKV_PREFETCH) == {"int4", "bf16"}
+    stub = SimpleNamespace(qkv_prefetch=True, slots={"graph": 1})
+    Pi05Engine.set_qkv_prefetch(stub, False)
+    assert stub.qkv_prefetch is False and not stub.slots                        # graphs re-capture
