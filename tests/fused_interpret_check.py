@@ -162,6 +162,13 @@ qkv5 = packed_p.float().view(Vw, Tk, 3, Hh, Dp).permute(2, 0, 3, 1, 4)
 ref = F.scaled_dot_product_attention(qkv5[0], qkv5[1], qkv5[2]).transpose(1, 2).reshape(Vw * Tk, Hh * Dp)
 check("packed attention, head dim 32",
       fused.packed_attention(packed_p, torch.empty(Vw * Tk, Hh * Dp, dtype=torch.bfloat16), Tk, Hh, Dp, 16, 16), ref, 1e-2)
+for bad in ((32, 16), (128, 16)):                           # short of 72 columns; padded and split at once
+    try:
+        fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), Tk, Hh, Dh, 16, 16,
+                               head_split=bad)
+        failures.append(f"packed attention took head split {bad} for head dim {Dh}")
+    except ValueError:
+        print(f"packed attention, head split {bad} for head dim {Dh}: refused")
 if [fused.attention_head_split(d) for d in (72, 32, 64 + 40, 80)] != [(64, 16), (32, 0), (64, 64), (64, 16)]:
     failures.append(f"attention_head_split: {[fused.attention_head_split(d) for d in (72, 32, 104, 80)]}")
 try:

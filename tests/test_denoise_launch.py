@@ -159,3 +159,19 @@ def test_qkv_prefetch_default_follows_the_qkv_weight_kind():
     stub = SimpleNamespace(qkv_prefetch=True, slots={"graph": 1})
     Pi05Engine.set_qkv_prefetch(stub, False)
     assert stub.qkv_prefetch is False and not stub.slots                        # graphs re-capture
+
+
+def test_reports_record_the_engine_launch_settings():
+    """Both validation reports take the engine's settings from launch_settings(); the Plan A note reads them."""
+    from triforce.checks.plan_a import _denoise_note
+
+    stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
+                           decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
+                           qkv_prefetch=True)
+    settings = Pi05Engine.launch_settings(stub)
+    assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
+                        "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
+                        "w4a16_geglu_stages": 8, "qkv_prefetch": True}
+    assert _denoise_note([0.05] + [0.5] * 9, settings) == (
+        "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
+        "(carveout 100% shared), cluster attention (triton in step 0)")

@@ -94,10 +94,7 @@ def run(checkpoint: str, config: str, observations: int, runs: int, seed: int = 
               "gate": {"worst_cosine_vs_fp32": GATE_COSINE, "passed": passed},
               "precision": precision, "latency": latency, "cold_start_s": cold_start,
               "load_s": policy.load_seconds, "peak_gpu_memory_gb": peak_gb,
-              "weight_bytes": policy.backend.weight_bytes(), "expert_path": policy.backend.expert_path,
-              "overlap_step0": policy.backend.overlap_step0, "denoise_launch": policy.backend.denoise_launch,
-              "chain_carveout": policy.backend.carveout, "decode_attention": policy.backend.decode_attention,
-              "step0_attention": policy.backend.step0_attention}
+              "weight_bytes": policy.backend.weight_bytes(), **policy.backend.launch_settings()}
     return report, rep.EXIT_PASS if passed else rep.EXIT_GATE_FAILED
 
 

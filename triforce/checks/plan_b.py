@@ -71,10 +71,7 @@ def run(checkpoint: str, config: str, recipe: str, observations: int, runs: int,
     latency["speedup_b_over_a"] = latency["plan_a"]["graph_replay"]["median_ms"] / latency["plan_b"]["graph_replay"]["median_ms"]
     bytes_ = {"plan_a": plan_a.backend.weight_bytes(), "plan_b": plan_b.backend.weight_bytes()}
     quant = plan_b.backend.quant
-    engine = {name: {"expert_path": p.backend.expert_path, "denoise_launch": p.backend.denoise_launch,
-                     "chain_carveout": p.backend.carveout, "decode_attention": p.backend.decode_attention,
-                     "step0_attention": p.backend.step0_attention, "w4a16_geglu_stages": p.backend.w4a16_geglu_stages}
-              for name, p in (("plan_a", plan_a), ("plan_b", plan_b))}
+    engine = {name: p.backend.launch_settings() for name, p in (("plan_a", plan_a), ("plan_b", plan_b))}
     del plan_a  # frees the bf16 engine's memory before the fp32 reference loads
     torch.cuda.empty_cache()
     ref = ReferencePi05(cfg, load_state(path, cfg, device="cuda"), "cuda")

@@ -280,6 +280,13 @@ class Pi05Engine:
         self._default_decode_attention()
         self.qkv_prefetch = QKV_PREFETCH[self.qkv_weight_kind()]
 
+    def launch_settings(self) -> dict:
+        """How this engine runs its layers and chain now (the setters' state), as the validation reports record it."""
+        return {"expert_path": self.expert_path, "overlap_step0": self.overlap_step0,
+                "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
+                "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
+                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch}
+
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
         return "int4" if "scales" in (self.expert_layers[0]["qkv"].few_row_weights or {}) else "bf16"

@@ -743,8 +743,8 @@ def qkv_rope(x, w, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads
     _qkv_rope_kernel[grid](x, wt, sc, pos, cos, sin, q_out, k_cache, v_cache, x.shape[0], x.shape[1], kv_offset,
                            x.stride(0), wt.stride(0), stride_sc, H=heads, D=head_dim, INT4=int4,
                            BLOCK_M=SKINNY_MAX_ROWS, PAIRS=pairs, BLOCK_K=block_k, DOT_F32=INTERPRETED,
-                           PREFETCH=prefetch and _Dependent.on and not INTERPRETED, num_warps=num_warps,
-                           num_stages=num_stages, **_dependent())
+                           PREFETCH=prefetch and _Dependent.on, num_warps=num_warps, num_stages=num_stages,
+                           **_dependent())
 
 
 @triton.jit
