@@ -330,6 +330,108 @@ def test_set_chain_carveout_refuses_a_bad_percent(tk):
 
 
 # ── mqa_cluster_attention (the denoise step's attention in one launch) ─────────────────────────────────────────────
+# ── w4a16_cluster_norm (the expert's o / down + the adaRMS norm after it, one cluster launch) ──────────────────────
+def _cluster_norm_case(m: int, k: int, seed: int, row_stride: int = 0, n: int = 1024):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, s = _weights(n, k, gen)
+    x = torch.randn(m, row_stride or k, device="cuda", dtype=torch.bfloat16, generator=gen)[:, :k]
+    residual = torch.randn(m, n, device="cuda", generator=gen) * 3
+    gate, scale, shift = (torch.randn(n, device="cuda", generator=gen) for _ in range(3))
+    return q, s, x, residual, gate, scale, shift
+
+
+def _cluster_norm_reference(q, s, x, residual, gate, scale, shift, eps=1e-6):
+    r = residual + gate * _reference(x, q, s)
+    h = r * torch.rsqrt((r * r).mean(1, keepdim=True) + eps) * scale + (shift if shift is not None else 0)
+    return r, h
+
+
+@pytest.mark.parametrize("m, n, k, cluster", [
+    (1, 1024, 2048, 0), (8, 1024, 2048, 0), (10, 1024, 2048, 0), (10, 1024, 4096, 0), (15, 1024, 2048, 16),
+    (10, 1024, 2048, 8), (10, 1024, 4096, 8), (33, 1024, 2048, 0), (64, 1024, 4096, 0), (10, 1024, 384, 0),
+    (5, 128, 128, 0), (5, 128, 256, 2), (10, 2048, 1024, 0), (10, 64, 512, 1)])
+def test_w4a16_cluster_norm_matches_reference(tk, m, n, k, cluster):
+    """Every cluster shape: 64 columns a CTA (K parts of whole groups in two warps), or 128 (odd group counts); one
+    CTA (the tiny config's widths) up to 16; token groups of 8 in clusters of their own."""
+    q, s, x, residual, gate, scale, shift = _cluster_norm_case(m, k, seed=m * 31 + k + cluster, n=n)
+    expect_r, expect_h = _cluster_norm_reference(q, s, x, residual, gate, scale, shift)
+    h = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")   # poisoned: all written
+    tk.w4a16_cluster_norm(x, *_fragments(q, s), residual, gate, scale, shift, h, 1e-6, cluster=cluster)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(residual, expect_r, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h.float(), expect_h, rtol=1e-2, atol=1e-2)
+
+
+def test_w4a16_cluster_norm_sizes_and_no_shift(tk):
+    """The size query names what a launch takes (16 on an H100); without a shift h is the scaled norm; a strided x."""
+    q, s, x, residual, gate, scale, _ = _cluster_norm_case(10, 2048, seed=4, row_stride=4096)
+    h = torch.empty(10, 1024, dtype=torch.bfloat16, device="cuda")
+    w, sc = _fragments(q, s)
+    assert tk.w4a16_cluster_norm_size(x, w, sc, residual, gate, scale, None, h) in (8, 16)
+    assert tk.w4a16_cluster_norm_size(x, w, sc, residual, gate, scale, None, h, cluster=8) == 8
+    expect_r, expect_h = _cluster_norm_reference(q, s, x, residual, gate, scale, None)
+    tk.w4a16_cluster_norm(x, w, sc, residual, gate, scale, None, h, 1e-6)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(residual, expect_r, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h.float(), expect_h, rtol=1e-2, atol=1e-2)
+
+
+def test_w4a16_cluster_norm_in_a_graph_with_dependent_launches(tk):
+    """A chain of dependent launches on one residual (the denoise chain's form), each reading the h the launch before
+    it wrote (K = 1024 then 2048 alternating): each call must see the one before, its residual and its h."""
+    m = 10
+    q, s, x, residual, gate, scale, shift = _cluster_norm_case(m, 2048, seed=12)
+    q2, s2 = _weights(1024, 1024, torch.Generator(device="cuda").manual_seed(13))
+    w, sc = _fragments(q, s)
+    w2, sc2 = _fragments(q2, s2)
+    start = residual.clone()
+    h = torch.empty(m, 1024, dtype=torch.bfloat16, device="cuda")
+    h2 = torch.empty(m, 1024, dtype=torch.bfloat16, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        tk.w4a16_cluster_norm(x, w, sc, residual, gate, scale, shift, h, 1e-6, dependent=True)
+        tk.w4a16_cluster_norm(h, w2, sc2, residual, gate, scale, shift, h2, 1e-6, dependent=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(3):
+                tk.w4a16_cluster_norm(x, w, sc, residual, gate, scale, shift, h, 1e-6, dependent=True)
+                tk.w4a16_cluster_norm(h, w2, sc2, residual, gate, scale, shift, h2, 1e-6, dependent=True)
+    residual.copy_(start)
+    graph.replay()
+    torch.cuda.synchronize()
+    expect = start
+    for _ in range(3):
+        expect, expect_h = _cluster_norm_reference(q, s, x, expect, gate, scale, shift)
+        expect, expect_h2 = _cluster_norm_reference(q2, s2, expect_h.bfloat16(), expect, gate, scale, shift)
+    torch.testing.assert_close(residual, expect, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(h2.float(), expect_h2, rtol=2e-2, atol=2e-2)
+
+
+CLUSTER_NORM_BAD = {
+    "N 1088 (17 x 64)": lambda a: {**a, "residual": torch.zeros(10, 1088, device="cuda"),
+                                   "h": torch.zeros(10, 1088, dtype=torch.bfloat16, device="cuda")},
+    "K 200": lambda a: {**a, "x": a["x"][:, :200].contiguous()},
+    "65 rows": lambda a: {**a, "x": torch.zeros(65, 2048, dtype=torch.bfloat16, device="cuda")},
+    "h fp32": lambda a: {**a, "h": a["h"].float()},
+    "gate bf16": lambda a: {**a, "gate": a["gate"].bfloat16()},
+    "scale short": lambda a: {**a, "scale": a["scale"][:512]},
+    "cluster 4": lambda a: {**a, "cluster": 4},
+}
+
+
+@pytest.mark.parametrize("case", list(CLUSTER_NORM_BAD))
+def test_w4a16_cluster_norm_refuses_bad_input(tk, case):
+    q, s, x, residual, gate, scale, shift = _cluster_norm_case(10, 2048, seed=2)
+    w, sc = _fragments(q, s)
+    args = {"x": x, "weight": w, "scales": sc, "residual": residual, "gate": gate, "scale": scale, "shift": shift,
+            "h": torch.ones(10, 1024, dtype=torch.bfloat16, device="cuda"), "eps": 1e-6, "cluster": 0}
+    before = residual.clone()
+    with pytest.raises(tk.KernelError):
+        tk.w4a16_cluster_norm(**CLUSTER_NORM_BAD[case](args))
+    torch.cuda.synchronize()
+    assert torch.equal(residual, before), "a refused call must leave the residual untouched"
+
+
 def _attention_reference(q, k, v, bias):
     s = q.float() @ k.float().T / q.shape[1] ** 0.5 + bias.float()
     return torch.softmax(s, -1) @ v.float()
