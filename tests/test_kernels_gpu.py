@@ -348,7 +348,7 @@ def _cluster_norm_reference(q, s, x, residual, gate, scale, shift, eps=1e-6):
 
 @pytest.mark.parametrize("m, n, k, cluster", [
     (1, 1024, 2048, 0), (8, 1024, 2048, 0), (10, 1024, 2048, 0), (10, 1024, 4096, 0), (15, 1024, 2048, 16),
-    (10, 1024, 2048, 8), (10, 1024, 4096, 8), (33, 1024, 2048, 0), (64, 1024, 4096, 0), (10, 1024, 384, 0),
+    (10, 1024, 2048, 8), (10, 1024, 1024, 8), (33, 1024, 2048, 0), (64, 1024, 4096, 0), (10, 1024, 384, 0),
     (5, 128, 128, 0), (5, 128, 256, 2), (10, 2048, 1024, 0), (10, 64, 512, 1)])
 def test_w4a16_cluster_norm_matches_reference(tk, m, n, k, cluster):
     """Every cluster shape: 64 columns a CTA (K parts of whole groups in two warps), or 128 (odd group counts); one
@@ -405,6 +405,57 @@ def test_w4a16_cluster_norm_in_a_graph_with_dependent_launches(tk):
         expect, expect_h2 = _cluster_norm_reference(q2, s2, expect_h.bfloat16(), expect, gate, scale, shift)
     torch.testing.assert_close(residual, expect, rtol=1e-3, atol=1e-2)
     torch.testing.assert_close(h2.float(), expect_h2, rtol=2e-2, atol=2e-2)
+
+
+def test_w4a16_cluster_norm_in_the_expert_mlp_chain(tk):
+    """The engine's expert MLP as a graph of dependent launches, 4 layers: gate/up + GeGLU (the few-row kernel, 8
+    stages) then down + the next norm (this kernel, K = 4096), each layer reading the h the one before wrote."""
+    m, width, inter = 10, 1024, 4096
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    qg, sg = _weights(2 * inter, width, gen)
+    qd, sd = _weights(width, inter, gen)
+    wg, scg = _fragments(formats.interleave_gate_up(qg), formats.interleave_gate_up(sg))
+    wd, scd = _fragments(qd, sd)
+    gate, scale, shift = (torch.randn(width, device="cuda", generator=gen) * 0.1 for _ in range(3))
+    h0 = torch.randn(m, width, device="cuda", generator=gen).bfloat16()
+    residual = torch.randn(m, width, device="cuda", generator=gen)
+    start = residual.clone()
+    hs = [h0] + [torch.empty(m, width, dtype=torch.bfloat16, device="cuda") for _ in range(4)]
+    acts = [torch.empty(m, inter, dtype=torch.bfloat16, device="cuda") for _ in range(4)]
+
+    def chain():
+        for i in range(4):
+            tk.w4a16_skinny_geglu(hs[i], wg, scg, acts[i], dependent=True, stages=8)
+            tk.w4a16_cluster_norm(acts[i], wd, scd, residual, gate, scale, shift, hs[i + 1], 1e-6, dependent=True)
+
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        chain()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            chain()
+    residual.copy_(start)
+    graph.replay()
+    torch.cuda.synchronize()
+    expect, h = start, h0
+    for i in range(4):
+        act = formats.geglu_tanh(_reference(h, qg, sg)).bfloat16()
+        expect, h = _cluster_norm_reference(qd, sd, act, expect, gate, scale, shift)
+        h = h.bfloat16()
+    torch.testing.assert_close(residual, expect, rtol=2e-2, atol=2e-2)
+    assert _rel_err(hs[4], h.float()) < 2e-2
+
+
+def test_w4a16_cluster_norm_refuses_a_cluster_that_does_not_fit(tk):
+    """8 CTAs of 128 columns at K = 4096 would need 256 KB of weights a CTA: refused, naming the shape."""
+    q, s, x, residual, gate, scale, shift = _cluster_norm_case(10, 4096, seed=6)
+    h = torch.ones(10, 1024, dtype=torch.bfloat16, device="cuda")
+    w, sc = _fragments(q, s)
+    assert tk.w4a16_cluster_norm_size(x, w, sc, residual, gate, scale, shift, h, cluster=8) == 0
+    before = residual.clone()
+    with pytest.raises(RuntimeError, match="schedules no cluster of 8 CTAs.*N=1024 K=4096"):
+        tk.w4a16_cluster_norm(x, w, sc, residual, gate, scale, shift, h, 1e-6, cluster=8)
+    assert torch.equal(residual, before)
 
 
 CLUSTER_NORM_BAD = {
