@@ -11,13 +11,13 @@ cfg = eng.cfg
 rng = np.random.default_rng(0)
 obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
 noise = random_noise(cfg, rng)
-want = b.infer(obs, noise)
+want = eng.infer(obs, noise)
 for launch in ("plain", "dependent"):
     eng.set_denoise_launch(launch)
     for folds in (("o",), ("down",), ("o", "down")):
         eng.set_norm_fold(folds)
         try:
-            got = b.infer(obs, noise); torch.cuda.synchronize()
+            got = eng.infer(obs, noise); torch.cuda.synchronize()
             print(launch, folds, "cosine", cosine(got, want), flush=True)
         except Exception as e:
             print(launch, folds, "FAILED", repr(e)[:300], flush=True); raise

@@ -14,8 +14,7 @@
 // chunks are contiguous, and a CTA owns consecutive tiles), so one bulk copy (cp.async.bulk) brings them into shared
 // memory before griddepcontrol.wait: under programmatic dependent launch they arrive while the kernel before runs.
 // The x rows arrive after it in four pieces along K, each on its own mbarrier, so the MMAs start on the first piece.
-// The residual, gate, scale and shift are read before the wait too: the residual's last writer is at least two
-// launches back in the chain (the kernel before this one waited for it before releasing this launch).
+// The gate, scale and shift (the step's constants) are read before the wait too; the residual after it.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -165,12 +164,14 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
       scale[e] = a.scale[f + 8 * e];
       shift[e] = a.shift ? a.shift[f + 8 * e] : 0.f;
     }
+  }
+
+  grid_dependency_wait();  // x and the residual belong to the kernels before
+  launch_dependents();
+  if (part == 0) {  // requested now, used after the MMAs: their latency hides behind the K loop
     if (2 * t < tokens) res[0] = a.residual[ta * a.ldr + f], res[2] = a.residual[ta * a.ldr + f + 8];
     if (2 * t + 1 < tokens) res[1] = a.residual[tb * a.ldr + f], res[3] = a.residual[tb * a.ldr + f + 8];
   }
-
-  grid_dependency_wait();  // x belongs to the kernel before
-  launch_dependents();
   if (warp == 0) {
     const int piece_k = a.k / pieces;
     if (lane < pieces) expect_bytes(bar_x + 8 * lane, uint32_t(tokens) * piece_k * 2);
