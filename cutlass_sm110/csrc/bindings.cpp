@@ -263,8 +263,15 @@ triforce::W4A16ClusterNormProblem cluster_norm_problem(const at::Tensor& x, cons
 
 void w4a16_cluster_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor residual,
                         const at::Tensor& gate, const at::Tensor& scale, const c10::optional<at::Tensor>& shift,
-                        at::Tensor h, double eps, int64_t cluster, bool dependent) {
-  const auto p = cluster_norm_problem(x, w, s, residual, gate, scale, shift, h, eps, cluster, dependent);
+                        at::Tensor h, double eps, int64_t cluster, bool dependent,
+                        const c10::optional<at::Tensor>& trace) {
+  auto p = cluster_norm_problem(x, w, s, residual, gate, scale, shift, h, eps, cluster, dependent);
+  if (trace.has_value()) {
+    check_tensor(*trace, "w4a16_cluster_norm", "trace", at::kLong);
+    TORCH_CHECK(trace->numel() >= int64_t(p.n / 64) * ((p.m + 7) / 8) * 8, "w4a16_cluster_norm: trace needs 8 "
+                "stamps for each of up to N / 64 CTAs of every 8 rows");
+    p.trace = reinterpret_cast<unsigned long long*>(trace->data_ptr<int64_t>());
+  }
   const c10::cuda::CUDAGuard guard(x.device());
   triforce::w4a16_cluster_norm_run(p, current_stream());
 }
@@ -433,7 +440,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a16_cluster_norm", &w4a16_cluster_norm, "residual[M,N] += gate * x @ dequant(W)^T, then h = "
         "residual / rms * scale + shift (bf16), one launch (a cluster's CTAs hold the columns), M <= 64",
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("residual"), py::arg("gate"), py::arg("scale"),
-        py::arg("shift"), py::arg("h"), py::arg("eps"), py::arg("cluster") = 0, py::arg("dependent") = false);
+        py::arg("shift"), py::arg("h"), py::arg("eps"), py::arg("cluster") = 0, py::arg("dependent") = false,
+        py::arg("trace") = py::none());
   m.def("w4a16_cluster_norm_size", &w4a16_cluster_norm_size, "the cluster size w4a16_cluster_norm takes for these "
         "operands (N / 64 or N / 128 CTAs), 0 where this GPU schedules neither", py::arg("x"), py::arg("weight"), py::arg("scales"),
         py::arg("residual"), py::arg("gate"), py::arg("scale"), py::arg("shift"), py::arg("h"),

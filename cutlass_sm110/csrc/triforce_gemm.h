@@ -93,6 +93,7 @@ struct W4A16ClusterNormProblem {
   float eps;
   int cluster;         // CTAs a cluster: 0 (the larger this GPU schedules), N / 64 or N / 128
   bool dependent;
+  unsigned long long* trace = nullptr;  // or [CTAs][8] %globaltimer stamps of each CTA's phases (diagnostics)
 };
 // The cluster size run() would take (N / 64 or N / 128), or 0 where this GPU schedules neither.
 int w4a16_cluster_norm_size(const W4A16ClusterNormProblem& p);

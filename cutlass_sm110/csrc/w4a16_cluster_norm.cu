@@ -54,6 +54,7 @@ struct Args {
   int m, n, k;
   int64_t ldx, ldr, ldh;
   float eps;
+  unsigned long long* trace;    // null, or [CTAs][8] %globaltimer stamps (bench/norm_fold.py)
 };
 
 // Shared-memory layout (byte offsets, 16-byte aligned) for TILES 16-row tiles a CTA and K.
@@ -72,6 +73,13 @@ struct Layout {
     bytes = bar + (2 + kMaxPieces) * 8;
   }
 };
+
+__device__ __forceinline__ void stamp(unsigned long long* trace, int i) {
+  if (trace == nullptr || threadIdx.x != 0) return;
+  unsigned long long now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  trace[(blockIdx.y * gridDim.x + blockIdx.x) * 8 + i] = now;
+}
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -138,6 +146,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
   const int tile = rank * TILES + r;
   const int tok0 = blockIdx.y * kTokens, tokens = min(kTokens, a.m - tok0);
   const Layout L(TILES, a.k);
+  stamp(a.trace, 0);
   const int pieces = pieces_of(a.k);
   const uint32_t bar_w = smem_addr(smem + L.bar), bar_sum = bar_w + 8, bar_x = bar_w + 16;
 
@@ -168,6 +177,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
 
   grid_dependency_wait();  // x and the residual belong to the kernels before
   launch_dependents();
+  stamp(a.trace, 1);
   if (part == 0) {  // requested now, used after the MMAs: their latency hides behind the K loop
     if (2 * t < tokens) res[0] = a.residual[ta * a.ldr + f], res[2] = a.residual[ta * a.ldr + f + 8];
     if (2 * t + 1 < tokens) res[1] = a.residual[tb * a.ldr + f], res[3] = a.residual[tb * a.ldr + f + 8];
@@ -183,6 +193,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
     }
   }
   wait_parity0(bar_w);
+  stamp(a.trace, 2);
 
   // this warp's part of K: whole groups, whole pieces
   const int c_begin = part * chunks / kParts, c_end = (part + 1) * chunks / kParts;
@@ -226,6 +237,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
     }
   }
 
+  stamp(a.trace, 3);
   // the K parts meet: parts 1.. leave their sums in shared memory, part 0 adds them
   float4* red = reinterpret_cast<float4*>(smem + L.red);
   if (part > 0) red[((part - 1) * TILES + r) * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
@@ -254,6 +266,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
     }
   }
   __syncthreads();
+  stamp(a.trace, 4);
 
   // this CTA's sums of squares (its columns) to every CTA of the cluster
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
@@ -265,6 +278,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
       push2(cluster_addr(recv + (rank * kTokens + 2 * threadIdx.x) * 4, dest), s0, s1, cluster_addr(bar_sum, dest));
   }
   wait_parity0(bar_sum);
+  stamp(a.trace, 5);
 
   if (part == 0) {
     const float* rv = reinterpret_cast<const float*>(smem + L.recv);
@@ -284,6 +298,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
       a.h[tb * a.ldh + f + 8] = __float2bfloat16(res[3] * inv_b * scale[1] + shift[1]);
     }
   }
+  stamp(a.trace, 6);
 }
 
 int optin_smem() {
@@ -359,7 +374,7 @@ void run(const W4A16ClusterNormProblem& p, cudaStream_t stream) {
   config.numAttrs = p.dependent ? (chain_carveout() >= 0 ? 3 : 2) : 1;
   Args a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
          static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.scale, p.shift, p.residual,
-         static_cast<__nv_bfloat16*>(p.h), p.m, p.n, p.k, p.ldx, p.ldr, p.ldh, p.eps};
+         static_cast<__nv_bfloat16*>(p.h), p.m, p.n, p.k, p.ldx, p.ldr, p.ldh, p.eps, p.trace};
   if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_cluster_norm: launch of ") + std::to_string(p.n / (16 * TILES)) +
                              "-CTA clusters failed: " + cudaGetErrorString(err));

@@ -337,15 +337,17 @@ def _cluster_norm_operands(op: str, x, weight, scales, residual, gate, scale, sh
 
 def w4a16_cluster_norm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, residual: torch.Tensor,
                        gate: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, h: torch.Tensor,
-                       eps: float, cluster: int = 0, dependent: bool = False) -> None:
+                       eps: float, cluster: int = 0, dependent: bool = False,
+                       trace: torch.Tensor | None = None) -> None:
     """residual[M, N] (fp32) += gate ⊙ (x[M, K] @ dequant(W)^T), then h[M, N] (bf16) = residual / rms(residual) ⊙
     scale + shift, in one launch (M <= 64: the denoise step's o or down and the adaRMS norm after it). The columns
     are the CTAs of one thread-block cluster (64 or 128 columns a CTA, at most 16 CTAs: `cluster` CTAs, 0 the larger
     this GPU schedules), which exchange only the rows' sums of squares; weights in the few-row fragment layout (as
-    w4a16_skinny). A GPU that schedules neither cluster is refused."""
+    w4a16_skinny). A GPU that schedules neither cluster is refused. trace (int64 [CTAs, 8], diagnostics): each
+    CTA's %globaltimer stamps at start, chain wait, weights landed, K loop done, K parts met, sums received, end."""
     op = "w4a16_cluster_norm"
     args = _cluster_norm_operands(op, x, weight, scales, residual, gate, scale, shift, h, cluster)
-    _ext().w4a16_cluster_norm(*args, float(eps), int(cluster), bool(dependent))
+    _ext().w4a16_cluster_norm(*args, float(eps), int(cluster), bool(dependent), trace)
 
 
 def w4a16_cluster_norm_size(x, weight, scales, residual, gate, scale, shift, h, cluster: int = 0) -> int:
