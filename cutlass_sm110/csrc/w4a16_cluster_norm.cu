@@ -11,9 +11,10 @@
 // cluster each, so no MMA work is spent on padding tokens beyond a multiple of 8.
 //
 // Every CTA's weights and scales are one contiguous range of the fragment layout (pack_int4_fragments: a tile's
-// chunks are contiguous, and a CTA owns consecutive tiles), so one bulk copy (cp.async.bulk) brings them into shared
-// memory before griddepcontrol.wait: under programmatic dependent launch they arrive while the kernel before runs.
-// The x rows arrive after it in four pieces along K, each on its own mbarrier, so the MMAs start on the first piece.
+// chunks are contiguous, and a CTA owns consecutive tiles), copied into shared memory (cp.async by every thread)
+// before griddepcontrol.wait: under programmatic dependent launch they arrive while the kernel before runs. The x
+// rows arrive after it in up to four pieces along K, each counted by its own mbarrier, so the MMAs start on the
+// first piece.
 // The gate, scale and shift (the step's constants) are read before the wait too; the residual after it.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
@@ -89,10 +90,17 @@ __device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontr
 __device__ __forceinline__ void expect_bytes(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
-// bytes (a multiple of 16) from global memory into this CTA's shared memory, completing them on bar
-__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+// bar counts this thread's arrival once all its cp.async copies so far have landed
+__device__ __forceinline__ void arrive_on_copies(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// bytes (a multiple of 16) from src into shared memory at dst, spread over the CTA's threads
+__device__ __forceinline__ void copy_spread(uint32_t dst, const void* src, int bytes) {
+  for (int i = threadIdx.x; i < bytes / 16; i += kThreads)
+    cp_async16(dst + i * 16, static_cast<const unsigned char*>(src) + int64_t(i) * 16);
 }
 __device__ __forceinline__ void wait_parity0(uint32_t bar) {
   asm volatile(
@@ -150,18 +158,19 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
   const int pieces = pieces_of(a.k);
   const uint32_t bar_w = smem_addr(smem + L.bar), bar_sum = bar_w + 8, bar_x = bar_w + 16;
 
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0) {  // the copies' barriers count every thread's arrival, the sums' barrier bytes
     for (int i = 0; i < 2 + pieces; ++i)
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar_w + 8 * i) : "memory");
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar_w + 8 * i), "r"(i == 1 ? 1 : kThreads)
+                   : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     expect_bytes(bar_sum, uint32_t(ranks) * kTokens * 4);
-    const uint32_t w_bytes = uint32_t(TILES) * chunks * 512, s_bytes = uint32_t(TILES) * groups * 32;
-    expect_bytes(bar_w, w_bytes + s_bytes);
-    bulk_copy(smem_addr(smem + L.w), a.weight + int64_t(rank) * TILES * chunks * 32, w_bytes, bar_w);
-    bulk_copy(smem_addr(smem + L.s), a.scales + int64_t(rank) * TILES * groups * 16, s_bytes, bar_w);
   }
+  __syncthreads();
   // every mbarrier initialized before any CTA pushes (waited on just before the pushes)
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  copy_spread(smem_addr(smem + L.w), a.weight + int64_t(rank) * TILES * chunks * 32, TILES * chunks * 512);
+  copy_spread(smem_addr(smem + L.s), a.scales + int64_t(rank) * TILES * groups * 16, TILES * groups * 32);
+  arrive_on_copies(bar_w);
 
   // the epilogue's operands (part-0 warps): features f, f + 8 of this warp's tile, tokens 2t, 2t + 1 of the group
   const int f = tile * 16 + g;
@@ -182,14 +191,15 @@ __global__ void __launch_bounds__(kThreads) w4a16_cluster_norm_kernel(Args a) {
     if (2 * t < tokens) res[0] = a.residual[ta * a.ldr + f], res[2] = a.residual[ta * a.ldr + f + 8];
     if (2 * t + 1 < tokens) res[1] = a.residual[tb * a.ldr + f], res[3] = a.residual[tb * a.ldr + f + 8];
   }
-  if (warp == 0) {
-    const int piece_k = a.k / pieces;
-    if (lane < pieces) expect_bytes(bar_x + 8 * lane, uint32_t(tokens) * piece_k * 2);
-    __syncwarp();
-    for (int i = lane; i < tokens * pieces; i += 32) {
-      const int row = i / pieces, piece = i % pieces;
-      bulk_copy(smem_addr(smem + L.x + row * L.x_stride + piece * piece_k * 2),
-                a.x + (tok0 + row) * a.ldx + piece * piece_k, uint32_t(piece_k) * 2, bar_x + 8 * piece);
+  {
+    const int piece_k = a.k / pieces, segments = piece_k / 8;   // 16-byte segments of a row's piece
+    for (int piece = 0; piece < pieces; ++piece) {
+      for (int i = threadIdx.x; i < tokens * segments; i += kThreads) {
+        const int row = i / segments, seg = i % segments;
+        cp_async16(smem_addr(smem + L.x + row * L.x_stride + (piece * piece_k + seg * 8) * 2),
+                   a.x + (tok0 + row) * a.ldx + piece * piece_k + seg * 8);
+      }
+      arrive_on_copies(bar_x + 8 * piece);
     }
   }
   wait_parity0(bar_w);
