@@ -80,8 +80,9 @@
 #   part 46 (the kernel wheel, development build; carry .device_carry/baseline too: `git archive <sha> triforce
 #     bench` of the code before): the engine GPU tests, then Plan B h100_fast and Plan A engine defaults of the code
 #     before and of this checkout, alternated (two processes each, same machine), Plan B validation (h100_fast)
-#   part 47 (the kernel wheel, development build): the cluster norm-fold kernel's GPU tests, the engine's few-row and
-#     norm-fold tests, the engine variants of Plan B h100_fast (o / o + down with the norm after them in one launch)
+#   part 47 (ran at 3bc9438; the norm fold, w4a16_cluster_norm, lost and was removed): its kernel GPU tests, the
+#     engine's few-row and norm-fold tests, the engine variants of Plan B h100_fast (o / o + down with the adaRMS norm
+#     after them in one cluster launch)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|47   (carry .device_carry and .whl)
@@ -252,7 +253,7 @@ elif [ "$1" = 46 ]; then
   done
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-elif [ "$1" = 47 ]; then
+elif [ "$1" = 47 ]; then  # ran at 3bc9438 (the norm fold: lost, removed)
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -x -p no:cacheprovider tests/test_kernels_gpu.py -k cluster_norm
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "norm_fold or few_row"

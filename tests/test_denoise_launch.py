@@ -167,52 +167,11 @@ def test_reports_record_the_engine_launch_settings():
 
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
-                           qkv_prefetch=True, norm_fold=())
+                           qkv_prefetch=True)
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
-                        "w4a16_geglu_stages": 8, "qkv_prefetch": True, "norm_fold": []}
+                        "w4a16_geglu_stages": 8, "qkv_prefetch": True}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")
-    stub.norm_fold = ("o", "down")
-    assert _denoise_note([0.5] * 10, Pi05Engine.launch_settings(stub)).endswith(", norm folded into o+down")
-
-
-def test_norm_fold_refusals_name_what_is_missing_and_change_nothing():
-    """set_norm_fold (engine.NORM_FOLDS): unknown names, layers that are not W4A16 on the mma kernel (Plan A), a wheel
-    without w4a16_cluster_norm, a width it cannot spread over a cluster, and a consumer that reads FP8 are refused
-    with why; nothing changes."""
-    from triforce.runtime.engine import NORM_FOLDS
-
-    wheel = SimpleNamespace(has_op=lambda op: False, W4A16_SKINNY_MAX_ROWS=64, W4A16_CLUSTER_NORM_MAX_CTAS=16,
-                            w4a16_cluster_norm_sizes=lambda n: (0, n // 64) if n % 64 == 0 else (0,))
-    lin = lambda: SimpleNamespace(use_few_row_kernel=None, few_row="mma", tk=wheel)  # noqa: E731
-    layer = {"qkv": lin(), "o": lin(), "gate_up": lin(), "down": lin()}
-    cfg = SimpleNamespace(name="pi05_tiny", action_horizon=5, expert=SimpleNamespace(width=1024))
-    stub = SimpleNamespace(cfg=cfg, expert_layers=[layer, layer], slots={"graph": 1}, norm_fold=())
-    stub._w4a16_layers = lambda names: Pi05Engine._w4a16_layers(stub, names)
-    stub.norm_fold_refusal = lambda folds: Pi05Engine.norm_fold_refusal(stub, folds)
-    assert set(NORM_FOLDS) == {"o", "down"}
-    assert Pi05Engine.norm_fold_refusal(stub, ()) is None
-    cases = [(("qkv",), "unknown norm fold"), (("o",), "has no w4a16_cluster_norm")]
-    for folds, why in cases:
-        with pytest.raises(UnsupportedError, match=why):
-            Pi05Engine.set_norm_fold(stub, folds)
-    wheel.has_op = lambda op: True
-    cfg.expert.width = 1000
-    with pytest.raises(UnsupportedError, match="width.*pi05_tiny has 1000"):
-        Pi05Engine.set_norm_fold(stub, ("down",))
-    cfg.expert.width = 1024
-    layer["gate_up"].input_dtype = torch.float8_e4m3fn
-    with pytest.raises(UnsupportedError, match="consumer.*bf16"):
-        Pi05Engine.set_norm_fold(stub, ("o",))
-    del layer["gate_up"].input_dtype
-    layer["o"].few_row = "triton"
-    with pytest.raises(UnsupportedError, match="W4A16 expert layers on the wheel's few-row mma kernel"):
-        Pi05Engine.set_norm_fold(stub, ("o",))
-    plan_a = {name: SimpleNamespace() for name in layer}
-    stub.expert_layers = [plan_a]
-    with pytest.raises(UnsupportedError, match="W4A16 expert layers"):
-        Pi05Engine.set_norm_fold(stub, ("down",))
-    assert stub.norm_fold == () and stub.slots                              # nothing changed

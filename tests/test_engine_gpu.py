@@ -134,29 +134,6 @@ def test_w4a16_few_row_kernels_give_the_same_actions():
         eng.set_w4a16_few_row("cutlass")
 
 
-def test_norm_fold_gives_the_unfused_actions(policies):
-    """Plan B's W4A16 o and down with the adaRMS norm after them in one cluster launch (the wheel's
-    w4a16_cluster_norm; on pi05_tiny 1- and 2-CTA clusters) under dependent launches: the actions of the separate
-    norm launches up to fp32 summation order; Plan A's bf16 layers are refused."""
-    _load_devbuild()
-    b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
-    eng = b.backend
-    eng.set_w4a16_few_row("mma")
-    rng = np.random.default_rng(8)
-    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
-    eng.set_norm_fold(())
-    want = b.infer(obs, noise)
-    for folds in (("o",), ("down",), ("o", "down")):
-        eng.set_norm_fold(folds)
-        assert eng.launch_settings()["norm_fold"] == list(folds)
-        for _ in range(2):
-            assert cosine(b.infer(obs, noise), want) >= 0.99999, folds
-    with pytest.raises(UnsupportedError, match="unknown norm fold"):
-        eng.set_norm_fold(("qkv",))
-    with pytest.raises(UnsupportedError, match="W4A16 expert layers"):
-        policies[1].backend.set_norm_fold(("o",))
-
-
 def test_qkv_weight_prefetch_is_the_int4_default_and_keeps_the_actions(policies):
     """The QKV + RoPE kernel asking L2 for its weights before its chain wait changes no result: on by default for
     Plan B's int4 weights, off for Plan A's bf16 ones, and either way the same actions replay after replay."""

@@ -228,64 +228,6 @@ void mqa_cluster_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   triforce::mqa_cluster_attention_run(p, current_stream());
 }
 
-// The few-row W4A16 projection added into the residual, then the next adaRMS norm, in one launch (the columns one
-// cluster's CTAs): residual (fp32 [M, N]) += gate ⊙ (x @ dequant(W)^T); h (bf16 [M, N]) = residual / rms ⊙ scale
-// + shift.
-triforce::W4A16ClusterNormProblem cluster_norm_problem(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
-                                                       const at::Tensor& residual, const at::Tensor& gate,
-                                                       const at::Tensor& scale, const c10::optional<at::Tensor>& shift,
-                                                       const at::Tensor& h, double eps, int64_t cluster,
-                                                       bool dependent) {
-  const char* op = "w4a16_cluster_norm";
-  TORCH_CHECK(residual.is_cuda() && residual.scalar_type() == at::kFloat && residual.dim() == 2 &&
-                  residual.stride(1) == 1, op, ": residual must be a CUDA fp32 [M, N] with unit column stride");
-  TORCH_CHECK(h.is_cuda() && h.scalar_type() == at::kBFloat16 && h.dim() == 2 && h.stride(1) == 1, op,
-              ": h must be a CUDA bf16 [M, N] with unit column stride");
-  check_skinny_operands(x, w, s, residual.size(1), op);
-  const int64_t m = x.size(0), k = x.size(1), n = residual.size(1);
-  TORCH_CHECK(residual.size(0) == m && h.size(0) == m && h.size(1) == n, op, ": residual and h must be [", m, ", ", n,
-              "], got ", residual.sizes(), " and ", h.sizes());
-  const float* vec[3] = {nullptr, nullptr, nullptr};
-  const at::Tensor* given[3] = {&gate, &scale, shift.has_value() ? &*shift : nullptr};
-  const char* names[3] = {"gate", "scale", "shift"};
-  for (int i = 0; i < 3; ++i) {
-    if (given[i] == nullptr) continue;
-    TORCH_CHECK(given[i]->is_cuda() && given[i]->scalar_type() == at::kFloat && given[i]->is_contiguous() &&
-                    given[i]->numel() == n, op, ": ", names[i], " must be a contiguous CUDA fp32 vector of N = ", n,
-                " elements");
-    vec[i] = given[i]->data_ptr<float>();
-  }
-  TORCH_CHECK(n % 64 == 0 && (cluster == 0 || cluster == n / 64 || cluster == n / 128), op, ": needs N % 64 == 0 "
-              "and cluster 0 (the larger this GPU schedules), N / 64 or N / 128 CTAs; got N=", n, " cluster=", cluster);
-  return {x.data_ptr(), w.data_ptr(), s.data_ptr(), vec[0], vec[1], vec[2], residual.data_ptr<float>(), h.data_ptr(),
-          int(m), int(n), int(k), x.stride(0), residual.stride(0), h.stride(0), float(eps), int(cluster), dependent};
-}
-
-void w4a16_cluster_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor residual,
-                        const at::Tensor& gate, const at::Tensor& scale, const c10::optional<at::Tensor>& shift,
-                        at::Tensor h, double eps, int64_t cluster, bool dependent,
-                        const c10::optional<at::Tensor>& trace) {
-  auto p = cluster_norm_problem(x, w, s, residual, gate, scale, shift, h, eps, cluster, dependent);
-  if (trace.has_value()) {
-    check_tensor(*trace, "w4a16_cluster_norm", "trace", at::kLong);
-    TORCH_CHECK(trace->numel() >= int64_t(p.n / 64) * ((p.m + 7) / 8) * 8, "w4a16_cluster_norm: trace needs 8 "
-                "stamps for each of up to N / 64 CTAs of every 8 rows");
-    p.trace = reinterpret_cast<unsigned long long*>(trace->data_ptr<int64_t>());
-  }
-  const c10::cuda::CUDAGuard guard(x.device());
-  triforce::w4a16_cluster_norm_run(p, current_stream());
-}
-
-// The cluster size w4a16_cluster_norm would take for these operands (N / 64 or N / 128 CTAs), 0 where this GPU
-// schedules neither.
-int64_t w4a16_cluster_norm_size(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
-                                const at::Tensor& residual, const at::Tensor& gate, const at::Tensor& scale,
-                                const c10::optional<at::Tensor>& shift, const at::Tensor& h, int64_t cluster) {
-  const auto p = cluster_norm_problem(x, w, s, residual, gate, scale, shift, h, 1e-6, cluster, false);
-  const c10::cuda::CUDAGuard guard(x.device());
-  return triforce::w4a16_cluster_norm_size(p);
-}
-
 // ── NVFP4 (Blackwell only) ──────────────────────────────────────────────────────────────────────────────────────
 #if defined(TRIFORCE_FAMILY_BLACKWELL)
 // Swizzled scale-factor bytes of a [rows, K] operand: 128x4 atoms of 512 bytes (rows padded to 128, K/16 to 4).
@@ -437,15 +379,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "few rows (split-KV over one cluster's CTAs, one launch)", py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("bias"), py::arg("out"), py::arg("static_keys") = 0, py::arg("max_splits") = 0,
         py::arg("dependent") = false);
-  m.def("w4a16_cluster_norm", &w4a16_cluster_norm, "residual[M,N] += gate * x @ dequant(W)^T, then h = "
-        "residual / rms * scale + shift (bf16), one launch (a cluster's CTAs hold the columns), M <= 64",
-        py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("residual"), py::arg("gate"), py::arg("scale"),
-        py::arg("shift"), py::arg("h"), py::arg("eps"), py::arg("cluster") = 0, py::arg("dependent") = false,
-        py::arg("trace") = py::none());
-  m.def("w4a16_cluster_norm_size", &w4a16_cluster_norm_size, "the cluster size w4a16_cluster_norm takes for these "
-        "operands (N / 64 or N / 128 CTAs), 0 where this GPU schedules neither", py::arg("x"), py::arg("weight"), py::arg("scales"),
-        py::arg("residual"), py::arg("gate"), py::arg("scale"), py::arg("shift"), py::arg("h"),
-        py::arg("cluster") = 0);
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

@@ -75,30 +75,6 @@ struct MqaClusterProblem {
 };
 void mqa_cluster_attention_run(const MqaClusterProblem& p, cudaStream_t stream);
 
-// Few rows (M <= 64; N % 64 == 0, K % 128 == 0): residual (fp32 [M, N]) += gate ⊙ (x @ dequant(W)^T), then
-// h (bf16 [M, N]) = residual / rms(residual) ⊙ scale + shift, in one launch: the columns are one cluster's CTAs
-// (N / 64 or N / 128 of them, at most 16; cluster 0 takes the larger where the GPU schedules it), 8 token rows a
-// cluster. Weights and scales in the few-row fragment layout (pack_int4_fragments / pack_scales_fragments).
-struct W4A16ClusterNormProblem {
-  const void* x;
-  const void* weight;
-  const void* scales;
-  const float* gate;   // [N]
-  const float* scale;  // [N]
-  const float* shift;  // [N] or null
-  float* residual;
-  void* h;
-  int m, n, k;
-  int64_t ldx, ldr, ldh;
-  float eps;
-  int cluster;         // CTAs a cluster: 0 (the larger this GPU schedules), N / 64 or N / 128
-  bool dependent;
-  unsigned long long* trace = nullptr;  // or [CTAs][8] %globaltimer stamps of each CTA's phases (diagnostics)
-};
-// The cluster size run() would take (N / 64 or N / 128), or 0 where this GPU schedules neither.
-int w4a16_cluster_norm_size(const W4A16ClusterNormProblem& p);
-void w4a16_cluster_norm_run(const W4A16ClusterNormProblem& p, cudaStream_t stream);
-
 #if defined(TRIFORCE_FAMILY_HOPPER)
 // One tile configuration per translation unit: the token tile (N of the swapped problem) is 16, 64 or 128.
 size_t w4a16_sm90_tok16_workspace(const W4A16Problem& p);

@@ -296,68 +296,6 @@ def set_chain_carveout(percent: int) -> None:
     _ext().set_chain_carveout(int(percent))
 
 
-# ── few-row W4A16 + the next norm ───────────────────────────────────────────────────────────────────────────────
-W4A16_CLUSTER_NORM_COLUMNS = (64, 128)   # columns a CTA; the cluster is N / 64 or N / 128 CTAs, at most 16
-W4A16_CLUSTER_NORM_MAX_CTAS = 16
-
-
-def w4a16_cluster_norm_sizes(n: int) -> tuple:
-    """The cluster sizes (CTAs) w4a16_cluster_norm may take for N output columns, 0 first (the larger it can)."""
-    return (0, *(n // c for c in W4A16_CLUSTER_NORM_COLUMNS if n % c == 0 and n // c <= W4A16_CLUSTER_NORM_MAX_CTAS))
-
-
-def _cluster_norm_operands(op: str, x, weight, scales, residual, gate, scale, shift, h, cluster: int) -> tuple:
-    if not has_op(op):
-        raise UnsupportedError(f"{op}: not in this wheel (built for {_built_for()}); rebuild it with "
-                               f"`invoke build-kernels`")
-    if x.dim() != 2 or residual.dim() != 2:
-        raise KernelError(f"{op}: x and residual must be 2-D, got {list(x.shape)} and {list(residual.shape)}")
-    m, k = x.shape
-    n = residual.shape[1]
-    if not 1 <= m <= W4A16_SKINNY_MAX_ROWS:
-        raise KernelError(f"{op}: M={m} rows; this kernel takes 1..{W4A16_SKINNY_MAX_ROWS}")
-    if len(w4a16_cluster_norm_sizes(n)) == 1:
-        raise KernelError(f"{op}: N={n} columns must be {W4A16_CLUSTER_NORM_COLUMNS} a CTA over at most "
-                          f"{W4A16_CLUSTER_NORM_MAX_CTAS} CTAs (N a multiple of 64, at most 2048)")
-    _check_skinny_operands(op, x, weight, scales, n)
-    if residual.dtype != torch.float32 or tuple(residual.shape) != (m, n) or residual.stride(1) != 1:
-        raise KernelError(f"{op}: residual must be fp32 [{m}, {n}] with unit column stride, got {residual.dtype} "
-                          f"{list(residual.shape)}")
-    if h.dtype != torch.bfloat16 or tuple(h.shape) != (m, n) or h.stride(1) != 1:
-        raise KernelError(f"{op}: h must be bf16 [{m}, {n}] with unit column stride, got {h.dtype} {list(h.shape)}")
-    vectors = [gate, scale] + ([shift] if shift is not None else [])
-    for name, t in zip(("gate", "scale", "shift"), vectors):
-        _check(op, name, t, torch.float32, (n,))
-    if cluster not in w4a16_cluster_norm_sizes(n):
-        raise KernelError(f"{op}: cluster must be one of {w4a16_cluster_norm_sizes(n)} CTAs at N={n} (0: the larger "
-                          f"this GPU schedules), got {cluster}")
-    _check_same_device(op, x, weight, scales, residual, h, *vectors)
-    return x, weight, scales, residual, gate, scale, shift, h
-
-
-def w4a16_cluster_norm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, residual: torch.Tensor,
-                       gate: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, h: torch.Tensor,
-                       eps: float, cluster: int = 0, dependent: bool = False,
-                       trace: torch.Tensor | None = None) -> None:
-    """residual[M, N] (fp32) += gate ⊙ (x[M, K] @ dequant(W)^T), then h[M, N] (bf16) = residual / rms(residual) ⊙
-    scale + shift, in one launch (M <= 64: the denoise step's o or down and the adaRMS norm after it). The columns
-    are the CTAs of one thread-block cluster (64 or 128 columns a CTA, at most 16 CTAs: `cluster` CTAs, 0 the larger
-    this GPU schedules), which exchange only the rows' sums of squares; weights in the few-row fragment layout (as
-    w4a16_skinny). A GPU that schedules neither cluster is refused. trace (int64 [CTAs, 8], diagnostics): each
-    CTA's %globaltimer stamps at start, chain wait, weights landed, K loop done, K parts met, sums received, end."""
-    op = "w4a16_cluster_norm"
-    args = _cluster_norm_operands(op, x, weight, scales, residual, gate, scale, shift, h, cluster)
-    _ext().w4a16_cluster_norm(*args, float(eps), int(cluster), bool(dependent), trace)
-
-
-def w4a16_cluster_norm_size(x, weight, scales, residual, gate, scale, shift, h, cluster: int = 0) -> int:
-    """The cluster size w4a16_cluster_norm takes for these operands on this GPU (N / 64 or N / 128 CTAs), 0 where it
-    schedules neither (e.g. a GPU without non-portable clusters for N / 64 > 8 and N / 128 > 8)."""
-    op = "w4a16_cluster_norm"
-    args = _cluster_norm_operands(op, x, weight, scales, residual, gate, scale, shift, h, cluster)
-    return int(_ext().w4a16_cluster_norm_size(*args, int(cluster)))
-
-
 # ── few-row attention ───────────────────────────────────────────────────────────────────────────────────────────
 MQA_CLUSTER_HEAD_DIMS = (64, 128, 256)
 MQA_CLUSTER_MAX_SPLITS = 16     # key blocks (CTAs of one cluster) of a 16-row group; above 8 a non-portable cluster

@@ -109,8 +109,6 @@ def _denoise_note(steps: list, report: dict) -> str:
         launch += f", {report['decode_attention']} attention"
         if report.get("overlap_step0") and report.get("step0_attention") != report["decode_attention"]:
             launch += f" ({report['step0_attention']} in step 0)"
-    if report.get("norm_fold"):
-        launch += f", norm folded into {'+'.join(report['norm_fold'])}"
     return f"{later:.3f}/step{overlap}, {report['expert_path']} expert layers{launch}"
 
 

@@ -161,12 +161,6 @@ class W4A16Linear:
         else:
             fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
 
-    def add_into_norm(self, residual, x, gate, h, scale, shift, eps: float):
-        """residual += gate ⊙ (x dequant(W)^T), then h = bf16(residual / rms ⊙ scale + shift): the projection and
-        the adaRMS norm after it in one launch (the wheel's w4a16_cluster_norm; the engine's set_norm_fold)."""
-        self.tk.w4a16_cluster_norm(x, *self._fragments, residual, gate, scale, shift, h, eps,
-                                   dependent=fused.launching_dependent())
-
 
 class NvFp4Linear:
     """NVFP4 W4A4 (Blackwell only): E2M1 weights with swizzled E4M3 block scales and a global scale; activations

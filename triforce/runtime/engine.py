@@ -89,12 +89,6 @@ W4A16_GEGLU_STAGES = 8
 # (engine_variants-*-s13-qkv-prefetch.json). With every expert layer reading layer 0's weights from L2, Plan B took
 # 8.40 vs 8.50 ms, most of it the QKV weights' (l2_resident_expert-*-s13.json).
 QKV_PREFETCH = {"int4": True, "bf16": False}
-# The expert's W4A16 o / down projections and the adaRMS norm after each in one launch (set_norm_fold; the wheel's
-# w4a16_cluster_norm: the columns are one cluster's CTAs, which exchange only the rows' sums of squares): 6 or 5
-# launches a layer instead of 7. The last layer's down stays apart (the euler tail norms its output).
-NORM_FOLDS = {"o": "o + the post-attention norm (the gate/up input)",
-              "down": "down + the next layer's input norm (the QKV input)"}
-NORM_FOLD_DEFAULT = ()
 
 
 def kernel_wheel():
@@ -244,7 +238,6 @@ class Pi05Engine:
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
-        self.norm_fold: tuple = ()                                          # set_norm_fold (NORM_FOLD_DEFAULT)
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -286,15 +279,13 @@ class Pi05Engine:
         self._default_w4a16_few_row()
         self._default_decode_attention()
         self.qkv_prefetch = QKV_PREFETCH[self.qkv_weight_kind()]
-        self.norm_fold = NORM_FOLD_DEFAULT if self.norm_fold_refusal(NORM_FOLD_DEFAULT) is None else ()
 
     def launch_settings(self) -> dict:
         """How this engine runs its layers and chain now (the setters' state), as the validation reports record it."""
         return {"expert_path": self.expert_path, "overlap_step0": self.overlap_step0,
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
-                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
-                "norm_fold": list(self.norm_fold)}
+                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -532,46 +523,6 @@ class Pi05Engine:
         self.qkv_prefetch = bool(on)
         self.slots.clear()
 
-    def norm_fold_refusal(self, folds) -> str | None:
-        """Why the projections `folds` (NORM_FOLDS) cannot run with their norm in one launch here, or None."""
-        unknown = [f for f in folds if f not in NORM_FOLDS]
-        if unknown:
-            return f"unknown norm fold {unknown}: {', '.join(NORM_FOLDS)}"
-        if not folds:
-            return None
-        layers = self._w4a16_layers(folds)
-        if len(layers) != len(folds) * len(self.expert_layers) or any(lin.few_row != "mma" for lin in layers):
-            return "it needs W4A16 expert layers on the wheel's few-row mma kernel (Plan B)"
-        consumers = {"o": "gate_up", "down": "qkv"}
-        if any(in_dtype(layer[consumers[f]]) != BF16 or quant_scale(layer[consumers[f]]) is not None
-               for layer in self.expert_layers for f in folds):
-            return "the norm's consumer (gate/up after o, QKV after down) must take bf16 input"
-        tk, e = layers[0].tk, self.cfg.expert
-        if not tk.has_op("w4a16_cluster_norm"):
-            return "this triforce_kernels wheel has no w4a16_cluster_norm (rebuild it with `invoke build-kernels`)"
-        if len(tk.w4a16_cluster_norm_sizes(e.width)) == 1 or self.cfg.action_horizon > tk.W4A16_SKINNY_MAX_ROWS:
-            return (f"it takes widths of 64 or 128 columns a CTA over <= {tk.W4A16_CLUSTER_NORM_MAX_CTAS} CTAs and "
-                    f"<= {tk.W4A16_SKINNY_MAX_ROWS} action rows; {self.cfg.name} has {e.width} and "
-                    f"{self.cfg.action_horizon}")
-        for name in folds:
-            lin = self.expert_layers[0][name]
-            x = torch.zeros(self.cfg.action_horizon, lin.k, dtype=BF16, device="cuda")
-            res = torch.zeros(self.cfg.action_horizon, e.width, device="cuda")
-            vec = torch.ones(e.width, device="cuda")
-            if not tk.w4a16_cluster_norm_size(x, *lin._fragments, res, vec, vec, None, res.to(BF16)):
-                return f"this GPU schedules no cluster of w4a16_cluster_norm for width {e.width} at K={lin.k}"
-        return None
-
-    def set_norm_fold(self, folds) -> None:
-        """Which W4A16 expert projections (NORM_FOLDS: "o", "down") run with the adaRMS norm after them in one
-        launch; () keeps each norm its own launch. Captured graphs are dropped and re-capture."""
-        folds = tuple(folds)
-        why = self.norm_fold_refusal(folds)
-        if why:
-            raise UnsupportedError(f"norm fold {list(folds)} cannot run: {why}")
-        self.norm_fold = folds
-        self.slots.clear()
-
     def _geglu_stages(self, step: int) -> int:
         """8 stages hold more shared memory: beside the prefix (step 0) they slowed its GEMMs (3.10 vs 3.03 ms)."""
         return 0 if step == 0 and self.overlap_step0 else self.w4a16_geglu_stages
@@ -682,7 +633,7 @@ class Pi05Engine:
         q = torch.empty(horizon * e.num_heads, e.dim_head, dtype=BF16, device="cuda")
         arena = fused.ZeroArena(horizon * sum(lin.out_features for layer in self.expert_layers for lin in layer.values()
                                               if getattr(lin, "takes_arena", False)), "cuda")
-        pending, pending_gate, normed = None, None, None
+        pending, pending_gate = None, None
         fused_epilogue = self.expert_path == "fused_epilogue"
         for i, layer in enumerate(self.expert_layers):
             if before_layer is not None:
@@ -690,11 +641,9 @@ class Pi05Engine:
             (s1, b1, g1), (s2, b2, g2) = self.ada[i]
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
-            h = normed                        # the layer before normed its output (down folded)
-            if h is None:
-                h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
-                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
-                               quant_scale=quant_scale(qkv_l))
+            h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(qkv_l))
             if fused_epilogue:
                 fused.qkv_rope(h, pos=pos, cos=self.cos, sin=self.sin, q_out=q, k_cache=k_cache, v_cache=v_cache,
                                kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, prefetch=self.qkv_prefetch,
@@ -704,13 +653,10 @@ class Pi05Engine:
                                e.num_heads, e.dim_head)
             att = self._attend(q, k_cache, v_cache, mask, static_keys=seq, kernel=self._attention_kernel(step))
             att = att.view(horizon, -1)
+            pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
-            if "o" in self.norm_fold:
-                o_l.add_into_norm(x, att, g1[step], h, s2[step], b2[step], cfg.norm_eps)
-            else:
-                pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
-                fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
-                               quant_scale=quant_scale(gu_l))
+            fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
+                           quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             if getattr(gu_l, "few_row", None) == "mma":
                 gu_l.geglu_into(h, act, stages=self._geglu_stages(step))
@@ -718,14 +664,7 @@ class Pi05Engine:
                 fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
             else:
                 fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
-            normed = None
-            if "down" in self.norm_fold and i + 1 < len(self.expert_layers):
-                (s1n, b1n, _), _ = self.ada[i + 1]
-                normed = torch.empty(horizon, e.width, dtype=BF16, device="cuda")
-                down_l.add_into_norm(x, act, g2[step], normed, s1n[step], b1n[step], cfg.norm_eps)
-                pending, pending_gate = None, None
-            else:
-                pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
+            pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
         return self._euler_end(step, x, x_t, pending, pending_gate)
 
     def _euler_end(self, step, x, x_t, pending=None, pending_gate=None):
