@@ -89,6 +89,8 @@ W4A16_GEGLU_STAGES = 8
 # (engine_variants-*-s13-qkv-prefetch.json). With every expert layer reading layer 0's weights from L2, Plan B took
 # 8.40 vs 8.50 ms, most of it the QKV weights' (l2_resident_expert-*-s13.json).
 QKV_PREFETCH = {"int4": True, "bf16": False}
+# CTAs along K of the few-row W4A16 o / down on the wheel's kernel (set_w4a16_splits); 0 fills the GPU once
+W4A16_SPLITS = 0
 
 
 def kernel_wheel():
@@ -238,6 +240,7 @@ class Pi05Engine:
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
+        self.w4a16_splits = W4A16_SPLITS                                    # set_w4a16_splits
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -285,7 +288,8 @@ class Pi05Engine:
         return {"expert_path": self.expert_path, "overlap_step0": self.overlap_step0,
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
-                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch}
+                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
+                "w4a16_splits": self.w4a16_splits}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -514,6 +518,17 @@ class Pi05Engine:
         if stages not in allowed:
             raise TriforceError(f"W4A16 GeGLU stages {stages}: one of {allowed} expected")
         self.w4a16_geglu_stages = stages
+        self.slots.clear()
+
+    def set_w4a16_splits(self, splits: int) -> None:
+        """CTAs along K of the wheel's few-row W4A16 o / down (their split-K partial sums meet by fp32 atomics in the
+        residual): 0 fills the GPU (W4A16_SPLITS), fewer means fewer atomics and more weights a CTA. Captured graphs
+        re-capture."""
+        if splits < 0:
+            raise TriforceError(f"W4A16 splits must be >= 0 (0: fill the GPU), got {splits}")
+        for layer in self._w4a16_layers(("o", "down")):
+            layer.few_row_splits = int(splits)
+        self.w4a16_splits = int(splits)
         self.slots.clear()
 
     def set_qkv_prefetch(self, on: bool) -> None:
