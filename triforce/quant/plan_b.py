@@ -131,10 +131,11 @@ class W4A16Linear:
             self._fragments = (fm.pack_int4_fragments(q), fm.pack_scales_fragments(s))
         self.few_row = kernel
 
-    def geglu_into(self, x, act, stages: int = 0):
+    def geglu_into(self, x, act, stages: int = 0, rotate: bool = False):
         """act (bf16 [M, N/2]) = gelu_tanh(x gate^T) ⊙ (x up^T), few rows, on the wheel's kernel (gate/up layers;
-        stages: its pipeline depth, 0 the wheel's default)."""
-        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent(), stages=stages)
+        stages: its pipeline depth, 0 the wheel's default; rotate: each CTA starts its walk over K elsewhere)."""
+        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent(), stages=stages,
+                                   rotate=rotate)
 
     def __call__(self, x, arena=None):
         rows = x.shape[0]
