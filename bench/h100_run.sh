@@ -83,9 +83,9 @@
 #   part 47 (ran at 3bc9438; the norm fold, w4a16_cluster_norm, lost and was removed): its kernel GPU tests, the
 #     engine's few-row and norm-fold tests, the engine variants of Plan B h100_fast (o / o + down with the adaRMS norm
 #     after them in one cluster launch)
-#   part 48 (the kernel wheel, development build): the few-row gate/up + GeGLU kernel tests, the engine's W4A16 GPU
-#     tests, the engine variants of Plan B h100_fast (at 01b9c5b the few-row o / down on fewer CTAs along K; then
-#     the gate/up + GeGLU CTAs each walking K from their own group)
+#   part 48 (ran at 01b9c5b and f26015c; both settings lost and were removed): the few-row gate/up + GeGLU kernel
+#     tests, the engine's W4A16 GPU tests, the engine variants of Plan B h100_fast (the few-row o / down on fewer
+#     CTAs along K; the gate/up + GeGLU CTAs each walking K from their own group)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|48   (carry .device_carry and .whl)
@@ -256,7 +256,7 @@ elif [ "$1" = 46 ]; then
   done
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-elif [ "$1" = 48 ]; then
+elif [ "$1" = 48 ]; then  # ran at 01b9c5b and f26015c (fewer o / down splits, rotated gate/up: lost, removed)
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny_geglu
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "few_row or h100_recipe"

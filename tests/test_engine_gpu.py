@@ -130,8 +130,6 @@ def test_w4a16_few_row_kernels_give_the_same_actions():
         assert all(layer[name].few_row == "mma" for layer in eng.expert_layers for name in layers), \
             "the h100 recipe's expert layers are W4A16"
         assert cosine(b.infer(obs, noise), want) >= 0.9999
-    eng.set_w4a16_geglu_rotate(True)            # each gate/up CTA walks K from its own group: a summation order
-    assert eng.launch_settings()["w4a16_geglu_rotate"] and cosine(b.infer(obs, noise), want) >= 0.9999
     with pytest.raises(TriforceError, match="unknown few-row W4A16 kernel"):
         eng.set_w4a16_few_row("cutlass")
 

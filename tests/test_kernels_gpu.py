@@ -296,10 +296,8 @@ def test_w4a16_skinny_refuses_bad_input(tk, case):
     assert bool((out == 1.0).all()), "a refused call must leave the output untouched"
 
 
-@pytest.mark.parametrize("m, stages, rotate", [(1, 0, False), (10, 0, False), (16, 0, False), (40, 0, False),
-                                               (64, 0, False), (1, 8, False), (10, 8, False), (64, 8, False),
-                                               (10, 8, True), (10, 0, True), (33, 8, True)])
-def test_w4a16_skinny_geglu_matches_reference(tk, m, stages, rotate):
+@pytest.mark.parametrize("m, stages", [(1, 0), (10, 0), (16, 0), (40, 0), (64, 0), (1, 8), (10, 8), (64, 8)])
+def test_w4a16_skinny_geglu_matches_reference(tk, m, stages):
     """The expert's gate/up (I = 4096, K = 1024) with its GeGLU: gate/up interleaved in 8-row blocks, act written;
     with the default pipeline and with 8 stages."""
     inter, k = 4096, 1024
@@ -308,7 +306,7 @@ def test_w4a16_skinny_geglu_matches_reference(tk, m, stages, rotate):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
     act = torch.full((m, inter), float("nan"), device="cuda", dtype=torch.bfloat16)   # every element must be written
     tk.w4a16_skinny_geglu(x, *_fragments(formats.interleave_gate_up(q), formats.interleave_gate_up(s)), act,
-                          stages=stages, rotate=rotate)
+                          stages=stages)
     torch.cuda.synchronize()
     ref = formats.geglu_tanh(_reference(x, q, s))
     assert torch.isfinite(act).all()

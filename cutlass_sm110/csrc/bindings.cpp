@@ -190,7 +190,7 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
 // The same kernel with gate/up interleaved in 8-row blocks (formats.interleave_gate_up, then the fragment packing):
 // act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T), written (the expert's gate/up + GeGLU in one launch).
 void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor act,
-                        bool dependent, int64_t stages, bool rotate) {
+                        bool dependent, int64_t stages) {
   const char* op = "w4a16_skinny_geglu";
   TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
               ": act must be a CUDA bf16 [M, N/2] with unit column stride");
@@ -200,7 +200,7 @@ void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tens
   const c10::cuda::CUDAGuard guard(x.device());
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), nullptr, nullptr, act.data_ptr(),
                                  int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count(),
-                                 int(stages), rotate};
+                                 int(stages)};
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -372,7 +372,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);
   m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
         "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
-        py::arg("dependent") = false, py::arg("stages") = 0, py::arg("rotate") = false);
+        py::arg("dependent") = false, py::arg("stages") = 0);
   m.def("set_chain_carveout", &triforce::set_chain_carveout, "preferred shared-memory carveout (percent, "
         "-1: the driver's choice) of the wheel's later dependent launches (few-row W4A16, mqa_cluster_attention)", py::arg("percent"));
   m.def("mqa_cluster_attention", &mqa_cluster_attention, "out[R,D] = softmax(q k^T/sqrt(D) + bias) v, one kv head, "

@@ -14,8 +14,7 @@
 // cp.async, STAGES deep (4; the GeGLU form, whose CTA walks all of K, optionally 8). The weights and scales of the
 // first stages are requested before griddepcontrol.wait (they do not depend on the kernel before; under
 // programmatic dependent launch their reads overlap it). Splits of K across CTAs add their partial sums with fp32
-// reductions into `out`, which the caller zeroes (or is the residual). In the GeGLU form every CTA reads all of x;
-// with `rotate` CTA b walks the groups from b mod groups, so they do not all ask L2 for the same lines at once.
+// reductions into `out`, which the caller zeroes (or is the residual).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -83,7 +82,6 @@ struct SkinnyArgs {
   __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
   int m, n, k, splits;
   int64_t ldx, ldo;
-  bool rotate;                  // GeGLU form: CTA b walks the groups from b mod groups (x rows not all hot at once)
 };
 
 template <int NT, int RT, int WARPS, int STAGES>
@@ -121,10 +119,6 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
   const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
   const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
-  // the group stage i holds: every CTA of the GeGLU form reads all of x, so with rotate they start at different
-  // groups and do not all ask L2 for the same lines at once
-  const int rot = a.rotate ? int(blockIdx.x % unsigned(ng)) : 0;
-  auto group_of = [&](int i) { return gbeg + (i + rot < ng ? i + rot : i + rot - ng); };
   int tile[RT];
   bool valid[RT];
 #pragma unroll
@@ -138,20 +132,20 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
       if (!valid[r]) continue;
-      const uint4* src = a.weight + (int64_t(tile[r]) * chunks + 2 * group_of(i)) * 32 + lane;
+      const uint4* src = a.weight + (int64_t(tile[r]) * chunks + 2 * (gbeg + i)) * 32 + lane;
       unsigned char* dst = base + ((warp * RT + r) * 2 * 32 + lane) * 16;
       cp_async16(dst, src, 16);
       cp_async16(dst + 32 * 16, src + 32, 16);
       if (lane < 2)
         cp_async16(base + S::kWeightBytes + (warp * RT + r) * 32 + lane * 16,
-                   a.scales + (int64_t(tile[r]) * groups + group_of(i)) * 16 + lane * 8, 16);
+                   a.scales + (int64_t(tile[r]) * groups + gbeg + i) * 16 + lane * 8, 16);
     }
   };
   // Stage i's x slice, all 8 NT token rows (rows >= M zero-filled); 16-byte segments XOR-swizzled by token so the
   // MMA-order reads of a quarter warp hit distinct banks.
   auto issue_x = [&](int i) {
     unsigned char* xs = smem + (i % STAGES) * S::kStageBytes + S::kWeightBytes + S::kScaleBytes;
-    const int64_t k0 = int64_t(group_of(i)) * kGroup;
+    const int64_t k0 = int64_t(gbeg + i) * kGroup;
     for (int idx = threadIdx.x; idx < 2 * NT * 8 * 8; idx += kThreads) {
       const int seg = idx & 7, tok = (idx >> 3) % (NT * 8), c = idx / (NT * 64);
       const bool in = tok < a.m;
@@ -330,7 +324,7 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
     throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
-               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo, p.act != nullptr && p.rotate};
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

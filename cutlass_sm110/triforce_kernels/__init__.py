@@ -262,12 +262,11 @@ W4A16_SKINNY_GEGLU_STAGES = (0, 4, 8)   # 0: the default (4)
 
 
 def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, act: torch.Tensor,
-                       dependent: bool = False, stages: int = 0, rotate: bool = False) -> None:
+                       dependent: bool = False, stages: int = 0) -> None:
     """act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T) for M <= 64: w4a16_skinny on gate/up weights whose
     rows were interleaved in 8-row blocks (formats.interleave_gate_up, then pack_int4_fragments /
     pack_scales_fragments). Each CTA covers all of K; nothing is accumulated, act is written. stages: the cp.async
-    pipeline depth (W4A16_SKINNY_GEGLU_STAGES); rotate: CTA b walks K from group b mod K/128 (every CTA reads all
-    of x: not all of them ask for the same lines at once)."""
+    pipeline depth (W4A16_SKINNY_GEGLU_STAGES)."""
     op = "w4a16_skinny_geglu"
     _require_op(op)
     if stages not in W4A16_SKINNY_GEGLU_STAGES:
@@ -283,7 +282,7 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     if act.dtype != torch.bfloat16 or act.stride(1) != 1:
         raise KernelError(f"{op}: act must be bf16 with unit column stride, got {act.dtype}")
     _check_same_device(op, x, weight, scales, act)
-    _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent, stages, bool(rotate))
+    _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent, stages)
 
 
 def set_chain_carveout(percent: int) -> None:

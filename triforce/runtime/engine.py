@@ -89,13 +89,6 @@ W4A16_GEGLU_STAGES = 8
 # (engine_variants-*-s13-qkv-prefetch.json). With every expert layer reading layer 0's weights from L2, Plan B took
 # 8.40 vs 8.50 ms, most of it the QKV weights' (l2_resident_expert-*-s13.json).
 QKV_PREFETCH = {"int4": True, "bf16": False}
-# CTAs along K of the few-row W4A16 o / down on the wheel's kernel (set_w4a16_splits); 0 fills the GPU once: 8.41 ms
-# against 8.53 on 8 and 9.06 on 4 (fewer fp32 atomics into the residual do not pay for the weights a CTA then streams:
-# engine_variants-planb-*-s14-splits.json)
-W4A16_SPLITS = 0
-# Plan B's few-row gate/up + GeGLU (every CTA reads all of x): each CTA starts its walk over K at its own group, so
-# the CTAs do not all ask L2 for the same x lines at once (set_w4a16_geglu_rotate)
-W4A16_GEGLU_ROTATE = False
 
 
 def kernel_wheel():
@@ -245,8 +238,6 @@ class Pi05Engine:
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
-        self.w4a16_splits = W4A16_SPLITS                                    # set_w4a16_splits
-        self.w4a16_geglu_rotate = W4A16_GEGLU_ROTATE                        # set_w4a16_geglu_rotate
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -294,8 +285,7 @@ class Pi05Engine:
         return {"expert_path": self.expert_path, "overlap_step0": self.overlap_step0,
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
-                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
-                "w4a16_splits": self.w4a16_splits, "w4a16_geglu_rotate": self.w4a16_geglu_rotate}
+                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -526,23 +516,6 @@ class Pi05Engine:
         self.w4a16_geglu_stages = stages
         self.slots.clear()
 
-    def set_w4a16_splits(self, splits: int) -> None:
-        """CTAs along K of the wheel's few-row W4A16 o / down (their split-K partial sums meet by fp32 atomics in the
-        residual): 0 fills the GPU (W4A16_SPLITS), fewer means fewer atomics and more weights a CTA. Captured graphs
-        re-capture."""
-        if splits < 0:
-            raise TriforceError(f"W4A16 splits must be >= 0 (0: fill the GPU), got {splits}")
-        for layer in self._w4a16_layers(("o", "down")):
-            layer.few_row_splits = int(splits)
-        self.w4a16_splits = int(splits)
-        self.slots.clear()
-
-    def set_w4a16_geglu_rotate(self, on: bool) -> None:
-        """Whether each CTA of the few-row gate/up + GeGLU kernel starts its walk over K at its own group
-        (W4A16_GEGLU_ROTATE). Captured graphs re-capture."""
-        self.w4a16_geglu_rotate = bool(on)
-        self.slots.clear()
-
     def set_qkv_prefetch(self, on: bool) -> None:
         """Whether the fused QKV + RoPE kernel prefetches its weights into L2 before its chain wait (dependent
         launches only; the default is QKV_PREFETCH of the weights' kind). Captured graphs are dropped and
@@ -686,7 +659,7 @@ class Pi05Engine:
                            quant_scale=quant_scale(gu_l))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             if getattr(gu_l, "few_row", None) == "mma":
-                gu_l.geglu_into(h, act, stages=self._geglu_stages(step), rotate=self.w4a16_geglu_rotate)
+                gu_l.geglu_into(h, act, stages=self._geglu_stages(step))
             elif fused_epilogue:
                 fused.gate_up_geglu(h, out=act, **gu_l.few_row_weights)
             else:
