@@ -65,7 +65,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine", "qkv_pairs": QKV_PAIRS}
 SHARED_VARIANTS = (*((f"QKV + RoPE kernel with {n} weight-row pairs a program", {"qkv_pairs": n})
-                     for n in (32, 64, 8) if n != QKV_PAIRS),
+                     for n in (32, 64) if n != QKV_PAIRS),
                    ("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
                     {"qkv_prefetch": "opposite"}))
