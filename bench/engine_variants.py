@@ -16,8 +16,6 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - qkv_prefetch: whether the fused QKV + RoPE kernel asks L2 for its weights before its chain wait: the engine's
   default for its weights (engine.QKV_PREFETCH: int4 on, bf16 off; session 13: Plan B 8.43 vs 8.51 ms, Plan A
   10.72 vs 10.67, *-s13-qkv-prefetch.json) or the opposite.
-- qkv_pairs: weight-row pairs per program of the fused QKV + RoPE kernel (engine.QKV_PAIRS; fewer pairs, more
-  programs).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -54,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.engine import CHAIN_CARVEOUT, QKV_PAIRS, QKV_PREFETCH, W4A16_GEGLU_STAGES  # noqa: E402
+from triforce.runtime.engine import CHAIN_CARVEOUT, QKV_PREFETCH, W4A16_GEGLU_STAGES  # noqa: E402
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
@@ -63,10 +61,8 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma",
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
-                   "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine", "qkv_pairs": QKV_PAIRS}
-SHARED_VARIANTS = (*((f"QKV + RoPE kernel with {n} weight-row pairs a program", {"qkv_pairs": n})
-                     for n in (32, 64) if n != QKV_PAIRS),
-                   ("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
+                   "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine"}
+SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
                     {"qkv_prefetch": "opposite"}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
@@ -90,7 +86,6 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_geglu_stages(settings["w4a16_geglu_stages"])   # a no-op without W4A16 gate/up layers
     prefetch = QKV_PREFETCH[eng.qkv_weight_kind()]
     eng.set_qkv_prefetch(prefetch if settings["qkv_prefetch"] == "engine" else not prefetch)
-    eng.set_qkv_pairs(settings["qkv_pairs"])
 
 
 def main():

@@ -167,11 +167,11 @@ def test_reports_record_the_engine_launch_settings():
 
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
-                           qkv_prefetch=True, qkv_pairs=16)
+                           qkv_prefetch=True)
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
-                        "w4a16_geglu_stages": 8, "qkv_prefetch": True, "qkv_pairs": 16}
+                        "w4a16_geglu_stages": 8, "qkv_prefetch": True}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")

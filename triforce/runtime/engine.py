@@ -89,8 +89,6 @@ W4A16_GEGLU_STAGES = 8
 # (engine_variants-*-s13-qkv-prefetch.json). With every expert layer reading layer 0's weights from L2, Plan B took
 # 8.40 vs 8.50 ms, most of it the QKV weights' (l2_resident_expert-*-s13.json).
 QKV_PREFETCH = {"int4": True, "bf16": False}
-# weight-row pairs per program of the fused QKV + RoPE kernel (its grid: (heads + 2) x head_dim / 2 / pairs)
-QKV_PAIRS = 16
 
 
 def kernel_wheel():
@@ -240,7 +238,6 @@ class Pi05Engine:
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
-        self.qkv_pairs = QKV_PAIRS                                          # set_qkv_pairs
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -288,8 +285,7 @@ class Pi05Engine:
         return {"expert_path": self.expert_path, "overlap_step0": self.overlap_step0,
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
-                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
-                "qkv_pairs": self.qkv_pairs}
+                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -520,14 +516,6 @@ class Pi05Engine:
         self.w4a16_geglu_stages = stages
         self.slots.clear()
 
-    def set_qkv_pairs(self, pairs: int) -> None:
-        """Weight-row pairs per program of the fused QKV + RoPE kernel (QKV_PAIRS; fewer: more programs, each
-        streaming fewer weights). Captured graphs re-capture."""
-        if pairs < 1 or (self.cfg.expert.dim_head // 2) % pairs:
-            raise TriforceError(f"QKV pairs {pairs} must divide half the head dim {self.cfg.expert.dim_head // 2}")
-        self.qkv_pairs = int(pairs)
-        self.slots.clear()
-
     def set_qkv_prefetch(self, on: bool) -> None:
         """Whether the fused QKV + RoPE kernel prefetches its weights into L2 before its chain wait (dependent
         launches only; the default is QKV_PREFETCH of the weights' kind). Captured graphs are dropped and
@@ -659,7 +647,6 @@ class Pi05Engine:
             if fused_epilogue:
                 fused.qkv_rope(h, pos=pos, cos=self.cos, sin=self.sin, q_out=q, k_cache=k_cache, v_cache=v_cache,
                                kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, prefetch=self.qkv_prefetch,
-                               pairs=self.qkv_pairs,
                                **qkv_l.few_row_weights)
             else:
                 fused.rope_qkv(self._call(qkv_l, h, arena), pos, self.cos, self.sin, q, k_cache, v_cache, seq,
