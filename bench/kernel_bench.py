@@ -16,7 +16,6 @@ import json
 import math
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "cutlass_sm110")]
 
+from triforce import report as rep  # noqa: E402
 from triforce.quant import formats  # noqa: E402
 
 SHAPES = [(16384, 2048), (2048, 16384)]  # (N, K): Gemma 2B MLP gate/up and down
@@ -155,13 +155,7 @@ def bench_shape(tk, n: int, k: int, iters: int, l2: int, gen: torch.Generator) -
 
 
 def git_commit(given: str | None) -> str:
-    if given:
-        return given
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no git checkout; pass --commit)"
+    return given or rep.git_commit()
 
 
 def main() -> int:

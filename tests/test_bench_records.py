@@ -34,3 +34,34 @@ def test_bench_summary_prints_a_recorded_run(capsys):
     bench.print_summary(json.loads(record.read_text()))
     out = capsys.readouterr().out
     assert "persistent expert layers" in out and "fused_epilogue time" in out and "28.5x" in out
+
+
+def test_records_name_the_commit_and_a_tree_that_differs_from_it(tmp_path, monkeypatch):
+    """git_commit (every record, image label and wheel): HEAD, '-dirty' once a tracked file (under the given paths)
+    differs from it; untracked files do not count; TRIFORCE_COMMIT overrides (a lent GPU's copy may carry an older
+    .git: its records then said a commit whose code had not run); 'unknown' outside git."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+
+    monkeypatch.delenv("TRIFORCE_COMMIT", raising=False)
+    monkeypatch.setattr(rep, "REPO_ROOT", tmp_path)
+    assert rep.git_commit() == "unknown"
+    git("init", "-q")
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "a.cu").write_text("a")
+    (tmp_path / "notes.md").write_text("n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = git("rev-parse", "HEAD").strip()
+    assert rep.git_commit() == head and rep.git_commit(short=True) == head[:12]
+    (tmp_path / "scratch.txt").write_text("untracked")
+    assert rep.git_commit() == head
+    (tmp_path / "notes.md").write_text("edited")
+    assert rep.git_commit() == head + "-dirty"
+    assert rep.git_commit(paths=("kernels",)) == head          # the change is outside the paths asked about
+    (tmp_path / "kernels" / "a.cu").write_text("b")
+    assert rep.git_commit(paths=("kernels",)) == head + "-dirty"
+    monkeypatch.setenv("TRIFORCE_COMMIT", "abc1234")
+    assert rep.git_commit() == "abc1234"

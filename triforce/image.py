@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import io
 import re
-import subprocess
 import tarfile
 import tomllib
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import container
+from . import container, report
 from .errors import TriforceError, UnsupportedError
 from .targets import Target, get_target
 
@@ -66,15 +65,8 @@ def _requirement_name(req: str) -> str:
 
 
 def git_commit() -> str:
-    """The checkout's commit, '-dirty' when the tree has uncommitted changes ('unknown' outside git)."""
-    def git(*args):
-        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True)
-
-    head = git("rev-parse", "--short=12", "HEAD")
-    if head.returncode != 0:
-        return "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    return head.stdout.strip() + ("-dirty" if dirty else "")
+    """The commit an image is labelled with: the checkout's, short, '-dirty' with uncommitted changes."""
+    return report.git_commit(short=True)
 
 
 def make_spec(target_name: str, base_image: str | None = None, tag: str | None = None,

@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from . import cutlass, sass
+from . import cutlass, report, sass
 from .errors import TriforceError, UnsupportedError
 from .manifest import WheelRecord, sha256_of, write_manifest
 from .targets import KNOWN_ARCHS, arch_family, get_target, tensor_core_sass_for, validate_arch
@@ -313,16 +313,8 @@ def _platform_tag() -> str:
 
 
 def _git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=30)
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "cutlass_sm110", "patches"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except OSError:
-        return "unknown"
+    """The wheel's commit: '-dirty' when its sources (cutlass_sm110, patches) differ from it."""
+    return report.git_commit(paths=("cutlass_sm110", "patches"))
 
 
 def _record_line(arcname: str, data: bytes) -> str:

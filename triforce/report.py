@@ -14,20 +14,30 @@ from pathlib import Path
 
 RANDOM_WEIGHTS_NOTE = "synthetic (random) weights: no activation outliers, so quantization error is optimistic vs a real checkpoint"
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 # Exit codes every validation script uses (documented in the README).
 EXIT_PASS, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_NO_GPU = 0, 1, 2, 4
 
 
-def git_commit() -> str:
-    """The checkout's HEAD; TRIFORCE_COMMIT names it where the tree travelled without .git (a lent GPU)."""
+def git_commit(short: bool = False, paths: tuple = ()) -> str:
+    """The checkout's HEAD, '-dirty' when tracked files (under `paths`, or anywhere) differ from it, so a record
+    never names a commit its code was not; TRIFORCE_COMMIT names it where the tree travelled without its own git
+    (a lent GPU, whose copy may carry an older .git); 'unknown' outside git."""
     if os.environ.get("TRIFORCE_COMMIT"):
         return os.environ["TRIFORCE_COMMIT"]
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30)
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent.parent)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        head = git("rev-parse", *(["--short=12"] if short else []), "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def now_utc() -> str:
