@@ -78,8 +78,8 @@ def write_json(path: Path, payload: dict) -> Path:
 
 
 def write_record(out_dir, name: str, payload: dict) -> Path:
-    """A stamped benchmark record (payload carries stamp()'s fields) at <out_dir>/<name>-<gpu>-<date>.json."""
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", payload["device"]["gpu"] or "gpu").strip("-").lower()
+    """A stamped benchmark record (payload carries stamp()'s fields) at <out_dir>/<name>-<gpu, or cpu>-<date>.json."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", payload["device"]["gpu"] or "cpu").strip("-").lower()
     return write_json(Path(out_dir) / f"{name}-{gpu}-{payload['date'][:10]}.json", payload)
 
 
