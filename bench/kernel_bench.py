@@ -154,10 +154,6 @@ def bench_shape(tk, n: int, k: int, iters: int, l2: int, gen: torch.Generator) -
     return rows
 
 
-def git_commit(given: str | None) -> str:
-    return given or rep.git_commit()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=100, help="timed runs per case (median; at least 50)")
@@ -215,7 +211,7 @@ def main() -> int:
     result = {
         "device": props.name, "compute_capability": f"{props.major}.{props.minor}", "sm_count": props.multi_processor_count,
         "date": now.isoformat(timespec="seconds"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": git_commit(args.commit), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "git_commit": args.commit or rep.git_commit(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "host": platform.node(), "kernel_family": tk.family(), "iters": args.iters,
         "timing": ("*_ms: CUDA-graph replays of 2x(weight copies) calls timed with CUDA events after warm-up, median "
                    "replay / calls; *_eager_ms: CUDA events around one Python call, median; weights rotated over "

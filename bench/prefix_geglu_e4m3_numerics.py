@@ -60,6 +60,8 @@ def main():
     ap = rep.bench_parser(__doc__)
     ap.add_argument("--observations", type=int, default=3, help="observations (each a CPU inference per variant)")
     a = ap.parse_args()
+    if a.observations < 1:
+        ap.error(f"--observations must be at least 1, got {a.observations}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     policy = Policy.load(f"synthetic:{STANDARD['config']}", STANDARD["config"], plan="ref", device="cpu")
     model, cfg = policy.backend.model, policy.config

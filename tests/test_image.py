@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from triforce import image
+from triforce import image, report
 from triforce.errors import TriforceError, UnsupportedError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_thor_dockerfile_is_right_for_ngc_arm64():
     text = image.render_dockerfile(image.make_spec("thor"))
     from_lines = [line for line in text.splitlines() if line.startswith("FROM")]
     assert from_lines == ["FROM --platform=linux/arm64 nvcr.io/nvidia/pytorch:25.09-py3"]
-    commit = image.git_commit()
+    commit = report.git_commit(short=True)
     for label in ['org.triforce.target="thor"', 'org.triforce.arch="sm_110a"', 'org.triforce.platform="linux/arm64"',
                   f'org.triforce.commit="{commit}"']:
         assert label in text

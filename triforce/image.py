@@ -64,11 +64,6 @@ def _requirement_name(req: str) -> str:
     return re.split(r"[\s<>=!~;\[@]", req, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def git_commit() -> str:
-    """The commit an image is labelled with: the checkout's, short, '-dirty' with uncommitted changes."""
-    return report.git_commit(short=True)
-
-
 def make_spec(target_name: str, base_image: str | None = None, tag: str | None = None,
               ca_bundle: str | None = None) -> ImageSpec:
     target = get_target(target_name)
@@ -78,7 +73,7 @@ def make_spec(target_name: str, base_image: str | None = None, tag: str | None =
     if bundle is not None and not bundle.is_file():
         raise TriforceError(f"CA bundle {bundle} not found: pass an existing PEM file to --ca-bundle or leave it out")
     return ImageSpec(target=target, base_image=base_image or target.base_image, tag=tag or default_tag(target.name),
-                     commit=git_commit(), ca_bundle=bundle)
+                     commit=report.git_commit(short=True), ca_bundle=bundle)
 
 
 def render_dockerfile(spec: ImageSpec) -> str:

@@ -312,11 +312,6 @@ def _platform_tag() -> str:
     return sysconfig.get_platform().replace("-", "_").replace(".", "_")
 
 
-def _git_commit() -> str:
-    """The wheel's commit: '-dirty' when its sources (cutlass_sm110, patches) differ from it."""
-    return report.git_commit(paths=("cutlass_sm110", "patches"))
-
-
 def _record_line(arcname: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"{arcname},sha256={digest},{len(data)}"
@@ -423,7 +418,7 @@ def build(arch: str | None = None, jobs: int = 0, cutlass_dir: Path | None = Non
     identity = {"package": spec.name, "version": version, "arch": arch, "compute_capability": KNOWN_ARCHS[arch],
                 "cuda_version": tc.version, "cutlass_version": stamp["cutlass_version"], "cutlass_patch_stamp": stamp,
                 "torch_version": torch.__version__, "python_tag": py, "platform_tag": plat,
-                "git_commit": _git_commit(), "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "git_commit": report.git_commit(paths=("cutlass_sm110", "patches")), "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     build_info = dict(identity, family=family, units=[u.name for u in units],
                       sass_gate={"passed": True, "gemm_kernels": len(report.gemm), "opcodes": report.opcode_counts()})
     files = _package_files(spec, so_path, build_info)

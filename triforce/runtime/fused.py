@@ -407,10 +407,8 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, QSCALE, R, T, qk_scale, stride_q, st
         v = tl.load(V + cols[:, None] * stride_v + d[None, :], mask=cmask[:, None], other=0.0)
         bias = tl.load(BIAS + cols, mask=cmask, other=float("-inf")).to(tl.float32)
         m_i, l_i, acc = online_softmax_step(q, k, v, bias, m_i, l_i, acc, qk_scale, DOT_F32)
-    out = acc / l_i[:, None]
-    if QUANT:   # E4M3 for an FP8 o projection (static per-tensor scale)
-        out = e4m3_range(out, QSCALE)
-    tl.store(O + rows[:, None] * stride_o + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
+    _store_attention_part(O + rows[:, None] * stride_o + d[None, :], acc / l_i[:, None], QSCALE, rmask[:, None],
+                          QUANT)
 
 
 @triton.jit
@@ -469,6 +467,7 @@ def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_
 
 @triton.jit
 def _store_attention_part(ptrs, out, QSCALE, mask, QUANT: tl.constexpr):
+    """An attention output tile: bf16, or E4M3 for an FP8 o projection (static per-tensor scale)."""
     if QUANT:   # E4M3 for an FP8 o projection (static per-tensor scale)
         out = e4m3_range(out, QSCALE)
     tl.store(ptrs, out.to(ptrs.dtype.element_ty), mask=mask)
