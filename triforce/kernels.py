@@ -28,9 +28,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from . import cutlass, report, sass
+from . import cutlass, sass
 from .errors import TriforceError, UnsupportedError
 from .manifest import WheelRecord, sha256_of, write_manifest
+from .report import git_commit
 from .targets import KNOWN_ARCHS, arch_family, get_target, tensor_core_sass_for, validate_arch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -418,7 +419,8 @@ def build(arch: str | None = None, jobs: int = 0, cutlass_dir: Path | None = Non
     identity = {"package": spec.name, "version": version, "arch": arch, "compute_capability": KNOWN_ARCHS[arch],
                 "cuda_version": tc.version, "cutlass_version": stamp["cutlass_version"], "cutlass_patch_stamp": stamp,
                 "torch_version": torch.__version__, "python_tag": py, "platform_tag": plat,
-                "git_commit": report.git_commit(paths=("cutlass_sm110", "patches")), "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "git_commit": git_commit(paths=("cutlass_sm110", "patches")),  # '-dirty': its sources differ
+                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     build_info = dict(identity, family=family, units=[u.name for u in units],
                       sass_gate={"passed": True, "gemm_kernels": len(report.gemm), "opcodes": report.opcode_counts()})
     files = _package_files(spec, so_path, build_info)
