@@ -16,6 +16,9 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - qkv_prefetch: whether the fused QKV + RoPE kernel asks L2 for its weights before its chain wait: the engine's
   default for its weights (engine.QKV_PREFETCH: int4 on, bf16 off; session 13: Plan B 8.43 vs 8.51 ms, Plan A
   10.72 vs 10.67, *-s13-qkv-prefetch.json) or the opposite.
+- e4m3_outputs: the stages whose FP8 GEMM before an elementwise kernel writes E4M3 under a calibrated output scale
+  (quant.quantize.E4M3_OUTPUTS: SigLIP's fc1 before its GELU, the prefix's gate/up before its GeGLU) instead of
+  bf16; "engine" is every stage whose checkpoint has the scales.
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -61,7 +64,8 @@ from triforce.workload import STANDARD, cosine, random_noise, random_observation
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma",
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
-                   "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine"}
+                   "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
+                   "e4m3_outputs": "engine"}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
                     {"qkv_prefetch": "opposite"}))
@@ -72,6 +76,9 @@ VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the p
                    "beside the prefix; carveout 100%; gate/up 8 stages in steps 1-9)", ENGINE_DEFAULTS),
                   ("W4A16 gate/up + GeGLU with the default 4-stage pipeline",
                    {**ENGINE_DEFAULTS, "w4a16_geglu_stages": 0}),
+                  ("prefix gate/up and SigLIP fc1 write bf16 (no E4M3 outputs)", {**ENGINE_DEFAULTS, "e4m3_outputs": ()}),
+                  ("only the prefix gate/up writes E4M3", {**ENGINE_DEFAULTS, "e4m3_outputs": ("prefix",)}),
+                  ("only SigLIP fc1 writes E4M3", {**ENGINE_DEFAULTS, "e4m3_outputs": ("vision",)}),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS))}
 
 
@@ -86,6 +93,8 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_geglu_stages(settings["w4a16_geglu_stages"])   # a no-op without W4A16 gate/up layers
     prefetch = QKV_PREFETCH[eng.qkv_weight_kind()]
     eng.set_qkv_prefetch(prefetch if settings["qkv_prefetch"] == "engine" else not prefetch)
+    outputs = settings["e4m3_outputs"]
+    eng.set_e4m3_outputs(tuple(eng.e4m3_output_layers()) if outputs == "engine" else outputs)
 
 
 def main():

@@ -114,8 +114,17 @@ gcs = torch.rand(80) + 0.5
 gs = gu.float() * gcs
 check("geglu with deferred channel scales", fused.geglu(gu, torch.empty(3, 40, dtype=torch.bfloat16), channel_scale=gcs),
       F.gelu(gs[:, :40], approximate="tanh") * gs[:, 40:], 1e-2)
+# an FP8 gate/up GEMM that wrote E4M3 (quant.quantize.E4M3_OUTPUTS): its output scale rides in the channel scales
+gu8 = (torch.randn(3, 80) * 40).to(torch.float8_e4m3fn)
+gs8 = gu8.float() * gcs * 0.02
+check("geglu reading E4M3", fused.geglu(gu8, torch.empty(3, 40, dtype=torch.bfloat16), channel_scale=gcs * 0.02),
+      F.gelu(gs8[:, :40], approximate="tanh") * gs8[:, 40:], 1e-2)
 h = torch.randn(4, 64).bfloat16()
 check("gelu", fused.gelu(h, torch.empty_like(h)), F.gelu(h.float(), approximate="tanh"), 1e-2)
+h8, hcs, hb = (torch.randn(4, 64) * 40).to(torch.float8_e4m3fn), torch.rand(64) * 0.05, torch.randn(64).bfloat16()
+check("gelu reading E4M3 (deferred scales and bias)", fused.gelu(h8, torch.empty(4, 64, dtype=torch.bfloat16),
+                                                                 channel_scale=hcs, bias=hb),
+      F.gelu(h8.float() * hcs + hb.float(), approximate="tanh"), 1e-2)
 # one step: bf16 inputs times 3 land on exact E4M3 ties, which the interpreter rounds away from zero (cvt.rn: to even)
 check_fp8("quantize_fp8 (an unfused producer's output)",
           fused.quantize_fp8(h, torch.empty(4, 64, dtype=torch.float8_e4m3fn), torch.tensor([3.0])),

@@ -161,17 +161,41 @@ def test_qkv_prefetch_default_follows_the_qkv_weight_kind():
     assert stub.qkv_prefetch is False and not stub.slots                        # graphs re-capture
 
 
+def test_e4m3_outputs_are_set_per_stage_and_refused_without_scales():
+    """set_e4m3_outputs: the named stages' output-scaled layers write E4M3, the others bf16; the default is every
+    stage that has them; a stage without them is refused and changes nothing."""
+    class Layer:
+        def __init__(self, scaled):
+            self.output_scale, self.e4m3 = (1.0 if scaled else None), None
+
+        def write_e4m3(self, on):
+            self.e4m3 = on
+
+    stub = SimpleNamespace(vision_layers=[{"fc1": Layer(True)}, {"fc1": Layer(True)}],
+                           prefix_layers=[{"gate_up": Layer(True)}, {"gate_up": Layer(False)}], slots={"graph": 1})
+    stub.e4m3_output_layers = lambda: Pi05Engine.e4m3_output_layers(stub)
+    assert {k: len(v) for k, v in stub.e4m3_output_layers().items()} == {"vision": 2, "prefix": 1}
+    Pi05Engine.set_e4m3_outputs(stub, ("prefix",))
+    assert stub.e4m3_outputs == ("prefix",) and not stub.slots
+    assert [l["fc1"].e4m3 for l in stub.vision_layers] == [False, False]
+    assert [l["gate_up"].e4m3 for l in stub.prefix_layers] == [True, None]      # the unscaled layer is left alone
+    stub.vision_layers = [{"fc1": Layer(False)}]
+    with pytest.raises(TriforceError, match="E4M3 GEMM outputs in vision: no FP8 layer there has a calibrated"):
+        Pi05Engine.set_e4m3_outputs(stub, ("vision", "prefix"))
+    assert stub.e4m3_outputs == ("prefix",)
+
+
 def test_reports_record_the_engine_launch_settings():
     """Both validation reports take the engine's settings from launch_settings(); the Plan A note reads them."""
     from triforce.checks.plan_a import _denoise_note
 
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
-                           qkv_prefetch=True)
+                           qkv_prefetch=True, e4m3_outputs=("prefix",))
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
-                        "w4a16_geglu_stages": 8, "qkv_prefetch": True}
+                        "w4a16_geglu_stages": 8, "qkv_prefetch": True, "e4m3_outputs": ("prefix",)}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")

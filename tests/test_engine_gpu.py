@@ -156,6 +156,53 @@ def test_qkv_weight_prefetch_is_the_int4_default_and_keeps_the_actions(policies)
             eng.set_qkv_prefetch(QKV_PREFETCH[kind])
 
 
+def test_scaled_mm_writes_e4m3_under_scale_result_and_saturates():
+    """What Fp8Linear.write_e4m3 relies on: torch._scaled_mm with scale_result and an E4M3 output stores
+    e4m3(scale_a * scale_b * (a b^T) * scale_result), and a product beyond 448 saturates to +-448 instead of NaN."""
+    from triforce.quant import formats as fm
+
+    torch.manual_seed(0)
+    a = (torch.randn(64, 256, device="cuda") * 2).to(torch.float8_e4m3fn)
+    b = (torch.randn(128, 256, device="cuda") * 2).to(torch.float8_e4m3fn)
+    scale_a, one = torch.tensor(0.5, device="cuda"), torch.ones((), device="cuda")
+    exact = a.float() @ b.float().T * 0.5
+    for inv_out in (1 / float(exact.abs().max()) * 400, 1 / float(exact.abs().max()) * 2000):   # fits; overflows
+        got = torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=one, scale_result=torch.tensor(inv_out, device="cuda"),
+                               out_dtype=torch.float8_e4m3fn).float()
+        want = fm.e4m3_saturate(exact * inv_out).float()
+        assert torch.isfinite(got).all() and float(got.abs().max()) <= 448
+        steps = (got - want).abs() > want.abs() / 8 + 2 ** -8        # within one E4M3 step (fp32 summation order)
+        assert int(steps.sum()) == 0
+        if inv_out * float(exact.abs().max()) > 448:
+            assert int((got.abs() == 448).sum()) >= 1
+
+
+def test_e4m3_gemm_outputs_keep_the_actions():
+    """Plan B's prefix gate/up and SigLIP fc1 writing E4M3 under their calibrated output scales (the default where
+    the checkpoint has them) against the same layers writing bf16: the same actions within E4M3 rounding; either
+    stage alone; a stage without such layers (Plan A) is refused."""
+    _load_devbuild()
+    b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
+    eng = b.backend
+    assert eng.launch_settings()["e4m3_outputs"] == ("vision", "prefix")
+    assert eng.prefix_layers[0]["gate_up"](torch.zeros(16, TINY.prefix.width, dtype=torch.float8_e4m3fn, device="cuda")).dtype \
+        == torch.float8_e4m3fn
+    rng = np.random.default_rng(12)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    default = b.infer(obs, noise)
+    try:
+        for stages in ((), ("prefix",), ("vision",)):
+            eng.set_e4m3_outputs(stages)
+            assert eng.launch_settings()["e4m3_outputs"] == stages
+            assert cosine(b.infer(obs, noise), default) >= 0.999, stages
+    finally:
+        eng.set_e4m3_outputs(("vision", "prefix"))
+    assert cosine(b.infer(obs, noise), default) >= 0.99999
+    a = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="a").backend
+    with pytest.raises(TriforceError, match="E4M3 GEMM outputs in prefix: no FP8 layer there"):
+        a.set_e4m3_outputs(("prefix",))
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] in (10, 11), reason="Blackwell runs NVFP4")
 def test_nvfp4_refused_on_this_gpu():
     with pytest.raises(UnsupportedError, match="NVFP4 needs Blackwell.*this GPU is"):

@@ -188,6 +188,25 @@ def test_fp8_activation_scale():
             fmt.fp8_activation_scale(bad)
 
 
+def test_fp8_output_scale_divides_out_the_weight_scales_and_skips_zero_rows():
+    # channel 1's raw GEMM output is 6 / 0.5 = 12, the largest; channel 2's weight row is all zero (scale 0)
+    got = fmt.fp8_output_scale(torch.tensor([4.0, 6.0, 9.0]), torch.tensor([1.0, 0.5, 0.0]), headroom=4.0)
+    assert got.dtype == torch.float32 and got.shape == (1,)
+    assert float(got) == pytest.approx(4.0 * 12.0 / 448.0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: fmt.fp8_output_scale(torch.ones(3), torch.ones(4), 4.0), "3,.*channel abs-maxes for .*4,"),
+    (lambda: fmt.fp8_output_scale(torch.ones(3), torch.ones(3), 0.5), "headroom must be >= 1"),
+    (lambda: fmt.fp8_output_scale(torch.zeros(3), torch.ones(3), 4.0), "finite and > 0, got 0.0"),
+    (lambda: fmt.fp8_output_scale(torch.ones(2), torch.zeros(2), 4.0), "finite and > 0, got 0.0"),
+    (lambda: fmt.fp8_output_scale(torch.tensor([1.0, math.inf]), torch.ones(2), 4.0), "finite and > 0, got inf"),
+])
+def test_fp8_output_scale_bad_input_raises(call, match):
+    with pytest.raises(TriforceError, match=match):
+        call()
+
+
 # ── NVFP4 ─────────────────────────────────────────────────────────────────────────────────────────────────────────
 @pytest.mark.parametrize("x, code", [
     (0.0, 0), (0.25, 0), (0.2501, 1), (0.5, 1), (0.75, 2), (1.25, 2), (1.26, 3), (1.75, 4), (2.5, 4), (2.51, 5),

@@ -95,6 +95,49 @@ def test_quantized_checkpoint_round_trips(quantized):
     assert "gemm.expert.0.gate_up.input_scale" not in tensors
 
 
+def test_e4m3_output_layers_store_a_calibrated_output_scale(quantized):
+    """The prefix's gate/up and SigLIP's fc1 (FP8, before GeGLU / GELU) store output_scale = headroom x the raw GEMM
+    output's calibrated abs-max / 448; the raw outputs of the calibration rows then fit E4M3 with that headroom."""
+    from triforce.quant.calibrate import calibrate
+    from triforce.quant.quantize import E4M3_OUTPUT_HEADROOM
+    from triforce.runtime.model import ReferencePi05
+
+    out, _ = quantized
+    _, tensors, meta = read_quantized(TINY, out / "model.safetensors")
+    want = sorted([f"prefix.{i}.gate_up" for i in range(TINY.prefix.depth)] +
+                  [f"vision.{i}.fc1" for i in range(TINY.vision.depth)])
+    assert meta["output_scaled"] == want
+    assert {k for k in tensors if k.endswith(".output_scale")} == {f"gemm.{lid}.output_scale" for lid in want}
+    stats = calibrate(ReferencePi05(TINY, load_state(write_synthetic(TINY), TINY)), TINY, 2)   # the fixture's run
+    for lid in ("prefix.1.gate_up", "vision.0.fc1"):
+        t = lambda n: tensors[f"gemm.{lid}.{n}"].float()  # noqa: E731
+        raw_amax = (stats.out_chan_amax[lid] / t("weight_scale")).max()
+        assert float(t("output_scale")) == pytest.approx(float(E4M3_OUTPUT_HEADROOM * raw_amax / 448), rel=1e-6)
+        # what the GEMM computes before its deferred channel scales, on the calibration rows
+        x = stats.samples[lid]
+        xq = fm.quantize_fp8_activation(x, 1 / t("input_scale")).float() * t("input_scale")
+        raw = xq @ t("weight").T
+        assert float(raw.abs().max() / t("output_scale")) <= 448 / E4M3_OUTPUT_HEADROOM * 1.1
+        assert float(raw.abs().max() / t("output_scale")) >= 448 / E4M3_OUTPUT_HEADROOM / 4   # a tight range
+
+
+def test_quantized_checkpoint_without_output_scales_still_loads(quantized, tmp_path):
+    """A checkpoint written before E4M3 outputs (no output_scaled list, no output_scale tensors) reads: its layers
+    write bf16; but one listing them without the tensors is refused."""
+    out, _ = quantized
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    tensors = {k: v for k, v in load_file(str(old / "model.safetensors")).items() if not k.endswith(".output_scale")}
+    save_file(tensors, str(old / "model.safetensors"))
+    with pytest.raises(TriforceError, match=r"missing \(gemm\.prefix\.0\.gate_up\.output_scale"):
+        read_quantized(TINY, old / "model.safetensors")
+    meta = json.loads((old / "recipe.json").read_text())
+    del meta["output_scaled"]
+    (old / "recipe.json").write_text(json.dumps(meta))
+    _, read, _ = read_quantized(TINY, old / "model.safetensors")
+    assert not any(k.endswith(".output_scale") for k in read)
+
+
 def test_quantized_checkpoint_of_another_config_is_refused(quantized, tmp_path):
     out, _ = quantized
     bad = tmp_path / "bad"

@@ -1,5 +1,6 @@
 """Calibration: run the reference model on observations and keep, per GEMM layer (engine ids, engine-domain
-inputs), the activation abs-max (FP8/NVFP4 scales), the per-channel mean |x| (AWQ) and a sample of rows."""
+inputs), the activation abs-max (FP8/NVFP4 scales), the per-channel mean |x| (AWQ) and a sample of rows; and for
+the layers whose output the engine writes in E4M3 (quantize.E4M3_OUTPUTS), the per-channel abs-max of that output."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class ActivationStats:
         self.amax: dict = {}
         self.chan_amax: dict = {}
         self.divisor: dict = {}    # AWQ: the layer reads x / s; set when its weights are smoothed
+        self.out_chan_amax: dict = {}
+        self.out_divisor: dict = {}  # AWQ: the layer's output channels divided by s (the next layer's smoothing)
         self.abs_sum: dict = {}
         self.count: dict = {}
         self.samples: dict = {}
@@ -36,6 +39,24 @@ class ActivationStats:
         pick = torch.randperm(x.shape[0], generator=self.gen)[: self.sample_rows]
         rows = torch.cat([self.samples.get(layer_id, x[:0].cpu()), x[pick.to(x.device)].cpu()])
         self.samples[layer_id] = rows[-self.sample_rows:]
+
+    def output(self, layer_id: str, y: torch.Tensor):
+        """The layer's real output (bias excluded): only its per-channel abs-max is kept."""
+        y = y.detach().float().reshape(-1, y.shape[-1])
+        if not torch.isfinite(y).all():
+            raise TriforceError(f"calibration: non-finite activations at the output of {layer_id} (weights with inf/NaN?)")
+        cmax = y.abs().amax(0).cpu()
+        self.out_chan_amax[layer_id] = torch.maximum(self.out_chan_amax.get(layer_id, cmax), cmax)
+
+    def smooth_output(self, layer_id: str, s: torch.Tensor) -> None:
+        """Record that the layer's output channels are now divided by s (its weight rows were)."""
+        self.out_divisor[layer_id] = s.float().cpu()
+
+    def output_chan_amax(self, layer_id: str):
+        """Per-channel abs-max of the layer's output as the smoothed weights produce it, or None if never seen."""
+        if layer_id not in self.out_chan_amax:
+            return None
+        return self.out_chan_amax[layer_id] / self.out_divisor.get(layer_id, 1.0)
 
     def mean_abs(self, layer_id: str) -> torch.Tensor:
         return self.abs_sum[layer_id] / self.count[layer_id]

@@ -178,6 +178,20 @@ def fp8_activation_scale(amax: float) -> torch.Tensor:
     return torch.tensor([amax / FP8_E4M3_MAX], dtype=torch.float32)
 
 
+def fp8_output_scale(chan_amax: torch.Tensor, weight_scale: torch.Tensor, headroom: float) -> torch.Tensor:
+    """Per-tensor scale of an FP8 GEMM's E4M3 output, whose per-channel weight scales are deferred: the GEMM writes
+    y_c / weight_scale_c / scale, so scale = headroom * max_c(chan_amax_c / weight_scale_c) / 448 (fp32 tensor [1]).
+    chan_amax: the calibrated per-channel abs-max of the layer's real output (bias excluded); all-zero weight rows
+    (scale 0) output 0 and are skipped. headroom >= 1 leaves room above the calibrated range."""
+    _require(chan_amax.shape == weight_scale.shape, f"fp8_output_scale: {tuple(chan_amax.shape)} channel abs-maxes "
+                                                    f"for {tuple(weight_scale.shape)} weight scales")
+    _require(headroom >= 1, f"fp8_output_scale: headroom must be >= 1, got {headroom}")
+    live = weight_scale > 0
+    amax = float((chan_amax.float()[live] / weight_scale.float()[live]).max()) if live.any() else 0.0
+    _require(math.isfinite(amax) and amax > 0, f"fp8_output_scale: the raw output abs-max must be finite and > 0, got {amax}")
+    return torch.tensor([headroom * amax / FP8_E4M3_MAX], dtype=torch.float32)
+
+
 def quantize_fp8_activation(x: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
     """Activations (any shape) -> float8_e4m3fn = saturate(x * inv_scale), x taken in fp32."""
     return e4m3_saturate(x.float() * inv_scale.float().reshape(()))

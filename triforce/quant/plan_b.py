@@ -73,20 +73,35 @@ class Fp8Linear:
         # Deferred: cuBLASLt runs its per-tensor-scaled FP8 kernel and the consumer kernel (RoPE, GeGLU, attention,
         # residual add) multiplies the per-output-channel weight scales and adds the bias (the row-wise scaled kernel
         # measured 0.87-1.2x bf16, per-tensor 1.26-1.72x: bench/results/fp8_gemm-*-s12.json).
-        self.output_channel_scale = self.weight_scale.view(-1).contiguous() if defer_channel_scale else None
+        self.deferred = defer_channel_scale
         self._one = torch.ones((), device="cuda")
         self.input_scale = t["input_scale"].cuda().float().view(1)
         self.input_quant_scale = (1.0 / self.input_scale).contiguous()
         self.bias = t["bias"].cuda() if "bias" in t else None
         self.output_bias = self.bias if defer_channel_scale else None
+        # a layer that stores an output_scale (quantize.E4M3_OUTPUTS) writes E4M3 for the kernel after it
+        self.output_scale = t["output_scale"].cuda().float().view(()) if "output_scale" in t else None
+        self.write_e4m3(self.output_scale is not None)
         self._scale_a: dict = {}
         self.nbytes = self.weight.numel() + self.weight_scale.numel() * 4
+
+    def write_e4m3(self, on: bool) -> None:
+        """Whether the GEMM writes its output in E4M3 under its calibrated output_scale (cuBLASLt multiplies the
+        result by 1 / output_scale; the consumer's channel scales carry output_scale back) or in bf16."""
+        if on and (self.output_scale is None or not self.deferred):
+            raise TriforceError("this FP8 layer has no calibrated output_scale with deferred channel scales: it "
+                                "cannot write E4M3")
+        self.output_dtype = FP8 if on else BF16
+        self._scale_result = (1.0 / self.output_scale).contiguous() if on else None
+        self.output_channel_scale = ((self.weight_scale.view(-1) * self.output_scale) if on else
+                                     self.weight_scale.view(-1)).contiguous() if self.deferred else None
 
     def __call__(self, x):
         if x.dtype != FP8:                                      # an unfused producer (cuBLAS/FlashAttention output)
             x = fused.quantize_fp8(x.contiguous(), torch.empty(x.shape, dtype=FP8, device=x.device), self.input_quant_scale)
-        if self.output_channel_scale is not None:
-            return torch._scaled_mm(x, self.weight.t(), scale_a=self.input_scale.view(()), scale_b=self._one, out_dtype=BF16)
+        if self.deferred:
+            return torch._scaled_mm(x, self.weight.t(), scale_a=self.input_scale.view(()), scale_b=self._one,
+                                    scale_result=self._scale_result, out_dtype=self.output_dtype)
         rows = x.shape[0]
         if rows not in self._scale_a:
             self._scale_a[rows] = self.input_scale.expand(rows, 1).contiguous()
@@ -337,7 +352,7 @@ def stage_bytes(tensors: dict, plan: dict, bf16: bool = False) -> dict:
             k = n[1] * (1 if plan[lid] in ("bf16", "fp8") else 2)
             size = n[0] * k * 2
         else:
-            size = sum(v.numel() * v.element_size() for k, v in mine.items() if not k.endswith((".bias", ".channel_scale")))
+            size = sum(v.numel() * v.element_size() for k, v in mine.items() if not k.endswith((".bias", ".channel_scale", ".output_scale")))
         out[stage] = out.get(stage, 0) + size
     return out
 

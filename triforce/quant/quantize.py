@@ -20,6 +20,17 @@ from .recipes import layer_ids
 FORMAT = "triforce-quantized-v1"
 AWQ_ALPHAS = [i / 10 for i in range(11)]
 SMOOTHED = ("w4a16", "nvfp4")   # precisions whose weights get AWQ-style smoothing
+# FP8 layers whose output the engine writes in E4M3 for the elementwise kernel after them (the prefix's gate/up for
+# its GeGLU, SigLIP's fc1 for its GELU): half the bytes that kernel reads. They store a per-tensor output_scale from
+# the calibrated output range times this headroom (E4M3 is floating point: the headroom costs no relative precision,
+# only the smallest values' subnormal range; cuBLASLt saturates what still overflows).
+E4M3_OUTPUTS = {"prefix": ("gate_up",), "vision": ("fc1",)}
+E4M3_OUTPUT_HEADROOM = 4.0
+
+
+def writes_e4m3_output(layer_id: str, precision: str) -> bool:
+    stage, _, name = layer_id.split(".")
+    return precision == "fp8" and name in E4M3_OUTPUTS.get(stage, ())
 
 
 # ── the engine-form weights ───────────────────────────────────────────────────────────────────────────────────────
@@ -101,6 +112,7 @@ def smooth_layer_group(weights: dict, plan: dict, stats, stage: str, i: int, hea
         s = awq_scale(weights[lid("down")][0], stats.samples[lid("down")], stats.mean_abs(lid("down")), plan[lid("down")])
         gu = weights[lid("gate_up")][0]
         gu[gu.shape[0] // 2:] /= s[:, None]
+        stats.smooth_output(lid("gate_up"), torch.cat([torch.ones_like(s), s]))
         weights[lid("down")][0].mul_(s[None, :])
         stats.smooth(lid("down"), s)
     for name in ("qkv", "gate_up"):
@@ -134,14 +146,20 @@ def smooth_vision_layer(weights: dict, plan: dict, stats, i: int) -> dict:
 
 
 # ── per-precision tensors ─────────────────────────────────────────────────────────────────────────────────────────
-def quantize_layer(lid: str, precision: str, weight, bias, amax: float | None, channel_scale) -> dict:
-    """The stored tensors of one layer, named gemm.<layer id>.<tensor>."""
+def quantize_layer(lid: str, precision: str, weight, bias, amax: float | None, channel_scale,
+                   out_chan_amax=None) -> dict:
+    """The stored tensors of one layer, named gemm.<layer id>.<tensor> (out_chan_amax: the calibrated per-channel
+    output abs-max of a layer that writes E4M3, writes_e4m3_output)."""
     out = {}
     if precision == "bf16":
         out["weight"] = weight.to(torch.bfloat16)
     elif precision == "fp8":
         q, scale = fm.quantize_fp8_weight(weight)
         out.update(weight=q, weight_scale=scale, input_scale=fm.fp8_activation_scale(_checked_amax(lid, amax)))
+        if writes_e4m3_output(lid, precision):
+            if out_chan_amax is None:
+                raise TriforceError(f"no calibrated output range for {lid} (it writes E4M3)")
+            out["output_scale"] = fm.fp8_output_scale(out_chan_amax, scale.cpu(), E4M3_OUTPUT_HEADROOM)
     elif precision == "w4a16":
         packed, scales = fm.quantize_int4_g128(weight)
         out.update(qweight=packed, scales=scales)
@@ -180,7 +198,8 @@ def quantize_state(cfg: ModelConfig, state: dict, plan: dict, stats, device: str
             channel = (smooth_vision_layer(weights, plan, stats, i) if stage == "vision" else
                        smooth_layer_group(weights, plan, stats, stage, i, tower.num_heads, tower.dim_head))
             for lid, (w, b) in weights.items():
-                out.update(quantize_layer(lid, plan[lid], w, b, stats.input_amax(lid), channel.get(lid)))
+                out.update(quantize_layer(lid, plan[lid], w, b, stats.input_amax(lid), channel.get(lid),
+                                          stats.output_chan_amax(lid)))
     return out
 
 
@@ -195,7 +214,13 @@ def expected_quantized(cfg: ModelConfig, plan: dict, meta: dict) -> set:
             names.add(f"gemm.{lid}.bias")
         if lid in meta.get("channel_scaled", []):
             names.add(f"gemm.{lid}.channel_scale")
+        if lid in meta.get("output_scaled", []):   # absent from checkpoints written before E4M3 outputs
+            names.add(f"gemm.{lid}.output_scale")
     return names
+
+
+def _layers_with(tensors: dict, name: str) -> list:
+    return sorted(k.split(".", 1)[1].rsplit(".", 1)[0] for k in tensors if k.endswith(f".{name}"))
 
 
 def write_quantized(out_dir: Path, cfg: ModelConfig, tensors: dict, plan: dict, meta: dict) -> Path:
@@ -209,7 +234,7 @@ def write_quantized(out_dir: Path, cfg: ModelConfig, tensors: dict, plan: dict, 
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"triforce": FORMAT, "config": cfg.name})
     recipe = {"format": FORMAT, "triforce": __version__, "config": cfg.name, "layers": plan,
-              "channel_scaled": sorted(k.split(".", 1)[1].rsplit(".", 1)[0] for k in tensors if k.endswith(".channel_scale")),
+              "channel_scaled": _layers_with(tensors, "channel_scale"), "output_scaled": _layers_with(tensors, "output_scale"),
               **meta}
     (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     if out_dir.exists():

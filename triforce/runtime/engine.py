@@ -279,13 +279,15 @@ class Pi05Engine:
         self._default_w4a16_few_row()
         self._default_decode_attention()
         self.qkv_prefetch = QKV_PREFETCH[self.qkv_weight_kind()]
+        self.e4m3_outputs = tuple(self.e4m3_output_layers())
 
     def launch_settings(self) -> dict:
         """How this engine runs its layers and chain now (the setters' state), as the validation reports record it."""
         return {"expert_path": self.expert_path, "overlap_step0": self.overlap_step0,
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
-                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch}
+                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
+                "e4m3_outputs": self.e4m3_outputs}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -521,6 +523,30 @@ class Pi05Engine:
         launches only; the default is QKV_PREFETCH of the weights' kind). Captured graphs are dropped and
         re-capture."""
         self.qkv_prefetch = bool(on)
+        self.slots.clear()
+
+    def e4m3_output_layers(self) -> dict:
+        """stage -> Plan B's FP8 layers with a calibrated output scale (quant.quantize.E4M3_OUTPUTS: SigLIP's fc1,
+        the prefix's gate/up), which can write E4M3 for the GELU / GeGLU kernel after them."""
+        layers = {"vision": [layer["fc1"] for layer in self.vision_layers],
+                  "prefix": [layer["gate_up"] for layer in self.prefix_layers]}
+        layers = {stage: [lin for lin in lins if getattr(lin, "output_scale", None) is not None]
+                  for stage, lins in layers.items()}
+        return {stage: lins for stage, lins in layers.items() if lins}
+
+    def set_e4m3_outputs(self, stages) -> None:
+        """The stages whose output-scaled FP8 layers write E4M3 (default: every stage whose layers have the scales);
+        the others write bf16. A stage without such layers is refused. Captured graphs are dropped and re-capture."""
+        layers = self.e4m3_output_layers()
+        unfit = sorted(set(stages) - set(layers))
+        if unfit:
+            raise TriforceError(f"E4M3 GEMM outputs in {', '.join(unfit)}: no FP8 layer there has a calibrated "
+                                f"output_scale (SigLIP fc1 / prefix gate/up of a Plan B checkpoint quantized by this "
+                                f"version)")
+        for stage, lins in layers.items():
+            for lin in lins:
+                lin.write_e4m3(stage in stages)
+        self.e4m3_outputs = tuple(stage for stage in layers if stage in stages)
         self.slots.clear()
 
     def _geglu_stages(self, step: int) -> int:

@@ -58,6 +58,11 @@ class ReferencePi05:
         if self.recorder is not None:
             self.recorder(layer_id, x)
 
+    def _rec_out(self, layer_id: str, y):
+        """Calibration of a layer whose output the engine may write in E4M3 (its real output, bias excluded)."""
+        if self.recorder is not None:
+            self.recorder.output(layer_id, y)
+
     # ── vision ────────────────────────────────────────────────────────────────────────────────────────────────
     def embed_images(self, images):
         """images float [N, H, W, 3] in [-1, 1] -> [N, tokens_per_image, prefix width]."""
@@ -83,7 +88,9 @@ class ReferencePi05:
         x = x + lin(att, "self_attn.out_proj")
         h = F.layer_norm(x, (v.width,), w[f"{name}.layer_norm2.weight"], w[f"{name}.layer_norm2.bias"], eps=eps)
         self._rec(f"{lid}.fc1", h)
-        act = gelu_tanh(lin(h, "mlp.fc1"))
+        pre = F.linear(h, w[f"{name}.mlp.fc1.weight"])
+        self._rec_out(f"{lid}.fc1", pre)
+        act = gelu_tanh(pre + w[f"{name}.mlp.fc1.bias"])
         self._rec(f"{lid}.fc2", act)
         return x + lin(act, "mlp.fc2")
 
@@ -109,6 +116,7 @@ class ReferencePi05:
         w = self.w
         gate = F.linear(h, w[f"{name}.mlp.gate_proj.weight"])
         up = F.linear(h, w[f"{name}.mlp.up_proj.weight"])
+        self._rec_out(f"{lid}.gate_up", torch.cat([gate, up], -1))
         act = gelu_tanh(gate) * up
         self._rec(f"{lid}.down", act)
         return F.linear(act, w[f"{name}.mlp.down_proj.weight"])
