@@ -19,6 +19,7 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - e4m3_outputs: the stages whose FP8 GEMM before an elementwise kernel writes E4M3 under a calibrated output scale
   (quant.quantize.E4M3_OUTPUTS: SigLIP's fc1 before its GELU, the prefix's gate/up before its GeGLU) instead of
   bf16; "engine" is every stage whose checkpoint has the scales.
+- prefix_rope_tokens: how many tokens a program of the prefix's RoPE + K/V cache write takes (fused.ROPE_TOKENS).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -55,7 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.engine import CHAIN_CARVEOUT, QKV_PREFETCH, W4A16_GEGLU_STAGES  # noqa: E402
+from triforce.runtime.engine import (CHAIN_CARVEOUT, PREFIX_ROPE_TOKENS, QKV_PREFETCH,  # noqa: E402
+                                     W4A16_GEGLU_STAGES)
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
@@ -65,8 +67,10 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma",
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
-                   "e4m3_outputs": "engine"}
+                   "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
+                   ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
+                   ("the prefix's RoPE with 8 tokens a program", {"prefix_rope_tokens": 8}),
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
                     {"qkv_prefetch": "opposite"}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
@@ -93,6 +97,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_w4a16_geglu_stages(settings["w4a16_geglu_stages"])   # a no-op without W4A16 gate/up layers
     prefetch = QKV_PREFETCH[eng.qkv_weight_kind()]
     eng.set_qkv_prefetch(prefetch if settings["qkv_prefetch"] == "engine" else not prefetch)
+    eng.set_prefix_rope_tokens(settings["prefix_rope_tokens"])
     outputs = settings["e4m3_outputs"]
     eng.set_e4m3_outputs(tuple(eng.e4m3_output_layers()) if outputs == "engine" else outputs)
 

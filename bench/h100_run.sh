@@ -86,9 +86,9 @@
 #   part 48 (ran at 01b9c5b and f26015c; both settings lost and were removed): the few-row gate/up + GeGLU kernel
 #     tests, the engine's W4A16 GPU tests, the engine variants of Plan B h100_fast (the few-row o / down on fewer
 #     CTAs along K; the gate/up + GeGLU CTAs each walking K from their own group)
-#   part 49 (the kernel wheel, development build): the engine GPU tests of FP8 layers (E4M3 GEMM outputs), the
-#     engine variants of Plan B h100_fast (the prefix gate/up and SigLIP fc1 writing E4M3 or bf16), Plan B validation
-#     (h100_fast)
+#   part 49 (the kernel wheel, development build): the engine GPU tests of FP8 layers (E4M3 GEMM outputs) and of the
+#     prefix's RoPE, the engine variants of Plan B h100_fast (the prefix gate/up and SigLIP fc1 writing E4M3 or bf16;
+#     the prefix's RoPE with 4 or 8 tokens a program), Plan B validation (h100_fast)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|49   (carry .device_carry and .whl)
@@ -288,7 +288,7 @@ elif [ "$1" = 41 ]; then  # ran at 7aec4c4 (8 stages in every step, step 0 inclu
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
 elif [ "$1" = 49 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "e4m3 or scaled_mm or h100_recipe or fp8"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "e4m3 or scaled_mm or h100_recipe or fp8 or rope"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"

@@ -80,6 +80,17 @@ fused.rope_qkv(qkv, pos, cos, sin, q_cs, kc_cs, vc_cs, 2, H, D, channel_scale=cs
 scaled = qkv.float() * cs
 check("rope with deferred channel scales: q", q_cs, rope(scaled[:, :H * D].view(S, H, D).transpose(0, 1), pos, 10000.0).transpose(0, 1).reshape(S * H, D), 1e-2)
 check("rope with deferred channel scales: v", vc_cs[2:8], scaled[:, (H + 1) * D:], 1e-2)
+for tokens in (2, 4, 8):   # blocks of tokens a program, the last one partial (6 rows); the cache rows past them untouched
+    q_t = torch.empty(S * H, D, dtype=torch.bfloat16)
+    kc_t, vc_t = torch.zeros(10, D, dtype=torch.bfloat16), torch.zeros(10, D, dtype=torch.bfloat16)
+    fused.rope_qkv(qkv, pos, cos, sin, q_t, kc_t, vc_t, 2, H, D, channel_scale=cs, tokens=tokens)
+    check(f"rope, {tokens} tokens a program: the q, k, v of one a program", torch.cat([q_t, kc_t, vc_t]),
+          torch.cat([q_cs, kc_cs, vc_cs]), 0)
+try:
+    fused.rope_qkv(qkv, pos, cos, sin, q_t, kc_t, vc_t, 2, H, D, tokens=3)
+    failures.append("rope_qkv ran with 3 tokens a program")
+except ValueError as err:
+    print(f"refused: {err}")
 
 # the few-row QKV with RoPE + cache write as its epilogue, against the projection then the reference rope
 xh = torch.randn(S, 256).bfloat16()

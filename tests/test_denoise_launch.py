@@ -185,17 +185,27 @@ def test_e4m3_outputs_are_set_per_stage_and_refused_without_scales():
     assert stub.e4m3_outputs == ("prefix",)
 
 
+def test_prefix_rope_tokens_are_checked():
+    stub = SimpleNamespace(prefix_rope_tokens=1, slots={"graph": 1})
+    Pi05Engine.set_prefix_rope_tokens(stub, 8)
+    assert stub.prefix_rope_tokens == 8 and not stub.slots
+    with pytest.raises(TriforceError, match=r"prefix RoPE tokens a program 3: one of \(1, 2, 4, 8\) expected"):
+        Pi05Engine.set_prefix_rope_tokens(stub, 3)
+    assert stub.prefix_rope_tokens == 8
+
+
 def test_reports_record_the_engine_launch_settings():
     """Both validation reports take the engine's settings from launch_settings(); the Plan A note reads them."""
     from triforce.checks.plan_a import _denoise_note
 
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
-                           qkv_prefetch=True, e4m3_outputs=("prefix",))
+                           qkv_prefetch=True, e4m3_outputs=("prefix",), prefix_rope_tokens=4)
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
-                        "w4a16_geglu_stages": 8, "qkv_prefetch": True, "e4m3_outputs": ("prefix",)}
+                        "w4a16_geglu_stages": 8, "qkv_prefetch": True, "e4m3_outputs": ("prefix",),
+                        "prefix_rope_tokens": 4}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")

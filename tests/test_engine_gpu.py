@@ -177,6 +177,20 @@ def test_scaled_mm_writes_e4m3_under_scale_result_and_saturates():
             assert int((got.abs() == 448).sum()) >= 1
 
 
+def test_prefix_rope_tokens_a_program_keep_the_actions(policies):
+    """The prefix's RoPE + K/V cache write with several tokens a program computes each element as with one."""
+    eng = policies[1].backend
+    rng = np.random.default_rng(13)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    want = eng.infer(obs, noise)
+    try:
+        for tokens in (2, 4, 8):
+            eng.set_prefix_rope_tokens(tokens)
+            assert np.array_equal(eng.infer(obs, noise), want), tokens
+    finally:
+        eng.set_prefix_rope_tokens(1)
+
+
 def test_e4m3_gemm_outputs_keep_the_actions():
     """Plan B's prefix gate/up and SigLIP fc1 writing E4M3 under their calibrated output scales (the default where
     the checkpoint has them) against the same layers writing bf16: the same actions within E4M3 rounding; either

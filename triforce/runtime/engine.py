@@ -89,6 +89,9 @@ W4A16_GEGLU_STAGES = 8
 # (engine_variants-*-s13-qkv-prefetch.json). With every expert layer reading layer 0's weights from L2, Plan B took
 # 8.40 vs 8.50 ms, most of it the QKV weights' (l2_resident_expert-*-s13.json).
 QKV_PREFETCH = {"int4": True, "bf16": False}
+# tokens a program of the prefix's RoPE + K/V cache write kernel (set_prefix_rope_tokens; fused.ROPE_TOKENS): one
+# token a program ran 528 x 10 programs of one head row each, about 5 us a layer
+PREFIX_ROPE_TOKENS = 1
 
 
 def kernel_wheel():
@@ -238,6 +241,7 @@ class Pi05Engine:
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
+        self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -287,7 +291,7 @@ class Pi05Engine:
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
-                "e4m3_outputs": self.e4m3_outputs}
+                "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -525,6 +529,14 @@ class Pi05Engine:
         self.qkv_prefetch = bool(on)
         self.slots.clear()
 
+    def set_prefix_rope_tokens(self, tokens: int) -> None:
+        """How many tokens a program of the prefix's RoPE + K/V cache write takes (fused.ROPE_TOKENS). Captured
+        graphs are dropped and re-capture."""
+        if tokens not in fused.ROPE_TOKENS:
+            raise TriforceError(f"prefix RoPE tokens a program {tokens}: one of {fused.ROPE_TOKENS} expected")
+        self.prefix_rope_tokens = tokens
+        self.slots.clear()
+
     def e4m3_output_layers(self) -> dict:
         """stage -> Plan B's FP8 layers with a calibrated output scale (quant.quantize.E4M3_OUTPUTS: SigLIP's fc1,
         the prefix's gate/up), which can write E4M3 for the GELU / GeGLU kernel after them."""
@@ -618,7 +630,7 @@ class Pi05Engine:
             fused.add_norm(x, h, y=pending, gate=pending_scale, scale=channel_scale(qkv_l), eps=cfg.norm_eps,
                            quant_scale=quant_scale(qkv_l))
             fused.rope_qkv(qkv_l(h), pos, self.cos, self.sin, q, k_cache, v_cache, 0, p.num_heads, p.dim_head,
-                           channel_scale=out_scale(qkv_l))
+                           channel_scale=out_scale(qkv_l), tokens=self.prefix_rope_tokens)
             if kv_ready is not None:
                 kv_ready(i)
             if i == len(self.prefix_layers) - 1:

@@ -186,42 +186,53 @@ def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bia
 
 
 @triton.jit
-def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, CS, kv_offset, stride_qkv,
-                     H: tl.constexpr, D: tl.constexpr, HAS_CS: tl.constexpr):
-    """One program per (token, head): H query heads, then the key head (both rotated), then the value head."""
-    s = tl.program_id(0)
+def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, CS, S, kv_offset, stride_qkv,
+                     H: tl.constexpr, D: tl.constexpr, HAS_CS: tl.constexpr, TOKENS: tl.constexpr):
+    """One program per (block of TOKENS tokens, head): H query heads, then the key head (both rotated), then the
+    value head."""
+    s = tl.program_id(0) * TOKENS + tl.arange(0, TOKENS)[:, None]
     h = tl.program_id(1)
     half: tl.constexpr = D // 2
-    i = tl.arange(0, half)
+    i = tl.arange(0, half)[None, :]
+    m = (s < S) & (i < half)
     src = QKV + s * stride_qkv + h * D
-    x1 = tl.load(src + i).to(tl.float32)
-    x2 = tl.load(src + half + i).to(tl.float32)
+    x1 = tl.load(src + i, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(src + half + i, mask=m, other=0.0).to(tl.float32)
     if HAS_CS:   # an FP8 GEMM's per-output-channel weight scales, applied here instead of in its epilogue
         x1 = x1 * tl.load(CS + h * D + i)
         x2 = x2 * tl.load(CS + h * D + half + i)
     if h == H + 1:
         dst = VC + (kv_offset + s) * D
-        tl.store(dst + i, x1.to(VC.dtype.element_ty))
-        tl.store(dst + half + i, x2.to(VC.dtype.element_ty))
+        tl.store(dst + i, x1.to(VC.dtype.element_ty), mask=m)
+        tl.store(dst + half + i, x2.to(VC.dtype.element_ty), mask=m)
     else:
-        pos = tl.load(POS + s)
-        cos = tl.load(COS + pos * half + i)
-        sin = tl.load(SIN + pos * half + i)
+        pos = tl.load(POS + s, mask=s < S, other=0)
+        cos = tl.load(COS + pos * half + i, mask=m, other=0.0)
+        sin = tl.load(SIN + pos * half + i, mask=m, other=0.0)
         if h < H:
             dst = QOUT + (s * H + h) * D
         else:
             dst = KC + (kv_offset + s) * D
-        tl.store(dst + i, (x1 * cos - x2 * sin).to(QOUT.dtype.element_ty))
-        tl.store(dst + half + i, (x2 * cos + x1 * sin).to(QOUT.dtype.element_ty))
+        tl.store(dst + i, (x1 * cos - x2 * sin).to(QOUT.dtype.element_ty), mask=m)
+        tl.store(dst + half + i, (x2 * cos + x1 * sin).to(QOUT.dtype.element_ty), mask=m)
 
 
-def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int, channel_scale=None):
+# tokens a program of rope_qkv takes (engine.set_prefix_rope_tokens measures the prefix's)
+ROPE_TOKENS = (1, 2, 4, 8)
+
+
+def rope_qkv(qkv, pos, cos, sin, q_out, k_cache, v_cache, kv_offset: int, heads: int, head_dim: int, channel_scale=None,
+             tokens: int = 1):
     """qkv [S, (H+2)·D] -> q_out [S·H, D] (token-major, rotated), k_cache/v_cache rows kv_offset.. (k rotated).
-    channel_scale: fp32 [(H+2)·D] multiplied into qkv first (an FP8 GEMM's deferred per-channel weight scales)."""
-    _rope_qkv_kernel[(qkv.shape[0], heads + 2)](qkv, pos, cos, sin, q_out, k_cache, v_cache,
-                                                 channel_scale if channel_scale is not None else cos, kv_offset,
-                                                 qkv.stride(0), H=heads, D=head_dim, HAS_CS=channel_scale is not None,
-                                                 num_warps=1 if head_dim <= 128 else 2)
+    channel_scale: fp32 [(H+2)·D] multiplied into qkv first (an FP8 GEMM's deferred per-channel weight scales).
+    tokens: how many tokens a program rotates (ROPE_TOKENS)."""
+    if tokens not in ROPE_TOKENS:
+        raise ValueError(f"rope_qkv: tokens a program must be one of {ROPE_TOKENS}, got {tokens}")
+    rows = qkv.shape[0]
+    _rope_qkv_kernel[(triton.cdiv(rows, tokens), heads + 2)](
+        qkv, pos, cos, sin, q_out, k_cache, v_cache, channel_scale if channel_scale is not None else cos, rows,
+        kv_offset, qkv.stride(0), H=heads, D=head_dim, HAS_CS=channel_scale is not None, TOKENS=tokens,
+        num_warps=max(1, min(8, tokens * head_dim // 128)))
 
 
 @triton.jit
