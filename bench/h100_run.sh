@@ -89,9 +89,11 @@
 #   part 49 (the kernel wheel, development build): the engine GPU tests of FP8 layers (E4M3 GEMM outputs) and of the
 #     prefix's RoPE, the engine variants of Plan B h100_fast (the prefix gate/up and SigLIP fc1 writing E4M3 or bf16;
 #     the prefix's RoPE with 4 or 8 tokens a program), Plan B validation (h100_fast)
+#   part 50 (the kernel wheel, development build): every GPU test, Plan B validation (h100_fast), Plan A validation
+#     (with the wheel), the engine benchmark
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|49   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|50   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -286,6 +288,10 @@ elif [ "$1" = 42 ]; then
 elif [ "$1" = 41 ]; then  # ran at 7aec4c4 (8 stages in every step, step 0 included)
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+elif [ "$1" = 50 ]; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
+  validate_and_bench bench/with_devbuild.py
 elif [ "$1" = 49 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "e4m3 or scaled_mm or h100_recipe or fp8 or rope"

@@ -121,6 +121,43 @@ def test_e4m3_output_layers_store_a_calibrated_output_scale(quantized):
         assert float(raw.abs().max() / t("output_scale")) >= 448 / E4M3_OUTPUT_HEADROOM / 4   # a tight range
 
 
+def test_calibrated_output_ranges_follow_the_smoothing_and_refuse_nan():
+    from triforce.quant.calibrate import ActivationStats
+
+    stats = ActivationStats()
+    stats.output("prefix.0.gate_up", torch.tensor([[1.0, -4.0, 2.0, 8.0]]))
+    stats.output("prefix.0.gate_up", torch.tensor([[-3.0, 1.0, 0.5, 2.0]]))
+    assert stats.output_chan_amax("prefix.0.gate_up").tolist() == [3.0, 4.0, 2.0, 8.0]
+    stats.smooth_output("prefix.0.gate_up", torch.tensor([1.0, 1.0, 2.0, 4.0]))   # down's AWQ s in the up rows
+    assert stats.output_chan_amax("prefix.0.gate_up").tolist() == [3.0, 4.0, 1.0, 2.0]
+    assert stats.output_chan_amax("prefix.1.gate_up") is None
+    with pytest.raises(TriforceError, match="non-finite activations at the output of vision.0.fc1"):
+        stats.output("vision.0.fc1", torch.tensor([[1.0, float("nan")]]))
+
+
+def test_output_scale_of_a_gate_up_whose_up_rows_carry_downs_awq_scale(tmp_path):
+    """FP8 gate/up before an INT4 down: down's AWQ s divides the up rows, and the output scale follows (the raw
+    outputs of the calibration rows fit E4M3 with the headroom, not with s folded in twice or not at all)."""
+    from triforce.quant.quantize import E4M3_OUTPUT_HEADROOM
+
+    recipe = tmp_path / "mixed.toml"
+    recipe.write_text('prefix_attention = "fp8"\nprefix_mlp = "fp8"\n[overrides]\n"prefix.0.down" = "w4a16"\n')
+    quantize_checkpoint("synthetic:pi05_tiny", "pi05_tiny", str(recipe), str(tmp_path / "q"), calibration=2,
+                        device="cpu", log=lambda *a: None)
+    _, tensors, _ = read_quantized(TINY, tmp_path / "q" / "model.safetensors")
+    t = lambda n: tensors[f"gemm.prefix.0.{n}"].float()  # noqa: E731
+    assert "gemm.prefix.0.down.channel_scale" not in tensors     # s went into gate/up's up rows
+    from triforce.quant.calibrate import calibrate
+    from triforce.runtime.model import ReferencePi05
+
+    state = load_state(write_synthetic(TINY), TINY)
+    stats = calibrate(ReferencePi05(TINY, state), TINY, 2)
+    # a weight row's scale absorbs the s it was divided by, so the raw output is the unsmoothed layer's
+    w, _ = engine_weight(state, "prefix.0.gate_up")
+    raw_amax = (stats.out_chan_amax["prefix.0.gate_up"] / (w.abs().amax(1) / 448)).max()
+    assert float(t("gate_up.output_scale")) == pytest.approx(float(E4M3_OUTPUT_HEADROOM * raw_amax / 448), rel=1e-5)
+
+
 def test_quantized_checkpoint_without_output_scales_still_loads(quantized, tmp_path):
     """A checkpoint written before E4M3 outputs (no output_scaled list, no output_scale tensors) reads: its layers
     write bf16; but one listing them without the tensors is refused."""
