@@ -46,7 +46,7 @@ With --recipes r1,r2,... (Plan B) the variants are instead the engine defaults o
 recipe, same run): session 12 compared SigLIP in FP8 (recipe h100) against bf16 (h100_fast) this way.
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
     python3 bench/engine_variants.py [--plan a] [--recipe h100_measured | --recipes h100_fast,h100] [--runs 100]
-        [--out-dir bench/results]"""
+        [--only 0,2,3] [--out-dir bench/results]"""
 
 import sys
 from pathlib import Path
@@ -107,17 +107,26 @@ def main():
     ap.add_argument("--plan", default="a", help="a or b")
     ap.add_argument("--recipe", default="h100_measured", help="the Plan B recipe (with --plan b)")
     ap.add_argument("--recipes", default=None, help="Plan B: compare these recipes (comma-separated), engine defaults")
+    ap.add_argument("--only", default=None, help="run only these variants (comma-separated indices into the plan's "
+                                                 "list, 0 the engine default, which always runs first)")
     a = ap.parse_args()
     config = STANDARD["config"]
     if a.recipes and a.plan != "b":
         raise SystemExit("engine_variants: --recipes compares Plan B recipes (use --plan b)")
+    variants = VARIANTS.get(a.plan, ())
+    try:
+        picked = range(len(variants)) if a.only is None else sorted({0} | {int(i) for i in a.only.split(",")})
+    except ValueError:
+        picked = [len(variants)]
+    if not variants or picked[-1] >= len(variants):
+        raise SystemExit(f"engine_variants: --only {a.only} / --plan {a.plan}: the plan's variants are 0..{len(variants) - 1} (plan a or b)")
     recipes = a.recipes.split(",") if a.recipes else [a.recipe if a.plan == "b" else None]
     load = lambda recipe: Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=recipe)  # noqa: E731
     if a.recipes:
         runs = [(f"recipe {r}", ENGINE_DEFAULTS, load(r)) for r in recipes]
     else:
         policy = load(recipes[0])
-        runs = [(name, settings, policy) for name, settings in VARIANTS[a.plan]]
+        runs = [(*VARIANTS[a.plan][i], policy) for i in picked]
     cfg = runs[0][2].config
     rng = np.random.default_rng(0)
     obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)

@@ -145,6 +145,10 @@ def test_engine_variants_refuses_recipes_without_plan_b():
     r = subprocess.run([sys.executable, "bench/engine_variants.py", "--plan", "a", "--recipes", "h100_fast,h100"],
                        cwd=repo, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--recipes compares Plan B recipes (use --plan b)" in r.stderr
+    for only in ("99", "x"):
+        r = subprocess.run([sys.executable, "bench/engine_variants.py", "--plan", "b", "--only", only], cwd=repo,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and f"--only {only} / --plan b: the plan's variants are 0.." in r.stderr
 
 
 def test_qkv_prefetch_default_follows_the_qkv_weight_kind():
