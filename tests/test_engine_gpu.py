@@ -179,14 +179,15 @@ def test_scaled_mm_writes_e4m3_under_scale_result_and_saturates():
 
 def test_prefix_rope_tokens_a_program_keep_the_actions(policies):
     """The prefix's RoPE + K/V cache write with several tokens a program computes each element as with one."""
-    eng = policies[1].backend
+    policy = policies[1]
+    eng = policy.backend
     rng = np.random.default_rng(13)
     obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
-    want = eng.infer(obs, noise)
+    want = policy.infer(obs, noise)
     try:
         for tokens in (2, 4, 8):
             eng.set_prefix_rope_tokens(tokens)
-            assert np.array_equal(eng.infer(obs, noise), want), tokens
+            assert np.array_equal(policy.infer(obs, noise), want), tokens
     finally:
         eng.set_prefix_rope_tokens(1)
 
