@@ -88,7 +88,8 @@
 #     CTAs along K; the gate/up + GeGLU CTAs each walking K from their own group)
 #   part 49 (the kernel wheel, development build): the engine GPU tests of FP8 layers (E4M3 GEMM outputs) and of the
 #     prefix's RoPE, the engine variants of Plan B h100_fast (the prefix gate/up and SigLIP fc1 writing E4M3 or bf16;
-#     the prefix's RoPE with 4 or 8 tokens a program), Plan B validation (h100_fast)
+#     the prefix's RoPE with 1, 4 or 8 tokens a program), Plan B validation (h100_fast); with it, how
+#     torch._scaled_mm scales an E4M3 output
 #   part 50 (the kernel wheel, development build): every GPU test, Plan B validation (h100_fast), Plan A validation
 #     (with the wheel), the engine benchmark
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
@@ -294,6 +295,7 @@ elif [ "$1" = 50 ]; then
   validate_and_bench bench/with_devbuild.py
 elif [ "$1" = 49 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 bench/scaled_mm_output_scale.py --out-dir "$OUT"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "e4m3 or scaled_mm or rope"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 2,3,4,6,7 --out-dir "$OUT"
   mkdir -p "$OUT/fast"

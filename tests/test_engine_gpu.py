@@ -10,7 +10,7 @@ import torch
 from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime import fused
 from triforce.runtime.config import load_config
-from triforce.runtime.engine import CHAIN_CARVEOUT
+from triforce.runtime.engine import CHAIN_CARVEOUT, PREFIX_ROPE_TOKENS
 from triforce.runtime.observation import check_observation
 from triforce.runtime.policy import Policy
 from triforce.workload import cosine, random_noise, random_observation
@@ -156,24 +156,25 @@ def test_qkv_weight_prefetch_is_the_int4_default_and_keeps_the_actions(policies)
             eng.set_qkv_prefetch(QKV_PREFETCH[kind])
 
 
-def test_scaled_mm_writes_e4m3_under_scale_result_and_saturates():
-    """What Fp8Linear.write_e4m3 relies on: torch._scaled_mm with scale_result and an E4M3 output stores
-    e4m3(scale_a * scale_b * (a b^T) * scale_result), and a product beyond 448 saturates to +-448 instead of NaN."""
+def test_scaled_mm_writes_e4m3_scaled_by_scale_a_and_saturates():
+    """What Fp8Linear.write_e4m3 relies on: torch._scaled_mm with an E4M3 output stores
+    e4m3(scale_a * scale_b * (a b^T)) (the output scale folded into scale_a), and a product beyond 448 saturates to
+    +-448 instead of NaN."""
     from triforce.quant import formats as fm
 
     torch.manual_seed(0)
     a = (torch.randn(64, 256, device="cuda") * 2).to(torch.float8_e4m3fn)
     b = (torch.randn(128, 256, device="cuda") * 2).to(torch.float8_e4m3fn)
-    scale_a, one = torch.tensor(0.5, device="cuda"), torch.ones((), device="cuda")
-    exact = a.float() @ b.float().T * 0.5
-    for inv_out in (1 / float(exact.abs().max()) * 400, 1 / float(exact.abs().max()) * 2000):   # fits; overflows
-        got = torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=one, scale_result=torch.tensor(inv_out, device="cuda"),
+    one = torch.ones((), device="cuda")
+    exact = a.float() @ b.float().T
+    for scale in (400 / float(exact.abs().max()), 2000 / float(exact.abs().max())):   # fits; overflows
+        got = torch._scaled_mm(a, b.t(), scale_a=torch.tensor(scale, device="cuda"), scale_b=one,
                                out_dtype=torch.float8_e4m3fn).float()
-        want = fm.e4m3_saturate(exact * inv_out).float()
+        want = fm.e4m3_saturate(exact * scale).float()
         assert torch.isfinite(got).all() and float(got.abs().max()) <= 448
         steps = (got - want).abs() > want.abs() / 8 + 2 ** -8        # within one E4M3 step (fp32 summation order)
-        assert int(steps.sum()) == 0
-        if inv_out * float(exact.abs().max()) > 448:
+        assert int(steps.sum()) == 0, scale
+        if scale * float(exact.abs().max()) > 448:
             assert int((got.abs() == 448).sum()) >= 1
 
 
@@ -185,11 +186,11 @@ def test_prefix_rope_tokens_a_program_keep_the_actions(policies):
     obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
     want = policy.infer(obs, noise)
     try:
-        for tokens in (2, 4, 8):
+        for tokens in fused.ROPE_TOKENS:
             eng.set_prefix_rope_tokens(tokens)
             assert np.array_equal(policy.infer(obs, noise), want), tokens
     finally:
-        eng.set_prefix_rope_tokens(1)
+        eng.set_prefix_rope_tokens(PREFIX_ROPE_TOKENS)
 
 
 def test_e4m3_gemm_outputs_keep_the_actions():

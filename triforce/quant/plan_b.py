@@ -86,13 +86,14 @@ class Fp8Linear:
         self.nbytes = self.weight.numel() + self.weight_scale.numel() * 4
 
     def write_e4m3(self, on: bool) -> None:
-        """Whether the GEMM writes its output in E4M3 under its calibrated output_scale (cuBLASLt multiplies the
-        result by 1 / output_scale; the consumer's channel scales carry output_scale back) or in bf16."""
+        """Whether the GEMM writes its output in E4M3 under its calibrated output_scale (the GEMM's result divided by
+        it; the consumer's channel scales carry it back) or in bf16."""
         if on and (self.output_scale is None or not self.deferred):
             raise TriforceError("this FP8 layer has no calibrated output_scale with deferred channel scales: it "
                                 "cannot write E4M3")
         self.output_dtype = FP8 if on else BF16
-        self._scale_result = (1.0 / self.output_scale).contiguous() if on else None
+        # 1 / output_scale rides in scale_a: cuBLASLt computes scale_a * scale_b * (x w^T) and saturates into E4M3
+        self._scale_a_deferred = (self.input_scale.view(()) / self.output_scale if on else self.input_scale.view(())).contiguous()
         self.output_channel_scale = ((self.weight_scale.view(-1) * self.output_scale) if on else
                                      self.weight_scale.view(-1)).contiguous() if self.deferred else None
 
@@ -100,8 +101,8 @@ class Fp8Linear:
         if x.dtype != FP8:                                      # an unfused producer (cuBLAS/FlashAttention output)
             x = fused.quantize_fp8(x.contiguous(), torch.empty(x.shape, dtype=FP8, device=x.device), self.input_quant_scale)
         if self.deferred:
-            return torch._scaled_mm(x, self.weight.t(), scale_a=self.input_scale.view(()), scale_b=self._one,
-                                    scale_result=self._scale_result, out_dtype=self.output_dtype)
+            return torch._scaled_mm(x, self.weight.t(), scale_a=self._scale_a_deferred, scale_b=self._one,
+                                    out_dtype=self.output_dtype)
         rows = x.shape[0]
         if rows not in self._scale_a:
             self._scale_a[rows] = self.input_scale.expand(rows, 1).contiguous()

@@ -90,8 +90,9 @@ W4A16_GEGLU_STAGES = 8
 # 8.40 vs 8.50 ms, most of it the QKV weights' (l2_resident_expert-*-s13.json).
 QKV_PREFETCH = {"int4": True, "bf16": False}
 # tokens a program of the prefix's RoPE + K/V cache write kernel (set_prefix_rope_tokens; fused.ROPE_TOKENS): one
-# token a program ran 528 x 10 programs of one head row each, about 5 us a layer
-PREFIX_ROPE_TOKENS = 1
+# token a program ran 528 x 10 programs of one head row each (about 5 us a layer); 8: Plan B 8.359 vs 8.423 ms, prefix
+# 2.926 vs 2.969 (4: 8.388), the same actions (engine_variants-planb-*-s15-e4m3-v1.json)
+PREFIX_ROPE_TOKENS = 8
 
 
 def kernel_wheel():
