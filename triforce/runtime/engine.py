@@ -91,7 +91,8 @@ W4A16_GEGLU_STAGES = 8
 QKV_PREFETCH = {"int4": True, "bf16": False}
 # tokens a program of the prefix's RoPE + K/V cache write kernel (set_prefix_rope_tokens; fused.ROPE_TOKENS): one
 # token a program ran 528 x 10 programs of one head row each (about 5 us a layer); 8: Plan B 8.359 vs 8.423 ms, prefix
-# 2.926 vs 2.969 (4: 8.388), the same actions (engine_variants-planb-*-s15-e4m3-v1.json)
+# 2.926 vs 2.969 (4: 8.388), and 8.328 vs 8.352 in a second run (4: 8.323); the same actions up to fp32 rounding
+# (engine_variants-planb-*-s15-e4m3-v1.json, *-s15-e4m3.json)
 PREFIX_ROPE_TOKENS = 8
 
 
