@@ -36,13 +36,14 @@ KERNELS = {
     "_rope_qkv_kernel": {
         "ptr": {"QKV": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16", "KC": "bf16", "VC": "bf16",
                 "CS": "fp32"},
-        "const": {"H": 8, "D": 256, "HAS_CS": False}, "options": {"num_warps": 4}, "dot": False},
-    "_geglu_kernel": {
-        "ptr": {"GU": "bf16", "OUT": "bf16", "QSCALE": "fp32", "CS": "fp32"},
-        "const": {"QUANT": False, "HAS_CS": False, "BLOCK": 1024}, "options": {"num_warps": 4}, "dot": False},
+        "const": {"H": 8, "D": 256, "HAS_CS": True, "TOKENS": 8}, "options": {"num_warps": 8}, "dot": False},
+    "_geglu_kernel": {   # Plan B's form: E4M3 from the gate/up GEMM, channel scales, E4M3 for the down GEMM
+        "ptr": {"GU": "fp8e4nv", "OUT": "fp8e4nv", "QSCALE": "fp32", "CS": "fp32"},
+        "const": {"QUANT": True, "HAS_CS": True, "BLOCK": 1024}, "options": {"num_warps": 4}, "dot": False},
     "_gelu_kernel": {
-        "ptr": {"X": "bf16", "OUT": "fp8e4nv", "QSCALE": "fp32"},
-        "const": {"GELU": True, "QUANT": True, "BLOCK": 2048}, "options": {"num_warps": 4}, "dot": False},
+        "ptr": {"X": "fp8e4nv", "OUT": "fp8e4nv", "QSCALE": "fp32", "CS": "fp32", "B": "bf16"},
+        "const": {"GELU": True, "QUANT": True, "HAS_CS": True, "HAS_B": True, "BLOCK": 1024}, "options": {"num_warps": 4},
+        "dot": False},
     "_euler_tail_kernel": {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "WOUT": "fp32",
                 "BOUT": "fp32", "XT": "fp32", "WIN": "fp32", "BIN": "fp32", "XNEXT": "fp32"},
