@@ -9,6 +9,8 @@ synthetic weights) runs three ways on the same observations and noise:
              per-channel weight scales (amax / 448 of each weight row) divided out first, as Plan B defers them
 The per-tensor scales come from each call's own amax (a calibrated static scale can only be coarser). Reports each
 variant's worst cosine against the reference, and records bench/results/prefix_geglu_e4m3_numerics-cpu-<date>.json.
+(The fifteenth session built it, with a calibrated static scale, as Plan B's default: quant.quantize.E4M3_OUTPUTS;
+on the H100 the actions moved by 3.3e-5 in cosine against bf16 outputs, engine_variants-planb-*-s15-e4m3.json.)
     python3 bench/prefix_geglu_e4m3_numerics.py [--observations 3] [--out-dir bench/results]"""
 
 import sys

@@ -158,6 +158,17 @@ def test_output_scale_of_a_gate_up_whose_up_rows_carry_downs_awq_scale(tmp_path)
     assert float(t("gate_up.output_scale")) == pytest.approx(float(E4M3_OUTPUT_HEADROOM * raw_amax / 448), rel=1e-5)
 
 
+def test_an_e4m3_output_layer_without_a_calibrated_output_range_is_refused():
+    from triforce.quant.quantize import quantize_layer
+
+    w = torch.randn(32, 16)
+    with pytest.raises(TriforceError, match="no calibrated output range for prefix.0.gate_up"):
+        quantize_layer("prefix.0.gate_up", "fp8", w, None, 1.0, None, None)
+    assert "gemm.prefix.0.o.output_scale" not in quantize_layer("prefix.0.o", "fp8", w, None, 1.0, None, None)
+    got = quantize_layer("prefix.0.gate_up", "fp8", w, None, 1.0, None, torch.ones(32))
+    assert got["gemm.prefix.0.gate_up.output_scale"].shape == (1,)
+
+
 def test_quantized_checkpoint_without_output_scales_still_loads(quantized, tmp_path):
     """A checkpoint written before E4M3 outputs (no output_scaled list, no output_scale tensors) reads: its layers
     write bf16; but one listing them without the tensors is refused."""
