@@ -114,19 +114,20 @@ def main():
     if a.recipes and a.plan != "b":
         raise SystemExit("engine_variants: --recipes compares Plan B recipes (use --plan b)")
     variants = VARIANTS.get(a.plan, ())
-    try:
-        picked = range(len(variants)) if a.only is None else sorted({0} | {int(i) for i in a.only.split(",")})
-    except ValueError:
-        picked = [len(variants)]
-    if not variants or picked[-1] >= len(variants):
-        raise SystemExit(f"engine_variants: --only {a.only} / --plan {a.plan}: the plan's variants are 0..{len(variants) - 1} (plan a or b)")
+    indices = [str(i) for i in range(len(variants))]
+    picked = indices if a.only is None else sorted({"0", *a.only.split(",")}, key=lambda i: (len(i), i))
+    if not variants:
+        raise SystemExit(f"engine_variants: --plan {a.plan}: a or b expected")
+    if not set(picked) <= set(indices):
+        raise SystemExit(f"engine_variants: --only {a.only} / --plan {a.plan}: the plan's variants are "
+                         f"0..{len(variants) - 1}")
     recipes = a.recipes.split(",") if a.recipes else [a.recipe if a.plan == "b" else None]
     load = lambda recipe: Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=recipe)  # noqa: E731
     if a.recipes:
         runs = [(f"recipe {r}", ENGINE_DEFAULTS, load(r)) for r in recipes]
     else:
         policy = load(recipes[0])
-        runs = [(*VARIANTS[a.plan][i], policy) for i in picked]
+        runs = [(*variants[int(i)], policy) for i in picked]
     cfg = runs[0][2].config
     rng = np.random.default_rng(0)
     obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)

@@ -176,7 +176,8 @@ def test_e4m3_outputs_are_set_per_stage_and_refused_without_scales():
             self.e4m3 = on
 
     stub = SimpleNamespace(vision_layers=[{"fc1": Layer(True)}, {"fc1": Layer(True)}],
-                           prefix_layers=[{"gate_up": Layer(True)}, {"gate_up": Layer(False)}], slots={"graph": 1})
+                           prefix_layers=[{"gate_up": Layer(True)}, {"gate_up": Layer(False)}], expert_layers=[],
+                           slots={"graph": 1})
     stub.e4m3_output_layers = lambda: Pi05Engine.e4m3_output_layers(stub)
     assert {k: len(v) for k, v in stub.e4m3_output_layers().items()} == {"vision": 2, "prefix": 1}
     Pi05Engine.set_e4m3_outputs(stub, ("prefix",))

@@ -540,12 +540,11 @@ class Pi05Engine:
         self.slots.clear()
 
     def e4m3_output_layers(self) -> dict:
-        """stage -> Plan B's FP8 layers with a calibrated output scale (quant.quantize.E4M3_OUTPUTS: SigLIP's fc1,
-        the prefix's gate/up), which can write E4M3 for the GELU / GeGLU kernel after them."""
-        layers = {"vision": [layer["fc1"] for layer in self.vision_layers],
-                  "prefix": [layer["gate_up"] for layer in self.prefix_layers]}
-        layers = {stage: [lin for lin in lins if getattr(lin, "output_scale", None) is not None]
-                  for stage, lins in layers.items()}
+        """stage -> Plan B's FP8 layers whose checkpoint holds a calibrated output scale (which layers get one is
+        quant.quantize.E4M3_OUTPUTS: SigLIP's fc1, the prefix's gate/up), which can write E4M3 for the GELU / GeGLU
+        kernel after them."""
+        layers = {stage: [lin for layer in getattr(self, f"{stage}_layers") for lin in layer.values()
+                          if getattr(lin, "output_scale", None) is not None] for stage in ("vision", "prefix", "expert")}
         return {stage: lins for stage, lins in layers.items() if lins}
 
     def set_e4m3_outputs(self, stages) -> None:

@@ -479,7 +479,7 @@ def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_
 @triton.jit
 def _store_attention_part(ptrs, out, QSCALE, mask, QUANT: tl.constexpr):
     """An attention output tile: bf16, or E4M3 for an FP8 o projection (static per-tensor scale)."""
-    if QUANT:   # E4M3 for an FP8 o projection (static per-tensor scale)
+    if QUANT:
         out = e4m3_range(out, QSCALE)
     tl.store(ptrs, out.to(ptrs.dtype.element_ty), mask=mask)
 
