@@ -286,6 +286,8 @@ class Pi05Engine:
         self._default_decode_attention()
         self.qkv_prefetch = QKV_PREFETCH[self.qkv_weight_kind()]
         self.e4m3_outputs = tuple(self.e4m3_output_layers())
+        if self.quant is not None:          # a checkpoint without output scales writes bf16 there: say so
+            self.log(f"[engine] E4M3 GEMM outputs: {', '.join(self.e4m3_outputs) or 'none (no FP8 layer has a calibrated output_scale)'}")
 
     def launch_settings(self) -> dict:
         """How this engine runs its layers and chain now (the setters' state), as the validation reports record it."""
