@@ -20,6 +20,9 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   (quant.quantize.E4M3_OUTPUTS: SigLIP's fc1 before its GELU, the prefix's gate/up before its GeGLU) instead of
   bf16; "engine" is every stage whose checkpoint has the scales.
 - prefix_rope_tokens: how many tokens a program of the prefix's RoPE + K/V cache write takes (fused.ROPE_TOKENS).
+- gemm_tuning: the stages whose GEMMs run the cuBLASLt candidate the engine's tuner timed fastest for their shape
+  (runtime/gemm_tuning.py; "engine": engine.GEMM_TUNING_STAGES) instead of torch's op (the heuristic's first answer).
+- fp8_fast_accum: the stages whose FP8 GEMMs use cuBLASLt's fast accumulation (no periodic promotion to fp32).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -56,8 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.engine import (CHAIN_CARVEOUT, PREFIX_ROPE_TOKENS, QKV_PREFETCH,  # noqa: E402
-                                     W4A16_GEGLU_STAGES)
+from triforce.runtime.engine import (CHAIN_CARVEOUT, FP8_FAST_ACCUM_STAGES, GEMM_TUNING_STAGES,  # noqa: E402
+                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_GEGLU_STAGES)
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
@@ -67,12 +70,14 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma",
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
-                   "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS}
+                   "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": FP8_FAST_ACCUM_STAGES}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
-                    {"qkv_prefetch": "opposite"}))
+                    {"qkv_prefetch": "opposite"}),
+                   ("torch's GEMMs everywhere (no cuBLASLt algorithm tuning)", {"gemm_tuning": ()}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS)),
@@ -83,7 +88,12 @@ VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the p
                   ("prefix gate/up and SigLIP fc1 write bf16 (no E4M3 outputs)", {**ENGINE_DEFAULTS, "e4m3_outputs": ()}),
                   ("only the prefix gate/up writes E4M3", {**ENGINE_DEFAULTS, "e4m3_outputs": ("prefix",)}),
                   ("only SigLIP fc1 writes E4M3", {**ENGINE_DEFAULTS, "e4m3_outputs": ("vision",)}),
-                  *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS))}
+                  *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS),
+                  ("FP8 fast accumulation in the prefix", {**ENGINE_DEFAULTS, "fp8_fast_accum": ("prefix",)}),
+                  ("FP8 fast accumulation in vision and the prefix",
+                   {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix")}),
+                  ("FP8 fast accumulation in vision and the prefix, torch's GEMMs",
+                   {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix"), "gemm_tuning": ()}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -100,6 +110,8 @@ def apply(eng, settings: dict) -> None:
     eng.set_prefix_rope_tokens(settings["prefix_rope_tokens"])
     outputs = settings["e4m3_outputs"]
     eng.set_e4m3_outputs(tuple(eng.e4m3_output_layers()) if outputs == "engine" else outputs)
+    eng.set_gemm_tuning(settings["gemm_tuning"])
+    eng.set_fp8_fast_accum(settings["fp8_fast_accum"])
 
 
 def main():
@@ -148,7 +160,9 @@ def main():
                     ["variant", "total", "vision", "prefix", "step 0 after prefix end", "denoise", "x vs first",
                      "cos vs first"], rows)
     rep.record_run(a.out_dir, f"engine_variants-plan{a.plan}", {"plan": a.plan, "recipes": recipes, "workload": STANDARD,
-                                                                "variants": results, "note": rep.RANDOM_WEIGHTS_NOTE})
+                                                                "variants": results,
+                                                                "gemm_tuning": runs[0][2].backend.gemm_tuning_table(),
+                                                                "note": rep.RANDOM_WEIGHTS_NOTE})
 
 
 if __name__ == "__main__":

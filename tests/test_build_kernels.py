@@ -95,6 +95,10 @@ def _assert_wheel(build: _Build, family: str, opcodes: set) -> None:
                     str(build.wheel_dir / record.wheel)], check=True, capture_output=True, timeout=300)
     subprocess.run([sys.executable, "-c", f"import torch; {record.import_check}"], check=True, cwd=target,
                    env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, timeout=300)
+    # cuBLASLt with a chosen algorithm is in every family: the extension links cublasLt and loads beside torch's copy
+    subprocess.run([sys.executable, "-c", "import torch, triforce_kernels as t; assert t.has_op('lt_matmul') and "
+                    "t.has_op('lt_matmul_algos')"], check=True, cwd=target, env={**os.environ, "PYTHONPATH": str(target)},
+                   capture_output=True, timeout=300)
 
 
 @pytest.mark.compile
@@ -207,3 +211,33 @@ def test_kernels_toml_without_gemm_regex_is_refused(tmp_path):
                                            '[[unit]]\nname = "b"\nsources = []\nfamilies = ["blackwell"]\n')
     with pytest.raises(TriforceError, match="no blackwell unit declares gemm_kernel_regex"):
         kernels.load_spec(tmp_path).units_for("blackwell")
+
+
+def test_kernels_toml_declares_linked_libraries(tmp_path):
+    spec = kernels.load_spec(REPO / "cutlass_sm110")
+    assert {u.name: u.libraries for u in spec.units}["lt_matmul"] == ("cublasLt",)
+    (tmp_path / "kernels.toml").write_text('[package]\nname = "k"\nversion = "0.1.0"\n[[unit]]\nname = "b"\n'
+                                           'sources = []\nfamilies = ["hopper"]\nlinks = ["cublas"]\n')
+    with pytest.raises(TriforceError, match=r"may add .*libraries \(unknown: \['links'\]\)"):
+        kernels.load_spec(tmp_path)
+
+
+def test_a_linked_library_is_found_with_only_its_own_headers(tmp_path):
+    tc = kernels.find_toolchain()
+    header, shared = kernels._cuda_library("cublasLt", tc)
+    assert header.name == "cublasLt.h" and shared.name.startswith("libcublasLt.so")
+    shim = kernels._library_headers(header, tmp_path / "include")
+    names = {p.name for p in shim.iterdir()}
+    assert {"cublasLt.h", "cublas_api.h"} <= names and all(n.startswith("cublas") for n in names)
+    with pytest.raises(TriforceError, match="the CUDA library nosuchlib .* is neither in") as err:
+        kernels._cuda_library("nosuchlib", tc)
+    assert "\n" not in str(err.value)
+
+
+def test_devbuild_links_the_same_libraries(tmp_path):
+    sys.path.insert(0, str(REPO / "cutlass_sm110"))
+    import devbuild
+
+    includes, ldflags = devbuild.library_flags("hopper", tmp_path)
+    assert includes == [str(tmp_path / "include")] and (tmp_path / "include" / "cublasLt.h").is_file()
+    assert any(f.startswith("-l:libcublasLt.so") for f in ldflags) and any(f.startswith("-L") for f in ldflags)

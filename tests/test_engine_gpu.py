@@ -324,3 +324,32 @@ def test_cluster_attention_gives_the_triton_actions():
             assert cosine(policy.infer(obs, noise), want) >= 0.9999
     with pytest.raises(TriforceError, match="unknown denoise attention"):
         eng.set_decode_attention("flash")
+
+
+def test_gemm_tuning_and_fast_accum_keep_the_actions():
+    """Tuned cuBLASLt algorithms (the default where the wheel has lt_matmul) give torch's actions, in Plan A and in
+    Plan B with E4M3 outputs; FP8 fast accumulation stays close; stages without such GEMMs are refused."""
+    _load_devbuild()
+    rng = np.random.default_rng(21)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    for plan in ("a", "b"):
+        policy = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan=plan,
+                             **({"recipe": "h100", "calibration": 4} if plan == "b" else {}))
+        eng = policy.backend
+        assert eng.launch_settings()["gemm_tuning"] == ("vision", "prefix")
+        tuned = policy.infer(obs, noise)
+        table = eng.gemm_tuning_table()
+        assert table and all(row["us"] is None or row["us"] <= row["torch_us"] for row in table)
+        eng.set_gemm_tuning(())
+        assert cosine(policy.infer(obs, noise), tuned) >= 0.99999, plan
+        eng.set_gemm_tuning(("vision", "prefix"))
+        if plan == "a":
+            with pytest.raises(TriforceError, match="FP8 fast accumulation in prefix: no FP8 GEMM there"):
+                eng.set_fp8_fast_accum(("prefix",))
+        else:
+            eng.set_fp8_fast_accum(("vision", "prefix"))
+            assert eng.launch_settings()["fp8_fast_accum"] == ("vision", "prefix")
+            assert cosine(policy.infer(obs, noise), tuned) >= 0.999
+            eng.set_fp8_fast_accum(())
+        with pytest.raises(TriforceError, match="GEMM tuning in expert: only vision and prefix"):
+            eng.set_gemm_tuning(("expert",))

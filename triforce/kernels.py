@@ -39,7 +39,8 @@ KERNELS_DIR = REPO_ROOT / "cutlass_sm110"
 PACKAGE = "triforce_kernels"
 _NVCC_VERSION_RE = re.compile(r"release (\d+)\.(\d+), V(\d+\.\d+\.\d+)")
 _NINJA_STEP_RE = re.compile(r"^\[(\d+)/(\d+)\]\s")
-_UNIT_KEYS = {"name", "sources", "families", "gemm_kernel_regex", "include_examples_common", "tensor_core_sass"}
+_UNIT_KEYS = {"name", "sources", "families", "gemm_kernel_regex", "include_examples_common", "tensor_core_sass",
+              "libraries"}
 
 
 def _toolchain_data() -> dict:
@@ -55,6 +56,7 @@ class Unit:
     gemm_kernel_regex: str = ""
     include_examples_common: bool = False
     tensor_core_sass: tuple = ()   # overrides the target's opcodes (e.g. warp-level HMMA for a few-row kernel)
+    libraries: tuple = ()          # CUDA libraries the unit links (e.g. cublasLt), found beside the toolkit or on PyPI
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,12 @@ def load_spec(kernels_dir: Path = KERNELS_DIR) -> KernelSpec:
             unknown = set(u) - _UNIT_KEYS
             if unknown or not {"name", "sources", "families"} <= set(u):
                 raise TriforceError(f"{path}: unit '{u.get('name', '?')}' needs name, sources, families and may add "
-                                    f"gemm_kernel_regex, include_examples_common, tensor_core_sass (unknown: {sorted(unknown)})")
+                                    f"gemm_kernel_regex, include_examples_common, tensor_core_sass, libraries "
+                                    f"(unknown: {sorted(unknown)})")
             re.compile(u.get("gemm_kernel_regex", ""))
             units.append(Unit(u["name"], tuple(u["sources"]), tuple(u["families"]), u.get("gemm_kernel_regex", ""),
-                              bool(u.get("include_examples_common", False)), tuple(u.get("tensor_core_sass", ()))))
+                              bool(u.get("include_examples_common", False)), tuple(u.get("tensor_core_sass", ())),
+                              tuple(u.get("libraries", ()))))
     except (KeyError, TypeError, tomllib.TOMLDecodeError, re.error) as err:
         raise TriforceError(f"{path} is not a valid kernels.toml ({type(err).__name__}: {err}): see the format in "
                             "README 'Build the kernels'") from None
@@ -225,20 +229,58 @@ def _compile_config(spec: KernelSpec, units: list[Unit], arch: str, root: Path, 
     link_dir.mkdir(parents=True, exist_ok=True)
     cudart = next(iter(sorted((tc.cuda_home / "lib").glob("libcudart.so.*"))), None) if (tc.cuda_home / "lib").is_dir() else None
     if cudart and not (tc.cuda_home / "lib" / "libcudart.so").exists():
-        link = link_dir / "libcudart.so"
-        link.unlink(missing_ok=True)
-        link.symlink_to(cudart)
+        _link_unversioned(cudart, link_dir / "libcudart.so")
+    libraries = sorted({lib for u in units for lib in u.libraries})
+    for lib in libraries:
+        header, shared = _cuda_library(lib, tc)
+        include_dirs.append(_library_headers(header, build_dir / "include"))
+        _link_unversioned(shared, link_dir / f"lib{lib}.so")
     return {
         "name": f"{PACKAGE}._C",
         "sources": [str(spec.root / s) for u in units for s in u.sources],
         "include_dirs": [str(p) for p in include_dirs],
         "library_dirs": [str(link_dir)],
+        "libraries": libraries,
         "define_macros": [[f"TRIFORCE_FAMILY_{family.upper()}", None]],
         "cxx": flags["cxx"],
         "nvcc": flags["nvcc"] + [_gencode(arch)],
         "build_temp": str(build_dir / "obj"),
         "build_lib": str(build_dir / "lib"),
     }
+
+
+def _link_unversioned(target: Path, link: Path) -> None:
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+
+
+def _library_headers(header: Path, shim: Path) -> Path:
+    """A folder of links to only this library's headers (cublasLt.h, cublas_api.h, ...): its PyPI include folder
+    whole would put that copy's CUDA runtime headers before the toolkit's for every unit."""
+    family = re.match(r"[a-z]+", header.stem).group(0)      # cublasLt -> cublas
+    shim.mkdir(parents=True, exist_ok=True)
+    for found in header.parent.glob(f"{family}*.h"):
+        _link_unversioned(found, shim / found.name)
+    return shim
+
+
+def _cuda_library(name: str, tc: Toolchain) -> tuple[Path, Path]:
+    """(header, shared library) of a CUDA library a unit links: the toolkit's own, else the PyPI wheel (nvidia-cublas
+    for cublasLt) installed beside torch in this Python."""
+    roots = [tc.cuda_home]
+    try:
+        import nvidia
+        roots += [Path(base) / "cu13" for base in nvidia.__path__]
+    except ImportError:
+        pass
+    for root in roots:
+        header = root / "include" / f"{name}.h"
+        shared = sorted(p for d in ("lib64", "lib") for p in (root / d).glob(f"lib{name}.so*")) if header.is_file() else []
+        if shared:
+            return header, shared[0]
+    raise TriforceError(f"the CUDA library {name} (header {name}.h and lib{name}.so) is neither in {tc.cuda_home} nor "
+                        f"in a PyPI nvidia/cu13 package of this Python: install torch's CUDA libraries (pip install "
+                        f"nvidia-cublas) or point CUDA_HOME at a full toolkit")
 
 
 def _run_child_build(config: dict, tc: Toolchain, jobs: int, build_dir: Path, log: Callable[[str], None]) -> None:
@@ -295,7 +337,7 @@ def _child_compile(config_path: str) -> None:
 
     cfg = json.loads(Path(config_path).read_text())
     ext = CUDAExtension(name=cfg["name"], sources=cfg["sources"], include_dirs=cfg["include_dirs"],
-                        library_dirs=cfg["library_dirs"],
+                        library_dirs=cfg["library_dirs"], libraries=cfg["libraries"],
                         define_macros=[tuple(m) for m in cfg["define_macros"]],
                         extra_compile_args={"cxx": cfg["cxx"], "nvcc": cfg["nvcc"]})
     # --force: setuptools would skip the build when no .cu is newer than the .so, missing header edits; ninja's

@@ -355,6 +355,70 @@ void quant_nvfp4(const at::Tensor& x, const at::Tensor& global_scale, at::Tensor
                         int(x.size(0)), int(x.size(1)), current_stream());
 }
 
+// ── cuBLASLt with a chosen algorithm ──────────────────────────────────────────────────────────────────────────
+triforce::LtProblem lt_problem(const at::Tensor& x, const at::Tensor& w, const at::Tensor& out,
+                               const c10::optional<at::Tensor>& scale_x, const c10::optional<at::Tensor>& scale_w,
+                               const c10::optional<at::Tensor>& bias, bool gelu, bool fast_accum) {
+  const char* op = "lt_matmul";
+  const bool e4m3 = x.scalar_type() == at::kFloat8_e4m3fn;
+  const auto in = e4m3 ? at::kFloat8_e4m3fn : at::kBFloat16;
+  check_tensor(x, op, "x", in);
+  check_tensor(w, op, "w", in);
+  const bool e4m3_out = out.scalar_type() == at::kFloat8_e4m3fn;
+  TORCH_CHECK(e4m3 || !e4m3_out, op, ": an E4M3 output needs E4M3 inputs");
+  check_tensor(out, op, "out", e4m3_out ? at::kFloat8_e4m3fn : at::kBFloat16);
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && out.dim() == 2, op, ": x, w, out must be 2-D");
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  TORCH_CHECK(w.size(1) == k, op, ": w has ", w.size(1), " columns, x has ", k);
+  TORCH_CHECK(out.size(0) == m && out.size(1) == n, op, ": out must be [", m, ", ", n, "], got ", out.sizes());
+  TORCH_CHECK(m > 0 && (k * x.element_size()) % 16 == 0 && (n * out.element_size()) % 16 == 0, op,
+              ": needs M > 0 and 16-byte rows of x and out (got M=", m, " N=", n, " K=", k, ")");
+  TORCH_CHECK(e4m3 == (scale_x.has_value() && scale_w.has_value()), op,
+              ": scale_x and scale_w are given exactly when the inputs are E4M3");
+  if (e4m3) {
+    check_tensor(*scale_x, op, "scale_x", at::kFloat);
+    check_tensor(*scale_w, op, "scale_w", at::kFloat);
+    TORCH_CHECK(scale_x->numel() == 1 && scale_w->numel() == 1, op, ": scale_x and scale_w must be scalars");
+  }
+  TORCH_CHECK(e4m3 || !fast_accum, op, ": fast_accum is an FP8 option");
+  if (bias.has_value()) {
+    check_tensor(*bias, op, "bias", at::kBFloat16);
+    TORCH_CHECK(bias->numel() == n, op, ": bias must have ", n, " elements, got ", bias->numel());
+  }
+  return {x.data_ptr(), w.data_ptr(), out.data_ptr(), e4m3 ? scale_x->data_ptr<float>() : nullptr,
+          e4m3 ? scale_w->data_ptr<float>() : nullptr, bias.has_value() ? bias->data_ptr() : nullptr,
+          int(m), int(n), int(k), e4m3, e4m3_out, gelu, fast_accum};
+}
+
+std::tuple<at::Tensor, at::Tensor> lt_matmul_algos(const at::Tensor& x, const at::Tensor& w, const at::Tensor& out,
+                                                   const c10::optional<at::Tensor>& scale_x,
+                                                   const c10::optional<at::Tensor>& scale_w,
+                                                   const c10::optional<at::Tensor>& bias, bool gelu, bool fast_accum,
+                                                   int64_t max_algos, int64_t max_workspace) {
+  const auto p = lt_problem(x, w, out, scale_x, scale_w, bias, gelu, fast_accum);
+  TORCH_CHECK(max_algos > 0 && max_algos <= 256 && max_workspace >= 0,
+              "lt_matmul_algos: max_algos must be 1..256 and max_workspace >= 0");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto algos = at::empty({max_algos, triforce::kLtAlgoBytes}, at::kByte);
+  auto info = at::empty({max_algos, triforce::kLtAlgoFields}, at::kLong);
+  const int n = triforce::lt_matmul_algos(p, int(max_algos), size_t(max_workspace), algos.data_ptr<uint8_t>(),
+                                          info.data_ptr<int64_t>());
+  return {algos.narrow(0, 0, n).clone(), info.narrow(0, 0, n).clone()};
+}
+
+void lt_matmul(const at::Tensor& x, const at::Tensor& w, at::Tensor out, const c10::optional<at::Tensor>& scale_x,
+               const c10::optional<at::Tensor>& scale_w, const c10::optional<at::Tensor>& bias, bool gelu,
+               bool fast_accum, const at::Tensor& algo, at::Tensor workspace) {
+  const auto p = lt_problem(x, w, out, scale_x, scale_w, bias, gelu, fast_accum);
+  TORCH_CHECK(!algo.is_cuda() && algo.scalar_type() == at::kByte && algo.is_contiguous() &&
+                  algo.numel() == triforce::kLtAlgoBytes,
+              "lt_matmul: algo must be a CPU uint8 tensor of ", triforce::kLtAlgoBytes, " bytes (a row of lt_matmul_algos)");
+  check_tensor(workspace, "lt_matmul", "workspace", at::kByte);
+  const c10::cuda::CUDAGuard guard(x.device());
+  triforce::lt_matmul_run(p, algo.data_ptr<uint8_t>(), workspace.data_ptr(), size_t(workspace.numel()),
+                          current_stream());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -379,6 +443,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "few rows (split-KV over one cluster's CTAs, one launch)", py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("bias"), py::arg("out"), py::arg("static_keys") = 0, py::arg("max_splits") = 0,
         py::arg("dependent") = false);
+  m.def("lt_matmul_algos", &lt_matmul_algos, "cuBLASLt's heuristic candidates for out = epilogue(x @ w^T): (algos "
+        "uint8 [n, 64], info int64 [n, 6]: workspace, algo id, tile, split-K, stages, cluster)", py::arg("x"),
+        py::arg("w"), py::arg("out"), py::arg("scale_x"), py::arg("scale_w"), py::arg("bias"), py::arg("gelu"),
+        py::arg("fast_accum"), py::arg("max_algos"), py::arg("max_workspace"));
+  m.def("lt_matmul", &lt_matmul, "out[M,N] = epilogue(scale_x * scale_w * x @ w^T + bias) by cuBLASLt with a chosen "
+        "algorithm (bf16 or E4M3 in; bf16, or E4M3 from E4M3, out)", py::arg("x"), py::arg("w"), py::arg("out"),
+        py::arg("scale_x"), py::arg("scale_w"), py::arg("bias"), py::arg("gelu"), py::arg("fast_accum"),
+        py::arg("algo"), py::arg("workspace"));
   m.def("rmsnorm_quant_fp8", &rmsnorm_quant_fp8, "Gemma RMSNorm of bf16 x, then fp8 e4m3 (* inv_scale, saturated)");
   m.def("rmsnorm_quant_nvfp4", &rmsnorm_quant_nvfp4, "Gemma RMSNorm of bf16 x, then NVFP4 + swizzled block scales");
   m.def("geglu_quant_fp8", &geglu_quant_fp8, "gelu_tanh(gate) * up of bf16 [M, 2I], then fp8 e4m3");

@@ -75,6 +75,29 @@ struct MqaClusterProblem {
 };
 void mqa_cluster_attention_run(const MqaClusterProblem& p, cudaStream_t stream);
 
+// cuBLASLt GEMM with a chosen algorithm (lt_matmul.cpp, every family): out[M, N] (row-major) = epilogue(scale_x *
+// scale_w * x[M, K] @ w[N, K]^T + bias). x and w both bf16 or both E4M3 (then scale_x / scale_w are device
+// scalars); out bf16, or E4M3 for E4M3 inputs (saturated). The algorithm is cuBLASLt's opaque 64-byte struct from
+// lt_matmul_algos for the same problem (pointers declared 16-byte aligned). fast_accum: FP8 accumulation without
+// the periodic promotion to fp32 (Hopper).
+struct LtProblem {
+  const void* x;
+  const void* w;
+  void* out;
+  const float* scale_x;  // E4M3 inputs only
+  const float* scale_w;
+  const void* bias;      // bf16 [N] or null
+  int m, n, k;
+  bool e4m3_in, e4m3_out, gelu, fast_accum;
+};
+constexpr int kLtAlgoBytes = 64;
+constexpr int kLtAlgoFields = 6;  // workspace bytes, algo id, tile id, split-K count, stages id, cluster shape id
+// cuBLASLt's heuristic candidates for p (at most max_algos, each needing <= max_workspace bytes): their algorithm
+// structs into algos [n][kLtAlgoBytes] and their fields into info [n][kLtAlgoFields]; returns n.
+int lt_matmul_algos(const LtProblem& p, int max_algos, size_t max_workspace, uint8_t* algos, int64_t* info);
+void lt_matmul_run(const LtProblem& p, const uint8_t* algo, void* workspace, size_t workspace_bytes,
+                   cudaStream_t stream);
+
 #if defined(TRIFORCE_FAMILY_HOPPER)
 // One tile configuration per translation unit: the token tile (N of the swapped problem) is 16, 64 or 128.
 size_t w4a16_sm90_tok16_workspace(const W4A16Problem& p);

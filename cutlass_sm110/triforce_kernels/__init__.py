@@ -343,6 +343,74 @@ def mqa_cluster_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
     _ext().mqa_cluster_attention(q, k, v, bias, out, int(static_keys), int(max_splits), bool(dependent))
 
 
+# ── cuBLASLt with a chosen algorithm ─────────────────────────────────────────────────────────────────────────────
+LT_ALGO_FIELDS = ("workspace", "algo", "tile", "split_k", "stages", "cluster")   # lt_matmul_algos' info columns
+
+
+def _check_lt_operands(op: str, x, w, out, scale_x, scale_w, bias, fast_accum: bool) -> None:
+    """x [M, K] and w [N, K] both bf16 or both E4M3 (then per-tensor fp32 scales), out [M, N] bf16 or (E4M3 inputs
+    only) E4M3, optional bf16 bias [N]; 16-byte rows."""
+    if not has_op(op):
+        raise UnsupportedError(f"{op}: not in this wheel (built for {_built_for()}, before cuBLASLt algorithm "
+                               f"choice was added); rebuild it with `invoke build-kernels`")
+    if x.dim() != 2 or w.dim() != 2 or out.dim() != 2:
+        raise KernelError(f"{op}: x, w and out must be 2-D, got {list(x.shape)}, {list(w.shape)}, {list(out.shape)}")
+    (m, k), n = x.shape, w.shape[0]
+    e4m3 = x.dtype == torch.float8_e4m3fn
+    dtype = torch.float8_e4m3fn if e4m3 else torch.bfloat16
+    _check(op, "x", x, dtype)
+    _check(op, "w", w, dtype, (n, k))
+    if out.dtype == torch.float8_e4m3fn and not e4m3:
+        raise KernelError(f"{op}: an E4M3 output needs E4M3 inputs")
+    _check(op, "out", out, out.dtype if out.dtype == torch.float8_e4m3fn else torch.bfloat16, (m, n))
+    if (k * x.element_size()) % 16 or (n * out.element_size()) % 16:
+        raise KernelError(f"{op}: rows of x ({k} x {x.element_size()} B) and out ({n} x {out.element_size()} B) must "
+                          f"be multiples of 16 bytes")
+    if e4m3 != (scale_x is not None and scale_w is not None):
+        raise KernelError(f"{op}: scale_x and scale_w are given exactly when the inputs are E4M3")
+    if fast_accum and not e4m3:
+        raise KernelError(f"{op}: fast_accum is an FP8 option; the inputs are bf16")
+    extra = [t for t in (scale_x, scale_w) if t is not None]
+    for name, t in (("scale_x", scale_x), ("scale_w", scale_w)):
+        if t is not None:
+            _check(op, name, t, torch.float32)
+            if t.numel() != 1:
+                raise KernelError(f"{op}: {name} must be a scalar tensor, got shape {list(t.shape)}")
+    if bias is not None:
+        _check(op, "bias", bias, torch.bfloat16, (n,))
+        extra.append(bias)
+    _check_same_device(op, x, w, out, *extra)
+
+
+def lt_matmul_algos(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, scale_x: torch.Tensor | None = None,
+                    scale_w: torch.Tensor | None = None, bias: torch.Tensor | None = None, gelu: bool = False,
+                    fast_accum: bool = False, max_algos: int = 32, max_workspace: int = 32 << 20):
+    """cuBLASLt's heuristic candidates for out = epilogue(scale_x * scale_w * x @ w^T + bias), best guess first:
+    (algos uint8 [n, 64] on the CPU, each one lt_matmul's `algo`; info int64 [n, 6], columns LT_ALGO_FIELDS). n may
+    be 0 (no algorithm for this problem). Nothing runs on the GPU."""
+    op = "lt_matmul_algos"
+    _check_lt_operands("lt_matmul", x, w, out, scale_x, scale_w, bias, fast_accum)
+    if not 1 <= max_algos <= 256 or max_workspace < 0:
+        raise KernelError(f"{op}: max_algos must be 1..256 and max_workspace >= 0, got {max_algos}, {max_workspace}")
+    return _ext().lt_matmul_algos(x, w, out, scale_x, scale_w, bias, gelu, fast_accum, max_algos, max_workspace)
+
+
+def lt_matmul(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, algo: torch.Tensor, workspace: torch.Tensor,
+              scale_x: torch.Tensor | None = None, scale_w: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+              gelu: bool = False, fast_accum: bool = False) -> None:
+    """out[M, N] = epilogue(scale_x * scale_w * x[M, K] @ w[N, K]^T + bias) by cuBLASLt with `algo` (a row of
+    lt_matmul_algos for the same problem and flags; its workspace column says how many bytes `workspace` needs).
+    gelu: tanh GELU after the bias. E4M3 outputs saturate. CUDA-graph safe."""
+    op = "lt_matmul"
+    _check_lt_operands(op, x, w, out, scale_x, scale_w, bias, fast_accum)
+    if algo.device.type != "cpu" or algo.dtype != torch.uint8 or algo.numel() != 64:
+        raise KernelError(f"{op}: algo must be a CPU uint8 tensor of 64 bytes (a row of lt_matmul_algos), got "
+                          f"{algo.dtype} {list(algo.shape)} on {algo.device}")
+    _check(op, "workspace", workspace, torch.uint8)
+    _check_same_device(op, x, workspace)
+    _ext().lt_matmul(x, w, out, scale_x, scale_w, bias, gelu, fast_accum, algo.contiguous(), workspace)
+
+
 # ── NVFP4 (Blackwell) ───────────────────────────────────────────────────────────────────────────────────────────
 def nvfp4_sf_bytes(rows: int, k: int) -> int:
     """Bytes of a swizzled NVFP4 scale-factor tensor for a [rows, K] operand (rows padded to 128, K/16 to 4)."""

@@ -66,6 +66,8 @@ class Fp8Linear:
     producer kernel writes E4M3 directly (input_quant_scale), cuBLASLt multiplies (torch._scaled_mm, row-wise)."""
 
     input_dtype = FP8
+    tuner = None            # a gemm_tuning.GemmTuner (the engine sets it): cuBLASLt's fastest candidate, deferred form
+    fast_accum = False      # cuBLASLt's FP8 fast accumulation (engine.set_fp8_fast_accum)
 
     def __init__(self, t: dict, defer_channel_scale: bool = False):
         self.weight = t["weight"].cuda()                       # [N, K] e4m3
@@ -102,13 +104,17 @@ class Fp8Linear:
         if x.dtype != FP8:                                      # an unfused producer (cuBLAS/FlashAttention output)
             x = fused.quantize_fp8(x.contiguous(), torch.empty(x.shape, dtype=FP8, device=x.device), self.input_quant_scale)
         if self.deferred:
-            return torch._scaled_mm(x, self.weight.t(), scale_a=self._scale_a_deferred, scale_b=self._one,
-                                    out_dtype=self.output_dtype)
+            op = lambda w: torch._scaled_mm(x, w.t(), scale_a=self._scale_a_deferred, scale_b=self._one,  # noqa: E731
+                                            out_dtype=self.output_dtype, use_fast_accum=self.fast_accum)
+            if self.tuner is None:
+                return op(self.weight)
+            return self.tuner.matmul(x, self.weight, self.output_dtype, op, scale_x=self._scale_a_deferred,
+                                     scale_w=self._one, fast_accum=self.fast_accum)
         rows = x.shape[0]
         if rows not in self._scale_a:
             self._scale_a[rows] = self.input_scale.expand(rows, 1).contiguous()
         return torch._scaled_mm(x, self.weight.t(), scale_a=self._scale_a[rows], scale_b=self.weight_scale,
-                                bias=self.bias, out_dtype=BF16)
+                                bias=self.bias, out_dtype=BF16, use_fast_accum=self.fast_accum)
 
 
 class W4A16Linear:

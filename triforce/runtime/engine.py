@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TriforceError, UnsupportedError
-from . import expert_layer, fused, jit_warmup
+from . import expert_layer, fused, gemm_tuning, jit_warmup
 from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION, placeholder_state
 from .config import ModelConfig
 from .model import time_embedding
@@ -94,6 +94,10 @@ QKV_PREFETCH = {"int4": True, "bf16": False}
 # 2.926 vs 2.969 (4: 8.388), and 8.328 vs 8.352 in a second run (4: 8.323); the same actions up to fp32 rounding
 # (engine_variants-planb-*-s15-e4m3-v1.json, *-s15-e4m3.json)
 PREFIX_ROPE_TOKENS = 8
+# The stages whose large GEMMs (512 image rows, 528 tokens) run cuBLASLt's candidate that timed fastest at load
+# (runtime/gemm_tuning.py), where the kernel wheel has lt_matmul; FP8 fast accumulation is off by default (not measured)
+GEMM_TUNING_STAGES = ("vision", "prefix")
+FP8_FAST_ACCUM_STAGES = ()
 
 
 def kernel_wheel():
@@ -168,6 +172,8 @@ class Linear:
     at 10 rows, bench/results/w4a16_paths-*.json, and no separate residual add). Plan B's quantized layers have the
     same interface."""
 
+    tuner = None      # a gemm_tuning.GemmTuner: the engine sets it on the layers of its tuned stages
+
     def __init__(self, weight, bias=None, few_row_kernel: bool = False):
         self.weight = _bf16(weight)
         self.bias = None if bias is None else _bf16(bias)
@@ -175,12 +181,16 @@ class Linear:
 
     def __call__(self, x):
         if self.bias is None:
-            return x @ self.weight.t()
-        return torch.addmm(self.bias, x, self.weight.t())
+            op = lambda w: x @ w.t()  # noqa: E731
+        else:
+            op = lambda w: torch.addmm(self.bias, x, w.t())  # noqa: E731
+        return op(self.weight) if self.tuner is None else self.tuner.matmul(x, self.weight, BF16, op, bias=self.bias)
 
     def gelu(self, x):
         """gelu_tanh(x W^T + b) with the GELU in cuBLASLt's epilogue (SigLIP's fc1: one launch, no fp32 round trip)."""
-        return torch._addmm_activation(self.bias, x, self.weight.t(), use_gelu=True)
+        op = lambda w: torch._addmm_activation(self.bias, x, w.t(), use_gelu=True)  # noqa: E731
+        return op(self.weight) if self.tuner is None else self.tuner.matmul(x, self.weight, BF16, op, bias=self.bias,
+                                                                            gelu=True)
 
     @property
     def few_row_weights(self) -> dict | None:
@@ -244,6 +254,8 @@ class Pi05Engine:
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
+        self.gemm_tuner = self._new_gemm_tuner()
+        self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -286,6 +298,12 @@ class Pi05Engine:
         self._default_decode_attention()
         self.qkv_prefetch = QKV_PREFETCH[self.qkv_weight_kind()]
         self.e4m3_outputs = tuple(self.e4m3_output_layers())
+        if self.gemm_tuning is None:        # the defaults, unless a setter chose before (kept across reloads)
+            self.gemm_tuning = GEMM_TUNING_STAGES if self.gemm_tuner else ()
+        if self.fp8_fast_accum is None:
+            self.fp8_fast_accum = tuple(st for st in FP8_FAST_ACCUM_STAGES if self._stage_gemms(st, fp8_only=True))
+        self.set_gemm_tuning(self.gemm_tuning)
+        self.set_fp8_fast_accum(self.fp8_fast_accum)
         if self.quant is not None:          # a checkpoint without output scales writes bf16 there: say so
             self.log(f"[engine] E4M3 GEMM outputs: {', '.join(self.e4m3_outputs) or 'none (no FP8 layer has a calibrated output_scale)'}")
 
@@ -295,7 +313,8 @@ class Pi05Engine:
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
-                "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens}
+                "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
+                "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -563,6 +582,59 @@ class Pi05Engine:
                 lin.write_e4m3(stage in stages)
         self.e4m3_outputs = tuple(stage for stage in layers if stage in stages)
         self.slots.clear()
+
+    def _new_gemm_tuner(self):
+        tk = kernel_wheel()
+        try:
+            usable = tk is not None and torch.cuda.is_available() and tk.has_op("lt_matmul")
+        except ImportError:
+            usable = False
+        if not usable:
+            self.log("[engine] GEMM tuning off: no kernel wheel with lt_matmul (torch's GEMMs run)")
+            return None
+        return gemm_tuning.GemmTuner(tk, log=self.log)
+
+    def _stage_gemms(self, stage: str, fp8_only: bool = False) -> list:
+        """The tunable GEMM layers of a stage (vision: SigLIP, its patch embedding and projector; prefix: Gemma 2B):
+        bf16 Linear and Plan B's FP8 layers (those with a `tuner` slot), or only the FP8 ones."""
+        layers = {"vision": [*(lin for layer in self.vision_layers for k, lin in layer.items() if not k.startswith("ln")),
+                             self.patch, self.projector],
+                  "prefix": [lin for layer in self.prefix_layers for lin in layer.values()]}.get(stage, [])
+        return [lin for lin in layers if hasattr(lin, "tuner") and (not fp8_only or in_dtype(lin) == FP8)]
+
+    def set_gemm_tuning(self, stages) -> None:
+        """The stages (vision, prefix) whose GEMMs run the cuBLASLt algorithm the tuner timed fastest for their shape
+        (runtime/gemm_tuning.py); () runs torch's GEMMs everywhere. Needs the kernel wheel's lt_matmul."""
+        stages = tuple(stages)
+        unknown = sorted(set(stages) - {"vision", "prefix"})
+        if unknown:
+            raise TriforceError(f"GEMM tuning in {', '.join(unknown)}: only vision and prefix have tuned GEMMs")
+        if stages and self.gemm_tuner is None:
+            raise UnsupportedError("GEMM tuning needs the kernel wheel's lt_matmul (cuBLASLt with a chosen algorithm) "
+                                   "on a GPU: rebuild the wheel with `invoke build-kernels`")
+        for stage in ("vision", "prefix"):
+            for lin in self._stage_gemms(stage):
+                lin.tuner = self.gemm_tuner if stage in stages else None
+        self.gemm_tuning = stages
+        self.slots.clear()
+
+    def set_fp8_fast_accum(self, stages) -> None:
+        """The stages whose FP8 GEMMs accumulate without Hopper's periodic promotion to fp32 (cuBLASLt's fast
+        accumulation: faster, less exact over long K). A stage without FP8 layers is refused."""
+        stages = tuple(stages)
+        unfit = sorted(st for st in stages if not self._stage_gemms(st, fp8_only=True))
+        if unfit:
+            raise TriforceError(f"FP8 fast accumulation in {', '.join(unfit)}: no FP8 GEMM there (a Plan B recipe "
+                                f"with fp8 for that stage)")
+        for stage in ("vision", "prefix"):
+            for lin in self._stage_gemms(stage, fp8_only=True):
+                lin.fast_accum = stage in stages
+        self.fp8_fast_accum = stages
+        self.slots.clear()
+
+    def gemm_tuning_table(self) -> list:
+        """The tuner's choice for every GEMM shape tuned so far (what the reports record)."""
+        return self.gemm_tuner.table() if self.gemm_tuner else []
 
     def _geglu_stages(self, step: int) -> int:
         """8 stages hold more shared memory: beside the prefix (step 0) they slowed its GEMMs (3.10 vs 3.03 ms)."""

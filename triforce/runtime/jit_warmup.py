@@ -113,8 +113,19 @@ def submitting(compiles: Compiles):
         compiles.submit(original, self, args, grid, kwargs)
         return None
 
+    global _DRY
     JITFunction.run = submit
+    _DRY = True
     try:
         yield
     finally:
         JITFunction.run = original
+        _DRY = False
+
+
+_DRY = False
+
+
+def in_dry_forward() -> bool:
+    """Whether a dry forward is running (its outputs are garbage: no timing or tuning may be based on it)."""
+    return _DRY
