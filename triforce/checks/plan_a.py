@@ -94,7 +94,8 @@ def run(checkpoint: str, config: str, observations: int, runs: int, seed: int = 
               "gate": {"worst_cosine_vs_fp32": GATE_COSINE, "passed": passed},
               "precision": precision, "latency": latency, "cold_start_s": cold_start,
               "load_s": policy.load_seconds, "peak_gpu_memory_gb": peak_gb,
-              "weight_bytes": policy.backend.weight_bytes(), **policy.backend.launch_settings()}
+              "weight_bytes": policy.backend.weight_bytes(), **policy.backend.launch_settings(),
+              "gemm_tuning_table": policy.backend.gemm_tuning_table()}
     return report, rep.EXIT_PASS if passed else rep.EXIT_GATE_FAILED
 
 

@@ -71,7 +71,8 @@ def run(checkpoint: str, config: str, recipe: str, observations: int, runs: int,
     latency["speedup_b_over_a"] = latency["plan_a"]["graph_replay"]["median_ms"] / latency["plan_b"]["graph_replay"]["median_ms"]
     bytes_ = {"plan_a": plan_a.backend.weight_bytes(), "plan_b": plan_b.backend.weight_bytes()}
     quant = plan_b.backend.quant
-    engine = {name: p.backend.launch_settings() for name, p in (("plan_a", plan_a), ("plan_b", plan_b))}
+    engine = {name: {**p.backend.launch_settings(), "gemm_tuning_table": p.backend.gemm_tuning_table()}
+              for name, p in (("plan_a", plan_a), ("plan_b", plan_b))}
     del plan_a  # frees the bf16 engine's memory before the fp32 reference loads
     torch.cuda.empty_cache()
     ref = ReferencePi05(cfg, load_state(path, cfg, device="cuda"), "cuda")
