@@ -95,9 +95,10 @@ QKV_PREFETCH = {"int4": True, "bf16": False}
 # (engine_variants-planb-*-s15-e4m3-v1.json, *-s15-e4m3.json)
 PREFIX_ROPE_TOKENS = 8
 # The stages whose large GEMMs (512 image rows, 528 tokens) run cuBLASLt's candidate that timed fastest at load
-# (runtime/gemm_tuning.py), where the kernel wheel has lt_matmul; FP8 fast accumulation is off by default (not measured)
+# (runtime/gemm_tuning.py), where the kernel wheel has lt_matmul (Plan A 10.18 vs 10.47 ms, Plan B 8.22 vs 8.29); the
+# stages whose FP8 GEMMs accumulate fast (Plan B 7.90 vs 8.22 ms, actions cosine 0.99998: engine_variants-*-s16.json)
 GEMM_TUNING_STAGES = ("vision", "prefix")
-FP8_FAST_ACCUM_STAGES = ()
+FP8_FAST_ACCUM_STAGES = ("vision", "prefix")
 
 
 def kernel_wheel():
