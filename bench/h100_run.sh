@@ -99,9 +99,11 @@
 #     validation (with the wheel), the engine benchmark
 #   part 53: part 51 (engine variants: Plan B torch's GEMMs and fast accumulation, Plan A torch's GEMMs) with Plan
 #     B validation (h100_fast) in one call
+#   part 54: the engine GPU tests, bench/gemm_tuning.py, the engine benchmark (part 52 / 53 had found an engine
+#     without a loadable wheel refusing to build, and a bench bug)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|53   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|54   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -296,6 +298,10 @@ elif [ "$1" = 42 ]; then
 elif [ "$1" = 41 ]; then  # ran at 7aec4c4 (8 stages in every step, step 0 included)
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+elif [ "$1" = 54 ]; then   # after part 52's fixes: the engine GPU tests, the GEMM table, the engine benchmark
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py bench/gemm_tuning.py --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
 elif [ "$1" = 53 ]; then   # part 51 and Plan B's validation in one call (device starts were scarce)
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider -x tests/test_lt_matmul_gpu.py

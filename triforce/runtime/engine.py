@@ -585,13 +585,15 @@ class Pi05Engine:
         self.slots.clear()
 
     def _new_gemm_tuner(self):
+        """The GEMM tuner where the kernel wheel has lt_matmul; else None, said in the log (Plan A runs without the
+        wheel: torch's GEMMs, the heuristic's first answer)."""
         tk = kernel_wheel()
         try:
-            usable = tk is not None and torch.cuda.is_available() and tk.has_op("lt_matmul")
-        except ImportError:
-            usable = False
-        if not usable:
-            self.log("[engine] GEMM tuning off: no kernel wheel with lt_matmul (torch's GEMMs run)")
+            why = None if tk is not None and tk.has_op("lt_matmul") else "no kernel wheel with lt_matmul"
+        except (ImportError, RuntimeError) as err:          # a wheel whose extension does not load here
+            why = f"the kernel wheel does not load ({err})"
+        if why or not torch.cuda.is_available():
+            self.log(f"[engine] GEMM tuning off: {why or 'no GPU'}; torch's GEMMs run")
             return None
         return gemm_tuning.GemmTuner(tk, log=self.log)
 
