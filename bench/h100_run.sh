@@ -101,9 +101,10 @@
 #     B validation (h100_fast) in one call
 #   part 54: the engine GPU tests, bench/gemm_tuning.py, the engine benchmark (part 52 / 53 had found an engine
 #     without a loadable wheel refusing to build, and a bench bug)
+#   part 55: the GEMM tuner's and the engine's tuning GPU tests, Plan B validation (h100_fast)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|54   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|55   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -298,6 +299,11 @@ elif [ "$1" = 42 ]; then
 elif [ "$1" = 41 ]; then  # ran at 7aec4c4 (8 stages in every step, step 0 included)
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --out-dir "$OUT"
+elif [ "$1" = 55 ]; then   # the tuner's workspace per shape (was per stream): its tests, the engine's, Plan B validation
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_lt_matmul_gpu.py
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "gemm_tuning or matches_reference"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
 elif [ "$1" = 54 ]; then   # after part 52's fixes: the engine GPU tests, the GEMM table, the engine benchmark
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/gemm_tuning.py --out-dir "$OUT"

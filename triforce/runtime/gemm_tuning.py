@@ -17,7 +17,7 @@ import torch
 from ..errors import TriforceError
 from . import jit_warmup
 
-MAX_CANDIDATES = 24          # cuBLASLt heuristic answers timed per GEMM
+MAX_CANDIDATES = 24          # cuBLASLt heuristic answers timed per GEMM (it offered 8 on the H100)
 MAX_WORKSPACE = 32 << 20     # bytes a candidate may ask for (split-K partials)
 ROTATION_BYTES = 160 << 20   # weight copies cycled in the timed graph: > 3x the H100's 50 MB L2
 CALLS = (8, 64)              # GEMMs per timed graph (min, max)
@@ -52,8 +52,10 @@ class Choice:
     candidates: int
     rejected: int
     note: str = ""
+    workspace: torch.Tensor | None = None   # the chosen candidate's, allocated once at tuning (never in a capture)
 
     def record(self) -> dict:
+        """The choice as a report row (the workspace tensor left out)."""
         return {**asdict(self.key), "label": self.key.label(), "runs": "torch" if self.algo is None else "cuBLASLt",
                 "us": self.us, "torch_us": self.torch_us, "best_candidate_us": self.best_candidate_us,
                 "speedup_vs_torch": round(self.torch_us / self.us, 4) if self.us and self.torch_us else None,
@@ -92,13 +94,13 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 class GemmTuner:
     """Chooses, per GEMM shape and form, between torch's op and cuBLASLt's candidates (run by the kernel wheel), once,
-    in eager mode (the engine's warm-up forward runs every GEMM before the capture)."""
+    in eager mode (the engine's warm-up forward runs every GEMM before the capture). The GEMMs of one shape share their
+    choice's workspace: they must run in stream order (the engine runs vision, then the prefix, on one stream each)."""
 
     def __init__(self, kernels, log=print):
         self.kernels = kernels
         self.log = log
         self.choices: dict[GemmKey, Choice] = {}
-        self._workspace: dict[int, torch.Tensor] = {}     # per CUDA stream: GEMMs on one stream run in order
 
     def matmul(self, x, w, out_dtype, torch_op, scale_x=None, scale_w=None, bias=None, gelu=False,
                fast_accum=False) -> torch.Tensor:
@@ -118,16 +120,8 @@ class GemmTuner:
         if choice.algo is None:
             return torch_op(w)
         out = torch.empty(x.shape[0], w.shape[0], dtype=out_dtype, device=x.device)
-        self.kernels.lt_matmul(x, w, out, choice.algo, self._workspace_for(choice.info["workspace"]), scale_x,
-                               scale_w, bias, gelu, fast_accum)
+        self.kernels.lt_matmul(x, w, out, choice.algo, choice.workspace, scale_x, scale_w, bias, gelu, fast_accum)
         return out
-
-    def _workspace_for(self, nbytes: int) -> torch.Tensor:
-        stream = torch.cuda.current_stream().cuda_stream
-        held = self._workspace.get(stream)
-        if held is None or held.numel() < max(nbytes, 1):
-            held = self._workspace[stream] = torch.empty(max(nbytes, 1), dtype=torch.uint8, device="cuda")
-        return held
 
     def _rotation(self, w: torch.Tensor) -> list:
         """Copies of w (its bytes, so the GEMM draws the same power) cycled so the timed calls read DRAM, not L2."""
@@ -171,8 +165,9 @@ class GemmTuner:
             choice = Choice(key, None, None, torch_us, torch_us, best_us, algos.shape[0], rejected,
                             "torch's op was fastest" if best else "no candidate ran and agreed with torch's op")
         else:
-            choice = Choice(key, algos[best[1]].clone(), dict(zip(fields, (int(v) for v in info[best[1]]))), best_us,
-                            torch_us, best_us, algos.shape[0], rejected)
+            chosen = dict(zip(fields, (int(v) for v in info[best[1]])))
+            choice = Choice(key, algos[best[1]].clone(), chosen, best_us, torch_us, best_us, algos.shape[0], rejected,
+                            workspace=torch.empty(max(1, chosen["workspace"]), dtype=torch.uint8, device=x.device))
         runs = f"cuBLASLt {choice.info}" if choice.algo is not None else "torch"
         self.log(f"[gemm] {key.label()}: {runs}, {choice.us:.2f} us vs torch {torch_us:.2f} us (best of "
                  f"{choice.candidates} candidates {best_us or float('nan'):.2f} us, {rejected} rejected)")
