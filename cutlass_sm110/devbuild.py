@@ -7,7 +7,6 @@ torch.utils.cpp_extension.load, and registers the module as `triforce_kernels._C
 from __future__ import annotations
 
 import os
-import re
 import sys
 import tomllib
 from pathlib import Path
@@ -39,41 +38,20 @@ def units(family: str) -> list[dict]:
     return [u for u in table["unit"] if family in u["families"]]
 
 
-def library_headers(include: Path, name: str, shim: Path) -> Path:
-    """A folder of links to only this library's headers (cublasLt.h, cublas_api.h, ...): adding its PyPI include
-    folder whole would put that copy's CUDA runtime headers before the toolkit's for every unit."""
-    family = re.match(r"[a-z]+", name).group(0)      # cublasLt -> cublas
-    shim.mkdir(parents=True, exist_ok=True)
-    for header in include.glob(f"{family}*.h"):
-        link = shim / header.name
-        link.unlink(missing_ok=True)
-        link.symlink_to(header)
-    return shim
-
-
 def library_flags(family: str, build_dir: Path) -> tuple[list[str], list[str]]:
-    """(include paths, linker flags) of the CUDA libraries the family's units link (kernels.toml `libraries`): the
-    toolkit's own, else torch's PyPI copy (nvidia/cu13, e.g. nvidia-cublas for cublasLt)."""
+    """(include paths, linker flags) of the CUDA libraries the family's units link (kernels.toml `libraries`), found
+    as the wheel build finds them (triforce.kernels.cuda_library)."""
     from torch.utils import cpp_extension
 
-    names = sorted({lib for u in units(family) for lib in u.get("libraries", ())})
-    roots = [Path(cpp_extension.CUDA_HOME)] if cpp_extension.CUDA_HOME else []
-    try:
-        import nvidia
-        roots += [Path(base) / "cu13" for base in nvidia.__path__]
-    except ImportError:
-        pass
+    if str(REPO) not in sys.path:       # a prebuild runs with only cutlass_sm110 on the path
+        sys.path.insert(0, str(REPO))
+    from triforce.kernels import cuda_library
+
     includes, ldflags = [], []
-    for name in names:
-        for root in roots:
-            shared = sorted(p for d in ("lib64", "lib") for p in (root / d).glob(f"lib{name}.so*"))
-            if (root / "include" / f"{name}.h").is_file() and shared:
-                includes.append(str(library_headers(root / "include", name, build_dir / "include")))
-                ldflags += [f"-L{shared[0].parent}", f"-l:{shared[0].name}"]
-                break
-        else:
-            raise RuntimeError(f"devbuild: the CUDA library {name} ({name}.h, lib{name}.so) is in none of "
-                               f"{[str(r) for r in roots]}: install torch's CUDA libraries (nvidia-cublas)")
+    for name in sorted({lib for u in units(family) for lib in u.get("libraries", ())}):
+        headers, shared = cuda_library(name, Path(cpp_extension.CUDA_HOME or "/usr/local/cuda"), build_dir / "include")
+        includes.append(str(headers))
+        ldflags += [f"-L{shared.parent}", f"-l:{shared.name}"]
     return includes, ldflags
 
 

@@ -224,13 +224,12 @@ def test_kernels_toml_declares_linked_libraries(tmp_path):
 
 def test_a_linked_library_is_found_with_only_its_own_headers(tmp_path):
     tc = kernels.find_toolchain()
-    header, shared = kernels._cuda_library("cublasLt", tc)
-    assert header.name == "cublasLt.h" and shared.name.startswith("libcublasLt.so")
-    shim = kernels._library_headers(header, tmp_path / "include")
+    shim, shared = kernels.cuda_library("cublasLt", tc.cuda_home, tmp_path / "include")
+    assert (shim / "cublasLt.h").resolve().name == "cublasLt.h" and shared.name.startswith("libcublasLt.so")
     names = {p.name for p in shim.iterdir()}
     assert {"cublasLt.h", "cublas_api.h"} <= names and all(n.startswith("cublas") for n in names)
     with pytest.raises(TriforceError, match="the CUDA library nosuchlib .* is neither in") as err:
-        kernels._cuda_library("nosuchlib", tc)
+        kernels.cuda_library("nosuchlib", tc.cuda_home, tmp_path / "other")
     assert "\n" not in str(err.value)
 
 

@@ -232,8 +232,8 @@ def _compile_config(spec: KernelSpec, units: list[Unit], arch: str, root: Path, 
         _link_unversioned(cudart, link_dir / "libcudart.so")
     libraries = sorted({lib for u in units for lib in u.libraries})
     for lib in libraries:
-        header, shared = _cuda_library(lib, tc)
-        include_dirs.append(_library_headers(header, build_dir / "include"))
+        headers, shared = cuda_library(lib, tc.cuda_home, build_dir / "include")
+        include_dirs.append(headers)
         _link_unversioned(shared, link_dir / f"lib{lib}.so")
     return {
         "name": f"{PACKAGE}._C",
@@ -254,20 +254,12 @@ def _link_unversioned(target: Path, link: Path) -> None:
     link.symlink_to(target)
 
 
-def _library_headers(header: Path, shim: Path) -> Path:
-    """A folder of links to only this library's headers (cublasLt.h, cublas_api.h, ...): its PyPI include folder
-    whole would put that copy's CUDA runtime headers before the toolkit's for every unit."""
-    family = re.match(r"[a-z]+", header.stem).group(0)      # cublasLt -> cublas
-    shim.mkdir(parents=True, exist_ok=True)
-    for found in header.parent.glob(f"{family}*.h"):
-        _link_unversioned(found, shim / found.name)
-    return shim
-
-
-def _cuda_library(name: str, tc: Toolchain) -> tuple[Path, Path]:
-    """(header, shared library) of a CUDA library a unit links: the toolkit's own, else the PyPI wheel (nvidia-cublas
-    for cublasLt) installed beside torch in this Python."""
-    roots = [tc.cuda_home]
+def cuda_library(name: str, cuda_home: Path, shim: Path) -> tuple[Path, Path]:
+    """(include folder, shared library) of a CUDA library a unit links: the toolkit's own, else the PyPI wheel
+    (nvidia-cublas for cublasLt) beside torch in this Python. The include folder (shim) holds links to only this
+    library's headers (cublasLt.h, cublas_api.h, ...): its PyPI include folder whole would put that copy's CUDA runtime
+    headers before the toolkit's for every unit. Shared by the wheel build and cutlass_sm110/devbuild.py."""
+    roots = [cuda_home]
     try:
         import nvidia
         roots += [Path(base) / "cu13" for base in nvidia.__path__]
@@ -277,8 +269,12 @@ def _cuda_library(name: str, tc: Toolchain) -> tuple[Path, Path]:
         header = root / "include" / f"{name}.h"
         shared = sorted(p for d in ("lib64", "lib") for p in (root / d).glob(f"lib{name}.so*")) if header.is_file() else []
         if shared:
-            return header, shared[0]
-    raise TriforceError(f"the CUDA library {name} (header {name}.h and lib{name}.so) is neither in {tc.cuda_home} nor "
+            family = re.match(r"[a-z]+", name).group(0)      # cublasLt -> cublas
+            shim.mkdir(parents=True, exist_ok=True)
+            for found in header.parent.glob(f"{family}*.h"):
+                _link_unversioned(found, shim / found.name)
+            return shim, shared[0]
+    raise TriforceError(f"the CUDA library {name} (header {name}.h and lib{name}.so) is neither in {cuda_home} nor "
                         f"in a PyPI nvidia/cu13 package of this Python: install torch's CUDA libraries (pip install "
                         f"nvidia-cublas) or point CUDA_HOME at a full toolkit")
 

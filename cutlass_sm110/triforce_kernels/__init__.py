@@ -389,7 +389,7 @@ def lt_matmul_algos(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, scale_x
     (algos uint8 [n, 64] on the CPU, each one lt_matmul's `algo`; info int64 [n, 6], columns LT_ALGO_FIELDS). n may
     be 0 (no algorithm for this problem). Nothing runs on the GPU."""
     op = "lt_matmul_algos"
-    _check_lt_operands("lt_matmul", x, w, out, scale_x, scale_w, bias, fast_accum)
+    _check_lt_operands(op, x, w, out, scale_x, scale_w, bias, fast_accum)
     if not 1 <= max_algos <= 256 or max_workspace < 0:
         raise KernelError(f"{op}: max_algos must be 1..256 and max_workspace >= 0, got {max_algos}, {max_workspace}")
     return _ext().lt_matmul_algos(x, w, out, scale_x, scale_w, bias, gelu, fast_accum, max_algos, max_workspace)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TriforceError, UnsupportedError
-from ..runtime import fused
+from ..runtime import fused, gemm_tuning
 from ..runtime.checkpoint import load_state
 from ..runtime.config import ModelConfig
 from . import formats as fm
@@ -106,10 +106,8 @@ class Fp8Linear:
         if self.deferred:
             op = lambda w: torch._scaled_mm(x, w.t(), scale_a=self._scale_a_deferred, scale_b=self._one,  # noqa: E731
                                             out_dtype=self.output_dtype, use_fast_accum=self.fast_accum)
-            if self.tuner is None:
-                return op(self.weight)
-            return self.tuner.matmul(x, self.weight, self.output_dtype, op, scale_x=self._scale_a_deferred,
-                                     scale_w=self._one, fast_accum=self.fast_accum)
+            return gemm_tuning.run(self.tuner, x, self.weight, self.output_dtype, op, scale_x=self._scale_a_deferred,
+                                   scale_w=self._one, fast_accum=self.fast_accum)
         rows = x.shape[0]
         if rows not in self._scale_a:
             self._scale_a[rows] = self.input_scale.expand(rows, 1).contiguous()

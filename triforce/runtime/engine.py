@@ -185,13 +185,12 @@ class Linear:
             op = lambda w: x @ w.t()  # noqa: E731
         else:
             op = lambda w: torch.addmm(self.bias, x, w.t())  # noqa: E731
-        return op(self.weight) if self.tuner is None else self.tuner.matmul(x, self.weight, BF16, op, bias=self.bias)
+        return gemm_tuning.run(self.tuner, x, self.weight, BF16, op, bias=self.bias)
 
     def gelu(self, x):
         """gelu_tanh(x W^T + b) with the GELU in cuBLASLt's epilogue (SigLIP's fc1: one launch, no fp32 round trip)."""
         op = lambda w: torch._addmm_activation(self.bias, x, w.t(), use_gelu=True)  # noqa: E731
-        return op(self.weight) if self.tuner is None else self.tuner.matmul(x, self.weight, BF16, op, bias=self.bias,
-                                                                            gelu=True)
+        return gemm_tuning.run(self.tuner, x, self.weight, BF16, op, bias=self.bias, gelu=True)
 
     @property
     def few_row_weights(self) -> dict | None:

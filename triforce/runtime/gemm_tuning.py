@@ -62,6 +62,11 @@ class Choice:
                 "candidates": self.candidates, "rejected": self.rejected, "algo": self.info, "note": self.note}
 
 
+def run(tuner, x, w, out_dtype, torch_op, **epilogue) -> torch.Tensor:
+    """A layer's GEMM: torch_op(w), or where the layer has a tuner (the engine's tuned stages), the tuner's choice."""
+    return torch_op(w) if tuner is None else tuner.matmul(x, w, out_dtype, torch_op, **epilogue)
+
+
 def _name(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float8_e4m3fn: "e4m3"}[dtype]
 

@@ -101,6 +101,9 @@ class Compiles:
             self.pool.shutdown(wait=True)
 
 
+_DRY = False       # inside submitting(): a dry forward
+
+
 @contextlib.contextmanager
 def submitting(compiles: Compiles):
     """Inside: Triton launches only submit their compile to `compiles` (nothing runs); the patch is gone on exit,
@@ -121,9 +124,6 @@ def submitting(compiles: Compiles):
     finally:
         JITFunction.run = original
         _DRY = False
-
-
-_DRY = False
 
 
 def in_dry_forward() -> bool:
