@@ -102,6 +102,8 @@
 #   part 54: the engine GPU tests, bench/gemm_tuning.py, the engine benchmark (part 52 / 53 had found an engine
 #     without a loadable wheel refusing to build, and a bench bug)
 #   part 55: the GEMM tuner's and the engine's tuning GPU tests, Plan B validation (h100_fast)
+#   part 56 (the kernel wheel, development build): the few-row W4A16 kernel tests (warp and warpgroup MMA, tile and
+#     blocked layouts), the W4A16 sweep of all four forms
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|55   (carry .device_carry and .whl)
@@ -321,6 +323,10 @@ elif [ "$1" = 52 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   validate_and_bench bench/with_devbuild.py
+elif [ "$1" = 56 ]; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider -x tests/test_kernels_gpu.py -k "skinny"
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
 elif [ "$1" = 51 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider -x tests/test_lt_matmul_gpu.py

@@ -273,6 +273,105 @@ def test_w4a16_skinny_in_a_graph_with_dependent_launches(tk):
     torch.testing.assert_close(out, 8 * _reference(x, q, s), rtol=1e-4, atol=1e-3)
 
 
+# ── the same operands in the blocked layout, and the split-K form on warpgroup MMA (wgmma, Hopper builds) ──────
+def _blocked(q, s):
+    return formats.block_fragments(*_fragments(q, s))
+
+
+def _warpgroup(tk):
+    if tk.family() != "hopper":
+        pytest.skip("warpgroup MMA (wgmma) is sm_90a only")
+
+
+@pytest.mark.parametrize("m, n, k", [(m, n, k) for m in (1, 10, 17, 64) for n, k in ((1024, 4096), (2560, 1024))] +
+                         [(64, 16384, 2048), (64, 2048, 16384)])
+@pytest.mark.parametrize("layout", ["tile", "blocked"])
+@pytest.mark.parametrize("mma", ["warp", "warpgroup"])
+def test_w4a16_skinny_forms_and_layouts_match_reference(tk, m, n, k, layout, mma):
+    if mma == "warpgroup":
+        _warpgroup(tk)
+    gen = torch.Generator(device="cuda").manual_seed(m * 3 + n + k)
+    q, s = _weights(n, k, gen)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = torch.zeros(m, n, device="cuda")
+    tk.w4a16_skinny(x, *(_blocked(q, s) if layout == "blocked" else _fragments(q, s)), out, mma=mma)
+    torch.cuda.synchronize()
+    assert _rel_err(out, _reference(x, q, s)) < 1e-5, "integer codes enter the MMA exactly"
+
+
+@pytest.mark.parametrize("splits, tiles_per_warp", [(1, 1), (1, 2), (3, 1), (16, 2)])
+def test_w4a16_skinny_warpgroup_gated_add_every_launch_shape(tk, splits, tiles_per_warp):
+    """The expert's o/down form (gated residual add, strided x) on wgmma, N not a multiple of the CTA's rows."""
+    _warpgroup(tk)
+    m, n, k = 40, 1040, 2048
+    gen = torch.Generator(device="cuda").manual_seed(15)
+    q, s = _weights(n, k, gen)
+    x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16, generator=gen)[:, :k]
+    gate = torch.randn(n, device="cuda", generator=gen)
+    residual = torch.randn(m, n, device="cuda", generator=gen)
+    expect = residual + gate * _reference(x, q, s)
+    tk.w4a16_skinny(x, *_fragments(q, s), residual, gate, splits=splits, tiles_per_warp=tiles_per_warp,
+                    mma="warpgroup")
+    torch.cuda.synchronize()
+    torch.testing.assert_close(residual, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_w4a16_skinny_warpgroup_is_exact_on_single_nonzero_weight(tk):
+    _warpgroup(tk)
+    n, k, m = 128, 256, 33
+    codes = torch.zeros(n, k, dtype=torch.int8, device="cuda")
+    codes[5, 77], codes[100, 200], codes[127, 0] = 1, -8, 7
+    q = formats.pack_int4(codes)
+    s = torch.ones(n, k // 128, dtype=torch.bfloat16, device="cuda")
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    for layout in ("tile", "blocked"):
+        out = torch.zeros(m, n, device="cuda")
+        tk.w4a16_skinny(x, *(_blocked(q, s) if layout == "blocked" else _fragments(q, s)), out, mma="warpgroup")
+        expect = torch.zeros(m, n, device="cuda")
+        expect[:, 5], expect[:, 100], expect[:, 127] = x[:, 77].float(), -8 * x[:, 200].float(), 7 * x[:, 0].float()
+        torch.testing.assert_close(out, expect, rtol=0, atol=0, msg=f"{layout} layout")
+
+
+def test_w4a16_skinny_warpgroup_in_a_graph_with_dependent_launches(tk):
+    _warpgroup(tk)
+    m, n, k = 64, 1024, 4096
+    gen = torch.Generator(device="cuda").manual_seed(19)
+    q, s = _weights(n, k, gen)
+    w, sc = _blocked(q, s)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = torch.zeros(m, n, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        tk.w4a16_skinny(x, w, sc, out, dependent=True, mma="warpgroup")
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(8):
+                tk.w4a16_skinny(x, w, sc, out, dependent=True, mma="warpgroup")
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, 8 * _reference(x, q, s), rtol=1e-4, atol=1e-3)
+
+
+def test_w4a16_skinny_geglu_on_the_blocked_layout(tk):
+    inter, k, m = 4096, 1024, 10
+    gen = torch.Generator(device="cuda").manual_seed(23)
+    q, s = _weights(2 * inter, k, gen)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    act = torch.full((m, inter), float("nan"), device="cuda", dtype=torch.bfloat16)
+    tk.w4a16_skinny_geglu(x, *_blocked(formats.interleave_gate_up(q), formats.interleave_gate_up(s)), act)
+    torch.cuda.synchronize()
+    assert _rel_err(act, formats.geglu_tanh(_reference(x, q, s))) < 1e-2
+
+
+def test_w4a16_skinny_refuses_an_unknown_mma(tk):
+    q, s = _weights(256, 512, torch.Generator(device="cuda").manual_seed(3))
+    out = torch.ones(4, 256, device="cuda")
+    with pytest.raises(tk.KernelError, match="mma must be one of"):
+        tk.w4a16_skinny(torch.randn(4, 512, device="cuda", dtype=torch.bfloat16), *_fragments(q, s), out, mma="tcgen05")
+    assert bool((out == 1.0).all())
+
+
 SKINNY_BAD = {
     "65 rows": lambda x, w, s, out: (torch.zeros(65, 512, device="cuda", dtype=torch.bfloat16), w, s, out[:1].expand(65, -1)),
     "x fp16": lambda x, w, s, out: (x.half(), w, s, out),

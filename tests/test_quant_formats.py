@@ -144,6 +144,25 @@ def test_int4_fragment_word_holds_one_mma_step():
     assert bool((codes == 8).all())
 
 
+def test_block_fragments_puts_one_group_of_8_tiles_together():
+    """Blocked layout: [block, group] holds tiles 8b..8b+7, each its two 64-k chunks of that group (the kernels'
+    FragmentIndex); scales the same with 16 per tile."""
+    n, k = 256, 384
+    qweight, scales = fmt.quantize_int4_g128(torch.randn(n, k))
+    w, s = fmt.pack_int4_fragments(qweight), fmt.pack_scales_fragments(scales)
+    bw, bs = fmt.block_fragments(w, s)
+    assert bw.shape == (n // 128, k // 128, 8192) and bs.shape == (n // 128, k // 128, 128)
+    for tile in range(n // 16):
+        for group in range(k // 128):
+            for c in range(2):
+                assert torch.equal(bw[tile // 8, group, (tile % 8) * 1024 + c * 512:][:512], w[tile, 2 * group + c])
+            assert torch.equal(bs[tile // 8, group, (tile % 8) * 16:][:16], s[tile, group])
+    with pytest.raises(TriforceError, match="N % 128"):
+        fmt.block_fragments(w[:4], s[:4])
+    with pytest.raises(TriforceError, match="do not match"):
+        fmt.block_fragments(w, s[:, :1])
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: fmt.pack_int4_fragments(torch.zeros(8, 64, dtype=torch.uint8)), "N % 16"),
     (lambda: fmt.pack_int4_fragments(torch.zeros(16, 32, dtype=torch.uint8)), "K % 128"),

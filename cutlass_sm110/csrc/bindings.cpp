@@ -146,28 +146,40 @@ void check_rows(const at::Tensor& t, const char* op, const char* name) {
 }
 
 // x (row-strided bf16 view allowed, 1..64 rows) and the few-row kernel's fragment-layout weights and scales of N
-// weight rows (gate and up rows both counted for the GeGLU form).
-void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n, const char* op) {
+// weight rows (gate and up rows both counted for the GeGLU form). Returns whether they are in the blocked layout
+// (formats.block_fragments: [N/128, K/128, 8192] and [N/128, K/128, 128]) rather than the tile layout.
+bool check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n, const char* op) {
   check_rows(x, op, "x");
   check_tensor(w, op, "weight", at::kByte);
   check_tensor(s, op, "scales", at::kBFloat16);
   const int64_t m = x.size(0), k = x.size(1);
   TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
               ": needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
+  const bool blocked = w.dim() == 3 && w.size(2) == 8192;
+  if (blocked) {
+    TORCH_CHECK(n % 128 == 0 && w.size(0) == n / 128 && w.size(1) == k / 128, op, ": blocked weight must be [",
+                n / 128, ", ", k / 128, ", 8192] (block_fragments; N % 128 == 0), got ", w.sizes());
+    TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 128 && s.size(1) == k / 128 && s.size(2) == 128, op,
+                ": blocked scales must be [", n / 128, ", ", k / 128, ", 128] (block_fragments), got ", s.sizes());
+    return true;
+  }
   TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 512, op,
               ": weight must be [", n / 16, ", ", k / 64, ", 512] (pack_int4_fragments), got ", w.sizes());
   TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 16 && s.size(1) == k / 128 && s.size(2) == 16, op,
               ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
+  return false;
 }
 
 // Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
 // (formats.pack_int4_fragments / pack_scales_fragments). out (fp32) is added to: zero it, or pass the residual.
+// mma: 0 the default for M and the family, 1 warp MMA (every family), 2 warpgroup MMA (sm_90a builds only).
 void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
-                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent) {
+                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent,
+                  int64_t mma) {
   const char* op = "w4a16_skinny";
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
               ": out must be a CUDA fp32 [M, N] with unit column stride");
-  check_skinny_operands(x, w, s, out.size(1), op);
+  const bool blocked = check_skinny_operands(x, w, s, out.size(1), op);
   const int64_t m = x.size(0), k = x.size(1), n = out.size(1);
   TORCH_CHECK(out.size(0) == m, op, ": out has ", out.size(0), " rows, x has ", m);
   const float* gate_ptr = nullptr;
@@ -179,11 +191,21 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
   TORCH_CHECK(splits >= 0 && (tiles_per_warp == 0 || tiles_per_warp == 1 || tiles_per_warp == 2), op,
               ": splits >= 0 (0: fill the GPU) and tiles_per_warp 0 (default), 1 or 2; got ", splits, ", ",
               tiles_per_warp);
+  TORCH_CHECK(mma >= 0 && mma <= 2, op, ": mma must be 0 (default), 1 (warp) or 2 (warpgroup), got ", mma);
+#if !defined(TRIFORCE_FAMILY_HOPPER)
+  TORCH_CHECK(mma != 2, op, ": warpgroup MMA (wgmma) exists only on sm_90a; this build is not for Hopper");
+#endif
   const c10::cuda::CUDAGuard guard(x.device());
-  const int rt = tiles_per_warp ? int(tiles_per_warp) : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
+  const bool warpgroup = mma == 2;
+  const int rt = tiles_per_warp ? int(tiles_per_warp)
+                                : (warpgroup ? 1 : triforce::w4a16_skinny_default_tiles_per_warp(int(m)));
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(), nullptr,
                                  int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
                                  sm_count()};
+  p.blocked = blocked;
+#if defined(TRIFORCE_FAMILY_HOPPER)
+  if (warpgroup) return triforce::w4a16_wgmma_run(p, current_stream());
+#endif
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -194,13 +216,13 @@ void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tens
   const char* op = "w4a16_skinny_geglu";
   TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
               ": act must be a CUDA bf16 [M, N/2] with unit column stride");
-  check_skinny_operands(x, w, s, 2 * act.size(1), op);
+  const bool blocked = check_skinny_operands(x, w, s, 2 * act.size(1), op);
   const int64_t m = x.size(0), k = x.size(1), n = 2 * act.size(1);
   TORCH_CHECK(act.size(0) == m, op, ": act has ", act.size(0), " rows, x has ", m);
   const c10::cuda::CUDAGuard guard(x.device());
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), nullptr, nullptr, act.data_ptr(),
                                  int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count(),
-                                 int(stages)};
+                                 int(stages), blocked};
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -433,7 +455,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("splits") = 1, py::arg("nondeterministic") = false);
   m.def("w4a16_skinny", &w4a16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ dequant(W)^T for M <= 64, fragment layout",
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
-        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);
+        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false, py::arg("mma") = 0);
   m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
         "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
         py::arg("dependent") = false, py::arg("stages") = 0);

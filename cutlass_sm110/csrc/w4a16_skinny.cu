@@ -23,6 +23,7 @@
 #include <string>
 
 #include "triforce_gemm.h"
+#include "w4a16_fragments.cuh"
 
 namespace triforce {
 namespace {
@@ -34,38 +35,7 @@ constexpr int kStages = 4;   // pipeline depth of the split-K forms, and the GeG
 // different splits may not share it, so the engine can give the whole chain one split. A launch attribute, so a
 // graph's kernel node keeps it and plain launches (denoise step 0 beside the prefix) are left to the driver.
 int g_carveout = -1;
-constexpr int kChunk = 64;   // k per prepacked 16-byte lane fragment (four MMAs)
-constexpr int kGroup = 128;  // k per scale (one pipeline stage)
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-// Programmatic dependent launch: both are no-ops when the kernel was launched without the attribute.
-__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
-
-// Nibbles at bits 4i and 16 + 4i of w (after the caller's shift) as bf16x2 of q = u - 8, exactly.
-__device__ __forceinline__ uint32_t nibble_pair_to_bf16x2(uint32_t w) {
-  uint32_t biased;  // (w & 0x000F000F) | 0x43004300: bf16 128 + u in each half
-  asm("lop3.b32 %0, %1, 0x000F000F, 0x43004300, 0xEA;\n" : "=r"(biased) : "r"(w));
-  const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(&biased);
-  const __nv_bfloat162 q = __hsub2(v, __nv_bfloat162(__float2bfloat16(136.f), __float2bfloat16(136.f)));
-  return *reinterpret_cast<const uint32_t*>(&q);
-}
-
-// The A fragments of one MMA from one 32-bit word of the prepacked layout: rows g / g + 8, k slots 2t / 2t + 8.
-__device__ __forceinline__ void dequant_word(uint32_t w, uint32_t (&a)[4]) {
-  a[0] = nibble_pair_to_bf16x2(w);
-  a[1] = nibble_pair_to_bf16x2(w >> 4);
-  a[2] = nibble_pair_to_bf16x2(w >> 8);
-  a[3] = nibble_pair_to_bf16x2(w >> 12);
-}
-
+using namespace frag;
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
@@ -82,6 +52,7 @@ struct SkinnyArgs {
   __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
   int m, n, k, splits;
   int64_t ldx, ldo;
+  bool blocked;                 // the blocked fragment layout (FragmentIndex)
 };
 
 template <int NT, int RT, int WARPS, int STAGES>
@@ -116,7 +87,8 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   constexpr int kThreads = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
+  const int tiles = a.n / 16, groups = a.k / kGroup;
+  const FragmentIndex index{groups, a.blocked};
   const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
   const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
   int tile[RT];
@@ -132,13 +104,13 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
       if (!valid[r]) continue;
-      const uint4* src = a.weight + (int64_t(tile[r]) * chunks + 2 * (gbeg + i)) * 32 + lane;
+      const uint4* src = a.weight + index.weight(tile[r], gbeg + i) + lane;
       unsigned char* dst = base + ((warp * RT + r) * 2 * 32 + lane) * 16;
       cp_async16(dst, src, 16);
       cp_async16(dst + 32 * 16, src + 32, 16);
       if (lane < 2)
         cp_async16(base + S::kWeightBytes + (warp * RT + r) * 32 + lane * 16,
-                   a.scales + (int64_t(tile[r]) * groups + gbeg + i) * 16 + lane * 8, 16);
+                   a.scales + index.scales(tile[r], gbeg + i) + lane * 8, 16);
     }
   };
   // Stage i's x slice, all 8 NT token rows (rows >= M zero-filled); 16-byte segments XOR-swizzled by token so the
@@ -324,7 +296,7 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
     throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
-               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo, p.blocked};
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

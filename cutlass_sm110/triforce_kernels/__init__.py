@@ -222,24 +222,40 @@ def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> 
 
 
 def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int) -> None:
-    """x (a row-strided bf16 view allowed) and the fragment-layout weights and scales of N output rows."""
+    """x (a row-strided bf16 view allowed) and the fragment-layout weights and scales of N output rows, in the tile
+    layout (pack_int4_fragments) or the blocked one (block_fragments: 8 tiles x one group contiguous)."""
     m, k = x.shape
     _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
     _check_rows(op, "x", x)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 3 and weight.shape[2] == 8192:
+        if n % 128:
+            raise KernelError(f"{op}: the blocked fragment layout needs N % 128 == 0, got N={n}")
+        _check(op, "weight", weight, torch.uint8, (n // 128, k // GROUP_SIZE, 8192))
+        _check(op, "scales", scales, torch.bfloat16, (n // 128, k // GROUP_SIZE, 128))
+        return
     _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
     _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
 
 
+W4A16_SKINNY_MMA = {"auto": 0, "warp": 1, "warpgroup": 2}   # warpgroup: wgmma, sm_90a builds only
+
+
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
                  gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
-                 dependent: bool = False) -> None:
+                 dependent: bool = False, mma: str = "auto") -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
     pack_scales_fragments [N/16, K/128, 16] bf16). `out` is added to (zero it, or pass the residual); x may be a
     row-strided view. splits: CTAs along K (0: fill the GPU once); tiles_per_warp: 16-row tiles per warp (0: by M);
-    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it)."""
+    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it); mma: "warp" (mma.sync,
+    every family), "warpgroup" (wgmma: 64 features x all tokens an instruction, Hopper builds only) or "auto"."""
     op = "w4a16_skinny"
     _require_op(op)
+    if mma not in W4A16_SKINNY_MMA:
+        raise KernelError(f"{op}: mma must be one of {sorted(W4A16_SKINNY_MMA)}, got {mma!r}")
+    if mma == "warpgroup" and family() != "hopper":
+        raise UnsupportedError(f"{op}: warpgroup MMA (wgmma) exists only on sm_90a; this wheel is built for "
+                               f"{_built_for()}")
     if x.dim() != 2 or out.dim() != 2:
         raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
     m, k = x.shape
@@ -255,7 +271,7 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     if splits < 0 or tiles_per_warp not in (0, 1, 2):
         raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, W4A16_SKINNY_MMA[mma])
 
 
 W4A16_SKINNY_GEGLU_STAGES = (0, 4, 8)   # 0: the default (4)
