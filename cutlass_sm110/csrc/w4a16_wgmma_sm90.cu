@@ -7,7 +7,7 @@
 // shared memory, read once per 64 features by the tensor cores.
 //
 // B is x in the canonical no-swizzle K-major layout: per 16-k step, 8-token core matrices of 8 rows x 16 bytes
-// (leading byte offset 128: the second 8 k; stride byte offset 256: the next 8 tokens). The fragment layout permutes
+// (offsets padded against bank conflicts: step_bytes). The fragment layout permutes
 // k inside a 64-k chunk (lane t of a quad owns k in [16t, 16t + 16), formats.pack_int4_fragments), so x is copied in
 // 4-byte k pairs (cp.async) to where that permutation puts them. Each (tile, 128-k group) is summed exactly in fp32 by
 // the MMA (integer codes) and scaled in fp32, as in the warp form. Tokens are zero-padded to N = 8, 16, 32 or 64.
@@ -87,11 +87,17 @@ __device__ __forceinline__ void fence_operands(float (&d)[R]) {  // keep reads o
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// A no-swizzle K-major shared-memory matrix descriptor: start, leading byte offset 128 (the second core matrix
-// along k), stride byte offset 256 (the next 8 tokens), all in 16-byte units.
+// x's 16-k steps in shared memory, padded so that the 4-byte copies of one warp (32 consecutive k pairs of one
+// token: lane quad q, step s, half h) hit 32 distinct banks: the second core matrix along k sits 192 bytes after
+// the first (+16 banks), a step starts 16 bytes (4 banks) past a multiple of 128, 8-token groups 320 bytes apart.
+constexpr int kLeadBytes = 192, kGroupBytes = 320;
+constexpr int step_bytes(int n) { return (n / 8 * kGroupBytes + 111) / 128 * 128 + 16; }
+
+// A no-swizzle K-major shared-memory matrix descriptor: start, leading byte offset (the second core matrix along
+// k), stride byte offset (the next 8 tokens), all in 16-byte units.
 __device__ __forceinline__ uint64_t b_descriptor(const void* p) {
   const auto addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  return uint64_t((addr >> 4) & 0x3FFF) | (uint64_t(128 >> 4) << 16) | (uint64_t(256 >> 4) << 32);
+  return uint64_t((addr >> 4) & 0x3FFF) | (uint64_t(kLeadBytes >> 4) << 16) | (uint64_t(kGroupBytes >> 4) << 32);
 }
 
 template <int NT, int RT>
@@ -99,7 +105,7 @@ struct WgSmem {
   static constexpr int kN = 8 * NT;
   static constexpr int kWeightBytes = kWarps * RT * 2 * 32 * 16;  // two 64-k chunks of every tile
   static constexpr int kScaleBytes = kWarps * RT * 16 * 2;
-  static constexpr int kStepBytes = kN * 32;                      // one 16-k step of x: N tokens x 32 bytes
+  static constexpr int kStepBytes = step_bytes(kN);                // one 16-k step of x (padded, step_bytes)
   static constexpr int kXBytes = 8 * kStepBytes;
   static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
   static constexpr int kBytes = kStages * kStageBytes;
@@ -147,7 +153,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a16_wgmma_kernel(WgArgs a) {
       const int c = u >> 5, q = (u >> 3) & 3, s = (u >> 1) & 3, h = u & 1;
       const bool in = tok < a.m;
       const __nv_bfloat16* src = in ? a.x + tok * a.ldx + k0 + 2 * u : a.x;
-      cp_async4(xs + (4 * c + s) * S::kStepBytes + (tok >> 3) * 256 + h * 128 + (tok & 7) * 16 + q * 4, src,
+      cp_async4(xs + (4 * c + s) * S::kStepBytes + (tok >> 3) * kGroupBytes + h * kLeadBytes + (tok & 7) * 16 + q * 4, src,
                 in ? 4 : 0);
     }
   };
