@@ -71,7 +71,8 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
-                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": FP8_FAST_ACCUM_STAGES}
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": FP8_FAST_ACCUM_STAGES,
+                   "bf16_few_row": "engine"}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -80,7 +81,13 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                    ("torch's GEMMs everywhere (no cuBLASLt algorithm tuning)", {"gemm_tuning": ()}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
-                  *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS)),
+                  *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS),
+                  ("bf16 expert o/down/gate_up on Triton (before the seventeenth session)",
+                   {**ENGINE_DEFAULTS, "bf16_few_row": "triton"}),
+                  ("bf16 expert o/down/gate_up on the wheel's few-row kernel",
+                   {**ENGINE_DEFAULTS, "bf16_few_row": "mma"}),
+                  ("bf16 expert on the wheel's few-row kernel, gate/up + GeGLU with the default 4-stage pipeline",
+                   {**ENGINE_DEFAULTS, "bf16_few_row": "mma", "w4a16_geglu_stages": 0})),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention but in step 0 "
                    "beside the prefix; carveout 100%; gate/up 8 stages in steps 1-9)", ENGINE_DEFAULTS),
                   ("W4A16 gate/up + GeGLU with the default 4-stage pipeline",
@@ -112,6 +119,8 @@ def apply(eng, settings: dict) -> None:
     eng.set_e4m3_outputs(tuple(eng.e4m3_output_layers()) if outputs == "engine" else outputs)
     eng.set_gemm_tuning(settings["gemm_tuning"])
     eng.set_fp8_fast_accum(settings["fp8_fast_accum"])
+    if settings["bf16_few_row"] != "engine":
+        eng.set_bf16_few_row(settings["bf16_few_row"])
 
 
 def main():

@@ -372,6 +372,76 @@ def test_w4a16_skinny_refuses_an_unknown_mma(tk):
     assert bool((out == 1.0).all())
 
 
+# ── the few-row kernel on bf16 weight fragments (Plan A's expert o / down / gate_up + GeGLU) ───────────────────
+@pytest.mark.parametrize("m, n, k", [(1, 1024, 2048), (10, 1024, 4096), (16, 2560, 1024), (40, 1024, 2048),
+                                     (64, 1040, 1024)])
+def test_bf16_skinny_matches_reference(tk, m, n, k):
+    gen = torch.Generator(device="cuda").manual_seed(m + n + k)
+    w = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
+    x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16, generator=gen)[:, :k]
+    gate = torch.randn(n, device="cuda", generator=gen)
+    residual = torch.randn(m, n, device="cuda", generator=gen)
+    expect = residual + gate * (x.float() @ w.float().T)
+    tk.bf16_skinny(x, formats.pack_bf16_fragments(w), residual, gate)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(residual, expect, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 1000])
+def test_bf16_skinny_every_split_in_a_graph_of_dependent_launches(tk, splits):
+    m, n, k = 10, 1024, 4096
+    gen = torch.Generator(device="cuda").manual_seed(splits)
+    w = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
+    frags = formats.pack_bf16_fragments(w)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    out = torch.zeros(m, n, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        tk.bf16_skinny(x, frags, out, splits=splits, dependent=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(4):
+                tk.bf16_skinny(x, frags, out, splits=splits, dependent=True)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, 4 * (x.float() @ w.float().T), rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("m, stages", [(1, 0), (10, 0), (10, 8), (64, 0)])
+def test_bf16_skinny_geglu_matches_reference(tk, m, stages):
+    inter, k = 4096, 1024
+    gen = torch.Generator(device="cuda").manual_seed(m + stages)
+    w = (torch.randn(2 * inter, k, device="cuda", generator=gen) * 0.05).to(torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    act = torch.full((m, inter), float("nan"), device="cuda", dtype=torch.bfloat16)
+    tk.bf16_skinny_geglu(x, formats.pack_bf16_fragments(formats.interleave_gate_up(w)), act, stages=stages)
+    torch.cuda.synchronize()
+    assert torch.isfinite(act).all()
+    assert _rel_err(act, formats.geglu_tanh(x.float() @ w.float().T)) < 1e-2, "bf16 output"
+
+
+BF16_SKINNY_BAD = {
+    "int4 fragments": lambda x, w, out: (x, formats.pack_int4_fragments(formats.quantize_int4_g128(
+        torch.randn(256, 512, device="cuda"))[0]), out),
+    "canonical weight": lambda x, w, out: (x, w.reshape(256, 512), out),
+    "65 rows": lambda x, w, out: (torch.zeros(65, 512, device="cuda", dtype=torch.bfloat16), w, out[:1].expand(65, -1)),
+    "out bf16": lambda x, w, out: (x, w, out.bfloat16()),
+    "x column stride": lambda x, w, out: (torch.cat([x, x], 1)[:, ::2], w, out),
+}
+
+
+@pytest.mark.parametrize("case", list(BF16_SKINNY_BAD))
+def test_bf16_skinny_refuses_bad_input(tk, case):
+    x = torch.randn(10, 512, device="cuda", dtype=torch.bfloat16)
+    w = formats.pack_bf16_fragments(torch.randn(256, 512, device="cuda"))
+    out = torch.ones(10, 256, device="cuda")
+    with pytest.raises(tk.KernelError):
+        tk.bf16_skinny(*BF16_SKINNY_BAD[case](x, w, out))
+    torch.cuda.synchronize()
+    assert bool((out == 1.0).all()), "a refused call must leave the output untouched"
+
+
 SKINNY_BAD = {
     "65 rows": lambda x, w, s, out: (torch.zeros(65, 512, device="cuda", dtype=torch.bfloat16), w, s, out[:1].expand(65, -1)),
     "x fp16": lambda x, w, s, out: (x.half(), w, s, out),

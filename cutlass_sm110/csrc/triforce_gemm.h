@@ -50,8 +50,9 @@ struct W4A16SkinnyProblem {
   int sm_count;
   int stages = 0;     // GeGLU form only
   bool blocked = false;  // weights and scales in the blocked fragment layout (w4a16_fragments.cuh FragmentIndex)
+  bool bf16 = false;     // bf16 weight fragments (formats.pack_bf16_fragments, 64 bytes a lane and chunk), no scales
 };
-int w4a16_skinny_default_tiles_per_warp(int m);
+int w4a16_skinny_default_tiles_per_warp(int m, bool bf16 = false);
 // The split-K form on warpgroup MMA (w4a16_wgmma_sm90.cu, the Hopper family only): wgmma.m64nNk16 with each warp's
 // dequantized 16-row tile as its share of A in registers and the tokens (N = 16, 32 or 64, zero-padded) as B in
 // shared memory. Same operands as w4a16_skinny_run (no GeGLU form); tiles_per_warp 1 or 2.

@@ -301,6 +301,60 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent, stages)
 
 
+def _check_bf16_fragments(op: str, x: torch.Tensor, weight: torch.Tensor, n: int) -> None:
+    m, k = x.shape
+    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
+    _check_rows(op, "x", x)
+    _check(op, "weight", weight, torch.bfloat16, (n // 16, k // 64, 1024))
+
+
+def bf16_skinny(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, gate: torch.Tensor | None = None,
+                splits: int = 0, dependent: bool = False) -> None:
+    """out[M, N] (fp32) += [gate ⊙] x[M, K] @ W^T for M <= 64: w4a16_skinny's warp-MMA kernel on bf16 weight
+    fragments (triforce.quant.formats.pack_bf16_fragments [N/16, K/64, 1024] bf16: a lane's four MMA steps of a
+    64-k chunk in 64 bytes). `out` is added to; splits: CTAs along K (0: fill the GPU once); dependent: a
+    programmatic dependent launch whose weight loads start before it waits for the kernel before it."""
+    op = "bf16_skinny"
+    _require_op(op)
+    if x.dim() != 2 or out.dim() != 2:
+        raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
+    m, n = x.shape[0], out.shape[1]
+    if not 1 <= m <= W4A16_SKINNY_MAX_ROWS:
+        raise KernelError(f"{op}: M={m} rows; this kernel takes 1..{W4A16_SKINNY_MAX_ROWS}")
+    _check_bf16_fragments(op, x, weight, n)
+    if out.dtype != torch.float32 or tuple(out.shape) != (m, n) or out.stride(1) != 1:
+        raise KernelError(f"{op}: out must be fp32 [{m}, {n}] with unit column stride, got {out.dtype} "
+                          f"{list(out.shape)}")
+    if gate is not None:
+        _check(op, "gate", gate, torch.float32, (n,))
+    if splits < 0:
+        raise KernelError(f"{op}: splits must be >= 0, got {splits}")
+    _check_same_device(op, x, weight, out, *([gate] if gate is not None else []))
+    _ext().bf16_skinny(x, weight, out, gate, splits, dependent)
+
+
+def bf16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, act: torch.Tensor, dependent: bool = False,
+                      stages: int = 0) -> None:
+    """act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T) for M <= 64 on bf16 fragments of gate/up rows
+    interleaved in 8-row blocks (formats.interleave_gate_up, then pack_bf16_fragments); stages as
+    w4a16_skinny_geglu's."""
+    op = "bf16_skinny_geglu"
+    _require_op(op)
+    if stages not in W4A16_SKINNY_GEGLU_STAGES:
+        raise KernelError(f"{op}: stages must be one of {W4A16_SKINNY_GEGLU_STAGES} (0: the default), got {stages}")
+    if x.dim() != 2 or act.dim() != 2:
+        raise KernelError(f"{op}: x and act must be 2-D, got {list(x.shape)} and {list(act.shape)}")
+    m, n = x.shape[0], 2 * act.shape[1]
+    if not 1 <= m <= W4A16_SKINNY_MAX_ROWS or act.shape[0] != m:
+        raise KernelError(f"{op}: x and act must have the same 1..{W4A16_SKINNY_MAX_ROWS} rows, got {m} and "
+                          f"{act.shape[0]}")
+    _check_bf16_fragments(op, x, weight, n)
+    if act.dtype != torch.bfloat16 or act.stride(1) != 1:
+        raise KernelError(f"{op}: act must be bf16 with unit column stride, got {act.dtype}")
+    _check_same_device(op, x, weight, act)
+    _ext().bf16_skinny_geglu(x, weight, act, dependent, stages)
+
+
 def set_chain_carveout(percent: int) -> None:
     """The preferred shared-memory carveout (percent of the SM's unified L1 / shared memory, or -1 for the driver's
     choice) that the wheel's later dependent launches ask for (the few-row W4A16 kernels and mqa_cluster_attention:

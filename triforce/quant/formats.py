@@ -135,6 +135,18 @@ def unpack_int4_fragments(packed: torch.Tensor) -> torch.Tensor:
     return pack_nibbles(canonical)
 
 
+def pack_bf16_fragments(weight: torch.Tensor) -> torch.Tensor:
+    """bf16 [N, K] -> [N/16, K/64, 1024] bf16 in the few-row kernel's MMA order, the k permutation of
+    pack_int4_fragments: per lane g*4 + t and MMA step s (k0 = 16t + 4s of the chunk) four 32-bit registers,
+    (row g, k0 / k0 + 1), (row g + 8, k0 / k0 + 1), (row g, k0 + 2 / + 3), (row g + 8, k0 + 2 / + 3)."""
+    _require(weight.dim() == 2 and weight.shape[0] % FRAGMENT_ROWS == 0 and weight.shape[1] % INT4_GROUP == 0,
+             f"pack_bf16_fragments: needs [N, K] with N % {FRAGMENT_ROWS} == 0 and K % {INT4_GROUP} == 0, got "
+             f"{tuple(weight.shape)}")
+    n, k = weight.shape
+    w = weight.to(torch.bfloat16).reshape(n // 16, 2, 8, k // FRAGMENT_K, 4, 4, 2, 2)  # tile, half, g, chunk, t, s, j2, j
+    return w.permute(0, 3, 2, 4, 5, 6, 1, 7).reshape(n // 16, k // FRAGMENT_K, 1024).contiguous()
+
+
 BLOCK_TILES = 8   # 16-row tiles of one block of the blocked fragment layout (w4a16_fragments.cuh FragmentIndex)
 
 
