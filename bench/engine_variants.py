@@ -71,7 +71,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
-                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": FP8_FAST_ACCUM_STAGES,
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine",
                    "bf16_few_row": "engine"}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
@@ -118,9 +118,12 @@ def apply(eng, settings: dict) -> None:
     outputs = settings["e4m3_outputs"]
     eng.set_e4m3_outputs(tuple(eng.e4m3_output_layers()) if outputs == "engine" else outputs)
     eng.set_gemm_tuning(settings["gemm_tuning"])
-    eng.set_fp8_fast_accum(settings["fp8_fast_accum"])
-    if settings["bf16_few_row"] != "engine":
-        eng.set_bf16_few_row(settings["bf16_few_row"])
+    accum = settings["fp8_fast_accum"]                # "engine": FP8_FAST_ACCUM_STAGES that have FP8 GEMMs
+    eng.set_fp8_fast_accum(tuple(st for st in FP8_FAST_ACCUM_STAGES if eng._stage_gemms(st, fp8_only=True))
+                           if accum == "engine" else accum)
+    if eng._bf16_few_row_layers():                    # Plan A (a no-op for a quantized expert)
+        few_row = settings["bf16_few_row"]
+        eng.set_bf16_few_row(("triton" if eng._bf16_few_row_refusal() else "mma") if few_row == "engine" else few_row)
 
 
 def main():
