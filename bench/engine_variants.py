@@ -45,6 +45,9 @@ programs a row block (each p v for half the head dim; 14.1 vs 16.1 us alone) slo
 0 (Plan B 3.11 vs 3.02 ms, Plan A 4.38 vs 4.21), four programs more: removed (*-s12-v-split.json). Vision's and
 the prefix's Triton kernels on dependent launches (each waiting on griddepcontrol, launched while the GEMM before it
 ran): Plan A 10.79 vs 10.67, Plan B 8.71 vs 8.57 ms (vision 1.57 vs 1.50): removed (*-s12-encoder-pdl.json).
+Session 17: Plan A's bf16 expert o / down / gate_up + GeGLU on the wheel's few-row warp-MMA kernel (bf16 weight
+fragments, weights requested before the chain wait): 11.22 / 11.16 ms (8 / 4 stages) vs 10.30 on Triton, denoise
+5.52 vs 4.71: removed (*-s17-bf16-few-row.json).
 With --recipes r1,r2,... (Plan B) the variants are instead the engine defaults on each recipe's model (one model a
 recipe, same run): session 12 compared SigLIP in FP8 (recipe h100) against bf16 (h100_fast) this way.
 Records bench/results/engine_variants-plan<a|b>-<gpu>-<date>.json.
@@ -71,8 +74,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
-                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine",
-                   "bf16_few_row": "engine"}
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine"}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -81,13 +83,7 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                    ("torch's GEMMs everywhere (no cuBLASLt algorithm tuning)", {"gemm_tuning": ()}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
-                  *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS),
-                  ("bf16 expert o/down/gate_up on Triton (before the seventeenth session)",
-                   {**ENGINE_DEFAULTS, "bf16_few_row": "triton"}),
-                  ("bf16 expert o/down/gate_up on the wheel's few-row kernel",
-                   {**ENGINE_DEFAULTS, "bf16_few_row": "mma"}),
-                  ("bf16 expert on the wheel's few-row kernel, gate/up + GeGLU with the default 4-stage pipeline",
-                   {**ENGINE_DEFAULTS, "bf16_few_row": "mma", "w4a16_geglu_stages": 0})),
+                  *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS)),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention but in step 0 "
                    "beside the prefix; carveout 100%; gate/up 8 stages in steps 1-9)", ENGINE_DEFAULTS),
                   ("W4A16 gate/up + GeGLU with the default 4-stage pipeline",
@@ -121,9 +117,6 @@ def apply(eng, settings: dict) -> None:
     accum = settings["fp8_fast_accum"]                # "engine": FP8_FAST_ACCUM_STAGES that have FP8 GEMMs
     eng.set_fp8_fast_accum(tuple(st for st in FP8_FAST_ACCUM_STAGES if eng._stage_gemms(st, fp8_only=True))
                            if accum == "engine" else accum)
-    if eng._bf16_few_row_layers():                    # Plan A (a no-op for a quantized expert)
-        few_row = settings["bf16_few_row"]
-        eng.set_bf16_few_row(("triton" if eng._bf16_few_row_refusal() else "mma") if few_row == "engine" else few_row)
 
 
 def main():

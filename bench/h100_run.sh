@@ -102,14 +102,16 @@
 #   part 54: the engine GPU tests, bench/gemm_tuning.py, the engine benchmark (part 52 / 53 had found an engine
 #     without a loadable wheel refusing to build, and a bench bug)
 #   part 55: the GEMM tuner's and the engine's tuning GPU tests, Plan B validation (h100_fast)
-#   part 56 (the kernel wheel, development build): the few-row W4A16 kernel tests (warp and warpgroup MMA, tile and
-#     blocked layouts), the W4A16 sweep of all four forms
-#   part 57 (the kernel wheel, development build): the few-row kernel tests (bf16 fragments too), the engine's
+#   part 56 (ran at 83e5a59; the warpgroup-MMA form and the blocked layout lost and were removed): the few-row
+#     W4A16 kernel tests (warp and warpgroup MMA, tile and blocked layouts), the W4A16 sweep of all four forms
+#   part 57 (ran at c4d6926; the bf16-fragment form lost and was removed): the few-row kernel tests, the engine's
 #     few-row / tuning / reference tests, Plan A's engine variants (bf16 expert o/down/gate_up on the wheel's kernel
 #     or Triton), the W4A16 sweep of the Gemma gate (warp vs warpgroup MMA), Plan A validation
+#   part 58 (the kernel wheel, development build): every GPU test, Plan B (h100_fast) and Plan A validation, the
+#     engine benchmark
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|57   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|58   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -326,17 +328,10 @@ elif [ "$1" = 52 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   validate_and_bench bench/with_devbuild.py
-elif [ "$1" = 57 ]; then
+elif [ "$1" = 58 ]; then   # the final code (the review commit 94b90bc's kernels and engine): every GPU test, validation
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "skinny"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "bf16_few_row or gemm_tuning or reference"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 6,8 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --shapes 1 --kernels mma,wgmma --out-dir "$OUT"
-  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-elif [ "$1" = 56 ]; then
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider -x tests/test_kernels_gpu.py -k "skinny"
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_lt_matmul_gpu.py tests/test_engine_gpu.py
+  validate_and_bench bench/with_devbuild.py
 elif [ "$1" = 51 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider -x tests/test_lt_matmul_gpu.py

@@ -3,9 +3,7 @@
 >= 70%), on the Pi0.5 GEMMs that stream the most int4 bytes, with cuBLAS bf16 on the same shapes in the same run:
 - triton: fused.skinny_w4a16 (canonical int4, int4 groups dequantized into tl.dot), its launch-shape grid on request;
 - mma: the wheel's w4a16_skinny (warp-level MMA on prepacked fragments, cp.async weight stream), its splits and
-  tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py);
-- mma_blocked: the same on the blocked fragment layout (formats.block_fragments: a CTA's stage one contiguous run);
-- wgmma, wgmma_blocked (Hopper builds): its split-K form on warpgroup MMA, on either layout.
+  tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py).
 Every entry: a CUDA graph of calls over weight copies that overflow L2, median of 50 replays after warm-up, per call.
 Also each kernel's default and best launch shape as the engine's denoise chain launches them (engine.DENOISE_LAUNCHES
 "dependent"): each call a programmatic dependent launch that waits on the GPU for the call before it (the calls
@@ -45,16 +43,9 @@ def kernels(tk, triton_grid: bool):
     """name -> (prepare(q, s) -> weights, call(x, weights, acc, shape, dependent), grid)."""
     out = {"triton": (lambda q, s: (q, s), lambda x, w, acc, shape, dep: fused.skinny_w4a16(x, *w, out=acc, **shape),
                       TRITON_GRID if triton_grid else [DEFAULT])}
-    if tk is None:
-        return out
-    tile = lambda q, s: (fm.pack_int4_fragments(q), fm.pack_scales_fragments(s))  # noqa: E731
-    blocked = lambda q, s: fm.block_fragments(*tile(q, s))  # noqa: E731
-    forms = [("mma", tile, "warp"), ("mma_blocked", blocked, "warp")]
-    if tk.family() == "hopper":
-        forms += [("wgmma", tile, "warpgroup"), ("wgmma_blocked", blocked, "warpgroup")]
-    for name, prep, mma in forms:
-        out[name] = (prep, lambda x, w, acc, shape, dep, mma=mma: tk.w4a16_skinny(x, *w, acc, dependent=dep, mma=mma,
-                                                                               **shape), MMA_GRID)
+    if tk is not None:
+        out["mma"] = (lambda q, s: (fm.pack_int4_fragments(q), fm.pack_scales_fragments(s)),
+                      lambda x, w, acc, shape, dep: tk.w4a16_skinny(x, *w, acc, dependent=dep, **shape), MMA_GRID)
     return out
 
 
@@ -115,7 +106,6 @@ def main():
     ap.add_argument("--engine-shape-only", action="store_true", help="only each kernel's default launch shape")
     ap.add_argument("--rows", default=",".join(map(str, ROWS)), help="token counts M, comma-separated")
     ap.add_argument("--shapes", type=int, default=len(SHAPES), help="only the first N GEMM shapes")
-    ap.add_argument("--kernels", default="", help="only these kernels, comma-separated (default: every one)")
     ap.add_argument("--triton-grid", action="store_true", help="also the Triton kernel's launch-shape grid (sessions "
                     "3-5 swept it: w4a16_sweep-*-s5.json)")
     a = ap.parse_args()
@@ -126,8 +116,6 @@ def main():
     except ImportError:
         tk = None
     table = kernels(tk, a.triton_grid)
-    if a.kernels:
-        table = {name: table[name] for name in a.kernels.split(",")}
     copy = copy_gbs()
     rows_m = tuple(int(v) for v in a.rows.split(","))
     rows = [r for name, n, k in SHAPES[:a.shapes] for r in sweep_shape(name, n, k, copy, table, not a.engine_shape_only, rows_m)]

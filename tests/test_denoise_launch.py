@@ -66,7 +66,6 @@ def test_a_carveout_the_wheel_cannot_apply_is_refused(monkeypatch):
     stub = SimpleNamespace(carveout=100, _carveout_pushed=False, decode_attention="triton", step0_attention="triton",
                            expert_layers=[{"qkv": object(), "o": layer, "gate_up": object(), "down": layer}])
     stub._w4a16_layers = lambda names: Pi05Engine._w4a16_layers(stub, names)
-    stub._bf16_few_row_layers = lambda: []
     with pytest.raises(UnsupportedError, match="no set_chain_carveout.*set_carveout\\(-1\\)"):
         Pi05Engine._apply_carveout(stub)
     assert applied == [100]
@@ -112,7 +111,6 @@ def test_cluster_attention_is_refused_naming_why_and_its_carveout_reaches_the_wh
     monkeypatch.setattr(fused, "set_chain_carveout", lambda percent: None)
     stub.carveout, stub._carveout_pushed, stub.expert_layers = 100, False, []
     stub._w4a16_layers = lambda names: []
-    stub._bf16_few_row_layers = lambda: []
     Pi05Engine._apply_carveout(stub)
     assert pushed == [100]
 
@@ -208,45 +206,12 @@ def test_reports_record_the_engine_launch_settings():
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
                            qkv_prefetch=True, e4m3_outputs=("prefix",), prefix_rope_tokens=4,
-                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), bf16_few_row="mma")
+                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=())
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
                         "w4a16_geglu_stages": 8, "qkv_prefetch": True, "e4m3_outputs": ("prefix",),
-                        "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": (),
-                        "bf16_few_row": "mma"}
+                        "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": ()}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")
-
-
-def test_bf16_few_row_kernel_is_refused_naming_why_and_defaults_to_triton_without_the_wheel(monkeypatch):
-    """Plan A's expert o / down / gate_up on the wheel's few-row kernel: asked for without a wheel that has
-    bf16_skinny it raises naming why; the default then is 'triton', said in the log; the bf16 layers get it."""
-    from triforce.runtime import engine
-
-    def cpu_linear(rows):                          # a bf16 Linear without the GPU its constructor moves it to
-        lin = engine.Linear.__new__(engine.Linear)
-        lin.weight, lin.bias, lin.adds_into_residual = torch.zeros(rows, 128, dtype=torch.bfloat16), None, True
-        return lin
-
-    o, gate_up = cpu_linear(32), cpu_linear(64)
-    logs = []
-    stub = SimpleNamespace(slots={"graph": 1}, bf16_few_row=None, log=logs.append,
-                           expert_layers=[{"qkv": object(), "o": o, "gate_up": gate_up, "down": o}])
-    for name in ("_bf16_few_row_layers", "_bf16_few_row_refusal", "set_bf16_few_row"):
-        setattr(stub, name, getattr(Pi05Engine, name).__get__(stub))
-    monkeypatch.setattr(engine, "kernel_wheel", lambda: None)
-    with pytest.raises(UnsupportedError, match="bf16 few-row kernel 'mma' cannot run: no triforce_kernels wheel"):
-        Pi05Engine.set_bf16_few_row(stub, "mma")
-    with pytest.raises(TriforceError, match="unknown bf16 few-row kernel 'cutlass': triton, mma"):
-        Pi05Engine.set_bf16_few_row(stub, "cutlass")
-    assert stub.bf16_few_row is None and stub.slots                    # nothing changed
-    Pi05Engine._default_bf16_few_row(stub)
-    assert stub.bf16_few_row == "triton" and o.few_row == gate_up.few_row == "triton" and not stub.slots
-    assert "few-row kernel: triton (no triforce_kernels wheel with bf16_skinny" in logs[-1]
-    monkeypatch.setattr(engine, "kernel_wheel", lambda: SimpleNamespace(has_op=lambda op: op == "bf16_skinny"))
-    Pi05Engine.set_bf16_few_row(stub, "mma")
-    assert o.few_row == "mma" and o._fragments.shape == (2, 2, 1024) and gate_up._fragments.shape == (4, 2, 1024)
-    Pi05Engine.set_bf16_few_row(stub, "triton")
-    assert o._fragments is None

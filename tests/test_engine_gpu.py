@@ -353,20 +353,3 @@ def test_gemm_tuning_and_fast_accum_keep_the_actions():
             eng.set_fp8_fast_accum(())
         with pytest.raises(TriforceError, match="GEMM tuning in expert: only vision and prefix"):
             eng.set_gemm_tuning(("expert",))
-
-
-def test_bf16_few_row_kernel_keeps_plan_a_actions():
-    """Plan A's expert o / down / gate_up + GeGLU on the wheel's few-row kernel (the default where the wheel has
-    bf16_skinny) give the Triton kernels' actions, in the captured graph of dependent launches."""
-    _load_devbuild()
-    rng = np.random.default_rng(27)
-    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
-    policy = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="a")
-    eng = policy.backend
-    assert eng.launch_settings()["bf16_few_row"] == "mma"
-    mma = policy.infer(obs, noise)
-    eng.set_bf16_few_row("triton")
-    assert eng.expert_layers[0]["o"].few_row == "triton" and eng.expert_layers[0]["gate_up"]._fragments is None
-    assert cosine(policy.infer(obs, noise), mma) >= 0.99999
-    with pytest.raises(TriforceError, match="unknown bf16 few-row kernel"):
-        eng.set_bf16_few_row("wgmma")

@@ -144,49 +144,6 @@ def test_int4_fragment_word_holds_one_mma_step():
     assert bool((codes == 8).all())
 
 
-def test_bf16_fragments_hold_each_lanes_mma_registers():
-    """pack_bf16_fragments: lane 4g + t, step s, register r, half j holds W[16 tile + g + 8 (r & 1),
-    64 chunk + 16t + 4s + 2 (r >> 1) + j] (mma.m16n8k16's A registers, the int4 layout's k permutation)."""
-    n, k = 32, 128
-    w = torch.randn(n, k)
-    ids = torch.arange(n * k).reshape(n, k)
-    packed = fmt.pack_bf16_fragments(w.to(torch.bfloat16))
-    assert packed.shape == (n // 16, k // 64, 1024) and packed.dtype == torch.bfloat16
-    order = ids.reshape(n // 16, 2, 8, k // 64, 4, 4, 2, 2).permute(0, 3, 2, 4, 5, 6, 1, 7).reshape(n // 16, k // 64, 1024)
-    for tile, chunk, g, t, s, r, j in [(0, 0, 0, 0, 0, 0, 0), (1, 1, 7, 3, 3, 3, 1), (0, 1, 2, 1, 2, 1, 0)]:
-        pos = (((g * 4 + t) * 4 + s) * 4 + r) * 2 + j
-        row, col = 16 * tile + g + 8 * (r & 1), 64 * chunk + 16 * t + 4 * s + 2 * (r >> 1) + j
-        assert order[tile, chunk, pos] == ids[row, col]
-        assert packed[tile, chunk, pos] == w.to(torch.bfloat16)[row, col]
-    q = torch.randint(-8, 8, (n, k), dtype=torch.int8)      # the same positions as the int4 fragment codes
-    codes = fmt.unpack_nibbles(fmt.pack_int4_fragments(fmt.pack_int4(q))).reshape(n // 16, k // 64, 32, 4, 8)
-    bf = fmt.pack_bf16_fragments(q.float()).reshape(n // 16, k // 64, 32, 4, 4, 2)  # lane, step, register, half
-    for r in range(4):
-        for j in range(2):
-            assert torch.equal(bf[..., r, j].to(torch.int8), codes[..., 4 * j + r].to(torch.int8) - 8)
-    with pytest.raises(TriforceError, match="N % 16"):
-        fmt.pack_bf16_fragments(torch.zeros(8, 128))
-
-
-def test_block_fragments_puts_one_group_of_8_tiles_together():
-    """Blocked layout: [block, group] holds tiles 8b..8b+7, each its two 64-k chunks of that group (the kernels'
-    FragmentIndex); scales the same with 16 per tile."""
-    n, k = 256, 384
-    qweight, scales = fmt.quantize_int4_g128(torch.randn(n, k))
-    w, s = fmt.pack_int4_fragments(qweight), fmt.pack_scales_fragments(scales)
-    bw, bs = fmt.block_fragments(w, s)
-    assert bw.shape == (n // 128, k // 128, 8192) and bs.shape == (n // 128, k // 128, 128)
-    for tile in range(n // 16):
-        for group in range(k // 128):
-            for c in range(2):
-                assert torch.equal(bw[tile // 8, group, (tile % 8) * 1024 + c * 512:][:512], w[tile, 2 * group + c])
-            assert torch.equal(bs[tile // 8, group, (tile % 8) * 16:][:16], s[tile, group])
-    with pytest.raises(TriforceError, match="N % 128"):
-        fmt.block_fragments(w[:4], s[:4])
-    with pytest.raises(TriforceError, match="do not match"):
-        fmt.block_fragments(w, s[:, :1])
-
-
 @pytest.mark.parametrize("call, match", [
     (lambda: fmt.pack_int4_fragments(torch.zeros(8, 64, dtype=torch.uint8)), "N % 16"),
     (lambda: fmt.pack_int4_fragments(torch.zeros(16, 32, dtype=torch.uint8)), "K % 128"),

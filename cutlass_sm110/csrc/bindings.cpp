@@ -146,40 +146,28 @@ void check_rows(const at::Tensor& t, const char* op, const char* name) {
 }
 
 // x (row-strided bf16 view allowed, 1..64 rows) and the few-row kernel's fragment-layout weights and scales of N
-// weight rows (gate and up rows both counted for the GeGLU form). Returns whether they are in the blocked layout
-// (formats.block_fragments: [N/128, K/128, 8192] and [N/128, K/128, 128]) rather than the tile layout.
-bool check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n, const char* op) {
+// weight rows (gate and up rows both counted for the GeGLU form).
+void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t n, const char* op) {
   check_rows(x, op, "x");
   check_tensor(w, op, "weight", at::kByte);
   check_tensor(s, op, "scales", at::kBFloat16);
   const int64_t m = x.size(0), k = x.size(1);
   TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
               ": needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
-  const bool blocked = w.dim() == 3 && w.size(2) == 8192;
-  if (blocked) {
-    TORCH_CHECK(n % 128 == 0 && w.size(0) == n / 128 && w.size(1) == k / 128, op, ": blocked weight must be [",
-                n / 128, ", ", k / 128, ", 8192] (block_fragments; N % 128 == 0), got ", w.sizes());
-    TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 128 && s.size(1) == k / 128 && s.size(2) == 128, op,
-                ": blocked scales must be [", n / 128, ", ", k / 128, ", 128] (block_fragments), got ", s.sizes());
-    return true;
-  }
   TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 512, op,
               ": weight must be [", n / 16, ", ", k / 64, ", 512] (pack_int4_fragments), got ", w.sizes());
   TORCH_CHECK(s.dim() == 3 && s.size(0) == n / 16 && s.size(1) == k / 128 && s.size(2) == 16, op,
               ": scales must be [", n / 16, ", ", k / 128, ", 16] (pack_scales_fragments), got ", s.sizes());
-  return false;
 }
 
 // Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
 // (formats.pack_int4_fragments / pack_scales_fragments). out (fp32) is added to: zero it, or pass the residual.
-// mma: 0 the default for M and the family, 1 warp MMA (every family), 2 warpgroup MMA (sm_90a builds only).
 void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
-                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent,
-                  int64_t mma) {
+                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent) {
   const char* op = "w4a16_skinny";
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
               ": out must be a CUDA fp32 [M, N] with unit column stride");
-  const bool blocked = check_skinny_operands(x, w, s, out.size(1), op);
+  check_skinny_operands(x, w, s, out.size(1), op);
   const int64_t m = x.size(0), k = x.size(1), n = out.size(1);
   TORCH_CHECK(out.size(0) == m, op, ": out has ", out.size(0), " rows, x has ", m);
   const float* gate_ptr = nullptr;
@@ -191,21 +179,11 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
   TORCH_CHECK(splits >= 0 && (tiles_per_warp == 0 || tiles_per_warp == 1 || tiles_per_warp == 2), op,
               ": splits >= 0 (0: fill the GPU) and tiles_per_warp 0 (default), 1 or 2; got ", splits, ", ",
               tiles_per_warp);
-  TORCH_CHECK(mma >= 0 && mma <= 2, op, ": mma must be 0 (default), 1 (warp) or 2 (warpgroup), got ", mma);
-#if !defined(TRIFORCE_FAMILY_HOPPER)
-  TORCH_CHECK(mma != 2, op, ": warpgroup MMA (wgmma) exists only on sm_90a; this build is not for Hopper");
-#endif
   const c10::cuda::CUDAGuard guard(x.device());
-  const bool warpgroup = mma == 2;
-  const int rt = tiles_per_warp ? int(tiles_per_warp)
-                                : (warpgroup ? 1 : triforce::w4a16_skinny_default_tiles_per_warp(int(m), false));
+  const int rt = tiles_per_warp ? int(tiles_per_warp) : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(), nullptr,
                                  int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
                                  sm_count()};
-  p.blocked = blocked;
-#if defined(TRIFORCE_FAMILY_HOPPER)
-  if (warpgroup) return triforce::w4a16_wgmma_run(p, current_stream());
-#endif
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -216,63 +194,13 @@ void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tens
   const char* op = "w4a16_skinny_geglu";
   TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
               ": act must be a CUDA bf16 [M, N/2] with unit column stride");
-  const bool blocked = check_skinny_operands(x, w, s, 2 * act.size(1), op);
+  check_skinny_operands(x, w, s, 2 * act.size(1), op);
   const int64_t m = x.size(0), k = x.size(1), n = 2 * act.size(1);
   TORCH_CHECK(act.size(0) == m, op, ": act has ", act.size(0), " rows, x has ", m);
   const c10::cuda::CUDAGuard guard(x.device());
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), nullptr, nullptr, act.data_ptr(),
                                  int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count(),
-                                 int(stages), blocked};
-  triforce::w4a16_skinny_run(p, current_stream());
-}
-
-// The same few-row kernels on bf16 weight fragments (formats.pack_bf16_fragments [N/16, K/64, 1024] bf16: no
-// dequantization, no scales): the bf16 engine's denoise-step o / down (fp32 add) and gate/up + GeGLU.
-void check_bf16_fragments(const at::Tensor& x, const at::Tensor& w, int64_t n, const char* op) {
-  check_rows(x, op, "x");
-  check_tensor(w, op, "weight", at::kBFloat16);
-  const int64_t m = x.size(0), k = x.size(1);
-  TORCH_CHECK(m >= 1 && m <= 64 && n % 16 == 0 && k % 128 == 0, op,
-              ": needs 1 <= M <= 64, N % 16 == 0, K % 128 == 0 (got M=", m, " N=", n, " K=", k, ")");
-  TORCH_CHECK(w.dim() == 3 && w.size(0) == n / 16 && w.size(1) == k / 64 && w.size(2) == 1024, op,
-              ": weight must be [", n / 16, ", ", k / 64, ", 1024] (pack_bf16_fragments), got ", w.sizes());
-}
-
-void bf16_skinny(const at::Tensor& x, const at::Tensor& w, at::Tensor out, const c10::optional<at::Tensor>& gate,
-                 int64_t splits, bool dependent) {
-  const char* op = "bf16_skinny";
-  TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
-              ": out must be a CUDA fp32 [M, N] with unit column stride");
-  check_bf16_fragments(x, w, out.size(1), op);
-  const int64_t m = x.size(0), k = x.size(1), n = out.size(1);
-  TORCH_CHECK(out.size(0) == m, op, ": out has ", out.size(0), " rows, x has ", m);
-  const float* gate_ptr = nullptr;
-  if (gate.has_value()) {
-    check_tensor(*gate, op, "gate", at::kFloat);
-    TORCH_CHECK(gate->numel() == n, op, ": gate must have N = ", n, " elements, got ", gate->numel());
-    gate_ptr = gate->data_ptr<float>();
-  }
-  TORCH_CHECK(splits >= 0, op, ": splits >= 0 (0: fill the GPU), got ", splits);
-  const c10::cuda::CUDAGuard guard(x.device());
-  triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), nullptr, gate_ptr, out.data_ptr<float>(), nullptr,
-                                 int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), 1, dependent,
-                                 sm_count()};
-  p.bf16 = true;
-  triforce::w4a16_skinny_run(p, current_stream());
-}
-
-void bf16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, at::Tensor act, bool dependent, int64_t stages) {
-  const char* op = "bf16_skinny_geglu";
-  TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
-              ": act must be a CUDA bf16 [M, N/2] with unit column stride");
-  check_bf16_fragments(x, w, 2 * act.size(1), op);
-  const int64_t m = x.size(0), k = x.size(1), n = 2 * act.size(1);
-  TORCH_CHECK(act.size(0) == m, op, ": act has ", act.size(0), " rows, x has ", m);
-  const c10::cuda::CUDAGuard guard(x.device());
-  triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), nullptr, nullptr, nullptr, act.data_ptr(),
-                                 int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count(),
                                  int(stages)};
-  p.bf16 = true;
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -505,15 +433,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("splits") = 1, py::arg("nondeterministic") = false);
   m.def("w4a16_skinny", &w4a16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ dequant(W)^T for M <= 64, fragment layout",
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
-        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false, py::arg("mma") = 0);
+        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);
   m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
         "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
-        py::arg("dependent") = false, py::arg("stages") = 0);
-  m.def("bf16_skinny", &bf16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ W^T for M <= 64, bf16 fragment layout",
-        py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("gate") = py::none(), py::arg("splits") = 0,
-        py::arg("dependent") = false);
-  m.def("bf16_skinny_geglu", &bf16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), bf16 fragments "
-        "of gate/up interleaved in 8-row blocks", py::arg("x"), py::arg("weight"), py::arg("act"),
         py::arg("dependent") = false, py::arg("stages") = 0);
   m.def("set_chain_carveout", &triforce::set_chain_carveout, "preferred shared-memory carveout (percent, "
         "-1: the driver's choice) of the wheel's later dependent launches (few-row W4A16, mqa_cluster_attention)", py::arg("percent"));

@@ -49,14 +49,8 @@ struct W4A16SkinnyProblem {
   bool dependent;
   int sm_count;
   int stages = 0;     // GeGLU form only
-  bool blocked = false;  // weights and scales in the blocked fragment layout (w4a16_fragments.cuh FragmentIndex)
-  bool bf16 = false;     // bf16 weight fragments (formats.pack_bf16_fragments, 64 bytes a lane and chunk), no scales
 };
-int w4a16_skinny_default_tiles_per_warp(int m, bool bf16 = false);
-// The split-K form on warpgroup MMA (w4a16_wgmma_sm90.cu, the Hopper family only): wgmma.m64nNk16 with each warp's
-// dequantized 16-row tile as its share of A in registers and the tokens (N = 16, 32 or 64, zero-padded) as B in
-// shared memory. Same operands as w4a16_skinny_run (no GeGLU form); tiles_per_warp 1 or 2.
-void w4a16_wgmma_run(const W4A16SkinnyProblem& p, cudaStream_t stream);
+int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches
 // (the few-row W4A16 kernels and mqa_cluster_attention: one split for the whole denoise chain).
 void set_chain_carveout(int percent);

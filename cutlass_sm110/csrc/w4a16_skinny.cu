@@ -23,7 +23,6 @@
 #include <string>
 
 #include "triforce_gemm.h"
-#include "w4a16_fragments.cuh"
 
 namespace triforce {
 namespace {
@@ -35,7 +34,38 @@ constexpr int kStages = 4;   // pipeline depth of the split-K forms, and the GeG
 // different splits may not share it, so the engine can give the whole chain one split. A launch attribute, so a
 // graph's kernel node keeps it and plain launches (denoise step 0 beside the prefix) are left to the driver.
 int g_carveout = -1;
-using namespace frag;
+constexpr int kChunk = 64;   // k per prepacked 16-byte lane fragment (four MMAs)
+constexpr int kGroup = 128;  // k per scale (one pipeline stage)
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Programmatic dependent launch: both are no-ops when the kernel was launched without the attribute.
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+// Nibbles at bits 4i and 16 + 4i of w (after the caller's shift) as bf16x2 of q = u - 8, exactly.
+__device__ __forceinline__ uint32_t nibble_pair_to_bf16x2(uint32_t w) {
+  uint32_t biased;  // (w & 0x000F000F) | 0x43004300: bf16 128 + u in each half
+  asm("lop3.b32 %0, %1, 0x000F000F, 0x43004300, 0xEA;\n" : "=r"(biased) : "r"(w));
+  const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(&biased);
+  const __nv_bfloat162 q = __hsub2(v, __nv_bfloat162(__float2bfloat16(136.f), __float2bfloat16(136.f)));
+  return *reinterpret_cast<const uint32_t*>(&q);
+}
+
+// The A fragments of one MMA from one 32-bit word of the prepacked layout: rows g / g + 8, k slots 2t / 2t + 8.
+__device__ __forceinline__ void dequant_word(uint32_t w, uint32_t (&a)[4]) {
+  a[0] = nibble_pair_to_bf16x2(w);
+  a[1] = nibble_pair_to_bf16x2(w >> 4);
+  a[2] = nibble_pair_to_bf16x2(w >> 8);
+  a[3] = nibble_pair_to_bf16x2(w >> 12);
+}
+
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
@@ -52,18 +82,12 @@ struct SkinnyArgs {
   __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
   int m, n, k, splits;
   int64_t ldx, ldo;
-  bool blocked;                 // the blocked fragment layout (FragmentIndex)
 };
 
-// BF16: the weights are bf16 fragments (formats.pack_bf16_fragments: a lane's four MMA steps of a chunk in 64 bytes,
-// no scales) instead of int4 (16 bytes a lane and chunk, one bf16 scale per 16-row tile and 128-k group).
-template <bool BF16>
-constexpr int kLaneBytes = BF16 ? 64 : 16;
-
-template <int NT, int RT, int WARPS, int STAGES, bool BF16>
+template <int NT, int RT, int WARPS, int STAGES>
 struct SkinnySmem {
-  static constexpr int kWeightBytes = WARPS * RT * 2 * 32 * kLaneBytes<BF16>;  // two chunks a stage
-  static constexpr int kScaleBytes = BF16 ? 0 : WARPS * RT * 16 * 2;
+  static constexpr int kWeightBytes = WARPS * RT * 2 * 32 * 16;  // two chunks a stage
+  static constexpr int kScaleBytes = WARPS * RT * 16 * 2;
   static constexpr int kXBytes = 2 * NT * 8 * kChunk * 2;         // two chunks x (8 NT tokens) x 64 k, bf16
   static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
   static constexpr int kBytes = STAGES * kStageBytes;
@@ -86,15 +110,13 @@ __device__ __forceinline__ float gelu_tanh(float v) {
 // NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp; WARPS per CTA. GEGLU: the weights are
 // gate/up interleaved in 8-row blocks (formats.interleave_gate_up), so a tile's rows g and g + 8 are gate and up of
 // one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (the CTA covers all of K: splits = 1).
-template <int NT, int RT, int WARPS, bool GEGLU, int STAGES, bool BF16>
+template <int NT, int RT, int WARPS, bool GEGLU, int STAGES>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) {
-  using S = SkinnySmem<NT, RT, WARPS, STAGES, BF16>;
-  constexpr int kLane = kLaneBytes<BF16> / 16;  // 16-byte pieces a lane and chunk
+  using S = SkinnySmem<NT, RT, WARPS, STAGES>;
   constexpr int kThreads = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int tiles = a.n / 16, groups = a.k / kGroup;
-  const FragmentIndex index{groups, a.blocked};
+  const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
   const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
   const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
   int tile[RT];
@@ -110,16 +132,13 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
       if (!valid[r]) continue;
-      const uint4* src = a.weight + index.weight(tile[r], gbeg + i) * kLane + lane * kLane;
-      unsigned char* dst = base + ((warp * RT + r) * 2 * 32 + lane) * kLaneBytes<BF16>;
-#pragma unroll
-      for (int c = 0; c < 2; ++c)
-#pragma unroll
-        for (int p = 0; p < kLane; ++p)
-          cp_async16(dst + (c * 32 * kLane + p) * 16, src + c * 32 * kLane + p, 16);
-      if (!BF16 && lane < 2)
+      const uint4* src = a.weight + (int64_t(tile[r]) * chunks + 2 * (gbeg + i)) * 32 + lane;
+      unsigned char* dst = base + ((warp * RT + r) * 2 * 32 + lane) * 16;
+      cp_async16(dst, src, 16);
+      cp_async16(dst + 32 * 16, src + 32, 16);
+      if (lane < 2)
         cp_async16(base + S::kWeightBytes + (warp * RT + r) * 32 + lane * 16,
-                   a.scales + index.scales(tile[r], gbeg + i) + lane * 8, 16);
+                   a.scales + (int64_t(tile[r]) * groups + gbeg + i) * 16 + lane * 8, 16);
     }
   };
   // Stage i's x slice, all 8 NT token rows (rows >= M zero-filled); 16-byte segments XOR-swizzled by token so the
@@ -159,45 +178,33 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 
     const unsigned char* base = smem + (i % STAGES) * S::kStageBytes;
     const uint4* xs = reinterpret_cast<const uint4*>(base + S::kWeightBytes + S::kScaleBytes);
-    float part[RT][NT][4];  // int4: the group's integer-code sums, scaled below; bf16 accumulates into acc
+    float part[RT][NT][4];
     zero(part);
-    auto& sum = BF16 ? acc : part;
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-      uint4 wq[RT][kLane];
+      uint4 wq[RT];
 #pragma unroll
       for (int r = 0; r < RT; ++r)
-#pragma unroll
-        for (int p = 0; p < kLane; ++p)
-          wq[r][p] = reinterpret_cast<const uint4*>(base)[(((warp * RT + r) * 2 + c) * 32 + lane) * kLane + p];
+        wq[r] = reinterpret_cast<const uint4*>(base)[((warp * RT + r) * 2 + c) * 32 + lane];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {  // k steps 2h and 2h + 1: one 16-byte x read per token tile
         uint32_t af[RT][2][4];
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
-          if constexpr (BF16) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const uint4 v = wq[r][kLane == 1 ? 0 : 2 * h + e];
-              af[r][e][0] = v.x, af[r][e][1] = v.y, af[r][e][2] = v.z, af[r][e][3] = v.w;
-            }
-          } else {
-            dequant_word(h == 0 ? wq[r][0].x : wq[r][0].z, af[r][0]);
-            dequant_word(h == 0 ? wq[r][0].y : wq[r][0].w, af[r][1]);
-          }
+          dequant_word(h == 0 ? wq[r].x : wq[r].z, af[r][0]);
+          dequant_word(h == 0 ? wq[r].y : wq[r].w, af[r][1]);
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           const uint4 xv = xs[(c * NT * 8 + j * 8 + g) * 8 + ((2 * t + h) ^ g)];
 #pragma unroll
           for (int r = 0; r < RT; ++r) {
-            mma_bf16(sum[r][j], af[r][0], xv.x, xv.y);
-            mma_bf16(sum[r][j], af[r][1], xv.z, xv.w);
+            mma_bf16(part[r][j], af[r][0], xv.x, xv.y);
+            mma_bf16(part[r][j], af[r][1], xv.z, xv.w);
           }
         }
       }
     }
-    if constexpr (BF16) continue;
     const __nv_bfloat16* sc = reinterpret_cast<const __nv_bfloat16*>(base + S::kWeightBytes);
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
@@ -246,10 +253,10 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
-template <int NT, int RT, int WARPS, bool GEGLU, bool BF16, int STAGES = kStages>
+template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>
 void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  using S = SkinnySmem<NT, RT, WARPS, STAGES, BF16>;
-  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU, STAGES, BF16>;
+  using S = SkinnySmem<NT, RT, WARPS, STAGES>;
+  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU, STAGES>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
   if (attr != cudaSuccess)
@@ -281,34 +288,24 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
     throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
 }
 
-template <int NT, bool BF16>
+template <int NT>
 void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   // GeGLU: the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K; 8 stages put
   // 7 of the expert's 8 groups in flight (their weights requested before griddepcontrol.wait)
   if (p.act != nullptr) {
-    if (p.stages == 8) return launch<NT, 1, 4, true, BF16, 8>(args, p, stream);
-    if (p.stages == 0 || p.stages == kStages) return launch<NT, 1, 4, true, BF16>(args, p, stream);
+    if (p.stages == 8) return launch<NT, 1, 4, true, 8>(args, p, stream);
+    if (p.stages == 0 || p.stages == kStages) return launch<NT, 1, 4, true>(args, p, stream);
     throw std::runtime_error("w4a16_skinny_geglu: stages must be 0 (default, 4), 4 or 8, got " +
                              std::to_string(p.stages));
   }
-  if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false, BF16>(args, p, stream);
-  // bf16 weights take four times the shared memory a stage: one tile a warp (128 KB for 4 stages)
-  if (p.tiles_per_warp == 2 && !BF16) return launch<NT, 2, 8, false, BF16>(args, p, stream);
-  throw std::runtime_error(std::string("w4a16_skinny: tiles_per_warp must be 1") + (BF16 ? "" : " or 2") +
-                           " with " + (BF16 ? "bf16" : "int4") + " weights, got " + std::to_string(p.tiles_per_warp));
-}
-
-template <bool BF16>
-void launch_for(const SkinnyArgs& a, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  if (p.m <= 8) return launch_rows<1, BF16>(a, p, stream);
-  if (p.m <= 16) return launch_rows<2, BF16>(a, p, stream);
-  if (p.m <= 32) return launch_rows<4, BF16>(a, p, stream);
-  return launch_rows<8, BF16>(a, p, stream);
+  if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false>(args, p, stream);
+  if (p.tiles_per_warp == 2) return launch<NT, 2, 8, false>(args, p, stream);
+  throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));
 }
 
 }  // namespace
 
-int w4a16_skinny_default_tiles_per_warp(int m, bool bf16) { return m > 16 && !bf16 ? 2 : 1; }
+int w4a16_skinny_default_tiles_per_warp(int m) { return m > 16 ? 2 : 1; }
 
 void set_chain_carveout(int percent) {
   if (percent != -1 && (percent < 0 || percent > 100))
@@ -327,8 +324,11 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
     throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
-               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo, p.blocked};
-  return p.bf16 ? launch_for<true>(a, p, stream) : launch_for<false>(a, p, stream);
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
+  if (p.m <= 8) return launch_rows<1>(a, p, stream);
+  if (p.m <= 16) return launch_rows<2>(a, p, stream);
+  if (p.m <= 32) return launch_rows<4>(a, p, stream);
+  return launch_rows<8>(a, p, stream);
 }
 
 }  // namespace triforce

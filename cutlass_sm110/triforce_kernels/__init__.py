@@ -222,40 +222,24 @@ def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> 
 
 
 def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n: int) -> None:
-    """x (a row-strided bf16 view allowed) and the fragment-layout weights and scales of N output rows, in the tile
-    layout (pack_int4_fragments) or the blocked one (block_fragments: 8 tiles x one group contiguous)."""
+    """x (a row-strided bf16 view allowed) and the fragment-layout weights and scales of N output rows."""
     m, k = x.shape
     _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
     _check_rows(op, "x", x)
-    if isinstance(weight, torch.Tensor) and weight.dim() == 3 and weight.shape[2] == 8192:
-        if n % 128:
-            raise KernelError(f"{op}: the blocked fragment layout needs N % 128 == 0, got N={n}")
-        _check(op, "weight", weight, torch.uint8, (n // 128, k // GROUP_SIZE, 8192))
-        _check(op, "scales", scales, torch.bfloat16, (n // 128, k // GROUP_SIZE, 128))
-        return
     _check(op, "weight", weight, torch.uint8, (n // 16, k // 64, 512))
     _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
 
 
-W4A16_SKINNY_MMA = {"auto": 0, "warp": 1, "warpgroup": 2}   # warpgroup: wgmma, sm_90a builds only
-
-
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
                  gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
-                 dependent: bool = False, mma: str = "auto") -> None:
+                 dependent: bool = False) -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
     pack_scales_fragments [N/16, K/128, 16] bf16). `out` is added to (zero it, or pass the residual); x may be a
     row-strided view. splits: CTAs along K (0: fill the GPU once); tiles_per_warp: 16-row tiles per warp (0: by M);
-    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it); mma: "warp" (mma.sync,
-    every family), "warpgroup" (wgmma: 64 features x all tokens an instruction, Hopper builds only) or "auto"."""
+    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it)."""
     op = "w4a16_skinny"
     _require_op(op)
-    if mma not in W4A16_SKINNY_MMA:
-        raise KernelError(f"{op}: mma must be one of {sorted(W4A16_SKINNY_MMA)}, got {mma!r}")
-    if mma == "warpgroup" and family() != "hopper":
-        raise UnsupportedError(f"{op}: warpgroup MMA (wgmma) exists only on sm_90a; this wheel is built for "
-                               f"{_built_for()}")
     if x.dim() != 2 or out.dim() != 2:
         raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
     m, k = x.shape
@@ -271,7 +255,7 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     if splits < 0 or tiles_per_warp not in (0, 1, 2):
         raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, W4A16_SKINNY_MMA[mma])
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
 
 
 W4A16_SKINNY_GEGLU_STAGES = (0, 4, 8)   # 0: the default (4)
@@ -299,60 +283,6 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
         raise KernelError(f"{op}: act must be bf16 with unit column stride, got {act.dtype}")
     _check_same_device(op, x, weight, scales, act)
     _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent, stages)
-
-
-def _check_bf16_fragments(op: str, x: torch.Tensor, weight: torch.Tensor, n: int) -> None:
-    m, k = x.shape
-    _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
-    _check_rows(op, "x", x)
-    _check(op, "weight", weight, torch.bfloat16, (n // 16, k // 64, 1024))
-
-
-def bf16_skinny(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, gate: torch.Tensor | None = None,
-                splits: int = 0, dependent: bool = False) -> None:
-    """out[M, N] (fp32) += [gate ⊙] x[M, K] @ W^T for M <= 64: w4a16_skinny's warp-MMA kernel on bf16 weight
-    fragments (triforce.quant.formats.pack_bf16_fragments [N/16, K/64, 1024] bf16: a lane's four MMA steps of a
-    64-k chunk in 64 bytes). `out` is added to; splits: CTAs along K (0: fill the GPU once); dependent: a
-    programmatic dependent launch whose weight loads start before it waits for the kernel before it."""
-    op = "bf16_skinny"
-    _require_op(op)
-    if x.dim() != 2 or out.dim() != 2:
-        raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
-    m, n = x.shape[0], out.shape[1]
-    if not 1 <= m <= W4A16_SKINNY_MAX_ROWS:
-        raise KernelError(f"{op}: M={m} rows; this kernel takes 1..{W4A16_SKINNY_MAX_ROWS}")
-    _check_bf16_fragments(op, x, weight, n)
-    if out.dtype != torch.float32 or tuple(out.shape) != (m, n) or out.stride(1) != 1:
-        raise KernelError(f"{op}: out must be fp32 [{m}, {n}] with unit column stride, got {out.dtype} "
-                          f"{list(out.shape)}")
-    if gate is not None:
-        _check(op, "gate", gate, torch.float32, (n,))
-    if splits < 0:
-        raise KernelError(f"{op}: splits must be >= 0, got {splits}")
-    _check_same_device(op, x, weight, out, *([gate] if gate is not None else []))
-    _ext().bf16_skinny(x, weight, out, gate, splits, dependent)
-
-
-def bf16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, act: torch.Tensor, dependent: bool = False,
-                      stages: int = 0) -> None:
-    """act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T) for M <= 64 on bf16 fragments of gate/up rows
-    interleaved in 8-row blocks (formats.interleave_gate_up, then pack_bf16_fragments); stages as
-    w4a16_skinny_geglu's."""
-    op = "bf16_skinny_geglu"
-    _require_op(op)
-    if stages not in W4A16_SKINNY_GEGLU_STAGES:
-        raise KernelError(f"{op}: stages must be one of {W4A16_SKINNY_GEGLU_STAGES} (0: the default), got {stages}")
-    if x.dim() != 2 or act.dim() != 2:
-        raise KernelError(f"{op}: x and act must be 2-D, got {list(x.shape)} and {list(act.shape)}")
-    m, n = x.shape[0], 2 * act.shape[1]
-    if not 1 <= m <= W4A16_SKINNY_MAX_ROWS or act.shape[0] != m:
-        raise KernelError(f"{op}: x and act must have the same 1..{W4A16_SKINNY_MAX_ROWS} rows, got {m} and "
-                          f"{act.shape[0]}")
-    _check_bf16_fragments(op, x, weight, n)
-    if act.dtype != torch.bfloat16 or act.stride(1) != 1:
-        raise KernelError(f"{op}: act must be bf16 with unit column stride, got {act.dtype}")
-    _check_same_device(op, x, weight, act)
-    _ext().bf16_skinny_geglu(x, weight, act, dependent, stages)
 
 
 def set_chain_carveout(percent: int) -> None:

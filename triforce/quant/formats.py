@@ -135,37 +135,6 @@ def unpack_int4_fragments(packed: torch.Tensor) -> torch.Tensor:
     return pack_nibbles(canonical)
 
 
-def pack_bf16_fragments(weight: torch.Tensor) -> torch.Tensor:
-    """bf16 [N, K] -> [N/16, K/64, 1024] bf16 in the few-row kernel's MMA order, the k permutation of
-    pack_int4_fragments: per lane g*4 + t and MMA step s (k0 = 16t + 4s of the chunk) four 32-bit registers,
-    (row g, k0 / k0 + 1), (row g + 8, k0 / k0 + 1), (row g, k0 + 2 / + 3), (row g + 8, k0 + 2 / + 3)."""
-    _require(weight.dim() == 2 and weight.shape[0] % FRAGMENT_ROWS == 0 and weight.shape[1] % INT4_GROUP == 0,
-             f"pack_bf16_fragments: needs [N, K] with N % {FRAGMENT_ROWS} == 0 and K % {INT4_GROUP} == 0, got "
-             f"{tuple(weight.shape)}")
-    n, k = weight.shape
-    w = weight.to(torch.bfloat16).reshape(n // 16, 2, 8, k // FRAGMENT_K, 4, 4, 2, 2)  # tile, half, g, chunk, t, s, j2, j
-    return w.permute(0, 3, 2, 4, 5, 6, 1, 7).reshape(n // 16, k // FRAGMENT_K, 1024).contiguous()
-
-
-BLOCK_TILES = 8   # 16-row tiles of one block of the blocked fragment layout (w4a16_fragments.cuh FragmentIndex)
-
-
-def block_fragments(weight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tile-layout fragments (pack_int4_fragments [N/16, K/64, 512], pack_scales_fragments [N/16, K/128, 16]) ->
-    the blocked layout ([N/128, K/128, 8192], [N/128, K/128, 128]): one 128-k group of 8 consecutive tiles
-    contiguous, so a CTA of the few-row kernel streams one contiguous run of memory per stage."""
-    _require(weight.dtype == torch.uint8 and weight.dim() == 3 and weight.shape[2] == 512 and weight.shape[1] % 2 == 0,
-             f"block_fragments: expected uint8 [N/16, K/64, 512], got {tuple(weight.shape)}")
-    tiles, chunks = weight.shape[:2]
-    _require(tiles % BLOCK_TILES == 0, f"block_fragments: needs N % {16 * BLOCK_TILES} == 0, got N={16 * tiles}")
-    _require(tuple(scales.shape) == (tiles, chunks // 2, 16),
-             f"block_fragments: scales {tuple(scales.shape)} do not match weight {tuple(weight.shape)}")
-    blocks, groups = tiles // BLOCK_TILES, chunks // 2
-    w = weight.reshape(blocks, BLOCK_TILES, groups, 1024).transpose(1, 2).reshape(blocks, groups, BLOCK_TILES * 1024)
-    s = scales.reshape(blocks, BLOCK_TILES, groups, 16).transpose(1, 2).reshape(blocks, groups, BLOCK_TILES * 16)
-    return w.contiguous(), s.contiguous()
-
-
 def interleave_gate_up(t: torch.Tensor) -> torch.Tensor:
     """Rows [gate (I), up (I)] -> 8-row blocks gate[8p:8p+8], up[8p:8p+8]: a fragment tile's rows g and g + 8 are
     then gate and up of one feature, so the few-row kernel applies GeGLU in its registers."""

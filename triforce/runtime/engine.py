@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TriforceError, UnsupportedError
-from ..quant import formats
 from . import expert_layer, fused, gemm_tuning, jit_warmup
 from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION, placeholder_state
 from .config import ModelConfig
@@ -99,10 +98,6 @@ PREFIX_ROPE_TOKENS = 8
 # (runtime/gemm_tuning.py), where the kernel wheel has lt_matmul (Plan A 10.18 vs 10.47 ms, Plan B 8.22 vs 8.29); the
 # stages whose FP8 GEMMs accumulate fast (Plan B 7.90 vs 8.22 ms, actions cosine 0.99998: engine_variants-*-s16.json)
 GEMM_TUNING_STAGES = ("vision", "prefix")
-# Plan A's (bf16) expert o / down (added into the residual) and gate/up + GeGLU in the denoise step: "mma", the kernel
-# wheel's few-row warp-MMA kernel on bf16 fragments (its weight loads start before its chain wait), where the wheel
-# has bf16_skinny; "triton": fused.skinny_linear / gate_up_geglu (set_bf16_few_row)
-BF16_FEW_ROW_KERNELS = ("triton", "mma")
 FP8_FAST_ACCUM_STAGES = ("vision", "prefix")
 
 
@@ -202,29 +197,9 @@ class Linear:
         """The weight arguments of the fused-epilogue kernels (fused.qkv_rope, gate_up_geglu); None with a bias."""
         return {"w": self.weight} if self.bias is None else None
 
-    few_row = "triton"   # the denoise step's kernel (BF16_FEW_ROW_KERNELS; Pi05Engine.set_bf16_few_row)
-    _fragments = None
-
-    def use_bf16_few_row(self, kernel: str, gate_up: bool = False) -> None:
-        """"mma": add_into / geglu_into on the wheel's few-row kernel, over a copy of the weights in its fragment
-        order (gate/up rows interleaved for its GeGLU); "triton": the Triton kernels on the weights as they are."""
-        if kernel == "mma" and self._fragments is None:
-            w = formats.interleave_gate_up(self.weight) if gate_up else self.weight
-            self._fragments = formats.pack_bf16_fragments(w)
-        elif kernel == "triton":
-            self._fragments = None
-        self.few_row = kernel
-
-    def geglu_into(self, x, act, stages: int = 0):
-        """act (bf16 [M, N/2]) = gelu_tanh(x gate^T) ⊙ (x up^T), few rows, on the wheel's kernel (gate/up layers)."""
-        kernel_wheel().bf16_skinny_geglu(x, self._fragments, act, dependent=fused.launching_dependent(), stages=stages)
-
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
-        if self.few_row == "mma":
-            kernel_wheel().bf16_skinny(x, self._fragments, residual, gate, dependent=fused.launching_dependent())
-        else:
-            fused.skinny_linear(x, self.weight, out=residual, gate=gate)
+        fused.skinny_linear(x, self.weight, out=residual, gate=gate)
 
     @property
     def nbytes(self) -> int:
@@ -281,7 +256,6 @@ class Pi05Engine:
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
         self.gemm_tuner = self._new_gemm_tuner()
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
-        self.bf16_few_row = None                                            # set_bf16_few_row
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
 
@@ -321,7 +295,6 @@ class Pi05Engine:
         self._precompute_time_tables(state)
         self.set_expert_path(self.expert_path or next(p for p in EXPERT_DEFAULT_ORDER if self.expert_path_refusal(p) is None))
         self._default_w4a16_few_row()
-        self._default_bf16_few_row()
         self._default_decode_attention()
         self.qkv_prefetch = QKV_PREFETCH[self.qkv_weight_kind()]
         self.e4m3_outputs = tuple(self.e4m3_output_layers())
@@ -341,8 +314,7 @@ class Pi05Engine:
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
-                "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
-                "bf16_few_row": self.bf16_few_row}
+                "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -358,40 +330,6 @@ class Pi05Engine:
         self.set_w4a16_few_row(kernel, W4A16_FEW_ROW_LAYERS)
         self.log(f"[engine] W4A16 expert o/down/gate_up few-row kernel: {kernel}"
                  + ("" if kernel == "mma" else " (this triforce_kernels wheel has no w4a16_skinny)"))
-
-    def _bf16_few_row_layers(self) -> list:
-        """Plan A's (bf16) expert o, down and gate/up layers, as (layer, is gate/up)."""
-        return [(layer[n], n == "gate_up") for layer in self.expert_layers for n in W4A16_FEW_ROW_LAYERS
-                if type(layer[n]) is Linear]
-
-    def _bf16_few_row_refusal(self) -> str | None:
-        tk = kernel_wheel()
-        try:
-            return None if tk is not None and tk.has_op("bf16_skinny") else \
-                "no triforce_kernels wheel with bf16_skinny (`invoke build-kernels`, then install it)"
-        except (ImportError, RuntimeError) as err:          # a wheel whose extension does not load here
-            return f"the kernel wheel does not load ({err})"
-
-    def _default_bf16_few_row(self) -> None:
-        """"mma" where the wheel has it (engine_variants-plana-*-s17-*.json), said in the log."""
-        if not self._bf16_few_row_layers():
-            return
-        why = self._bf16_few_row_refusal()
-        self.set_bf16_few_row(self.bf16_few_row or ("triton" if why else "mma"))   # a setter's choice survives reloads
-        self.log(f"[engine] bf16 expert o/down/gate_up few-row kernel: {self.bf16_few_row}" + (f" ({why})" if why else ""))
-
-    def set_bf16_few_row(self, kernel: str) -> None:
-        """The kernel of Plan A's bf16 expert o / down / gate_up + GeGLU in the denoise step (BF16_FEW_ROW_KERNELS);
-        "mma" keeps a copy of those weights in the kernel's fragment order. Captured graphs re-capture."""
-        if kernel not in BF16_FEW_ROW_KERNELS:
-            raise TriforceError(f"unknown bf16 few-row kernel '{kernel}': {', '.join(BF16_FEW_ROW_KERNELS)}")
-        why = self._bf16_few_row_refusal() if kernel == "mma" else None
-        if why:
-            raise UnsupportedError(f"bf16 few-row kernel 'mma' cannot run: {why}")
-        for layer, gate_up in self._bf16_few_row_layers():
-            layer.use_bf16_few_row(kernel, gate_up=gate_up)
-        self.bf16_few_row = kernel
-        self.slots.clear()
 
     def _cluster_attention_refusal(self) -> str | None:
         """Why the denoise attention cannot be 'cluster' here, or None."""
@@ -576,8 +514,7 @@ class Pi05Engine:
         if not self._carveout_pushed:
             return
         fused.set_chain_carveout(self.carveout)
-        mma = [lin for lin in self._w4a16_layers(W4A16_FEW_ROW_LAYERS) if lin.few_row == "mma"] + \
-            [lin for lin, _ in self._bf16_few_row_layers() if lin.few_row == "mma"]
+        mma = [lin for lin in self._w4a16_layers(W4A16_FEW_ROW_LAYERS) if lin.few_row == "mma"]
         if not mma and "cluster" not in (self.decode_attention, self.step0_attention):
             return                        # no kernel of the wheel in the chain
         tk = kernel_wheel()
