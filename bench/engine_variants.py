@@ -22,7 +22,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - prefix_rope_tokens: how many tokens a program of the prefix's RoPE + K/V cache write takes (fused.ROPE_TOKENS).
 - gemm_tuning: the stages whose GEMMs run the cuBLASLt candidate the engine's tuner timed fastest for their shape
   (runtime/gemm_tuning.py; "engine": engine.GEMM_TUNING_STAGES) instead of torch's op (the heuristic's first answer).
-- fp8_fast_accum: the stages whose FP8 GEMMs use cuBLASLt's fast accumulation (no periodic promotion to fp32).
+- fp8_fast_accum: the stages whose FP8 GEMMs use cuBLASLt's fast accumulation (no periodic promotion to fp32);
+  "engine": engine.default_fp8_fast_accum().
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -62,8 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.engine import (CHAIN_CARVEOUT, FP8_FAST_ACCUM_STAGES, GEMM_TUNING_STAGES,  # noqa: E402
-                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_GEGLU_STAGES)
+from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, PREFIX_ROPE_TOKENS,  # noqa: E402
+                                     QKV_PREFETCH, W4A16_GEGLU_STAGES)
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
@@ -114,9 +115,8 @@ def apply(eng, settings: dict) -> None:
     outputs = settings["e4m3_outputs"]
     eng.set_e4m3_outputs(tuple(eng.e4m3_output_layers()) if outputs == "engine" else outputs)
     eng.set_gemm_tuning(settings["gemm_tuning"])
-    accum = settings["fp8_fast_accum"]                # "engine": FP8_FAST_ACCUM_STAGES that have FP8 GEMMs
-    eng.set_fp8_fast_accum(tuple(st for st in FP8_FAST_ACCUM_STAGES if eng._stage_gemms(st, fp8_only=True))
-                           if accum == "engine" else accum)
+    accum = settings["fp8_fast_accum"]
+    eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
 
 
 def main():

@@ -1,6 +1,8 @@
 """The GEMM tuner's host side, on CPU: when the engine turns tuning off (and says so), what its setters refuse, and
 what a choice records. The timing itself runs on a GPU (tests/test_lt_matmul_gpu.py)."""
 
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -70,3 +72,18 @@ def test_a_choice_records_what_runs_and_the_ratio():
     assert lt["runs"] == "cuBLASLt" and lt["speedup_vs_torch"] == round(35 / 30, 4) and lt["algo"]["tile"] == 328
     kept = Choice(key, None, None, 35.0, 35.0, 36.0, 8, 1, "torch's op was fastest").record()
     assert kept["runs"] == "torch" and kept["speedup_vs_torch"] == 1.0 and kept["rejected"] == 1
+
+
+def test_fast_accumulation_defaults_only_where_fp8_gemms_are_and_the_row_rule():
+    """Plan A (bf16 layers only) gets no FP8 fast accumulation by default; cuBLASLt's 16-byte row rule, which both
+    lt_matmul's checks and the tuner's pre-check use, is one function of the wheel's wrappers."""
+    layer = Linear.__new__(Linear)
+    layer.weight, layer.bias = torch.zeros(16, 32, dtype=torch.bfloat16), None
+    stub, _ = _stub(prefix_layers=[{"qkv": layer}])
+    assert Pi05Engine.default_fp8_fast_accum(stub) == ()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
+    import triforce_kernels
+
+    assert triforce_kernels.lt_rows_fit(1152, 2048, 2, 2)        # bf16 rows of 2304 and 4096 bytes
+    assert not triforce_kernels.lt_rows_fit(588, 1152, 2, 2)     # SigLIP's patch embedding: 1176-byte rows
+    assert triforce_kernels.lt_rows_fit(16, 16, 1, 1) and not triforce_kernels.lt_rows_fit(16, 8, 1, 1)

@@ -347,6 +347,11 @@ def mqa_cluster_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
 LT_ALGO_FIELDS = ("workspace", "algo", "tile", "split_k", "stages", "cluster")   # lt_matmul_algos' info columns
 
 
+def lt_rows_fit(k: int, n: int, in_bytes: int, out_bytes: int) -> bool:
+    """Whether cuBLASLt can take x [M, K] and out [M, N] of these element sizes: rows of 16-byte multiples."""
+    return (k * in_bytes) % 16 == 0 and (n * out_bytes) % 16 == 0
+
+
 def _check_lt_operands(op: str, x, w, out, scale_x, scale_w, bias, fast_accum: bool) -> None:
     """x [M, K] and w [N, K] both bf16 or both E4M3 (then per-tensor fp32 scales), out [M, N] bf16 or (E4M3 inputs
     only) E4M3, optional bf16 bias [N]; 16-byte rows."""
@@ -363,7 +368,7 @@ def _check_lt_operands(op: str, x, w, out, scale_x, scale_w, bias, fast_accum: b
     if out.dtype == torch.float8_e4m3fn and not e4m3:
         raise KernelError(f"{op}: an E4M3 output needs E4M3 inputs")
     _check(op, "out", out, out.dtype if out.dtype == torch.float8_e4m3fn else torch.bfloat16, (m, n))
-    if (k * x.element_size()) % 16 or (n * out.element_size()) % 16:
+    if not lt_rows_fit(k, n, x.element_size(), out.element_size()):
         raise KernelError(f"{op}: rows of x ({k} x {x.element_size()} B) and out ({n} x {out.element_size()} B) must "
                           f"be multiples of 16 bytes")
     if e4m3 != (scale_x is not None and scale_w is not None):

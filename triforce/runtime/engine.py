@@ -301,7 +301,7 @@ class Pi05Engine:
         if self.gemm_tuning is None:        # the defaults, unless a setter chose before (kept across reloads)
             self.gemm_tuning = GEMM_TUNING_STAGES if self.gemm_tuner else ()
         if self.fp8_fast_accum is None:
-            self.fp8_fast_accum = tuple(st for st in FP8_FAST_ACCUM_STAGES if self._stage_gemms(st, fp8_only=True))
+            self.fp8_fast_accum = self.default_fp8_fast_accum()
         self.set_gemm_tuning(self.gemm_tuning)
         self.set_fp8_fast_accum(self.fp8_fast_accum)
         if self.quant is not None:          # a checkpoint without output scales writes bf16 there: say so
@@ -619,6 +619,10 @@ class Pi05Engine:
                 lin.tuner = self.gemm_tuner if stage in stages else None
         self.gemm_tuning = stages
         self.slots.clear()
+
+    def default_fp8_fast_accum(self) -> tuple:
+        """FP8_FAST_ACCUM_STAGES that have FP8 GEMMs in this engine (none in Plan A)."""
+        return tuple(st for st in FP8_FAST_ACCUM_STAGES if self._stage_gemms(st, fp8_only=True))
 
     def set_fp8_fast_accum(self, stages) -> None:
         """The stages whose FP8 GEMMs accumulate without Hopper's periodic promotion to fp32 (cuBLASLt's fast

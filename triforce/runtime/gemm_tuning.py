@@ -134,7 +134,7 @@ class GemmTuner:
         return [w] + [w.clone() for _ in range(copies - 1)]
 
     def _tune(self, key, x, w, out_dtype, torch_op, scale_x, scale_w, bias, gelu, fast_accum) -> Choice:
-        if (key.k * x.element_size()) % 16 or (key.n * torch.empty((), dtype=out_dtype).element_size()) % 16:
+        if not self.kernels.lt_rows_fit(key.k, key.n, x.element_size(), out_dtype.itemsize):
             choice = Choice(key, None, None, None, None, None, 0, 0, "rows not 16-byte multiples: cuBLASLt's "
                                                                       "candidates need them; torch's op runs")
             self.log(f"[gemm] {key.label()}: torch ({choice.note})")
