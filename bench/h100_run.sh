@@ -109,9 +109,14 @@
 #     or Triton), the W4A16 sweep of the Gemma gate (warp vs warpgroup MMA), Plan A validation
 #   part 58 (the kernel wheel, development build): every GPU test, Plan B (h100_fast) and Plan A validation, the
 #     engine benchmark
+#   part 59 (the kernel wheel, development build): the GEMM tuner's configuration search (every configuration
+#     cuBLASLt accepts, screened): lt_matmul's GPU tests, every large GEMM tuned over the heuristic's answers and
+#     with the search (bench/gemm_tuning.py), the engine variants of Plan A and Plan B h100_fast without the search
+#   part 60 (the kernel wheel, development build): the engine GPU tests, Plan B (h100_fast) and Plan A validation,
+#     the engine benchmark
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|58   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|60   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -325,6 +330,16 @@ elif [ "$1" = 53 ]; then   # part 51 and Plan B's validation in one call (device
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 5 --out-dir "$OUT"
 elif [ "$1" = 52 ]; then
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  validate_and_bench bench/with_devbuild.py
+elif [ "$1" = 59 ]; then   # the tuner's configuration search against the heuristic's answers, same run
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_lt_matmul_gpu.py
+  run python3 bench/with_devbuild.py bench/gemm_tuning.py --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 6 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 10 --out-dir "$OUT"
+elif [ "$1" = 60 ]; then   # the final code: the engine GPU tests, validation, the engine benchmark
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   validate_and_bench bench/with_devbuild.py
