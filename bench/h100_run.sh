@@ -114,9 +114,11 @@
 #     with the search (bench/gemm_tuning.py), the engine variants of Plan A and Plan B h100_fast without the search
 #   part 60 (the kernel wheel, development build): the engine GPU tests, Plan B (h100_fast) and Plan A validation,
 #     the engine benchmark
+#   part 61 (the kernel wheel, development build): the few-row W4A16 sweep at the kernels' default launch shapes,
+#     with a copy moving the same bytes per shape (the ceiling its copy-bandwidth share is read against)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|60   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|61   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -343,6 +345,8 @@ elif [ "$1" = 60 ]; then   # the final code: the engine GPU tests, validation, t
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   validate_and_bench bench/with_devbuild.py
+elif [ "$1" = 61 ]; then   # the W4A16 sweep with the same-bytes copy
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
 elif [ "$1" = 58 ]; then   # the final code (the review commit 94b90bc's kernels and engine): every GPU test, validation
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_lt_matmul_gpu.py tests/test_engine_gpu.py

@@ -8,6 +8,9 @@ Every entry: a CUDA graph of calls over weight copies that overflow L2, median o
 Also each kernel's default and best launch shape as the engine's denoise chain launches them (engine.DENOISE_LAUNCHES
 "dependent"): each call a programmatic dependent launch that waits on the GPU for the call before it (the calls
 accumulate into one output, a true dependency); per call, a throughput in a chain of GEMMs, not one GEMM's latency.
+Also, per shape, a device-to-device copy moving the same bytes (read + written = the int4 weight bytes) timed the
+same way: what a kernel of this size reaches of the 1 GiB copy's bandwidth when it only moves bytes (launch, ramp-up
+and tail included), the ceiling the W4A16 figure is read against (session 18).
 Records bench/results/w4a16_sweep-<gpu>-<date>.json.
     python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--out-dir bench/results]"""
 
@@ -76,6 +79,18 @@ def sweep_kernel(call, grid, x, weights, acc, ref, copies, int4_bytes, copy) -> 
     return {"default": default, "best": best, "tried": tried, "chained": chain}
 
 
+def same_bytes_copy_us(moved: int) -> float:
+    """Per-call us of a device-to-device copy of moved / 2 bytes (read + written = moved), over buffers covering 2x
+    the 50 MB L2, in the sweep's CUDA-graph timing."""
+    half = moved // 2 // 16 * 16
+    pairs = max(2, int(2 * 50e6 // (2 * half)) + 1)
+    bufs = [(torch.empty(half, dtype=torch.uint8, device="cuda"), torch.empty(half, dtype=torch.uint8, device="cuda"))
+            for _ in range(pairs)]
+    for src, _ in bufs:
+        src.random_(0, 255)
+    return per_call_us(lambda i: bufs[i][1].copy_(bufs[i][0]), pairs)
+
+
 def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
     copies = max(2, int(2 * 50e6 // (n * k // 2)) + 1)          # int4 copies covering 2x the 50 MB L2
     q = [fm.quantize_int4_g128(torch.randn(n, k, device="cuda") * 0.05) for _ in range(copies)]
@@ -84,13 +99,17 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
     ref_w = fm.dequantize_int4_g128(*q[0])
     prepared = {kname: ([prep(*qs) for qs in q], call, grid if grid_too else [DEFAULT])
                 for kname, (prep, call, grid) in table.items()}
+    same = same_bytes_copy_us(int4_bytes)
+    print(f"{name}: a copy moving the same {int4_bytes / 1e6:.1f} MB {same:.2f} us = "
+          f"{int4_bytes / (same * 1e-6) / 1e9 / copy:.0%} of copy BW", flush=True)
     out = []
     for m in rows_m:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         acc = torch.zeros(m, n, device="cuda")
         ref = x.float() @ ref_w.T
         cublas = per_call_us(lambda i: torch.mm(x, w16[i % len(w16)].t()), len(w16))
-        row = {"gemm": name, "m": m, "n": n, "k": k, "int4_bytes": int4_bytes, "cublas_bf16_us": cublas}
+        row = {"gemm": name, "m": m, "n": n, "k": k, "int4_bytes": int4_bytes, "cublas_bf16_us": cublas,
+               "same_bytes_copy_us": same, "same_bytes_copy_fraction": int4_bytes / (same * 1e-6) / 1e9 / copy}
         for kname, (weights, call, grid) in prepared.items():
             r = row[kname] = sweep_kernel(call, grid, x, weights, acc, ref, copies, int4_bytes, copy)
             r["best_vs_cublas"] = cublas / r["best"]["us"]
@@ -121,10 +140,11 @@ def main():
     rows = [r for name, n, k in SHAPES[:a.shapes] for r in sweep_shape(name, n, k, copy, table, not a.engine_shape_only, rows_m)]
     rep.print_table(f"few-row W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches)",
                     ["gemm", "M", "kernel", "default us", "best us", "best shape", "best % of copy BW",
-                     "cuBLAS bf16 us", "chained us", "chained % of copy BW"],
+                     "cuBLAS bf16 us", "chained us", "chained % of copy BW", "same-bytes copy % of copy BW"],
                     [[r["gemm"], r["m"], kname, r[kname]["default"]["us"], r[kname]["best"]["us"],
                       str(r[kname]["best"]["shape"]), f"{r[kname]['best']['copy_fraction']:.0%}", r["cublas_bf16_us"],
-                      r[kname]["chained"]["best"]["us"], f"{r[kname]['chained']['best']['copy_fraction']:.0%}"]
+                      r[kname]["chained"]["best"]["us"], f"{r[kname]['chained']['best']['copy_fraction']:.0%}",
+                      f"{r['same_bytes_copy_fraction']:.0%}"]
                      for r in rows for kname in table])
     rep.record_run(a.out_dir, "w4a16_sweep", {
         "copy_gbs": copy, "kernels": list(table), "rows": rows,
