@@ -108,12 +108,15 @@ def _median_us(fn, weights: list, calls: int) -> float:
 
 def _screen_us(runs: list, weights: list) -> list:
     """Per-call device time of each run(w) (inf where it raised), SCREEN_CALLS calls each, enqueued in chunks behind a
-    sleeping kernel so the GPU runs them back to back: a cheap first pass over hundreds of configurations."""
-    times = []
+    sleeping kernel so the GPU runs them back to back: a cheap first pass over hundreds of configurations. The first
+    chunk sleeps SCREEN_SLEEP_CYCLES; later ones twice the cycles its enqueueing took (at 2 GHz, above any H100 or
+    Thor clock), so the sleep outlasts the host."""
+    times, sleep = [], SCREEN_SLEEP_CYCLES
     for first in range(0, len(runs), SCREEN_CHUNK):
         chunk = runs[first:first + SCREEN_CHUNK]
         marks, failed = [], set()
-        torch.cuda._sleep(SCREEN_SLEEP_CYCLES)
+        torch.cuda._sleep(sleep)
+        started = time.perf_counter()
         for j, run in enumerate(chunk):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -124,6 +127,7 @@ def _screen_us(runs: list, weights: list) -> list:
                 failed.add(j)
             end.record()
             marks.append((start, end))
+        sleep = max(1_000_000, int(2 * (time.perf_counter() - started) * 2e9 * SCREEN_CHUNK / len(chunk)))
         torch.cuda.synchronize()
         times += [float("inf") if j in failed else s.elapsed_time(e) * 1000.0 / SCREEN_CALLS
                   for j, (s, e) in enumerate(marks)]
