@@ -22,9 +22,6 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - prefix_rope_tokens: how many tokens a program of the prefix's RoPE + K/V cache write takes (fused.ROPE_TOKENS).
 - gemm_tuning: the stages whose GEMMs run the cuBLASLt candidate the engine's tuner timed fastest for their shape
   (runtime/gemm_tuning.py; "engine": engine.GEMM_TUNING_STAGES) instead of torch's op (the heuristic's first answer).
-- gemm_search: whether the tuner also screens every configuration cuBLASLt accepts for each GEMM (algorithm ids x
-  tiles x stages x split-K x reduction x swizzle) or times only the heuristic's answers ("engine": the tuner's
-  default, on where the wheel can enumerate them; session 18).
 - fp8_fast_accum: the stages whose FP8 GEMMs use cuBLASLt's fast accumulation (no periodic promotion to fp32);
   "engine": engine.default_fp8_fast_accum().
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
@@ -78,14 +75,13 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
-                   "gemm_tuning": GEMM_TUNING_STAGES, "gemm_search": "engine", "fp8_fast_accum": "engine"}
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine"}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
                     {"qkv_prefetch": "opposite"}),
-                   ("torch's GEMMs everywhere (no cuBLASLt algorithm tuning)", {"gemm_tuning": ()}),
-                   ("GEMM tuning over the heuristic's answers only (no configuration search)", {"gemm_search": False}))
+                   ("torch's GEMMs everywhere (no cuBLASLt algorithm tuning)", {"gemm_tuning": ()}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS)),
@@ -119,10 +115,6 @@ def apply(eng, settings: dict) -> None:
     outputs = settings["e4m3_outputs"]
     eng.set_e4m3_outputs(tuple(eng.e4m3_output_layers()) if outputs == "engine" else outputs)
     eng.set_gemm_tuning(settings["gemm_tuning"])
-    if settings["gemm_search"] != "engine":
-        eng.set_gemm_search(settings["gemm_search"])
-    elif eng.gemm_tuner is not None:
-        eng.set_gemm_search(eng.gemm_tuner.kernels.has_op("lt_matmul_search"))
     accum = settings["fp8_fast_accum"]
     eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
 

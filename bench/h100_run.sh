@@ -109,16 +109,16 @@
 #     or Triton), the W4A16 sweep of the Gemma gate (warp vs warpgroup MMA), Plan A validation
 #   part 58 (the kernel wheel, development build): every GPU test, Plan B (h100_fast) and Plan A validation, the
 #     engine benchmark
-#   part 59 (the kernel wheel, development build): the GEMM tuner's configuration search (every configuration
+#   part 59 (ran at 2815ec3; the search gained nothing and was removed): the GEMM tuner's configuration search (every configuration
 #     cuBLASLt accepts, screened): lt_matmul's GPU tests, every large GEMM tuned over the heuristic's answers and
 #     with the search (bench/gemm_tuning.py), the engine variants of Plan A and Plan B h100_fast without the search
-#   part 60 (the kernel wheel, development build): the engine GPU tests, Plan B (h100_fast) and Plan A validation,
-#     the engine benchmark
-#   part 61 (the kernel wheel, development build): the few-row W4A16 sweep at the kernels' default launch shapes,
-#     with a copy moving the same bytes per shape (the ceiling its copy-bandwidth share is read against)
+#   part 61 (the kernel wheel, development build): the few-row W4A16 sweep (Triton, warp MMA) with a copy moving
+#     the same bytes per shape (the ceiling its copy-bandwidth share is read against)
+#   part 62 (the kernel wheel, development build): part 61 with CUTLASS's mixed-input GEMM (w4a16_gemm) and its
+#     schedules, at M = 1, 10, 32, 50, 64
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|61   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|62   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -335,16 +335,11 @@ elif [ "$1" = 52 ]; then
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   validate_and_bench bench/with_devbuild.py
-elif [ "$1" = 59 ]; then   # the tuner's configuration search against the heuristic's answers, same run
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_lt_matmul_gpu.py
-  run python3 bench/with_devbuild.py bench/gemm_tuning.py --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 6 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 10 --out-dir "$OUT"
-elif [ "$1" = 60 ]; then   # the final code: the engine GPU tests, validation, the engine benchmark
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  validate_and_bench bench/with_devbuild.py
+elif [ "$1" = 59 ]; then   # the tuner's configuration search against the heuristic's answers, same run (ran at 2815ec3)
+  echo "part 59 ran at 2815ec3 (the GEMM tuner's configuration search, removed after it); check that commit out" | tee -a "$LOG"
+  exit 1
+elif [ "$1" = 62 ]; then   # the W4A16 sweep with CUTLASS's mixed-input GEMM, at the horizons of the three configs
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10,32,50,64 --out-dir "$OUT"
 elif [ "$1" = 61 ]; then   # the W4A16 sweep with the same-bytes copy
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
 elif [ "$1" = 58 ]; then   # the final code (the review commit 94b90bc's kernels and engine): every GPU test, validation

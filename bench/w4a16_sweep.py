@@ -3,7 +3,9 @@
 >= 70%), on the Pi0.5 GEMMs that stream the most int4 bytes, with cuBLAS bf16 on the same shapes in the same run:
 - triton: fused.skinny_w4a16 (canonical int4, int4 groups dequantized into tl.dot), its launch-shape grid on request;
 - mma: the wheel's w4a16_skinny (warp-level MMA on prepacked fragments, cp.async weight stream), its splits and
-  tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py).
+  tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py);
+- cutlass: the wheel's w4a16_gemm (CUTLASS's Hopper mixed-input GEMM, warpgroup MMA, token tiles 16 / 64 / 128; what
+  the engine runs above 64 rows), bf16 out, its schedules (session 18).
 Every entry: a CUDA graph of calls over weight copies that overflow L2, median of 50 replays after warm-up, per call.
 Also each kernel's default and best launch shape as the engine's denoise chain launches them (engine.DENOISE_LAUNCHES
 "dependent"): each call a programmatic dependent launch that waits on the GPU for the call before it (the calls
@@ -34,6 +36,7 @@ DEFAULT: dict = {}     # each kernel's default launch shape (what the engine run
 TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
 MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 4)] + [dict(tiles_per_warp=t) for t in (1, 2)]
+CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]
 # session 5 compared the int4 -> bf16 conversion (I2F) with the bit-pattern dequant that replaced it, at the engine's
 # launch shape then: 1.4-2.9x faster (bench/results/w4a16_sweep-*-s5.json, "convert_default" / "magic_default")
 
@@ -43,13 +46,35 @@ def per_call_us(call, copies):
 
 
 def kernels(tk, triton_grid: bool):
-    """name -> (prepare(q, s) -> weights, call(x, weights, acc, shape, dependent), grid)."""
+    """name -> (prepare(q, s) -> weights, call(x, weights, acc, shape, dependent), grid, read(acc) -> the last call's
+    fp32 result)."""
     out = {"triton": (lambda q, s: (q, s), lambda x, w, acc, shape, dep: fused.skinny_w4a16(x, *w, out=acc, **shape),
-                      TRITON_GRID if triton_grid else [DEFAULT])}
+                      TRITON_GRID if triton_grid else [DEFAULT], lambda acc: acc)}
     if tk is not None:
         out["mma"] = (lambda q, s: (fm.pack_int4_fragments(q), fm.pack_scales_fragments(s)),
-                      lambda x, w, acc, shape, dep: tk.w4a16_skinny(x, *w, acc, dependent=dep, **shape), MMA_GRID)
+                      lambda x, w, acc, shape, dep: tk.w4a16_skinny(x, *w, acc, dependent=dep, **shape), MMA_GRID,
+                      lambda acc: acc)
+    if tk is not None and tk.has_op("w4a16_gemm"):
+        out["cutlass"] = cutlass_kernel(tk)
     return out
+
+
+def cutlass_kernel(tk):
+    """The CUTLASS GEMM in the sweep's form: it writes bf16 (a buffer per M and schedule, with its workspace, made
+    before any timing); `acc` is left alone and read() returns the last output."""
+    buffers, last = {}, [None]
+
+    def call(x, w, acc, shape, dep):
+        m, n, k, schedule = x.shape[0], acc.shape[1], x.shape[1], shape.get("schedule", "auto")
+        if (m, n, schedule) not in buffers:
+            buffers[m, n, schedule] = (torch.empty(m, n, dtype=torch.bfloat16, device="cuda"),
+                                       torch.empty(max(1, tk.w4a16_workspace_size(m, n, k, schedule)),
+                                                   dtype=torch.uint8, device="cuda"))
+        out, ws = buffers[m, n, schedule]
+        tk.w4a16_gemm(x, *w, out, ws, schedule)
+        last[0] = out
+
+    return tk.w4a16_prepack, call, CUTLASS_GRID, lambda acc: last[0].float()
 
 
 def timed(call, x, weights, acc, shape, copies, int4_bytes, copy, dependent=False) -> dict:
@@ -61,13 +86,13 @@ def timed(call, x, weights, acc, shape, copies, int4_bytes, copy, dependent=Fals
     return {"shape": shape, "us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy}
 
 
-def sweep_kernel(call, grid, x, weights, acc, ref, copies, int4_bytes, copy) -> dict:
+def sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, copy) -> dict:
     tried = []
     for shape in grid:
         try:
             acc0 = torch.zeros_like(acc)
             call(x, weights[0], acc0, shape, False)
-            err = float((acc0 - ref).norm() / ref.norm())
+            err = float((read(acc0) - ref).norm() / ref.norm())
             tried.append({**timed(call, x, weights, acc, shape, copies, int4_bytes, copy), "rel_err": err})
         except Exception as e:    # a shape that does not compile or launch is a result too
             tried.append({"shape": shape, "error": str(e).splitlines()[0][:100]})
@@ -97,8 +122,8 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
     w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, int(2 * 50e6 // (n * k * 2)) + 1))]
     int4_bytes = n * k // 2 + n * (k // 128) * 2
     ref_w = fm.dequantize_int4_g128(*q[0])
-    prepared = {kname: ([prep(*qs) for qs in q], call, grid if grid_too else [DEFAULT])
-                for kname, (prep, call, grid) in table.items()}
+    prepared = {kname: ([prep(*qs) for qs in q], call, grid if grid_too else [DEFAULT], read)
+                for kname, (prep, call, grid, read) in table.items()}
     same = same_bytes_copy_us(int4_bytes)
     print(f"{name}: a copy moving the same {int4_bytes / 1e6:.1f} MB {same:.2f} us = "
           f"{int4_bytes / (same * 1e-6) / 1e9 / copy:.0%} of copy BW", flush=True)
@@ -110,8 +135,8 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
         cublas = per_call_us(lambda i: torch.mm(x, w16[i % len(w16)].t()), len(w16))
         row = {"gemm": name, "m": m, "n": n, "k": k, "int4_bytes": int4_bytes, "cublas_bf16_us": cublas,
                "same_bytes_copy_us": same, "same_bytes_copy_fraction": int4_bytes / (same * 1e-6) / 1e9 / copy}
-        for kname, (weights, call, grid) in prepared.items():
-            r = row[kname] = sweep_kernel(call, grid, x, weights, acc, ref, copies, int4_bytes, copy)
+        for kname, (weights, call, grid, read) in prepared.items():
+            r = row[kname] = sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, copy)
             r["best_vs_cublas"] = cublas / r["best"]["us"]
             print(f"{name} M={m} {kname}: best {r['best']['shape']} {r['best']['us']:.2f} us = "
                   f"{r['best']['copy_fraction']:.0%} of copy BW (default {r['default']['us']:.2f} us, cuBLAS bf16 "

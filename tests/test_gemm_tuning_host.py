@@ -87,31 +87,3 @@ def test_fast_accumulation_defaults_only_where_fp8_gemms_are_and_the_row_rule():
     assert triforce_kernels.lt_rows_fit(1152, 2048, 2, 2)        # bf16 rows of 2304 and 4096 bytes
     assert not triforce_kernels.lt_rows_fit(588, 1152, 2, 2)     # SigLIP's patch embedding: 1176-byte rows
     assert triforce_kernels.lt_rows_fit(16, 16, 1, 1) and not triforce_kernels.lt_rows_fit(16, 8, 1, 1)
-
-
-def test_search_mode_setter_keeps_one_tuner_a_mode_and_refuses_without_it():
-    """set_gemm_search swaps between a searching and a heuristic-only tuner (each keeps its own choices), re-points
-    the tuned layers at it, and refuses without a tuner or where the wheel cannot enumerate configurations."""
-    from triforce.runtime.gemm_tuning import GemmTuner
-
-    layer = Linear.__new__(Linear)
-    layer.weight, layer.bias = torch.zeros(16, 32, dtype=torch.bfloat16), None
-    stub, _ = _stub(prefix_layers=[{"qkv": layer}], gemm_tuning=("prefix",), _gemm_tuners={})
-    stub.set_gemm_tuning = lambda stages: Pi05Engine.set_gemm_tuning(stub, stages)
-    with pytest.raises(UnsupportedError, match="GEMM search needs the GEMM tuner"):
-        Pi05Engine.set_gemm_search(stub, True)
-    searching = GemmTuner(_Wheel(), log=lambda s: None)
-    assert searching.search                                  # the default where the wheel has the search
-    stub.gemm_tuner, stub._gemm_tuners = searching, {True: searching}
-    Pi05Engine.set_gemm_search(stub, False)
-    plain = stub.gemm_tuner
-    assert plain is not searching and not plain.search and layer.tuner is plain and not stub.slots
-    Pi05Engine.set_gemm_search(stub, True)
-    assert stub.gemm_tuner is searching and layer.tuner is searching
-    Pi05Engine.set_gemm_search(stub, False)
-    assert stub.gemm_tuner is plain                          # its choices kept: nothing is tuned again
-    old = GemmTuner(_Wheel(has=False), log=lambda s: None)
-    assert not old.search
-    stub.gemm_tuner, stub._gemm_tuners = old, {False: old}
-    with pytest.raises(UnsupportedError, match="cannot enumerate configurations"):
-        Pi05Engine.set_gemm_search(stub, True)

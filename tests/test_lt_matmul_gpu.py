@@ -65,7 +65,7 @@ def test_bf16_candidates_agree_with_torch(tk, m, n, k, bias, gelu):
         ref = x @ w.t() if b is None else torch.addmm(b, x, w.t())
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     algos, info = tk.lt_matmul_algos(x, w, out, bias=b, gelu=gelu)
-    assert algos.shape[0] >= 1 and tuple(algos.shape[1:]) == (64,) and tuple(info.shape[1:]) == (len(tk.LT_ALGO_FIELDS),)
+    assert algos.shape[0] >= 1 and tuple(algos.shape[1:]) == (64,) and tuple(info.shape[1:]) == (6,)
     ws = _workspace(info)
     for i in range(algos.shape[0]):
         out.fill_(float("nan"))
@@ -92,60 +92,6 @@ def test_fp8_candidates_agree_with_scaled_mm(tk, m, n, k, out_dtype, fast_accum)
         torch.cuda.synchronize()
         assert _cos(out, ref) > (0.9999 if out_dtype == torch.bfloat16 else 0.999), f"candidate {i} {info[i].tolist()}"
         assert _cos(out, exact) > 0.999
-
-
-@pytest.mark.parametrize("m,n,k,fp8", [(512, 1152, 1152, False), (16, 64, 96, False), (528, 2560, 2048, True)])
-def test_searched_configurations_agree_with_torch(tk, m, n, k, fp8):
-    """The search enumerates more configurations than the heuristic offers (it includes split-K ones), none
-    duplicated, and every one sampled runs and agrees with torch's op, in a graph too."""
-    if fp8:
-        x, w, sx, sw = _fp8_problem(m, n, k)
-        ref = torch._scaled_mm(x, w.t(), scale_a=sx, scale_b=sw, out_dtype=torch.bfloat16)
-        scales = (sx, sw)
-    else:
-        x, w, b = _bf16_problem(m, n, k)
-        ref, scales = torch.addmm(b, x, w.t()), (None, None)
-    bias = None if fp8 else b
-    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-    heur, _ = tk.lt_matmul_algos(x, w, out, *scales, bias=bias)
-    algos, info = tk.lt_matmul_algos(x, w, out, *scales, bias=bias, max_algos=4096, search=True)
-    fields = list(tk.LT_ALGO_FIELDS)
-    configs = {tuple(row[1:8].tolist()) for row in info}
-    assert algos.shape[0] > heur.shape[0] and len(configs) == algos.shape[0], (algos.shape[0], heur.shape[0])
-    assert (info[:, fields.index("split_k")] > 1).any()
-    ws = _workspace(info)
-    picks = sorted(set(torch.linspace(0, algos.shape[0] - 1, 48).round().long().tolist()))
-    failures = []
-    for i in picks:
-        out.fill_(float("nan"))
-        try:
-            tk.lt_matmul(x, w, out, algos[i], ws, *scales, bias=bias)
-            torch.cuda.synchronize()
-        except tk.KernelError as err:      # must not happen: the search keeps only what cuBLASLt checked
-            failures.append((i, info[i].tolist(), str(err)))
-            continue
-        if not (torch.isfinite(out).all() and _cos(out, ref) > 0.9999):
-            failures.append((i, info[i].tolist(), _cos(out, ref)))
-    assert not failures, failures
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        tk.lt_matmul(x, w, out, algos[picks[-1]], ws, *scales, bias=bias)
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert _cos(out, ref) > 0.9999
-
-
-def test_tuner_search_screens_and_keeps_finalists(tk):
-    log = []
-    tuner = gemm_tuning.GemmTuner(tk, log=log.append, search=True)
-    x, w, b = _bf16_problem(512, 1152, 1152)              # SigLIP's o: 36 tiles of 128 x 128, split-K may pay
-    op = lambda wi: torch.addmm(b, x, wi.t())  # noqa: E731
-    got = tuner.matmul(x, w, torch.bfloat16, op, bias=b)
-    assert _cos(got, op(w)) > 0.9999
-    (row,) = tuner.table()
-    assert row["searched"] > 0 and row["candidates"] <= 24 + gemm_tuning.FINALISTS and row["us"] <= row["torch_us"]
-    assert "searched configurations screened" in log[0] and row["tune_s"] > 0
 
 
 def test_fp8_e4m3_output_saturates(tk):
@@ -192,7 +138,6 @@ def _bad(tk, case):
         "algo too short": lambda: tk.lt_matmul(x, w, out, algos[0][:32], ws),
         "out wrong shape": lambda: tk.lt_matmul(x, w, out[:, :128], algos[0], ws),
         "K not 16-byte rows": lambda: tk.lt_matmul_algos(x[:, :500].contiguous(), w[:, :500].contiguous(), out),
-        "too many configurations": lambda: tk.lt_matmul_algos(x, w, out, max_algos=5000, search=True),
         "bias wrong length": lambda: tk.lt_matmul(x, w, out, algos[0], ws, bias=b[:128]),
         "vector scale": lambda: tk.lt_matmul(x8, w8, out, algos[0], ws, sx.expand(2).contiguous(), sw),
     }
@@ -201,7 +146,6 @@ def _bad(tk, case):
 
 @pytest.mark.parametrize("case", ["mixed input dtypes", "e4m3 out from bf16", "fp8 without scales", "fast accum on bf16",
                                   "algo on the GPU", "algo too short", "out wrong shape", "K not 16-byte rows",
-                                  "too many configurations",
                                   "bias wrong length", "vector scale"])
 def test_lt_matmul_refuses_bad_input(tk, case):
     with pytest.raises(tk.KernelError) as err:

@@ -394,15 +394,15 @@ std::tuple<at::Tensor, at::Tensor> lt_matmul_algos(const at::Tensor& x, const at
                                                    const c10::optional<at::Tensor>& scale_x,
                                                    const c10::optional<at::Tensor>& scale_w,
                                                    const c10::optional<at::Tensor>& bias, bool gelu, bool fast_accum,
-                                                   int64_t max_algos, int64_t max_workspace, bool search) {
+                                                   int64_t max_algos, int64_t max_workspace) {
   const auto p = lt_problem(x, w, out, scale_x, scale_w, bias, gelu, fast_accum);
-  TORCH_CHECK(max_algos > 0 && max_algos <= 4096 && max_workspace >= 0,
-              "lt_matmul_algos: max_algos must be 1..4096 and max_workspace >= 0");
+  TORCH_CHECK(max_algos > 0 && max_algos <= 256 && max_workspace >= 0,
+              "lt_matmul_algos: max_algos must be 1..256 and max_workspace >= 0");
   const c10::cuda::CUDAGuard guard(x.device());
   auto algos = at::empty({max_algos, triforce::kLtAlgoBytes}, at::kByte);
   auto info = at::empty({max_algos, triforce::kLtAlgoFields}, at::kLong);
-  const int n = triforce::lt_matmul_algos(p, int(max_algos), size_t(max_workspace), search,
-                                          algos.data_ptr<uint8_t>(), info.data_ptr<int64_t>());
+  const int n = triforce::lt_matmul_algos(p, int(max_algos), size_t(max_workspace), algos.data_ptr<uint8_t>(),
+                                          info.data_ptr<int64_t>());
   return {algos.narrow(0, 0, n).clone(), info.narrow(0, 0, n).clone()};
 }
 
@@ -443,12 +443,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "few rows (split-KV over one cluster's CTAs, one launch)", py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("bias"), py::arg("out"), py::arg("static_keys") = 0, py::arg("max_splits") = 0,
         py::arg("dependent") = false);
-  m.def("lt_matmul_algos", &lt_matmul_algos, "cuBLASLt's candidates for out = epilogue(x @ w^T), the heuristic's "
-        "or (search) every configuration it accepts: (algos uint8 [n, 64], info int64 [n, 9]: workspace, algo id, "
-        "tile, split-K, stages, cluster, reduction, swizzle, waves x 1000)", py::arg("x"),
+  m.def("lt_matmul_algos", &lt_matmul_algos, "cuBLASLt's heuristic candidates for out = epilogue(x @ w^T): (algos "
+        "uint8 [n, 64], info int64 [n, 6]: workspace, algo id, tile, split-K, stages, cluster)", py::arg("x"),
         py::arg("w"), py::arg("out"), py::arg("scale_x"), py::arg("scale_w"), py::arg("bias"), py::arg("gelu"),
-        py::arg("fast_accum"), py::arg("max_algos"), py::arg("max_workspace"), py::arg("search") = false);
-  m.attr("lt_matmul_search") = true;  // lt_matmul_algos takes `search` (has_op's marker for wheels built before it)
+        py::arg("fast_accum"), py::arg("max_algos"), py::arg("max_workspace"));
   m.def("lt_matmul", &lt_matmul, "out[M,N] = epilogue(scale_x * scale_w * x @ w^T + bias) by cuBLASLt with a chosen "
         "algorithm (bf16 or E4M3 in; bf16, or E4M3 from E4M3, out)", py::arg("x"), py::arg("w"), py::arg("out"),
         py::arg("scale_x"), py::arg("scale_w"), py::arg("bias"), py::arg("gelu"), py::arg("fast_accum"),

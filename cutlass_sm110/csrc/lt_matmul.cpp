@@ -35,20 +35,6 @@ void set(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const T
   check(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)), "cublasLtMatmulDescSetAttribute");
 }
 
-struct Types {
-  cudaDataType_t a, b, c, d;
-};
-// C is never read (beta = 0); with an E4M3 output its type must still be a 16-bit one
-Types types(const LtProblem& p) {
-  const cudaDataType_t in = p.e4m3_in ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
-  return {in, in, CUDA_R_16BF, p.e4m3_out ? CUDA_R_8F_E4M3 : CUDA_R_16BF};
-}
-
-cublasLtEpilogue_t epilogue(const LtProblem& p) {
-  return p.bias ? (p.gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
-                : (p.gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
-}
-
 // The descriptors of one problem, destroyed with it. cuBLASLt is column-major: out^T [N, M] = w [N, K] . x^T, with
 // w and x both K-major (the TN form FP8 needs), so cuBLASLt's m is our N and its n our M.
 struct Described {
@@ -64,16 +50,20 @@ struct Described {
       set(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, static_cast<const void*>(p.scale_x));
       set(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, static_cast<int8_t>(p.fast_accum ? 1 : 0));
     }
-    set(op, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue(p));
+    cublasLtEpilogue_t epilogue = p.bias ? (p.gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                                         : (p.gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+    set(op, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
     if (p.bias) {
       set(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias);
       set(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_16BF);
     }
-    const Types t = types(p);
-    check(cublasLtMatrixLayoutCreate(&a, t.a, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
-    check(cublasLtMatrixLayoutCreate(&b, t.b, p.k, p.m, p.k), "cublasLtMatrixLayoutCreate(x)");
-    check(cublasLtMatrixLayoutCreate(&c, t.c, p.n, p.m, p.n), "cublasLtMatrixLayoutCreate(c)");
-    check(cublasLtMatrixLayoutCreate(&d, t.d, p.n, p.m, p.n), "cublasLtMatrixLayoutCreate(out)");
+    const cudaDataType_t in = p.e4m3_in ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    check(cublasLtMatrixLayoutCreate(&a, in, p.k, p.n, p.k), "cublasLtMatrixLayoutCreate(w)");
+    check(cublasLtMatrixLayoutCreate(&b, in, p.k, p.m, p.k), "cublasLtMatrixLayoutCreate(x)");
+    // C is never read (beta = 0); with an E4M3 output its type must still be a 16-bit one
+    check(cublasLtMatrixLayoutCreate(&c, CUDA_R_16BF, p.n, p.m, p.n), "cublasLtMatrixLayoutCreate(c)");
+    check(cublasLtMatrixLayoutCreate(&d, p.e4m3_out ? CUDA_R_8F_E4M3 : CUDA_R_16BF, p.n, p.m, p.n),
+          "cublasLtMatrixLayoutCreate(out)");
   }
   ~Described() {
     for (auto layout : {a, b, c, d}) {
@@ -95,116 +85,10 @@ int64_t config(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttribu
   return int64_t(value);
 }
 
-void write_row(const cublasLtMatmulAlgo_t& algo, size_t workspace, float waves, uint8_t* algos, int64_t* info,
-               int n) {
-  static_assert(sizeof(algo) == kLtAlgoBytes, "cublasLtMatmulAlgo_t changed size");
-  std::memcpy(algos + size_t(n) * kLtAlgoBytes, &algo, kLtAlgoBytes);
-  int64_t* row = info + size_t(n) * kLtAlgoFields;
-  row[0] = int64_t(workspace);
-  row[1] = config(algo, CUBLASLT_ALGO_CONFIG_ID);
-  row[2] = config(algo, CUBLASLT_ALGO_CONFIG_TILE_ID);
-  row[3] = config(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM);
-  row[4] = config(algo, CUBLASLT_ALGO_CONFIG_STAGES_ID);
-  row[5] = config(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID);
-  row[6] = config(algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME);
-  row[7] = config(algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING);
-  row[8] = int64_t(waves * 1000.0f);
-}
-
-template <typename T>
-T cap(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoCapAttributes_t attr, T absent) {
-  T value{};
-  size_t written = 0;
-  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, &value, sizeof(value), &written) != CUBLAS_STATUS_SUCCESS) {
-    return absent;
-  }
-  return value;
-}
-
-// An array capability (tile or stages ids); {0} (undefined: the algorithm's own choice) where it lists none.
-std::vector<uint32_t> cap_ids(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoCapAttributes_t attr) {
-  size_t bytes = 0;
-  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, nullptr, 0, &bytes) != CUBLAS_STATUS_SUCCESS || bytes == 0) {
-    return {0};
-  }
-  std::vector<uint32_t> ids(bytes / sizeof(uint32_t));
-  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, ids.data(), bytes, &bytes) != CUBLAS_STATUS_SUCCESS) return {0};
-  return ids;
-}
-
-template <typename T>
-bool configure(cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr, T value) {
-  return cublasLtMatmulAlgoConfigSetAttribute(&algo, attr, &value, sizeof(value)) == CUBLAS_STATUS_SUCCESS;
-}
-
-// Every configuration of every algorithm id that cublasLtMatmulAlgoCheck accepts for the problem, within the
-// workspace and the 16-byte alignment the bindings guarantee. Split-K counts 1-8 (Pi0.5's 512-528 rows leave SMs
-// idle at N = 1152-2048), each reduction scheme the algorithm has; CTA swizzling off and on; cluster shape and
-// custom option left to the algorithm (they multiply the space, and the heuristic's answers carry its own).
-int search_algos(const LtProblem& p, const Described& desc, int max_algos, size_t max_workspace, uint8_t* algos,
-                 int64_t* info) {
-  const Types t = types(p);
-  int ids[512];
-  int n_ids = 0;
-  check(cublasLtMatmulAlgoGetIds(handle(), CUBLAS_COMPUTE_32F, CUDA_R_32F, t.a, t.b, t.c, t.d, 512, ids, &n_ids),
-        "cublasLtMatmulAlgoGetIds");
-  const auto wanted = uint32_t(epilogue(p));
-  int n = 0;
-  for (int i = 0; i < n_ids && n < max_algos; ++i) {
-    cublasLtMatmulAlgo_t base;
-    if (cublasLtMatmulAlgoInit(handle(), CUBLAS_COMPUTE_32F, CUDA_R_32F, t.a, t.b, t.c, t.d, ids[i], &base) !=
-        CUBLAS_STATUS_SUCCESS) {
-      continue;
-    }
-    if ((cap<uint32_t>(base, CUBLASLT_ALGO_CAP_EPILOGUE_MASK, 0) & wanted) != wanted) continue;
-    bool aligned = true;
-    for (auto attr : {CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_A_BYTES, CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_B_BYTES,
-                      CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_C_BYTES, CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_D_BYTES}) {
-      aligned = aligned && cap<uint32_t>(base, attr, 0) <= 16;
-    }
-    if (!aligned) continue;
-    const bool splits = cap<int32_t>(base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, 0) != 0;
-    const uint32_t schemes = cap<uint32_t>(base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, 0);
-    const bool swizzles = cap<uint32_t>(base, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT, 0) != 0;
-    for (uint32_t tile : cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS)) {
-      for (uint32_t stages : cap_ids(base, CUBLASLT_ALGO_CAP_STAGES_IDS)) {
-        for (int32_t split : {1, 2, 3, 4, 6, 8}) {
-          if (split > 1 && !splits) break;
-          for (uint32_t scheme : {0u, 1u, 2u, 4u}) {  // none; in place, compute type, output type
-            if ((split == 1) != (scheme == 0) || (scheme && !(schemes & scheme))) continue;
-            for (uint32_t swizzle : {0u, 1u}) {
-              if (swizzle && !swizzles) continue;
-              cublasLtMatmulAlgo_t algo = base;
-              if (!configure(algo, CUBLASLT_ALGO_CONFIG_TILE_ID, tile) ||
-                  !configure(algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, stages) ||
-                  !configure(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split) ||
-                  !configure(algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, scheme) ||
-                  !configure(algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, swizzle)) {
-                continue;
-              }
-              cublasLtMatmulHeuristicResult_t result{};
-              if (cublasLtMatmulAlgoCheck(handle(), desc.op, desc.a, desc.b, desc.c, desc.d, &algo, &result) !=
-                      CUBLAS_STATUS_SUCCESS ||
-                  result.workspaceSize > max_workspace) {
-                continue;
-              }
-              write_row(algo, result.workspaceSize, result.wavesCount, algos, info, n);
-              if (++n == max_algos) return n;
-            }
-          }
-        }
-      }
-    }
-  }
-  return n;
-}
-
 }  // namespace
 
-int lt_matmul_algos(const LtProblem& p, int max_algos, size_t max_workspace, bool search, uint8_t* algos,
-                    int64_t* info) {
+int lt_matmul_algos(const LtProblem& p, int max_algos, size_t max_workspace, uint8_t* algos, int64_t* info) {
   const Described desc(p);
-  if (search) return search_algos(p, desc, max_algos, max_workspace, algos, info);
   cublasLtMatmulPreference_t pref = nullptr;
   check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
   std::vector<cublasLtMatmulHeuristicResult_t> results(max_algos);
@@ -230,9 +114,18 @@ int lt_matmul_algos(const LtProblem& p, int max_algos, size_t max_workspace, boo
   check(status, "cublasLtMatmulAlgoGetHeuristic");
   int n = 0;
   for (int i = 0; i < found; ++i) {
-    if (results[i].state == CUBLAS_STATUS_SUCCESS) {
-      write_row(results[i].algo, results[i].workspaceSize, results[i].wavesCount, algos, info, n++);
-    }
+    const auto& r = results[i];
+    if (r.state != CUBLAS_STATUS_SUCCESS) continue;
+    static_assert(sizeof(r.algo) == kLtAlgoBytes, "cublasLtMatmulAlgo_t changed size");
+    std::memcpy(algos + size_t(n) * kLtAlgoBytes, &r.algo, kLtAlgoBytes);
+    int64_t* row = info + size_t(n) * kLtAlgoFields;
+    row[0] = int64_t(r.workspaceSize);
+    row[1] = config(r.algo, CUBLASLT_ALGO_CONFIG_ID);
+    row[2] = config(r.algo, CUBLASLT_ALGO_CONFIG_TILE_ID);
+    row[3] = config(r.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM);
+    row[4] = config(r.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID);
+    row[5] = config(r.algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID);
+    ++n;
   }
   return n;
 }

@@ -91,14 +91,10 @@ struct LtProblem {
   bool e4m3_in, e4m3_out, gelu, fast_accum;
 };
 constexpr int kLtAlgoBytes = 64;
-constexpr int kLtAlgoFields = 9;  // workspace bytes, algo id, tile id, split-K count, stages id, cluster shape id,
-                                  // reduction scheme, CTA swizzling, waves x 1000 (cuBLASLt's utilisation estimate)
-// Candidates for p (at most max_algos, each needing <= max_workspace bytes): their algorithm structs into algos
-// [n][kLtAlgoBytes] and their fields into info [n][kLtAlgoFields]; returns n. search = false: cuBLASLt's heuristic
-// answers, best guess first. search = true: every configuration cuBLASLt accepts for p (each algorithm id's tiles x
-// stages x split-K x reduction x swizzle, by cublasLtMatmulAlgoCheck), in enumeration order (the heuristic offers 8).
-int lt_matmul_algos(const LtProblem& p, int max_algos, size_t max_workspace, bool search, uint8_t* algos,
-                    int64_t* info);
+constexpr int kLtAlgoFields = 6;  // workspace bytes, algo id, tile id, split-K count, stages id, cluster shape id
+// cuBLASLt's heuristic candidates for p (at most max_algos, each needing <= max_workspace bytes): their algorithm
+// structs into algos [n][kLtAlgoBytes] and their fields into info [n][kLtAlgoFields]; returns n.
+int lt_matmul_algos(const LtProblem& p, int max_algos, size_t max_workspace, uint8_t* algos, int64_t* info);
 void lt_matmul_run(const LtProblem& p, const uint8_t* algo, void* workspace, size_t workspace_bytes,
                    cudaStream_t stream);
 

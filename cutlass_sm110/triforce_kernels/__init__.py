@@ -344,8 +344,7 @@ def mqa_cluster_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
 
 
 # ── cuBLASLt with a chosen algorithm ─────────────────────────────────────────────────────────────────────────────
-# lt_matmul_algos' info columns (waves_x1000: cuBLASLt's estimate of how many waves of CTAs the GPU runs, x 1000)
-LT_ALGO_FIELDS = ("workspace", "algo", "tile", "split_k", "stages", "cluster", "reduction", "swizzle", "waves_x1000")
+LT_ALGO_FIELDS = ("workspace", "algo", "tile", "split_k", "stages", "cluster")   # lt_matmul_algos' info columns
 
 
 def lt_rows_fit(k: int, n: int, in_bytes: int, out_bytes: int) -> bool:
@@ -390,21 +389,15 @@ def _check_lt_operands(op: str, x, w, out, scale_x, scale_w, bias, fast_accum: b
 
 def lt_matmul_algos(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, scale_x: torch.Tensor | None = None,
                     scale_w: torch.Tensor | None = None, bias: torch.Tensor | None = None, gelu: bool = False,
-                    fast_accum: bool = False, max_algos: int = 32, max_workspace: int = 32 << 20,
-                    search: bool = False):
-    """cuBLASLt's candidates for out = epilogue(scale_x * scale_w * x @ w^T + bias): (algos uint8 [n, 64] on the CPU,
-    each one lt_matmul's `algo`; info int64 [n, 9], columns LT_ALGO_FIELDS). search = False: the heuristic's answers,
-    best guess first; True: every configuration cuBLASLt accepts for the problem (algorithm ids x tiles x stages x
-    split-K x reduction x swizzle), unordered. n may be 0 (no algorithm for this problem). Nothing runs on the GPU."""
+                    fast_accum: bool = False, max_algos: int = 32, max_workspace: int = 32 << 20):
+    """cuBLASLt's heuristic candidates for out = epilogue(scale_x * scale_w * x @ w^T + bias), best guess first:
+    (algos uint8 [n, 64] on the CPU, each one lt_matmul's `algo`; info int64 [n, 6], columns LT_ALGO_FIELDS). n may
+    be 0 (no algorithm for this problem). Nothing runs on the GPU."""
     op = "lt_matmul_algos"
     _check_lt_operands(op, x, w, out, scale_x, scale_w, bias, fast_accum)
-    if not 1 <= max_algos <= 4096 or max_workspace < 0:
-        raise KernelError(f"{op}: max_algos must be 1..4096 and max_workspace >= 0, got {max_algos}, {max_workspace}")
-    if search and not has_op("lt_matmul_search"):
-        raise UnsupportedError(f"{op}: this wheel's lt_matmul_algos has no search (built before it); rebuild it with "
-                               f"`invoke build-kernels`")
-    return _ext().lt_matmul_algos(x, w, out, scale_x, scale_w, bias, gelu, fast_accum, max_algos, max_workspace,
-                                  bool(search))
+    if not 1 <= max_algos <= 256 or max_workspace < 0:
+        raise KernelError(f"{op}: max_algos must be 1..256 and max_workspace >= 0, got {max_algos}, {max_workspace}")
+    return _ext().lt_matmul_algos(x, w, out, scale_x, scale_w, bias, gelu, fast_accum, max_algos, max_workspace)
 
 
 def lt_matmul(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, algo: torch.Tensor, workspace: torch.Tensor,

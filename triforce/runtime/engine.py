@@ -255,7 +255,6 @@ class Pi05Engine:
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
         self.gemm_tuner = self._new_gemm_tuner()
-        self._gemm_tuners = {self.gemm_tuner.search: self.gemm_tuner} if self.gemm_tuner else {}   # set_gemm_search
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
         self.load_weights(lambda: state)
@@ -315,8 +314,7 @@ class Pi05Engine:
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
-                "gemm_tuning": self.gemm_tuning, "gemm_search": bool(self.gemm_tuner and self.gemm_tuner.search),
-                "fp8_fast_accum": self.fp8_fast_accum}
+                "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -621,22 +619,6 @@ class Pi05Engine:
                 lin.tuner = self.gemm_tuner if stage in stages else None
         self.gemm_tuning = stages
         self.slots.clear()
-
-    def set_gemm_search(self, on: bool) -> None:
-        """Whether the tuner screens every configuration cuBLASLt accepts for a GEMM (on: the default where the wheel
-        can enumerate them) or times only the heuristic's answers. Each mode keeps its own choices, so switching
-        back does not tune again. Captured graphs are dropped and re-capture."""
-        if self.gemm_tuner is None:
-            raise UnsupportedError("GEMM search needs the GEMM tuner (the kernel wheel's lt_matmul on a GPU)")
-        if on and not self.gemm_tuner.kernels.has_op("lt_matmul_search"):
-            raise UnsupportedError("GEMM search: this kernel wheel's lt_matmul_algos cannot enumerate configurations "
-                                   "(built before it); rebuild it with `invoke build-kernels`")
-        tuner = self._gemm_tuners.get(bool(on))
-        if tuner is None:
-            tuner = self._gemm_tuners[bool(on)] = gemm_tuning.GemmTuner(self.gemm_tuner.kernels, log=self.log,
-                                                                       search=bool(on))
-        self.gemm_tuner = tuner
-        self.set_gemm_tuning(self.gemm_tuning or ())
 
     def default_fp8_fast_accum(self) -> tuple:
         """FP8_FAST_ACCUM_STAGES that have FP8 GEMMs in this engine (none in Plan A)."""

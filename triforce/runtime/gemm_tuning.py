@@ -5,17 +5,11 @@ torch's GEMM ops run the first answer of cuBLASLt's heuristic. Where the row cou
 candidates for each GEMM (the kernel wheel's lt_matmul) against torch's own op, each in a CUDA graph, with the weights
 rotated through copies larger than L2 (in an inference each layer's weights come from DRAM). A candidate whose output
 differs from torch's is rejected; torch's op stays where no candidate is faster. Every choice is logged.
-
-The heuristic offers about 8 configurations. With `search` (the default where the wheel has it), every configuration
-cuBLASLt accepts for the problem (algorithm ids x tiles x stages x split-K x reduction x swizzle: hundreds) is first
-screened: each one's calls enqueued behind a sleeping kernel, so the GPU runs them back to back and device events time
-them without launch gaps. The screen's FINALISTS fastest are then timed like the heuristic's answers, in graphs.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -29,13 +23,6 @@ ROTATION_BYTES = 160 << 20   # weight copies cycled in the timed graph: > 3x the
 CALLS = (8, 64)              # GEMMs per timed graph (min, max)
 REPLAYS = 5                  # timed replays; the median is kept
 MIN_COSINE = {torch.bfloat16: 0.9999, torch.float8_e4m3fn: 0.999}   # agreement with torch's op, by output type
-SEARCH_MAX = 4096            # configurations enumerated per GEMM with search
-SCREEN_CALLS = 8             # calls per configuration in the screen
-SCREEN_CHUNK = 32            # configurations enqueued behind one sleeping kernel
-SCREEN_SLEEP_CYCLES = 60_000_000   # ~35 ms at H100 clocks: longer than enqueuing a chunk's calls from Python
-FINALISTS = 8                # the screen's fastest, timed in graphs with the heuristic's answers
-# the fields that make two candidates the same configuration (LT_ALGO_FIELDS less workspace and waves)
-_CONFIG_FIELDS = ("algo", "tile", "split_k", "stages", "cluster", "reduction", "swizzle")
 
 
 @dataclass(frozen=True)
@@ -65,8 +52,6 @@ class Choice:
     candidates: int
     rejected: int
     note: str = ""
-    searched: int = 0            # configurations the search enumerated beyond the heuristic's (0: no search)
-    tune_s: float = 0.0          # wall seconds this choice took
     workspace: torch.Tensor | None = None   # the chosen candidate's, allocated once at tuning (never in a capture)
 
     def record(self) -> dict:
@@ -74,8 +59,7 @@ class Choice:
         return {**asdict(self.key), "label": self.key.label(), "runs": "torch" if self.algo is None else "cuBLASLt",
                 "us": self.us, "torch_us": self.torch_us, "best_candidate_us": self.best_candidate_us,
                 "speedup_vs_torch": round(self.torch_us / self.us, 4) if self.us and self.torch_us else None,
-                "candidates": self.candidates, "rejected": self.rejected, "searched": self.searched,
-                "tune_s": round(self.tune_s, 3), "algo": self.info, "note": self.note}
+                "candidates": self.candidates, "rejected": self.rejected, "algo": self.info, "note": self.note}
 
 
 def run(tuner, x, w, out_dtype, torch_op, **epilogue) -> torch.Tensor:
@@ -106,34 +90,6 @@ def _median_us(fn, weights: list, calls: int) -> float:
     return statistics.median(times)
 
 
-def _screen_us(runs: list, weights: list) -> list:
-    """Per-call device time of each run(w) (inf where it raised), SCREEN_CALLS calls each, enqueued in chunks behind a
-    sleeping kernel so the GPU runs them back to back: a cheap first pass over hundreds of configurations. The first
-    chunk sleeps SCREEN_SLEEP_CYCLES; later ones twice the cycles its enqueueing took (at 2 GHz, above any H100 or
-    Thor clock), so the sleep outlasts the host."""
-    times, sleep = [], SCREEN_SLEEP_CYCLES
-    for first in range(0, len(runs), SCREEN_CHUNK):
-        chunk = runs[first:first + SCREEN_CHUNK]
-        marks, failed = [], set()
-        torch.cuda._sleep(sleep)
-        started = time.perf_counter()
-        for j, run in enumerate(chunk):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            try:
-                for c in range(SCREEN_CALLS):
-                    run(weights[c % len(weights)])
-            except RuntimeError:         # cuBLASLt accepted the configuration but refuses this launch
-                failed.add(j)
-            end.record()
-            marks.append((start, end))
-        sleep = max(1_000_000, int(2 * (time.perf_counter() - started) * 2e9 * SCREEN_CHUNK / len(chunk)))
-        torch.cuda.synchronize()
-        times += [float("inf") if j in failed else s.elapsed_time(e) * 1000.0 / SCREEN_CALLS
-                  for j, (s, e) in enumerate(marks)]
-    return times
-
-
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.float().flatten(), b.float().flatten()
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
@@ -146,11 +102,9 @@ class GemmTuner:
     in eager mode (the engine's warm-up forward runs every GEMM before the capture). The GEMMs of one shape share their
     choice's workspace: they must run in stream order (the engine runs vision, then the prefix, on one stream each)."""
 
-    def __init__(self, kernels, log=print, search: bool | None = None):
-        """search: also screen every configuration cuBLASLt accepts (None: where the wheel can enumerate them)."""
+    def __init__(self, kernels, log=print):
         self.kernels = kernels
         self.log = log
-        self.search = kernels.has_op("lt_matmul_search") if search is None else search
         self.choices: dict[GemmKey, Choice] = {}
 
     def matmul(self, x, w, out_dtype, torch_op, scale_x=None, scale_w=None, bias=None, gelu=False,
@@ -185,17 +139,13 @@ class GemmTuner:
                                                                       "candidates need them; torch's op runs")
             self.log(f"[gemm] {key.label()}: torch ({choice.note})")
             return choice
-        started = time.perf_counter()
         out = torch.empty(key.m, key.n, dtype=out_dtype, device=x.device)
-        operands = (x, w, out, scale_x, scale_w, bias, gelu, fast_accum)
-        algos, info = self.kernels.lt_matmul_algos(*operands, MAX_CANDIDATES, MAX_WORKSPACE)
+        algos, info = self.kernels.lt_matmul_algos(x, w, out, scale_x, scale_w, bias, gelu, fast_accum,
+                                                   MAX_CANDIDATES, MAX_WORKSPACE)
         reference = torch_op(w)
         weights = self._rotation(w)
         calls = max(CALLS[0], min(CALLS[1], len(weights)))
         torch_us = _median_us(torch_op, weights, calls)
-        searched = 0
-        if self.search:
-            algos, info, searched = self._with_finalists(operands, algos, info, weights)
         workspace = torch.empty(max(1, int(info[:, 0].max()) if len(info) else 1), dtype=torch.uint8, device=x.device)
         best, rejected = None, 0
         fields = self.kernels.LT_ALGO_FIELDS
@@ -218,38 +168,15 @@ class GemmTuner:
         best_us = best[0] if best else None
         if best is None or best_us >= torch_us:
             choice = Choice(key, None, None, torch_us, torch_us, best_us, algos.shape[0], rejected,
-                            "torch's op was fastest" if best else "no candidate ran and agreed with torch's op",
-                            searched=searched)
+                            "torch's op was fastest" if best else "no candidate ran and agreed with torch's op")
         else:
             chosen = dict(zip(fields, (int(v) for v in info[best[1]])))
             choice = Choice(key, algos[best[1]].clone(), chosen, best_us, torch_us, best_us, algos.shape[0], rejected,
-                            workspace=torch.empty(max(1, chosen["workspace"]), dtype=torch.uint8, device=x.device),
-                            searched=searched)
-        choice.tune_s = time.perf_counter() - started
+                            workspace=torch.empty(max(1, chosen["workspace"]), dtype=torch.uint8, device=x.device))
         runs = f"cuBLASLt {choice.info}" if choice.algo is not None else "torch"
-        scope = f", {searched} searched configurations screened" if searched else ""
         self.log(f"[gemm] {key.label()}: {runs}, {choice.us:.2f} us vs torch {torch_us:.2f} us (best of "
-                 f"{choice.candidates} candidates {best_us or float('nan'):.2f} us, {rejected} rejected{scope}; "
-                 f"{choice.tune_s:.2f} s)")
+                 f"{choice.candidates} candidates {best_us or float('nan'):.2f} us, {rejected} rejected)")
         return choice
-
-    def _with_finalists(self, operands, algos, info, weights):
-        """The heuristic's candidates plus the FINALISTS fastest of the search's other configurations (screened),
-        and how many configurations the search screened."""
-        found, found_info = self.kernels.lt_matmul_algos(*operands, SEARCH_MAX, MAX_WORKSPACE, search=True)
-        cols = [self.kernels.LT_ALGO_FIELDS.index(f) for f in _CONFIG_FIELDS]
-        known = {tuple(int(v) for v in row[cols]) for row in info}
-        fresh = [i for i in range(found.shape[0]) if tuple(int(v) for v in found_info[i, cols]) not in known]
-        if not fresh:
-            return algos, info, 0
-        x, _, out, scale_x, scale_w, bias, gelu, fast_accum = operands
-        workspace = torch.empty(max(1, int(found_info[fresh, 0].max())), dtype=torch.uint8, device=x.device)
-        runs = [lambda wi, a=found[i]: self.kernels.lt_matmul(x, wi, out, a, workspace, scale_x, scale_w, bias, gelu,
-                                                                fast_accum) for i in fresh]
-        screened = _screen_us(runs, weights)
-        ranked = sorted((us, i) for us, i in zip(screened, fresh) if us != float("inf"))[:FINALISTS]
-        keep = [i for _, i in ranked]
-        return torch.cat([algos, found[keep]]), torch.cat([info, found_info[keep]]), len(fresh)
 
     def table(self) -> list:
         """Every choice made, as rows for the reports."""
