@@ -23,7 +23,7 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - gemm_tuning: the stages whose GEMMs run the cuBLASLt candidate the engine's tuner timed fastest for their shape
   (runtime/gemm_tuning.py; "engine": engine.GEMM_TUNING_STAGES) instead of torch's op (the heuristic's first answer).
 - fp8_fast_accum: the stages whose FP8 GEMMs use cuBLASLt's fast accumulation (no periodic promotion to fp32);
-  "engine": engine.default_fp8_fast_accum().
+  "engine": the recipe's (engine.default_fp8_fast_accum(), recipes.toml fp8_fast_accum).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed

@@ -116,9 +116,14 @@
 #     the same bytes per shape (the ceiling its copy-bandwidth share is read against)
 #   part 62 (the kernel wheel, development build): part 61 with CUTLASS's mixed-input GEMM (w4a16_gemm) and its
 #     schedules, at M = 1, 10, 32, 50, 64
+#   part 63 (the kernel wheel, development build): the cuBLASLt and engine GPU tests, Plan B (h100_fast) and Plan A
+#     validation (the session's final code)
+#   part 64 (the kernel wheel, development build): the engine benchmark
+#   part 65 (the kernel wheel, development build): FP8 fast accumulation as the recipe's: the engine GPU tests,
+#     Plan B validation of h100_fast (declares it in vision and the prefix) and h100_measured (exact)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|62   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|65   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -340,6 +345,18 @@ elif [ "$1" = 59 ]; then   # the tuner's configuration search against the heuris
   exit 1
 elif [ "$1" = 62 ]; then   # the W4A16 sweep with CUTLASS's mixed-input GEMM, at the horizons of the three configs
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10,32,50,64 --out-dir "$OUT"
+elif [ "$1" = 63 ]; then   # the final code: its cuBLASLt / engine GPU tests and both validations
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_lt_matmul_gpu.py tests/test_engine_gpu.py
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+elif [ "$1" = 64 ]; then
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+elif [ "$1" = 65 ]; then   # FP8 fast accumulation declared by the recipe
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  mkdir -p "$OUT/fast" "$OUT/measured"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_measured --observations 64 --runs 100 --report-dir "$OUT/measured"
 elif [ "$1" = 61 ]; then   # the W4A16 sweep with the same-bytes copy
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --out-dir "$OUT"
 elif [ "$1" = 58 ]; then   # the final code (the review commit 94b90bc's kernels and engine): every GPU test, validation

@@ -337,6 +337,8 @@ def test_gemm_tuning_and_fast_accum_keep_the_actions():
                              **({"recipe": "h100", "calibration": 4} if plan == "b" else {}))
         eng = policy.backend
         assert eng.launch_settings()["gemm_tuning"] == ("vision", "prefix")
+        # fast accumulation by default only where the recipe (h100: vision and prefix) declares it
+        assert eng.launch_settings()["fp8_fast_accum"] == (("vision", "prefix") if plan == "b" else ())
         tuned = policy.infer(obs, noise)
         table = eng.gemm_tuning_table()
         assert table and all(row["us"] is None or row["us"] <= row["torch_us"] for row in table)

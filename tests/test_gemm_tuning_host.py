@@ -74,12 +74,15 @@ def test_a_choice_records_what_runs_and_the_ratio():
     assert kept["runs"] == "torch" and kept["speedup_vs_torch"] == 1.0 and kept["rejected"] == 1
 
 
-def test_fast_accumulation_defaults_only_where_fp8_gemms_are_and_the_row_rule():
-    """Plan A (bf16 layers only) gets no FP8 fast accumulation by default; cuBLASLt's 16-byte row rule, which both
-    lt_matmul's checks and the tuner's pre-check use, is one function of the wheel's wrappers."""
-    layer = Linear.__new__(Linear)
-    layer.weight, layer.bias = torch.zeros(16, 32, dtype=torch.bfloat16), None
-    stub, _ = _stub(prefix_layers=[{"qkv": layer}])
+def test_fast_accumulation_default_is_the_checkpoints_recipe_and_the_row_rule():
+    """Plan A gets no FP8 fast accumulation; Plan B the stages its checkpoint's recipe declares, and none for a
+    checkpoint quantized before recipes declared it. cuBLASLt's 16-byte row rule, which both lt_matmul's checks and
+    the tuner's pre-check use, is one function of the wheel's wrappers."""
+    stub, _ = _stub(quant=None)
+    assert Pi05Engine.default_fp8_fast_accum(stub) == ()
+    stub.quant = SimpleNamespace(meta={"recipe": "h100_fast", "fp8_fast_accum": ["vision", "prefix"]})
+    assert Pi05Engine.default_fp8_fast_accum(stub) == ("vision", "prefix")
+    stub.quant = SimpleNamespace(meta={"recipe": "h100_fast"})
     assert Pi05Engine.default_fp8_fast_accum(stub) == ()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cutlass_sm110"))
     import triforce_kernels

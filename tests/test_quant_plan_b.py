@@ -40,12 +40,29 @@ def test_named_recipes_resolve_every_layer():
     ('[overrides]\n"prefix.99.qkv" = "bf16"\n', "unknown layer"),
     ('vision = "w4a16"\n', "w4a16 for vision.0.qkv is not supported"),
     ('vision = [\n', "not valid TOML"),
+    ('prefix_mlp = "fp8"\nfp8_fast_accum = ["expert"]\n', r"fp8_fast_accum names unknown stage\(s\) \['expert'\]"),
+    ('prefix_mlp = "fp8"\nfp8_fast_accum = ["vision"]\n', "fp8_fast_accum lists vision, which runs no FP8 layer"),
+    ('prefix_mlp = "fp8"\nfp8_fast_accum = "prefix"\n', "fp8_fast_accum must be a list of stage names"),
 ])
 def test_bad_recipe_files(tmp_path, body, message):
     path = tmp_path / "r.toml"
     path.write_text(body)
     with pytest.raises(TriforceError, match=message):
         resolve_recipe(str(path), TINY)
+
+
+def test_fast_accumulation_is_the_recipes():
+    """Which stages' FP8 GEMMs accumulate fast is declared per recipe (checked against its plan): h100_fast, h100
+    and fp8 list vision and the prefix; h100_measured (precision first) lists none; a one-layer override to FP8 is
+    enough for its stage."""
+    from triforce.quant.recipes import fast_accum_stages, load_recipe_spec
+
+    for name, want in (("h100_fast", ["vision", "prefix"]), ("h100", ["vision", "prefix"]), ("fp8", ["vision", "prefix"]),
+                       ("h100_measured", []), ("thor", []), ("w4a16", [])):
+        assert fast_accum_stages(load_recipe_spec(name), resolve_recipe(name, TINY)) == want, name
+    spec = {"name": "r", "fp8_fast_accum": ["prefix"], "overrides": {"prefix.1.down": "fp8"}}
+    plan = {lid: "bf16" for lid in layer_ids(TINY)} | spec["overrides"]
+    assert fast_accum_stages(spec, plan) == ["prefix"]
 
 
 def test_recipe_overrides_one_layer(tmp_path):
@@ -81,6 +98,7 @@ def test_quantized_checkpoint_round_trips(quantized):
     out, _ = quantized
     plan, tensors, meta = read_quantized(TINY, out / "model.safetensors")
     assert meta["recipe"] == "h100" and meta["config"] == "pi05_tiny" and plan == resolve_recipe("h100", TINY)
+    assert meta["fp8_fast_accum"] == ["vision", "prefix"]          # the recipe's, for the engine at load
     state = load_state(write_synthetic(TINY), TINY)
     x = torch.randn(32, TINY.prefix.width)
     # FP8 layer: dequantized weights reproduce the layer (prefix qkv, RMSNorm weight folded)

@@ -302,7 +302,7 @@ def quantize_in_memory(cfg: ModelConfig, path: Path, recipe: str, calibration: i
     from ..runtime.model import ReferencePi05
     from .calibrate import calibrate
     from .quantize import quantize_state
-    from .recipes import resolve_recipe
+    from .recipes import fast_accum_stages, load_recipe_spec, resolve_recipe
 
     auto = None
     if recipe == "auto":
@@ -315,7 +315,8 @@ def quantize_in_memory(cfg: ModelConfig, path: Path, recipe: str, calibration: i
     del model
     tensors = quantize_state(cfg, state, plan, stats, device)
     log(f"[quantize] {recipe}: calibrated on {calibration} observations and quantized in {time.perf_counter() - start:.1f} s")
-    return tensors, plan, {"recipe": recipe, "calibration_observations": calibration, "source": str(path)}
+    return tensors, plan, {"recipe": recipe, "calibration_observations": calibration, "source": str(path),
+                           "fp8_fast_accum": fast_accum_stages(load_recipe_spec(recipe), plan)}
 
 
 def _auto_recommendation(cfg):

@@ -15,6 +15,7 @@ _GROUP_OF = {("vision", n): "vision" for n in ("qkv", "o", "fc1", "fc2")}
 for _stage in ("prefix", "expert"):
     _GROUP_OF.update({(_stage, "qkv"): f"{_stage}_attention", (_stage, "o"): f"{_stage}_attention",
                       (_stage, "gate_up"): f"{_stage}_mlp", (_stage, "down"): f"{_stage}_mlp"})
+FAST_ACCUM_STAGES = ("vision", "prefix")    # the stages whose FP8 GEMMs a recipe may ask to accumulate fast
 # Roofline stages (roofline.py) -> recipe groups.
 _ROOFLINE_STAGE = {"vision": ("vision",), "prefix": ("prefix_attention", "prefix_mlp"), "expert": ("expert_attention", "expert_mlp")}
 
@@ -66,7 +67,7 @@ def resolve_recipe(recipe: str, cfg: ModelConfig, auto_recommendation: dict | No
         for stage, precision in auto_recommendation.items():
             for g in _ROOFLINE_STAGE[stage]:
                 groups[g] = precision
-    unknown = set(spec) - set(GROUPS) - {"name", "description", "overrides"}
+    unknown = set(spec) - set(GROUPS) - {"name", "description", "overrides", "fp8_fast_accum"}
     if unknown:
         raise TriforceError(f"recipe '{spec['name']}' names unknown stage(s) {sorted(unknown)}: stages are {', '.join(GROUPS)}")
     groups.update({g: spec[g] for g in GROUPS if g in spec})
@@ -83,4 +84,21 @@ def resolve_recipe(recipe: str, cfg: ModelConfig, auto_recommendation: dict | No
         if precision == "w4a16" and lid.startswith("vision."):
             raise TriforceError(f"recipe '{spec['name']}': w4a16 for {lid} is not supported (SigLIP's LayerNorm has no "
                                 f"place for AWQ scales); use fp8, nvfp4 or bf16 for vision")
+    fast_accum_stages(spec, plan)           # refused here, before any calibration
     return plan
+
+
+def fast_accum_stages(spec: dict, plan: dict) -> list:
+    """The recipe's fp8_fast_accum stages, checked against its resolved plan: known stages that run FP8 layers."""
+    stages = spec.get("fp8_fast_accum", [])
+    if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        raise TriforceError(f"recipe '{spec['name']}': fp8_fast_accum must be a list of stage names, got {stages!r}")
+    unknown = sorted(set(stages) - set(FAST_ACCUM_STAGES))
+    if unknown:
+        raise TriforceError(f"recipe '{spec['name']}': fp8_fast_accum names unknown stage(s) {unknown}: stages are "
+                            f"{', '.join(FAST_ACCUM_STAGES)}")
+    without = [s for s in stages if not any(p == "fp8" and lid.startswith(f"{s}.") for lid, p in plan.items())]
+    if without:
+        raise TriforceError(f"recipe '{spec['name']}': fp8_fast_accum lists {', '.join(without)}, which runs no FP8 "
+                            f"layer in this recipe")
+    return [s for s in FAST_ACCUM_STAGES if s in stages]

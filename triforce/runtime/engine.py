@@ -95,10 +95,10 @@ QKV_PREFETCH = {"int4": True, "bf16": False}
 # (engine_variants-planb-*-s15-e4m3-v1.json, *-s15-e4m3.json)
 PREFIX_ROPE_TOKENS = 8
 # The stages whose large GEMMs (512 image rows, 528 tokens) run cuBLASLt's candidate that timed fastest at load
-# (runtime/gemm_tuning.py), where the kernel wheel has lt_matmul (Plan A 10.18 vs 10.47 ms, Plan B 8.22 vs 8.29); the
-# stages whose FP8 GEMMs accumulate fast (Plan B 7.90 vs 8.22 ms, actions cosine 0.99998: engine_variants-*-s16.json)
+# (runtime/gemm_tuning.py), where the kernel wheel has lt_matmul (Plan A 10.18 vs 10.47 ms, Plan B 8.22 vs 8.29).
+# Which stages' FP8 GEMMs accumulate fast is the recipe's (recipes.toml fp8_fast_accum; h100_fast: Plan B 7.90 vs
+# 8.22 ms, actions cosine 0.99998, engine_variants-*-s16.json).
 GEMM_TUNING_STAGES = ("vision", "prefix")
-FP8_FAST_ACCUM_STAGES = ("vision", "prefix")
 
 
 def kernel_wheel():
@@ -306,6 +306,9 @@ class Pi05Engine:
         self.set_fp8_fast_accum(self.fp8_fast_accum)
         if self.quant is not None:          # a checkpoint without output scales writes bf16 there: say so
             self.log(f"[engine] E4M3 GEMM outputs: {', '.join(self.e4m3_outputs) or 'none (no FP8 layer has a calibrated output_scale)'}")
+            declared = "fp8_fast_accum" in self.quant.meta
+            self.log(f"[engine] FP8 fast accumulation: {', '.join(self.fp8_fast_accum) or 'none'} "
+                     f"({'the recipe' if declared else 'a checkpoint quantized before recipes declared it: none'})")
 
     def launch_settings(self) -> dict:
         """How this engine runs its layers and chain now (the setters' state), as the validation reports record it."""
@@ -621,8 +624,10 @@ class Pi05Engine:
         self.slots.clear()
 
     def default_fp8_fast_accum(self) -> tuple:
-        """FP8_FAST_ACCUM_STAGES that have FP8 GEMMs in this engine (none in Plan A)."""
-        return tuple(st for st in FP8_FAST_ACCUM_STAGES if self._stage_gemms(st, fp8_only=True))
+        """The stages whose FP8 GEMMs the checkpoint's recipe accumulates fast (recipes.toml fp8_fast_accum, carried
+        in a quantized checkpoint's recipe.json): none in Plan A, and none for a checkpoint quantized before recipes
+        declared it."""
+        return tuple(self.quant.meta.get("fp8_fast_accum", ())) if self.quant is not None else ()
 
     def set_fp8_fast_accum(self, stages) -> None:
         """The stages whose FP8 GEMMs accumulate without Hopper's periodic promotion to fp32 (cuBLASLt's fast
