@@ -121,9 +121,11 @@
 #   part 64 (the kernel wheel, development build): the engine benchmark
 #   part 65 (the kernel wheel, development build): FP8 fast accumulation as the recipe's: the engine GPU tests,
 #     Plan B validation of h100_fast (declares it in vision and the prefix) and h100_measured (exact)
+#   part 66 (the kernel wheel, development build): CUTLASS's token tile 64 with clusters of 2 / 4 CTAs sharing each x
+#     tile (TMA multicast): its GPU tests, the W4A16 sweep of the Gemma shapes at M = 32 / 50 / 64; then part 65
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|65   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|66   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -352,7 +354,11 @@ elif [ "$1" = 63 ]; then   # the final code: its cuBLASLt / engine GPU tests and
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 64 ]; then
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
-elif [ "$1" = 65 ]; then   # FP8 fast accumulation declared by the recipe
+elif [ "$1" = 65 ] || [ "$1" = 66 ]; then   # (66: W4A16 clusters first) FP8 fast accumulation declared by the recipe
+  if [ "$1" = 66 ]; then
+    run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "w4a16 and not skinny"
+    run python3 bench/with_devbuild.py bench/w4a16_sweep.py --shapes 2 --rows 32,50,64 --out-dir "$OUT"
+  fi
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   mkdir -p "$OUT/fast" "$OUT/measured"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
