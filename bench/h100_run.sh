@@ -121,9 +121,9 @@
 #   part 64 (the kernel wheel, development build): the engine benchmark
 #   part 65 (the kernel wheel, development build): FP8 fast accumulation as the recipe's: the engine GPU tests,
 #     Plan B validation of h100_fast (declares it in vision and the prefix) and h100_measured (exact)
-#   part 66 (the kernel wheel, development build): CUTLASS's token tile 64 with clusters of 2 / 4 CTAs sharing each x
-#     tile (TMA multicast): its GPU tests, the W4A16 sweep of the Gemma shapes at M = 32 / 50 / 64; then part 65
-#     without h100_measured
+#   part 66 (ran at e55b591 on an H200, no H100 starting; the clusters were then removed): CUTLASS's token tile 64
+#     with clusters of 2 / 4 CTAs sharing each x tile (TMA multicast): its GPU tests, the W4A16 sweep of the Gemma
+#     shapes at M = 32 / 50 / 64; then part 65 without h100_measured
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|66   (carry .device_carry and .whl)

@@ -5,8 +5,7 @@
 - mma: the wheel's w4a16_skinny (warp-level MMA on prepacked fragments, cp.async weight stream), its splits and
   tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py);
 - cutlass: the wheel's w4a16_gemm (CUTLASS's Hopper mixed-input GEMM, warpgroup MMA, token tiles 16 / 64 / 128; what
-  the engine runs above 64 rows), bf16 out, its schedules, and at 17 <= M <= 64 clusters of 2 / 4 CTAs sharing each x
-  tile by TMA multicast (session 18).
+  the engine runs above 64 rows), bf16 out, its schedules (session 18).
 Every entry: a CUDA graph of calls over weight copies that overflow L2, median of 50 replays after warm-up, per call.
 Also each kernel's default and best launch shape as the engine's denoise chain launches them (engine.DENOISE_LAUNCHES
 "dependent"): each call a programmatic dependent launch that waits on the GPU for the call before it (the calls
@@ -38,8 +37,6 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
 MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 4)] + [dict(tiles_per_warp=t) for t in (1, 2)]
 CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]
-# clusters of 2 / 4 CTAs sharing each x tile by TMA multicast (token tile 64, 17 <= M <= 64; session 18)
-CUTLASS_CLUSTER_GRID = [dict(cluster=c, schedule=s) for c in (2, 4) for s in ("auto", "heuristic")]
 # session 5 compared the int4 -> bf16 conversion (I2F) with the bit-pattern dequant that replaced it, at the engine's
 # launch shape then: 1.4-2.9x faster (bench/results/w4a16_sweep-*-s5.json, "convert_default" / "magic_default")
 
@@ -68,19 +65,16 @@ def cutlass_kernel(tk):
     buffers, last = {}, [None]
 
     def call(x, w, acc, shape, dep):
-        m, n, k = x.shape[0], acc.shape[1], x.shape[1]
-        schedule, cluster = shape.get("schedule", "auto"), shape.get("cluster", 1)
-        if (m, n, schedule, cluster) not in buffers:
-            buffers[m, n, schedule, cluster] = (
-                torch.empty(m, n, dtype=torch.bfloat16, device="cuda"),
-                torch.empty(max(1, tk.w4a16_workspace_size(m, n, k, schedule, cluster)), dtype=torch.uint8,
-                            device="cuda"))
-        out, ws = buffers[m, n, schedule, cluster]
-        tk.w4a16_gemm(x, *w, out, ws, schedule, cluster)
+        m, n, k, schedule = x.shape[0], acc.shape[1], x.shape[1], shape.get("schedule", "auto")
+        if (m, n, schedule) not in buffers:
+            buffers[m, n, schedule] = (torch.empty(m, n, dtype=torch.bfloat16, device="cuda"),
+                                       torch.empty(max(1, tk.w4a16_workspace_size(m, n, k, schedule)),
+                                                   dtype=torch.uint8, device="cuda"))
+        out, ws = buffers[m, n, schedule]
+        tk.w4a16_gemm(x, *w, out, ws, schedule)
         last[0] = out
 
-    grid = CUTLASS_GRID + (CUTLASS_CLUSTER_GRID if tk.has_op("w4a16_clusters") else [])
-    return tk.w4a16_prepack, call, grid, lambda acc: last[0].float()
+    return tk.w4a16_prepack, call, CUTLASS_GRID, lambda acc: last[0].float()
 
 
 def timed(call, x, weights, acc, shape, copies, int4_bytes, copy, dependent=False) -> dict:

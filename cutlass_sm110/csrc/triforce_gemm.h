@@ -17,8 +17,6 @@ struct W4A16Schedule {
   W4A16Decomposition mode = W4A16Decomposition::kHeuristic;
   int splits = 1;                 // split-K only
   bool nondeterministic = false;  // stream-K/split-K partial sums reduced in arrival order (faster, not bitwise stable)
-  int cluster = 1;                // Hopper token tile 64: CTAs a cluster along the weight rows (1, 2, 4), sharing
-                                  // one TMA multicast load of the x tile
 };
 
 struct W4A16Problem {
@@ -106,10 +104,6 @@ size_t w4a16_sm90_tok16_workspace(const W4A16Problem& p);
 void w4a16_sm90_tok16_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 size_t w4a16_sm90_tok64_workspace(const W4A16Problem& p);
 void w4a16_sm90_tok64_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
-size_t w4a16_sm90_tok64_c2_workspace(const W4A16Problem& p);
-void w4a16_sm90_tok64_c2_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
-size_t w4a16_sm90_tok64_c4_workspace(const W4A16Problem& p);
-void w4a16_sm90_tok64_c4_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 size_t w4a16_sm90_tok128_workspace(const W4A16Problem& p);
 void w4a16_sm90_tok128_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 // Byte offset map of the Hopper shuffled int4 layout: offsets[n * K + k] = element index of (n, k) in the packed weight.

@@ -68,13 +68,11 @@ inline LayoutWShuffled shuffled_weight_layout(int n, int k) {
 }
 
 // One kernel configuration: tile (128 weight rows) x (token tile) x 64, cooperative (two consumer warpgroups share
-// the 128 rows), stream-K so that the few tiles of a small-M problem still spread over every SM. ClusterM CTAs along
-// the weight rows form a cluster that loads each x tile once, by TMA multicast (at M = 64 a CTA's x reads are twice
-// its int4 weights).
-template <int TokenTile, int ClusterM = 1>
+// the 128 rows), stream-K so that the few tiles of a small-M problem still spread over every SM.
+template <int TokenTile>
 struct W4A16Sm90 {
   using TileShape      = Shape<_128, Int<TokenTile>, Int<TileK>>;
-  using ClusterShape   = Shape<Int<ClusterM>, _1, _1>;
+  using ClusterShape   = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
   using EpiSchedule    = cutlass::epilogue::TmaWarpSpecializedCooperative;
   using TileScheduler  = cutlass::gemm::StreamKScheduler;
