@@ -306,9 +306,11 @@ class Pi05Engine:
         self.set_fp8_fast_accum(self.fp8_fast_accum)
         if self.quant is not None:          # a checkpoint without output scales writes bf16 there: say so
             self.log(f"[engine] E4M3 GEMM outputs: {', '.join(self.e4m3_outputs) or 'none (no FP8 layer has a calibrated output_scale)'}")
-            declared = "fp8_fast_accum" in self.quant.meta
-            self.log(f"[engine] FP8 fast accumulation: {', '.join(self.fp8_fast_accum) or 'none'} "
-                     f"({'the recipe' if declared else 'a checkpoint quantized before recipes declared it: none'})")
+            declared = self.quant.meta.get("fp8_fast_accum")    # a setter's choice, kept across reloads, may differ
+            declared = ("none: quantized before recipes declared it" if declared is None
+                        else ", ".join(declared) or "none")
+            self.log(f"[engine] FP8 fast accumulation: {', '.join(self.fp8_fast_accum) or 'none'} (the recipe "
+                     f"declares {declared})")
 
     def launch_settings(self) -> dict:
         """How this engine runs its layers and chain now (the setters' state), as the validation reports record it."""
