@@ -24,6 +24,9 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   (runtime/gemm_tuning.py; "engine": engine.GEMM_TUNING_STAGES) instead of torch's op (the heuristic's first answer).
 - fp8_fast_accum: the stages whose FP8 GEMMs use cuBLASLt's fast accumulation (no periodic promotion to fp32);
   "engine": the recipe's (engine.default_fp8_fast_accum(), recipes.toml fp8_fast_accum).
+- l2_lookahead: which weights the expert's two norms ask into L2 before their chain wait, for the GEMMs after them
+  (engine.L2_LOOKAHEAD), and how (fused.L2_PREFETCH_MODES: bulk prefetches through the TMA unit, the same with an
+  evict-last policy, or one prefetch a 128-byte line).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -63,8 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, PREFIX_ROPE_TOKENS,  # noqa: E402
-                                     QKV_PREFETCH, W4A16_GEGLU_STAGES)
+from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOKAHEAD_DEFAULT,  # noqa: E402
+                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_GEGLU_STAGES)
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
@@ -75,13 +78,18 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
-                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine"}
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
                     {"qkv_prefetch": "opposite"}),
-                   ("torch's GEMMs everywhere (no cuBLASLt algorithm tuning)", {"gemm_tuning": ()}))
+                   ("torch's GEMMs everywhere (no cuBLASLt algorithm tuning)", {"gemm_tuning": ()}),
+                   *((f"L2 lookahead {schedule}, {mode} prefetches", {"l2_lookahead": (schedule, mode)})
+                     for schedule, mode in (("mlp+next_attention", "bulk"), ("mlp", "bulk"),
+                                            ("o+mlp+next_attention", "bulk"), ("mlp+next_attention", "bulk_evict_last"),
+                                            ("mlp+next_attention", "lines"))),
+                   ("the engine default again (drift within the run)", {}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS)),
@@ -117,6 +125,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_gemm_tuning(settings["gemm_tuning"])
     accum = settings["fp8_fast_accum"]
     eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
+    eng.set_l2_lookahead(*settings["l2_lookahead"])
 
 
 def main():

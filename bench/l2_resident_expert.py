@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""What the denoise chain would gain if the expert's W4A16 weights were read from L2 instead of DRAM: an upper bound,
-measured by making every expert layer use layer 0's weights (those layers' weights then total 1-9 MB and stay in
-L2; the actions are meaningless, only the time counts). Plan B h100_fast on the standard workload, graph replay
-median (device events after warm-up) and the stage split, each variant against the engine as loaded in the same
-run. A variant that gains little says an L2 persistence window (the H100 holds at most ~3/4 of its 50 MB L2 as
-persisting lines; the expert's int4 weights are 156 MB a step) cannot pay either.
-    python3 bench/l2_resident_expert.py [--runs 100] [--out-dir bench/results]"""
+"""What the denoise chain would gain if the expert's weights were read from L2 instead of DRAM: an upper bound,
+measured by making every expert layer use layer 0's weights (those layers' weights then total 1-9 MB int4, 4-35 MB
+bf16, and stay in L2 as far as it holds them; the actions are meaningless, only the time counts). Plan B (a recipe)
+or Plan A (bf16) on the standard workload, graph replay median (device events after warm-up) and the stage split,
+each variant against the engine as loaded in the same run. A variant that gains little says no prefetch into L2
+(an L2 persistence window, the norms' lookahead: engine.L2_LOOKAHEAD) can pay either.
+    python3 bench/l2_resident_expert.py [--plan a | --recipe h100_fast] [--runs 100] [--out-dir bench/results]"""
 
 import sys
 from pathlib import Path
@@ -23,15 +23,17 @@ from triforce.workload import STANDARD, random_noise, random_observation  # noqa
 GEMMS = ("qkv", "o", "gate_up", "down")
 VARIANTS = {"every layer its own weights (the engine)": (), "o shared (layer 0's)": ("o",),
             "qkv + o shared": ("qkv", "o"), "down shared": ("down",), "gate_up shared": ("gate_up",),
-            "all four shared": GEMMS}
+            "gate_up + down shared": ("gate_up", "down"), "all four shared": GEMMS}
 
 
 def main():
     ap = rep.bench_parser(__doc__, runs=True)
+    ap.add_argument("--plan", default="b", choices=("a", "b"), help="a (bf16 expert) or b (the recipe's)")
     ap.add_argument("--recipe", default="h100_fast", help="the Plan B recipe")
     a = ap.parse_args()
     config = STANDARD["config"]
-    policy = Policy.load(f"synthetic:{config}", config, plan="b", recipe=a.recipe)
+    recipe = a.recipe if a.plan == "b" else None
+    policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=recipe)
     eng, cfg = policy.backend, policy.config
     rng = np.random.default_rng(0)
     obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
@@ -49,10 +51,11 @@ def main():
                          "x_vs_engine": base / timing["median_ms"]}
         rows.append([name, timing["median_ms"], stages["vision"], stages["prefix"], stages["denoise_total"],
                      base / timing["median_ms"]])
-    rep.print_table(f"expert weights read from L2 (layer 0's shared), plan b {a.recipe} (graph replay median, ms)",
-                    ["variant", "total", "vision", "prefix", "denoise", "x vs engine"], rows)
-    rep.record_run(a.out_dir, "l2_resident_expert", {"recipe": a.recipe, "workload": STANDARD, "variants": results,
-                                                     "note": rep.RANDOM_WEIGHTS_NOTE})
+    rep.print_table(f"expert weights read from L2 (layer 0's shared), plan {a.plan} {recipe or ''} (graph replay "
+                    f"median, ms)", ["variant", "total", "vision", "prefix", "denoise", "x vs engine"], rows)
+    rep.record_run(a.out_dir, f"l2_resident_expert-plan{a.plan}", {"plan": a.plan, "recipe": recipe,
+                                                                   "workload": STANDARD, "variants": results,
+                                                                   "note": rep.RANDOM_WEIGHTS_NOTE})
 
 
 if __name__ == "__main__":

@@ -206,12 +206,91 @@ def test_reports_record_the_engine_launch_settings():
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
                            qkv_prefetch=True, e4m3_outputs=("prefix",), prefix_rope_tokens=4,
-                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=())
+                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", "bulk"))
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
                         "w4a16_geglu_stages": 8, "qkv_prefetch": True, "e4m3_outputs": ("prefix",),
-                        "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": ()}
+                        "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": (),
+                        "l2_lookahead": ["mlp", "bulk"]}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")
+
+
+def _rows(lookahead):
+    """The (address, bytes) rows of an L2Lookahead table that ask for something."""
+    return [tuple(r) for r in lookahead.table.tolist() if r[1]]
+
+
+def test_l2_lookahead_table_covers_every_byte_once_in_aligned_chunks():
+    """The table cuts the tensors' bytes into 16-byte-aligned chunks of at most L2_PREFETCH_MAX_CHUNK, at most one a
+    slot, in order, with (0, 0) rows after; a tensor's bytes not in whole 16-byte units at its ends are left out."""
+    tensors = [torch.zeros(1000, 24, dtype=torch.bfloat16), torch.zeros(4096, dtype=torch.uint8),
+               torch.zeros(3, dtype=torch.float32)]
+    la = fused.L2Lookahead(tensors, slots=64)
+    rows = _rows(la)
+    assert la.table.shape == (64, 2) and len(rows) <= 64 and la.table[len(rows):].abs().sum() == 0
+    assert all(a % 16 == 0 and 0 < n <= la.chunk <= fused.L2_PREFETCH_MAX_CHUNK and n % 16 == 0 for a, n in rows)
+    covered = {}
+    for a, n in rows:
+        covered[a] = n
+    for t in tensors[:2]:                               # 16-aligned allocations: every byte, once
+        start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+        spans = sorted((a, a + n) for a, n in rows if start <= a < end)
+        assert spans[0][0] == start and spans[-1][1] == end
+        assert all(x[1] == y[0] for x, y in zip(spans, spans[1:]))
+    assert la.nbytes == 1000 * 24 * 2 + 4096 + 0 and la.lines == -(-la.chunk // 128)
+    assert fused.L2Lookahead(tensors, slots=4096, mode="lines").mode == fused.L2_PREFETCH_MODES["lines"]
+
+
+def test_l2_lookahead_refuses_what_it_cannot_ask_for():
+    t = torch.zeros(64, 64)
+    with pytest.raises(ValueError, match="L2 prefetch mode 'streams': one of bulk, bulk_evict_last, lines"):
+        fused.L2Lookahead([t], 8, mode="streams")
+    with pytest.raises(ValueError, match=r"contiguous tensors .* got \(64, 32\) torch.float32"):
+        fused.L2Lookahead([t[:, ::2]], 8)
+    with pytest.raises(ValueError, match="more than 2 slots expected"):
+        fused.L2Lookahead([t, t], 2)
+    with pytest.raises(ValueError, match="bytes a prefetch"):
+        fused.L2Lookahead([torch.zeros(1 << 20)], 8)       # 4 MB over 8 slots: chunks beyond 64 KB
+
+
+def test_l2_lookahead_tables_follow_the_schedule_and_stop_after_the_last_layer():
+    """Each norm's table holds the chain tensors its schedule names (layers ahead wrap to the next step's first
+    layer), except in the last step, where nothing after the last layer is asked for; no schedule, no tables."""
+    from triforce.runtime.engine import L2_LOOKAHEAD
+
+    class Layer:
+        def __init__(self, n):
+            self.chain_tensors = (torch.zeros(n, dtype=torch.uint8),)
+
+    depth, sizes = 3, {"qkv": 1024, "o": 512, "gate_up": 4096, "down": 2048}
+    layers = [{g: Layer(n + 16 * i) for g, n in sizes.items()} for i in range(depth)]
+    stub = SimpleNamespace(expert_layers=layers, expert_path="fused_epilogue", l2_lookahead=("off", "bulk"),
+                           cfg=SimpleNamespace(action_horizon=2, expert=SimpleNamespace(width=64)))
+    assert Pi05Engine._lookahead_tables(stub) == {}
+    stub.l2_lookahead = ("mlp+next_attention", "bulk")
+    tables = Pi05Engine._lookahead_tables(stub)
+    assert L2_LOOKAHEAD["mlp+next_attention"] == {"norm1": ((0, "gate_up"), (0, "down")),
+                                                  "norm2": ((1, "qkv"), (1, "o"))}
+    asked = lambda la: sum(n for _, n in _rows(la))   # noqa: E731
+    for i in range(depth):
+        assert tables[i, "norm1", False].nbytes == asked(tables[i, "norm1", True]) == 4096 + 2048 + 32 * i
+        nxt = (i + 1) % depth
+        assert asked(tables[i, "norm2", False]) == 1024 + 512 + 32 * nxt
+        assert tables[i, "norm2", False].table.shape[0] == fused.add_norm_slots(2, 64) == 2 * 128
+    assert tables[depth - 1, "norm2", True] is None and tables[0, "norm2", True] is not None
+    stub.expert_path = "per_op"                    # its kernels are not the chain's few-row kernels
+    assert Pi05Engine._lookahead_tables(stub) == {}
+
+
+def test_set_l2_lookahead_is_checked():
+    stub = SimpleNamespace(l2_lookahead=("off", "bulk"), slots={"graph": 1})
+    Pi05Engine.set_l2_lookahead(stub, "mlp", "lines")
+    assert stub.l2_lookahead == ("mlp", "lines") and not stub.slots
+    with pytest.raises(TriforceError, match="L2 lookahead 'everything' / 'bulk': schedules off, mlp"):
+        Pi05Engine.set_l2_lookahead(stub, "everything")
+    with pytest.raises(TriforceError, match="L2 lookahead 'mlp' / 'dma': schedules .* modes bulk, bulk_evict_last"):
+        Pi05Engine.set_l2_lookahead(stub, "mlp", "dma")
+    assert stub.l2_lookahead == ("mlp", "lines")

@@ -156,6 +156,30 @@ def test_qkv_weight_prefetch_is_the_int4_default_and_keeps_the_actions(policies)
             eng.set_qkv_prefetch(QKV_PREFETCH[kind])
 
 
+def test_l2_lookahead_keeps_the_actions(policies):
+    """The expert's norms asking L2 for later GEMMs' weights (every schedule and mode) change no result, Plan A's bf16
+    weights and Plan B's W4A16 ones (the mma kernels' fragments), replay after replay."""
+    from triforce.runtime.engine import L2_LOOKAHEAD, L2_LOOKAHEAD_DEFAULT
+
+    _load_devbuild()
+    b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
+    rng = np.random.default_rng(12)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    for policy in (policies[1], b):
+        eng = policy.backend
+        try:
+            eng.set_l2_lookahead("off")
+            want = policy.infer(obs, noise)
+            for schedule in L2_LOOKAHEAD:
+                for mode in fused.L2_PREFETCH_MODES:
+                    eng.set_l2_lookahead(schedule, mode)
+                    for _ in range(2):
+                        assert cosine(policy.infer(obs, noise), want) >= 0.99999, (schedule, mode)
+            assert eng.slots and all(slot.lookahead for slot in eng.slots.values())   # the tables were used
+        finally:
+            eng.set_l2_lookahead(*L2_LOOKAHEAD_DEFAULT)
+
+
 def test_scaled_mm_writes_e4m3_scaled_by_scale_a_and_saturates():
     """What Fp8Linear.write_e4m3 relies on: torch._scaled_mm with an E4M3 output stores
     e4m3(scale_a * scale_b * (a b^T)) (the output scale folded into scale_a), and a product beyond 448 saturates to

@@ -276,8 +276,9 @@ def test_siglip_mlp_width_padding_is_exact():
     before = mlp()
     pad_mlp_width(fc1, fc2)
     assert fc1.weight.shape == (384, 64) and fc1.bias.shape == (384,) and fc2.weight.shape == (64, 384)
-    # equal up to summation order (the padded reduction is blocked differently on CPU; a non-zero pad would be far off)
-    torch.testing.assert_close(mlp(), before, rtol=1e-5, atol=1e-5)
+    # equal up to summation order (the padded reduction is blocked differently on CPU, by CPU: 3e-5 seen on outputs
+    # of ~30 over K = 300; a non-zero pad would be off by units)
+    torch.testing.assert_close(mlp(), before, rtol=1e-4, atol=1e-4)
     quantized = object()
     pad_mlp_width(quantized, fc2)       # nothing to pad into: no error, no change
     assert fc2.weight.shape == (64, 384)

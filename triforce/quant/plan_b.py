@@ -175,6 +175,11 @@ class W4A16Linear:
         """The weight arguments of the fused-epilogue kernels (fused.qkv_rope, gate_up_geglu): int4 + scales."""
         return {"w": self.qweight, "scales": self.scales}
 
+    @property
+    def chain_tensors(self) -> tuple:
+        """What this layer's few-row kernel in the denoise chain reads (what an L2 lookahead asks for)."""
+        return self._fragments if self.few_row == "mma" else (self.qweight, self.scales)
+
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
         if self.few_row == "mma":

@@ -99,6 +99,16 @@ PREFIX_ROPE_TOKENS = 8
 # Which stages' FP8 GEMMs accumulate fast is the recipe's (recipes.toml fp8_fast_accum; h100_fast: Plan B 7.90 vs
 # 8.22 ms, actions cosine 0.99998, engine_variants-*-s16.json).
 GEMM_TUNING_STAGES = ("vision", "prefix")
+# Which weights each of an expert layer's two norms (norm1 before QKV, norm2 before gate/up) asks into L2 before its
+# chain wait, for GEMMs further down the chain (set_l2_lookahead): (layers ahead, GEMM). The chain's kernels are
+# latency-bound and read their weights after their wait, so the DRAM idles while the attention and the norms run.
+L2_LOOKAHEAD = {
+    "off": {},
+    "mlp": {"norm1": ((0, "gate_up"), (0, "down"))},
+    "mlp+next_attention": {"norm1": ((0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"), (1, "o"))},
+    "o+mlp+next_attention": {"norm1": ((0, "o"), (0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"),)},
+}
+L2_LOOKAHEAD_DEFAULT = ("off", "bulk")      # (schedule, fused.L2_PREFETCH_MODES)
 
 
 def kernel_wheel():
@@ -197,6 +207,11 @@ class Linear:
         """The weight arguments of the fused-epilogue kernels (fused.qkv_rope, gate_up_geglu); None with a bias."""
         return {"w": self.weight} if self.bias is None else None
 
+    @property
+    def chain_tensors(self) -> tuple:
+        """What this layer's few-row kernel in the denoise chain reads (what an L2 lookahead asks for)."""
+        return (self.weight,)
+
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
         fused.skinny_linear(x, self.weight, out=residual, gate=gate)
@@ -235,6 +250,7 @@ class GraphSlot:
     graph: torch.cuda.CUDAGraph
     actions: torch.Tensor
     capture_seconds: float
+    lookahead: dict           # the L2Lookahead tables the graph reads (kept alive with it)
 
 
 class Pi05Engine:
@@ -253,6 +269,8 @@ class Pi05Engine:
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
+        self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
+        self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
         self.gemm_tuner = self._new_gemm_tuner()
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
@@ -319,7 +337,8 @@ class Pi05Engine:
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
-                "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum}
+                "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
+                "l2_lookahead": list(self.l2_lookahead)}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -557,6 +576,35 @@ class Pi05Engine:
         self.qkv_prefetch = bool(on)
         self.slots.clear()
 
+    def set_l2_lookahead(self, schedule: str, mode: str = "bulk") -> None:
+        """Which weights the expert's norms ask into L2 for the GEMMs after them (L2_LOOKAHEAD), and how
+        (fused.L2_PREFETCH_MODES); dependent launches only (step 0 beside the prefix launches plain and asks for
+        nothing). Captured graphs are dropped and re-capture."""
+        if schedule not in L2_LOOKAHEAD or mode not in fused.L2_PREFETCH_MODES:
+            raise TriforceError(f"L2 lookahead '{schedule}' / '{mode}': schedules {', '.join(L2_LOOKAHEAD)}; modes "
+                                f"{', '.join(fused.L2_PREFETCH_MODES)}")
+        self.l2_lookahead = (schedule, mode)
+        self.slots.clear()
+
+    def _lookahead_tables(self) -> dict:
+        """(layer, norm, last step) -> the L2Lookahead of that norm launch (None: nothing to ask for), from the
+        tensors each expert GEMM's chain kernel reads now; built before a capture, kept with its graph. In the last
+        step, the last layer's norm2 asks for nothing (no next layer)."""
+        schedule, mode = self.l2_lookahead
+        if not L2_LOOKAHEAD[schedule] or self.expert_path != "fused_epilogue":
+            return {}
+        depth, e = len(self.expert_layers), self.cfg.expert
+        slots = fused.add_norm_slots(self.cfg.action_horizon, e.width)
+        tables = {}
+        for i in range(depth):
+            for norm, wanted in L2_LOOKAHEAD[schedule].items():
+                for last in (False, True):
+                    picked = [(i + ahead) % depth for ahead, _ in wanted]
+                    tensors = [t for (ahead, gemm), j in zip(wanted, picked) if not (last and i + ahead >= depth)
+                               for t in self.expert_layers[j][gemm].chain_tensors]
+                    tables[i, norm, last] = fused.L2Lookahead(tensors, slots, mode) if tensors else None
+        return tables
+
     def set_prefix_rope_tokens(self, tokens: int) -> None:
         """How many tokens a program of the prefix's RoPE + K/V cache write takes (fused.ROPE_TOKENS). Captured
         graphs are dropped and re-capture."""
@@ -768,8 +816,9 @@ class Pi05Engine:
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
             h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
+            last = step == cfg.num_steps - 1
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
-                           quant_scale=quant_scale(qkv_l))
+                           quant_scale=quant_scale(qkv_l), lookahead=self._lookahead.get((i, "norm1", last)))
             if fused_epilogue:
                 fused.qkv_rope(h, pos=pos, cos=self.cos, sin=self.sin, q_out=q, k_cache=k_cache, v_cache=v_cache,
                                kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, prefetch=self.qkv_prefetch,
@@ -782,7 +831,7 @@ class Pi05Engine:
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
-                           quant_scale=quant_scale(gu_l))
+                           quant_scale=quant_scale(gu_l), lookahead=self._lookahead.get((i, "norm2", last)))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             if getattr(gu_l, "few_row", None) == "mma":
                 gu_l.geglu_into(h, act, stages=self._geglu_stages(step))
@@ -927,6 +976,7 @@ class Pi05Engine:
             compiles = self.start_compiles(key, bufs)
             compiles.wait()
             self._report_unprepared(compiles)
+        self._lookahead = lookahead = self._lookahead_tables()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
@@ -938,7 +988,7 @@ class Pi05Engine:
         with torch.cuda.graph(graph), torch.no_grad():
             actions = self._forward(bufs, events)
         torch.cuda.synchronize()
-        return GraphSlot(*bufs, graph, actions, time.perf_counter() - start)
+        return GraphSlot(*bufs, graph, actions, time.perf_counter() - start, lookahead)
 
     def slot_for(self, obs) -> GraphSlot:
         key = self._key(obs)

@@ -123,6 +123,67 @@ def _prefetch_l2(P, rows, stride, length, LINES: tl.constexpr):
                                   is_pure=False, pack=1)
 
 
+# How a chain kernel asks L2 for the weights of a later kernel (L2Lookahead): one bulk prefetch a chunk through the
+# TMA unit (cp.async.bulk.prefetch.L2, sm_90+), the same with an evict-last cache policy, or one prefetch.global.L2
+# per 128-byte line of the chunk.
+L2_PREFETCH_MODES = {"bulk": 1, "bulk_evict_last": 2, "lines": 3}
+L2_PREFETCH_MAX_CHUNK = 1 << 16
+_BULK_PREFETCH = tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; "
+                              "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }")
+_BULK_PREFETCH_EVICT_LAST = tl.constexpr("{ .reg .pred p; .reg .b64 pol; setp.ne.s32 p, $2, 0; "
+                                         "createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
+                                         "@p cp.async.bulk.prefetch.L2.global.L2::cache_hint [$1], $2, pol; "
+                                         "mov.u32 $0, 0; }")
+_LINE_PREFETCH = tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }")
+
+
+class L2Lookahead:
+    """Tensors a chain kernel asks into L2 before its chain wait, for a kernel further down the chain: their bytes
+    cut into 16-byte-aligned chunks, one per thread of the issuing launch (`slots` = its programs x threads), as a
+    device table of (address, bytes) rows; rows past the chunks are (0, 0). Built outside graph capture and kept
+    alive with the graph that reads it."""
+
+    def __init__(self, tensors, slots: int, mode: str = "bulk"):
+        if mode not in L2_PREFETCH_MODES:
+            raise ValueError(f"L2 prefetch mode '{mode}': one of {', '.join(L2_PREFETCH_MODES)}")
+        bad = [f"{tuple(t.shape)} {t.dtype}" for t in tensors if not t.is_contiguous()]
+        if bad or slots <= len(tensors):
+            raise ValueError(f"L2 lookahead: contiguous tensors and more than {len(tensors)} slots expected, got "
+                             f"{', '.join(bad) or 'contiguous tensors'}, slots={slots}")
+        # each range trimmed to whole 16-byte units (bulk prefetches address them): at most 30 bytes a tensor left
+        ranges = [(-(-t.data_ptr() // 16) * 16, (t.data_ptr() + t.numel() * t.element_size()) // 16 * 16)
+                  for t in tensors]
+        ranges = [(start, end - start) for start, end in ranges if end > start]
+        total = sum(n for _, n in ranges)
+        chunk = -(-max(1, -(-total // (slots - len(ranges)))) // 16) * 16
+        if chunk > L2_PREFETCH_MAX_CHUNK:      # sm_90's bulk prefetch encodes its size in 16-byte units, 16 bits
+            raise ValueError(f"L2 lookahead: {total} bytes over {slots} slots is more than "
+                             f"{L2_PREFETCH_MAX_CHUNK} bytes a prefetch")
+        rows = [(ptr + off, min(chunk, n - off)) for ptr, n in ranges for off in range(0, n, chunk)]
+        table = torch.zeros(slots, 2, dtype=torch.int64)
+        table[:len(rows)] = torch.tensor(rows, dtype=torch.int64).view(-1, 2)
+        self.table = table.to(tensors[0].device)
+        self.mode, self.nbytes, self.chunk = L2_PREFETCH_MODES[mode], total, chunk
+        self.lines = -(-chunk // 128)
+
+
+@triton.jit
+def _l2_lookahead(PF, PF_LINES, MODE: tl.constexpr, THREADS: tl.constexpr):
+    """This program's rows of an L2Lookahead table, one a thread, asked into L2 (MODE: L2_PREFETCH_MODES)."""
+    slot = tl.program_id(0) * THREADS + tl.arange(0, THREADS)
+    addr = tl.load(PF + 2 * slot)
+    size = tl.load(PF + 2 * slot + 1).to(tl.int32)
+    if MODE == 1:
+        tl.inline_asm_elementwise(_BULK_PREFETCH, "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False, pack=1)
+    elif MODE == 2:
+        tl.inline_asm_elementwise(_BULK_PREFETCH_EVICT_LAST, "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+    else:
+        for j in range(0, PF_LINES):
+            tl.inline_asm_elementwise(_LINE_PREFETCH, "=r,l,r", [addr + j * 128, (j * 128 < size).to(tl.int32)],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit
 def e4m3_range(x, QSCALE):
     """x times the static per-tensor activation scale, saturated to E4M3's range: what an FP8 GEMM's input kernel
@@ -131,14 +192,17 @@ def e4m3_range(x, QSCALE):
 
 
 @triton.jit
-def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stride_y, stride_out, N, eps,
-                     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_YB: tl.constexpr, HAS_SCALE: tl.constexpr,
+def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, PF, PF_LINES, stride_x, stride_y, stride_out, N,
+                     eps, HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_YB: tl.constexpr, HAS_SCALE: tl.constexpr,
                      HAS_SHIFT: tl.constexpr, LAYERNORM: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr):
+                     PF_MODE: tl.constexpr, THREADS: tl.constexpr, PDL: tl.constexpr):
     """One program per row. The per-column vectors (the step's adaRMS scale / shift, LayerNorm weights, a GEMM's
     deferred channel scale and bias: never written by the chain) load before the chain wait, so a miss to DRAM
     overlaps the kernel before (with qkv_rope's rotary angles: Plan A 10.52 vs 10.68 ms, Plan B unchanged, same
-    run: bench/results/engine_variants-*-s13-early-constants*.json)."""
+    run: bench/results/engine_variants-*-s13-early-constants*.json). PF_MODE (with PDL): an L2Lookahead table PF
+    whose weights, read by kernels later in the chain, are asked into L2 before the wait."""
+    if PF_MODE != 0:
+        _l2_lookahead(PF, PF_LINES, PF_MODE, THREADS)
     cols = tl.arange(0, BLOCK)
     m = cols < N
     gate = tl.load(GATE + cols, mask=m, other=0.0).to(tl.float32) if HAS_Y and HAS_GATE else 1.0
@@ -167,21 +231,38 @@ def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, 
     tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
+def add_norm_slots(rows: int, n: int) -> int:
+    """The threads of an add_norm launch over x [rows, n]: the rows of L2Lookahead tables it can issue."""
+    return rows * 32 * _add_norm_warps(n)
+
+
+def _add_norm_warps(n: int) -> int:
+    return 4 if n <= 1024 else 8
+
+
 def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bias=None, eps=1e-6, layernorm=False,
-             quant_scale=None, y_bias=None):
+             quant_scale=None, y_bias=None, lookahead: L2Lookahead | None = None):
     """x (fp32 residual, updated in place) += y [* gate] [+ y_bias]; out = norm(x) [* scale + shift] (RMS) or
     LayerNorm(w, b). gate / y_bias: a GEMM's deferred per-channel weight scales and its bias (FP8 layers).
-    With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM."""
+    With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM. lookahead (under
+    dependent launches; ignored otherwise: launched plain, nothing runs before it to overlap): weights asked into
+    L2 before the chain wait, built for add_norm_slots(x's shape)."""
     rows, n = x.shape
     dummy = x
+    warps = _add_norm_warps(n)
+    pf = lookahead if lookahead is not None and _Dependent.on else None
+    if pf is not None and pf.table.shape[0] != rows * 32 * warps:
+        raise ValueError(f"add_norm: an L2 lookahead table of {pf.table.shape[0]} rows for a launch of "
+                         f"{rows * 32 * warps} threads")
     _add_norm_kernel[(rows,)](
         x, y if y is not None else dummy, gate if gate is not None else dummy, y_bias if y_bias is not None else dummy,
         scale if scale is not None else dummy, shift if shift is not None else dummy,
         weight if weight is not None else dummy, bias if bias is not None else dummy,
-        out, quant_scale if quant_scale is not None else dummy, x.stride(0), y.stride(0) if y is not None else 0,
-        out.stride(0), n, eps, HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_YB=y_bias is not None,
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, LAYERNORM=layernorm, QUANT=quant_scale is not None,
-        BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 1024 else 8, **_dependent())
+        out, quant_scale if quant_scale is not None else dummy, pf.table if pf else dummy, pf.lines if pf else 0,
+        x.stride(0), y.stride(0) if y is not None else 0, out.stride(0), n, eps, HAS_Y=y is not None,
+        HAS_GATE=gate is not None, HAS_YB=y_bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+        LAYERNORM=layernorm, QUANT=quant_scale is not None, BLOCK=triton.next_power_of_2(n),
+        PF_MODE=pf.mode if pf else 0, THREADS=32 * warps, num_warps=warps, **_dependent())
     return out
 
 
