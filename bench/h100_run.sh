@@ -124,12 +124,14 @@
 #   part 66 (ran at e55b591 on an H200, no H100 starting; the clusters were then removed): CUTLASS's token tile 64
 #     with clusters of 2 / 4 CTAs sharing each x tile (TMA multicast): its GPU tests, the W4A16 sweep of the Gemma
 #     shapes at M = 32 / 50 / 64; then part 65 without h100_measured
-#   part 67 (the kernel wheel, development build): the expert norms' L2 lookahead (engine.L2_LOOKAHEAD): the engine
+#   part 67 (ran at f4ede68: the prefetches issued by the expert's norms before their wait, which lost): the engine
 #     variants of Plan A (each schedule and prefetch mode), the L2 bound of Plan A's bf16 expert (every layer on
 #     layer 0's weights), the engine variants of Plan B h100_fast, the engine GPU tests of the lookahead
+#   part 68 (the kernel wheel, development build): the L2 lookahead from launches beside the chain
+#     (engine.L2_LOOKAHEAD): the engine variants of Plan A and Plan B h100_fast, the engine GPU tests
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|67   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|68   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -356,11 +358,12 @@ elif [ "$1" = 63 ]; then   # the final code: its cuBLASLt / engine GPU tests and
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-elif [ "$1" = 67 ]; then   # the expert norms' L2 lookahead
+elif [ "$1" = 67 ]; then   # ran at f4ede68 (the norms' own prefetches; removed)
+  echo "part 67 ran at f4ede68; its lookahead form was removed (see the header)"; exit 1
+elif [ "$1" = 68 ]; then   # the L2 lookahead beside the chain
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 6,7,8,9,10,11 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/l2_resident_expert.py --plan a --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 10,12,15 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 6,7,8,9,10,11,12,13 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 10,11,12,17 --out-dir "$OUT"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "l2_lookahead or matches_reference"
 elif [ "$1" = 64 ]; then
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"

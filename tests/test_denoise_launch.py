@@ -206,13 +206,13 @@ def test_reports_record_the_engine_launch_settings():
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
                            qkv_prefetch=True, e4m3_outputs=("prefix",), prefix_rope_tokens=4,
-                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", "bulk"))
+                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", "bulk", 32))
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
                         "w4a16_geglu_stages": 8, "qkv_prefetch": True, "e4m3_outputs": ("prefix",),
                         "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": (),
-                        "l2_lookahead": ["mlp", "bulk"]}
+                        "l2_lookahead": ["mlp", "bulk", 32]}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")
@@ -231,16 +231,14 @@ def test_l2_lookahead_table_covers_every_byte_once_in_aligned_chunks():
     la = fused.L2Lookahead(tensors, slots=64)
     rows = _rows(la)
     assert la.table.shape == (64, 2) and len(rows) <= 64 and la.table[len(rows):].abs().sum() == 0
+    assert la.programs == 64 // fused.L2_PREFETCH_THREADS
     assert all(a % 16 == 0 and 0 < n <= la.chunk <= fused.L2_PREFETCH_MAX_CHUNK and n % 16 == 0 for a, n in rows)
-    covered = {}
-    for a, n in rows:
-        covered[a] = n
     for t in tensors[:2]:                               # 16-aligned allocations: every byte, once
         start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
         spans = sorted((a, a + n) for a, n in rows if start <= a < end)
         assert spans[0][0] == start and spans[-1][1] == end
         assert all(x[1] == y[0] for x, y in zip(spans, spans[1:]))
-    assert la.nbytes == 1000 * 24 * 2 + 4096 + 0 and la.lines == -(-la.chunk // 128)
+    assert la.nbytes == 1000 * 24 * 2 + 4096 and la.lines == -(-la.chunk // 128)
     assert fused.L2Lookahead(tensors, slots=4096, mode="lines").mode == fused.L2_PREFETCH_MODES["lines"]
 
 
@@ -267,30 +265,57 @@ def test_l2_lookahead_tables_follow_the_schedule_and_stop_after_the_last_layer()
 
     depth, sizes = 3, {"qkv": 1024, "o": 512, "gate_up": 4096, "down": 2048}
     layers = [{g: Layer(n + 16 * i) for g, n in sizes.items()} for i in range(depth)]
-    stub = SimpleNamespace(expert_layers=layers, expert_path="fused_epilogue", l2_lookahead=("off", "bulk"),
-                           cfg=SimpleNamespace(action_horizon=2, expert=SimpleNamespace(width=64)))
+    stub = SimpleNamespace(expert_layers=layers, expert_path="fused_epilogue", l2_lookahead=("off", "bulk", 4))
     assert Pi05Engine._lookahead_tables(stub) == {}
-    stub.l2_lookahead = ("mlp+next_attention", "bulk")
+    stub.l2_lookahead = ("mlp+next_attention", "bulk", 4)
     tables = Pi05Engine._lookahead_tables(stub)
     assert L2_LOOKAHEAD["mlp+next_attention"] == {"norm1": ((0, "gate_up"), (0, "down")),
                                                   "norm2": ((1, "qkv"), (1, "o"))}
     asked = lambda la: sum(n for _, n in _rows(la))   # noqa: E731
     for i in range(depth):
         assert tables[i, "norm1", False].nbytes == asked(tables[i, "norm1", True]) == 4096 + 2048 + 32 * i
-        nxt = (i + 1) % depth
-        assert asked(tables[i, "norm2", False]) == 1024 + 512 + 32 * nxt
-        assert tables[i, "norm2", False].table.shape[0] == fused.add_norm_slots(2, 64) == 2 * 128
+        assert asked(tables[i, "norm2", False]) == 1024 + 512 + 32 * ((i + 1) % depth)
+        assert tables[i, "norm2", False].programs == 4
     assert tables[depth - 1, "norm2", True] is None and tables[0, "norm2", True] is not None
     stub.expert_path = "per_op"                    # its kernels are not the chain's few-row kernels
     assert Pi05Engine._lookahead_tables(stub) == {}
 
 
+def test_l2_lookahead_forks_beside_the_chain_under_dependent_launches_only(monkeypatch):
+    """A point's prefetch launches on the prefetch stream, after what the chain stream has queued, and only under
+    dependent launches (step 0 beside the prefix launches plain); a point without a table launches nothing."""
+    launched = []
+    monkeypatch.setattr(fused, "l2_prefetch", lambda la: launched.append(la))
+
+    class Stream:
+        def __init__(self):
+            self.waited = []
+
+        def wait_stream(self, other):
+            self.waited.append(other)
+
+    current = object()
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: current)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    stub = SimpleNamespace(_lookahead={(0, "norm1", False): "table"}, _prefetch_stream=Stream(),
+                           _prefetch_forked=False)
+    Pi05Engine._prefetch_beside(stub, (0, "norm1", False))
+    assert launched == [] and not stub._prefetch_forked            # plain launches: nothing
+    monkeypatch.setattr(fused._Dependent, "on", True)
+    Pi05Engine._prefetch_beside(stub, (0, "norm2", False))
+    assert launched == []                                          # no table at this point
+    Pi05Engine._prefetch_beside(stub, (0, "norm1", False))
+    assert launched == ["table"] and stub._prefetch_stream.waited == [current] and stub._prefetch_forked
+
+
 def test_set_l2_lookahead_is_checked():
-    stub = SimpleNamespace(l2_lookahead=("off", "bulk"), slots={"graph": 1})
-    Pi05Engine.set_l2_lookahead(stub, "mlp", "lines")
-    assert stub.l2_lookahead == ("mlp", "lines") and not stub.slots
-    with pytest.raises(TriforceError, match="L2 lookahead 'everything' / 'bulk': schedules off, mlp"):
+    stub = SimpleNamespace(l2_lookahead=("off", "bulk", 32), slots={"graph": 1})
+    Pi05Engine.set_l2_lookahead(stub, "mlp", "lines", 16)
+    assert stub.l2_lookahead == ("mlp", "lines", 16) and not stub.slots
+    with pytest.raises(TriforceError, match="L2 lookahead 'everything' / 'bulk' / 32 programs: schedules off, mlp"):
         Pi05Engine.set_l2_lookahead(stub, "everything")
-    with pytest.raises(TriforceError, match="L2 lookahead 'mlp' / 'dma': schedules .* modes bulk, bulk_evict_last"):
+    with pytest.raises(TriforceError, match="L2 lookahead 'mlp' / 'dma' / 32 programs: .* modes bulk, bulk_evict_last"):
         Pi05Engine.set_l2_lookahead(stub, "mlp", "dma")
-    assert stub.l2_lookahead == ("mlp", "lines")
+    with pytest.raises(TriforceError, match="1-1024 programs"):
+        Pi05Engine.set_l2_lookahead(stub, "mlp", "bulk", 0)
+    assert stub.l2_lookahead == ("mlp", "lines", 16)

@@ -29,10 +29,12 @@ FLOAT_ARGS = {"eps", "qk_scale", "dt"}
 KERNELS = {
     "_add_norm_kernel": {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "W": "fp32", "B": "fp32",
-                "OUT": "bf16", "QSCALE": "fp32", "PF": "i64"},
+                "OUT": "bf16", "QSCALE": "fp32"},
         "const": {"HAS_Y": True, "HAS_GATE": False, "HAS_SCALE": True, "HAS_SHIFT": True, "LAYERNORM": False,
-                  "QUANT": False, "BLOCK": 1024, "PF_MODE": 1, "THREADS": 128, "PDL": True},
+                  "QUANT": False, "BLOCK": 1024, "PDL": True},
         "options": {"num_warps": 4}, "dot": False},
+    "_l2_prefetch_kernel": {   # the expert weights' L2 lookahead (engine.L2_LOOKAHEAD), bulk prefetches
+        "ptr": {"PF": "i64"}, "const": {"MODE": 1, "THREADS": 32}, "options": {"num_warps": 1}, "dot": False},
     "_rope_qkv_kernel": {
         "ptr": {"QKV": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16", "KC": "bf16", "VC": "bf16",
                 "CS": "fp32"},

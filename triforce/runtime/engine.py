@@ -99,16 +99,18 @@ PREFIX_ROPE_TOKENS = 8
 # Which stages' FP8 GEMMs accumulate fast is the recipe's (recipes.toml fp8_fast_accum; h100_fast: Plan B 7.90 vs
 # 8.22 ms, actions cosine 0.99998, engine_variants-*-s16.json).
 GEMM_TUNING_STAGES = ("vision", "prefix")
-# Which weights each of an expert layer's two norms (norm1 before QKV, norm2 before gate/up) asks into L2 before its
-# chain wait, for GEMMs further down the chain (set_l2_lookahead): (layers ahead, GEMM). The chain's kernels are
-# latency-bound and read their weights after their wait, so the DRAM idles while the attention and the norms run.
+# Which weights are asked into L2 (fused.l2_prefetch, on a stream beside the denoise chain) once each of an expert
+# layer's two norms (norm1 before QKV, norm2 before gate/up) has run, for the GEMMs after it (set_l2_lookahead):
+# (layers ahead, GEMM). The chain's kernels are latency-bound and read their weights after their wait, so the DRAM
+# idles while the attention and the norms run: with every layer on layer 0's weights (L2-resident), Plan A's denoise
+# took 4.08 ms, 4.25 with gate/up + down alone, vs 4.73 (l2_resident_expert-plana-*-s19.json).
 L2_LOOKAHEAD = {
     "off": {},
     "mlp": {"norm1": ((0, "gate_up"), (0, "down"))},
     "mlp+next_attention": {"norm1": ((0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"), (1, "o"))},
     "o+mlp+next_attention": {"norm1": ((0, "o"), (0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"),)},
 }
-L2_LOOKAHEAD_DEFAULT = ("off", "bulk")      # (schedule, fused.L2_PREFETCH_MODES)
+L2_LOOKAHEAD_DEFAULT = ("off", "bulk", 32)   # (schedule, fused.L2_PREFETCH_MODES, programs of each prefetch launch)
 
 
 def kernel_wheel():
@@ -271,6 +273,7 @@ class Pi05Engine:
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
         self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
+        self._prefetch_stream = torch.cuda.Stream() if torch.cuda.is_available() else None
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
         self.gemm_tuner = self._new_gemm_tuner()
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
@@ -576,25 +579,25 @@ class Pi05Engine:
         self.qkv_prefetch = bool(on)
         self.slots.clear()
 
-    def set_l2_lookahead(self, schedule: str, mode: str = "bulk") -> None:
-        """Which weights the expert's norms ask into L2 for the GEMMs after them (L2_LOOKAHEAD), and how
-        (fused.L2_PREFETCH_MODES); dependent launches only (step 0 beside the prefix launches plain and asks for
-        nothing). Captured graphs are dropped and re-capture."""
-        if schedule not in L2_LOOKAHEAD or mode not in fused.L2_PREFETCH_MODES:
-            raise TriforceError(f"L2 lookahead '{schedule}' / '{mode}': schedules {', '.join(L2_LOOKAHEAD)}; modes "
-                                f"{', '.join(fused.L2_PREFETCH_MODES)}")
-        self.l2_lookahead = (schedule, mode)
+    def set_l2_lookahead(self, schedule: str, mode: str = "bulk", programs: int = 32) -> None:
+        """Which expert weights are asked into L2 ahead of the GEMMs that read them (L2_LOOKAHEAD), how
+        (fused.L2_PREFETCH_MODES) and by how many one-warp programs a launch; under dependent launches only (step 0
+        beside the prefix launches plain and asks for nothing). Captured graphs are dropped and re-capture."""
+        if schedule not in L2_LOOKAHEAD or mode not in fused.L2_PREFETCH_MODES or not 1 <= programs <= 1024:
+            raise TriforceError(f"L2 lookahead '{schedule}' / '{mode}' / {programs} programs: schedules "
+                                f"{', '.join(L2_LOOKAHEAD)}; modes {', '.join(fused.L2_PREFETCH_MODES)}; 1-1024 programs")
+        self.l2_lookahead = (schedule, mode, programs)
         self.slots.clear()
 
     def _lookahead_tables(self) -> dict:
-        """(layer, norm, last step) -> the L2Lookahead of that norm launch (None: nothing to ask for), from the
+        """(layer, norm, last step) -> the L2Lookahead launched after that norm (None: nothing to ask for), from the
         tensors each expert GEMM's chain kernel reads now; built before a capture, kept with its graph. In the last
         step, the last layer's norm2 asks for nothing (no next layer)."""
-        schedule, mode = self.l2_lookahead
+        schedule, mode, programs = self.l2_lookahead
         if not L2_LOOKAHEAD[schedule] or self.expert_path != "fused_epilogue":
             return {}
-        depth, e = len(self.expert_layers), self.cfg.expert
-        slots = fused.add_norm_slots(self.cfg.action_horizon, e.width)
+        depth = len(self.expert_layers)
+        slots = programs * fused.L2_PREFETCH_THREADS
         tables = {}
         for i in range(depth):
             for norm, wanted in L2_LOOKAHEAD[schedule].items():
@@ -818,7 +821,8 @@ class Pi05Engine:
             h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
             last = step == cfg.num_steps - 1
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
-                           quant_scale=quant_scale(qkv_l), lookahead=self._lookahead.get((i, "norm1", last)))
+                           quant_scale=quant_scale(qkv_l))
+            self._prefetch_beside((i, "norm1", last))
             if fused_epilogue:
                 fused.qkv_rope(h, pos=pos, cos=self.cos, sin=self.sin, q_out=q, k_cache=k_cache, v_cache=v_cache,
                                kv_offset=seq, heads=e.num_heads, head_dim=e.dim_head, prefetch=self.qkv_prefetch,
@@ -831,7 +835,8 @@ class Pi05Engine:
             pending, pending_gate = self._residual(o_l, x, att, g1[step], arena)
             h = torch.empty(horizon, e.width, dtype=in_dtype(gu_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s2[step], shift=b2[step], eps=cfg.norm_eps,
-                           quant_scale=quant_scale(gu_l), lookahead=self._lookahead.get((i, "norm2", last)))
+                           quant_scale=quant_scale(gu_l))
+            self._prefetch_beside((i, "norm2", last))
             act = torch.empty(horizon, e.mlp_dim, dtype=in_dtype(down_l), device="cuda")
             if getattr(gu_l, "few_row", None) == "mma":
                 gu_l.geglu_into(h, act, stages=self._geglu_stages(step))
@@ -841,6 +846,18 @@ class Pi05Engine:
                 fused.geglu(self._call(gu_l, h, arena), act, quant_scale=quant_scale(down_l))
             pending, pending_gate = self._residual(down_l, x, act, g2[step], arena)
         return self._euler_end(step, x, x_t, pending, pending_gate)
+
+    def _prefetch_beside(self, point) -> None:
+        """Fork the L2 lookahead of `point` (layer, norm, last step) onto the prefetch stream after the kernel just
+        launched: the chain never waits for it (_denoise joins the stream at its end). Under dependent launches
+        only: step 0, launched plain beside the prefix, would take DRAM bandwidth from the prefix's GEMMs."""
+        lookahead = self._lookahead.get(point)
+        if lookahead is None or not fused.launching_dependent():
+            return
+        self._prefetch_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._prefetch_stream):
+            fused.l2_prefetch(lookahead)
+        self._prefetch_forked = True
 
     def _euler_end(self, step, x, x_t, pending=None, pending_gate=None):
         """The end of a denoise step (one euler_tail launch): final norm of x [+ gate ⊙ pending], action_out, the
@@ -930,6 +947,7 @@ class Pi05Engine:
         mask = additive_mask(torch.cat([valid, torch.ones(horizon, dtype=torch.bool, device="cuda")]))
         x_t = noise.clone()
         x = F.linear(x_t, *self.action_in)
+        self._prefetch_forked = False
         if self.expert_path == "persistent":
             scratch = expert_layer.ExpertScratch.allocate(horizon, e.width, seq + horizon, e.num_heads, e.dim_head, e.mlp_dim,
                                                           cfg.num_steps * e.depth, "cuda")
@@ -941,6 +959,8 @@ class Pi05Engine:
                 else:
                     x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, wait)
             mark(3 + step)
+        if self._prefetch_forked:              # the prefetch stream's launches join before the graph ends
+            torch.cuda.current_stream().wait_stream(self._prefetch_stream)
         return x_t
 
     # ── graphs ────────────────────────────────────────────────────────────────────────────────────────────────
@@ -972,11 +992,11 @@ class Pi05Engine:
         """Warm up on a side stream, then capture the whole inference into one CUDA graph."""
         start = time.perf_counter()
         bufs = self._new_buffers(key)
+        self._lookahead = lookahead = self._lookahead_tables()
         if self.precompile_workers:              # every Triton kernel of this shape compiled in parallel first
             compiles = self.start_compiles(key, bufs)
             compiles.wait()
             self._report_unprepared(compiles)
-        self._lookahead = lookahead = self._lookahead_tables()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():

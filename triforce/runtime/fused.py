@@ -123,11 +123,12 @@ def _prefetch_l2(P, rows, stride, length, LINES: tl.constexpr):
                                   is_pure=False, pack=1)
 
 
-# How a chain kernel asks L2 for the weights of a later kernel (L2Lookahead): one bulk prefetch a chunk through the
+# How l2_prefetch asks L2 for the weights of a later chain kernel (L2Lookahead): one bulk prefetch a chunk through the
 # TMA unit (cp.async.bulk.prefetch.L2, sm_90+), the same with an evict-last cache policy, or one prefetch.global.L2
 # per 128-byte line of the chunk.
 L2_PREFETCH_MODES = {"bulk": 1, "bulk_evict_last": 2, "lines": 3}
 L2_PREFETCH_MAX_CHUNK = 1 << 16
+L2_PREFETCH_THREADS = 32                   # a program of l2_prefetch: one warp, one table row a thread
 _BULK_PREFETCH = tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; "
                               "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }")
 _BULK_PREFETCH_EVICT_LAST = tl.constexpr("{ .reg .pred p; .reg .b64 pol; setp.ne.s32 p, $2, 0; "
@@ -138,8 +139,8 @@ _LINE_PREFETCH = tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch
 
 
 class L2Lookahead:
-    """Tensors a chain kernel asks into L2 before its chain wait, for a kernel further down the chain: their bytes
-    cut into 16-byte-aligned chunks, one per thread of the issuing launch (`slots` = its programs x threads), as a
+    """Tensors to ask into L2 ahead of the chain kernel that reads them (l2_prefetch): their bytes cut into
+    16-byte-aligned chunks, one per thread of the prefetch launch (`slots` = its programs x L2_PREFETCH_THREADS), as a
     device table of (address, bytes) rows; rows past the chunks are (0, 0). Built outside graph capture and kept
     alive with the graph that reads it."""
 
@@ -165,10 +166,11 @@ class L2Lookahead:
         self.table = table.to(tensors[0].device)
         self.mode, self.nbytes, self.chunk = L2_PREFETCH_MODES[mode], total, chunk
         self.lines = -(-chunk // 128)
+        self.programs = slots // L2_PREFETCH_THREADS
 
 
 @triton.jit
-def _l2_lookahead(PF, PF_LINES, MODE: tl.constexpr, THREADS: tl.constexpr):
+def _l2_prefetch_kernel(PF, PF_LINES, MODE: tl.constexpr, THREADS: tl.constexpr):
     """This program's rows of an L2Lookahead table, one a thread, asked into L2 (MODE: L2_PREFETCH_MODES)."""
     slot = tl.program_id(0) * THREADS + tl.arange(0, THREADS)
     addr = tl.load(PF + 2 * slot)
@@ -184,6 +186,15 @@ def _l2_lookahead(PF, PF_LINES, MODE: tl.constexpr, THREADS: tl.constexpr):
                                       dtype=tl.int32, is_pure=False, pack=1)
 
 
+def l2_prefetch(lookahead: L2Lookahead) -> None:
+    """Ask L2 for a lookahead's tensors: one plain launch of lookahead.programs one-warp programs. The launch lasts
+    until its bytes have arrived, so it runs beside the chain on a stream of its own, never in it (issued from the
+    chain's norms before their wait, the same prefetches cost Plan A's denoise 5.58-6.30 vs 4.73 ms,
+    bench/results/engine_variants-plana-*-s19-norm-lookahead.json)."""
+    _l2_prefetch_kernel[(lookahead.programs,)](lookahead.table, lookahead.lines, MODE=lookahead.mode,
+                                               THREADS=L2_PREFETCH_THREADS, num_warps=L2_PREFETCH_THREADS // 32)
+
+
 @triton.jit
 def e4m3_range(x, QSCALE):
     """x times the static per-tensor activation scale, saturated to E4M3's range: what an FP8 GEMM's input kernel
@@ -192,17 +203,14 @@ def e4m3_range(x, QSCALE):
 
 
 @triton.jit
-def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, PF, PF_LINES, stride_x, stride_y, stride_out, N,
-                     eps, HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_YB: tl.constexpr, HAS_SCALE: tl.constexpr,
+def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stride_y, stride_out, N, eps,
+                     HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_YB: tl.constexpr, HAS_SCALE: tl.constexpr,
                      HAS_SHIFT: tl.constexpr, LAYERNORM: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr,
-                     PF_MODE: tl.constexpr, THREADS: tl.constexpr, PDL: tl.constexpr):
+                     PDL: tl.constexpr):
     """One program per row. The per-column vectors (the step's adaRMS scale / shift, LayerNorm weights, a GEMM's
     deferred channel scale and bias: never written by the chain) load before the chain wait, so a miss to DRAM
     overlaps the kernel before (with qkv_rope's rotary angles: Plan A 10.52 vs 10.68 ms, Plan B unchanged, same
-    run: bench/results/engine_variants-*-s13-early-constants*.json). PF_MODE (with PDL): an L2Lookahead table PF
-    whose weights, read by kernels later in the chain, are asked into L2 before the wait."""
-    if PF_MODE != 0:
-        _l2_lookahead(PF, PF_LINES, PF_MODE, THREADS)
+    run: bench/results/engine_variants-*-s13-early-constants*.json)."""
     cols = tl.arange(0, BLOCK)
     m = cols < N
     gate = tl.load(GATE + cols, mask=m, other=0.0).to(tl.float32) if HAS_Y and HAS_GATE else 1.0
@@ -231,38 +239,21 @@ def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, PF, PF_LIN
     tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
-def add_norm_slots(rows: int, n: int) -> int:
-    """The threads of an add_norm launch over x [rows, n]: the rows of L2Lookahead tables it can issue."""
-    return rows * 32 * _add_norm_warps(n)
-
-
-def _add_norm_warps(n: int) -> int:
-    return 4 if n <= 1024 else 8
-
-
 def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bias=None, eps=1e-6, layernorm=False,
-             quant_scale=None, y_bias=None, lookahead: L2Lookahead | None = None):
+             quant_scale=None, y_bias=None):
     """x (fp32 residual, updated in place) += y [* gate] [+ y_bias]; out = norm(x) [* scale + shift] (RMS) or
     LayerNorm(w, b). gate / y_bias: a GEMM's deferred per-channel weight scales and its bias (FP8 layers).
-    With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM. lookahead (under
-    dependent launches; ignored otherwise: launched plain, nothing runs before it to overlap): weights asked into
-    L2 before the chain wait, built for add_norm_slots(x's shape)."""
+    With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM."""
     rows, n = x.shape
     dummy = x
-    warps = _add_norm_warps(n)
-    pf = lookahead if lookahead is not None and _Dependent.on else None
-    if pf is not None and pf.table.shape[0] != rows * 32 * warps:
-        raise ValueError(f"add_norm: an L2 lookahead table of {pf.table.shape[0]} rows for a launch of "
-                         f"{rows * 32 * warps} threads")
     _add_norm_kernel[(rows,)](
         x, y if y is not None else dummy, gate if gate is not None else dummy, y_bias if y_bias is not None else dummy,
         scale if scale is not None else dummy, shift if shift is not None else dummy,
         weight if weight is not None else dummy, bias if bias is not None else dummy,
-        out, quant_scale if quant_scale is not None else dummy, pf.table if pf else dummy, pf.lines if pf else 0,
-        x.stride(0), y.stride(0) if y is not None else 0, out.stride(0), n, eps, HAS_Y=y is not None,
-        HAS_GATE=gate is not None, HAS_YB=y_bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        LAYERNORM=layernorm, QUANT=quant_scale is not None, BLOCK=triton.next_power_of_2(n),
-        PF_MODE=pf.mode if pf else 0, THREADS=32 * warps, num_warps=warps, **_dependent())
+        out, quant_scale if quant_scale is not None else dummy, x.stride(0), y.stride(0) if y is not None else 0,
+        out.stride(0), n, eps, HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_YB=y_bias is not None,
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, LAYERNORM=layernorm, QUANT=quant_scale is not None,
+        BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 1024 else 8, **_dependent())
     return out
 
 
