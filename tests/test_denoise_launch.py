@@ -251,7 +251,7 @@ def test_l2_lookahead_refuses_what_it_cannot_ask_for():
     with pytest.raises(ValueError, match="more than 2 slots expected"):
         fused.L2Lookahead([t, t], 2)
     with pytest.raises(ValueError, match="bytes a prefetch"):
-        fused.L2Lookahead([torch.zeros(1 << 20)], 8)       # 4 MB over 8 slots: chunks beyond 64 KB
+        fused.L2Lookahead([torch.zeros(1 << 21)], 8)       # 8 MB over 8 slots: chunks beyond 1 MB
 
 
 def test_l2_lookahead_tables_follow_the_schedule_and_stop_after_the_last_layer():

@@ -127,7 +127,7 @@ def _prefetch_l2(P, rows, stride, length, LINES: tl.constexpr):
 # TMA unit (cp.async.bulk.prefetch.L2, sm_90+), the same with an evict-last cache policy, or one prefetch.global.L2
 # per 128-byte line of the chunk.
 L2_PREFETCH_MODES = {"bulk": 1, "bulk_evict_last": 2, "lines": 3}
-L2_PREFETCH_MAX_CHUNK = 1 << 16
+L2_PREFETCH_MAX_CHUNK = 0xFFFF << 4       # sm_90's bulk prefetch takes its size as a 16-bit count of 16-byte units
 L2_PREFETCH_THREADS = 32                   # a program of l2_prefetch: one warp, one table row a thread
 _BULK_PREFETCH = tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; "
                               "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }")
@@ -157,7 +157,7 @@ class L2Lookahead:
         ranges = [(start, end - start) for start, end in ranges if end > start]
         total = sum(n for _, n in ranges)
         chunk = -(-max(1, -(-total // (slots - len(ranges)))) // 16) * 16
-        if chunk > L2_PREFETCH_MAX_CHUNK:      # sm_90's bulk prefetch encodes its size in 16-byte units, 16 bits
+        if chunk > L2_PREFETCH_MAX_CHUNK:
             raise ValueError(f"L2 lookahead: {total} bytes over {slots} slots is more than "
                              f"{L2_PREFETCH_MAX_CHUNK} bytes a prefetch")
         rows = [(ptr + off, min(chunk, n - off)) for ptr, n in ranges for off in range(0, n, chunk)]
