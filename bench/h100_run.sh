@@ -129,7 +129,8 @@
 #     layer 0's weights), the engine variants of Plan B h100_fast, the engine GPU tests of the lookahead
 #   part 68 (ran at e102107 on an H200; its variant indices are that commit's): the L2 lookahead from launches beside
 #     the chain (engine.L2_LOOKAHEAD): the engine variants of Plan A and Plan B h100_fast, the engine GPU tests
-#   part 69 (the kernel wheel, development build): part 68's lookahead from 2-16 programs a launch
+#   part 69 (the kernel wheel, development build): part 68's lookahead from 2-32 programs a launch, the prefetch
+#     launches under the chain's carveout
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|68   (carry .device_carry and .whl)
@@ -366,8 +367,8 @@ elif [ "$1" = 68 ]; then   # the L2 lookahead beside the chain
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 6,7,8,9,10,11,12,13 --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 10,11,12,17 --out-dir "$OUT"
 elif [ "$1" = 69 ]; then   # the L2 lookahead beside the chain from fewer programs
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 11,13,14,15,16,17,18,19 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 15,17,18,23 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 6,11,13,14,15,16,17,19 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 10,15,17,23 --out-dir "$OUT"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "l2_lookahead or matches_reference"
 elif [ "$1" = 64 ]; then
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"

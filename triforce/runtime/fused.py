@@ -54,17 +54,19 @@ def check_carveout(percent: int) -> None:
 
 def _chain_kernels():
     """The compiled kernels of this package's Triton functions (fused, expert_layer) that were specialized for
-    programmatic dependent launch (constexpr PDL true): the denoise chain's, loaded on the GPU."""
+    programmatic dependent launch (constexpr PDL true): the denoise chain's, loaded on the GPU; and those launched
+    beside the chain (the L2 lookahead's prefetches), which share its SMs."""
     from . import expert_layer
 
     for module in (globals(), vars(expert_layer)):
         for fn in list(module.values()):
-            if not isinstance(fn, triton.runtime.JITFunction) or "PDL" not in fn.arg_names:
+            beside = fn is _l2_prefetch_kernel
+            if not isinstance(fn, triton.runtime.JITFunction) or ("PDL" not in fn.arg_names and not beside):
                 continue
-            pdl = (fn.arg_names.index("PDL"),)
+            pdl = None if beside else (fn.arg_names.index("PDL"),)
             for cache in fn.device_caches.values():
                 for kernel in list(cache[0].values()):
-                    if kernel.src.constants.get(pdl):
+                    if beside or kernel.src.constants.get(pdl):
                         kernel._init_handles()
                         yield kernel
 
@@ -72,7 +74,7 @@ def _chain_kernels():
 def set_chain_carveout(percent: int) -> int:
     """Ask for one L1 / shared-memory split (percent shared, or CARVEOUT_DEFAULT) in every compiled kernel of the
     dependent-launch chain (its PDL specializations; the same functions launched plain, in the prefix or vision,
-    keep the driver's choice); returns how many were set. Kernels that ask an SM for different splits may not run
+    keep the driver's choice) and of the prefetches beside it; returns how many were set. Kernels that ask an SM for different splits may not run
     on it together, which the chain's early launches rely on. Call before capturing a graph."""
     check_carveout(percent)
     cuda = ctypes.CDLL("libcuda.so.1")
