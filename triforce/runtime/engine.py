@@ -103,14 +103,18 @@ GEMM_TUNING_STAGES = ("vision", "prefix")
 # layer's two norms (norm1 before QKV, norm2 before gate/up) has run, for the GEMMs after it (set_l2_lookahead):
 # (layers ahead, GEMM). The chain's kernels are latency-bound and read their weights after their wait, so the DRAM
 # idles while the attention and the norms run: with every layer on layer 0's weights (L2-resident), Plan A's denoise
-# took 4.08 ms, 4.25 with gate/up + down alone, vs 4.73 (l2_resident_expert-plana-*-s19.json).
+# took 4.08 ms, 4.25 with gate/up + down alone, vs 4.73 (l2_resident_expert-plana-*-s19.json). The default, from
+# 8 one-warp programs a launch: Plan A 9.667 vs 10.188 ms (denoise 4.20 vs 4.72), Plan B h100_fast 7.830 vs 7.907,
+# same run on the H100; from 32 programs 10.55 / 7.88, 16 programs 9.95 with a second capture of the same setting at
+# 12.2 (the prefetch launches contend with the chain's), 2-4 programs fall behind (12.7-14.7 ms: the stream's
+# launches queue and the graph's end waits for them) (engine_variants-plan*-*-s19-lookahead-programs.json).
 L2_LOOKAHEAD = {
     "off": {},
     "mlp": {"norm1": ((0, "gate_up"), (0, "down"))},
     "mlp+next_attention": {"norm1": ((0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"), (1, "o"))},
     "o+mlp+next_attention": {"norm1": ((0, "o"), (0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"),)},
 }
-L2_LOOKAHEAD_DEFAULT = ("off", "bulk", 32)   # (schedule, fused.L2_PREFETCH_MODES, programs of each prefetch launch)
+L2_LOOKAHEAD_DEFAULT = ("mlp+next_attention", "bulk", 8)   # (schedule, fused.L2_PREFETCH_MODES, programs a launch)
 
 
 def kernel_wheel():
