@@ -131,8 +131,8 @@
 #     the chain (engine.L2_LOOKAHEAD): the engine variants of Plan A and Plan B h100_fast, the engine GPU tests
 #   part 69 (the kernel wheel, development build): part 68's lookahead from 2-32 programs a launch, the prefetch
 #     launches under the chain's carveout (ran at dc8bdbe, the lookahead off by default)
-#   part 70 (the kernel wheel, development build): the final code (the lookahead on): Plan A validation, Phase 0 (the
-#     stage floors), Plan B validation (h100_fast), the engine GPU tests, the engine benchmark
+#   part 70 (the kernel wheel, development build): the final code (the lookahead on): Plan A validation, Plan B
+#     validation (h100_fast), the engine GPU tests, Phase 0 (the stage floors), the engine benchmark
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|70   (carry .device_carry and .whl)
@@ -375,10 +375,10 @@ elif [ "$1" = 69 ]; then   # the L2 lookahead beside the chain from fewer progra
 elif [ "$1" = 70 ]; then   # the final code: validations, the floors, the engine tests, the benchmark
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
 elif [ "$1" = 64 ]; then
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
