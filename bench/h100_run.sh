@@ -133,9 +133,11 @@
 #     launches under the chain's carveout (ran at dc8bdbe, the lookahead off by default)
 #   part 70 (the kernel wheel, development build): the final code (the lookahead on): Plan A validation, Plan B
 #     validation (h100_fast), the engine GPU tests, Phase 0 (the stage floors), the engine benchmark
+#   part 71 (the kernel wheel, development build): part 70 cut to the device time left (Plan A validation, the engine
+#     GPU tests, Plan B validation)
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|70   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|71   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -380,6 +382,12 @@ elif [ "$1" = 70 ]; then   # the final code: validations, the floors, the engine
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+elif [ "$1" = 71 ]; then   # part 70 cut to the device time left: Plan A validation, the engine GPU tests, Plan B validation
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
 elif [ "$1" = 64 ]; then
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
 elif [ "$1" = 65 ] || [ "$1" = 66 ]; then   # (66: W4A16 clusters first) FP8 fast accumulation declared by the recipe
