@@ -319,3 +319,17 @@ def test_set_l2_lookahead_is_checked():
     with pytest.raises(TriforceError, match="1-1024 programs"):
         Pi05Engine.set_l2_lookahead(stub, "mlp", "bulk", 0)
     assert stub.l2_lookahead == ("mlp", "lines", 16)
+
+
+def test_every_layer_kind_names_what_its_chain_kernel_reads():
+    """The lookahead asks for each expert layer's chain_tensors: every layer kind an expert GEMM can be has them."""
+    from triforce.quant.plan_b import Fp8Linear, NvFp4Linear, W4A16Linear
+    from triforce.runtime.engine import Linear
+
+    for kind in (Linear, Fp8Linear, W4A16Linear, NvFp4Linear):
+        assert isinstance(getattr(kind, "chain_tensors", None), property), kind.__name__
+    w4 = object.__new__(W4A16Linear)
+    w4.qweight, w4.scales, w4._fragments, w4.few_row = "q", "s", ("fq", "fs"), "triton"
+    assert w4.chain_tensors == ("q", "s")
+    w4.few_row = "mma"                                   # the wheel's kernel reads the prepacked fragments
+    assert w4.chain_tensors == ("fq", "fs")

@@ -87,6 +87,11 @@ class Fp8Linear:
         self._scale_a: dict = {}
         self.nbytes = self.weight.numel() + self.weight_scale.numel() * 4
 
+    @property
+    def chain_tensors(self) -> tuple:
+        """What this layer's GEMM reads of its own in the denoise chain (what an L2 lookahead asks for)."""
+        return (self.weight, self.weight_scale)
+
     def write_e4m3(self, on: bool) -> None:
         """Whether the GEMM writes its output in E4M3 under its calibrated output_scale (the GEMM's result divided by
         it; the consumer's channel scales carry it back) or in bf16."""
@@ -205,6 +210,11 @@ class NvFp4Linear:
         self.input_channel_scale = t["channel_scale"].cuda().float() if "channel_scale" in t else None
         self._buffers: dict = {}
         self.nbytes = self.weight.numel() + self.weight_sf.numel()
+
+    @property
+    def chain_tensors(self) -> tuple:
+        """What this layer's GEMM reads of its own in the denoise chain (what an L2 lookahead asks for)."""
+        return (self.weight, self.weight_sf)
 
     def __call__(self, x):
         rows = x.shape[0]

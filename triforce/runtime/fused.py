@@ -74,8 +74,9 @@ def _chain_kernels():
 def set_chain_carveout(percent: int) -> int:
     """Ask for one L1 / shared-memory split (percent shared, or CARVEOUT_DEFAULT) in every compiled kernel of the
     dependent-launch chain (its PDL specializations; the same functions launched plain, in the prefix or vision,
-    keep the driver's choice) and of the prefetches beside it; returns how many were set. Kernels that ask an SM for different splits may not run
-    on it together, which the chain's early launches rely on. Call before capturing a graph."""
+    keep the driver's choice) and of the prefetches beside it; returns how many were set. Kernels that ask an SM for
+    different splits may not run on it together, which the chain's early launches rely on. Call before capturing a
+    graph."""
     check_carveout(percent)
     cuda = ctypes.CDLL("libcuda.so.1")
     count = 0
@@ -129,7 +130,7 @@ def _prefetch_l2(P, rows, stride, length, LINES: tl.constexpr):
 # TMA unit (cp.async.bulk.prefetch.L2, sm_90+), the same with an evict-last cache policy, or one prefetch.global.L2
 # per 128-byte line of the chunk.
 L2_PREFETCH_MODES = {"bulk": 1, "bulk_evict_last": 2, "lines": 3}
-L2_PREFETCH_MAX_CHUNK = 0xFFFF << 4       # sm_90's bulk prefetch takes its size as a 16-bit count of 16-byte units
+L2_PREFETCH_MAX_CHUNK = 0xFFFF << 4       # the sm_90 SASS (UBLKPF) keeps 16 bits of the size in 16-byte units
 L2_PREFETCH_THREADS = 32                   # a program of l2_prefetch: one warp, one table row a thread
 _BULK_PREFETCH = tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; "
                               "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }")
