@@ -317,12 +317,12 @@ def quantize_in_memory(cfg: ModelConfig, path: Path, recipe: str, calibration: i
     from ..runtime.model import ReferencePi05
     from .calibrate import calibrate
     from .quantize import quantize_state
-    from .recipes import fast_accum_stages, load_recipe_spec, resolve_recipe
+    from .recipes import resolve_recipe_settings
 
     auto = None
     if recipe == "auto":
         auto = _auto_recommendation(cfg)
-    plan = resolve_recipe(recipe, cfg, auto)
+    plan, fast_accum = resolve_recipe_settings(recipe, cfg, auto)
     state = load_state(path, cfg)
     start = time.perf_counter()
     model = ReferencePi05(cfg, state, device)
@@ -331,7 +331,7 @@ def quantize_in_memory(cfg: ModelConfig, path: Path, recipe: str, calibration: i
     tensors = quantize_state(cfg, state, plan, stats, device)
     log(f"[quantize] {recipe}: calibrated on {calibration} observations and quantized in {time.perf_counter() - start:.1f} s")
     return tensors, plan, {"recipe": recipe, "calibration_observations": calibration, "source": str(path),
-                           "fp8_fast_accum": fast_accum_stages(load_recipe_spec(recipe), plan)}
+                           "fp8_fast_accum": fast_accum}
 
 
 def _auto_recommendation(cfg):

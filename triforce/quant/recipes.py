@@ -59,6 +59,11 @@ def load_recipe_spec(recipe: str) -> dict:
 
 def resolve_recipe(recipe: str, cfg: ModelConfig, auto_recommendation: dict | None = None) -> dict:
     """layer id -> precision for every GEMM layer. Unknown groups, layers or precisions are errors."""
+    return resolve_recipe_settings(recipe, cfg, auto_recommendation)[0]
+
+
+def resolve_recipe_settings(recipe: str, cfg: ModelConfig, auto_recommendation: dict | None = None) -> tuple:
+    """(resolve_recipe's plan, the recipe's checked fp8_fast_accum stages): what a quantized checkpoint records."""
     spec = load_recipe_spec(recipe)
     groups = {g: "bf16" for g in GROUPS}
     if spec["name"] == "auto":
@@ -84,8 +89,7 @@ def resolve_recipe(recipe: str, cfg: ModelConfig, auto_recommendation: dict | No
         if precision == "w4a16" and lid.startswith("vision."):
             raise TriforceError(f"recipe '{spec['name']}': w4a16 for {lid} is not supported (SigLIP's LayerNorm has no "
                                 f"place for AWQ scales); use fp8, nvfp4 or bf16 for vision")
-    fast_accum_stages(spec, plan)           # refused here, before any calibration
-    return plan
+    return plan, fast_accum_stages(spec, plan)      # a bad one is refused here, before any calibration
 
 
 def fast_accum_stages(spec: dict, plan: dict) -> list:

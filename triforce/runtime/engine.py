@@ -277,6 +277,7 @@ class Pi05Engine:
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
         self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
+        self._prefetch_forked = False                                       # in this forward (_denoise joins it)
         self._prefetch_stream = torch.cuda.Stream() if torch.cuda.is_available() else None
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
         self.gemm_tuner = self._new_gemm_tuner()
@@ -606,9 +607,12 @@ class Pi05Engine:
         for i in range(depth):
             for norm, wanted in L2_LOOKAHEAD[schedule].items():
                 for last in (False, True):
-                    picked = [(i + ahead) % depth for ahead, _ in wanted]
-                    tensors = [t for (ahead, gemm), j in zip(wanted, picked) if not (last and i + ahead >= depth)
-                               for t in self.expert_layers[j][gemm].chain_tensors]
+                    kept = [(ahead, gemm) for ahead, gemm in wanted if not (last and i + ahead >= depth)]
+                    if last and len(kept) == len(wanted):         # the same as every other step's: one table
+                        tables[i, norm, last] = tables[i, norm, False]
+                        continue
+                    tensors = [t for ahead, gemm in kept
+                               for t in self.expert_layers[(i + ahead) % depth][gemm].chain_tensors]
                     tables[i, norm, last] = fused.L2Lookahead(tensors, slots, mode) if tensors else None
         return tables
 
@@ -816,6 +820,7 @@ class Pi05Engine:
                                               if getattr(lin, "takes_arena", False)), "cuda")
         pending, pending_gate = None, None
         fused_epilogue = self.expert_path == "fused_epilogue"
+        last = step == cfg.num_steps - 1
         for i, layer in enumerate(self.expert_layers):
             if before_layer is not None:
                 before_layer(i)
@@ -823,7 +828,6 @@ class Pi05Engine:
             k_cache, v_cache = kv[i]
             qkv_l, o_l, gu_l, down_l = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
             h = torch.empty(horizon, e.width, dtype=in_dtype(qkv_l), device="cuda")
-            last = step == cfg.num_steps - 1
             fused.add_norm(x, h, y=pending, gate=pending_gate, scale=s1[step], shift=b1[step], eps=cfg.norm_eps,
                            quant_scale=quant_scale(qkv_l))
             self._prefetch_beside((i, "norm1", last))
