@@ -265,7 +265,9 @@ def test_l2_lookahead_tables_follow_the_schedule_and_stop_after_the_last_layer()
 
     depth, sizes = 3, {"qkv": 1024, "o": 512, "gate_up": 4096, "down": 2048}
     layers = [{g: Layer(n + 16 * i) for g, n in sizes.items()} for i in range(depth)]
-    stub = SimpleNamespace(expert_layers=layers, expert_path="fused_epilogue", l2_lookahead=("off", "bulk", 4))
+    logged = []
+    stub = SimpleNamespace(expert_layers=layers, expert_path="fused_epilogue", l2_lookahead=("off", "bulk", 4),
+                           denoise_launch="dependent", log=logged.append)
     assert Pi05Engine._lookahead_tables(stub) == {}
     stub.l2_lookahead = ("mlp+next_attention", "bulk", 4)
     tables = Pi05Engine._lookahead_tables(stub)
@@ -277,8 +279,13 @@ def test_l2_lookahead_tables_follow_the_schedule_and_stop_after_the_last_layer()
         assert asked(tables[i, "norm2", False]) == 1024 + 512 + 32 * ((i + 1) % depth)
         assert tables[i, "norm2", False].programs == 4
     assert tables[depth - 1, "norm2", True] is None and tables[0, "norm2", True] is not None
+    assert not logged
     stub.expert_path = "per_op"                    # its kernels are not the chain's few-row kernels
     assert Pi05Engine._lookahead_tables(stub) == {}
+    assert logged == ["[engine] L2 lookahead mlp+next_attention not used: the expert path is per_op (it runs beside "
+                      "the fused_epilogue path's dependent launches)"]
+    stub.expert_path, stub.denoise_launch = "fused_epilogue", "plain"   # said, not silently dropped
+    assert Pi05Engine._lookahead_tables(stub) == {} and "the denoise chain launches plain" in logged[-1]
 
 
 def test_l2_lookahead_forks_beside_the_chain_under_dependent_launches_only(monkeypatch):

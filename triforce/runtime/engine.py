@@ -599,7 +599,13 @@ class Pi05Engine:
         tensors each expert GEMM's chain kernel reads now; built before a capture, kept with its graph. In the last
         step, the last layer's norm2 asks for nothing (no next layer)."""
         schedule, mode, programs = self.l2_lookahead
-        if not L2_LOOKAHEAD[schedule] or self.expert_path != "fused_epilogue":
+        if not L2_LOOKAHEAD[schedule]:
+            return {}
+        why = ("the expert path is " + self.expert_path if self.expert_path != "fused_epilogue"
+               else "the denoise chain launches plain" if self.denoise_launch != "dependent" else None)
+        if why:
+            self.log(f"[engine] L2 lookahead {schedule} not used: {why} (it runs beside the fused_epilogue "
+                     f"path's dependent launches)")
             return {}
         depth = len(self.expert_layers)
         slots = programs * fused.L2_PREFETCH_THREADS
