@@ -29,9 +29,6 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   unit, the same with an evict-last policy, or one prefetch a 128-byte line) and from how many one-warp programs.
   Issued from the norms themselves before their wait, the same prefetches slowed Plan A's denoise to 5.58-6.30 vs
   4.73 ms (the norms last until their bytes arrive): engine_variants-plana-*-s19-norm-lookahead.json.
-- gemm_edges: the stages whose tuned cuBLASLt GEMMs launch on programmatic edges from the kernel before them (the
-  graph edited before instantiation; each kernel probed to wait first: runtime/gemm_edges.py), and whether those
-  stages' add_norm kernels let them launch at their start.
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -71,8 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_EDGES_DEFAULT, GEMM_TUNING_STAGES,  # noqa: E402
-                                     L2_LOOKAHEAD_DEFAULT, PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_GEGLU_STAGES)
+from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOKAHEAD_DEFAULT,  # noqa: E402
+                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_GEGLU_STAGES)
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
@@ -83,8 +80,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
-                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
-                   "gemm_edges": GEMM_EDGES_DEFAULT}
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -105,10 +101,6 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                                                       ("o+mlp+next_attention", "bulk", 8),
                                                       ("mlp", "bulk", 8),
                                                       ("mlp+next_attention", "lines", 8))),
-                   *((f"programmatic edges into the tuned GEMMs of {' and '.join(stages)}, add_norm letting them launch "
-                      f"at its {'start' if trigger else 'end'}", {"gemm_edges": (stages, trigger)})
-                     for stages, trigger in ((("vision", "prefix"), False), (("vision", "prefix"), True),
-                                             (("vision",), True), (("prefix",), True))),
                    ("the engine default again (drift within the run)", {}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
@@ -146,7 +138,6 @@ def apply(eng, settings: dict) -> None:
     accum = settings["fp8_fast_accum"]
     eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
     eng.set_l2_lookahead(*settings["l2_lookahead"])
-    eng.set_gemm_edges(*settings["gemm_edges"])
 
 
 def main():

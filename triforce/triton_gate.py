@@ -33,9 +33,6 @@ KERNELS = {
         "const": {"HAS_Y": True, "HAS_GATE": False, "HAS_SCALE": True, "HAS_SHIFT": True, "LAYERNORM": False,
                   "QUANT": False, "BLOCK": 1024, "PDL": True},
         "options": {"num_warps": 4}, "dot": False},
-    "_pdl_probe_kernel": {   # the producer of gemm_edges.probe_waits (run once per tuned GEMM where edges are on)
-        "ptr": {"SRC": "u8", "DST": "u8", "OUT": "u8", "WITNESS": "u8"}, "const": {"BLOCK": 4096},
-        "options": {"num_warps": 4}, "dot": False},
     "_l2_prefetch_kernel": {   # the expert weights' L2 lookahead (engine.L2_LOOKAHEAD), bulk prefetches
         "ptr": {"PF": "i64"}, "const": {"MODE": 1, "THREADS": 32}, "options": {"num_warps": 1}, "dot": False},
     "_rope_qkv_kernel": {

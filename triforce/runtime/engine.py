@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TriforceError, UnsupportedError
-from . import expert_layer, fused, gemm_edges, gemm_tuning, jit_warmup
+from . import expert_layer, fused, gemm_tuning, jit_warmup
 from .checkpoint import EXPERT, LANG, PG, TOKEN_EMBEDDING, VISION, placeholder_state
 from .config import ModelConfig
 from .model import time_embedding
@@ -114,11 +114,7 @@ L2_LOOKAHEAD = {
     "mlp+next_attention": {"norm1": ((0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"), (1, "o"))},
     "o+mlp+next_attention": {"norm1": ((0, "o"), (0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"),)},
 }
-L2_LOOKAHEAD_DEFAULT = ("mlp+next_attention", "bulk", 8)
-# The stages whose tuned cuBLASLt GEMMs get programmatic edges from the kernel before them in the captured graph
-# (runtime/gemm_edges.py: each chosen kernel probed to wait for its producer first), and whether those stages'
-# add_norm kernels let the GEMM after them launch at their start (fused.early_triggers) (set_gemm_edges).
-GEMM_EDGES_DEFAULT = ((), False)   # (schedule, fused.L2_PREFETCH_MODES, programs a launch)
+L2_LOOKAHEAD_DEFAULT = ("mlp+next_attention", "bulk", 8)   # (schedule, fused.L2_PREFETCH_MODES, programs a launch)
 
 
 def kernel_wheel():
@@ -284,8 +280,6 @@ class Pi05Engine:
         self._prefetch_forked = False                                       # in this forward (_denoise joins it)
         self._prefetch_stream = torch.cuda.Stream() if torch.cuda.is_available() else None
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
-        self.gemm_edges = GEMM_EDGES_DEFAULT                                # set_gemm_edges
-        self._edges = None                                                  # the capture's gemm_edges.GemmEdges
         self.gemm_tuner = self._new_gemm_tuner()
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
@@ -352,8 +346,7 @@ class Pi05Engine:
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
-                "l2_lookahead": list(self.l2_lookahead),
-                "gemm_edges": {"stages": list(self.gemm_edges[0]), "early_trigger": self.gemm_edges[1]}}
+                "l2_lookahead": list(self.l2_lookahead)}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -628,34 +621,6 @@ class Pi05Engine:
                                for t in self.expert_layers[(i + ahead) % depth][gemm].chain_tensors]
                     tables[i, norm, last] = fused.L2Lookahead(tensors, slots, mode) if tensors else None
         return tables
-
-    def set_gemm_edges(self, stages, early_trigger: bool = True) -> None:
-        """The stages (vision, prefix) whose tuned GEMMs launch on programmatic edges in the captured graph (a GEMM
-        kernel probed to wait for the kernel before it sets up while that kernel runs: runtime/gemm_edges.py), and
-        whether those stages' add_norm kernels let the GEMM launch at their start rather than at their end. Needs the
-        GEMM tuning of those stages (only its cuBLASLt choices are probed). Captured graphs are dropped."""
-        stages = tuple(stages)
-        unknown = sorted(set(stages) - {"vision", "prefix"})
-        if unknown:
-            raise TriforceError(f"programmatic GEMM edges in {', '.join(unknown)}: only vision and prefix have tuned GEMMs")
-        untuned = sorted(set(stages) - set(self.gemm_tuning or ()))
-        if untuned:
-            raise TriforceError(f"programmatic GEMM edges in {', '.join(untuned)}: that stage's GEMMs are not tuned "
-                                f"(set_gemm_tuning), so none was probed to wait for the kernel before it")
-        self.gemm_edges = (stages, bool(early_trigger))
-        self.slots.clear()
-
-    def _stage_edges(self, stage: str):
-        """The context a stage's launches are captured in: its GEMMs' programmatic edges recorded, and its add_norm
-        kernels triggering early, where set_gemm_edges asks."""
-        stages, trigger = self.gemm_edges
-        if stage not in stages:
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(gemm_edges.recording(self._edges))
-        if trigger:
-            stack.enter_context(fused.early_triggers())
-        return stack
 
     def set_prefix_rope_tokens(self, tokens: int) -> None:
         """How many tokens a program of the prefix's RoPE + K/V cache write takes (fused.ROPE_TOKENS). Captured
@@ -963,14 +928,12 @@ class Pi05Engine:
                torch.empty(seq + cfg.action_horizon, e.dim_head, dtype=BF16, device="cuda")) for _ in range(e.depth)]
         mark = (lambda i: events[i].record()) if events else (lambda i: None)
         mark(0)
-        with self._stage_edges("vision"):
-            img = self._vision(images)
+        img = self._vision(images)
         mark(1)
         valid = self._prefix_valid(img.shape[0], token_mask)
         main = torch.cuda.current_stream()
         if not self.overlap_step0:
-            with self._stage_edges("prefix"):
-                self._prefix(img, tokens, valid, kv)
+            self._prefix(img, tokens, valid, kv)
             mark(2)
             return self._denoise(valid, noise, kv, seq, mark)
         # the prefix and the denoise loop on two streams forked after vision (their priorities are captured into
@@ -980,7 +943,7 @@ class Pi05Engine:
         prefix_s.wait_stream(main)
         denoise_s.wait_stream(main)
         kv_events = [torch.cuda.Event() for _ in range(e.depth)]
-        with torch.cuda.stream(prefix_s), self._stage_edges("prefix"):
+        with torch.cuda.stream(prefix_s):
             self._prefix(img, tokens, valid, kv, lambda i: kv_events[i].record(prefix_s))
             mark(2)
         with torch.cuda.stream(denoise_s):
@@ -1055,17 +1018,9 @@ class Pi05Engine:
                 self._forward(bufs)
         torch.cuda.current_stream().wait_stream(side)
         self._apply_carveout()
-        graph = torch.cuda.CUDAGraph(keep_graph=bool(self.gemm_edges[0]))
-        self._edges = gemm_edges.GemmEdges() if self.gemm_edges[0] else None
-        try:
-            with torch.cuda.graph(graph), torch.no_grad():
-                actions = self._forward(bufs, events)
-            if self._edges is not None:         # edited between the capture and the instantiation
-                self._edges.apply(graph.raw_cuda_graph())
-                graph.instantiate()
-                self.log(f"[engine] {', '.join(self.gemm_edges[0])}: {self._edges.summary()}")
-        finally:
-            self._edges = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            actions = self._forward(bufs, events)
         torch.cuda.synchronize()
         return GraphSlot(*bufs, graph, actions, time.perf_counter() - start, lookahead)
 

@@ -13,7 +13,7 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait, globaltimer
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..quant.formats import INT4_GROUP
 
@@ -21,10 +21,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 class _Dependent:
-    """Whether launches use programmatic dependent launch now (set by dependent_launches), or only let the next
-    kernel launch at their start (set by early_triggers)."""
+    """Whether launches use programmatic dependent launch now (set by dependent_launches)."""
     on = False
-    trigger = False
 
 
 @contextlib.contextmanager
@@ -43,18 +41,6 @@ def dependent_launches():
         yield
     finally:
         _Dependent.on = saved
-
-
-@contextlib.contextmanager
-def early_triggers():
-    """Inside, the chain kernels (add_norm in vision and the prefix) launch plain but let the next kernel launch at
-    their start (griddepcontrol.launch_dependents; their wait is a no-op without a dependent launch): a GEMM after
-    them on a programmatic edge (runtime/gemm_edges.py) then sets up while they run."""
-    saved, _Dependent.trigger = _Dependent.trigger, True
-    try:
-        yield
-    finally:
-        _Dependent.trigger = saved
 
 
 CARVEOUT_DEFAULT = -1                      # the driver's choice of the L1 / shared-memory split, per launch
@@ -116,7 +102,7 @@ def launching_dependent() -> bool:
 
 def _dependent() -> dict:
     """The launch keywords of a chain kernel: its PDL constexpr and Triton's launch_pdl option."""
-    return {"PDL": _Dependent.on or _Dependent.trigger, "launch_pdl": _Dependent.on}
+    return {"PDL": _Dependent.on, "launch_pdl": _Dependent.on}
 
 
 @triton.jit
@@ -210,31 +196,6 @@ def l2_prefetch(lookahead: L2Lookahead) -> None:
     bench/results/engine_variants-plana-*-s19-norm-lookahead.json)."""
     _l2_prefetch_kernel[(lookahead.programs,)](lookahead.table, lookahead.lines, MODE=lookahead.mode,
                                                THREADS=L2_PREFETCH_THREADS, num_warps=L2_PREFETCH_THREADS // 32)
-
-
-@triton.jit
-def _pdl_probe_kernel(SRC, DST, OUT, WITNESS, n_src, n_out, delay_ns, BLOCK: tl.constexpr):
-    """Lets the next kernel launch at once, waits delay_ns, then copies SRC -> DST and OUT -> WITNESS (bytes): the
-    producer of gemm_edges.probe_waits."""
-    gdc_launch_dependents()
-    t0 = globaltimer()
-    t = t0
-    while t - t0 < delay_ns:
-        t = globaltimer()
-    step = tl.num_programs(0) * BLOCK
-    for start in range(tl.program_id(0) * BLOCK, n_src, step):
-        offs = start + tl.arange(0, BLOCK)
-        tl.store(DST + offs, tl.load(SRC + offs, mask=offs < n_src), mask=offs < n_src)
-    for start in range(tl.program_id(0) * BLOCK, n_out, step):
-        offs = start + tl.arange(0, BLOCK)
-        tl.store(WITNESS + offs, tl.load(OUT + offs, mask=offs < n_out), mask=offs < n_out)
-
-
-def pdl_probe_producer(src, dst, out, witness, delay_ns: int, programs: int = 128, block: int = 4096) -> None:
-    """dst <- src and witness <- out, delay_ns after this kernel let the next one launch (contiguous tensors)."""
-    as_bytes = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
-    src, dst, out, witness = (as_bytes(t) for t in (src, dst, out, witness))
-    _pdl_probe_kernel[(programs,)](src, dst, out, witness, src.numel(), out.numel(), delay_ns, BLOCK=block)
 
 
 @triton.jit

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import TriforceError
-from . import gemm_edges, jit_warmup
+from . import jit_warmup
 
 MAX_CANDIDATES = 24          # cuBLASLt heuristic answers timed per GEMM (it offered 8 on the H100)
 MAX_WORKSPACE = 32 << 20     # bytes a candidate may ask for (split-K partials)
@@ -53,17 +53,13 @@ class Choice:
     rejected: int
     note: str = ""
     workspace: torch.Tensor | None = None   # the chosen candidate's, allocated once at tuning (never in a capture)
-    waits: bool = False          # its kernel waits for the kernel before it on a programmatic edge (gemm_edges)
-    waits_note: str = ""
-
 
     def record(self) -> dict:
         """The choice as a report row (the workspace tensor left out)."""
         return {**asdict(self.key), "label": self.key.label(), "runs": "torch" if self.algo is None else "cuBLASLt",
                 "us": self.us, "torch_us": self.torch_us, "best_candidate_us": self.best_candidate_us,
                 "speedup_vs_torch": round(self.torch_us / self.us, 4) if self.us and self.torch_us else None,
-                "candidates": self.candidates, "rejected": self.rejected, "algo": self.info, "note": self.note,
-                "programmatic_edge": self.waits, "programmatic_edge_probe": self.waits_note}
+                "candidates": self.candidates, "rejected": self.rejected, "algo": self.info, "note": self.note}
 
 
 def run(tuner, x, w, out_dtype, torch_op, **epilogue) -> torch.Tensor:
@@ -129,23 +125,8 @@ class GemmTuner:
         if choice.algo is None:
             return torch_op(w)
         out = torch.empty(x.shape[0], w.shape[0], dtype=out_dtype, device=x.device)
-        with gemm_edges.around_gemm(key.label(), choice.waits):
-            self.kernels.lt_matmul(x, w, out, choice.algo, choice.workspace, scale_x, scale_w, bias, gelu, fast_accum)
+        self.kernels.lt_matmul(x, w, out, choice.algo, choice.workspace, scale_x, scale_w, bias, gelu, fast_accum)
         return out
-
-    def _probe(self, choice: Choice, x, w, out_dtype, scale_x, scale_w, bias, gelu, fast_accum) -> None:
-        """Whether the chosen cuBLASLt kernel waits for the kernel before it on a programmatic edge (only then may
-        a capture give it one: gemm_edges.probe_waits). torch's op is not probed: it keeps full-completion edges."""
-        if choice.algo is None:
-            choice.waits_note = "torch's op runs: not probed"
-            return
-        out = torch.empty(x.shape[0], w.shape[0], dtype=out_dtype, device=x.device)
-        run = lambda xi: self.kernels.lt_matmul(xi, w, out, choice.algo, choice.workspace, scale_x, scale_w, bias,  # noqa: E731
-                                                gelu, fast_accum)
-        try:
-            choice.waits, choice.waits_note = gemm_edges.probe_waits(run, x.clone(), out)
-        except TriforceError as err:       # no driver entry points for graph edges: full-completion edges
-            choice.waits, choice.waits_note = False, str(err)
 
     def _rotation(self, w: torch.Tensor) -> list:
         """Copies of w (its bytes, so the GEMM draws the same power) cycled so the timed calls read DRAM, not L2."""
@@ -192,11 +173,9 @@ class GemmTuner:
             chosen = dict(zip(fields, (int(v) for v in info[best[1]])))
             choice = Choice(key, algos[best[1]].clone(), chosen, best_us, torch_us, best_us, algos.shape[0], rejected,
                             workspace=torch.empty(max(1, chosen["workspace"]), dtype=torch.uint8, device=x.device))
-        self._probe(choice, x, w, out_dtype, scale_x, scale_w, bias, gelu, fast_accum)
         runs = f"cuBLASLt {choice.info}" if choice.algo is not None else "torch"
         self.log(f"[gemm] {key.label()}: {runs}, {choice.us:.2f} us vs torch {torch_us:.2f} us (best of "
-                 f"{choice.candidates} candidates {best_us or float('nan'):.2f} us, {rejected} rejected); "
-                 f"programmatic edge: {choice.waits_note}")
+                 f"{choice.candidates} candidates {best_us or float('nan'):.2f} us, {rejected} rejected)")
         return choice
 
     def table(self) -> list:
