@@ -135,9 +135,14 @@
 #     validation (h100_fast), the engine GPU tests, Phase 0 (the stage floors), the engine benchmark
 #   part 71 (the kernel wheel, development build): part 70 cut to the device time left (Plan A validation, the engine
 #     GPU tests, Plan B validation)
+#   part 72 (ran at 6a13835; programmatic edges into vision's and the prefix's cuBLASLt GEMMs lost and were
+#     removed): their GPU tests (the probe, the engine's actions), the engine variants of Plan A and of Plan B
+#     h100_fast
+#   part 73 (the kernel wheel, development build): the defaults captured again and again (bench/capture_spread.py,
+#     Plan A and Plan B h100_fast), Phase 0 (the stage floors), the engine benchmark
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|71   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|73   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -388,6 +393,14 @@ elif [ "$1" = 71 ]; then   # part 70 cut to the device time left: Plan A validat
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+elif [ "$1" = 72 ]; then   # ran at 6a13835 (programmatic edges into the library GEMMs; removed)
+  echo "part 72 ran at 6a13835; its programmatic GEMM edges were removed (see the header)"; exit 1
+elif [ "$1" = 73 ]; then   # the defaults' spread across captures, the floors, the benchmark
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 6 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/capture_spread.py --plan b --recipe h100_fast --captures 6 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
 elif [ "$1" = 64 ]; then
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
 elif [ "$1" = 65 ] || [ "$1" = 66 ]; then   # (66: W4A16 clusters first) FP8 fast accumulation declared by the recipe

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""The same engine settings captured again and again (standard workload): each capture's graph replay median and
+stage split, and how far apart the captures lie. Session 19 saw the L2 lookahead from 16 programs give 9.95 ms in
+one capture and 12.2 in another of the same setting, and session 20 one stage-timing capture whose denoise took
+8.19 ms against 4.25: this measures how often the shipped defaults do that.
+    python3 bench/capture_spread.py [--plan a|b] [--recipe h100_fast] [--captures 8] [--runs 50]
+        [--out-dir bench/results]
+Records bench/results/capture_spread-plan<a|b>-<gpu>-<date>.json."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from triforce import report as rep  # noqa: E402
+from triforce.runtime.observation import check_observation  # noqa: E402
+from triforce.runtime.policy import Policy  # noqa: E402
+from triforce.timing import time_cuda  # noqa: E402
+from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
+
+
+def main():
+    ap = rep.bench_parser(__doc__, runs=True)
+    ap.add_argument("--plan", default="a", help="a or b")
+    ap.add_argument("--recipe", default="h100_fast", help="the Plan B recipe (with --plan b)")
+    ap.add_argument("--captures", type=int, default=8, help="fresh captures of the same settings (>= 2)")
+    a = ap.parse_args()
+    if a.plan not in ("a", "b") or a.captures < 2:
+        raise SystemExit(f"capture_spread: --plan a|b and --captures >= 2 expected (got {a.plan}, {a.captures})")
+    config = STANDARD["config"]
+    policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=a.recipe if a.plan == "b" else None)
+    eng, cfg = policy.backend, policy.config
+    rng = np.random.default_rng(0)
+    obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
+    noise = random_noise(cfg, rng)
+    rows, captures, first = [], [], None
+    for i in range(a.captures):
+        eng.slots.clear()                       # a fresh capture (and instantiation) of the same graph
+        timing = time_cuda(eng.ready_replay(obs, noise), runs=a.runs, warmup_s=1.0)
+        actions = eng.infer(obs, noise)
+        stages = eng.stage_times_ms(obs, noise)  # its own instrumented capture
+        first = actions if first is None else first
+        captures.append({"graph": timing, "stages_ms": stages, "cosine_vs_first": cosine(actions, first)})
+        rows.append([i, timing["median_ms"], timing["p90_ms"], stages["total"], stages["vision"], stages["prefix"],
+                     stages["denoise_total"], captures[-1]["cosine_vs_first"]])
+    medians = [c["graph"]["median_ms"] for c in captures] + [c["stages_ms"]["total"] for c in captures]
+    spread = {"min_ms": min(medians), "max_ms": max(medians), "max_over_min": max(medians) / min(medians)}
+    rep.print_table(f"capture spread, plan {a.plan}, {config} standard workload ({a.captures} captures, ms)",
+                    ["capture", "graph median", "graph p90", "stage capture total", "vision", "prefix", "denoise",
+                     "cos vs first"], rows)
+    print(f"slowest / fastest of {2 * a.captures} captures: {spread['max_over_min']:.3f}")
+    rep.record_run(a.out_dir, f"capture_spread-plan{a.plan}",
+                   {"plan": a.plan, "recipe": a.recipe if a.plan == "b" else None, "workload": STANDARD,
+                    "settings": eng.launch_settings(), "captures": captures, "spread": spread,
+                    "note": rep.RANDOM_WEIGHTS_NOTE})
+
+
+if __name__ == "__main__":
+    main()
