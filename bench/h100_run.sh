@@ -140,9 +140,11 @@
 #     h100_fast
 #   part 73 (the kernel wheel, development build): the defaults captured again and again (bench/capture_spread.py,
 #     Plan A and Plan B h100_fast), Phase 0 (the stage floors), the engine benchmark
+#   part 74 (the kernel wheel, development build): both validations on the final code (Plan A, Plan B h100_fast), for
+#     when the device time left allows no more
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|73   (carry .device_carry and .whl)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|74   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -401,6 +403,11 @@ elif [ "$1" = 73 ]; then   # the defaults' spread across captures, the floors, t
   run python3 bench/with_devbuild.py bench/capture_spread.py --plan b --recipe h100_fast --captures 6 --out-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+elif [ "$1" = 74 ]; then   # both validations only
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
 elif [ "$1" = 64 ]; then
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
 elif [ "$1" = 65 ] || [ "$1" = 66 ]; then   # (66: W4A16 clusters first) FP8 fast accumulation declared by the recipe
