@@ -18,7 +18,7 @@ from triforce import report as rep  # noqa: E402
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
-from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
+from triforce.workload import STANDARD, cosine, standard_case  # noqa: E402
 
 
 def main():
@@ -33,8 +33,8 @@ def main():
     policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=a.recipe if a.plan == "b" else None)
     eng, cfg = policy.backend, policy.config
     rng = np.random.default_rng(0)
-    obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
-    noise = random_noise(cfg, rng)
+    obs, noise = standard_case(cfg, rng)
+    obs = check_observation(obs, cfg)
     rows, captures, first = [], [], None
     for i in range(a.captures):
         eng.slots.clear()                       # a fresh capture (and instantiation) of the same graph

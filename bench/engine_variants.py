@@ -73,7 +73,7 @@ from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOK
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
-from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
+from triforce.workload import STANDARD, cosine, standard_case  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma",
@@ -168,8 +168,8 @@ def main():
         runs = [(*variants[int(i)], policy) for i in picked]
     cfg = runs[0][2].config
     rng = np.random.default_rng(0)
-    obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
-    noise = random_noise(cfg, rng)
+    obs, noise = standard_case(cfg, rng)
+    obs = check_observation(obs, cfg)
     rows, results, first = [], {}, None
     for name, settings, policy in runs:
         eng = policy.backend

@@ -18,7 +18,7 @@ from triforce import report as rep  # noqa: E402
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
-from triforce.workload import STANDARD, random_noise, random_observation  # noqa: E402
+from triforce.workload import STANDARD, standard_case  # noqa: E402
 
 GEMMS = ("qkv", "o", "gate_up", "down")
 VARIANTS = {"every layer its own weights (the engine)": (), "o shared (layer 0's)": ("o",),
@@ -36,8 +36,8 @@ def main():
     policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=recipe)
     eng, cfg = policy.backend, policy.config
     rng = np.random.default_rng(0)
-    obs = check_observation(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), cfg)
-    noise = random_noise(cfg, rng)
+    obs, noise = standard_case(cfg, rng)
+    obs = check_observation(obs, cfg)
     own = [dict(layer) for layer in eng.expert_layers]
     rows, results = [], {}
     for name, shared in VARIANTS.items():

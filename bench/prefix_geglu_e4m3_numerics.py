@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 from triforce import report as rep  # noqa: E402
 from triforce.runtime.model import gelu_tanh  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
-from triforce.workload import STANDARD, cosine, random_noise, random_observation  # noqa: E402
+from triforce.workload import STANDARD, cosine, standard_case  # noqa: E402
 
 E4M3_MAX = 448.0
 
@@ -68,8 +68,7 @@ def main():
     policy = Policy.load(f"synthetic:{STANDARD['config']}", STANDARD["config"], plan="ref", device="cpu")
     model, cfg = policy.backend.model, policy.config
     rng = np.random.default_rng(0)
-    cases = [(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), random_noise(cfg, rng))
-             for _ in range(a.observations)]
+    cases = [standard_case(cfg, rng) for _ in range(a.observations)]
     actions = {}
     for variant in ("reference", "act e4m3", "+ gate/up"):
         model._mlp = mlp(model, variant)

@@ -17,7 +17,7 @@ from . import report as rep
 from .errors import UnsupportedError
 from .runtime.observation import check_observation
 from .timing import time_cuda
-from .workload import STANDARD, random_noise, random_observation
+from .workload import STANDARD, standard_case
 
 PLANS = ("a", "b", "all")
 
@@ -41,7 +41,7 @@ def bench_engines(checkpoint: str, config: str, plan: str, recipe: str, runs: in
     cfg = load_config(config)
     path, synthetic = resolve_checkpoint(checkpoint, cfg)
     rng = np.random.default_rng(0)
-    obs, noise = random_observation(cfg, rng, STANDARD["real_views"], min(STANDARD["prompt_tokens"], cfg.max_token_len)), random_noise(cfg, rng)
+    obs, noise = standard_case(cfg, rng)
     checked = check_observation(obs, cfg)
     out = {"config": config, "checkpoint": checkpoint, "synthetic_weights": synthetic, "workload": STANDARD, "runs": runs}
     ref = ReferencePi05(cfg, load_state(path, cfg, device="cuda"), "cuda")

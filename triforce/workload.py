@@ -26,6 +26,12 @@ def random_noise(cfg: ModelConfig, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
 
 
+def standard_case(cfg: ModelConfig, rng: np.random.Generator) -> tuple[Observation, np.ndarray]:
+    """(observation, noise) of the standard workload: its real views and prompt length (within max_token_len)."""
+    obs = random_observation(cfg, rng, STANDARD["real_views"], min(STANDARD["prompt_tokens"], cfg.max_token_len))
+    return obs, random_noise(cfg, rng)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))

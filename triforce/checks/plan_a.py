@@ -12,7 +12,7 @@ from ..runtime.checkpoint import load_state, resolve_checkpoint
 from ..runtime.config import load_config
 from ..runtime.observation import check_observation
 from ..timing import time_cuda, time_wall
-from ..workload import STANDARD, cosine, random_noise, random_observation
+from ..workload import STANDARD, cosine, random_noise, random_observation, standard_case
 
 GATE_COSINE = 0.999
 
@@ -24,8 +24,7 @@ def compare_with_reference(policy, cfg, path, n_obs: int, seed: int) -> dict:
     from ..runtime.model import ReferencePi05
 
     rng = np.random.default_rng(seed)
-    cases = [(random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), random_noise(cfg, rng))
-             for _ in range(n_obs)]
+    cases = [standard_case(cfg, rng) for _ in range(n_obs)]
     engine_out = [policy.infer(o, n) for o, n in cases]
     state = load_state(path, cfg, device="cuda")
     results = {}
@@ -63,7 +62,7 @@ def measure_latency(policy, cfg, runs: int, seed: int) -> dict:
         predict = time_wall(lambda: policy.infer(obs, noise), runs=runs)
         out[f"prompt_{tokens}"] = {"graph_replay": replay, "predict_call": predict,
                                    "hz": 1e3 / replay["median_ms"], "bucket": cfg.token_bucket(checked.num_tokens)}
-    obs, noise = random_observation(cfg, rng, STANDARD["real_views"], STANDARD["prompt_tokens"]), random_noise(cfg, rng)
+    obs, noise = standard_case(cfg, rng)
     out["stages_ms"] = engine.stage_times_ms(check_observation(obs, cfg), noise, replays=runs)
     return out
 

@@ -14,7 +14,7 @@ from ..runtime.checkpoint import resolve_checkpoint
 from ..runtime.config import load_config
 from ..runtime.observation import check_observation
 from ..timing import time_cuda
-from ..workload import STANDARD, cosine, random_noise, random_observation
+from ..workload import STANDARD, cosine, standard_case
 from .plan_a import _run_ref
 
 GATE = 0.98          # the seed's floor: the run fails below it
@@ -23,8 +23,7 @@ FIELD_PRACTICE = 0.995
 
 def _cases(cfg, n, seed):
     rng = np.random.default_rng(seed)
-    return [(random_observation(cfg, rng, STANDARD["real_views"], min(STANDARD["prompt_tokens"], cfg.max_token_len)),
-             random_noise(cfg, rng)) for _ in range(n)]
+    return [standard_case(cfg, rng) for _ in range(n)]
 
 
 def _latency(policy, cfg, obs, noise, runs):
