@@ -25,10 +25,10 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - fp8_fast_accum: the stages whose FP8 GEMMs use cuBLASLt's fast accumulation (no periodic promotion to fp32);
   "engine": the recipe's (engine.default_fp8_fast_accum(), recipes.toml fp8_fast_accum).
 - l2_lookahead: which expert weights a prefetch launch beside the chain asks into L2 once each of a layer's norms has
-  run, for the GEMMs after it (engine.L2_LOOKAHEAD), how (fused.L2_PREFETCH_MODES: bulk prefetches through the TMA
-  unit, the same with an evict-last policy, or one prefetch a 128-byte line) and from how many one-warp programs.
-  Issued from the norms themselves before their wait, the same prefetches slowed Plan A's denoise to 5.58-6.30 vs
-  4.73 ms (the norms last until their bytes arrive): engine_variants-plana-*-s19-norm-lookahead.json.
+  run, for the GEMMs after it (engine.L2_LOOKAHEAD), by bulk prefetches through the TMA unit from how many one-warp
+  programs. Issued from the norms themselves before their wait, the same prefetches slowed Plan A's denoise to
+  5.58-6.30 vs 4.73 ms (the norms last until their bytes arrive): engine_variants-plana-*-s19-norm-lookahead.json;
+  session 19's evict-last policy and one prefetch a 128-byte line lost to plain bulk prefetches and were removed.
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -87,20 +87,12 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
                     {"qkv_prefetch": "opposite"}),
                    ("torch's GEMMs everywhere (no cuBLASLt algorithm tuning)", {"gemm_tuning": ()}),
-                   *((f"L2 lookahead {schedule}, {mode} prefetches from {programs} programs beside the chain",
-                      {"l2_lookahead": (schedule, mode, programs)})
-                     for schedule, mode, programs in (("mlp+next_attention", "bulk", 32), ("mlp", "bulk", 32),
-                                                      ("o+mlp+next_attention", "bulk", 32),
-                                                      ("mlp+next_attention", "bulk_evict_last", 32),
-                                                      ("mlp+next_attention", "lines", 32),
-                                                      ("mlp+next_attention", "bulk", 16),
-                                                      ("mlp+next_attention", "bulk", 128),
-                                                      ("mlp+next_attention", "bulk", 8),
-                                                      ("mlp+next_attention", "bulk", 4),
-                                                      ("mlp+next_attention", "bulk", 2),
-                                                      ("o+mlp+next_attention", "bulk", 8),
-                                                      ("mlp", "bulk", 8),
-                                                      ("mlp+next_attention", "lines", 8))),
+                   *((f"L2 lookahead {schedule}, bulk prefetches from {programs} programs beside the chain",
+                      {"l2_lookahead": (schedule, programs)})
+                     for schedule, programs in (("mlp+next_attention", 32), ("mlp", 32), ("o+mlp+next_attention", 32),
+                                                ("mlp+next_attention", 16), ("mlp+next_attention", 128),
+                                                ("mlp+next_attention", 4), ("mlp+next_attention", 2),
+                                                ("o+mlp+next_attention", 8), ("mlp", 8))),
                    ("the engine default again (drift within the run)", {}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),

@@ -144,7 +144,10 @@
 #     when the device time left allows no more
 #   part 31: part 30 with the engine variants of Plan A and of Plan B h100_fast first (the attention of step 0
 #     beside the prefix)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|74   (carry .device_carry and .whl)
+#   part 75 (the kernel wheel, development build): the engine GPU tests (the L2 lookahead with bulk prefetches only,
+#     L2Lookahead sized by programs), bench/vision_ops.py (with one-pass 64 x 256 attention blocks), then part 73
+#     with 5 captures a plan
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|75   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -401,6 +404,14 @@ elif [ "$1" = 73 ]; then   # the defaults' spread across captures, the floors, t
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 6 --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/capture_spread.py --plan b --recipe h100_fast --captures 6 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+elif [ "$1" = 75 ]; then   # part 73 after the lookahead's cleanup, with its engine tests and vision's attention shapes
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/vision_ops.py --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 5 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/capture_spread.py --plan b --recipe h100_fast --captures 5 --out-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only

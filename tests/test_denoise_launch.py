@@ -9,7 +9,7 @@ import torch
 
 from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime import fused
-from triforce.runtime.engine import DENOISE_LAUNCHES, Pi05Engine
+from triforce.runtime.engine import DENOISE_LAUNCHES, L2_LOOKAHEAD_DEFAULT, Pi05Engine
 
 PLAIN = {"PDL": False, "launch_pdl": False}
 
@@ -206,13 +206,13 @@ def test_reports_record_the_engine_launch_settings():
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
                            qkv_prefetch=True, e4m3_outputs=("prefix",), prefix_rope_tokens=4,
-                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", "bulk", 32))
+                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", 32))
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
                         "w4a16_geglu_stages": 8, "qkv_prefetch": True, "e4m3_outputs": ("prefix",),
                         "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": (),
-                        "l2_lookahead": ["mlp", "bulk", 32]}
+                        "l2_lookahead": ["mlp", 32]}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")
@@ -225,33 +225,31 @@ def _rows(lookahead):
 
 def test_l2_lookahead_table_covers_every_byte_once_in_aligned_chunks():
     """The table cuts the tensors' bytes into 16-byte-aligned chunks of at most L2_PREFETCH_MAX_CHUNK, at most one a
-    slot, in order, with (0, 0) rows after; a tensor's bytes not in whole 16-byte units at its ends are left out."""
+    thread of the launch, in order, with (0, 0) rows after; a tensor's bytes not in whole 16-byte units at its ends
+    are left out."""
     tensors = [torch.zeros(1000, 24, dtype=torch.bfloat16), torch.zeros(4096, dtype=torch.uint8),
                torch.zeros(3, dtype=torch.float32)]
-    la = fused.L2Lookahead(tensors, slots=64)
+    la = fused.L2Lookahead(tensors, programs=2)
     rows = _rows(la)
     assert la.table.shape == (64, 2) and len(rows) <= 64 and la.table[len(rows):].abs().sum() == 0
-    assert la.programs == 64 // fused.L2_PREFETCH_THREADS
+    assert fused.L2_PREFETCH_THREADS == 32 and la.programs == 2
     assert all(a % 16 == 0 and 0 < n <= la.chunk <= fused.L2_PREFETCH_MAX_CHUNK and n % 16 == 0 for a, n in rows)
     for t in tensors[:2]:                               # 16-aligned allocations: every byte, once
         start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
         spans = sorted((a, a + n) for a, n in rows if start <= a < end)
         assert spans[0][0] == start and spans[-1][1] == end
         assert all(x[1] == y[0] for x, y in zip(spans, spans[1:]))
-    assert la.nbytes == 1000 * 24 * 2 + 4096 and la.lines == -(-la.chunk // 128)
-    assert fused.L2Lookahead(tensors, slots=4096, mode="lines").mode == fused.L2_PREFETCH_MODES["lines"]
+    assert la.nbytes == 1000 * 24 * 2 + 4096
 
 
 def test_l2_lookahead_refuses_what_it_cannot_ask_for():
     t = torch.zeros(64, 64)
-    with pytest.raises(ValueError, match="L2 prefetch mode 'streams': one of bulk, bulk_evict_last, lines"):
-        fused.L2Lookahead([t], 8, mode="streams")
     with pytest.raises(ValueError, match=r"contiguous tensors .* got \(64, 32\) torch.float32"):
-        fused.L2Lookahead([t[:, ::2]], 8)
-    with pytest.raises(ValueError, match="more than 2 slots expected"):
-        fused.L2Lookahead([t, t], 2)
-    with pytest.raises(ValueError, match="bytes a prefetch"):
-        fused.L2Lookahead([torch.zeros(1 << 21)], 8)       # 8 MB over 8 slots: chunks beyond 1 MB
+        fused.L2Lookahead([t[:, ::2]], 1)
+    with pytest.raises(ValueError, match="more than 40 prefetch threads expected"):
+        fused.L2Lookahead([t] * 40, 1)
+    with pytest.raises(ValueError, match="over 1 programs is more than 1048560 bytes a prefetch"):
+        fused.L2Lookahead([torch.zeros(1 << 24)], 1)       # 64 MB over 32 threads: chunks beyond 1 MB
 
 
 def test_l2_lookahead_tables_follow_the_schedule_and_stop_after_the_last_layer():
@@ -266,10 +264,10 @@ def test_l2_lookahead_tables_follow_the_schedule_and_stop_after_the_last_layer()
     depth, sizes = 3, {"qkv": 1024, "o": 512, "gate_up": 4096, "down": 2048}
     layers = [{g: Layer(n + 16 * i) for g, n in sizes.items()} for i in range(depth)]
     logged = []
-    stub = SimpleNamespace(expert_layers=layers, expert_path="fused_epilogue", l2_lookahead=("off", "bulk", 4),
+    stub = SimpleNamespace(expert_layers=layers, expert_path="fused_epilogue", l2_lookahead=("off", 4),
                            denoise_launch="dependent", log=logged.append)
     assert Pi05Engine._lookahead_tables(stub) == {}
-    stub.l2_lookahead = ("mlp+next_attention", "bulk", 4)
+    stub.l2_lookahead = ("mlp+next_attention", 4)
     tables = Pi05Engine._lookahead_tables(stub)
     assert L2_LOOKAHEAD["mlp+next_attention"] == {"norm1": ((0, "gate_up"), (0, "down")),
                                                   "norm2": ((1, "qkv"), (1, "o"))}
@@ -316,16 +314,16 @@ def test_l2_lookahead_forks_beside_the_chain_under_dependent_launches_only(monke
 
 
 def test_set_l2_lookahead_is_checked():
-    stub = SimpleNamespace(l2_lookahead=("off", "bulk", 32), slots={"graph": 1})
-    Pi05Engine.set_l2_lookahead(stub, "mlp", "lines", 16)
-    assert stub.l2_lookahead == ("mlp", "lines", 16) and not stub.slots
-    with pytest.raises(TriforceError, match="L2 lookahead 'everything' / 'bulk' / 32 programs: schedules off, mlp"):
+    stub = SimpleNamespace(l2_lookahead=("off", 32), slots={"graph": 1})
+    Pi05Engine.set_l2_lookahead(stub, "mlp", 16)
+    assert stub.l2_lookahead == ("mlp", 16) and not stub.slots
+    Pi05Engine.set_l2_lookahead(stub, "mlp+next_attention")
+    assert stub.l2_lookahead == L2_LOOKAHEAD_DEFAULT == ("mlp+next_attention", 8)
+    with pytest.raises(TriforceError, match="L2 lookahead 'everything' from 8 programs: schedules off, mlp"):
         Pi05Engine.set_l2_lookahead(stub, "everything")
-    with pytest.raises(TriforceError, match="L2 lookahead 'mlp' / 'dma' / 32 programs: .* modes bulk, bulk_evict_last"):
-        Pi05Engine.set_l2_lookahead(stub, "mlp", "dma")
     with pytest.raises(TriforceError, match="1-1024 programs"):
-        Pi05Engine.set_l2_lookahead(stub, "mlp", "bulk", 0)
-    assert stub.l2_lookahead == ("mlp", "lines", 16)
+        Pi05Engine.set_l2_lookahead(stub, "mlp", 0)
+    assert stub.l2_lookahead == L2_LOOKAHEAD_DEFAULT
 
 
 def test_every_layer_kind_names_what_its_chain_kernel_reads():

@@ -24,14 +24,15 @@ TINY = load_config("pi05_tiny")
 
 
 def test_named_recipes_resolve_every_layer():
-    plan = resolve_recipe("h100", TINY)
+    plan, _ = resolve_recipe("h100", TINY)
     assert set(plan) == set(layer_ids(TINY))
     assert plan["vision.0.fc1"] == "fp8" and plan["prefix.1.down"] == "fp8" and plan["expert.0.qkv"] == "w4a16"
-    assert set(resolve_recipe("thor", TINY).values()) == {"nvfp4", "w4a16"}
-    measured = resolve_recipe("h100_measured", TINY)
+    assert set(resolve_recipe("thor", TINY)[0].values()) == {"nvfp4", "w4a16"}
+    measured, _ = resolve_recipe("h100_measured", TINY)
     assert measured["prefix.0.qkv"] == "fp8" and measured["expert.1.down"] == "bf16" and measured["vision.0.fc1"] == "bf16"
-    fast = resolve_recipe("h100_fast", TINY)
+    fast, fast_accum = resolve_recipe("h100_fast", TINY)
     assert fast["prefix.0.qkv"] == "fp8" and fast["expert.1.gate_up"] == "w4a16" and fast["vision.0.fc1"] == "fp8"
+    assert fast_accum == ["vision", "prefix"]
 
 
 @pytest.mark.parametrize("body, message", [
@@ -59,7 +60,7 @@ def test_fast_accumulation_is_the_recipes():
 
     for name, want in (("h100_fast", ["vision", "prefix"]), ("h100", ["vision", "prefix"]), ("fp8", ["vision", "prefix"]),
                        ("h100_measured", []), ("thor", []), ("w4a16", [])):
-        assert fast_accum_stages(load_recipe_spec(name), resolve_recipe(name, TINY)) == want, name
+        assert fast_accum_stages(load_recipe_spec(name), resolve_recipe(name, TINY)[0]) == want, name
     spec = {"name": "r", "fp8_fast_accum": ["prefix"], "overrides": {"prefix.1.down": "fp8"}}
     plan = {lid: "bf16" for lid in layer_ids(TINY)} | spec["overrides"]
     assert fast_accum_stages(spec, plan) == ["prefix"]
@@ -68,7 +69,7 @@ def test_fast_accumulation_is_the_recipes():
 def test_recipe_overrides_one_layer(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text('expert_mlp = "w4a16"\n[overrides]\n"expert.1.down" = "bf16"\n')
-    plan = resolve_recipe(str(path), TINY)
+    plan, _ = resolve_recipe(str(path), TINY)
     assert plan["expert.0.down"] == "w4a16" and plan["expert.1.down"] == "bf16" and plan["vision.0.qkv"] == "bf16"
 
 
@@ -97,7 +98,7 @@ def test_quantize_reports_bytes_per_stage(quantized):
 def test_quantized_checkpoint_round_trips(quantized):
     out, _ = quantized
     plan, tensors, meta = read_quantized(TINY, out / "model.safetensors")
-    assert meta["recipe"] == "h100" and meta["config"] == "pi05_tiny" and plan == resolve_recipe("h100", TINY)
+    assert meta["recipe"] == "h100" and meta["config"] == "pi05_tiny" and plan == resolve_recipe("h100", TINY)[0]
     assert meta["fp8_fast_accum"] == ["vision", "prefix"]          # the recipe's, for the engine at load
     state = load_state(write_synthetic(TINY), TINY)
     x = torch.randn(32, TINY.prefix.width)

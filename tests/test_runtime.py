@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime.checkpoint import IGNORED, expected_tensors, load_state, write_synthetic
 from triforce.runtime.config import load_config
-from triforce.runtime.observation import Observation
 from triforce.runtime.policy import Policy
 from triforce.workload import random_noise, random_observation
 

@@ -34,7 +34,7 @@ KERNELS = {
                   "QUANT": False, "BLOCK": 1024, "PDL": True},
         "options": {"num_warps": 4}, "dot": False},
     "_l2_prefetch_kernel": {   # the expert weights' L2 lookahead (engine.L2_LOOKAHEAD), bulk prefetches
-        "ptr": {"PF": "i64"}, "const": {"MODE": 1, "THREADS": 32}, "options": {"num_warps": 1}, "dot": False},
+        "ptr": {"PF": "i64"}, "const": {"THREADS": 32}, "options": {"num_warps": 1}, "dot": False},
     "_rope_qkv_kernel": {
         "ptr": {"QKV": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16", "KC": "bf16", "VC": "bf16",
                 "CS": "fp32"},

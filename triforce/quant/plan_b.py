@@ -317,12 +317,12 @@ def quantize_in_memory(cfg: ModelConfig, path: Path, recipe: str, calibration: i
     from ..runtime.model import ReferencePi05
     from .calibrate import calibrate
     from .quantize import quantize_state
-    from .recipes import resolve_recipe_settings
+    from .recipes import resolve_recipe
 
     auto = None
     if recipe == "auto":
         auto = _auto_recommendation(cfg)
-    plan, fast_accum = resolve_recipe_settings(recipe, cfg, auto)
+    plan, fast_accum = resolve_recipe(recipe, cfg, auto)
     state = load_state(path, cfg)
     start = time.perf_counter()
     model = ReferencePi05(cfg, state, device)
@@ -346,7 +346,7 @@ def _auto_recommendation(cfg):
 def check_recipe_backends(cfg: ModelConfig, recipe: str) -> None:
     from .recipes import resolve_recipe
 
-    plan = resolve_recipe(recipe, cfg, _auto_recommendation(cfg) if recipe == "auto" else None)
+    plan, _ = resolve_recipe(recipe, cfg, _auto_recommendation(cfg) if recipe == "auto" else None)
     for precision in sorted(set(plan.values()) - {"bf16"}):
         check_backend(precision)
 

@@ -57,13 +57,9 @@ def load_recipe_spec(recipe: str) -> dict:
     return {"name": recipe, **table[recipe]}
 
 
-def resolve_recipe(recipe: str, cfg: ModelConfig, auto_recommendation: dict | None = None) -> dict:
-    """layer id -> precision for every GEMM layer. Unknown groups, layers or precisions are errors."""
-    return resolve_recipe_settings(recipe, cfg, auto_recommendation)[0]
-
-
-def resolve_recipe_settings(recipe: str, cfg: ModelConfig, auto_recommendation: dict | None = None) -> tuple:
-    """(resolve_recipe's plan, the recipe's checked fp8_fast_accum stages): what a quantized checkpoint records."""
+def resolve_recipe(recipe: str, cfg: ModelConfig, auto_recommendation: dict | None = None) -> tuple[dict, tuple]:
+    """(layer id -> precision for every GEMM layer, the recipe's checked fp8_fast_accum stages): what a quantized
+    checkpoint records. Unknown groups, layers, precisions or stages are errors."""
     spec = load_recipe_spec(recipe)
     groups = {g: "bf16" for g in GROUPS}
     if spec["name"] == "auto":

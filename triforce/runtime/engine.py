@@ -114,7 +114,7 @@ L2_LOOKAHEAD = {
     "mlp+next_attention": {"norm1": ((0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"), (1, "o"))},
     "o+mlp+next_attention": {"norm1": ((0, "o"), (0, "gate_up"), (0, "down")), "norm2": ((1, "qkv"),)},
 }
-L2_LOOKAHEAD_DEFAULT = ("mlp+next_attention", "bulk", 8)   # (schedule, fused.L2_PREFETCH_MODES, programs a launch)
+L2_LOOKAHEAD_DEFAULT = ("mlp+next_attention", 8)   # (schedule, one-warp programs a prefetch launch)
 
 
 def kernel_wheel():
@@ -584,21 +584,21 @@ class Pi05Engine:
         self.qkv_prefetch = bool(on)
         self.slots.clear()
 
-    def set_l2_lookahead(self, schedule: str, mode: str = "bulk", programs: int = 32) -> None:
-        """Which expert weights are asked into L2 ahead of the GEMMs that read them (L2_LOOKAHEAD), how
-        (fused.L2_PREFETCH_MODES) and by how many one-warp programs a launch; under dependent launches only (step 0
-        beside the prefix launches plain and asks for nothing). Captured graphs are dropped and re-capture."""
-        if schedule not in L2_LOOKAHEAD or mode not in fused.L2_PREFETCH_MODES or not 1 <= programs <= 1024:
-            raise TriforceError(f"L2 lookahead '{schedule}' / '{mode}' / {programs} programs: schedules "
-                                f"{', '.join(L2_LOOKAHEAD)}; modes {', '.join(fused.L2_PREFETCH_MODES)}; 1-1024 programs")
-        self.l2_lookahead = (schedule, mode, programs)
+    def set_l2_lookahead(self, schedule: str, programs: int = L2_LOOKAHEAD_DEFAULT[1]) -> None:
+        """Which expert weights are asked into L2 ahead of the GEMMs that read them (L2_LOOKAHEAD) and by how many
+        one-warp programs a launch; under dependent launches only (step 0 beside the prefix launches plain and asks
+        for nothing). Captured graphs are dropped and re-capture."""
+        if schedule not in L2_LOOKAHEAD or not 1 <= programs <= 1024:
+            raise TriforceError(f"L2 lookahead '{schedule}' from {programs} programs: schedules "
+                                f"{', '.join(L2_LOOKAHEAD)}; 1-1024 programs")
+        self.l2_lookahead = (schedule, programs)
         self.slots.clear()
 
     def _lookahead_tables(self) -> dict:
         """(layer, norm, last step) -> the L2Lookahead launched after that norm (None: nothing to ask for), from the
         tensors each expert GEMM's chain kernel reads now; built before a capture, kept with its graph. In the last
         step, the last layer's norm2 asks for nothing (no next layer)."""
-        schedule, mode, programs = self.l2_lookahead
+        schedule, programs = self.l2_lookahead
         if not L2_LOOKAHEAD[schedule]:
             return {}
         why = ("the expert path is " + self.expert_path if self.expert_path != "fused_epilogue"
@@ -608,7 +608,6 @@ class Pi05Engine:
                      f"path's dependent launches)")
             return {}
         depth = len(self.expert_layers)
-        slots = programs * fused.L2_PREFETCH_THREADS
         tables = {}
         for i in range(depth):
             for norm, wanted in L2_LOOKAHEAD[schedule].items():
@@ -619,7 +618,7 @@ class Pi05Engine:
                         continue
                     tensors = [t for ahead, gemm in kept
                                for t in self.expert_layers[(i + ahead) % depth][gemm].chain_tensors]
-                    tables[i, norm, last] = fused.L2Lookahead(tensors, slots, mode) if tensors else None
+                    tables[i, norm, last] = fused.L2Lookahead(tensors, programs) if tensors else None
         return tables
 
     def set_prefix_rope_tokens(self, tokens: int) -> None:

@@ -52,23 +52,27 @@ def check_carveout(percent: int) -> None:
         raise ValueError(f"carveout: a percent 0..100 or {CARVEOUT_DEFAULT} (the driver's choice), got {percent}")
 
 
+def _loaded(fn, keep=lambda kernel: True):
+    """The compiled kernels of Triton function fn (those `keep` accepts), loaded on the GPU."""
+    for cache in fn.device_caches.values():
+        for kernel in list(cache[0].values()):
+            if keep(kernel):
+                kernel._init_handles()
+                yield kernel
+
+
 def _chain_kernels():
-    """The compiled kernels of this package's Triton functions (fused, expert_layer) that were specialized for
-    programmatic dependent launch (constexpr PDL true): the denoise chain's, loaded on the GPU; and those launched
-    beside the chain (the L2 lookahead's prefetches), which share its SMs."""
+    """The compiled kernels that share the denoise chain's SMs: this package's Triton functions (fused,
+    expert_layer) specialized for programmatic dependent launch (constexpr PDL true), and the L2 lookahead's
+    prefetches launched beside the chain."""
     from . import expert_layer
 
     for module in (globals(), vars(expert_layer)):
         for fn in list(module.values()):
-            beside = fn is _l2_prefetch_kernel
-            if not isinstance(fn, triton.runtime.JITFunction) or ("PDL" not in fn.arg_names and not beside):
-                continue
-            pdl = None if beside else (fn.arg_names.index("PDL"),)
-            for cache in fn.device_caches.values():
-                for kernel in list(cache[0].values()):
-                    if beside or kernel.src.constants.get(pdl):
-                        kernel._init_handles()
-                        yield kernel
+            if isinstance(fn, triton.runtime.JITFunction) and "PDL" in fn.arg_names:
+                pdl = (fn.arg_names.index("PDL"),)
+                yield from _loaded(fn, lambda kernel: kernel.src.constants.get(pdl))
+    yield from _loaded(_l2_prefetch_kernel)
 
 
 def set_chain_carveout(percent: int) -> int:
@@ -127,33 +131,27 @@ def _prefetch_l2(P, rows, stride, length, LINES: tl.constexpr):
 
 
 # How l2_prefetch asks L2 for the weights of a later chain kernel (L2Lookahead): one bulk prefetch a chunk through the
-# TMA unit (cp.async.bulk.prefetch.L2, sm_90+), the same with an evict-last cache policy, or one prefetch.global.L2
-# per 128-byte line of the chunk.
-L2_PREFETCH_MODES = {"bulk": 1, "bulk_evict_last": 2, "lines": 3}
+# TMA unit (cp.async.bulk.prefetch.L2, sm_90+). Session 19 also measured the same with an evict-last policy and one
+# prefetch.global.L2 a 128-byte line; neither beat it, in the norms or beside the chain (engine_variants-plan*-
+# *-s19-norm-lookahead.json, *-s19-lookahead-beside.json), so they were removed.
 L2_PREFETCH_MAX_CHUNK = 0xFFFF << 4       # the sm_90 SASS (UBLKPF) keeps 16 bits of the size in 16-byte units
 L2_PREFETCH_THREADS = 32                   # a program of l2_prefetch: one warp, one table row a thread
 _BULK_PREFETCH = tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; "
                               "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }")
-_BULK_PREFETCH_EVICT_LAST = tl.constexpr("{ .reg .pred p; .reg .b64 pol; setp.ne.s32 p, $2, 0; "
-                                         "createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
-                                         "@p cp.async.bulk.prefetch.L2.global.L2::cache_hint [$1], $2, pol; "
-                                         "mov.u32 $0, 0; }")
-_LINE_PREFETCH = tl.constexpr("{ .reg .pred p; setp.ne.s32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }")
 
 
 class L2Lookahead:
     """Tensors to ask into L2 ahead of the chain kernel that reads them (l2_prefetch): their bytes cut into
-    16-byte-aligned chunks, one per thread of the prefetch launch (`slots` = its programs x L2_PREFETCH_THREADS), as a
-    device table of (address, bytes) rows; rows past the chunks are (0, 0). Built outside graph capture and kept
-    alive with the graph that reads it."""
+    16-byte-aligned chunks, one per thread of a launch of `programs` one-warp programs, as a device table of
+    (address, bytes) rows; rows past the chunks are (0, 0). Built outside graph capture and kept alive with the graph
+    that reads it."""
 
-    def __init__(self, tensors, slots: int, mode: str = "bulk"):
-        if mode not in L2_PREFETCH_MODES:
-            raise ValueError(f"L2 prefetch mode '{mode}': one of {', '.join(L2_PREFETCH_MODES)}")
+    def __init__(self, tensors, programs: int):
+        slots = programs * L2_PREFETCH_THREADS
         bad = [f"{tuple(t.shape)} {t.dtype}" for t in tensors if not t.is_contiguous()]
         if bad or slots <= len(tensors):
-            raise ValueError(f"L2 lookahead: contiguous tensors and more than {len(tensors)} slots expected, got "
-                             f"{', '.join(bad) or 'contiguous tensors'}, slots={slots}")
+            raise ValueError(f"L2 lookahead: contiguous tensors and more than {len(tensors)} prefetch threads "
+                             f"expected, got {', '.join(bad) or 'contiguous tensors'}, {programs} programs")
         # each range trimmed to whole 16-byte units (bulk prefetches address them): at most 30 bytes a tensor left
         ranges = [(-(-t.data_ptr() // 16) * 16, (t.data_ptr() + t.numel() * t.element_size()) // 16 * 16)
                   for t in tensors]
@@ -161,32 +159,22 @@ class L2Lookahead:
         total = sum(n for _, n in ranges)
         chunk = -(-max(1, -(-total // (slots - len(ranges)))) // 16) * 16
         if chunk > L2_PREFETCH_MAX_CHUNK:
-            raise ValueError(f"L2 lookahead: {total} bytes over {slots} slots is more than "
+            raise ValueError(f"L2 lookahead: {total} bytes over {programs} programs is more than "
                              f"{L2_PREFETCH_MAX_CHUNK} bytes a prefetch")
         rows = [(ptr + off, min(chunk, n - off)) for ptr, n in ranges for off in range(0, n, chunk)]
         table = torch.zeros(slots, 2, dtype=torch.int64)
         table[:len(rows)] = torch.tensor(rows, dtype=torch.int64).view(-1, 2)
         self.table = table.to(tensors[0].device)
-        self.mode, self.nbytes, self.chunk = L2_PREFETCH_MODES[mode], total, chunk
-        self.lines = -(-chunk // 128)
-        self.programs = slots // L2_PREFETCH_THREADS
+        self.nbytes, self.chunk, self.programs = total, chunk, programs
 
 
 @triton.jit
-def _l2_prefetch_kernel(PF, PF_LINES, MODE: tl.constexpr, THREADS: tl.constexpr):
-    """This program's rows of an L2Lookahead table, one a thread, asked into L2 (MODE: L2_PREFETCH_MODES)."""
+def _l2_prefetch_kernel(PF, THREADS: tl.constexpr):
+    """This program's rows of an L2Lookahead table, one a thread, asked into L2 by bulk prefetches."""
     slot = tl.program_id(0) * THREADS + tl.arange(0, THREADS)
     addr = tl.load(PF + 2 * slot)
     size = tl.load(PF + 2 * slot + 1).to(tl.int32)
-    if MODE == 1:
-        tl.inline_asm_elementwise(_BULK_PREFETCH, "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False, pack=1)
-    elif MODE == 2:
-        tl.inline_asm_elementwise(_BULK_PREFETCH_EVICT_LAST, "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False,
-                                  pack=1)
-    else:
-        for j in range(0, PF_LINES):
-            tl.inline_asm_elementwise(_LINE_PREFETCH, "=r,l,r", [addr + j * 128, (j * 128 < size).to(tl.int32)],
-                                      dtype=tl.int32, is_pure=False, pack=1)
+    tl.inline_asm_elementwise(_BULK_PREFETCH, "=r,l,r", [addr, size], dtype=tl.int32, is_pure=False, pack=1)
 
 
 def l2_prefetch(lookahead: L2Lookahead) -> None:
@@ -194,8 +182,8 @@ def l2_prefetch(lookahead: L2Lookahead) -> None:
     until its bytes have arrived, so it runs beside the chain on a stream of its own, never in it (issued from the
     chain's norms before their wait, the same prefetches cost Plan A's denoise 5.58-6.30 vs 4.73 ms,
     bench/results/engine_variants-plana-*-s19-norm-lookahead.json)."""
-    _l2_prefetch_kernel[(lookahead.programs,)](lookahead.table, lookahead.lines, MODE=lookahead.mode,
-                                               THREADS=L2_PREFETCH_THREADS, num_warps=L2_PREFETCH_THREADS // 32)
+    _l2_prefetch_kernel[(lookahead.programs,)](lookahead.table, THREADS=L2_PREFETCH_THREADS,
+                                               num_warps=L2_PREFETCH_THREADS // 32)
 
 
 @triton.jit
