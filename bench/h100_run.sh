@@ -147,7 +147,9 @@
 #   part 75 (the kernel wheel, development build): the engine GPU tests (the L2 lookahead with bulk prefetches only,
 #     L2Lookahead sized by programs), bench/vision_ops.py (with one-pass 64 x 256 attention blocks), then part 73
 #     with 5 captures a plan
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|75   (carry .device_carry and .whl)
+#   part 76 (the kernel wheel, development build): CUTLASS's W4A16 token tile 64 with K tiles of 128 (one scale
+#     group a tile): its GPU tests and the schedules' tests, the sweep on the Gemma shapes at M = 32 / 50 / 64
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|76   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -414,6 +416,10 @@ elif [ "$1" = 75 ]; then   # part 73 after the lookahead's cleanup, with its eng
   run python3 bench/with_devbuild.py bench/capture_spread.py --plan b --recipe h100_fast --captures 5 --out-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+elif [ "$1" = 76 ]; then   # CUTLASS W4A16 with K tiles of 128 (token tile 64): its GPU tests, the sweep at M = 32-64
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "k128 or every_schedule"
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --shapes 2 --rows 32,50,64 --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
