@@ -2,11 +2,15 @@
 """The same engine settings captured again and again (standard workload): each capture's graph replay median and
 stage split, and how far apart the captures lie. Session 19 saw the L2 lookahead from 16 programs give 9.95 ms in
 one capture and 12.2 in another of the same setting, and session 20 one stage-timing capture whose denoise took
-8.19 ms against 4.25: this measures how often the shipped defaults do that.
+8.19 ms against 4.25: this measures how often the shipped defaults do that. Session 21 saw it in one stage-timing
+capture of five (the replayed graphs agreed) and compares CUDA_DEVICE_MAX_CONNECTIONS (recorded): streams share the
+driver's hardware queues (8 by default), and a prefetch launch queued ahead of a chain kernel on a shared queue would
+hold it until its bytes arrive.
     python3 bench/capture_spread.py [--plan a|b] [--recipe h100_fast] [--captures 8] [--runs 50]
         [--out-dir bench/results]
 Records bench/results/capture_spread-plan<a|b>-<gpu>-<date>.json."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +58,8 @@ def main():
     rep.record_run(a.out_dir, f"capture_spread-plan{a.plan}",
                    {"plan": a.plan, "recipe": a.recipe if a.plan == "b" else None, "workload": STANDARD,
                     "settings": eng.launch_settings(), "captures": captures, "spread": spread,
+                    # how many hardware queues the driver spreads streams over (set before CUDA starts)
+                    "cuda_device_max_connections": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS", "unset (8)"),
                     "note": rep.RANDOM_WEIGHTS_NOTE})
 
 

@@ -149,7 +149,9 @@
 #     with 5 captures a plan
 #   part 76 (the kernel wheel, development build): CUTLASS's W4A16 token tile 64 with K tiles of 128 (one scale
 #     group a tile): its GPU tests and the schedules' tests, the sweep on the Gemma shapes at M = 32 / 50 / 64
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|76   (carry .device_carry and .whl)
+#   part 77 (the kernel wheel, development build): Plan A captured 12 times with the driver's default 8 hardware
+#     queues (CUDA_DEVICE_MAX_CONNECTIONS unset) and 12 times with 32
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|77   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -420,6 +422,10 @@ elif [ "$1" = 76 ]; then   # CUTLASS W4A16 with K tiles of 128 (token tile 64): 
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "k128 or every_schedule"
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --shapes 2 --rows 32,50,64 --out-dir "$OUT"
+elif [ "$1" = 77 ]; then   # Plan A's captures again and again, with the driver's 8 hardware queues and with 32
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 12 --out-dir "$OUT/default"
+  run env CUDA_DEVICE_MAX_CONNECTIONS=32 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 12 --out-dir "$OUT/conn32"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
