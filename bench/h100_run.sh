@@ -151,7 +151,8 @@
 #     group a tile): its GPU tests and the schedules' tests, the sweep on the Gemma shapes at M = 32 / 50 / 64
 #   part 77 (the kernel wheel, development build): Plan A captured 12 times with the driver's default 8 hardware
 #     queues (CUDA_DEVICE_MAX_CONNECTIONS unset) and 12 times with 32
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|77   (carry .device_carry and .whl)
+#   part 78: bench/vision_ops.py with SigLIP's add_norm in launch shapes of rows a program x warps
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|78   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -426,6 +427,8 @@ elif [ "$1" = 77 ]; then   # Plan A's captures again and again, with the driver'
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 12 --out-dir "$OUT/default"
   run env CUDA_DEVICE_MAX_CONNECTIONS=32 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 12 --out-dir "$OUT/conn32"
+elif [ "$1" = 78 ]; then   # SigLIP's launches, with the add_norm launch shapes
+  run python3 bench/vision_ops.py --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
