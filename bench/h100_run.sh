@@ -147,8 +147,8 @@
 #   part 75 (the kernel wheel, development build): the engine GPU tests (the L2 lookahead with bulk prefetches only,
 #     L2Lookahead sized by programs), bench/vision_ops.py (with one-pass 64 x 256 attention blocks), then part 73
 #     with 5 captures a plan
-#   part 76 (the kernel wheel, development build): CUTLASS's W4A16 token tile 64 with K tiles of 128 (one scale
-#     group a tile): its GPU tests and the schedules' tests, the sweep on the Gemma shapes at M = 32 / 50 / 64
+#   part 76 (ran at 7077099; CUTLASS's W4A16 token tile 64 with K tiles of 128 lost and was removed): its GPU tests
+#     and the schedules' tests, the sweep on the Gemma shapes at M = 32 / 50 / 64
 #   part 77 (the kernel wheel, development build): Plan A captured 12 times with the driver's default 8 hardware
 #     queues (CUDA_DEVICE_MAX_CONNECTIONS unset) and 12 times with 32
 #   part 78: bench/vision_ops.py with SigLIP's add_norm in launch shapes of rows a program x warps
@@ -419,10 +419,8 @@ elif [ "$1" = 75 ]; then   # part 73 after the lookahead's cleanup, with its eng
   run python3 bench/with_devbuild.py bench/capture_spread.py --plan b --recipe h100_fast --captures 5 --out-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
-elif [ "$1" = 76 ]; then   # CUTLASS W4A16 with K tiles of 128 (token tile 64): its GPU tests, the sweep at M = 32-64
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "k128 or every_schedule"
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --shapes 2 --rows 32,50,64 --out-dir "$OUT"
+elif [ "$1" = 76 ]; then   # ran at 7077099 (CUTLASS W4A16 with K tiles of 128: lost, removed)
+  echo "part 76 ran at 7077099; its K-128 W4A16 unit was removed (see the header)"; exit 1
 elif [ "$1" = 77 ]; then   # Plan A's captures again and again, with the driver's 8 hardware queues and with 32
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 12 --out-dir "$OUT/default"

@@ -5,8 +5,7 @@
 - mma: the wheel's w4a16_skinny (warp-level MMA on prepacked fragments, cp.async weight stream), its splits and
   tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py);
 - cutlass: the wheel's w4a16_gemm (CUTLASS's Hopper mixed-input GEMM, warpgroup MMA, token tiles 16 / 64 / 128; what
-  the engine runs above 64 rows), bf16 out, its schedules (session 18), and at 17 <= M <= 64 K tiles of 128 (one scale
-  group a tile; session 21).
+  the engine runs above 64 rows), bf16 out, its schedules (session 18).
 Every entry: a CUDA graph of calls over weight copies that overflow L2, median of 50 replays after warm-up, per call.
 Also each kernel's default and best launch shape as the engine's denoise chain launches them (engine.DENOISE_LAUNCHES
 "dependent"): each call a programmatic dependent launch that waits on the GPU for the call before it (the calls
@@ -37,9 +36,9 @@ DEFAULT: dict = {}     # each kernel's default launch shape (what the engine run
 TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
 MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 4)] + [dict(tiles_per_warp=t) for t in (1, 2)]
+# (session 18's clusters of 2 / 4 CTAs and session 21's K tiles of 128 at the token tile 64 tied the default and were
+# removed: w4a16_sweep-nvidia-h200-*-s18-clusters.json, w4a16_sweep-nvidia-h100-*-s21-k128.json)
 CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]
-# the token tile 64 with K tiles of 128 (17 <= M <= 64; session 21)
-CUTLASS_TILE_K_GRID = [dict(tile_k=128, schedule=s) for s in ("auto", "heuristic", "stream_k_nd")]
 # session 5 compared the int4 -> bf16 conversion (I2F) with the bit-pattern dequant that replaced it, at the engine's
 # launch shape then: 1.4-2.9x faster (bench/results/w4a16_sweep-*-s5.json, "convert_default" / "magic_default")
 
@@ -68,19 +67,16 @@ def cutlass_kernel(tk):
     buffers, last = {}, [None]
 
     def call(x, w, acc, shape, dep):
-        m, n, k = x.shape[0], acc.shape[1], x.shape[1]
-        schedule, tile_k = shape.get("schedule", "auto"), shape.get("tile_k", 64)
-        if (m, n, schedule, tile_k) not in buffers:
-            buffers[m, n, schedule, tile_k] = (
-                torch.empty(m, n, dtype=torch.bfloat16, device="cuda"),
-                torch.empty(max(1, tk.w4a16_workspace_size(m, n, k, schedule, tile_k)), dtype=torch.uint8,
-                            device="cuda"))
-        out, ws = buffers[m, n, schedule, tile_k]
-        tk.w4a16_gemm(x, *w, out, ws, schedule, tile_k)
+        m, n, k, schedule = x.shape[0], acc.shape[1], x.shape[1], shape.get("schedule", "auto")
+        if (m, n, schedule) not in buffers:
+            buffers[m, n, schedule] = (torch.empty(m, n, dtype=torch.bfloat16, device="cuda"),
+                                       torch.empty(max(1, tk.w4a16_workspace_size(m, n, k, schedule)),
+                                                   dtype=torch.uint8, device="cuda"))
+        out, ws = buffers[m, n, schedule]
+        tk.w4a16_gemm(x, *w, out, ws, schedule)
         last[0] = out
 
-    grid = CUTLASS_GRID + (CUTLASS_TILE_K_GRID if tk.has_op("w4a16_tile_k") else [])   # refused (recorded) at M <= 16
-    return tk.w4a16_prepack, call, grid, lambda acc: last[0].float()
+    return tk.w4a16_prepack, call, CUTLASS_GRID, lambda acc: last[0].float()
 
 
 def timed(call, x, weights, acc, shape, copies, int4_bytes, copy, dependent=False) -> dict:

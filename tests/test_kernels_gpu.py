@@ -102,30 +102,6 @@ def test_w4a16_every_schedule_matches_reference(tk, gemma_weights, schedule, m):
     assert _rel_err(out, _reference(x, q, s)) < 1e-2
 
 
-@pytest.mark.parametrize("schedule", ["auto", "heuristic", "stream_k_nd"])
-@pytest.mark.parametrize("m,n,k", [(64, 16384, 2048), (50, 2048, 16384), (17, 144, 256), (33, 272, 384)])
-def test_w4a16_k128_tiles_match_reference(tk, gemma_weights, schedule, m, n, k):
-    """Token tile 64 with K tiles of 128 (one scale group a tile), ragged weight rows and a single K tile included;
-    outside 17 <= M <= 64 the K-128 tile is refused in one line."""
-    if tk.family() != "hopper":
-        pytest.skip("K tiles of 128 exist only in the Hopper kernel")
-    if (n, k) in gemma_weights:
-        q, s, pw, ps = gemma_weights[(n, k)]
-    else:
-        q, s = _weights(n, k, torch.Generator(device="cuda").manual_seed(m + n))
-        pw, ps = tk.w4a16_prepack(q, s)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-    ws = torch.empty(max(1, tk.w4a16_workspace_size(m, n, k, schedule, 128)), dtype=torch.uint8, device="cuda")
-    tk.w4a16_gemm(x, pw, ps, out, ws, schedule, 128)
-    torch.cuda.synchronize()
-    assert torch.isfinite(out).all(), "some outputs were never written (still NaN)"
-    assert _rel_err(out, _reference(x, q, s)) < 1e-2
-    with pytest.raises(tk.KernelError, match="17 <= M <= 64") as err:
-        tk.w4a16_workspace_size(16, n, k, schedule, 128)
-    assert "\n" not in str(err.value)
-
-
 def test_w4a16_is_exact_on_single_nonzero_weight(tk):
     """One weight of 1 at (n=5, k=77) with scale 1: the output column 5 equals x[:, 77] and every other is 0 —
     catches a wrong shuffle or nibble order that random data might average away."""

@@ -60,21 +60,15 @@ triforce::W4A16Problem w4a16_problem(const at::Tensor& x, const at::Tensor& w, c
   return {x.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), int(m), int(n), int(k), sm_count(), {}};
 }
 
-// mode: W4A16Decomposition (0 heuristic, 1 data-parallel, 2 split-K, 3 stream-K); Blackwell takes only 0. tile_k:
-// the mainloop's K tile, 128 only in Hopper's token tile 64 (17 <= M <= 64).
-triforce::W4A16Schedule w4a16_schedule(int64_t m, int64_t mode, int64_t splits, bool nondeterministic, int64_t tile_k) {
+// mode: W4A16Decomposition (0 heuristic, 1 data-parallel, 2 split-K, 3 stream-K); Blackwell takes only 0.
+triforce::W4A16Schedule w4a16_schedule(int64_t mode, int64_t splits, bool nondeterministic) {
   TORCH_CHECK(mode >= 0 && mode <= 3 && splits >= 1, "w4a16 schedule: mode must be 0..3 and splits >= 1 (got mode=",
               mode, " splits=", splits, ")");
-  TORCH_CHECK(tile_k == 64 || tile_k == 128, "w4a16 schedule: tile_k must be 64 or 128, got ", tile_k);
 #if defined(TRIFORCE_FAMILY_BLACKWELL)
-  TORCH_CHECK(mode == 0 && splits == 1 && !nondeterministic && tile_k == 64,
-              "w4a16 schedule: the Blackwell W4A16 kernel has one schedule (heuristic, tile_k 64); got mode=", mode,
-              " tile_k=", tile_k);
-#else
-  TORCH_CHECK(tile_k == 64 || (m > 16 && m <= 64), "w4a16 schedule: tile_k 128 exists only for the token tile 64 "
-              "(17 <= M <= 64), got M=", m);
+  TORCH_CHECK(mode == 0 && splits == 1 && !nondeterministic,
+              "w4a16 schedule: the Blackwell W4A16 kernel has one schedule (heuristic); got mode=", mode);
 #endif
-  return {static_cast<triforce::W4A16Decomposition>(mode), int(splits), nondeterministic, int(tile_k)};
+  return {static_cast<triforce::W4A16Decomposition>(mode), int(splits), nondeterministic};
 }
 
 triforce::W4A16Problem w4a16_shape_only(int64_t m, int64_t n, int64_t k) {
@@ -88,13 +82,11 @@ triforce::W4A16Problem w4a16_shape_only(int64_t m, int64_t n, int64_t k) {
 // bound by the weight read; 128 at prefill M, where it is bound by math and each weight tile is converted once.
 size_t w4a16_workspace_for(const triforce::W4A16Problem& p) {
   if (p.m <= 16) return triforce::w4a16_sm90_tok16_workspace(p);
-  if (p.m <= 64 && p.schedule.tile_k == 128) return triforce::w4a16_sm90_tok64_k128_workspace(p);
   if (p.m <= 64) return triforce::w4a16_sm90_tok64_workspace(p);
   return triforce::w4a16_sm90_tok128_workspace(p);
 }
 void w4a16_run(const triforce::W4A16Problem& p, void* ws, size_t bytes, cudaStream_t st) {
   if (p.m <= 16) return triforce::w4a16_sm90_tok16_run(p, ws, bytes, st);
-  if (p.m <= 64 && p.schedule.tile_k == 128) return triforce::w4a16_sm90_tok64_k128_run(p, ws, bytes, st);
   if (p.m <= 64) return triforce::w4a16_sm90_tok64_run(p, ws, bytes, st);
   return triforce::w4a16_sm90_tok128_run(p, ws, bytes, st);
 }
@@ -105,18 +97,17 @@ void w4a16_run(const triforce::W4A16Problem& p, void* ws, size_t bytes, cudaStre
 }
 #endif
 
-int64_t w4a16_workspace_size(int64_t m, int64_t n, int64_t k, int64_t mode, int64_t splits, bool nondeterministic,
-                             int64_t tile_k) {
+int64_t w4a16_workspace_size(int64_t m, int64_t n, int64_t k, int64_t mode, int64_t splits, bool nondeterministic) {
   auto p = w4a16_shape_only(m, n, k);
-  p.schedule = w4a16_schedule(m, mode, splits, nondeterministic, tile_k);
+  p.schedule = w4a16_schedule(mode, splits, nondeterministic);
   return int64_t(w4a16_workspace_for(p));
 }
 
 void w4a16_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out, at::Tensor workspace,
-                int64_t mode, int64_t splits, bool nondeterministic, int64_t tile_k) {
+                int64_t mode, int64_t splits, bool nondeterministic) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto p = w4a16_problem(x, w, s, out);
-  p.schedule = w4a16_schedule(p.m, mode, splits, nondeterministic, tile_k);
+  p.schedule = w4a16_schedule(mode, splits, nondeterministic);
   check_tensor(workspace, "w4a16_gemm", "workspace", at::kByte);
   w4a16_run(p, workspace.data_ptr(), size_t(workspace.numel()), current_stream());
 }
@@ -436,11 +427,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a16_prepack", &w4a16_prepack, "canonical int4 [N,K/2] + bf16 scales [N,K/128] -> (packed weight, scales)");
   m.def("w4a16_workspace_size", &w4a16_workspace_size, "workspace bytes of w4a16_gemm for (M, N, K, schedule)",
         py::arg("m"), py::arg("n"), py::arg("k"), py::arg("mode") = 0, py::arg("splits") = 1,
-        py::arg("nondeterministic") = false, py::arg("tile_k") = 64);
+        py::arg("nondeterministic") = false);
   m.def("w4a16_gemm", &w4a16_gemm, "out[M,N] = x[M,K] @ dequant(W)^T (bf16 out, int4 W, group 128)", py::arg("x"),
         py::arg("packed_weight"), py::arg("packed_scales"), py::arg("out"), py::arg("workspace"), py::arg("mode") = 0,
-        py::arg("splits") = 1, py::arg("nondeterministic") = false, py::arg("tile_k") = 64);
-  m.attr("w4a16_tile_k") = true;  // w4a16_gemm / w4a16_workspace_size take `tile_k` (has_op's marker)
+        py::arg("splits") = 1, py::arg("nondeterministic") = false);
   m.def("w4a16_skinny", &w4a16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ dequant(W)^T for M <= 64, fragment layout",
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
         py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);

@@ -17,7 +17,6 @@ struct W4A16Schedule {
   W4A16Decomposition mode = W4A16Decomposition::kHeuristic;
   int splits = 1;                 // split-K only
   bool nondeterministic = false;  // stream-K/split-K partial sums reduced in arrival order (faster, not bitwise stable)
-  int tile_k = 64;                // the K depth of a mainloop tile (Hopper token tile 64: 64 or 128)
 };
 
 struct W4A16Problem {
@@ -105,8 +104,6 @@ size_t w4a16_sm90_tok16_workspace(const W4A16Problem& p);
 void w4a16_sm90_tok16_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 size_t w4a16_sm90_tok64_workspace(const W4A16Problem& p);
 void w4a16_sm90_tok64_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
-size_t w4a16_sm90_tok64_k128_workspace(const W4A16Problem& p);
-void w4a16_sm90_tok64_k128_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 size_t w4a16_sm90_tok128_workspace(const W4A16Problem& p);
 void w4a16_sm90_tok128_run(const W4A16Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 // Byte offset map of the Hopper shuffled int4 layout: offsets[n * K + k] = element index of (n, k) in the packed weight.

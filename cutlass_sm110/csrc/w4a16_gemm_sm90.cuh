@@ -67,13 +67,11 @@ inline LayoutWShuffled shuffled_weight_layout(int n, int k) {
   return tile_to_shape(ShuffledAtom{}, make_shape(n, k, 1));
 }
 
-// One kernel configuration: tile (128 weight rows) x (token tile) x TileDepth (K: 64, or 128 = one scale group, half
-// the mainloop's k-tile boundaries, each of which drains the register-sourced MMAs before the stage is released),
-// cooperative (two consumer warpgroups share the 128 rows), stream-K so that the few tiles of a small-M problem
-// still spread over every SM.
-template <int TokenTile, int TileDepth = TileK>
+// One kernel configuration: tile (128 weight rows) x (token tile) x 64, cooperative (two consumer warpgroups share
+// the 128 rows), stream-K so that the few tiles of a small-M problem still spread over every SM.
+template <int TokenTile>
 struct W4A16Sm90 {
-  using TileShape      = Shape<_128, Int<TokenTile>, Int<TileDepth>>;
+  using TileShape      = Shape<_128, Int<TokenTile>, Int<TileK>>;
   using ClusterShape   = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
   using EpiSchedule    = cutlass::epilogue::TmaWarpSpecializedCooperative;

@@ -177,34 +177,20 @@ def w4a16_prepack(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Te
     return _ext().w4a16_prepack(qweight, scales)
 
 
-def _w4a16_tile_k(op: str, tile_k: int, m: int) -> tuple:
-    """() for the K tile 64 (every wheel), else (128,) where this wheel has the Hopper token-tile-64 K-128 unit."""
-    if tile_k == 64:
-        return ()
-    if family() != "hopper" or not has_op("w4a16_tile_k"):
-        raise UnsupportedError(f"{op}: K tiles of {tile_k} exist only in the Hopper kernel's token tile 64 of wheels "
-                               f"built since they were added; this wheel was built for {_built_for()}")
-    if tile_k != 128 or not 16 < m <= 64:
-        raise KernelError(f"{op}: tile_k must be 64 or 128, and 128 only for 17 <= M <= 64 (token tile 64); got "
-                          f"tile_k={tile_k}, M={m}")
-    return (tile_k,)
-
-
-def w4a16_workspace_size(m: int, n: int, k: int, schedule: str = "auto", tile_k: int = 64) -> int:
+def w4a16_workspace_size(m: int, n: int, k: int, schedule: str = "auto") -> int:
     """Bytes of workspace w4a16_gemm needs for out[M, N] = x[M, K] @ W^T with this schedule (allocate once)."""
     op = "w4a16_workspace_size"
     _check_gemm_dims(op, m, n, k, W4A16_N_MULTIPLE)
     sched = _w4a16_schedule(op, schedule, m, n, k)
-    return int(_ext().w4a16_workspace_size(m, n, k, *sched, *_w4a16_tile_k(op, tile_k, m)))
+    return int(_ext().w4a16_workspace_size(m, n, k, *sched))
 
 
 def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torch.Tensor, out: torch.Tensor,
-               workspace: torch.Tensor, schedule: str = "auto", tile_k: int = 64) -> None:
+               workspace: torch.Tensor, schedule: str = "auto") -> None:
     """out[M, N] = x[M, K] @ dequant(W)^T, bf16 activations and output, int4 weights with bf16 group-128 scales.
 
-    `schedule` picks how the work is spread over the SMs (Hopper only; see _W4A16_MODES); `tile_k` (Hopper, 17 <= M
-    <= 64) the K depth of the mainloop's tiles, 64 or 128. The workspace must have been sized with the same schedule
-    and tile_k."""
+    `schedule` picks how the work is spread over the SMs (Hopper only; see _W4A16_MODES); the workspace must have
+    been sized with the same schedule."""
     op = "w4a16_gemm"
     if x.dim() != 2 or out.dim() != 2:
         raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
@@ -217,9 +203,8 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
     _check(op, "packed_scales", packed_scales, torch.bfloat16, (k // GROUP_SIZE, n))
     _check_same_device(op, x, packed_weight, packed_scales, out, workspace)
     sched = _w4a16_schedule(op, schedule, m, n, k)
-    extra = _w4a16_tile_k(op, tile_k, m)
-    _check_workspace(op, workspace, int(_ext().w4a16_workspace_size(m, n, k, *sched, *extra)))
-    _ext().w4a16_gemm(x, packed_weight, packed_scales, out, workspace, *sched, *extra)
+    _check_workspace(op, workspace, int(_ext().w4a16_workspace_size(m, n, k, *sched)))
+    _ext().w4a16_gemm(x, packed_weight, packed_scales, out, workspace, *sched)
 
 
 W4A16_SKINNY_MAX_ROWS = 64
