@@ -152,7 +152,9 @@
 #   part 77 (the kernel wheel, development build): Plan A captured 12 times with the driver's default 8 hardware
 #     queues (CUDA_DEVICE_MAX_CONNECTIONS unset) and 12 times with 32
 #   part 78: bench/vision_ops.py with SigLIP's add_norm in launch shapes of rows a program x warps
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|78   (carry .device_carry and .whl)
+#   part 79 (the kernel wheel, development build): the engine's streams created once and distinct (EngineStreams):
+#     their GPU test, Plan A captured 12 times
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|79   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -427,6 +429,10 @@ elif [ "$1" = 77 ]; then   # Plan A's captures again and again, with the driver'
   run env CUDA_DEVICE_MAX_CONNECTIONS=32 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 12 --out-dir "$OUT/conn32"
 elif [ "$1" = 78 ]; then   # SigLIP's launches, with the add_norm launch shapes
   run python3 bench/vision_ops.py --out-dir "$OUT"
+elif [ "$1" = 79 ]; then   # the engine's own streams: their GPU test, then Plan A captured 12 times
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "streams or matches_reference"
+  run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 12 --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

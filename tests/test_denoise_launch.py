@@ -9,7 +9,7 @@ import torch
 
 from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime import fused
-from triforce.runtime.engine import DENOISE_LAUNCHES, L2_LOOKAHEAD_DEFAULT, Pi05Engine
+from triforce.runtime.engine import DENOISE_LAUNCHES, L2_LOOKAHEAD_DEFAULT, EngineStreams, Pi05Engine
 
 PLAIN = {"PDL": False, "launch_pdl": False}
 
@@ -294,7 +294,7 @@ def test_l2_lookahead_forks_beside_the_chain_under_dependent_launches_only(monke
 
     class Stream:
         def __init__(self):
-            self.waited = []
+            self.waited, self.cuda_stream = [], 1
 
         def wait_stream(self, other):
             self.waited.append(other)
@@ -302,15 +302,38 @@ def test_l2_lookahead_forks_beside_the_chain_under_dependent_launches_only(monke
     current = object()
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: current)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    stub = SimpleNamespace(_lookahead={(0, "norm1", False): "table"}, _prefetch_stream=Stream(),
-                           _prefetch_forked=False)
+    prefetch = Stream()
+    stub = SimpleNamespace(_lookahead={(0, "norm1", False): "table"}, _prefetch_forked=False,
+                           streams=EngineStreams(lambda priority: prefetch))
     Pi05Engine._prefetch_beside(stub, (0, "norm1", False))
     assert launched == [] and not stub._prefetch_forked            # plain launches: nothing
     monkeypatch.setattr(fused._Dependent, "on", True)
     Pi05Engine._prefetch_beside(stub, (0, "norm2", False))
     assert launched == []                                          # no table at this point
     Pi05Engine._prefetch_beside(stub, (0, "norm1", False))
-    assert launched == ["table"] and stub._prefetch_stream.waited == [current] and stub._prefetch_forked
+    assert launched == ["table"] and prefetch.waited == [current] and stub._prefetch_forked
+
+
+def test_engine_streams_are_distinct_and_kept():
+    """Each (role, priority) gets its own stream for the engine's life, never one another role holds, although the
+    pool hands streams out round-robin (here a pool of 3 per priority); a pool with none free is an error."""
+    drawn = []
+
+    def pool(priority, size=3):
+        handle = (priority, len([d for d in drawn if d[0] == priority]) % size)
+        drawn.append(handle)
+        return SimpleNamespace(cuda_stream=handle)
+
+    streams = EngineStreams(pool)
+    roles = [streams.get(r) for r in ("capture", "warm-up", "denoise")] + [streams.get("prefix", -1)]
+    assert len({s.cuda_stream for s in roles}) == 4
+    assert streams.get("denoise") is roles[2] and streams.get("prefix", -1) is roles[3]   # kept, not drawn again
+    before = len(drawn)
+    with pytest.raises(TriforceError, match="no CUDA stream of priority 0 free for the engine's prefetch stream "
+                                            r"\(it has 4\)"):
+        streams.get("prefetch")                         # the pool of 3 at priority 0 is all taken
+    assert len(drawn) - before == 64
+    assert streams.get("denoise", -1).cuda_stream not in {s.cuda_stream for s in roles}   # a second priority-(-1)
 
 
 def test_set_l2_lookahead_is_checked():

@@ -156,6 +156,25 @@ def test_qkv_weight_prefetch_is_the_int4_default_and_keeps_the_actions(policies)
             eng.set_qkv_prefetch(QKV_PREFETCH[kind])
 
 
+def test_engine_streams_stay_distinct_across_the_stream_pool(policies):
+    """After torch's stream pool has gone round twice, a fresh capture still puts the prefix, the denoise chain and
+    the L2 lookahead on the engine's own streams, all different (a pool stream drawn per forward once put the
+    lookahead into the denoise chain: capture_spread-plana-*-s21*.json), with the same actions."""
+    eng = policies[1].backend
+    rng = np.random.default_rng(21)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    want = policies[1].infer(obs, noise)
+    for priority in (0, -1):
+        for _ in range(64):
+            torch.cuda.Stream(priority=priority)
+    eng.slots.clear()
+    assert cosine(policies[1].infer(obs, noise), want) >= 0.99999
+    used = {role: eng.streams.get(role, p) for role, p in
+            (("capture", 0), ("warm-up", 0), ("prefix", -1), ("denoise", 0), ("prefetch", 0))}
+    assert len({s.cuda_stream for s in used.values()}) == len(used)
+    assert all(s.cuda_stream != torch.cuda.default_stream().cuda_stream for s in used.values())
+
+
 def test_l2_lookahead_keeps_the_actions(policies):
     """The expert's norms asking L2 for later GEMMs' weights (every schedule) change no result, Plan A's bf16
     weights and Plan B's W4A16 ones (the mma kernels' fragments), replay after replay."""

@@ -245,6 +245,32 @@ def pad_mlp_width(fc1, fc2, multiple: int = MLP_WIDTH_MULTIPLE) -> None:
         fc2.weight = F.pad(fc2.weight, (0, extra)).contiguous()
 
 
+class EngineStreams:
+    """The engine's streams, one per (role, priority), created once and each a different CUDA stream from the others.
+    torch hands out streams round-robin from a pool of 32 per priority, so a stream drawn anew for every forward is,
+    once in so many draws, one the engine already uses: the denoise stream drawn as the L2 lookahead's stream put its
+    prefetches into the denoise chain, in the sixth graph captured in a process, every time (denoise 8.18-8.19 vs
+    4.21-4.22 ms; capture_spread-plana-*-s21*.json)."""
+
+    def __init__(self, make=None):
+        self._make = make or (lambda priority: torch.cuda.Stream(priority=priority))
+        self._streams: dict = {}
+
+    def get(self, role: str, priority: int = 0):
+        key = (role, priority)
+        if key not in self._streams:
+            taken = {s.cuda_stream for s in self._streams.values()}
+            for _ in range(64):                       # two pools' worth: a free stream comes round
+                stream = self._make(priority)
+                if stream.cuda_stream not in taken:
+                    break
+            else:
+                raise TriforceError(f"no CUDA stream of priority {priority} free for the engine's {role} stream "
+                                    f"(it has {len(taken)})")
+            self._streams[key] = stream
+        return self._streams[key]
+
+
 @dataclass
 class GraphSlot:
     """Static input buffers, the captured graph and its output, for one (views, bucket) key."""
@@ -278,7 +304,7 @@ class Pi05Engine:
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
         self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
         self._prefetch_forked = False                                       # in this forward (_denoise joins it)
-        self._prefetch_stream = torch.cuda.Stream() if torch.cuda.is_available() else None
+        self.streams = EngineStreams()                                     # capture, warm-up, prefix, denoise, prefetch
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
         self.gemm_tuner = self._new_gemm_tuner()
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
@@ -867,8 +893,9 @@ class Pi05Engine:
         lookahead = self._lookahead.get(point)
         if lookahead is None or not fused.launching_dependent():
             return
-        self._prefetch_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self._prefetch_stream):
+        prefetch = self.streams.get("prefetch")
+        prefetch.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(prefetch):
             fused.l2_prefetch(lookahead)
         self._prefetch_forked = True
 
@@ -938,7 +965,7 @@ class Pi05Engine:
         # the prefix and the denoise loop on two streams forked after vision (their priorities are captured into
         # the graph's kernel nodes, which torch instantiates with UseNodePriority); step 0 waits per layer
         prefix_priority, denoise_priority = OVERLAP_PRIORITIES[self.overlap_priority]
-        prefix_s, denoise_s = torch.cuda.Stream(priority=prefix_priority), torch.cuda.Stream(priority=denoise_priority)
+        prefix_s, denoise_s = self.streams.get("prefix", prefix_priority), self.streams.get("denoise", denoise_priority)
         prefix_s.wait_stream(main)
         denoise_s.wait_stream(main)
         kv_events = [torch.cuda.Event() for _ in range(e.depth)]
@@ -973,7 +1000,7 @@ class Pi05Engine:
                     x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, wait)
             mark(3 + step)
         if self._prefetch_forked:              # the prefetch stream's launches join before the graph ends
-            torch.cuda.current_stream().wait_stream(self._prefetch_stream)
+            torch.cuda.current_stream().wait_stream(self.streams.get("prefetch"))
         return x_t
 
     # ── graphs ────────────────────────────────────────────────────────────────────────────────────────────────
@@ -1010,7 +1037,7 @@ class Pi05Engine:
             compiles = self.start_compiles(key, bufs)
             compiles.wait()
             self._report_unprepared(compiles)
-        side = torch.cuda.Stream()
+        side = self.streams.get("warm-up")
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(2):
@@ -1018,7 +1045,7 @@ class Pi05Engine:
         torch.cuda.current_stream().wait_stream(side)
         self._apply_carveout()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
+        with torch.cuda.graph(graph, stream=self.streams.get("capture")), torch.no_grad():
             actions = self._forward(bufs, events)
         torch.cuda.synchronize()
         return GraphSlot(*bufs, graph, actions, time.perf_counter() - start, lookahead)
