@@ -69,7 +69,7 @@ import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOKAHEAD_DEFAULT,  # noqa: E402
-                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_GEGLU_STAGES)
+                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, VISION_NORM_LAUNCH, W4A16_GEGLU_STAGES)
 from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
@@ -80,8 +80,12 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
-                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT}
-SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
+                   "vision_norm": tuple(VISION_NORM_LAUNCH.values())}
+SHARED_VARIANTS = (("SigLIP's add_norm at add_norm's default launch (1 row, 8 warps; before the twenty-first session)",
+                    {"vision_norm": (1, 8)}),
+                   ("SigLIP's add_norm with 2 rows a program, 8 warps", {"vision_norm": (2, 8)}),
+                   ("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
                    ("QKV + RoPE weight prefetch into L2 the other way (the default: on for int4, off for bf16)",
@@ -130,6 +134,7 @@ def apply(eng, settings: dict) -> None:
     accum = settings["fp8_fast_accum"]
     eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
     eng.set_l2_lookahead(*settings["l2_lookahead"])
+    eng.set_vision_norm_launch(*settings["vision_norm"])
 
 
 def main():
