@@ -153,8 +153,8 @@
 #     queues (CUDA_DEVICE_MAX_CONNECTIONS unset) and 12 times with 32
 #   part 78: bench/vision_ops.py with SigLIP's add_norm in launch shapes of rows a program x warps
 #   part 79 (the kernel wheel, development build): the engine's streams created once and distinct (EngineStreams):
-#     their GPU test, Plan A captured 8 times; SigLIP's add_norm at 4 warps a row against 8 (and 2 rows x 8 warps):
-#     the engine variants of Plan A
+#     their GPU test, Plan A captured 8 times; SigLIP's add_norm on 4 warps a row and on 2 rows x 8 warps against
+#     the default (1 row, 8 warps): the engine variants of Plan A
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|79   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}

@@ -9,7 +9,8 @@ import torch
 
 from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime import fused
-from triforce.runtime.engine import DENOISE_LAUNCHES, L2_LOOKAHEAD_DEFAULT, EngineStreams, Pi05Engine
+from triforce.runtime.engine import (DENOISE_LAUNCHES, L2_LOOKAHEAD_DEFAULT, VISION_NORM_LAUNCH, EngineStreams,
+                                     Pi05Engine)
 
 PLAIN = {"PDL": False, "launch_pdl": False}
 
@@ -338,7 +339,7 @@ def test_engine_streams_are_distinct_and_kept():
 
 
 def test_set_vision_norm_launch_is_checked():
-    stub = SimpleNamespace(vision_norm_launch={"rows_per_program": 1, "num_warps": 4}, slots={"graph": 1})
+    stub = SimpleNamespace(vision_norm_launch=dict(VISION_NORM_LAUNCH), slots={"graph": 1})
     Pi05Engine.set_vision_norm_launch(stub, 2, 8)
     assert stub.vision_norm_launch == {"rows_per_program": 2, "num_warps": 8} and not stub.slots
     with pytest.raises(TriforceError, match="vision norm launch 3 rows x 4 warps: rows 1, 2, 4 or 8"):

@@ -99,10 +99,11 @@ PREFIX_ROPE_TOKENS = 8
 # Which stages' FP8 GEMMs accumulate fast is the recipe's (recipes.toml fp8_fast_accum; h100_fast: Plan B 7.90 vs
 # 8.22 ms, actions cosine 0.99998, engine_variants-*-s16.json).
 GEMM_TUNING_STAGES = ("vision", "prefix")
-# The launch shape of SigLIP's add_norm (residual += o / fc2 output + bias, LayerNorm of 1152 columns to bf16):
-# 4 warps a row, where add_norm's default for more than 1024 columns is 8 (3.48 vs 5.75 us a call, the residual add
-# included; bench/results/vision_ops-*-s21-norm-shapes.json).
-VISION_NORM_LAUNCH = {"rows_per_program": 1, "num_warps": 4}
+# The launch shape of SigLIP's add_norm (residual += o / fc2 output, LayerNorm of 1152 columns to bf16): add_norm's
+# default, one row a program on 8 warps. Alone, in Plan B's form (the FP8 GEMM's deferred bias added too), 4 warps
+# took 3.48 vs 5.75 us a call and 2 rows x 8 warps 3.42 (bench/results/vision_ops-*-s21-norm-shapes.json); in the
+# engine not measured yet (engine_variants.py's SigLIP add_norm variants, part 79: no device time was left).
+VISION_NORM_LAUNCH = {"rows_per_program": 1, "num_warps": 8}
 # Which weights are asked into L2 (fused.l2_prefetch, on a stream beside the denoise chain) once each of an expert
 # layer's two norms (norm1 before QKV, norm2 before gate/up) has run, for the GEMMs after it (set_l2_lookahead):
 # (layers ahead, GEMM). The chain's kernels are latency-bound and read their weights after their wait, so the DRAM
