@@ -29,6 +29,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   programs. Issued from the norms themselves before their wait, the same prefetches slowed Plan A's denoise to
   5.58-6.30 vs 4.73 ms (the norms last until their bytes arrive): engine_variants-plana-*-s19-norm-lookahead.json;
   session 19's evict-last policy and one prefetch a 128-byte line lost to plain bulk prefetches and were removed.
+- vision_norm: the launch shape of SigLIP's add_norm, (rows a program, warps) (engine.VISION_NORM_LAUNCH; session 21
+  timed 4 warps at 3.48 vs 5.75 us a call alone, vision_ops-*-s21-norm-shapes.json).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
