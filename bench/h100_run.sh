@@ -154,7 +154,7 @@
 #   part 78: bench/vision_ops.py with SigLIP's add_norm in launch shapes of rows a program x warps
 #   part 79 (the kernel wheel, development build): the engine's streams created once and distinct (EngineStreams):
 #     their GPU test, Plan A captured 8 times; SigLIP's add_norm on 4 warps a row and on 2 rows x 8 warps against
-#     the default (1 row, 8 warps): the engine variants of Plan A
+#     the default (1 row, 8 warps): the engine variants of Plan A and of Plan B h100_fast
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|79   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -435,6 +435,7 @@ elif [ "$1" = 79 ]; then   # the engine's own streams: their GPU test, then Plan
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "streams or matches_reference"
   run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 8 --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 0,1,2 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 0,5,6 --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
