@@ -655,9 +655,10 @@ class Pi05Engine:
 
     def set_vision_norm_launch(self, rows_per_program: int, num_warps: int) -> None:
         """The launch shape of SigLIP's add_norm (VISION_NORM_LAUNCH). Captured graphs are dropped and re-capture."""
-        if rows_per_program not in (1, 2, 4, 8) or num_warps not in (1, 2, 4, 8, 16):
-            raise TriforceError(f"vision norm launch {rows_per_program} rows x {num_warps} warps: rows 1, 2, 4 or 8 "
-                                f"and warps 1-16 (a power of two) expected")
+        try:
+            fused.check_norm_launch(rows_per_program, num_warps)
+        except ValueError as err:
+            raise TriforceError(f"vision {err}") from None
         self.vision_norm_launch = {"rows_per_program": rows_per_program, "num_warps": num_warps}
         self.slots.clear()
 

@@ -231,12 +231,20 @@ def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, 
     tl.store(OUT + rows * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
+def check_norm_launch(rows_per_program: int, num_warps: int | None) -> None:
+    """add_norm's launch shape: rows a program and warps, each a power of two (Triton's block shapes), up to 8 / 16."""
+    if rows_per_program not in (1, 2, 4, 8) or num_warps not in (None, 1, 2, 4, 8, 16):
+        raise ValueError(f"norm launch {rows_per_program} rows x {num_warps} warps: rows 1, 2, 4 or 8 and warps "
+                         f"1-16 (a power of two) expected")
+
+
 def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bias=None, eps=1e-6, layernorm=False,
              quant_scale=None, y_bias=None, rows_per_program: int = 1, num_warps: int | None = None):
     """x (fp32 residual, updated in place) += y [* gate] [+ y_bias]; out = norm(x) [* scale + shift] (RMS) or
     LayerNorm(w, b). gate / y_bias: a GEMM's deferred per-channel weight scales and its bias (FP8 layers).
     With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM. rows_per_program /
     num_warps: the launch shape (default one row a program, 4 warps up to 1024 columns, else 8)."""
+    check_norm_launch(rows_per_program, num_warps)
     rows, n = x.shape
     dummy = x
     _add_norm_kernel[(triton.cdiv(rows, rows_per_program),)](
