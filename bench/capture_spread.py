@@ -2,10 +2,10 @@
 """The same engine settings captured again and again (standard workload): each capture's graph replay median and
 stage split, and how far apart the captures lie. Session 19 saw the L2 lookahead from 16 programs give 9.95 ms in
 one capture and 12.2 in another of the same setting, and session 20 one stage-timing capture whose denoise took
-8.19 ms against 4.25: this measures how often the shipped defaults do that. Session 21 saw it in one stage-timing
-capture of five (the replayed graphs agreed) and compares CUDA_DEVICE_MAX_CONNECTIONS (recorded): streams share the
-driver's hardware queues (8 by default), and a prefetch launch queued ahead of a chain kernel on a shared queue would
-hold it until its bytes arrive.
+8.19 ms against 4.25: this measures how often the shipped defaults do that. Session 21 saw it in the sixth graph
+captured in each of three processes, with the driver's 8 hardware queues and with CUDA_DEVICE_MAX_CONNECTIONS=32
+alike (recorded): not a shared hardware queue, but torch's 32-stream pool handing the engine's denoise stream out as
+its L2-lookahead stream (mended by engine.EngineStreams; bench/NOTES.md).
     python3 bench/capture_spread.py [--plan a|b] [--recipe h100_fast] [--captures 8] [--runs 50]
         [--out-dir bench/results]
 Records bench/results/capture_spread-plan<a|b>-<gpu>-<date>.json."""
