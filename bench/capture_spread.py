@@ -19,10 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
-from triforce.workload import STANDARD, cosine, standard_case  # noqa: E402
+from triforce.workload import STANDARD, checked_standard_case, cosine  # noqa: E402
 
 
 def main():
@@ -37,8 +36,7 @@ def main():
     policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=a.recipe if a.plan == "b" else None)
     eng, cfg = policy.backend, policy.config
     rng = np.random.default_rng(0)
-    obs, noise = standard_case(cfg, rng)
-    obs = check_observation(obs, cfg)
+    obs, noise = checked_standard_case(cfg, rng)
     rows, captures, first = [], [], None
     for i in range(a.captures):
         eng.slots.clear()                       # a fresh capture (and instantiation) of the same graph

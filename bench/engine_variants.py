@@ -72,10 +72,9 @@ import numpy as np  # noqa: E402
 from triforce import report as rep  # noqa: E402
 from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOKAHEAD_DEFAULT,  # noqa: E402
                                      PREFIX_ROPE_TOKENS, QKV_PREFETCH, VISION_NORM_LAUNCH, W4A16_GEGLU_STAGES)
-from triforce.runtime.observation import check_observation  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
-from triforce.workload import STANDARD, cosine, standard_case  # noqa: E402
+from triforce.workload import STANDARD, checked_standard_case, cosine  # noqa: E402
 
 ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "priority": "prefix",
                    "denoise_launch": "dependent", "w4a16_few_row": "mma", "w4a16_geglu": "mma",
@@ -166,8 +165,7 @@ def main():
         runs = [(*variants[int(i)], policy) for i in picked]
     cfg = runs[0][2].config
     rng = np.random.default_rng(0)
-    obs, noise = standard_case(cfg, rng)
-    obs = check_observation(obs, cfg)
+    obs, noise = checked_standard_case(cfg, rng)
     rows, results, first = [], {}, None
     for name, settings, policy in runs:
         eng = policy.backend

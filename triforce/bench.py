@@ -15,9 +15,8 @@ import numpy as np
 
 from . import report as rep
 from .errors import UnsupportedError
-from .runtime.observation import check_observation
 from .timing import time_cuda
-from .workload import STANDARD, standard_case
+from .workload import STANDARD, checked_standard_case
 
 PLANS = ("a", "b", "all")
 
@@ -41,8 +40,7 @@ def bench_engines(checkpoint: str, config: str, plan: str, recipe: str, runs: in
     cfg = load_config(config)
     path, synthetic = resolve_checkpoint(checkpoint, cfg)
     rng = np.random.default_rng(0)
-    obs, noise = standard_case(cfg, rng)
-    checked = check_observation(obs, cfg)
+    checked, noise = checked_standard_case(cfg, rng)
     out = {"config": config, "checkpoint": checkpoint, "synthetic_weights": synthetic, "workload": STANDARD, "runs": runs}
     ref = ReferencePi05(cfg, load_state(path, cfg, device="cuda"), "cuda")
     t = lambda a: torch.from_numpy(a).cuda()  # noqa: E731

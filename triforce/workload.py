@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .runtime.config import ModelConfig
-from .runtime.observation import Observation
+from .runtime.observation import CheckedObservation, Observation, check_observation
 
 STANDARD = {"config": "pi05_libero", "real_views": 2, "prompt_tokens": 16, "also_prompt_tokens": 48}
 
@@ -30,6 +30,12 @@ def standard_case(cfg: ModelConfig, rng: np.random.Generator) -> tuple[Observati
     """(observation, noise) of the standard workload: its real views and prompt length (within max_token_len)."""
     obs = random_observation(cfg, rng, STANDARD["real_views"], min(STANDARD["prompt_tokens"], cfg.max_token_len))
     return obs, random_noise(cfg, rng)
+
+
+def checked_standard_case(cfg: ModelConfig, rng: np.random.Generator) -> tuple[CheckedObservation, np.ndarray]:
+    """standard_case already checked: what the engine's timing calls take."""
+    obs, noise = standard_case(cfg, rng)
+    return check_observation(obs, cfg), noise
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

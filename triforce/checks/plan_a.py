@@ -12,7 +12,7 @@ from ..runtime.checkpoint import load_state, resolve_checkpoint
 from ..runtime.config import load_config
 from ..runtime.observation import check_observation
 from ..timing import time_cuda, time_wall
-from ..workload import STANDARD, cosine, random_noise, random_observation, standard_case
+from ..workload import STANDARD, checked_standard_case, cosine, random_noise, random_observation, standard_case
 
 GATE_COSINE = 0.999
 
@@ -62,8 +62,8 @@ def measure_latency(policy, cfg, runs: int, seed: int) -> dict:
         predict = time_wall(lambda: policy.infer(obs, noise), runs=runs)
         out[f"prompt_{tokens}"] = {"graph_replay": replay, "predict_call": predict,
                                    "hz": 1e3 / replay["median_ms"], "bucket": cfg.token_bucket(checked.num_tokens)}
-    obs, noise = standard_case(cfg, rng)
-    out["stages_ms"] = engine.stage_times_ms(check_observation(obs, cfg), noise, replays=runs)
+    checked, noise = checked_standard_case(cfg, rng)
+    out["stages_ms"] = engine.stage_times_ms(checked, noise, replays=runs)
     return out
 
 
