@@ -152,9 +152,9 @@
 #   part 77 (the kernel wheel, development build): Plan A captured 12 times with the driver's default 8 hardware
 #     queues (CUDA_DEVICE_MAX_CONNECTIONS unset) and 12 times with 32
 #   part 78: bench/vision_ops.py with SigLIP's add_norm in launch shapes of rows a program x warps
-#   part 79 (the kernel wheel, development build): the engine's streams created once and distinct (EngineStreams):
-#     their GPU test, Plan A captured 8 times; SigLIP's add_norm on 4 warps a row and on 2 rows x 8 warps against
-#     the default (1 row, 8 warps): the engine variants of Plan A and of Plan B h100_fast
+#   part 79 (ran at 9dd4219; SigLIP's add_norm launch shapes lost and were removed): the engine's streams created
+#     once and distinct (EngineStreams): their GPU test, Plan A captured 8 times; SigLIP's add_norm on 4 warps a row
+#     and on 2 rows x 8 warps against the default (1 row, 8 warps): the engine variants of Plan A and Plan B h100_fast
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|79   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -430,12 +430,8 @@ elif [ "$1" = 77 ]; then   # Plan A's captures again and again, with the driver'
   run env CUDA_DEVICE_MAX_CONNECTIONS=32 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 12 --out-dir "$OUT/conn32"
 elif [ "$1" = 78 ]; then   # SigLIP's launches, with the add_norm launch shapes
   run python3 bench/vision_ops.py --out-dir "$OUT"
-elif [ "$1" = 79 ]; then   # the engine's own streams: their GPU test, then Plan A captured 12 times
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "streams or matches_reference"
-  run python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 8 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 0,1,2 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 0,5,6 --out-dir "$OUT"
+elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants: lost, removed)
+  echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

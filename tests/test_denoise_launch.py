@@ -9,8 +9,7 @@ import torch
 
 from triforce.errors import TriforceError, UnsupportedError
 from triforce.runtime import fused
-from triforce.runtime.engine import (DENOISE_LAUNCHES, L2_LOOKAHEAD_DEFAULT, VISION_NORM_LAUNCH, EngineStreams,
-                                     Pi05Engine)
+from triforce.runtime.engine import DENOISE_LAUNCHES, L2_LOOKAHEAD_DEFAULT, EngineStreams, Pi05Engine
 
 PLAIN = {"PDL": False, "launch_pdl": False}
 
@@ -207,14 +206,13 @@ def test_reports_record_the_engine_launch_settings():
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
                            qkv_prefetch=True, e4m3_outputs=("prefix",), prefix_rope_tokens=4,
-                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", 32),
-                           vision_norm_launch={"rows_per_program": 1, "num_warps": 4})
+                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", 32))
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
                         "w4a16_geglu_stages": 8, "qkv_prefetch": True, "e4m3_outputs": ("prefix",),
                         "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": (),
-                        "l2_lookahead": ["mlp", 32], "vision_norm_launch": {"rows_per_program": 1, "num_warps": 4}}
+                        "l2_lookahead": ["mlp", 32]}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")
@@ -336,17 +334,6 @@ def test_engine_streams_are_distinct_and_kept():
         streams.get("prefetch")                         # the pool of 3 at priority 0 is all taken
     assert len(drawn) - before == 64
     assert streams.get("denoise", -1).cuda_stream not in {s.cuda_stream for s in roles}   # a second priority-(-1)
-
-
-def test_set_vision_norm_launch_is_checked():
-    stub = SimpleNamespace(vision_norm_launch=dict(VISION_NORM_LAUNCH), slots={"graph": 1})
-    Pi05Engine.set_vision_norm_launch(stub, 2, 8)
-    assert stub.vision_norm_launch == {"rows_per_program": 2, "num_warps": 8} and not stub.slots
-    with pytest.raises(TriforceError, match="vision norm launch 3 rows x 4 warps: rows 1, 2, 4 or 8"):
-        Pi05Engine.set_vision_norm_launch(stub, 3, 4)
-    with pytest.raises(TriforceError, match="vision norm launch 1 rows x 32 warps"):
-        Pi05Engine.set_vision_norm_launch(stub, 1, 32)
-    assert stub.vision_norm_launch == {"rows_per_program": 2, "num_warps": 8}
 
 
 def test_set_l2_lookahead_is_checked():

@@ -31,7 +31,7 @@ KERNELS = {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "W": "fp32", "B": "fp32",
                 "OUT": "bf16", "QSCALE": "fp32"},
         "const": {"HAS_Y": True, "HAS_GATE": False, "HAS_SCALE": True, "HAS_SHIFT": True, "LAYERNORM": False,
-                  "QUANT": False, "ROWS": 1, "BLOCK": 1024, "PDL": True},
+                  "QUANT": False, "BLOCK": 1024, "PDL": True},
         "options": {"num_warps": 4}, "dot": False},
     "_l2_prefetch_kernel": {   # the expert weights' L2 lookahead (engine.L2_LOOKAHEAD), bulk prefetches
         "ptr": {"PF": "i64"}, "const": {"THREADS": 32}, "options": {"num_warps": 1}, "dot": False},

@@ -99,11 +99,6 @@ PREFIX_ROPE_TOKENS = 8
 # Which stages' FP8 GEMMs accumulate fast is the recipe's (recipes.toml fp8_fast_accum; h100_fast: Plan B 7.90 vs
 # 8.22 ms, actions cosine 0.99998, engine_variants-*-s16.json).
 GEMM_TUNING_STAGES = ("vision", "prefix")
-# The launch shape of SigLIP's add_norm (residual += o / fc2 output, LayerNorm of 1152 columns to bf16): add_norm's
-# default, one row a program on 8 warps. Alone, in Plan B's form (the FP8 GEMM's deferred bias added too), 4 warps
-# took 3.48 vs 5.75 us a call and 2 rows x 8 warps 3.42 (bench/results/vision_ops-*-s21-norm-shapes.json); in the
-# engine not measured yet (engine_variants.py's SigLIP add_norm variants, part 79: no device time was left).
-VISION_NORM_LAUNCH = {"rows_per_program": 1, "num_warps": 8}
 # Which weights are asked into L2 (fused.l2_prefetch, on a stream beside the denoise chain) once each of an expert
 # layer's two norms (norm1 before QKV, norm2 before gate/up) has run, for the GEMMs after it (set_l2_lookahead):
 # (layers ahead, GEMM). The chain's kernels are latency-bound and read their weights after their wait, so the DRAM
@@ -311,7 +306,6 @@ class Pi05Engine:
         self._prefetch_forked = False                                       # in this forward (_denoise joins it)
         self.streams = EngineStreams()                                     # capture, warm-up, prefix, denoise, prefetch
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
-        self.vision_norm_launch = dict(VISION_NORM_LAUNCH)                  # set_vision_norm_launch
         self.gemm_tuner = self._new_gemm_tuner()
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
@@ -378,7 +372,7 @@ class Pi05Engine:
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
-                "l2_lookahead": list(self.l2_lookahead), "vision_norm_launch": dict(self.vision_norm_launch)}
+                "l2_lookahead": list(self.l2_lookahead)}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -653,15 +647,6 @@ class Pi05Engine:
                     tables[i, norm, last] = fused.L2Lookahead(tensors, programs) if tensors else None
         return tables
 
-    def set_vision_norm_launch(self, rows_per_program: int, num_warps: int) -> None:
-        """The launch shape of SigLIP's add_norm (VISION_NORM_LAUNCH). Captured graphs are dropped and re-capture."""
-        try:
-            fused.check_norm_launch(rows_per_program, num_warps)
-        except ValueError as err:
-            raise TriforceError(f"vision {err}") from None
-        self.vision_norm_launch = {"rows_per_program": rows_per_program, "num_warps": num_warps}
-        self.slots.clear()
-
     def set_prefix_rope_tokens(self, tokens: int) -> None:
         """How many tokens a program of the prefix's RoPE + K/V cache write takes (fused.ROPE_TOKENS). Captured
         graphs are dropped and re-capture."""
@@ -779,14 +764,12 @@ class Pi05Engine:
             qkv_l, o_l, fc1, fc2 = layer["qkv"], layer["o"], layer["fc1"], layer["fc2"]
             h = torch.empty(rows, v.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_scale, y_bias=pending_bias, weight=layer["ln1"][0],
-                           bias=layer["ln1"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(qkv_l),
-                           **self.vision_norm_launch)
+                           bias=layer["ln1"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(qkv_l))
             att = fused.packed_attention(qkv_l(h), torch.empty(rows, v.width, dtype=in_dtype(o_l), device="cuda"),
                                          g * g, v.num_heads, v.dim_head, quant_scale=quant_scale(o_l))
             h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
             fused.add_norm(x, h, y=o_l(att), gate=out_scale(o_l), y_bias=out_bias(o_l), weight=layer["ln2"][0],
-                           bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(fc1),
-                           **self.vision_norm_launch)
+                           bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(fc1))
             if isinstance(fc1, Linear) and fc1.bias is not None and in_dtype(fc2) == BF16:
                 pending = fc2(fc1.gelu(h))
             else:   # a quantized fc1, or an FP8 fc2 that reads E4M3: the GELU kernel (with fc1's deferred epilogue)
@@ -797,7 +780,7 @@ class Pi05Engine:
             pending_scale, pending_bias = out_scale(fc2), out_bias(fc2)
         h = torch.empty(rows, v.width, dtype=BF16, device="cuda")
         fused.add_norm(x, h, y=pending, gate=pending_scale, y_bias=pending_bias, weight=self.post_ln[0],
-                       bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True, **self.vision_norm_launch)
+                       bias=self.post_ln[1], eps=cfg.norm_eps, layernorm=True)
         return self.projector(h)
 
     @staticmethod

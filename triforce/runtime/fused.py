@@ -194,68 +194,57 @@ def e4m3_range(x, QSCALE):
 
 
 @triton.jit
-def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stride_y, stride_out, R, N, eps,
+def _add_norm_kernel(X, Y, GATE, YB, SCALE, SHIFT, W, B, OUT, QSCALE, stride_x, stride_y, stride_out, N, eps,
                      HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, HAS_YB: tl.constexpr, HAS_SCALE: tl.constexpr,
-                     HAS_SHIFT: tl.constexpr, LAYERNORM: tl.constexpr, QUANT: tl.constexpr, ROWS: tl.constexpr,
-                     BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """ROWS rows of the R per program. The per-column vectors (the step's adaRMS scale / shift, LayerNorm weights, a
-    GEMM's deferred channel scale and bias: never written by the chain) load before the chain wait, so a miss to DRAM
+                     HAS_SHIFT: tl.constexpr, LAYERNORM: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
+    """One program per row. The per-column vectors (the step's adaRMS scale / shift, LayerNorm weights, a GEMM's
+    deferred channel scale and bias: never written by the chain) load before the chain wait, so a miss to DRAM
     overlaps the kernel before (with qkv_rope's rotary angles: Plan A 10.52 vs 10.68 ms, Plan B unchanged, same
     run: bench/results/engine_variants-*-s13-early-constants*.json)."""
-    cols = tl.arange(0, BLOCK)[None, :]
-    cm = cols < N
-    gate = tl.load(GATE + cols, mask=cm, other=0.0).to(tl.float32) if HAS_Y and HAS_GATE else 1.0
-    y_bias = tl.load(YB + cols, mask=cm, other=0.0).to(tl.float32) if HAS_Y and HAS_YB else 0.0
+    cols = tl.arange(0, BLOCK)
+    m = cols < N
+    gate = tl.load(GATE + cols, mask=m, other=0.0).to(tl.float32) if HAS_Y and HAS_GATE else 1.0
+    y_bias = tl.load(YB + cols, mask=m, other=0.0).to(tl.float32) if HAS_Y and HAS_YB else 0.0
     if LAYERNORM:
-        scale = tl.load(W + cols, mask=cm, other=0.0).to(tl.float32)
-        shift = tl.load(B + cols, mask=cm, other=0.0).to(tl.float32)
+        scale = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
+        shift = tl.load(B + cols, mask=m, other=0.0).to(tl.float32)
     else:
-        scale = tl.load(SCALE + cols, mask=cm, other=0.0).to(tl.float32) if HAS_SCALE else 1.0
-        shift = tl.load(SHIFT + cols, mask=cm, other=0.0).to(tl.float32) if HAS_SHIFT else 0.0
+        scale = tl.load(SCALE + cols, mask=m, other=0.0).to(tl.float32) if HAS_SCALE else 1.0
+        shift = tl.load(SHIFT + cols, mask=m, other=0.0).to(tl.float32) if HAS_SHIFT else 0.0
     _await_previous(PDL)
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
-    m = cm & (rows < R)
-    x = tl.load(X + rows * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    row = tl.program_id(0)
+    x = tl.load(X + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
     if HAS_Y:
-        x = x + (tl.load(Y + rows * stride_y + cols, mask=m, other=0.0).to(tl.float32) * gate + y_bias)
-        tl.store(X + rows * stride_x + cols, x, mask=m)
+        x = x + (tl.load(Y + row * stride_y + cols, mask=m, other=0.0).to(tl.float32) * gate + y_bias)
+        tl.store(X + row * stride_x + cols, x, mask=m)
     if LAYERNORM:
-        mean = tl.sum(x, 1) / N
-        xc = tl.where(m, x - mean[:, None], 0.0)
-        h = xc * (1.0 / tl.sqrt(tl.sum(xc * xc, 1) / N + eps))[:, None]
+        mean = tl.sum(x, 0) / N
+        xc = tl.where(m, x - mean, 0.0)
+        h = xc * (1.0 / tl.sqrt(tl.sum(xc * xc, 0) / N + eps))
     else:
-        h = x * (1.0 / tl.sqrt(tl.sum(x * x, 1) / N + eps))[:, None]
+        h = x * (1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps))
     h = h * scale + shift
     if QUANT:   # FP8 E4M3 with a static per-tensor scale: the next GEMM reads it directly
         h = e4m3_range(h, QSCALE)
-    tl.store(OUT + rows * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
-
-
-def check_norm_launch(rows_per_program: int, num_warps: int | None) -> None:
-    """add_norm's launch shape: rows a program and warps, each a power of two (Triton's block shapes), up to 8 / 16."""
-    if rows_per_program not in (1, 2, 4, 8) or num_warps not in (None, 1, 2, 4, 8, 16):
-        raise ValueError(f"norm launch {rows_per_program} rows x {num_warps} warps: rows 1, 2, 4 or 8 and warps "
-                         f"1-16 (a power of two) expected")
+    tl.store(OUT + row * stride_out + cols, h.to(OUT.dtype.element_ty), mask=m)
 
 
 def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bias=None, eps=1e-6, layernorm=False,
-             quant_scale=None, y_bias=None, rows_per_program: int = 1, num_warps: int | None = None):
+             quant_scale=None, y_bias=None):
     """x (fp32 residual, updated in place) += y [* gate] [+ y_bias]; out = norm(x) [* scale + shift] (RMS) or
     LayerNorm(w, b). gate / y_bias: a GEMM's deferred per-channel weight scales and its bias (FP8 layers).
-    With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM. rows_per_program /
-    num_warps: the launch shape (default one row a program, 4 warps up to 1024 columns, else 8)."""
-    check_norm_launch(rows_per_program, num_warps)
+    With quant_scale (fp32 [1], the inverse activation scale) out is FP8 E4M3 for an FP8 GEMM."""
     rows, n = x.shape
     dummy = x
-    _add_norm_kernel[(triton.cdiv(rows, rows_per_program),)](
+    _add_norm_kernel[(rows,)](
         x, y if y is not None else dummy, gate if gate is not None else dummy, y_bias if y_bias is not None else dummy,
         scale if scale is not None else dummy, shift if shift is not None else dummy,
         weight if weight is not None else dummy, bias if bias is not None else dummy,
         out, quant_scale if quant_scale is not None else dummy, x.stride(0), y.stride(0) if y is not None else 0,
-        out.stride(0), rows, n, eps, HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_YB=y_bias is not None,
+        out.stride(0), n, eps, HAS_Y=y is not None, HAS_GATE=gate is not None, HAS_YB=y_bias is not None,
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, LAYERNORM=layernorm, QUANT=quant_scale is not None,
-        ROWS=rows_per_program, BLOCK=triton.next_power_of_2(n), num_warps=num_warps or (4 if n <= 1024 else 8),
-        **_dependent())
+        BLOCK=triton.next_power_of_2(n), num_warps=4 if n <= 1024 else 8, **_dependent())
     return out
 
 
