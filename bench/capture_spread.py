@@ -5,7 +5,8 @@ one capture and 12.2 in another of the same setting, and session 20 one stage-ti
 8.19 ms against 4.25: this measures how often the shipped defaults do that. Session 21 saw it in the sixth graph
 captured in each of three processes, with the driver's 8 hardware queues and with CUDA_DEVICE_MAX_CONNECTIONS=32
 alike (recorded): not a shared hardware queue, but torch's 32-stream pool handing the engine's denoise stream out as
-its L2-lookahead stream (mended by engine.EngineStreams; bench/NOTES.md).
+its L2-lookahead stream. Mended by engine.EngineStreams: in session 22 (part 79) 8 captures in one process gave
+9.683-9.721 ms and every stage capture's denoise 4.213-4.219 ms, the sixth included (bench/NOTES.md).
     python3 bench/capture_spread.py [--plan a|b] [--recipe h100_fast] [--captures 8] [--runs 50]
         [--out-dir bench/results]
 Records bench/results/capture_spread-plan<a|b>-<gpu>-<date>.json."""

@@ -250,7 +250,8 @@ class EngineStreams:
     torch hands out streams round-robin from a pool of 32 per priority, so a stream drawn anew for every forward is,
     once in so many draws, one the engine already uses: the denoise stream drawn as the L2 lookahead's stream put its
     prefetches into the denoise chain, in the sixth graph captured in a process, every time (denoise 8.18-8.19 vs
-    4.21-4.22 ms; capture_spread-plana-*-s21*.json)."""
+    4.21-4.22 ms; capture_spread-plana-*-s21*.json). With these streams every one of 8 captures took 4.213-4.219 ms
+    (capture_spread-plana-*-s22.json)."""
 
     def __init__(self, make=None):
         self._make = make or (lambda priority: torch.cuda.Stream(priority=priority))
