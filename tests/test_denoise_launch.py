@@ -334,6 +334,8 @@ def test_engine_streams_are_distinct_and_kept():
         streams.get("prefetch")                         # the pool of 3 at priority 0 is all taken
     assert len(drawn) - before == 64
     assert streams.get("denoise", -1).cuda_stream not in {s.cuda_stream for s in roles}   # a second priority-(-1)
+    with pytest.raises(TriforceError, match="unknown engine stream role 'prefetchh'; the roles are capture, warm-up"):
+        streams.get("prefetchh")
 
 
 def test_set_l2_lookahead_is_checked():

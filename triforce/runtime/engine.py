@@ -253,11 +253,15 @@ class EngineStreams:
     4.21-4.22 ms; capture_spread-plana-*-s21*.json). With these streams every one of 8 captures took 4.213-4.219 ms
     (capture_spread-plana-*-s22.json)."""
 
+    ROLES = ("capture", "warm-up", "prefix", "denoise", "prefetch")
+
     def __init__(self, make=None):
         self._make = make or (lambda priority: torch.cuda.Stream(priority=priority))
         self._streams: dict = {}
 
     def get(self, role: str, priority: int = 0):
+        if role not in self.ROLES:   # a misspelt role would quietly draw one more stream from the pool
+            raise TriforceError(f"unknown engine stream role {role!r}; the roles are {', '.join(self.ROLES)}")
         key = (role, priority)
         if key not in self._streams:
             taken = {s.cuda_stream for s in self._streams.values()}
@@ -305,7 +309,7 @@ class Pi05Engine:
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
         self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
         self._prefetch_forked = False                                       # in this forward (_denoise joins it)
-        self.streams = EngineStreams()                                     # capture, warm-up, prefix, denoise, prefetch
+        self.streams = EngineStreams()                                      # one stream per role (EngineStreams.ROLES)
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
         self.gemm_tuner = self._new_gemm_tuner()
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
