@@ -155,7 +155,9 @@
 #   part 79 (ran at 9dd4219; SigLIP's add_norm launch shapes lost and were removed): the engine's streams created
 #     once and distinct (EngineStreams): their GPU test, Plan A captured 8 times; SigLIP's add_norm on 4 warps a row
 #     and on 2 rows x 8 warps against the default (1 row, 8 warps): the engine variants of Plan A and Plan B h100_fast
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|79   (carry .device_carry and .whl)
+#   part 80: the final commit: both validations, the engine GPU tests, the kernels of the replayed graphs
+#     (bench/graph_timeline.py, Plan A and Plan B h100_fast), the engine benchmark
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|80   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -432,6 +434,15 @@ elif [ "$1" = 78 ]; then   # SigLIP's launches, with the add_norm launch shapes
   run python3 bench/vision_ops.py --out-dir "$OUT"
 elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants: lost, removed)
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
+elif [ "$1" = 80 ]; then   # the final commit: both validations, the engine GPU tests, the replayed graph's kernels, the benchmark
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+  run python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/graph_timeline.py --plan b --recipe h100_fast --out-dir "$OUT/fast"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

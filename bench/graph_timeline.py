@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Where the engine's graph spends its time, kernel by kernel, as replayed (standard workload). Earlier sessions
+timed vision's kernels alone (bench/vision_ops.py) and found that a kernel's standalone time is not its time between
+dependent GEMMs in the graph (session 22: a norm 2.3 us faster alone gained nothing in the engine). This traces the
+replayed graph itself (torch.profiler / CUPTI kernel records: start, end) and reports:
+  - one SigLIP layer as replayed: the kernels from one layer's attention to the next, each one's median duration and
+    the median gap before it, over the 26 periods between the 27 attentions;
+  - every kernel name's count and total time in one replay, and the sum of the gaps.
+    python3 bench/graph_timeline.py [--plan a|b] [--recipe h100_fast] [--replays 5] [--out-dir bench/results]
+Records bench/results/graph_timeline-plan<a|b>-<gpu>-<date>.json."""
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from triforce import report as rep  # noqa: E402
+from triforce.runtime.policy import Policy  # noqa: E402
+from triforce.workload import STANDARD, checked_standard_case  # noqa: E402
+
+ATTENTION = "_packed_attention_kernel"   # one a SigLIP layer: the landmark a layer's period is cut at
+
+
+def replay_kernels(replay, replays: int) -> list[list[tuple[str, float, float]]]:
+    """Each replay's kernels as (name, start us, end us), in start order."""
+    for _ in range(5):
+        replay()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            replay()
+            torch.cuda.synchronize()
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith("Memcpy")
+                     and not e.name.startswith("Memset"))
+    # replays are separated by a host sync: cut where the device idled longest
+    gaps = sorted(range(1, len(kernels)), key=lambda i: kernels[i][0] - kernels[i - 1][1], reverse=True)[:replays - 1]
+    cuts = [0] + sorted(gaps) + [len(kernels)]
+    return [[(n, s, e) for s, e, n in kernels[a:b]] for a, b in zip(cuts, cuts[1:])]
+
+
+def short(name: str) -> str:
+    return name if len(name) <= 70 else name[:67] + "..."
+
+
+def layer_periods(run):
+    """The kernels of each period from one SigLIP attention to the next: [(name, duration, gap before)]."""
+    marks = [i for i, (n, _, _) in enumerate(run) if ATTENTION in n]
+    periods = []
+    for a, b in zip(marks, marks[1:]):
+        periods.append([(run[i][0], run[i][2] - run[i][1], run[i][1] - run[i - 1][2]) for i in range(a + 1, b + 1)])
+    return periods
+
+
+def main():
+    ap = rep.bench_parser(__doc__)
+    ap.add_argument("--plan", default="a", help="a or b")
+    ap.add_argument("--recipe", default="h100_fast", help="the Plan B recipe (with --plan b)")
+    ap.add_argument("--replays", type=int, default=5, help="replays traced (>= 2)")
+    a = ap.parse_args()
+    if a.plan not in ("a", "b") or a.replays < 2:
+        raise SystemExit(f"graph_timeline: --plan a|b and --replays >= 2 expected (got {a.plan}, {a.replays})")
+    config = STANDARD["config"]
+    policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=a.recipe if a.plan == "b" else None)
+    eng = policy.backend
+    obs, noise = checked_standard_case(policy.config, np.random.default_rng(0))
+    runs = replay_kernels(eng.ready_replay(obs, noise), a.replays)
+    spans = [run[-1][2] - run[0][1] for run in runs]
+    periods = [p for run in runs for p in layer_periods(run)]
+    shapes = {tuple(n for n, _, _ in p) for p in periods}
+    if len(shapes) != 1:
+        raise SystemExit(f"graph_timeline: SigLIP layers differ in their kernels ({len(shapes)} sequences)")
+    layer = []
+    for pos, name in enumerate(next(iter(shapes))):
+        dur = float(np.median([p[pos][1] for p in periods]))
+        gap = float(np.median([p[pos][2] for p in periods]))
+        layer.append({"kernel": name, "median_us": dur, "median_gap_before_us": gap})
+    rep.print_table(f"one SigLIP layer as replayed, plan {a.plan} (median of {len(periods)} periods, us)",
+                    ["kernel", "duration", "gap before"],
+                    [[short(r["kernel"]), r["median_us"], r["median_gap_before_us"]] for r in layer])
+    period = float(np.median([sum(d + g for _, d, g in p) for p in periods]))   # attention start to start
+    print(f"layer period {period:.2f} us: kernels {sum(r['median_us'] for r in layer):.2f}, "
+          f"gaps {sum(r['median_gap_before_us'] for r in layer):.2f}")
+    per_name = defaultdict(lambda: [0, 0.0])
+    run = runs[len(runs) // 2]
+    for n, s, e in run:
+        per_name[n][0] += 1
+        per_name[n][1] += e - s
+    gaps = sum(max(0.0, run[i][1] - run[i - 1][2]) for i in range(1, len(run)))
+    top = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:30]
+    rep.print_table(f"kernels of one replay (traced span {np.median(spans) / 1000:.3f} ms, gaps {gaps / 1000:.3f} ms)",
+                    ["kernel", "count", "total ms"], [[short(n), c, t / 1000] for n, (c, t) in top])
+    rep.record_run(a.out_dir, f"graph_timeline-plan{a.plan}",
+                   {"plan": a.plan, "recipe": a.recipe if a.plan == "b" else None, "workload": STANDARD,
+                    "method": "torch.profiler (CUPTI) kernel records of graph replays after 5 untraced ones; "
+                              "tracing may stretch gaps slightly",
+                    "traced_span_ms": [s / 1000 for s in spans], "siglip_layer": layer, "siglip_period_us": period,
+                    "kernels": [{"kernel": n, "count": c, "total_ms": t / 1000} for n, (c, t) in
+                                sorted(per_name.items(), key=lambda kv: -kv[1][1])],
+                    "gaps_ms": gaps / 1000, "note": rep.RANDOM_WEIGHTS_NOTE})
+
+
+if __name__ == "__main__":
+    main()
