@@ -283,5 +283,18 @@ for step in (0, steps - 1):
         failures.append(f"engine end of step {step}")
 print("engine end of a denoise step (_euler_end): checked")
 
+# SigLIP's o projection + residual + LayerNorm (gemm_add_layernorm): rows not a multiple of the row tile, a residual
+# with a large per-row offset (the merge of per-tile statistics must not cancel), 3 column tiles
+m_, k_, n_ = 70, 64, 96
+a_, w_, b_ = torch.randn(m_, k_).bfloat16(), torch.randn(n_, k_).bfloat16() * 0.1, torch.randn(n_).bfloat16()
+x_ = torch.randn(m_, n_) + 300.0 * torch.randn(m_, 1)
+lw_, lb_ = torch.randn(n_), torch.randn(n_)
+ref_x = x_ + a_.float() @ w_.float().t() + b_.float()
+out_ = torch.empty(m_, n_, dtype=torch.bfloat16)
+fused.gemm_add_layernorm(a_, w_, b_, x_, out_, lw_, lb_, torch.zeros(2, dtype=torch.int32), eps=1e-6, block_m=64,
+                         block_n=32, block_k=32)
+check("gemm_add_layernorm residual", x_, ref_x, 1e-6)
+check("gemm_add_layernorm layernorm", out_, F.layer_norm(ref_x, (n_,), lw_, lb_, 1e-6), 1e-2)
+
 print("FAILED: " + ", ".join(failures) if failures else "all fused kernels match")
 sys.exit(1 if failures else 0)

@@ -397,3 +397,43 @@ def test_gemm_tuning_and_fast_accum_keep_the_actions():
             eng.set_fp8_fast_accum(())
         with pytest.raises(TriforceError, match="GEMM tuning in expert: only vision and prefix"):
             eng.set_gemm_tuning(("expert",))
+
+
+def test_gemm_add_layernorm_matches_the_gemm_then_add_norm():
+    """One launch (its programs meeting at a counter a row block) against cuBLAS + add_norm, called three times on
+    the same counters (they only grow) and at rows that leave the last row block ragged."""
+    torch.manual_seed(0)
+    width = 1152
+    w = (torch.randn(width, width, device="cuda") / width ** 0.5).bfloat16()
+    bias = torch.randn(width, device="cuda").bfloat16()
+    ln_w, ln_b = torch.randn(width, device="cuda"), torch.randn(width, device="cuda")
+    for rows in (512, 300):
+        launch = fused.gemm_norm_launch(width, width)
+        counters = torch.zeros(-(-rows // launch["block_m"]), dtype=torch.int32, device="cuda")
+        x_fused = torch.randn(rows, width, device="cuda") * 4 + 50 * torch.randn(rows, 1, device="cuda")
+        x_pair = x_fused.clone()
+        out_fused, out_pair = (torch.empty(rows, width, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+        for _ in range(3):
+            a = torch.randn(rows, width, device="cuda").bfloat16()
+            fused.gemm_add_layernorm(a, w, bias, x_fused, out_fused, ln_w, ln_b, counters, **launch)
+            fused.add_norm(x_pair, out_pair, y=torch.addmm(bias, a, w.t()), weight=ln_w, bias=ln_b, layernorm=True)
+            torch.cuda.synchronize()
+            # the pair rounds the GEMM's output to bf16 before adding it: differences of that size
+            assert (x_fused - x_pair).abs().max() <= 0.05, rows
+            assert (out_fused.float() - out_pair.float()).abs().max() <= 0.1, rows
+        assert int(counters.sum()) == 3 * (rows // launch["block_m"] + (rows % launch["block_m"] > 0)) * (width // launch["block_n"])
+
+
+def test_vision_o_norm_fused_keeps_the_actions(policies):
+    ref, policy = policies
+    eng = policy.backend
+    rng = np.random.default_rng(17)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    want = policy.infer(obs, noise)
+    try:
+        eng.set_vision_o_norm("fused")
+        got = policy.infer(obs, noise)
+        assert cosine(got, want) >= 0.9999 and cosine(got, ref.infer(obs, noise)) >= 0.999
+        assert cosine(policy.infer(obs, noise), got) >= 0.99999   # replays agree (no race at the counters)
+    finally:
+        eng.set_vision_o_norm("separate")

@@ -249,6 +249,122 @@ def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bia
 
 
 @triton.jit
+def _tile_layernorm(v, STATS, rows, cols, M, LNW, LNB, eps, N: tl.constexpr, BLOCK_N: tl.constexpr,
+                    TILES_PAD: tl.constexpr):
+    """LayerNorm of a [rows, cols] tile of v from every column tile's (mean, centred sum of squares) of its rows in
+    STATS [N / BLOCK_N, M, 2]: Chan's merge of equal-sized parts, exact (no E[v^2] - E[v]^2 cancellation)."""
+    tiles = tl.arange(0, TILES_PAD)
+    tmask = (tiles[None, :] < N // BLOCK_N) & (rows[:, None] < M)
+    part = STATS + (tiles[None, :] * M + rows[:, None]) * 2
+    means = tl.load(part, mask=tmask, other=0.0, cache_modifier=".cg")
+    sq = tl.load(part + 1, mask=tmask, other=0.0, cache_modifier=".cg")
+    mean = tl.sum(means, 1) / (N // BLOCK_N)
+    dev = tl.where(tmask, means - mean[:, None], 0.0)
+    var = (tl.sum(sq, 1) + BLOCK_N * tl.sum(dev * dev, 1)) / N
+    w = tl.load(LNW + cols).to(tl.float32)
+    b = tl.load(LNB + cols).to(tl.float32)
+    return (v - mean[:, None]) * (1.0 / tl.sqrt(var + eps))[:, None] * w[None, :] + b[None, :]
+
+
+@triton.jit
+def _gemm_add_layernorm_kernel(A, W, BIAS, X, OUT, LNW, LNB, STATS, COUNT, M, K, eps, stride_a, stride_w, stride_x,
+                               stride_out, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_K: tl.constexpr, TILES_PAD: tl.constexpr, FUSED: tl.constexpr,
+                               DOT_F32: tl.constexpr):
+    """x (fp32 [M, N]) += A W^T + bias, then out = LayerNorm(x), in one launch (SigLIP's o projection and the
+    add_norm after it). A row block's N / BLOCK_N programs are consecutive: each adds its tile into x, stores its
+    rows' partial statistics, and (FUSED) waits at the row block's counter until all have, then normalizes the tile
+    it still holds. Every program must be resident at once (the caller checks the grid against the GPU). Without
+    FUSED (the CPU interpreter runs programs one by one) tile_layernorm normalizes in a second launch."""
+    pid = tl.program_id(0)
+    pid_m, pid_n = pid // (N // BLOCK_N), pid % (N // BLOCK_N)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    rmask = rows < M
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        a = tl.load(A + rows[:, None] * stride_a + (k + ks)[None, :], mask=rmask[:, None], other=0.0)
+        w = tl.load(W + cols[:, None] * stride_w + (k + ks)[None, :])
+        acc += dot_t(a, w, DOT_F32)
+    xp = X + rows[:, None] * stride_x + cols[None, :]
+    v = acc + tl.load(BIAS + cols).to(tl.float32)[None, :] + tl.load(xp, mask=rmask[:, None], other=0.0)
+    tl.store(xp, v, mask=rmask[:, None])
+    mean = tl.sum(v, 1) / BLOCK_N
+    dev = v - mean[:, None]
+    part = STATS + (pid_n * M + rows) * 2
+    tl.store(part, mean, mask=rmask)
+    tl.store(part + 1, tl.sum(dev * dev, 1), mask=rmask)
+    if FUSED:
+        tl.debug_barrier()   # every thread's statistics stored before the release below
+        arrived = tl.atomic_add(COUNT + pid_m, 1, sem="release", scope="gpu")
+        target = (arrived // (N // BLOCK_N) + 1) * (N // BLOCK_N)   # counters only grow: no reset between calls
+        while tl.atomic_add(COUNT + pid_m, 0, sem="acquire", scope="gpu") < target:
+            pass
+        tl.debug_barrier()
+        h = _tile_layernorm(v, STATS, rows, cols, M, LNW, LNB, eps, N, BLOCK_N, TILES_PAD)
+        tl.store(OUT + rows[:, None] * stride_out + cols[None, :], h.to(OUT.dtype.element_ty), mask=rmask[:, None])
+
+
+@triton.jit
+def _tile_layernorm_kernel(X, OUT, LNW, LNB, STATS, M, eps, stride_x, stride_out, N: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILES_PAD: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_m, pid_n = pid // (N // BLOCK_N), pid % (N // BLOCK_N)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < M
+    v = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=rmask[:, None], other=0.0)
+    h = _tile_layernorm(v, STATS, rows, cols, M, LNW, LNB, eps, N, BLOCK_N, TILES_PAD)
+    tl.store(OUT + rows[:, None] * stride_out + cols[None, :], h.to(OUT.dtype.element_ty), mask=rmask[:, None])
+
+
+# SigLIP's o projection with its add_norm (gemm_add_layernorm): tile rows x columns x k, warps, pipeline stages
+GEMM_NORM_LAUNCH = {"block_m": 64, "block_n": 128, "block_k": 64, "num_warps": 4, "num_stages": 3}
+
+
+def gemm_norm_launch(n: int, k: int) -> dict:
+    """GEMM_NORM_LAUNCH with its column and k tiles narrowed (halved) until they divide the width n and depth k."""
+    launch = dict(GEMM_NORM_LAUNCH)
+    for key, size in (("block_n", n), ("block_k", k)):
+        while size % launch[key] and launch[key] > 16:
+            launch[key] //= 2
+        if size % launch[key]:
+            raise ValueError(f"gemm_add_layernorm: {key.split('_')[1]} size {size} is not a multiple of 16")
+    return launch
+
+
+def gemm_norm_programs(rows: int, n: int, block_m: int, block_n: int) -> int:
+    return triton.cdiv(rows, block_m) * (n // block_n)
+
+
+def gemm_add_layernorm(a, w, bias, x, out, ln_weight, ln_bias, counters, eps=1e-6, block_m=64, block_n=128,
+                       block_k=64, num_warps=4, num_stages=3):
+    """x (fp32 [M, N], in place) += a [M, K] @ w [N, K]^T + bias; out = LayerNorm(x) * ln_weight + ln_bias, one
+    launch on a GPU. counters: int32 [ceil(M / block_m)] (zeroed once; they only grow). Every program waits for
+    its row block's others, so the grid must fit on the GPU at once: the engine checks it (gemm_norm_fits)."""
+    m, k = a.shape
+    n = w.shape[0]
+    if n % block_n or k % block_k or w.shape[1] != k or x.shape != (m, n) or out.shape != (m, n):
+        raise ValueError(f"gemm_add_layernorm: shapes a {tuple(a.shape)}, w {tuple(w.shape)}, x {tuple(x.shape)}, "
+                         f"out {tuple(out.shape)} do not tile by {block_n} columns and {block_k} k")
+    if counters.numel() < triton.cdiv(m, block_m) or counters.dtype != torch.int32:
+        raise ValueError(f"gemm_add_layernorm: int32 counters for {triton.cdiv(m, block_m)} row blocks expected")
+    stats = torch.empty(n // block_n, m, 2, dtype=torch.float32, device=a.device)
+    grid = (gemm_norm_programs(m, n, block_m, block_n),)
+    pad = triton.next_power_of_2(n // block_n)
+    _gemm_add_layernorm_kernel[grid](a, w, bias, x, out, ln_weight, ln_bias, stats, counters, m, k, eps, a.stride(0),
+                                     w.stride(0), x.stride(0), out.stride(0), N=n, BLOCK_M=block_m, BLOCK_N=block_n,
+                                     BLOCK_K=block_k, TILES_PAD=pad, FUSED=not INTERPRETED, DOT_F32=INTERPRETED,
+                                     num_warps=num_warps,
+                                     num_stages=num_stages)
+    if INTERPRETED:
+        _tile_layernorm_kernel[grid](x, out, ln_weight, ln_bias, stats, m, eps, x.stride(0), out.stride(0), N=n,
+                                     BLOCK_M=block_m, BLOCK_N=block_n, TILES_PAD=pad)
+    return out
+
+
+@triton.jit
 def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, CS, S, kv_offset, stride_qkv,
                      H: tl.constexpr, D: tl.constexpr, HAS_CS: tl.constexpr, TOKENS: tl.constexpr):
     """One program per (block of TOKENS tokens, head): H query heads, then the key head (both rotated), then the
