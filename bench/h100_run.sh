@@ -159,7 +159,8 @@
 #     (bench/graph_timeline.py, Plan A and Plan B h100_fast), the engine benchmark
 #   part 81: SigLIP's o projection + add_norm in one launch (fused.gemm_add_layernorm): its GPU tests, its launch
 #     shapes against the pair (bench/gemm_norm.py), the engine variant of Plan A, the replayed graph with it
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|81   (carry .device_carry and .whl)
+#   part 82: bench/gemm_norm.py with tensor-descriptor (TMA) tiles, SigLIP's o and fc2, each GEMM alone
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|82   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -436,6 +437,8 @@ elif [ "$1" = 78 ]; then   # SigLIP's launches, with the add_norm launch shapes
   run python3 bench/vision_ops.py --out-dir "$OUT"
 elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants: lost, removed)
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
+elif [ "$1" = 82 ]; then   # the one-launch GEMM + LayerNorm's tiles by TMA, for SigLIP's o and fc2, and each GEMM's share
+  run timeout 300 python3 bench/gemm_norm.py --out-dir "$OUT"
 elif [ "$1" = 81 ]; then   # SigLIP's o projection + add_norm in one launch (fused.gemm_add_layernorm)
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "gemm_add_layernorm or vision_o_norm"

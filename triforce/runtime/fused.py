@@ -270,7 +270,7 @@ def _tile_layernorm(v, STATS, rows, cols, M, LNW, LNB, eps, N: tl.constexpr, BLO
 def _gemm_add_layernorm_kernel(A, W, BIAS, X, OUT, LNW, LNB, STATS, COUNT, M, K, eps, stride_a, stride_w, stride_x,
                                stride_out, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                BLOCK_K: tl.constexpr, TILES_PAD: tl.constexpr, FUSED: tl.constexpr,
-                               DOT_F32: tl.constexpr):
+                               DOT_F32: tl.constexpr, TMA: tl.constexpr):
     """x (fp32 [M, N]) += A W^T + bias, then out = LayerNorm(x), in one launch (SigLIP's o projection and the
     add_norm after it). A row block's N / BLOCK_N programs are consecutive: each adds its tile into x, stores its
     rows' partial statistics, and (FUSED) waits at the row block's counter until all have, then normalizes the tile
@@ -284,9 +284,16 @@ def _gemm_add_layernorm_kernel(A, W, BIAS, X, OUT, LNW, LNB, STATS, COUNT, M, K,
     rmask = rows < M
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
-        a = tl.load(A + rows[:, None] * stride_a + (k + ks)[None, :], mask=rmask[:, None], other=0.0)
-        w = tl.load(W + cols[:, None] * stride_w + (k + ks)[None, :])
-        acc += dot_t(a, w, DOT_F32)
+        if TMA:   # A and W are tensor descriptors (the copy engine brings the tiles; rows past M read zeros)
+            a = A.load([pid_m * BLOCK_M, k])
+            w = W.load([pid_n * BLOCK_N, k])
+        else:
+            a = tl.load(A + rows[:, None] * stride_a + (k + ks)[None, :], mask=rmask[:, None], other=0.0)
+            w = tl.load(W + cols[:, None] * stride_w + (k + ks)[None, :])
+        if DOT_F32:
+            acc += dot_t(a, w, DOT_F32)
+        else:
+            acc = tl.dot(a, tl.trans(w), acc)
     xp = X + rows[:, None] * stride_x + cols[None, :]
     v = acc + tl.load(BIAS + cols).to(tl.float32)[None, :] + tl.load(xp, mask=rmask[:, None], other=0.0)
     tl.store(xp, v, mask=rmask[:, None])
@@ -339,7 +346,7 @@ def gemm_norm_programs(rows: int, n: int, block_m: int, block_n: int) -> int:
 
 
 def gemm_add_layernorm(a, w, bias, x, out, ln_weight, ln_bias, counters, eps=1e-6, block_m=64, block_n=128,
-                       block_k=64, num_warps=4, num_stages=3):
+                       block_k=64, num_warps=4, num_stages=3, tma=False, normalize=True):
     """x (fp32 [M, N], in place) += a [M, K] @ w [N, K]^T + bias; out = LayerNorm(x) * ln_weight + ln_bias, one
     launch on a GPU. counters: int32 [ceil(M / block_m)] (zeroed once; they only grow). Every program waits for
     its row block's others, so the grid must fit on the GPU at once: the engine checks it (gemm_norm_fits)."""
@@ -353,12 +360,18 @@ def gemm_add_layernorm(a, w, bias, x, out, ln_weight, ln_bias, counters, eps=1e-
     stats = torch.empty(n // block_n, m, 2, dtype=torch.float32, device=a.device)
     grid = (gemm_norm_programs(m, n, block_m, block_n),)
     pad = triton.next_power_of_2(n // block_n)
-    _gemm_add_layernorm_kernel[grid](a, w, bias, x, out, ln_weight, ln_bias, stats, counters, m, k, eps, a.stride(0),
-                                     w.stride(0), x.stride(0), out.stride(0), N=n, BLOCK_M=block_m, BLOCK_N=block_n,
-                                     BLOCK_K=block_k, TILES_PAD=pad, FUSED=not INTERPRETED, DOT_F32=INTERPRETED,
-                                     num_warps=num_warps,
-                                     num_stages=num_stages)
-    if INTERPRETED:
+    a_arg, w_arg = a, w
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        a_arg = TensorDescriptor.from_tensor(a, [block_m, block_k])
+        w_arg = TensorDescriptor.from_tensor(w, [block_n, block_k])
+    fused_here = normalize and not INTERPRETED
+    _gemm_add_layernorm_kernel[grid](a_arg, w_arg, bias, x, out, ln_weight, ln_bias, stats, counters, m, k, eps,
+                                     a.stride(0), w.stride(0), x.stride(0), out.stride(0), N=n, BLOCK_M=block_m,
+                                     BLOCK_N=block_n, BLOCK_K=block_k, TILES_PAD=pad, FUSED=fused_here,
+                                     DOT_F32=INTERPRETED, TMA=tma, num_warps=num_warps, num_stages=num_stages)
+    if INTERPRETED and normalize:
         _tile_layernorm_kernel[grid](x, out, ln_weight, ln_bias, stats, m, eps, x.stride(0), out.stride(0), N=n,
                                      BLOCK_M=block_m, BLOCK_N=block_n, TILES_PAD=pad)
     return out
