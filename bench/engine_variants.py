@@ -29,8 +29,6 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   programs. Issued from the norms themselves before their wait, the same prefetches slowed Plan A's denoise to
   5.58-6.30 vs 4.73 ms (the norms last until their bytes arrive): engine_variants-plana-*-s19-norm-lookahead.json;
   session 19's evict-last policy and one prefetch a 128-byte line lost to plain bulk prefetches and were removed.
-- vision_o_norm: SigLIP's o projection and the add_norm after it as the tuned cuBLASLt GEMM then add_norm, or one
-  launch (fused.gemm_add_layernorm; Plan A's bf16 layers: engine.VISION_O_NORM).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -71,7 +69,7 @@ import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOKAHEAD_DEFAULT,  # noqa: E402
-                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, VISION_O_NORM, W4A16_GEGLU_STAGES)
+                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_GEGLU_STAGES)
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, checked_standard_case, cosine  # noqa: E402
@@ -81,8 +79,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "carveout": CHAIN_CARVEOUT, "decode_attention": "cluster", "step0_attention": "triton",
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
-                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
-                   "vision_o_norm": VISION_O_NORM}
+                   "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -98,9 +95,7 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                    ("the engine default again (drift within the run)", {}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
-                  *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS),
-                  ("SigLIP's o projection + add_norm the other way (fused.gemm_add_layernorm or cuBLAS + add_norm)",
-                   {**ENGINE_DEFAULTS, "vision_o_norm": "fused" if VISION_O_NORM == "separate" else "separate"})),
+                  *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS)),
             "b": (("engine default (W4A16 o/down, gate/up + GeGLU on the mma kernel; cluster attention but in step 0 "
                    "beside the prefix; carveout 100%; gate/up 8 stages in steps 1-9)", ENGINE_DEFAULTS),
                   ("W4A16 gate/up + GeGLU with the default 4-stage pipeline",
@@ -134,7 +129,6 @@ def apply(eng, settings: dict) -> None:
     accum = settings["fp8_fast_accum"]
     eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
     eng.set_l2_lookahead(*settings["l2_lookahead"])
-    eng.set_vision_o_norm(settings["vision_o_norm"])
 
 
 def main():

@@ -6,8 +6,7 @@ replayed graph itself (torch.profiler / CUPTI kernel records: start, end) and re
   - one SigLIP layer as replayed: the kernels from one layer's attention to the next, each one's median duration and
     the median gap before it, over the 26 periods between the 27 attentions;
   - every kernel name's count and total time in one replay, and the sum of the gaps.
-    python3 bench/graph_timeline.py [--plan a|b] [--recipe h100_fast] [--replays 5] [--vision-o-norm fused]
-        [--out-dir bench/results]
+    python3 bench/graph_timeline.py [--plan a|b] [--recipe h100_fast] [--replays 5] [--out-dir bench/results]
 Records bench/results/graph_timeline-plan<a|b>-<gpu>-<date>.json."""
 
 import sys
@@ -62,15 +61,12 @@ def main():
     ap.add_argument("--plan", default="a", help="a or b")
     ap.add_argument("--recipe", default="h100_fast", help="the Plan B recipe (with --plan b)")
     ap.add_argument("--replays", type=int, default=5, help="replays traced (>= 2)")
-    ap.add_argument("--vision-o-norm", default=None, help="engine.VISION_O_NORMS entry (default: the engine's)")
     a = ap.parse_args()
     if a.plan not in ("a", "b") or a.replays < 2:
         raise SystemExit(f"graph_timeline: --plan a|b and --replays >= 2 expected (got {a.plan}, {a.replays})")
     config = STANDARD["config"]
     policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=a.recipe if a.plan == "b" else None)
     eng = policy.backend
-    if a.vision_o_norm:
-        eng.set_vision_o_norm(a.vision_o_norm)
     obs, noise = checked_standard_case(policy.config, np.random.default_rng(0))
     runs = replay_kernels(eng.ready_replay(obs, noise), a.replays)
     spans = [run[-1][2] - run[0][1] for run in runs]

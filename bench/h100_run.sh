@@ -157,10 +157,14 @@
 #     and on 2 rows x 8 warps against the default (1 row, 8 warps): the engine variants of Plan A and Plan B h100_fast
 #   part 80: the final commit: both validations, the engine GPU tests, the kernels of the replayed graphs
 #     (bench/graph_timeline.py, Plan A and Plan B h100_fast), the engine benchmark
-#   part 81: SigLIP's o projection + add_norm in one launch (fused.gemm_add_layernorm): its GPU tests, its launch
-#     shapes against the pair (bench/gemm_norm.py), the engine variant of Plan A, the replayed graph with it
-#   part 82: bench/gemm_norm.py with tensor-descriptor (TMA) tiles, SigLIP's o and fc2, each GEMM alone
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|82   (carry .device_carry and .whl)
+#   part 81 (ran at 15e2f66; the one-launch o projection + LayerNorm lost and was removed): SigLIP's o projection +
+#     add_norm in one launch (fused.gemm_add_layernorm): its GPU tests, its launch shapes against the pair
+#     (bench/gemm_norm.py), the engine variant of Plan A, the replayed graph with it
+#   part 82 (ran at 53edb65; removed with it): bench/gemm_norm.py with tensor-descriptor (TMA) tiles, SigLIP's o and
+#     fc2, each GEMM alone
+#   part 83: SigLIP's attention without token / key masks (bench/vision_ops.py: masked against not), the replayed
+#     graph of Plan A, both validations, Phase 0
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|83   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -437,14 +441,16 @@ elif [ "$1" = 78 ]; then   # SigLIP's launches, with the add_norm launch shapes
   run python3 bench/vision_ops.py --out-dir "$OUT"
 elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants: lost, removed)
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
-elif [ "$1" = 82 ]; then   # the one-launch GEMM + LayerNorm's tiles by TMA, for SigLIP's o and fc2, and each GEMM's share
-  run timeout 300 python3 bench/gemm_norm.py --out-dir "$OUT"
-elif [ "$1" = 81 ]; then   # SigLIP's o projection + add_norm in one launch (fused.gemm_add_layernorm)
+elif [ "$1" = 81 ] || [ "$1" = 82 ]; then   # ran at 15e2f66 / 53edb65 (the one-launch o + LayerNorm: lost, removed)
+  echo "part $1 ran at 15e2f66 / 53edb65; fused.gemm_add_layernorm and bench/gemm_norm.py were removed (see the header)"; exit 1
+elif [ "$1" = 83 ]; then   # SigLIP's attention without token / key masks (EVEN), then the final commit's validations
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "gemm_add_layernorm or vision_o_norm"
-  run timeout 150 python3 bench/gemm_norm.py --out-dir "$OUT"
-  run timeout 200 python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 16 --out-dir "$OUT"
-  run timeout 120 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --vision-o-norm fused --out-dir "$OUT"
+  run python3 bench/vision_ops.py --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT/fast"
 elif [ "$1" = 80 ]; then   # the final commit: both validations, the engine GPU tests, the replayed graph's kernels, the benchmark
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

@@ -222,25 +222,6 @@ def test_step0_overlap_setting_refuses_an_unknown_priority_and_changes_nothing()
     assert set(OVERLAP_PRIORITIES) == {"equal", "prefix", "step0"}
 
 
-def test_vision_o_norm_setting_refuses_quantized_vision_and_unknown_modes():
-    """The one-launch o projection + LayerNorm takes bf16 layers only: asked for on quantized vision (an FP8 o) it
-    refuses in one line instead of running the pair quietly; an unknown mode is refused; nothing changes."""
-    from types import SimpleNamespace
-
-    from triforce.runtime.engine import VISION_O_NORMS, Pi05Engine
-
-    fp8_o = SimpleNamespace(weight=None, bias=None, input_dtype=torch.float8_e4m3fn)
-    stub = SimpleNamespace(vision_o_norm="separate", slots={"key": 1},
-                           vision_layers=[{"o": fp8_o, "fc1": SimpleNamespace(input_dtype=torch.bfloat16)}])
-    with pytest.raises(TriforceError, match="not bf16 layers with a bias .* Plan A's bf16 layers only"):
-        Pi05Engine.set_vision_o_norm(stub, "fused")
-    with pytest.raises(TriforceError, match=r"vision o \+ norm 'one': one of \('separate', 'fused'\) expected"):
-        Pi05Engine.set_vision_o_norm(stub, "one")
-    assert stub.vision_o_norm == "separate" and stub.slots
-    Pi05Engine.set_vision_o_norm(stub, "separate")
-    assert not stub.slots and VISION_O_NORMS == ("separate", "fused")
-
-
 def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_prefix():
     from triforce.checks.plan_a import _denoise_note
 

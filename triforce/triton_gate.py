@@ -64,7 +64,7 @@ KERNELS = {
         "const": {"D": 256, "SPLITS_PAD": 16, "PDL": True}, "options": {"num_warps": 4}, "dot": False},
     "_packed_attention_kernel": {
         "ptr": {"QKV": "bf16", "O": "bf16"},
-        "const": {"D": 72, "D_LO": 64, "D_HI": 16, "BLOCK_M": 64, "BLOCK_N": 64, "DOT_F32": False},
+        "const": {"D": 72, "D_LO": 64, "D_HI": 16, "BLOCK_M": 64, "BLOCK_N": 64, "DOT_F32": False, "EVEN": True},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_skinny_gemm_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "GATE": "fp32", "OUT": "fp32"},

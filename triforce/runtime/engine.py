@@ -94,12 +94,6 @@ QKV_PREFETCH = {"int4": True, "bf16": False}
 # 2.926 vs 2.969 (4: 8.388), and 8.328 vs 8.352 in a second run (4: 8.323); the same actions up to fp32 rounding
 # (engine_variants-planb-*-s15-e4m3-v1.json, *-s15-e4m3.json)
 PREFIX_ROPE_TOKENS = 8
-# SigLIP's o projection and the add_norm after it (set_vision_o_norm): "separate" (the tuned cuBLASLt GEMM, then
-# add_norm) or "fused" (fused.gemm_add_layernorm: one Triton launch that adds the GEMM into the residual and
-# LayerNorms it, its programs meeting at a counter a row block; bf16 layers only). In the replayed graph the pair
-# takes 5.98 + 0.42 (gap) + 3.09 us a layer (graph_timeline-plana-*-s23.json).
-VISION_O_NORMS = ("separate", "fused")
-VISION_O_NORM = "separate"
 # The stages whose large GEMMs (512 image rows, 528 tokens) run cuBLASLt's candidate that timed fastest at load
 # (runtime/gemm_tuning.py), where the kernel wheel has lt_matmul (Plan A 10.18 vs 10.47 ms, Plan B 8.22 vs 8.29).
 # Which stages' FP8 GEMMs accumulate fast is the recipe's (recipes.toml fp8_fast_accum; h100_fast: Plan B 7.90 vs
@@ -317,7 +311,6 @@ class Pi05Engine:
         self._prefetch_forked = False                                       # in this forward (_denoise joins it)
         self.streams = EngineStreams()                                      # one stream per role (EngineStreams.ROLES)
         self.prefix_rope_tokens = PREFIX_ROPE_TOKENS                        # set_prefix_rope_tokens
-        self.vision_o_norm = "separate"                                     # set_vision_o_norm (after the weights)
         self.gemm_tuner = self._new_gemm_tuner()
         self.gemm_tuning = self.fp8_fast_accum = None                       # set_gemm_tuning, set_fp8_fast_accum
         self.denoise_launch = "dependent" if torch.cuda.get_device_capability() >= PDL_CAPABILITY else "plain"
@@ -384,7 +377,7 @@ class Pi05Engine:
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
-                "l2_lookahead": list(self.l2_lookahead), "vision_o_norm": self.vision_o_norm}
+                "l2_lookahead": list(self.l2_lookahead)}
 
     def qkv_weight_kind(self) -> str:
         """The expert QKV's weights: "int4" (Plan B's W4A16) or "bf16" (the key of QKV_PREFETCH)."""
@@ -667,31 +660,6 @@ class Pi05Engine:
         self.prefix_rope_tokens = tokens
         self.slots.clear()
 
-    def set_vision_o_norm(self, mode: str) -> None:
-        """How SigLIP's o projection and the add_norm after it run (VISION_O_NORMS). "fused" needs bf16 o layers
-        with a bias feeding a bf16 fc1 (Plan A), and every program of the fused launch resident at once (they wait
-        for each other): its grid at the most image rows must not exceed the GPU's SMs. Graphs re-capture."""
-        if mode not in VISION_O_NORMS:
-            raise TriforceError(f"vision o + norm {mode!r}: one of {VISION_O_NORMS} expected")
-        if mode == "fused":
-            bf16 = all(isinstance(l["o"], Linear) and l["o"].bias is not None and in_dtype(l["fc1"]) == BF16
-                       for l in self.vision_layers)
-            if not bf16:
-                raise TriforceError("vision o + norm 'fused': SigLIP's o projections here are not bf16 layers with a "
-                                    "bias feeding a bf16 fc1 (quantized vision); it fuses Plan A's bf16 layers only")
-            self._check_o_norm_grid(len(self.cfg.image_slots) * self.cfg.tokens_per_image)
-        self.vision_o_norm = mode
-        self.slots.clear()
-
-    def _check_o_norm_grid(self, rows: int) -> None:
-        width = self.cfg.vision.width
-        launch = fused.gemm_norm_launch(width, width)
-        programs = fused.gemm_norm_programs(rows, width, launch["block_m"], launch["block_n"])
-        sms = torch.cuda.get_device_properties(0).multi_processor_count
-        if programs > sms:
-            raise TriforceError(f"vision o + norm 'fused': {programs} programs for {rows} image rows exceed this "
-                                f"GPU's {sms} SMs (its programs wait for each other, so all must be resident)")
-
     def e4m3_output_layers(self) -> dict:
         """stage -> Plan B's FP8 layers whose checkpoint holds a calibrated output scale (which layers get one is
         quant.quantize.E4M3_OUTPUTS: SigLIP's fc1, the prefix's gate/up), which can write E4M3 for the GELU / GeGLU
@@ -797,13 +765,7 @@ class Pi05Engine:
         x = (self.patch(patches).float().view(n_views, g * g, v.width) + self.pos_emb).view(n_views * g * g, v.width)
         rows = n_views * g * g
         pending = pending_scale = pending_bias = None
-        counters = None
-        if self.vision_o_norm == "fused":   # one int32 a row block and layer, zeroed once a forward (a graph node)
-            self._check_o_norm_grid(rows)
-            o_launch = fused.gemm_norm_launch(v.width, v.width)
-            counters = torch.zeros(len(self.vision_layers), -(-rows // o_launch["block_m"]), dtype=torch.int32,
-                                   device="cuda")
-        for i, layer in enumerate(self.vision_layers):
+        for layer in self.vision_layers:
             qkv_l, o_l, fc1, fc2 = layer["qkv"], layer["o"], layer["fc1"], layer["fc2"]
             h = torch.empty(rows, v.width, dtype=in_dtype(qkv_l), device="cuda")
             fused.add_norm(x, h, y=pending, gate=pending_scale, y_bias=pending_bias, weight=layer["ln1"][0],
@@ -811,12 +773,8 @@ class Pi05Engine:
             att = fused.packed_attention(qkv_l(h), torch.empty(rows, v.width, dtype=in_dtype(o_l), device="cuda"),
                                          g * g, v.num_heads, v.dim_head, quant_scale=quant_scale(o_l))
             h = torch.empty(rows, v.width, dtype=in_dtype(fc1), device="cuda")
-            if counters is not None:
-                fused.gemm_add_layernorm(att, o_l.weight, o_l.bias, x, h, layer["ln2"][0], layer["ln2"][1],
-                                         counters[i], eps=cfg.norm_eps, **o_launch)
-            else:
-                fused.add_norm(x, h, y=o_l(att), gate=out_scale(o_l), y_bias=out_bias(o_l), weight=layer["ln2"][0],
-                               bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(fc1))
+            fused.add_norm(x, h, y=o_l(att), gate=out_scale(o_l), y_bias=out_bias(o_l), weight=layer["ln2"][0],
+                           bias=layer["ln2"][1], eps=cfg.norm_eps, layernorm=True, quant_scale=quant_scale(fc1))
             if isinstance(fc1, Linear) and fc1.bias is not None and in_dtype(fc2) == BF16:
                 pending = fc2(fc1.gelu(h))
             else:   # a quantized fc1, or an FP8 fc2 that reads E4M3: the GELU kernel (with fc1's deferred epilogue)

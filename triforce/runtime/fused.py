@@ -249,135 +249,6 @@ def add_norm(x, out, y=None, gate=None, scale=None, shift=None, weight=None, bia
 
 
 @triton.jit
-def _tile_layernorm(v, STATS, rows, cols, M, LNW, LNB, eps, N: tl.constexpr, BLOCK_N: tl.constexpr,
-                    TILES_PAD: tl.constexpr):
-    """LayerNorm of a [rows, cols] tile of v from every column tile's (mean, centred sum of squares) of its rows in
-    STATS [N / BLOCK_N, M, 2]: Chan's merge of equal-sized parts, exact (no E[v^2] - E[v]^2 cancellation)."""
-    tiles = tl.arange(0, TILES_PAD)
-    tmask = (tiles[None, :] < N // BLOCK_N) & (rows[:, None] < M)
-    part = STATS + (tiles[None, :] * M + rows[:, None]) * 2
-    means = tl.load(part, mask=tmask, other=0.0, cache_modifier=".cg")
-    sq = tl.load(part + 1, mask=tmask, other=0.0, cache_modifier=".cg")
-    mean = tl.sum(means, 1) / (N // BLOCK_N)
-    dev = tl.where(tmask, means - mean[:, None], 0.0)
-    var = (tl.sum(sq, 1) + BLOCK_N * tl.sum(dev * dev, 1)) / N
-    w = tl.load(LNW + cols).to(tl.float32)
-    b = tl.load(LNB + cols).to(tl.float32)
-    return (v - mean[:, None]) * (1.0 / tl.sqrt(var + eps))[:, None] * w[None, :] + b[None, :]
-
-
-@triton.jit
-def _gemm_add_layernorm_kernel(A, W, BIAS, X, OUT, LNW, LNB, STATS, COUNT, M, K, eps, stride_a, stride_w, stride_x,
-                               stride_out, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_K: tl.constexpr, TILES_PAD: tl.constexpr, FUSED: tl.constexpr,
-                               DOT_F32: tl.constexpr, TMA: tl.constexpr):
-    """x (fp32 [M, N]) += A W^T + bias, then out = LayerNorm(x), in one launch (SigLIP's o projection and the
-    add_norm after it). A row block's N / BLOCK_N programs are consecutive: each adds its tile into x, stores its
-    rows' partial statistics, and (FUSED) waits at the row block's counter until all have, then normalizes the tile
-    it still holds. Every program must be resident at once (the caller checks the grid against the GPU). Without
-    FUSED (the CPU interpreter runs programs one by one) tile_layernorm normalizes in a second launch."""
-    pid = tl.program_id(0)
-    pid_m, pid_n = pid // (N // BLOCK_N), pid % (N // BLOCK_N)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
-    rmask = rows < M
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
-        if TMA:   # A and W are tensor descriptors (the copy engine brings the tiles; rows past M read zeros)
-            a = A.load([pid_m * BLOCK_M, k])
-            w = W.load([pid_n * BLOCK_N, k])
-        else:
-            a = tl.load(A + rows[:, None] * stride_a + (k + ks)[None, :], mask=rmask[:, None], other=0.0)
-            w = tl.load(W + cols[:, None] * stride_w + (k + ks)[None, :])
-        if DOT_F32:
-            acc += dot_t(a, w, DOT_F32)
-        else:
-            acc = tl.dot(a, tl.trans(w), acc)
-    xp = X + rows[:, None] * stride_x + cols[None, :]
-    v = acc + tl.load(BIAS + cols).to(tl.float32)[None, :] + tl.load(xp, mask=rmask[:, None], other=0.0)
-    tl.store(xp, v, mask=rmask[:, None])
-    mean = tl.sum(v, 1) / BLOCK_N
-    dev = v - mean[:, None]
-    part = STATS + (pid_n * M + rows) * 2
-    tl.store(part, mean, mask=rmask)
-    tl.store(part + 1, tl.sum(dev * dev, 1), mask=rmask)
-    if FUSED:
-        tl.debug_barrier()   # every thread's statistics stored before the release below
-        arrived = tl.atomic_add(COUNT + pid_m, 1, sem="release", scope="gpu")
-        target = (arrived // (N // BLOCK_N) + 1) * (N // BLOCK_N)   # counters only grow: no reset between calls
-        while tl.atomic_add(COUNT + pid_m, 0, sem="acquire", scope="gpu") < target:
-            pass
-        tl.debug_barrier()
-        h = _tile_layernorm(v, STATS, rows, cols, M, LNW, LNB, eps, N, BLOCK_N, TILES_PAD)
-        tl.store(OUT + rows[:, None] * stride_out + cols[None, :], h.to(OUT.dtype.element_ty), mask=rmask[:, None])
-
-
-@triton.jit
-def _tile_layernorm_kernel(X, OUT, LNW, LNB, STATS, M, eps, stride_x, stride_out, N: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILES_PAD: tl.constexpr):
-    pid = tl.program_id(0)
-    pid_m, pid_n = pid // (N // BLOCK_N), pid % (N // BLOCK_N)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < M
-    v = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=rmask[:, None], other=0.0)
-    h = _tile_layernorm(v, STATS, rows, cols, M, LNW, LNB, eps, N, BLOCK_N, TILES_PAD)
-    tl.store(OUT + rows[:, None] * stride_out + cols[None, :], h.to(OUT.dtype.element_ty), mask=rmask[:, None])
-
-
-# SigLIP's o projection with its add_norm (gemm_add_layernorm): tile rows x columns x k, warps, pipeline stages
-GEMM_NORM_LAUNCH = {"block_m": 64, "block_n": 128, "block_k": 64, "num_warps": 4, "num_stages": 3}
-
-
-def gemm_norm_launch(n: int, k: int) -> dict:
-    """GEMM_NORM_LAUNCH with its column and k tiles narrowed (halved) until they divide the width n and depth k."""
-    launch = dict(GEMM_NORM_LAUNCH)
-    for key, size in (("block_n", n), ("block_k", k)):
-        while size % launch[key] and launch[key] > 16:
-            launch[key] //= 2
-        if size % launch[key]:
-            raise ValueError(f"gemm_add_layernorm: {key.split('_')[1]} size {size} is not a multiple of 16")
-    return launch
-
-
-def gemm_norm_programs(rows: int, n: int, block_m: int, block_n: int) -> int:
-    return triton.cdiv(rows, block_m) * (n // block_n)
-
-
-def gemm_add_layernorm(a, w, bias, x, out, ln_weight, ln_bias, counters, eps=1e-6, block_m=64, block_n=128,
-                       block_k=64, num_warps=4, num_stages=3, tma=False, normalize=True):
-    """x (fp32 [M, N], in place) += a [M, K] @ w [N, K]^T + bias; out = LayerNorm(x) * ln_weight + ln_bias, one
-    launch on a GPU. counters: int32 [ceil(M / block_m)] (zeroed once; they only grow). Every program waits for
-    its row block's others, so the grid must fit on the GPU at once: the engine checks it (gemm_norm_fits)."""
-    m, k = a.shape
-    n = w.shape[0]
-    if n % block_n or k % block_k or w.shape[1] != k or x.shape != (m, n) or out.shape != (m, n):
-        raise ValueError(f"gemm_add_layernorm: shapes a {tuple(a.shape)}, w {tuple(w.shape)}, x {tuple(x.shape)}, "
-                         f"out {tuple(out.shape)} do not tile by {block_n} columns and {block_k} k")
-    if counters.numel() < triton.cdiv(m, block_m) or counters.dtype != torch.int32:
-        raise ValueError(f"gemm_add_layernorm: int32 counters for {triton.cdiv(m, block_m)} row blocks expected")
-    stats = torch.empty(n // block_n, m, 2, dtype=torch.float32, device=a.device)
-    grid = (gemm_norm_programs(m, n, block_m, block_n),)
-    pad = triton.next_power_of_2(n // block_n)
-    a_arg, w_arg = a, w
-    if tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        a_arg = TensorDescriptor.from_tensor(a, [block_m, block_k])
-        w_arg = TensorDescriptor.from_tensor(w, [block_n, block_k])
-    fused_here = normalize and not INTERPRETED
-    _gemm_add_layernorm_kernel[grid](a_arg, w_arg, bias, x, out, ln_weight, ln_bias, stats, counters, m, k, eps,
-                                     a.stride(0), w.stride(0), x.stride(0), out.stride(0), N=n, BLOCK_M=block_m,
-                                     BLOCK_N=block_n, BLOCK_K=block_k, TILES_PAD=pad, FUSED=fused_here,
-                                     DOT_F32=INTERPRETED, TMA=tma, num_warps=num_warps, num_stages=num_stages)
-    if INTERPRETED and normalize:
-        _tile_layernorm_kernel[grid](x, out, ln_weight, ln_bias, stats, m, eps, x.stride(0), out.stride(0), N=n,
-                                     BLOCK_M=block_m, BLOCK_N=block_n, TILES_PAD=pad)
-    return out
-
-
-@triton.jit
 def _rope_qkv_kernel(QKV, POS, COS, SIN, QOUT, KC, VC, CS, S, kv_offset, stride_qkv,
                      H: tl.constexpr, D: tl.constexpr, HAS_CS: tl.constexpr, TOKENS: tl.constexpr):
     """One program per (block of TOKENS tokens, head): H query heads, then the key head (both rotated), then the
@@ -617,15 +488,16 @@ def _mqa_attention_kernel(Q, K, V, BIAS, O, QSCALE, R, T, qk_scale, stride_q, st
 @triton.jit
 def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_o, D: tl.constexpr,
                              D_LO: tl.constexpr, D_HI: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                             QUANT: tl.constexpr, DOT_F32: tl.constexpr):
+                             QUANT: tl.constexpr, DOT_F32: tl.constexpr, EVEN: tl.constexpr):
     """Unmasked attention of one (view, head) per program column, read straight from the fused QKV GEMM's output
     [views·T, 3·H·D] (q | k | v, head-major) and written as [views·T, H·D], the o projection's input. The head dim
     is D_LO columns (a power of two) plus, where D is not one, D_HI more (masked past D): SigLIP's 72 as 64 + 16,
-    not padded to 128 (6.07 vs 6.34 us a call, bench/results/vision_ops-*-s13-head-split.json)."""
+    not padded to 128 (6.07 vs 6.34 us a call, bench/results/vision_ops-*-s13-head-split.json). EVEN: T is a
+    multiple of both blocks, so no token or key mask (SigLIP's 256 tokens)."""
     view, head = tl.program_id(1) // H, tl.program_id(1) % H
     t = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     d0 = tl.arange(0, D_LO)
-    tmask = t[:, None] < T
+    tmask = (t[:, None] >= 0) if EVEN else (t[:, None] < T)
     cmask0 = d0[None, :] < D if D_LO > D else d0[None, :] >= 0      # D_LO > D: the head dim padded to D_LO
     base = QKV + view * T * stride_row + head * D
     q0 = tl.load(base + t[:, None] * stride_row + d0[None, :], mask=tmask & cmask0, other=0.0)
@@ -639,7 +511,7 @@ def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_
     acc0 = tl.zeros([BLOCK_M, D_LO], tl.float32)
     for start in range(0, T, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        cmask = cols[:, None] < T
+        cmask = (cols[:, None] >= 0) if EVEN else (cols[:, None] < T)
         rows = base + cols[:, None] * stride_row
         k0 = tl.load(rows + H * D + d0[None, :], mask=cmask & cmask0, other=0.0)
         v0 = tl.load(rows + 2 * H * D + d0[None, :], mask=cmask & cmask0, other=0.0)
@@ -648,7 +520,7 @@ def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_
             k1 = tl.load(rows + H * D + d1[None, :], mask=cmask & d1mask, other=0.0)
             v1 = tl.load(rows + 2 * H * D + d1[None, :], mask=cmask & d1mask, other=0.0)
             s += dot_t(q1, k1, DOT_F32)
-        s = s * qk_scale + tl.where(cols < T, 0.0, float("-inf"))[None, :]
+        s = s * qk_scale if EVEN else s * qk_scale + tl.where(cols < T, 0.0, float("-inf"))[None, :]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
@@ -685,12 +557,13 @@ def attention_head_split(head_dim: int) -> tuple[int, int]:
 
 
 def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: int = 64, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 3, quant_scale=None, head_split=None):
+                     num_warps: int = 4, num_stages: int = 3, quant_scale=None, head_split=None, even=None):
     """SigLIP's attention (no mask, softmax scale 1/sqrt(head_dim)) from the fused QKV output qkv [views·tokens,
     3·heads·head_dim] into out [views·tokens, heads·head_dim]: no permute copies on either side. Default launch
     shape: the fastest of bench/vision_ops.py (6.3 us against 9.7 for cuDNN SDPA plus the copies, H100).
     quant_scale: out is E4M3 for an FP8 o projection. head_split: (D_LO, D_HI) of the kernel's head dim, default
-    attention_head_split(head_dim); (next power of two, 0) pads it instead (bench/vision_ops.py compares)."""
+    attention_head_split(head_dim); (next power of two, 0) pads it instead (bench/vision_ops.py compares). even:
+    drop the token / key masks (default: where tokens is a multiple of both blocks; False keeps them, to compare)."""
     rows = qkv.shape[0]
     if qkv.shape[1] != 3 * heads * head_dim or rows % tokens or tuple(out.shape) != (rows, heads * head_dim):
         raise ValueError(f"packed_attention: qkv {tuple(qkv.shape)} / out {tuple(out.shape)} do not match "
@@ -698,12 +571,16 @@ def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: 
     d_lo, d_hi = head_split or attention_head_split(head_dim)
     if d_lo + d_hi < head_dim or (d_hi and d_lo > head_dim):
         raise ValueError(f"packed_attention: head split {(d_lo, d_hi)} does not cover head dim {head_dim}")
+    fits = tokens % block_m == 0 and tokens % block_n == 0
+    if even and not fits:
+        raise ValueError(f"packed_attention: even asked for, but {tokens} tokens are not a multiple of the blocks "
+                         f"{block_m} x {block_n}")
     grid = (triton.cdiv(tokens, block_m), rows // tokens * heads)
     _packed_attention_kernel[grid](qkv, out, quant_scale if quant_scale is not None else qkv, tokens, heads,
                                    head_dim ** -0.5 * 1.4426950408889634, qkv.stride(0), out.stride(0), D=head_dim,
                                    D_LO=d_lo, D_HI=d_hi, BLOCK_M=block_m, BLOCK_N=block_n,
-                                   QUANT=quant_scale is not None, DOT_F32=INTERPRETED, num_warps=num_warps,
-                                   num_stages=num_stages)
+                                   QUANT=quant_scale is not None, DOT_F32=INTERPRETED,
+                                   EVEN=fits if even is None else even, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
