@@ -164,7 +164,9 @@
 #     fc2, each GEMM alone
 #   part 83: SigLIP's attention without token / key masks (bench/vision_ops.py: masked against not), the replayed
 #     graph of Plan A, both validations, Phase 0
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|83   (carry .device_carry and .whl)
+#   part 84: the final commit's engine GPU tests and benchmark; the few-row W4A16 kernel at M = 1 and 10 under Nsight
+#     Compute (bench/ncu_w4a16_skinny.py)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|84   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -443,6 +445,13 @@ elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants:
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
 elif [ "$1" = 81 ] || [ "$1" = 82 ]; then   # ran at 15e2f66 / 53edb65 (the one-launch o + LayerNorm: lost, removed)
   echo "part $1 ran at 15e2f66 / 53edb65; fused.gemm_add_layernorm and bench/gemm_norm.py were removed (see the header)"; exit 1
+elif [ "$1" = 84 ]; then   # the final commit's engine GPU tests and benchmark; the few-row W4A16 kernel under Nsight Compute
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+  run timeout 240 ncu -k regex:w4a16_skinny -c 4 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
+    python3 bench/with_devbuild.py bench/ncu_w4a16_skinny.py
 elif [ "$1" = 83 ]; then   # SigLIP's attention without token / key masks (EVEN), then the final commit's validations
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/vision_ops.py --out-dir "$OUT"
