@@ -167,7 +167,8 @@
 #   part 84: the final commit's engine GPU tests and benchmark; the few-row W4A16 kernel at M = 1 and 10 under Nsight
 #     Compute (bench/ncu_w4a16_skinny.py)
 #   part 85: the few-row W4A16 sweep at M = 1 and 10 with splits 3 / 6 / 24 (one wave of resident CTAs)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|85   (carry .device_carry and .whl)
+#   part 86: the engine variants of Plan B h100_fast with the W4A16 expert o / down split along K by hand
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|86   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -446,6 +447,8 @@ elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants:
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
 elif [ "$1" = 81 ] || [ "$1" = 82 ]; then   # ran at 15e2f66 / 53edb65 (the one-launch o + LayerNorm: lost, removed)
   echo "part $1 ran at 15e2f66 / 53edb65; fused.gemm_add_layernorm and bench/gemm_norm.py were removed (see the header)"; exit 1
+elif [ "$1" = 86 ]; then   # Plan B h100_fast with the expert o / down few-row kernel split along K by hand
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21,22,23,24 --out-dir "$OUT"
 elif [ "$1" = 85 ]; then   # the few-row W4A16 kernel with splits that fill the resident CTA slots once (3 / 6 / 24)
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10 --out-dir "$OUT"
 elif [ "$1" = 84 ]; then   # the final commit's engine GPU tests and benchmark; the few-row W4A16 kernel under Nsight Compute

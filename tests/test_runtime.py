@@ -222,6 +222,25 @@ def test_step0_overlap_setting_refuses_an_unknown_priority_and_changes_nothing()
     assert set(OVERLAP_PRIORITIES) == {"equal", "prefix", "step0"}
 
 
+def test_w4a16_few_row_splits_setting_refuses_other_layers_and_bad_counts():
+    """Splits along K are for the W4A16 layers added into the residual (o, down) only; a refused call changes
+    nothing, an accepted one reaches every such layer and drops the captured graphs."""
+    from types import SimpleNamespace
+
+    from triforce.runtime.engine import Pi05Engine
+
+    o, down = SimpleNamespace(few_row_splits=0), SimpleNamespace(few_row_splits=0)
+    stub = SimpleNamespace(w4a16_few_row_splits={}, slots={"key": 1},
+                           _w4a16_layers=lambda names: [{"o": o, "down": down}[n] for n in names])
+    for bad in ({"gate_up": 4}, {"down": -1}, {"down": 2.5}):
+        with pytest.raises(TriforceError, match="W4A16 few-row splits .* non-negative ints for \\('o', 'down'\\)"):
+            Pi05Engine.set_w4a16_few_row_splits(stub, bad)
+    assert stub.slots and (o.few_row_splits, down.few_row_splits) == (0, 0)
+    Pi05Engine.set_w4a16_few_row_splits(stub, {"down": 24})
+    assert (o.few_row_splits, down.few_row_splits) == (0, 24) and not stub.slots
+    assert stub.w4a16_few_row_splits == {"down": 24}
+
+
 def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_prefix():
     from triforce.checks.plan_a import _denoise_note
 

@@ -176,6 +176,7 @@ def channel_scale(layer):
 
 
 W4A16_FEW_ROW_LAYERS = ("o", "down", "gate_up")   # the expert layers a few-row W4A16 kernel can run
+W4A16_ADD_INTO_LAYERS = ("o", "down")              # of those, the ones added into the residual (split along K)
 
 
 def few_row_layer(layer_id: str) -> bool:
@@ -305,6 +306,7 @@ class Pi05Engine:
         self.expert_path = None
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
+        self.w4a16_few_row_splits: dict = {}                                # set_w4a16_few_row_splits
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
         self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
@@ -374,7 +376,8 @@ class Pi05Engine:
         return {"expert_path": self.expert_path, "overlap_step0": self.overlap_step0,
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
-                "w4a16_geglu_stages": self.w4a16_geglu_stages, "qkv_prefetch": self.qkv_prefetch,
+                "w4a16_geglu_stages": self.w4a16_geglu_stages, "w4a16_few_row_splits": self.w4a16_few_row_splits,
+                "qkv_prefetch": self.qkv_prefetch,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
                 "l2_lookahead": list(self.l2_lookahead)}
@@ -596,6 +599,18 @@ class Pi05Engine:
         the residual; gate_up: with its GeGLU); a no-op without them. Captured graphs are dropped and re-capture."""
         for layer in self._w4a16_layers(layers):
             layer.use_few_row_kernel(kernel)
+        self.slots.clear()
+
+    def set_w4a16_few_row_splits(self, splits: dict) -> None:
+        """CTAs along K of the wheel's few-row kernel for the W4A16 expert layers named (o, down: {name: splits}; 0
+        or absent: the kernel's own choice, which fills the resident CTA slots once). Graphs re-capture."""
+        unknown = set(splits) - set(W4A16_ADD_INTO_LAYERS)
+        if unknown or any(not isinstance(v, int) or v < 0 for v in splits.values()):
+            raise TriforceError(f"W4A16 few-row splits {splits}: non-negative ints for {W4A16_ADD_INTO_LAYERS} expected")
+        for name in W4A16_ADD_INTO_LAYERS:
+            for layer in self._w4a16_layers((name,)):
+                layer.few_row_splits = splits.get(name, 0)
+        self.w4a16_few_row_splits = dict(splits)
         self.slots.clear()
 
     def set_w4a16_geglu_stages(self, stages: int) -> None:
