@@ -29,9 +29,9 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   programs. Issued from the norms themselves before their wait, the same prefetches slowed Plan A's denoise to
   5.58-6.30 vs 4.73 ms (the norms last until their bytes arrive): engine_variants-plana-*-s19-norm-lookahead.json;
   session 19's evict-last policy and one prefetch a 128-byte line lost to plain bulk prefetches and were removed.
-- w4a16_few_row_splits: CTAs along K of the few-row kernel for Plan B's W4A16 expert o / down ({} the kernel's own
-  count, which fills the resident CTA slots once; session 23's sweep had the expert down at M = 10 faster at 24:
-  chained 2.82 vs 3.18 us, w4a16_sweep-*-s23-splits.json).
+- w4a16_few_row_splits: CTAs along K of the few-row kernel for Plan B's W4A16 expert o / down (engine.
+  W4A16_FEW_ROW_SPLITS: the down at 24 since session 23; {} the kernel's own count, which fills the resident CTA
+  slots once).
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOKAHEAD_DEFAULT,  # noqa: E402
-                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_GEGLU_STAGES)
+                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_FEW_ROW_SPLITS, W4A16_GEGLU_STAGES)
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, checked_standard_case, cosine  # noqa: E402
@@ -83,7 +83,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
                    "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
-                   "w4a16_few_row_splits": {}}
+                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -108,9 +108,10 @@ VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the p
                   ("only the prefix gate/up writes E4M3", {**ENGINE_DEFAULTS, "e4m3_outputs": ("prefix",)}),
                   ("only SigLIP fc1 writes E4M3", {**ENGINE_DEFAULTS, "e4m3_outputs": ("vision",)}),
                   *((name, {**ENGINE_DEFAULTS, **change}) for name, change in SHARED_VARIANTS),
-                  *((f"W4A16 o / down few-row kernel split {splits} along K (default: the kernel's, which fills "
-                     f"the resident CTA slots once)", {**ENGINE_DEFAULTS, "w4a16_few_row_splits": splits})
-                    for splits in ({"down": 24}, {"down": 16}, {"down": 8}, {"o": 8}, {"o": 8, "down": 16})),
+                  *((f"W4A16 o / down few-row kernel split {splits or 'by the kernel'} along K (the kernel's own "
+                     f"count fills the resident CTA slots once; engine.W4A16_FEW_ROW_SPLITS)",
+                     {**ENGINE_DEFAULTS, "w4a16_few_row_splits": splits})
+                    for splits in ({}, {"down": 16}, {"down": 8}, {"o": 8}, {"o": 8, "down": 16})),
                   ("FP8 fast accumulation in the prefix", {**ENGINE_DEFAULTS, "fp8_fast_accum": ("prefix",)}),
                   ("FP8 fast accumulation in vision and the prefix",
                    {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix")}),

@@ -168,7 +168,9 @@
 #     Compute (bench/ncu_w4a16_skinny.py)
 #   part 85: the few-row W4A16 sweep at M = 1 and 10 with splits 3 / 6 / 24 (one wave of resident CTAs)
 #   part 86: the engine variants of Plan B h100_fast with the W4A16 expert o / down split along K by hand
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|86   (carry .device_carry and .whl)
+#   part 87: Plan B with the expert down split 24 along K by default (engine.W4A16_FEW_ROW_SPLITS): its engine GPU
+#     tests, the variants against the kernel's own count, the h100_fast validation
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|87   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -447,6 +449,12 @@ elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants:
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
 elif [ "$1" = 81 ] || [ "$1" = 82 ]; then   # ran at 15e2f66 / 53edb65 (the one-launch o + LayerNorm: lost, removed)
   echo "part $1 ran at 15e2f66 / 53edb65; fused.gemm_add_layernorm and bench/gemm_norm.py were removed (see the header)"; exit 1
+elif [ "$1" = 87 ]; then   # the expert down split 24 along K by default: Plan B's engine tests, the variants, its validation
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "w4a16 or plan_b or l2_lookahead"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21 --out-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
 elif [ "$1" = 86 ]; then   # Plan B h100_fast with the expert o / down few-row kernel split along K by hand
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21,22,23,24 --out-dir "$OUT"
 elif [ "$1" = 85 ]; then   # the few-row W4A16 kernel with splits that fill the resident CTA slots once (3 / 6 / 24)

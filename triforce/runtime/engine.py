@@ -177,6 +177,12 @@ def channel_scale(layer):
 
 W4A16_FEW_ROW_LAYERS = ("o", "down", "gate_up")   # the expert layers a few-row W4A16 kernel can run
 W4A16_ADD_INTO_LAYERS = ("o", "down")              # of those, the ones added into the residual (split along K)
+# CTAs along K of the wheel's few-row kernel for those (set_w4a16_few_row_splits; absent: the kernel's own count,
+# which fills the resident CTA slots once: 32 for the expert down at 10 rows, 256 CTAs). The down at 24 (192 CTAs):
+# Plan B h100_fast 7.772 vs 7.824 / 7.811 ms (denoise 3.843 vs 3.888), 16: 7.770, 8: 7.898; the o at 8 gained
+# nothing (engine_variants-planb-*-s23-splits.json, H100; alone at M = 10 chained 2.82 vs 3.18 us,
+# w4a16_sweep-*-s23-splits.json)
+W4A16_FEW_ROW_SPLITS = {"down": 24}
 
 
 def few_row_layer(layer_id: str) -> bool:
@@ -394,8 +400,12 @@ class Pi05Engine:
             return
         kernel = "mma" if w4a16[0].tk.has_op("w4a16_skinny") else "triton"
         self.set_w4a16_few_row(kernel, W4A16_FEW_ROW_LAYERS)
+        if kernel == "mma":
+            self.set_w4a16_few_row_splits(W4A16_FEW_ROW_SPLITS)
+        splits = W4A16_FEW_ROW_SPLITS or "the kernel's own"
         self.log(f"[engine] W4A16 expert o/down/gate_up few-row kernel: {kernel}"
-                 + ("" if kernel == "mma" else " (this triforce_kernels wheel has no w4a16_skinny)"))
+                 + (f", splits along K {splits}" if kernel == "mma"
+                    else " (this triforce_kernels wheel has no w4a16_skinny)"))
 
     def _cluster_attention_refusal(self) -> str | None:
         """Why the denoise attention cannot be 'cluster' here, or None."""
