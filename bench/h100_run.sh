@@ -170,7 +170,8 @@
 #   part 86: the engine variants of Plan B h100_fast with the W4A16 expert o / down split along K by hand
 #   part 87: Plan B with the expert down split 24 along K by default (engine.W4A16_FEW_ROW_SPLITS): its engine GPU
 #     tests, the variants against the kernel's own count, the h100_fast validation
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|87   (carry .device_carry and .whl)
+#   part 88: the final code's engine GPU tests and Plan A validation
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|88   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -449,6 +450,10 @@ elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants:
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
 elif [ "$1" = 81 ] || [ "$1" = 82 ]; then   # ran at 15e2f66 / 53edb65 (the one-launch o + LayerNorm: lost, removed)
   echo "part $1 ran at 15e2f66 / 53edb65; fused.gemm_add_layernorm and bench/gemm_norm.py were removed (see the header)"; exit 1
+elif [ "$1" = 88 ]; then   # the final code: every engine GPU test, Plan A validation
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 87 ]; then   # the expert down split 24 along K by default: Plan B's engine tests, the variants, its validation
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "w4a16 or plan_b or l2_lookahead"
