@@ -17,27 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
-from triforce.workload import STANDARD, checked_standard_case, cosine  # noqa: E402
+from triforce.workload import STANDARD, cosine, standard_policy  # noqa: E402
 
 
 def main():
-    ap = rep.bench_parser(__doc__, runs=True)
-    ap.add_argument("--plan", default="a", help="a or b")
-    ap.add_argument("--recipe", default="h100_fast", help="the Plan B recipe (with --plan b)")
-    ap.add_argument("--captures", type=int, default=8, help="fresh captures of the same settings (>= 2)")
-    a = ap.parse_args()
-    if a.plan not in ("a", "b") or a.captures < 2:
-        raise SystemExit(f"capture_spread: --plan a|b and --captures >= 2 expected (got {a.plan}, {a.captures})")
-    config = STANDARD["config"]
-    policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=a.recipe if a.plan == "b" else None)
-    eng, cfg = policy.backend, policy.config
-    rng = np.random.default_rng(0)
-    obs, noise = checked_standard_case(cfg, rng)
+    a = rep.parse_plan_bench(__doc__, "capture_spread", "captures", 8, "fresh captures of the same settings",
+                             runs=True)
+    policy, obs, noise = standard_policy(a.plan, a.recipe)
+    eng, config = policy.backend, STANDARD["config"]
     rows, captures, first = [], [], None
     for i in range(a.captures):
         eng.slots.clear()                       # a fresh capture (and instantiation) of the same graph

@@ -19,8 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
-from triforce.runtime.policy import Policy  # noqa: E402
-from triforce.workload import STANDARD, checked_standard_case  # noqa: E402
+from triforce.workload import STANDARD, standard_policy  # noqa: E402
 
 ATTENTION = "_packed_attention_kernel"   # one a SigLIP layer: the landmark a layer's period is cut at
 
@@ -57,17 +56,9 @@ def layer_periods(run):
 
 
 def main():
-    ap = rep.bench_parser(__doc__)
-    ap.add_argument("--plan", default="a", help="a or b")
-    ap.add_argument("--recipe", default="h100_fast", help="the Plan B recipe (with --plan b)")
-    ap.add_argument("--replays", type=int, default=5, help="replays traced (>= 2)")
-    a = ap.parse_args()
-    if a.plan not in ("a", "b") or a.replays < 2:
-        raise SystemExit(f"graph_timeline: --plan a|b and --replays >= 2 expected (got {a.plan}, {a.replays})")
-    config = STANDARD["config"]
-    policy = Policy.load(f"synthetic:{config}", config, plan=a.plan, recipe=a.recipe if a.plan == "b" else None)
+    a = rep.parse_plan_bench(__doc__, "graph_timeline", "replays", 5, "replays traced")
+    policy, obs, noise = standard_policy(a.plan, a.recipe)
     eng = policy.backend
-    obs, noise = checked_standard_case(policy.config, np.random.default_rng(0))
     runs = replay_kernels(eng.ready_replay(obs, noise), a.replays)
     spans = [run[-1][2] - run[0][1] for run in runs]
     periods = [p for run in runs for p in layer_periods(run)]

@@ -171,7 +171,9 @@
 #   part 87: Plan B with the expert down split 24 along K by default (engine.W4A16_FEW_ROW_SPLITS): its engine GPU
 #     tests, the variants against the kernel's own count, the h100_fast validation
 #   part 88: the final code's engine GPU tests and Plan A validation
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|88   (carry .device_carry and .whl)
+#   part 89: bench/graph_timeline.py and bench/capture_spread.py after their shared setup moved to
+#     workload.standard_policy / report.parse_plan_bench
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|89   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -450,6 +452,9 @@ elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants:
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
 elif [ "$1" = 81 ] || [ "$1" = 82 ]; then   # ran at 15e2f66 / 53edb65 (the one-launch o + LayerNorm: lost, removed)
   echo "part $1 ran at 15e2f66 / 53edb65; fused.gemm_add_layernorm and bench/gemm_norm.py were removed (see the header)"; exit 1
+elif [ "$1" = 89 ]; then   # the one-engine bench scripts after their shared setup moved (workload.standard_policy)
+  run timeout 120 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --replays 2 --out-dir "$OUT"
+  run timeout 120 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 2 --out-dir "$OUT"
 elif [ "$1" = 88 ]; then   # the final code: every engine GPU test, Plan A validation
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py

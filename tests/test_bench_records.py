@@ -1,7 +1,11 @@
 """How bench scripts record their runs (triforce/report.py): one parser for the shared flags, one stamped record."""
 
 import json
+import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from triforce import report as rep
 
@@ -22,6 +26,16 @@ def test_bench_parser_shares_out_dir_and_runs():
     args = rep.bench_parser("doc", runs=True).parse_args(["--runs", "70", "--out-dir", "x"])
     assert (args.runs, args.out_dir) == (70, "x")
     assert not hasattr(rep.bench_parser("doc").parse_args([]), "runs")
+
+
+@pytest.mark.parametrize("script,argv,message", [
+    ("graph_timeline", ["--replays", "1"], "graph_timeline: --plan a|b and --replays >= 2 expected (got a, 1)"),
+    ("capture_spread", ["--plan", "c"], "capture_spread: --plan a|b and --captures >= 2 expected (got c, 8)")])
+def test_one_engine_bench_scripts_refuse_a_bad_plan_or_count_before_loading(script, argv, message):
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, f"bench/{script}.py", *argv], cwd=repo, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == message, r.stderr
 
 
 def test_bench_summary_prints_a_recorded_run(capsys):

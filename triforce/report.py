@@ -92,6 +92,19 @@ def bench_parser(doc: str, runs: bool = False) -> argparse.ArgumentParser:
     return ap
 
 
+def parse_plan_bench(doc: str, script: str, count: str, default: int, help_text: str, runs: bool = False):
+    """The arguments of a bench script that times one engine: bench_parser's, --plan a|b, --recipe (Plan B's) and
+    one count flag (>= 2), checked (a bad value exits naming them)."""
+    ap = bench_parser(doc, runs=runs)
+    ap.add_argument("--plan", default="a", help="a or b")
+    ap.add_argument("--recipe", default="h100_fast", help="the Plan B recipe (with --plan b)")
+    ap.add_argument(f"--{count}", type=int, default=default, help=f"{help_text} (>= 2)")
+    a = ap.parse_args()
+    if a.plan not in ("a", "b") or getattr(a, count) < 2:
+        raise SystemExit(f"{script}: --plan a|b and --{count} >= 2 expected (got {a.plan}, {getattr(a, count)})")
+    return a
+
+
 def record_run(out_dir, name: str, payload: dict) -> Path:
     """A bench script's record: payload stamped with this command line (write_record), and where it went."""
     path = write_record(out_dir, name, {**stamp(" ".join(sys.argv)), **payload})

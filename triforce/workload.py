@@ -38,6 +38,17 @@ def checked_standard_case(cfg: ModelConfig, rng: np.random.Generator) -> tuple[C
     return check_observation(obs, cfg), noise
 
 
+def standard_policy(plan: str, recipe: str | None):
+    """The standard workload's synthetic policy (Plan A, or Plan B with `recipe`) and its checked case (seed 0):
+    what the bench scripts that time one engine start from."""
+    from .runtime.policy import Policy   # here, not at the top: it brings torch
+
+    config = STANDARD["config"]
+    policy = Policy.load(f"synthetic:{config}", config, plan=plan, recipe=recipe if plan == "b" else None)
+    obs, noise = checked_standard_case(policy.config, np.random.default_rng(0))
+    return policy, obs, noise
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
