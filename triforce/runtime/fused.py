@@ -493,7 +493,8 @@ def _packed_attention_kernel(QKV, O, QSCALE, T, H, qk_scale, stride_row, stride_
     [views·T, 3·H·D] (q | k | v, head-major) and written as [views·T, H·D], the o projection's input. The head dim
     is D_LO columns (a power of two) plus, where D is not one, D_HI more (masked past D): SigLIP's 72 as 64 + 16,
     not padded to 128 (6.07 vs 6.34 us a call, bench/results/vision_ops-*-s13-head-split.json). EVEN: T is a
-    multiple of both blocks, so no token or key mask (SigLIP's 256 tokens)."""
+    multiple of both blocks, so no token or key mask (SigLIP's 256 tokens: 6.08 vs 6.15 us a call,
+    vision_ops-*-s23-even.json)."""
     view, head = tl.program_id(1) // H, tl.program_id(1) % H
     t = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     d0 = tl.arange(0, D_LO)
