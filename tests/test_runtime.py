@@ -229,7 +229,7 @@ def test_w4a16_few_row_splits_setting_refuses_other_layers_and_bad_counts():
 
     from triforce.runtime.engine import Pi05Engine
 
-    o, down = SimpleNamespace(few_row_splits=0), SimpleNamespace(few_row_splits=0)
+    o, down = SimpleNamespace(few_row="mma", few_row_splits=0), SimpleNamespace(few_row="mma", few_row_splits=0)
     stub = SimpleNamespace(w4a16_few_row_splits={}, slots={"key": 1},
                            _w4a16_layers=lambda names: [{"o": o, "down": down}[n] for n in names])
     for bad in ({"gate_up": 4}, {"down": -1}, {"down": 2.5}):
@@ -239,6 +239,34 @@ def test_w4a16_few_row_splits_setting_refuses_other_layers_and_bad_counts():
     Pi05Engine.set_w4a16_few_row_splits(stub, {"down": 24})
     assert (o.few_row_splits, down.few_row_splits) == (0, 24) and not stub.slots
     assert stub.w4a16_few_row_splits == {"down": 24}
+
+
+def test_w4a16_few_row_splits_are_refused_on_the_triton_kernel_and_dropped_openly_when_it_takes_over():
+    """Splits along K belong to the wheel's 'mma' kernel: asked for on layers running Triton they are refused, and
+    switching split layers to Triton drops them with a log line, never keeping a setting nothing reads."""
+    from types import SimpleNamespace
+
+    from triforce.runtime.engine import Pi05Engine
+
+    layers = {"o": SimpleNamespace(few_row="mma", few_row_splits=0),
+              "down": SimpleNamespace(few_row="mma", few_row_splits=0)}
+
+    for layer in layers.values():
+        layer.use_few_row_kernel = lambda kernel, layer=layer: setattr(layer, "few_row", kernel)
+    logged = []
+    stub = SimpleNamespace(w4a16_few_row_splits={}, slots={}, log=logged.append,
+                           _w4a16_layers=lambda names: [layers[n] for n in names if n in layers])
+    stub.set_w4a16_few_row_splits = lambda splits: Pi05Engine.set_w4a16_few_row_splits(stub, splits)
+    stub.set_w4a16_few_row_splits({"down": 24})
+    Pi05Engine.set_w4a16_few_row(stub, "triton", ("o", "down"))
+    assert stub.w4a16_few_row_splits == {} and layers["down"].few_row_splits == 0
+    assert logged == ["[engine] W4A16 few-row splits {'down': 24} dropped: they split the 'mma' kernel, these layers "
+                      "now run 'triton'"]
+    with pytest.raises(TriforceError, match="those layers run the triton few-row kernel; splits along K are the "
+                                            "wheel's 'mma' kernel's"):
+        stub.set_w4a16_few_row_splits({"down": 24})
+    assert stub.w4a16_few_row_splits == {} and layers["down"].few_row_splits == 0
+    stub.set_w4a16_few_row_splits({"down": 0})        # zero (the kernel's own count) asks nothing of the kernel
 
 
 def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_prefix():

@@ -609,14 +609,24 @@ class Pi05Engine:
         the residual; gate_up: with its GeGLU); a no-op without them. Captured graphs are dropped and re-capture."""
         for layer in self._w4a16_layers(layers):
             layer.use_few_row_kernel(kernel)
+        dropped = {n: v for n, v in self.w4a16_few_row_splits.items() if n in layers} if kernel != "mma" else {}
+        if dropped:   # the splits are the mma kernel's: drop them openly rather than keep a setting nothing reads
+            self.set_w4a16_few_row_splits({n: v for n, v in self.w4a16_few_row_splits.items() if n not in dropped})
+            self.log(f"[engine] W4A16 few-row splits {dropped} dropped: they split the 'mma' kernel, these layers "
+                     f"now run '{kernel}'")
         self.slots.clear()
 
     def set_w4a16_few_row_splits(self, splits: dict) -> None:
         """CTAs along K of the wheel's few-row kernel for the W4A16 expert layers named (o, down: {name: splits}; 0
-        or absent: the kernel's own choice, which fills the resident CTA slots once). Graphs re-capture."""
+        or absent: the kernel's own choice, which fills the resident CTA slots once). Graphs re-capture. Refused for
+        layers on another few-row kernel (the Triton kernel has no such split)."""
         unknown = set(splits) - set(W4A16_ADD_INTO_LAYERS)
         if unknown or any(not isinstance(v, int) or v < 0 for v in splits.values()):
             raise TriforceError(f"W4A16 few-row splits {splits}: non-negative ints for {W4A16_ADD_INTO_LAYERS} expected")
+        other = sorted({layer.few_row for n, v in splits.items() if v for layer in self._w4a16_layers((n,))} - {"mma"})
+        if other:
+            raise TriforceError(f"W4A16 few-row splits {splits}: those layers run the {', '.join(other)} few-row "
+                                f"kernel; splits along K are the wheel's 'mma' kernel's (set_w4a16_few_row('mma') first)")
         for name in W4A16_ADD_INTO_LAYERS:
             for layer in self._w4a16_layers((name,)):
                 layer.few_row_splits = splits.get(name, 0)
