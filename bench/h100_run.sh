@@ -450,40 +450,6 @@ elif [ "$1" = 78 ]; then   # SigLIP's launches, with the add_norm launch shapes
   run python3 bench/vision_ops.py --out-dir "$OUT"
 elif [ "$1" = 79 ]; then   # ran at 9dd4219 (the add_norm launch-shape variants: lost, removed)
   echo "part 79 ran at 9dd4219; its add_norm launch-shape variants were removed (see the header)"; exit 1
-elif [ "$1" = 81 ] || [ "$1" = 82 ]; then   # ran at 15e2f66 / 53edb65 (the one-launch o + LayerNorm: lost, removed)
-  echo "part $1 ran at 15e2f66 / 53edb65; fused.gemm_add_layernorm and bench/gemm_norm.py were removed (see the header)"; exit 1
-elif [ "$1" = 89 ]; then   # the one-engine bench scripts after their shared setup moved (workload.standard_policy)
-  run timeout 120 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --replays 2 --out-dir "$OUT"
-  run timeout 120 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 2 --out-dir "$OUT"
-elif [ "$1" = 88 ]; then   # the final code: every engine GPU test, Plan A validation
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-elif [ "$1" = 87 ]; then   # the expert down split 24 along K by default: Plan B's engine tests, the variants, its validation
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "w4a16 or plan_b or l2_lookahead"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21 --out-dir "$OUT"
-  mkdir -p "$OUT/fast"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-elif [ "$1" = 86 ]; then   # Plan B h100_fast with the expert o / down few-row kernel split along K by hand
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21,22,23,24 --out-dir "$OUT"
-elif [ "$1" = 85 ]; then   # the few-row W4A16 kernel with splits that fill the resident CTA slots once (3 / 6 / 24)
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10 --out-dir "$OUT"
-elif [ "$1" = 84 ]; then   # the final commit's engine GPU tests and benchmark; the few-row W4A16 kernel under Nsight Compute
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
-  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
-  run timeout 240 ncu -k regex:w4a16_skinny -c 4 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
-    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
-    python3 bench/with_devbuild.py bench/ncu_w4a16_skinny.py
-elif [ "$1" = 83 ]; then   # SigLIP's attention without token / key masks (EVEN), then the final commit's validations
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 bench/vision_ops.py --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
-  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  mkdir -p "$OUT/fast"
-  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT/fast"
 elif [ "$1" = 80 ]; then   # the final commit: both validations, the engine GPU tests, the replayed graph's kernels, the benchmark
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
@@ -493,6 +459,40 @@ elif [ "$1" = 80 ]; then   # the final commit: both validations, the engine GPU 
   run python3 bench/with_devbuild.py bench/graph_timeline.py --plan b --recipe h100_fast --out-dir "$OUT/fast"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+elif [ "$1" = 81 ] || [ "$1" = 82 ]; then   # ran at 15e2f66 / 53edb65 (the one-launch o + LayerNorm: lost, removed)
+  echo "part $1 ran at 15e2f66 / 53edb65; fused.gemm_add_layernorm and bench/gemm_norm.py were removed (see the header)"; exit 1
+elif [ "$1" = 83 ]; then   # SigLIP's attention without token / key masks (EVEN), then the final commit's validations
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 bench/vision_ops.py --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT/fast"
+elif [ "$1" = 84 ]; then   # the final commit's engine GPU tests and benchmark; the few-row W4A16 kernel under Nsight Compute
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 --out-dir "$OUT"
+  run timeout 240 ncu -k regex:w4a16_skinny -c 4 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
+    python3 bench/with_devbuild.py bench/ncu_w4a16_skinny.py
+elif [ "$1" = 85 ]; then   # the few-row W4A16 kernel with splits that fill the resident CTA slots once (3 / 6 / 24)
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10 --out-dir "$OUT"
+elif [ "$1" = 86 ]; then   # Plan B h100_fast with the expert o / down few-row kernel split along K by hand
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21,22,23,24 --out-dir "$OUT"
+elif [ "$1" = 87 ]; then   # the expert down split 24 along K by default: Plan B's engine tests, the variants, its validation
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "w4a16 or plan_b or l2_lookahead"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21 --out-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+elif [ "$1" = 88 ]; then   # the final code: every engine GPU test, Plan A validation
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+elif [ "$1" = 89 ]; then   # the one-engine bench scripts after their shared setup moved (workload.standard_policy)
+  run timeout 120 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --replays 2 --out-dir "$OUT"
+  run timeout 120 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 2 --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
