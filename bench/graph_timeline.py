@@ -5,12 +5,16 @@ dependent GEMMs in the graph (session 22: a norm 2.3 us faster alone gained noth
 replayed graph itself (torch.profiler / CUPTI kernel records: start, end) and reports:
   - one SigLIP layer as replayed: the kernels from one layer's attention to the next, each one's median duration and
     the median gap before it, over the 26 periods between the 27 attentions;
+  - one action-expert layer of the denoise steps the same way, cut at its attention (the wheel's cluster kernel or
+    the Triton one), over the periods whose kernels follow the most common sequence (the L2 lookahead's prefetches
+    on their own stream fall into some periods and not others; under programmatic dependent launches a kernel's
+    duration includes its wait for the one before, so read the period, not the durations);
   - every kernel name's count and total time in one replay, and the sum of the gaps.
     python3 bench/graph_timeline.py [--plan a|b] [--recipe h100_fast] [--replays 5] [--out-dir bench/results]
 Records bench/results/graph_timeline-plan<a|b>-<gpu>-<date>.json."""
 
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,6 +26,7 @@ from triforce import report as rep  # noqa: E402
 from triforce.workload import STANDARD, standard_policy  # noqa: E402
 
 ATTENTION = "_packed_attention_kernel"   # one a SigLIP layer: the landmark a layer's period is cut at
+EXPERT_ATTENTION = ("mqa_cluster_attention_kernel", "_mqa_partial_kernel")   # one an expert layer (steps 1-9 / 0)
 
 
 def replay_kernels(replay, replays: int) -> list[list[tuple[str, float, float]]]:
@@ -46,13 +51,36 @@ def short(name: str) -> str:
     return name if len(name) <= 70 else name[:67] + "..."
 
 
-def layer_periods(run):
-    """The kernels of each period from one SigLIP attention to the next: [(name, duration, gap before)]."""
-    marks = [i for i, (n, _, _) in enumerate(run) if ATTENTION in n]
+def layer_periods(run, landmarks):
+    """The kernels of each period from one landmark kernel to the next: [(name, duration, gap before)]."""
+    marks = [i for i, (n, _, _) in enumerate(run) if any(m in n for m in landmarks)]
     periods = []
     for a, b in zip(marks, marks[1:]):
         periods.append([(run[i][0], run[i][2] - run[i][1], run[i][1] - run[i - 1][2]) for i in range(a + 1, b + 1)])
     return periods
+
+
+def median_layer(periods, exact: bool):
+    """Per kernel of the layer: median duration and gap over the periods of the most common kernel sequence (every
+    period's, where exact)."""
+    shapes = Counter(tuple(n for n, _, _ in p) for p in periods)
+    if not shapes:
+        raise SystemExit("graph_timeline: no two landmark kernels in the traced replays: nothing to cut layers at")
+    if exact and len(shapes) != 1:
+        raise SystemExit(f"graph_timeline: SigLIP layers differ in their kernels ({len(shapes)} sequences)")
+    shape, count = shapes.most_common(1)[0]
+    same = [p for p in periods if tuple(n for n, _, _ in p) == shape]
+    layer = [{"kernel": name, "median_us": float(np.median([p[pos][1] for p in same])),
+              "median_gap_before_us": float(np.median([p[pos][2] for p in same]))} for pos, name in enumerate(shape)]
+    period = float(np.median([sum(d + g for _, d, g in p) for p in same]))   # landmark start to start
+    return layer, period, count
+
+
+def print_layer(title, layer, period):
+    rep.print_table(title, ["kernel", "duration", "gap before"],
+                    [[short(r["kernel"]), r["median_us"], r["median_gap_before_us"]] for r in layer])
+    print(f"layer period {period:.2f} us: kernels {sum(r['median_us'] for r in layer):.2f}, "
+          f"gaps {sum(r['median_gap_before_us'] for r in layer):.2f}")
 
 
 def main():
@@ -61,21 +89,13 @@ def main():
     eng = policy.backend
     runs = replay_kernels(eng.ready_replay(obs, noise), a.replays)
     spans = [run[-1][2] - run[0][1] for run in runs]
-    periods = [p for run in runs for p in layer_periods(run)]
-    shapes = {tuple(n for n, _, _ in p) for p in periods}
-    if len(shapes) != 1:
-        raise SystemExit(f"graph_timeline: SigLIP layers differ in their kernels ({len(shapes)} sequences)")
-    layer = []
-    for pos, name in enumerate(next(iter(shapes))):
-        dur = float(np.median([p[pos][1] for p in periods]))
-        gap = float(np.median([p[pos][2] for p in periods]))
-        layer.append({"kernel": name, "median_us": dur, "median_gap_before_us": gap})
-    rep.print_table(f"one SigLIP layer as replayed, plan {a.plan} (median of {len(periods)} periods, us)",
-                    ["kernel", "duration", "gap before"],
-                    [[short(r["kernel"]), r["median_us"], r["median_gap_before_us"]] for r in layer])
-    period = float(np.median([sum(d + g for _, d, g in p) for p in periods]))   # attention start to start
-    print(f"layer period {period:.2f} us: kernels {sum(r['median_us'] for r in layer):.2f}, "
-          f"gaps {sum(r['median_gap_before_us'] for r in layer):.2f}")
+    periods = [p for run in runs for p in layer_periods(run, (ATTENTION,))]
+    layer, period, _ = median_layer(periods, exact=True)
+    print_layer(f"one SigLIP layer as replayed, plan {a.plan} (median of {len(periods)} periods, us)", layer, period)
+    expert_periods = [p for run in runs for p in layer_periods(run, EXPERT_ATTENTION)[:-1]]  # the last: the tail
+    expert, expert_period, same = median_layer(expert_periods, exact=False)
+    print_layer(f"one expert layer as replayed, plan {a.plan} (median of the {same} of {len(expert_periods)} periods "
+                "with the most common kernels, us)", expert, expert_period)
     per_name = defaultdict(lambda: [0, 0.0])
     run = runs[len(runs) // 2]
     for n, s, e in run:
@@ -91,6 +111,8 @@ def main():
                     "method": "torch.profiler (CUPTI) kernel records of graph replays after 5 untraced ones; "
                               "tracing may stretch gaps slightly",
                     "traced_span_ms": [s / 1000 for s in spans], "siglip_layer": layer, "siglip_period_us": period,
+                    "expert_layer": expert, "expert_period_us": expert_period,
+                    "expert_periods": {"traced": len(expert_periods), "most_common_sequence": same},
                     "kernels": [{"kernel": n, "count": c, "total_ms": t / 1000} for n, (c, t) in
                                 sorted(per_name.items(), key=lambda kv: -kv[1][1])],
                     "gaps_ms": gaps / 1000, "note": rep.RANDOM_WEIGHTS_NOTE})

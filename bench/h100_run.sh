@@ -173,7 +173,9 @@
 #   part 88: the final code's engine GPU tests and Plan A validation
 #   part 89: bench/graph_timeline.py and bench/capture_spread.py after their shared setup moved to
 #     workload.standard_policy / report.parse_plan_bench
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|89   (carry .device_carry and .whl)
+#   part 90: the few-row W4A16 kernel with an 8-stage pipeline in its split form (7 groups of weights in flight a
+#     CTA): its GPU tests, the sweep at M = 1, 10 and 64; one expert layer of each plan's replayed graph
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|90   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -493,6 +495,13 @@ elif [ "$1" = 88 ]; then   # the final code: every engine GPU test, Plan A valid
 elif [ "$1" = 89 ]; then   # the one-engine bench scripts after their shared setup moved (workload.standard_policy)
   run timeout 120 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --replays 2 --out-dir "$OUT"
   run timeout 120 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 2 --out-dir "$OUT"
+elif [ "$1" = 90 ]; then   # the few-row W4A16 split form with 8 stages; the expert layer in the replayed graphs
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10,64 --out-dir "$OUT"
+  run timeout 150 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run timeout 150 python3 bench/with_devbuild.py bench/graph_timeline.py --plan b --recipe h100_fast --out-dir "$OUT/fast"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

@@ -38,6 +38,28 @@ def test_one_engine_bench_scripts_refuse_a_bad_plan_or_count_before_loading(scri
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == message, r.stderr
 
 
+def test_graph_timeline_cuts_layers_at_their_landmark_and_keeps_the_common_sequence():
+    """Periods run from one landmark kernel to the next; the expert's (exact=False) keep the most common kernel
+    sequence, so a prefetch on its own stream falling into one period does not mix into the medians."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import graph_timeline as gt
+
+    def layer(t0, extra=False):   # (name, start, end) in us: attention 2, gemm 3 after a gap of 1, norm 1
+        ks = [("attn", t0, t0 + 2), ("gemm", t0 + 3, t0 + 6), ("norm", t0 + 6.5, t0 + 7.5)]
+        return ks + ([("prefetch", t0 + 4, t0 + 5)] if extra else [])
+    run = sorted(layer(0) + layer(10, extra=True) + layer(20) + layer(30) + [("attn", 40, 42)], key=lambda k: k[1])
+    periods = gt.layer_periods(run, ("attn",))
+    assert len(periods) == 4 and [n for n, _, _ in periods[0]] == ["gemm", "norm", "attn"]
+    with pytest.raises(SystemExit, match="differ"):
+        gt.median_layer(periods, exact=True)
+    rows, period, same = gt.median_layer(periods, exact=False)
+    assert same == 3 and period == 10.0
+    assert [(r["kernel"], r["median_us"], r["median_gap_before_us"]) for r in rows] == [
+        ("gemm", 3.0, 1.0), ("norm", 1.0, 0.5), ("attn", 2.0, 2.5)]
+    with pytest.raises(SystemExit, match="no two landmark"):
+        gt.median_layer(gt.layer_periods(run, ("absent",)), exact=False)
+
+
 def test_bench_summary_prints_a_recorded_run(capsys):
     """`invoke bench`'s table reads the record's keys (a renamed key once broke it after the run had finished)."""
     from pathlib import Path
