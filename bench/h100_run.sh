@@ -173,9 +173,12 @@
 #   part 88: the final code's engine GPU tests and Plan A validation
 #   part 89: bench/graph_timeline.py and bench/capture_spread.py after their shared setup moved to
 #     workload.standard_policy / report.parse_plan_bench
-#   part 90: the few-row W4A16 kernel with an 8-stage pipeline in its split form (7 groups of weights in flight a
-#     CTA): its GPU tests, the sweep at M = 1, 10 and 64; one expert layer of each plan's replayed graph
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|90   (carry .device_carry and .whl)
+#   part 90 (ran at a1a3285; the 8-stage split form lost and was removed): the few-row W4A16 kernel with an 8-stage
+#     pipeline in its split form: its GPU tests, the sweep at M = 1, 10 and 64; one expert layer of each plan's
+#     replayed graph
+#   part 91: the few-row W4A16 sweep at M = 1 and 10 with a read-only kernel on the same bytes beside the copy; the
+#     bf16 8192^3 GEMM's throughput by time since an idle start (bench/bf16_peak_profile.py)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|91   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -495,13 +498,12 @@ elif [ "$1" = 88 ]; then   # the final code: every engine GPU test, Plan A valid
 elif [ "$1" = 89 ]; then   # the one-engine bench scripts after their shared setup moved (workload.standard_policy)
   run timeout 120 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --replays 2 --out-dir "$OUT"
   run timeout 120 python3 bench/with_devbuild.py bench/capture_spread.py --plan a --captures 2 --out-dir "$OUT"
-elif [ "$1" = 90 ]; then   # the few-row W4A16 split form with 8 stages; the expert layer in the replayed graphs
+elif [ "$1" = 90 ]; then   # ran at a1a3285 (the 8-stage split form of the few-row W4A16 kernel: lost, removed)
+  echo "part 90 ran at a1a3285; the few-row W4A16 split form's stages option was removed (see the header)"; exit 1
+elif [ "$1" = 91 ]; then   # the W4A16 sweep with the read-only ceiling; bf16 throughput by time since an idle start
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10,64 --out-dir "$OUT"
-  run timeout 150 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
-  mkdir -p "$OUT/fast"
-  run timeout 150 python3 bench/with_devbuild.py bench/graph_timeline.py --plan b --recipe h100_fast --out-dir "$OUT/fast"
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10 --out-dir "$OUT"
+  run python3 bench/bf16_peak_profile.py --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

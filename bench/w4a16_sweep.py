@@ -2,8 +2,8 @@
 """The few-row W4A16 kernels at M <= 64 against the copy bandwidth on their weight bytes (the Plan B issue asks
 >= 70%), on the Pi0.5 GEMMs that stream the most int4 bytes, with cuBLAS bf16 on the same shapes in the same run:
 - triton: fused.skinny_w4a16 (canonical int4, int4 groups dequantized into tl.dot), its launch-shape grid on request;
-- mma: the wheel's w4a16_skinny (warp-level MMA on prepacked fragments, cp.async weight stream), its splits,
-  tiles-per-warp and pipeline-depth grid (needs the kernel wheel or bench/with_devbuild.py);
+- mma: the wheel's w4a16_skinny (warp-level MMA on prepacked fragments, cp.async weight stream), its splits and
+  tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py);
 - cutlass: the wheel's w4a16_gemm (CUTLASS's Hopper mixed-input GEMM, warpgroup MMA, token tiles 16 / 64 / 128; what
   the engine runs above 64 rows), bf16 out, its schedules (session 18).
 Every entry: a CUDA graph of calls over weight copies that overflow L2, median of 50 replays after warm-up, per call.
@@ -12,7 +12,9 @@ Also each kernel's default and best launch shape as the engine's denoise chain l
 accumulate into one output, a true dependency); per call, a throughput in a chain of GEMMs, not one GEMM's latency.
 Also, per shape, a device-to-device copy moving the same bytes (read + written = the int4 weight bytes) timed the
 same way: what a kernel of this size reaches of the 1 GiB copy's bandwidth when it only moves bytes (launch, ramp-up
-and tail included), the ceiling the W4A16 figure is read against (session 18).
+and tail included), the ceiling the W4A16 figure is read against (session 18); and a kernel that only reads the same
+bytes (each program sums its contiguous slice of int32, 16-byte loads; the fastest of a few launch shapes), since a
+weight stream reads and writes nothing back, and reads alone may run the DRAM faster than a copy's mix.
 Records bench/results/w4a16_sweep-<gpu>-<date>.json.
     python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--out-dir bench/results]"""
 
@@ -23,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.quant import formats as fm  # noqa: E402
@@ -37,9 +41,7 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
 # splits 3 / 6 / 24: the most CTAs that fit the H100's resident slots once (3 a SM x 132) for the Gemma gate (128 row
 # blocks), the expert gate/up (64) and the Gemma down (16); the default rounds that count up (a partial second wave)
-# stages 8: 7 groups of weights in flight a CTA instead of 3 (session 23's counters: the kernel waits on latency)
-MMA_GRID = ([DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
-            + [dict(stages=8)] + [dict(splits=sp, stages=8) for sp in (1, 2, 4, 24)])
+MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
 # (session 18's clusters of 2 / 4 CTAs and session 21's K tiles of 128 at the token tile 64 tied the default and were
 # removed: w4a16_sweep-nvidia-h200-*-s18-clusters.json, w4a16_sweep-nvidia-h100-*-s21-k128.json)
 CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]
@@ -122,6 +124,41 @@ def same_bytes_copy_us(moved: int) -> float:
     return per_call_us(lambda i: bufs[i][1].copy_(bufs[i][0]), pairs)
 
 
+@triton.jit
+def _read_kernel(X, OUT, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    """Sums this program's ITERS contiguous blocks of int32 (no mask: the buffer is a whole number of slices), so
+    the bytes are only read."""
+    base = tl.program_id(0).to(tl.int64) * ITERS * BLOCK
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    for i in range(ITERS):
+        acc += tl.load(X + base + i * BLOCK + tl.arange(0, BLOCK))
+    tl.store(OUT + tl.program_id(0), tl.sum(acc, 0))
+
+
+READ_BLOCK = 1024                   # int32 a block: 4 KB, 8 a thread of 4 warps (two 16-byte loads)
+READ_SLICES = (1, 4, 8, 16, 32)     # blocks a program: 4224 ... 132 programs for the Gemma weights
+
+
+def same_bytes_read_us(nbytes: int) -> tuple[float, dict, int]:
+    """Per-call us of the fastest read-only launch shape over (at least) nbytes, over buffers covering 2x the 50 MB
+    L2, in the sweep's CUDA-graph timing: (us, shape, bytes read)."""
+    best = None
+    for iters in READ_SLICES:
+        programs = -(-nbytes // (4 * READ_BLOCK * iters))
+        read = programs * iters * READ_BLOCK * 4
+        bufs = [torch.randint(0, 7, (read // 4,), dtype=torch.int32, device="cuda")
+                for _ in range(max(2, int(2 * 50e6 // read) + 1))]
+        out = torch.empty(programs, dtype=torch.int32, device="cuda")
+        us = per_call_us(lambda i: _read_kernel[(programs,)](bufs[i], out, BLOCK=READ_BLOCK, ITERS=iters,
+                                                             num_warps=4), len(bufs))
+        expect = int(bufs[-1].view(programs, -1).sum(1, dtype=torch.int64).sum())
+        if int(out.sum(dtype=torch.int64)) != expect:
+            raise RuntimeError(f"read-only kernel summed {int(out.sum())}, expected {expect}")
+        if best is None or us / read < best[0] / best[2]:
+            best = (us, {"programs": programs, "blocks_a_program": iters}, read)
+    return best
+
+
 def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
     copies = max(2, int(2 * 50e6 // (n * k // 2)) + 1)          # int4 copies covering 2x the 50 MB L2
     q = [fm.quantize_int4_g128(torch.randn(n, k, device="cuda") * 0.05) for _ in range(copies)]
@@ -131,8 +168,11 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
     prepared = {kname: ([prep(*qs) for qs in q], call, grid if grid_too else [DEFAULT], read)
                 for kname, (prep, call, grid, read) in table.items()}
     same = same_bytes_copy_us(int4_bytes)
+    read_us, read_shape, read_bytes = same_bytes_read_us(int4_bytes)
+    read_fraction = read_bytes / (read_us * 1e-6) / 1e9 / copy
     print(f"{name}: a copy moving the same {int4_bytes / 1e6:.1f} MB {same:.2f} us = "
-          f"{int4_bytes / (same * 1e-6) / 1e9 / copy:.0%} of copy BW", flush=True)
+          f"{int4_bytes / (same * 1e-6) / 1e9 / copy:.0%} of copy BW; reading {read_bytes / 1e6:.1f} MB "
+          f"{read_us:.2f} us = {read_fraction:.0%} ({read_shape})", flush=True)
     out = []
     for m in rows_m:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -140,7 +180,9 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
         ref = x.float() @ ref_w.T
         cublas = per_call_us(lambda i: torch.mm(x, w16[i % len(w16)].t()), len(w16))
         row = {"gemm": name, "m": m, "n": n, "k": k, "int4_bytes": int4_bytes, "cublas_bf16_us": cublas,
-               "same_bytes_copy_us": same, "same_bytes_copy_fraction": int4_bytes / (same * 1e-6) / 1e9 / copy}
+               "same_bytes_copy_us": same, "same_bytes_copy_fraction": int4_bytes / (same * 1e-6) / 1e9 / copy,
+               "same_bytes_read": {"us": read_us, "bytes": read_bytes, "shape": read_shape,
+                                   "copy_fraction": read_fraction}}
         for kname, (weights, call, grid, read) in prepared.items():
             r = row[kname] = sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, copy)
             r["best_vs_cublas"] = cublas / r["best"]["us"]
@@ -171,11 +213,12 @@ def main():
     rows = [r for name, n, k in SHAPES[:a.shapes] for r in sweep_shape(name, n, k, copy, table, not a.engine_shape_only, rows_m)]
     rep.print_table(f"few-row W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches)",
                     ["gemm", "M", "kernel", "default us", "best us", "best shape", "best % of copy BW",
-                     "cuBLAS bf16 us", "chained us", "chained % of copy BW", "same-bytes copy % of copy BW"],
+                     "cuBLAS bf16 us", "chained us", "chained % of copy BW", "same-bytes copy % of copy BW",
+                     "same-bytes read % of copy BW"],
                     [[r["gemm"], r["m"], kname, r[kname]["default"]["us"], r[kname]["best"]["us"],
                       str(r[kname]["best"]["shape"]), f"{r[kname]['best']['copy_fraction']:.0%}", r["cublas_bf16_us"],
                       r[kname]["chained"]["best"]["us"], f"{r[kname]['chained']['best']['copy_fraction']:.0%}",
-                      f"{r['same_bytes_copy_fraction']:.0%}"]
+                      f"{r['same_bytes_copy_fraction']:.0%}", f"{r['same_bytes_read']['copy_fraction']:.0%}"]
                      for r in rows for kname in table])
     rep.record_run(a.out_dir, "w4a16_sweep", {
         "copy_gbs": copy, "kernels": list(table), "rows": rows,

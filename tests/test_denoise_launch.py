@@ -116,7 +116,7 @@ def test_cluster_attention_is_refused_naming_why_and_its_carveout_reaches_the_wh
 
 
 def test_geglu_pipeline_depth_is_checked_against_the_wheel_and_kept_out_of_step0_beside_the_prefix():
-    wheel = SimpleNamespace(W4A16_SKINNY_STAGES=(0, 4, 8))
+    wheel = SimpleNamespace(W4A16_SKINNY_GEGLU_STAGES=(0, 4, 8))
     gate_ups = [SimpleNamespace(tk=wheel) for _ in range(3)]
     stub = SimpleNamespace(slots={"graph": 1}, w4a16_geglu_stages=0, overlap_step0=True,
                            _w4a16_layers=lambda names: gate_ups if names == ("gate_up",) else [])

@@ -33,8 +33,8 @@ struct W4A16Problem {
 // dequant(W)^T for M <= 64, W in the MMA-fragment layout of formats.pack_int4_fragments ([N/16][K/64][512 bytes]),
 // scales [N/16][K/128][16] bf16. splits: CTAs along K (0: fill the resident CTA slots once); tiles_per_warp: 16-row
 // tiles per warp (1 or 2); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
-// With act instead of out: gelu_tanh(gate) * up of gate/up rows interleaved in 8-row blocks, each CTA all of K.
-// stages: the cp.async pipeline depth of either form (0: the default 4, or 8).
+// With act instead of out: gelu_tanh(gate) * up of gate/up rows interleaved in 8-row blocks, each CTA all of K;
+// stages: its cp.async pipeline depth (0: the default 4, or 8).
 struct W4A16SkinnyProblem {
   const void* x;
   const void* weight;
@@ -48,7 +48,7 @@ struct W4A16SkinnyProblem {
   int tiles_per_warp;
   bool dependent;
   int sm_count;
-  int stages = 0;     // 0 (the default, 4), 4 or 8
+  int stages = 0;     // GeGLU form only
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches

@@ -11,7 +11,7 @@
 //
 // Pipeline: a CTA of 8 warps owns 8 * RT row tiles of 16 features and a range of whole groups (128 k); every stage
 // (one group) brings each warp's weights, the tiles' scales and the x slice of all tokens into shared memory with
-// cp.async, STAGES deep (4, or 8 on request). The weights and scales of the
+// cp.async, STAGES deep (4; the GeGLU form, whose CTA walks all of K, optionally 8). The weights and scales of the
 // first stages are requested before griddepcontrol.wait (they do not depend on the kernel before; under
 // programmatic dependent launch their reads overlap it). Splits of K across CTAs add their partial sums with fp32
 // reductions into `out`, which the caller zeroes (or is the residual).
@@ -288,23 +288,18 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
     throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
 }
 
-template <int NT, bool GEGLU, int RT, int WARPS>
-void launch_stages(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  if (p.stages == 8) return launch<NT, RT, WARPS, GEGLU, 8>(args, p, stream);
-  if (p.stages == 0 || p.stages == kStages) return launch<NT, RT, WARPS, GEGLU>(args, p, stream);
-  throw std::runtime_error(std::string(GEGLU ? "w4a16_skinny_geglu" : "w4a16_skinny") +
-                           ": stages must be 0 (default, 4), 4 or 8, got " + std::to_string(p.stages));
-}
-
 template <int NT>
 void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   // GeGLU: the CTA needs all of K, so fewer warps a CTA (more CTAs) stand in for the split along K; 8 stages put
-  // 7 of the expert's 8 groups in flight (their weights requested before griddepcontrol.wait). The split forms:
-  // 8 stages keep 7 groups of weights in flight a CTA instead of 3 (the counters of session 23 found the kernel
-  // waiting on latency, neither memory- nor issue-bound).
-  if (p.act != nullptr) return launch_stages<NT, true, 1, 4>(args, p, stream);
-  if (p.tiles_per_warp == 1) return launch_stages<NT, false, 1, 8>(args, p, stream);
-  if (p.tiles_per_warp == 2) return launch_stages<NT, false, 2, 8>(args, p, stream);
+  // 7 of the expert's 8 groups in flight (their weights requested before griddepcontrol.wait)
+  if (p.act != nullptr) {
+    if (p.stages == 8) return launch<NT, 1, 4, true, 8>(args, p, stream);
+    if (p.stages == 0 || p.stages == kStages) return launch<NT, 1, 4, true>(args, p, stream);
+    throw std::runtime_error("w4a16_skinny_geglu: stages must be 0 (default, 4), 4 or 8, got " +
+                             std::to_string(p.stages));
+  }
+  if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false>(args, p, stream);
+  if (p.tiles_per_warp == 2) return launch<NT, 2, 8, false>(args, p, stream);
   throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));
 }
 

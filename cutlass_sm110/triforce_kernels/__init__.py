@@ -230,21 +230,16 @@ def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scale
     _check(op, "scales", scales, torch.bfloat16, (n // 16, k // GROUP_SIZE, 16))
 
 
-W4A16_SKINNY_STAGES = (0, 4, 8)   # the few-row kernels' cp.async pipeline depths; 0: the default (4)
-
-
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
                  gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
-                 dependent: bool = False, stages: int = 0) -> None:
+                 dependent: bool = False) -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
     pack_scales_fragments [N/16, K/128, 16] bf16). `out` is added to (zero it, or pass the residual); x may be a
     row-strided view. splits: CTAs along K (0: fill the GPU once); tiles_per_warp: 16-row tiles per warp (0: by M);
-    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it); stages: the cp.async
-    pipeline depth (W4A16_SKINNY_STAGES)."""
+    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it)."""
     op = "w4a16_skinny"
     _require_op(op)
-    _check_stages(op, stages)
     if x.dim() != 2 or out.dim() != 2:
         raise KernelError(f"{op}: x and out must be 2-D, got {list(x.shape)} and {list(out.shape)}")
     m, k = x.shape
@@ -260,12 +255,10 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     if splits < 0 or tiles_per_warp not in (0, 1, 2):
         raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, stages)
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
 
 
-def _check_stages(op: str, stages: int) -> None:
-    if stages not in W4A16_SKINNY_STAGES:
-        raise KernelError(f"{op}: stages must be one of {W4A16_SKINNY_STAGES} (0: the default), got {stages}")
+W4A16_SKINNY_GEGLU_STAGES = (0, 4, 8)   # 0: the default (4)
 
 
 def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, act: torch.Tensor,
@@ -273,10 +266,11 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     """act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T) for M <= 64: w4a16_skinny on gate/up weights whose
     rows were interleaved in 8-row blocks (formats.interleave_gate_up, then pack_int4_fragments /
     pack_scales_fragments). Each CTA covers all of K; nothing is accumulated, act is written. stages: the cp.async
-    pipeline depth (W4A16_SKINNY_STAGES)."""
+    pipeline depth (W4A16_SKINNY_GEGLU_STAGES)."""
     op = "w4a16_skinny_geglu"
     _require_op(op)
-    _check_stages(op, stages)
+    if stages not in W4A16_SKINNY_GEGLU_STAGES:
+        raise KernelError(f"{op}: stages must be one of {W4A16_SKINNY_GEGLU_STAGES} (0: the default), got {stages}")
     if x.dim() != 2 or act.dim() != 2:
         raise KernelError(f"{op}: x and act must be 2-D, got {list(x.shape)} and {list(act.shape)}")
     m, k = x.shape

@@ -637,7 +637,7 @@ class Pi05Engine:
         """The cp.async pipeline depth of the wheel's few-row gate/up + GeGLU kernel in denoise steps 1-9 (0: its
         default, 4; W4A16_GEGLU_STAGES); step 0 beside the prefix keeps the default. Captured graphs re-capture."""
         layers = self._w4a16_layers(("gate_up",))
-        allowed = layers[0].tk.W4A16_SKINNY_STAGES if layers else (stages,)
+        allowed = layers[0].tk.W4A16_SKINNY_GEGLU_STAGES if layers else (stages,)
         if stages not in allowed:
             raise TriforceError(f"W4A16 GeGLU stages {stages}: one of {allowed} expected")
         self.w4a16_geglu_stages = stages
