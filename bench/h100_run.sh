@@ -178,8 +178,8 @@
 #     replayed graph
 #   part 91: the few-row W4A16 sweep at M = 1 and 10 with a read-only kernel on the same bytes beside the copy; the
 #     bf16 8192^3 GEMM's throughput by time since an idle start (bench/bf16_peak_profile.py)
-#   part 92: the few-row W4A16 kernel's warp-ring form (a ring of bulk copies a warp, no per-stage __syncthreads):
-#     its GPU tests, the sweep at M = 1 and 10
+#   part 92 (ran at 647a992; the warp-ring form lost and was removed): the few-row W4A16 kernel's warp-ring form (a
+#     ring of bulk copies a warp, no per-stage __syncthreads): its GPU tests, the sweep at M = 1 and 10
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|92   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -506,10 +506,8 @@ elif [ "$1" = 91 ]; then   # the W4A16 sweep with the read-only ceiling; bf16 th
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10 --out-dir "$OUT"
   run python3 bench/bf16_peak_profile.py --out-dir "$OUT"
-elif [ "$1" = 92 ]; then   # the few-row W4A16 warp-ring form: its GPU tests, the sweep
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10 --out-dir "$OUT"
+elif [ "$1" = 92 ]; then   # ran at 647a992 (the few-row W4A16 warp-ring form: lost, removed)
+  echo "part 92 ran at 647a992; the few-row W4A16 warp-ring form was removed (see the header)"; exit 1
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

@@ -3,7 +3,7 @@
 >= 70%), on the Pi0.5 GEMMs that stream the most int4 bytes, with cuBLAS bf16 on the same shapes in the same run:
 - triton: fused.skinny_w4a16 (canonical int4, int4 groups dequantized into tl.dot), its launch-shape grid on request;
 - mma: the wheel's w4a16_skinny (warp-level MMA on prepacked fragments, cp.async weight stream), its splits and
-  tiles-per-warp grid, and its warp-ring form (bulk copies a warp) with its splits (needs the kernel wheel or bench/with_devbuild.py);
+  tiles-per-warp grid (needs the kernel wheel or bench/with_devbuild.py);
 - cutlass: the wheel's w4a16_gemm (CUTLASS's Hopper mixed-input GEMM, warpgroup MMA, token tiles 16 / 64 / 128; what
   the engine runs above 64 rows), bf16 out, its schedules (session 18).
 Every entry: a CUDA graph of calls over weight copies that overflow L2, median of 50 replays after warm-up, per call.
@@ -41,9 +41,7 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
 # splits 3 / 6 / 24: the most CTAs that fit the H100's resident slots once (3 a SM x 132) for the Gemma gate (128 row
 # blocks), the expert gate/up (64) and the Gemma down (16); the default rounds that count up (a partial second wave)
-# warp_ring: each warp streams its row tile through a ring of bulk copies of its own (M <= 16; session 24)
-MMA_GRID = ([DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
-            + [dict(warp_ring=True)] + [dict(warp_ring=True, splits=sp) for sp in (1, 2, 3, 4, 6, 24)])
+MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
 # (session 18's clusters of 2 / 4 CTAs and session 21's K tiles of 128 at the token tile 64 tied the default and were
 # removed: w4a16_sweep-nvidia-h200-*-s18-clusters.json, w4a16_sweep-nvidia-h100-*-s21-k128.json)
 CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]

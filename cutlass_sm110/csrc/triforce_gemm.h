@@ -34,8 +34,7 @@ struct W4A16Problem {
 // scales [N/16][K/128][16] bf16. splits: CTAs along K (0: fill the resident CTA slots once); tiles_per_warp: 16-row
 // tiles per warp (1 or 2); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
 // With act instead of out: gelu_tanh(gate) * up of gate/up rows interleaved in 8-row blocks, each CTA all of K;
-// stages: its cp.async pipeline depth (0: the default 4, or 8). warp_ring: each warp streams its row tile through a
-// ring of bulk copies of its own (M <= 16; splits 0: two CTAs a SM).
+// stages: its cp.async pipeline depth (0: the default 4, or 8).
 struct W4A16SkinnyProblem {
   const void* x;
   const void* weight;
@@ -50,7 +49,6 @@ struct W4A16SkinnyProblem {
   bool dependent;
   int sm_count;
   int stages = 0;     // GeGLU form only
-  bool warp_ring = false;  // the warp-ring form (M <= 16, the add form, one row tile a warp)
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches

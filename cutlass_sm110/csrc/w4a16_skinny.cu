@@ -15,13 +15,6 @@
 // first stages are requested before griddepcontrol.wait (they do not depend on the kernel before; under
 // programmatic dependent launch their reads overlap it). Splits of K across CTAs add their partial sums with fp32
 // reductions into `out`, which the caller zeroes (or is the residual).
-//
-// The warp-ring form (M <= 16, one row tile a warp): each warp streams its own tile's groups through a ring of
-// kRingStages shared-memory slots, each filled by two bulk copies (cp.async.bulk: the group's 1 KB of weights and
-// its 32 bytes of scales, issued by lane 0) and tracked by the slot's mbarrier; x for the CTA's whole K range is
-// copied in once. No per-lane cp.async and no per-stage __syncthreads: the warps never wait on each other, and the
-// warp's instructions a weight byte are its dequantization and MMAs (session 24: the CTA-wide pipeline spent ~40%
-// of its issue slots on loads, their bookkeeping and barriers).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -55,32 +48,6 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // Programmatic dependent launch: both are no-ops when the kernel was launched without the attribute.
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
-
-// Bulk copies on mbarriers (sm_90+; the warp-ring form).
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, int bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n .reg .pred done;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      " @!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, int bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ void fence_mbarrier_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// Orders this thread's generic-proxy shared-memory accesses (barrier inits, slot reads) before its later bulk
-// copies (the async proxy) into the same memory.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // Nibbles at bits 4i and 16 + 4i of w (after the caller's shift) as bf16x2 of q = u - 8, exactly.
 __device__ __forceinline__ uint32_t nibble_pair_to_bf16x2(uint32_t w) {
@@ -286,119 +253,6 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
-constexpr int kRingWarps = 8;
-constexpr int kRingStages = 8;
-constexpr int kSlotBytes = 2 * 32 * 16 + 16 * 2;   // one group of one tile: two 512-byte chunks and 16 bf16 scales
-
-// Dynamic shared memory of the warp-ring form: the barriers, every warp's ring, then x of `groups` groups.
-template <int NT>
-constexpr int ring_smem_bytes(int groups) {
-  return kRingWarps * kRingStages * (8 + kSlotBytes) + groups * 2 * NT * 8 * kChunk * 2;
-}
-
-template <int NT>
-__global__ void __launch_bounds__(kRingWarps * 32) w4a16_skinny_kernel_ring(SkinnyArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
-  const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
-  const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
-  const int tile = blockIdx.x * kRingWarps + warp;
-  const bool valid = tile < tiles;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem) + warp * kRingStages;
-  unsigned char* ring = smem + kRingWarps * kRingStages * 8 + warp * kRingStages * kSlotBytes;
-  unsigned char* xs = smem + kRingWarps * kRingStages * (8 + kSlotBytes);   // [2 ng chunks][8 NT tokens][8 x 16 B]
-  const unsigned char* wsrc =
-      reinterpret_cast<const unsigned char*>(a.weight + (int64_t(tile) * chunks + 2 * gbeg) * 32);
-  const __nv_bfloat16* ssrc = a.scales + (int64_t(tile) * groups + gbeg) * 16;
-  auto issue = [&](int i) {  // lane 0: group i of this warp's tile into slot i % kRingStages
-    uint64_t* bar = bars + i % kRingStages;
-    unsigned char* slot = ring + (i % kRingStages) * kSlotBytes;
-    mbar_expect_tx(bar, kSlotBytes);
-    bulk_copy(slot, wsrc + int64_t(i) * 1024, 1024, bar);
-    bulk_copy(slot + 1024, ssrc + i * 16, 32, bar);
-  };
-  if (valid && lane == 0) {  // the weights do not depend on the kernel before: asked for before its wait
-    for (int s = 0; s < kRingStages; ++s) mbar_init(bars + s, 1);
-    fence_mbarrier_init();
-    fence_proxy_async();
-    for (int i = 0; i < kRingStages && i < ng; ++i) issue(i);
-  }
-  grid_dependency_wait();  // x, gate and out belong to the kernels before
-  launch_dependents();
-  // x of the CTA's groups (rows >= M zero-filled), 16-byte segments XOR-swizzled by token as in the split form
-  for (int idx = threadIdx.x; idx < ng * 2 * NT * 64; idx += kRingWarps * 32) {
-    const int seg = idx & 7, tok = (idx >> 3) % (NT * 8), c = idx / (NT * 64);
-    const bool in = tok < a.m;
-    const __nv_bfloat16* src = in ? a.x + tok * a.ldx + int64_t(gbeg) * kGroup + c * kChunk + seg * 8 : a.x;
-    cp_async16(xs + ((c * NT * 8 + tok) * 8 + (seg ^ (tok & 7))) * 16, src, in ? 16 : 0);
-  }
-  cp_async_commit();
-  cp_async_wait<0>();
-  __syncthreads();  // x and the barrier inits, for every warp
-  if (!valid) return;
-
-  float acc[NT][4];
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
-  for (int i = 0; i < ng; ++i) {
-    mbar_wait(bars + i % kRingStages, (i / kRingStages) & 1);
-    const unsigned char* slot = ring + (i % kRingStages) * kSlotBytes;
-    const uint4* xg = reinterpret_cast<const uint4*>(xs) + i * 2 * NT * 64;
-    float part[NT][4];
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const uint4 wq = reinterpret_cast<const uint4*>(slot)[c * 32 + lane];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint32_t af[2][4];
-        dequant_word(h == 0 ? wq.x : wq.z, af[0]);
-        dequant_word(h == 0 ? wq.y : wq.w, af[1]);
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          const uint4 xv = xg[(c * NT * 8 + j * 8 + g) * 8 + ((2 * t + h) ^ g)];
-          mma_bf16(part[j], af[0], xv.x, xv.y);
-          mma_bf16(part[j], af[1], xv.z, xv.w);
-        }
-      }
-    }
-    const __nv_bfloat16* sc = reinterpret_cast<const __nv_bfloat16*>(slot + 1024);
-    const float s_lo = __bfloat162float(sc[g]), s_hi = __bfloat162float(sc[g + 8]);
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      acc[j][0] += s_lo * part[j][0];
-      acc[j][1] += s_lo * part[j][1];
-      acc[j][2] += s_hi * part[j][2];
-      acc[j][3] += s_hi * part[j][3];
-    }
-    __syncwarp();  // every lane has read slot i % kRingStages (its values are in registers, used above)
-    if (lane == 0 && i + kRingStages < ng) {
-      fence_proxy_async();
-      issue(i + kRingStages);
-    }
-  }
-  const int row = tile * 16 + g;
-  const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    const int tok = j * 8 + 2 * t;
-    if (tok < a.m) {
-      atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[j][0]);
-      atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[j][2]);
-    }
-    if (tok + 1 < a.m) {
-      atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[j][1]);
-      atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[j][3]);
-    }
-  }
-}
-
 template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>
 void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   using S = SkinnySmem<NT, RT, WARPS, STAGES>;
@@ -432,49 +286,6 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
   config.numAttrs = p.dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
   if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
-}
-
-int max_dynamic_smem() {
-  int device = 0, bytes = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  return bytes;
-}
-
-template <int NT>
-void launch_ring(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  auto kernel = w4a16_skinny_kernel_ring<NT>;
-  static const int limit = max_dynamic_smem();
-  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
-  if (attr != cudaSuccess)
-    throw std::runtime_error(std::string("w4a16_skinny (warp ring): cannot allow ") + std::to_string(limit) +
-                             " bytes of shared memory: " + cudaGetErrorString(attr));
-  const int groups = p.k / kGroup, row_blocks = (p.n / 16 + kRingWarps - 1) / kRingWarps;
-  // splits 0: two CTAs a SM (two rings of eight warps), then as many more as x of a CTA's groups needs to fit
-  int splits = p.splits > 0 ? p.splits : (2 * p.sm_count + row_blocks - 1) / row_blocks;
-  splits = splits < groups ? splits : groups;
-  while (p.splits <= 0 && splits < groups && ring_smem_bytes<NT>((groups + splits - 1) / splits) > limit) ++splits;
-  const int bytes = ring_smem_bytes<NT>((groups + splits - 1) / splits);
-  if (bytes > limit)
-    throw std::runtime_error("w4a16_skinny (warp ring): " + std::to_string((groups + splits - 1) / splits) +
-                             " groups of K a CTA need " + std::to_string(bytes) + " bytes of shared memory (this GPU "
-                             "allows " + std::to_string(limit) + "): ask for more splits");
-  SkinnyArgs a = args;
-  a.splits = splits;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(row_blocks), unsigned(splits));
-  config.blockDim = dim3(kRingWarps * 32);
-  config.dynamicSmemBytes = bytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[2];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  attribute[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
-  attribute[1].val.sharedMemCarveout = unsigned(g_carveout);
-  config.attrs = attribute;
-  config.numAttrs = p.dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
-  if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
-    throw std::runtime_error(std::string("w4a16_skinny (warp ring): launch failed: ") + cudaGetErrorString(err));
 }
 
 template <int NT>
@@ -514,13 +325,6 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
                static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
-  if (p.warp_ring) {
-    if (p.act != nullptr || p.m > 16 || p.tiles_per_warp != 1)
-      throw std::runtime_error("w4a16_skinny: the warp-ring form takes the add form at M <= 16 with one row tile a "
-                               "warp (got M=" + std::to_string(p.m) + ", tiles_per_warp=" +
-                               std::to_string(p.tiles_per_warp) + (p.act ? ", GeGLU)" : ")"));
-    return p.m <= 8 ? launch_ring<1>(a, p, stream) : launch_ring<2>(a, p, stream);
-  }
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);
