@@ -180,7 +180,9 @@
 #     bf16 8192^3 GEMM's throughput by time since an idle start (bench/bf16_peak_profile.py)
 #   part 92 (ran at 647a992; the warp-ring form lost and was removed): the few-row W4A16 kernel's warp-ring form (a
 #     ring of bulk copies a warp, no per-stage __syncthreads): its GPU tests, the sweep at M = 1 and 10
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|92   (carry .device_carry and .whl)
+#   part 93: the final code: the kernel and engine GPU tests, both validations, Phase 0 and the bf16 GEMM's
+#     throughput by time since an idle start on the same machine, the replayed graph's layers
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|93   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -508,6 +510,15 @@ elif [ "$1" = 91 ]; then   # the W4A16 sweep with the read-only ceiling; bf16 th
   run python3 bench/bf16_peak_profile.py --out-dir "$OUT"
 elif [ "$1" = 92 ]; then   # ran at 647a992 (the few-row W4A16 warp-ring form: lost, removed)
   echo "part 92 ran at 647a992; the few-row W4A16 warp-ring form was removed (see the header)"; exit 1
+elif [ "$1" = 93 ]; then   # the final code: GPU tests, both validations, Phase 0 and the bf16 profile, the graph's layers
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  mkdir -p "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
+  run python3 bench/bf16_peak_profile.py --out-dir "$OUT"
+  run timeout 150 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
