@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""How Phase 0's bf16 GEMM throughput depends on how long the GPU has been running it. Phase 0 times the 8192^3 bf16
-GEMM after a second of warm-up, and its figure has ranged 553-656 TFLOP/s across sessions and machines (#3's stage
-floors move with it). This runs the same GEMM back to back from an idle GPU for a few seconds, each call between
-CUDA events, and reports the median throughput in windows of time since the first call, with the SM clock and power
-the driver reports before and after; then Phase 0's own figure in the same process.
+"""How the bf16 GEMM's throughput depends on how long the GPU has been running it. Until session 24 Phase 0 timed the
+8192^3 bf16 GEMM after a second of warm-up with a sync after every call, and its figure ranged 553-656 TFLOP/s across
+sessions and machines (#3's stage floors moved with it). This runs the same GEMM back to back from an idle GPU for a
+few seconds, each call between CUDA events, and reports the median throughput in windows of time since the first
+call, with the SM clock and power the driver reports before and after; then Phase 0's own figure (now the median of
+the calls 1-2 s into such a run, timing.time_sustained) in the same process.
     python3 bench/bf16_peak_profile.py [--seconds 3] [--out-dir bench/results]
 Records bench/results/bf16_peak_profile-<gpu>-<date>.json."""
 
@@ -72,7 +73,7 @@ def main():
                     ["window (ms since the first call)", "calls", "median TFLOP/s", "max TFLOP/s"],
                     [[f"{w['from_ms']:.0f}-{w['to_ms']:.0f}", w["calls"], w["median_tflops"], w["max_tflops"]]
                      for w in windows])
-    print(f"Phase 0's figure (after 1 s of warm-up, same process): {phase0:.0f} TFLOP/s")
+    print(f"Phase 0's figure (its own run, same process): {phase0:.0f} TFLOP/s")
     print(f"nvidia-smi before: {before}\nnvidia-smi after:  {after}")
     rep.record_run(a.out_dir, "bf16_peak_profile", {
         "gemm": f"{N}x{N}x{N} bf16 (torch.mm)", "windows": windows, "phase0_bf16_tflops": phase0,

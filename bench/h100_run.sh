@@ -182,7 +182,9 @@
 #     ring of bulk copies a warp, no per-stage __syncthreads): its GPU tests, the sweep at M = 1 and 10
 #   part 93: the final code: the kernel and engine GPU tests, both validations, Phase 0 and the bf16 GEMM's
 #     throughput by time since an idle start on the same machine, the replayed graph's layers
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|93   (carry .device_carry and .whl)
+#   part 94: Phase 0 with the GEMM rates timed sustained (timing.time_sustained), three times in fresh processes:
+#     before and after a Plan A validation has heated the GPU, then beside the bf16 profile
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|94   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -519,6 +521,14 @@ elif [ "$1" = 93 ]; then   # the final code: GPU tests, both validations, Phase 
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT"
   run python3 bench/bf16_peak_profile.py --out-dir "$OUT"
   run timeout 150 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
+elif [ "$1" = 94 ]; then   # Phase 0's sustained GEMM rates, cool and hot, three processes
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv | tee -a "$LOG"
+  mkdir -p "$OUT/cool" "$OUT/hot" "$OUT/again"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT/cool"
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT/hot"
+  run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT/again"
+  run python3 bench/bf16_peak_profile.py --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

@@ -29,6 +29,42 @@ def time_cuda(fn, runs: int = 50, warmup_s: float = 1.0, min_warmup: int = 5) ->
     return summarize(samples)
 
 
+def time_sustained(fn, warmup_s: float = 1.0, window_s: float = 1.0) -> dict:
+    """Median/p10/p90 in ms of `fn` (enqueues device work) called back to back with no host sync between calls, each
+    call between CUDA events, over the calls that start in [warmup_s, warmup_s + window_s) of the run: its sustained
+    rate once clocks and the power limiter have settled. On the lent H100 the 8192^3 bf16 GEMM runs ~790 TFLOP/s for
+    its first 50 ms and 680-700 from 1 s on, while time_cuda (a sync after every call) read it at 553-656 across runs
+    and 582 / 652 on one machine minutes apart (bench/results/bf16_peak_profile-*-s24.json)."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    calls = int((warmup_s + window_s) / max(time.perf_counter() - t, 1e-5) * 1.25) + 8
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    first = events[0][0]
+    samples = [(first.elapsed_time(a), a.elapsed_time(b)) for a, b in events]
+    return summarize(window(samples, warmup_s * 1e3, (warmup_s + window_s) * 1e3))
+
+
+def window(samples, start_ms: float, end_ms: float) -> list:
+    """The durations of the (start ms, duration ms) samples that start in [start_ms, end_ms); an error if none do
+    (the run was shorter than the window: nothing measured there)."""
+    inside = [d for s, d in samples if start_ms <= s < end_ms]
+    if not inside:
+        last = samples[-1][0] if samples else 0.0
+        raise RuntimeError(f"no call started in the timing window {start_ms:.0f}-{end_ms:.0f} ms (the run's last "
+                           f"call started at {last:.0f} ms)")
+    return inside
+
+
 def time_graph_us(calls, runs: int = 50, warmup_s: float = 0.3) -> float:
     """Median us per call of `calls` (a list of no-argument callables that enqueue device work), captured in order
     into one CUDA graph (so launch overhead is out, as in the engine) after one warm-up pass on a side stream."""
