@@ -184,7 +184,9 @@
 #     throughput by time since an idle start on the same machine, the replayed graph's layers
 #   part 94: Phase 0 with the GEMM rates timed sustained (timing.time_sustained), three times in fresh processes:
 #     before and after a Plan A validation has heated the GPU, then beside the bf16 profile
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|94   (carry .device_carry and .whl)
+#   part 95: Plan A validation reading each stage against its bf16 roofline floor (Phase 0's ceilings measured in
+#     the same run)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|95   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -529,6 +531,9 @@ elif [ "$1" = 94 ]; then   # Phase 0's sustained GEMM rates, cool and hot, three
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT/hot"
   run python3 bench/with_devbuild.py scripts/phase0_environment_check.py --report-dir "$OUT/again"
   run python3 bench/bf16_peak_profile.py --out-dir "$OUT"
+elif [ "$1" = 95 ]; then   # Plan A validation with each stage against its bf16 floor
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv | tee -a "$LOG"
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

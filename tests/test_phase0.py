@@ -64,3 +64,23 @@ def test_sustained_timing_keeps_the_calls_that_start_in_its_window():
     assert summarize(inside)["median_ms"] == 1.6
     with pytest.raises(RuntimeError, match="no call started in the timing window 1000-2000 ms"):
         window(burst, 1000.0, 2000.0)
+
+
+def test_plan_a_report_reads_each_stage_against_its_bf16_floor():
+    """#3's stage target computed by the validation itself: the stages' times over the bf16 floors that the run's own
+    ceilings give (vision / prefix / denoise -> the roofline's vision / prefix / expert), met or missed."""
+    from triforce.checks.plan_a import _floor_note, stages_vs_floors
+
+    ceilings = {"copy_gbs": 2990.0, "tflops": {"bf16": 690.0}}
+    floors = analyse(LIBERO, ceilings["tflops"], ceilings["copy_gbs"], ["bf16"])["stage_floor_ms"]
+    stages = stages_vs_floors({"vision": 1.53, "prefix": 3.99, "denoise_total": 4.22}, floors)
+    assert set(stages) == {"vision", "prefix", "expert"}
+    for stage, ms in (("vision", 1.53), ("prefix", 3.99), ("expert", 4.22)):
+        assert stages[stage]["x_floor"] == pytest.approx(ms / floors[stage]["bf16"])
+        assert stages[stage]["within_target"] == (ms <= 2 * floors[stage]["bf16"])
+    assert not stages["vision"]["within_target"] and stages["prefix"]["within_target"]   # 0.61 / 2.9 ms floors
+    report = {"stage_roofline": {"ceilings": ceilings, "target_x_floor": 2.0, "stages": stages}}
+    note = _floor_note(report, "vision")
+    assert note.startswith(f"{stages['vision']['x_floor']:.2f}x its bf16 floor") and note.endswith("missed)")
+    assert "bf16 690 TFLOP/s, copy 2990 GB/s" in note
+    assert _floor_note({}, "vision") == ""

@@ -1,5 +1,6 @@
-"""Plan A validation: engine vs fp32 reference (per-sample worst cosine), the bf16 floor, latency per stage, Hz,
-cold start and peak memory, on the standard workload."""
+"""Plan A validation: engine vs fp32 reference (per-sample worst cosine), the bf16 floor, latency per stage against
+its bf16 roofline floor (Phase 0's ceilings measured in the same run), Hz, cold start and peak memory, on the
+standard workload."""
 
 from __future__ import annotations
 
@@ -15,6 +16,29 @@ from ..timing import time_cuda, time_wall
 from ..workload import STANDARD, checked_standard_case, cosine, random_noise, random_observation, standard_case
 
 GATE_COSINE = 0.999
+STAGE_TARGET_X_FLOOR = 2.0   # #3: each stage within 2x of its bf16 roofline floor (a target, reported; not a gate)
+STAGE_OF_ROOFLINE = {"vision": "vision", "prefix": "prefix", "denoise_total": "expert"}   # stages_ms key -> roofline
+
+
+def stages_vs_floors(stages_ms: dict, stage_floor_ms: dict) -> dict:
+    """Each stage's time against its bf16 roofline floor (roofline.analyse's stage_floor_ms): x floor, target met."""
+    out = {}
+    for key, stage in STAGE_OF_ROOFLINE.items():
+        floor = stage_floor_ms[stage]["bf16"]
+        x = stages_ms[key] / floor
+        out[stage] = {"ms": stages_ms[key], "bf16_floor_ms": floor, "x_floor": x,
+                      "within_target": x <= STAGE_TARGET_X_FLOOR}
+    return out
+
+
+def measure_floors(cfg, stages_ms: dict) -> dict:
+    """Phase 0's ceilings measured now, the bf16 floors they give, and each stage against its floor."""
+    from ..roofline import analyse
+    from .phase0 import measure_ceilings
+
+    ceilings = measure_ceilings()
+    floors = analyse(cfg, ceilings["tflops"], ceilings["copy_gbs"], ["bf16"])["stage_floor_ms"]
+    return {"ceilings": ceilings, "target_x_floor": STAGE_TARGET_X_FLOOR, "stages": stages_vs_floors(stages_ms, floors)}
 
 
 def compare_with_reference(policy, cfg, path, n_obs: int, seed: int) -> dict:
@@ -86,12 +110,13 @@ def run(checkpoint: str, config: str, observations: int, runs: int, seed: int = 
     cold_start = time.perf_counter() - start
     peak_gb = torch.cuda.max_memory_allocated() / 2**30
     latency = measure_latency(policy, cfg, runs, seed)
+    roofline = measure_floors(cfg, latency["stages_ms"])
     precision = compare_with_reference(policy, cfg, path, observations, seed)
     passed = precision["engine_vs_fp32"]["worst"] >= GATE_COSINE
     report = {"plan": "a", "config": config, "checkpoint": checkpoint, "synthetic_weights": synthetic,
               "note": rep.RANDOM_WEIGHTS_NOTE if synthetic else "", "workload": STANDARD,
               "gate": {"worst_cosine_vs_fp32": GATE_COSINE, "passed": passed},
-              "precision": precision, "latency": latency, "cold_start_s": cold_start,
+              "precision": precision, "latency": latency, "stage_roofline": roofline, "cold_start_s": cold_start,
               "load_s": policy.load_seconds, "peak_gpu_memory_gb": peak_gb,
               "weight_bytes": policy.backend.weight_bytes(), **policy.backend.launch_settings(),
               "gemm_tuning_table": policy.backend.gemm_tuning_table()}
@@ -112,6 +137,16 @@ def _denoise_note(steps: list, report: dict) -> str:
     return f"{later:.3f}/step{overlap}, {report['expert_path']} expert layers{launch}"
 
 
+def _floor_note(report: dict, stage: str) -> str:
+    roof = report.get("stage_roofline")
+    if roof is None:      # a report from before the floors were measured in the run
+        return ""
+    st, c = roof["stages"][stage], roof["ceilings"]
+    return (f"{st['x_floor']:.2f}x its bf16 floor {st['bf16_floor_ms']:.3f} ms (bf16 {c['tflops']['bf16']:.0f} "
+            f"TFLOP/s, copy {c['copy_gbs']:.0f} GB/s; target <= {roof['target_x_floor']:g}x: "
+            f"{'met' if st['within_target'] else 'missed'})")
+
+
 def print_summary(report: dict) -> None:
     p, lat = report["precision"], report["latency"]
     rows = [["worst cosine engine vs fp32", p["engine_vs_fp32"]["worst"], f">= {GATE_COSINE}"],
@@ -120,8 +155,10 @@ def print_summary(report: dict) -> None:
         rows.append([f"graph replay ms ({key})", lat[key]["graph_replay"]["median_ms"], f"{lat[key]['hz']:.1f} Hz"])
         rows.append([f"predict call ms ({key})", lat[key]["predict_call"]["median_ms"], "host in/out"])
     st = lat["stages_ms"]
-    rows += [["vision ms", st["vision"], ""], ["prefix ms", st["prefix"], ""],
-             ["denoise ms (10 steps)", st["denoise_total"], _denoise_note(st["denoise_steps"], report)],
+    rows += [["vision ms", st["vision"], _floor_note(report, "vision")],
+             ["prefix ms", st["prefix"], _floor_note(report, "prefix")],
+             ["denoise ms (10 steps)", st["denoise_total"],
+              f"{_denoise_note(st['denoise_steps'], report)}; {_floor_note(report, 'expert')}"],
              ["cold start s (load + capture)", report["cold_start_s"], "<= 10"],
              ["peak GPU memory GB", report["peak_gpu_memory_gb"], ""]]
     rep.print_table(f"Plan A — {report['config']} on {report['device']['gpu']} ({'synthetic' if report['synthetic_weights'] else 'real'} weights)",
