@@ -186,9 +186,9 @@
 #     before and after a Plan A validation has heated the GPU, then beside the bf16 profile
 #   part 95: Plan A validation reading each stage against its bf16 roofline floor (Phase 0's ceilings measured in
 #     the same run)
-#   part 96: the few-row W4A16 kernel with its prologue's weight stages by bulk copies on mbarriers (stage 0 waits
-#     for its own weights only) against the single cp.async group: its GPU tests, the engine's W4A16 tests, the sweep
-#     at M = 1 and 10
+#   part 96 (ran at bd19e3c; the bulk-copy prologue tied and was removed): the few-row W4A16 kernel with its
+#     prologue's weight stages by bulk copies on mbarriers (stage 0 waits for its own weights only) against the single
+#     cp.async group: its GPU tests, the engine's W4A16 tests, the sweep at M = 1 and 10
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|96   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -537,10 +537,8 @@ elif [ "$1" = 94 ]; then   # Phase 0's sustained GEMM rates, cool and hot, three
 elif [ "$1" = 95 ]; then   # Plan A validation with each stage against its bf16 floor
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-elif [ "$1" = 96 ]; then   # the few-row W4A16 prologue by bulk copies vs one cp.async group
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "w4a16 or plan_b"
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10 --out-dir "$OUT"
+elif [ "$1" = 96 ]; then   # ran at bd19e3c (the few-row W4A16 bulk-copy prologue: tied, removed)
+  echo "part 96 ran at bd19e3c; the few-row W4A16 bulk-copy prologue was removed (see the header)"; exit 1
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

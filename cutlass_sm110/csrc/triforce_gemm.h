@@ -49,7 +49,6 @@ struct W4A16SkinnyProblem {
   bool dependent;
   int sm_count;
   int stages = 0;     // GeGLU form only
-  bool bulk_prologue = true;  // the first stages' weights by bulk copies on mbarriers (false: one cp.async group)
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches

@@ -49,27 +49,6 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 
-// Bulk copies on mbarriers (sm_90+): the prologue's weight stages, whose completion must not queue behind cp.async
-// groups.
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, int bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n .reg .pred done;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      " @!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, int bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
-}
-
 // Nibbles at bits 4i and 16 + 4i of w (after the caller's shift) as bf16x2 of q = u - 8, exactly.
 __device__ __forceinline__ uint32_t nibble_pair_to_bf16x2(uint32_t w) {
   uint32_t biased;  // (w & 0x000F000F) | 0x43004300: bf16 128 + u in each half
@@ -103,7 +82,6 @@ struct SkinnyArgs {
   __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
   int m, n, k, splits;
   int64_t ldx, ldo;
-  bool bulk_prologue;           // the prologue's weight stages by bulk copies on mbarriers (else one cp.async group)
 };
 
 template <int NT, int RT, int WARPS, int STAGES>
@@ -112,7 +90,7 @@ struct SkinnySmem {
   static constexpr int kScaleBytes = WARPS * RT * 16 * 2;
   static constexpr int kXBytes = 2 * NT * 8 * kChunk * 2;         // two chunks x (8 NT tokens) x 64 k, bf16
   static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
-  static constexpr int kBytes = STAGES * kStageBytes + (STAGES - 1) * 8;   // + the prologue stages' mbarriers
+  static constexpr int kBytes = STAGES * kStageBytes;
 };
 
 template <int RT, int NT>
@@ -176,36 +154,9 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
     }
   };
 
-  // The prologue's weight stages by bulk copies, one mbarrier a stage (each warp's lane 0 copies its tiles' 1 KB and
-  // 32 bytes of scales): as one cp.async group ahead of the x groups, the first wait needed every prefetched stage's
-  // weights before stage 0 could start (session 24: with 8 stages that serialized loads and compute, part 90).
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + STAGES * S::kStageBytes);
-  if (!a.bulk_prologue) {
-    for (int i = 0; i < STAGES - 1; ++i)
-      if (i < ng) issue_weights(i);
-    cp_async_commit();
-  } else if (threadIdx.x == 0) {
-    for (int i = 0; i < STAGES - 1; ++i) mbar_init(bars + i, WARPS);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  if (a.bulk_prologue) __syncthreads();
-  if (a.bulk_prologue && lane == 0) {
-    for (int i = 0; i < STAGES - 1 && i < ng; ++i) {
-      unsigned char* base = smem + i * S::kStageBytes;
-      int bytes = 0;
-#pragma unroll
-      for (int r = 0; r < RT; ++r) bytes += valid[r] ? 1024 + 32 : 0;
-      mbar_expect_tx(bars + i, bytes);
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        if (!valid[r]) continue;
-        bulk_copy(base + (warp * RT + r) * 2 * 32 * 16, a.weight + (int64_t(tile[r]) * chunks + 2 * (gbeg + i)) * 32,
-                  1024, bars + i);
-        bulk_copy(base + S::kWeightBytes + (warp * RT + r) * 32, a.scales + (int64_t(tile[r]) * groups + gbeg + i) * 16,
-                  32, bars + i);
-      }
-    }
-  }
+  for (int i = 0; i < STAGES - 1; ++i)
+    if (i < ng) issue_weights(i);
+  cp_async_commit();
   grid_dependency_wait();  // x, gate and out belong to the kernels before
   launch_dependents();
   for (int i = 0; i < STAGES - 1; ++i) {
@@ -218,7 +169,6 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 
   for (int i = 0; i < ng; ++i) {
     cp_async_wait<STAGES - 2>();  // stage i has landed (for this thread) ...
-    if (a.bulk_prologue && i < STAGES - 1) mbar_wait(bars + i, 0);   // (the prologue's weights: their own barrier)
     __syncthreads();               // ... for every thread, and stage i - 1's slot is free
     if (i + STAGES - 1 < ng) {
       issue_weights(i + STAGES - 1);
@@ -374,7 +324,7 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
     throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
-               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo, p.bulk_prologue};
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

@@ -232,14 +232,12 @@ def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scale
 
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
                  gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
-                 dependent: bool = False, bulk_prologue: bool = True) -> None:
+                 dependent: bool = False) -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
     pack_scales_fragments [N/16, K/128, 16] bf16). `out` is added to (zero it, or pass the residual); x may be a
     row-strided view. splits: CTAs along K (0: fill the GPU once); tiles_per_warp: 16-row tiles per warp (0: by M);
-    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it); bulk_prologue: the first
-    pipeline stages' weights by bulk copies on mbarriers, so stage 0 waits for its own weights only (False: as one
-    cp.async group ahead of x, the form before session 24)."""
+    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it)."""
     op = "w4a16_skinny"
     _require_op(op)
     if x.dim() != 2 or out.dim() != 2:
@@ -257,7 +255,7 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     if splits < 0 or tiles_per_warp not in (0, 1, 2):
         raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, bulk_prologue)
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
 
 
 W4A16_SKINNY_GEGLU_STAGES = (0, 4, 8)   # 0: the default (4)
