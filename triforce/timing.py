@@ -39,10 +39,13 @@ def time_sustained(fn, warmup_s: float = 1.0, window_s: float = 1.0) -> dict:
 
     fn()
     torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    calls = int((warmup_s + window_s) / max(time.perf_counter() - t, 1e-5) * 1.25) + 8
+    per_call = []
+    for _ in range(3):      # the fastest of three (idle clocks still ramping) sizes the run: enough calls to cover it
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        per_call.append(time.perf_counter() - t)
+    calls = int((warmup_s + window_s) / max(min(per_call), 1e-5) * 1.25) + 8
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
     for start, end in events:
         start.record()
