@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.checks.phase0 import measure_ceilings  # noqa: E402
+from triforce.timing import back_to_back  # noqa: E402
 
 N = 8192
 WINDOWS_MS = [(0, 10), (10, 50), (50, 200), (200, 1000), (1000, 2000), (2000, 1e9)]
@@ -43,14 +44,7 @@ def profile(seconds: float) -> list[tuple[float, float]]:
     torch.cuda.synchronize()
     time.sleep(3.0)                            # the GPU idles, its clocks and power settle down
     calls = int(seconds / 1.5e-3)              # ~1.5 ms a call at ~730 TFLOP/s
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
-    for start, end in events:
-        start.record()
-        torch.mm(a, b, out=c)
-        end.record()
-    torch.cuda.synchronize()
-    t0 = events[0][0]
-    return [(t0.elapsed_time(s), 2 * N**3 / (s.elapsed_time(e) * 1e-3) / 1e12) for s, e in events]
+    return [(at, 2 * N**3 / (ms * 1e-3) / 1e12) for at, ms in back_to_back(lambda: torch.mm(a, b, out=c), calls)]
 
 
 def main():

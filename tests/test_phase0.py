@@ -84,3 +84,28 @@ def test_plan_a_report_reads_each_stage_against_its_bf16_floor():
     assert note.startswith(f"{stages['vision']['x_floor']:.2f}x its bf16 floor") and note.endswith("missed)")
     assert "bf16 690 TFLOP/s, copy 2990 GB/s" in note
     assert _floor_note({}, "vision") == ""
+
+
+def test_back_to_back_pairs_each_call_with_its_own_events(monkeypatch):
+    """timing.back_to_back: one event pair a call, enqueued with no sync between calls; each sample is (start since the
+    first call's start, the call's own duration). CUDA events replaced by a fake device clock that each call advances."""
+    from triforce import timing
+
+    clock = [0.0]
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = clock[0]
+
+        def elapsed_time(self, other):
+            return other.t - self.t
+
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: syncs.append(clock[0]))
+    durations = iter([2.0, 1.0, 1.5])
+    samples = timing.back_to_back(lambda: clock.__setitem__(0, clock[0] + next(durations)), 3)
+    assert samples == [(0.0, 2.0), (2.0, 1.0), (3.0, 1.5)] and syncs == [4.5]

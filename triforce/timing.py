@@ -46,6 +46,14 @@ def time_sustained(fn, warmup_s: float = 1.0, window_s: float = 1.0) -> dict:
         torch.cuda.synchronize()
         per_call.append(time.perf_counter() - t)
     calls = int((warmup_s + window_s) / max(min(per_call), 1e-5) * 1.25) + 8
+    return summarize(window(back_to_back(fn, calls), warmup_s * 1e3, (warmup_s + window_s) * 1e3))
+
+
+def back_to_back(fn, calls: int) -> list:
+    """(ms since the first call's start, ms) of each of `calls` calls of fn enqueued back to back, no host sync
+    between them, each between CUDA events."""
+    import torch
+
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
     for start, end in events:
         start.record()
@@ -53,8 +61,7 @@ def time_sustained(fn, warmup_s: float = 1.0, window_s: float = 1.0) -> dict:
         end.record()
     torch.cuda.synchronize()
     first = events[0][0]
-    samples = [(first.elapsed_time(a), a.elapsed_time(b)) for a, b in events]
-    return summarize(window(samples, warmup_s * 1e3, (warmup_s + window_s) * 1e3))
+    return [(first.elapsed_time(a), a.elapsed_time(b)) for a, b in events]
 
 
 def window(samples, start_ms: float, end_ms: float) -> list:
