@@ -38,6 +38,18 @@ def test_one_engine_bench_scripts_refuse_a_bad_plan_or_count_before_loading(scri
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == message, r.stderr
 
 
+def test_bf16_peak_profile_refuses_a_machine_without_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: the refusal cannot be shown here")
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "bench/bf16_peak_profile.py", "--out-dir", "/nonexistent"], cwd=repo,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == "bf16_peak_profile: needs a CUDA GPU", r.stderr
+    assert not Path("/nonexistent").exists(), "nothing written"
+
+
 def test_graph_timeline_cuts_layers_at_their_landmark_and_keeps_the_common_sequence():
     """Periods run from one landmark kernel to the next; the expert's (exact=False) keep the most common kernel
     sequence, so a prefetch on its own stream falling into one period does not mix into the medians."""
