@@ -32,6 +32,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
 - w4a16_few_row_splits: CTAs along K of the few-row kernel for Plan B's W4A16 expert o / down (engine.
   W4A16_FEW_ROW_SPLITS: the down at 24 since session 23; {} the kernel's own count, which fills the resident CTA
   slots once).
+- tail_blocks: programs a row of the denoise step's euler_tail (fused.TAIL_BLOCKS); each repeats the row's norm and
+  action_out and writes a block of the next residual.
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -73,6 +75,7 @@ import numpy as np  # noqa: E402
 from triforce import report as rep  # noqa: E402
 from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOKAHEAD_DEFAULT,  # noqa: E402
                                      PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_FEW_ROW_SPLITS, W4A16_GEGLU_STAGES)
+from triforce.runtime.fused import TAIL_BLOCKS  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
 from triforce.workload import STANDARD, checked_standard_case, cosine  # noqa: E402
@@ -83,7 +86,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
                    "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
-                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS}
+                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -96,6 +99,8 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                                                 ("mlp+next_attention", 16), ("mlp+next_attention", 128),
                                                 ("mlp+next_attention", 4), ("mlp+next_attention", 2),
                                                 ("o+mlp+next_attention", 8), ("mlp", 8))),
+                   *((f"the denoise step's euler_tail on {blocks} programs a row", {"tail_blocks": blocks})
+                     for blocks in (2, 4, 8, 16)),
                    ("the engine default again (drift within the run)", {}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
@@ -138,6 +143,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
     eng.set_l2_lookahead(*settings["l2_lookahead"])
     eng.set_w4a16_few_row_splits(settings["w4a16_few_row_splits"])
+    eng.set_tail_blocks(settings["tail_blocks"])
 
 
 def main():

@@ -226,10 +226,12 @@ def main():
     lay.x_t, lay.x_next = torch.randn(M, 32, device="cuda"), torch.empty(M, W, device="cuda")
     lay.w_out, lay.w_in = torch.randn(32, W, device="cuda") / 32, torch.randn(W, 32, device="cuda") / 6
     lay.b_out, lay.b_in = torch.randn(32, device="cuda"), torch.randn(W, device="cuda")
-    tail = [{"chunk": c, "num_warps": nw, "us": graph_us(lambda i: fused.euler_tail(
-        lay.x, lay.scale, lay.scale, lay.w_out, lay.b_out, lay.x_t, -0.1, lay.w_in, lay.b_in, lay.x_next, chunk=c,
-        num_warps=nw), a.runs)} for c, nw in ((1024, 8), (512, 8), (256, 4))]
-    rep.print_table("end of a denoise step (euler_tail), us", ["chunk", "warps", "us"], [[t["chunk"], t["num_warps"], t["us"]] for t in tail])
+    lay.x_t_new = torch.empty_like(lay.x_t)
+    tail = [{"blocks": b, "us": graph_us(lambda i, b=b: fused.euler_tail(
+        lay.x, lay.scale, lay.scale, lay.w_out, lay.b_out, lay.x_t, lay.x_t_new, -0.1, lay.w_in, lay.b_in, lay.x_next,
+        blocks=b), a.runs)} for b in (1, 2, 4, 8, 16)]
+    rep.print_table("end of a denoise step (euler_tail), us", ["programs a row", "us"],
+                    [[t["blocks"], t["us"]] for t in tail])
     modes = launch_modes(lay, a.runs)
     rep.record_run(a.out_dir, "expert_layer", {
         "launch_modes_us": modes, "shapes": {"rows": M, "width": W, "heads": H, "head_dim": D, "mlp": I, "layers": L, "keys": SEQ + M},

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "cutlass_sm110")]
 
 from triforce import report as rep  # noqa: E402
+from triforce import timing  # noqa: E402
 from triforce.quant import formats  # noqa: E402
 
 SHAPES = [(16384, 2048), (2048, 16384)]  # (N, K): Gemma 2B MLP gate/up and down
@@ -47,13 +48,8 @@ def median_ms(fn, iters: int, warmup_s: float = 0.3) -> float:
         end_wall.synchronize()
         if start_wall.elapsed_time(end_wall) > warmup_s * 1e3:
             break
-    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for j, (a, b) in enumerate(pairs):
-        a.record()
-        fn(j)
-        b.record()
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in pairs)
+    index = iter(range(iters))
+    return statistics.median(ms for _, ms in timing.back_to_back(lambda: fn(next(index)), iters))
 
 
 def graph_median_ms(fn, calls: int, iters: int) -> float:

@@ -233,18 +233,25 @@ xt_ref = xt.clone()
 xx = xr + yr.float() * gr
 hr = (xx * torch.rsqrt(xx.pow(2).mean(-1, keepdim=True) + 1e-6) * sc + sh).bfloat16().float()
 xt_ref += -0.1 * (hr @ wo.T + bo)
-xn = torch.empty(Mr, Wd)
-fused.euler_tail(xr, sc, sh, wo, bo, xt, -0.1, wi, bi, xn, y=yr, gate=gr)
-check("euler tail: x_t update", xt, xt_ref, 2e-2)
-check("euler tail: next residual", xn, xt_ref @ wi.T + bi, 2e-2)
-try:   # a transposed action_out weight: refused before any launch, x_t untouched
-    before = xt.clone()
-    fused.euler_tail(xr, sc, sh, wo.T.contiguous(), bo, xt, -0.1)
-    failures.append("euler tail: a mis-shaped weight was not refused")
-except ValueError as err:
-    print(f"euler tail, mis-shaped Wout: refused ({str(err)[:40]}...)")
-    if not torch.equal(xt, before):
-        failures.append("euler tail: x_t changed by a refused call")
+for blocks in (1, 2, 3):   # the next residual's width over 1-3 programs a row (3: blocks of 64 in a 64-wide tile)
+    xn, xt_new = torch.empty(Mr, Wd), torch.empty_like(xt)
+    fused.euler_tail(xr, sc, sh, wo, bo, xt, xt_new, -0.1, wi, bi, xn, y=yr, gate=gr, blocks=blocks)
+    check(f"euler tail, {blocks} programs a row: x_t update", xt_new, xt_ref, 2e-2)
+    check(f"euler tail, {blocks} programs a row: next residual", xn, xt_ref @ wi.T + bi, 2e-2)
+xt_new = torch.empty_like(xt)
+fused.euler_tail(xr, sc, sh, wo, bo, xt, xt_new, -0.1, y=yr, gate=gr)      # the last step: no next residual
+check("euler tail, last step: x_t update", xt_new, xt_ref, 2e-2)
+for why, args in (("a transposed action_out weight", (wo.T.contiguous(), bo, xt, torch.empty_like(xt))),
+                  ("x_t updated in place", (wo, bo, xt, xt)),
+                  ("blocks not dividing the width", (wo, bo, xt, torch.empty_like(xt), -0.1, wi, bi, xn))):
+    try:   # refused before any launch, x_t untouched
+        before = xt.clone()
+        fused.euler_tail(xr, sc, sh, *args[:4], -0.1, *args[5:], blocks=5 if "blocks" in why else 1)
+        failures.append(f"euler tail: {why} was not refused")
+    except ValueError as err:
+        print(f"euler tail, {why}: refused ({str(err)[:40]}...)")
+        if not torch.equal(xt, before):
+            failures.append(f"euler tail: x_t changed by a refused call ({why})")
 
 from triforce.quant import formats as fm  # noqa: E402
 
@@ -285,13 +292,13 @@ from triforce.runtime.engine import Pi05Engine  # noqa: E402
 steps = 3
 stub = SimpleNamespace(cfg=SimpleNamespace(num_steps=steps, norm_eps=1e-6),
                        ada_final=(torch.rand(steps, Wd) + 0.5, torch.randn(steps, Wd) * 0.1, None),
-                       action_out=(wo, bo), action_in=(wi, bi))
+                       action_out=(wo, bo), action_in=(wi, bi), tail_blocks=2)
 for step in (0, steps - 1):
-    xt_engine, xt_kernel = xt.clone(), xt.clone()
-    nxt = Pi05Engine._euler_end(stub, step, xr, xt_engine, yr, gr)
-    want = None if step == steps - 1 else torch.empty_like(xr)
-    fused.euler_tail(xr, stub.ada_final[0][step], stub.ada_final[1][step], wo, bo, xt_kernel, -1.0 / steps,
-                     *((wi, bi) if want is not None else (None, None)), want, y=yr, gate=gr, eps=1e-6)
+    nxt, xt_engine = Pi05Engine._euler_end(stub, step, xr, xt, yr, gr)
+    want, xt_kernel = (None if step == steps - 1 else torch.empty_like(xr)), torch.empty_like(xt)
+    fused.euler_tail(xr, stub.ada_final[0][step], stub.ada_final[1][step], wo, bo, xt, xt_kernel, -1.0 / steps,
+                     *((wi, bi) if want is not None else (None, None)), want, y=yr, gate=gr, eps=1e-6,
+                     blocks=stub.tail_blocks)
     if not torch.equal(xt_engine, xt_kernel) or (nxt is None) != (want is None) or (want is not None and not torch.equal(nxt, want)):
         failures.append(f"engine end of step {step}")
 print("engine end of a denoise step (_euler_end): checked")

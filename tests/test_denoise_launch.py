@@ -165,6 +165,16 @@ def test_qkv_prefetch_default_follows_the_qkv_weight_kind():
     assert stub.qkv_prefetch is False and not stub.slots                        # graphs re-capture
 
 
+def test_tail_blocks_must_divide_the_expert_width():
+    stub = SimpleNamespace(cfg=SimpleNamespace(expert=SimpleNamespace(width=1024)), tail_blocks=1, slots={"graph": 1})
+    for bad in (0, 3, 2048):
+        with pytest.raises(TriforceError, match=f"euler tail blocks {bad}: a divisor of the expert width 1024"):
+            Pi05Engine.set_tail_blocks(stub, bad)
+    assert stub.tail_blocks == 1 and stub.slots == {"graph": 1}                # nothing changed
+    Pi05Engine.set_tail_blocks(stub, 8)
+    assert stub.tail_blocks == 8 and not stub.slots                            # graphs re-capture
+
+
 def test_e4m3_outputs_are_set_per_stage_and_refused_without_scales():
     """set_e4m3_outputs: the named stages' output-scaled layers write E4M3, the others bf16; the default is every
     stage that has them; a stage without them is refused and changes nothing."""
@@ -205,13 +215,13 @@ def test_reports_record_the_engine_launch_settings():
 
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
-                           w4a16_few_row_splits={"down": 24}, qkv_prefetch=True, e4m3_outputs=("prefix",), prefix_rope_tokens=4,
-                           gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", 32))
+                           w4a16_few_row_splits={"down": 24}, qkv_prefetch=True, tail_blocks=4, e4m3_outputs=("prefix",),
+                           prefix_rope_tokens=4, gemm_tuning=("vision", "prefix"), fp8_fast_accum=(), l2_lookahead=("mlp", 32))
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
                         "w4a16_geglu_stages": 8, "w4a16_few_row_splits": {"down": 24}, "qkv_prefetch": True,
-                        "e4m3_outputs": ("prefix",),
+                        "tail_blocks": 4, "e4m3_outputs": ("prefix",),
                         "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": (),
                         "l2_lookahead": ["mlp", 32]}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (

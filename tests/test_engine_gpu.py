@@ -288,6 +288,26 @@ def test_expert_paths_give_the_same_actions(policies):
         assert cosine(actions["fused_epilogue"], actions[path]) >= 0.9999, path
 
 
+def test_tail_blocks_give_the_same_actions(policies):
+    """The denoise step's euler_tail on 1, 4 and 8 programs a row gives the same actions (each program repeats the
+    row's norm and action_out; only block 0 writes the new x_t), and the input noise is never written."""
+    _, policy = policies
+    eng = policy.backend
+    rng = np.random.default_rng(9)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    kept = noise.copy()
+    actions = {}
+    try:
+        for blocks in (1, 4, 8):
+            eng.set_tail_blocks(blocks)
+            actions[blocks] = policy.infer(obs, noise)
+            assert np.array_equal(eng.slots[eng._key(obs)].noise.cpu().numpy(), kept)
+    finally:
+        eng.set_tail_blocks(1)
+    for blocks in (4, 8):
+        np.testing.assert_allclose(actions[blocks], actions[1], rtol=1e-5, atol=1e-5)
+
+
 def test_step0_beside_the_prefix_gives_the_serial_actions(policies):
     """Denoise step 0 on its own stream, waiting per layer for the prefix's K/V, gives the serial engine's actions,
     replay after replay and whichever stream goes first (a missing wait would read K/V not written yet)."""

@@ -48,8 +48,8 @@ KERNELS = {
         "dot": False},
     "_euler_tail_kernel": {
         "ptr": {"X": "fp32", "Y": "bf16", "GATE": "fp32", "SCALE": "fp32", "SHIFT": "fp32", "WOUT": "fp32",
-                "BOUT": "fp32", "XT": "fp32", "WIN": "fp32", "BIN": "fp32", "XNEXT": "fp32"},
-        "const": {"HAS_Y": False, "HAS_NEXT": True, "BLOCK_W": 1024, "CHUNK": 1024, "BLOCK_A": 32, "PDL": True},
+                "BOUT": "fp32", "XT": "fp32", "XT_OUT": "fp32", "WIN": "fp32", "BIN": "fp32", "XNEXT": "fp32"},
+        "const": {"HAS_Y": False, "HAS_NEXT": True, "BLOCK_W": 1024, "BLOCK_A": 32, "BLOCK_N": 256, "PDL": True},
         "options": {"num_warps": 8}, "dot": False},
     "_mqa_attention_kernel": {
         "ptr": {"Q": "bf16", "K": "bf16", "V": "bf16", "BIAS": "bf16", "O": "bf16"},

@@ -314,6 +314,7 @@ class Pi05Engine:
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.w4a16_few_row_splits: dict = {}                                # set_w4a16_few_row_splits
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
+        self.tail_blocks = fused.TAIL_BLOCKS                                # set_tail_blocks
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
         self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
         self._prefetch_forked = False                                       # in this forward (_denoise joins it)
@@ -383,7 +384,7 @@ class Pi05Engine:
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "w4a16_few_row_splits": self.w4a16_few_row_splits,
-                "qkv_prefetch": self.qkv_prefetch,
+                "qkv_prefetch": self.qkv_prefetch, "tail_blocks": self.tail_blocks,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
                 "l2_lookahead": list(self.l2_lookahead)}
@@ -643,6 +644,15 @@ class Pi05Engine:
         self.w4a16_geglu_stages = stages
         self.slots.clear()
 
+    def set_tail_blocks(self, blocks: int) -> None:
+        """Programs a row of the denoise step's euler_tail (fused.TAIL_BLOCKS; each takes a block of the next
+        residual's width and repeats the row's norm and action_out). Captured graphs are dropped and re-capture."""
+        if blocks < 1 or self.cfg.expert.width % blocks:
+            raise TriforceError(f"euler tail blocks {blocks}: a divisor of the expert width {self.cfg.expert.width} "
+                                f"expected")
+        self.tail_blocks = blocks
+        self.slots.clear()
+
     def set_qkv_prefetch(self, on: bool) -> None:
         """Whether the fused QKV + RoPE kernel prefetches its weights into L2 before its chain wait (dependent
         launches only; the default is QKV_PREFETCH of the weights' kind). Captured graphs are dropped and
@@ -877,7 +887,7 @@ class Pi05Engine:
 
     def _denoise_step(self, step, x, x_t, pos, mask, kv, seq, before_layer):
         """One Euler step of the action expert on its fp32 residual x (x_t's action_in projection): x_t (fp32 [H, A])
-        += dt · v(x_t, t_step) in place; returns the next step's residual (None after the last step).
+        + dt · v(x_t, t_step); returns (the next step's residual or None after the last step, the new x_t).
         before_layer(i), if given, runs before layer i's launches (step 0 waits there for the prefix's layer-i K/V).
         Per layer: norm, QKV + RoPE + cache write, split-KV attention (partials, combine), o into the residual, norm,
         gate/up + GeGLU, down into the residual: 8 launches on the fused_epilogue path, 10 on per_op (QKV, RoPE,
@@ -941,14 +951,17 @@ class Pi05Engine:
 
     def _euler_end(self, step, x, x_t, pending=None, pending_gate=None):
         """The end of a denoise step (one euler_tail launch): final norm of x [+ gate ⊙ pending], action_out, the
-        Euler update of x_t in place, and the next step's residual (returned; None after the last step)."""
+        Euler update of x_t into a new buffer, and the next step's residual. Returns (next residual or None after
+        the last step, the updated x_t)."""
         cfg = self.cfg
         sf, bf, _ = self.ada_final
         last = step == cfg.num_steps - 1
         x_next = None if last else torch.empty_like(x)
-        fused.euler_tail(x, sf[step], bf[step], *self.action_out, x_t, -1.0 / cfg.num_steps,
-                         *((None, None) if last else self.action_in), x_next, y=pending, gate=pending_gate, eps=cfg.norm_eps)
-        return x_next
+        x_t_next = torch.empty_like(x_t)
+        fused.euler_tail(x, sf[step], bf[step], *self.action_out, x_t, x_t_next, -1.0 / cfg.num_steps,
+                         *((None, None) if last else self.action_in), x_next, y=pending, gate=pending_gate,
+                         eps=cfg.norm_eps, blocks=self.tail_blocks)
+        return x_next, x_t_next
 
     @staticmethod
     def _residual(layer, x, inp, gate, arena):
@@ -1025,7 +1038,7 @@ class Pi05Engine:
         horizon = cfg.action_horizon
         pos = (valid.int().sum() + torch.arange(horizon, device="cuda", dtype=torch.int32)).int()
         mask = additive_mask(torch.cat([valid, torch.ones(horizon, dtype=torch.bool, device="cuda")]))
-        x_t = noise.clone()
+        x_t = noise                             # each step's tail writes the next x_t into a new buffer
         x = F.linear(x_t, *self.action_in)
         self._prefetch_forked = False
         if self.expert_path == "persistent":
@@ -1035,9 +1048,9 @@ class Pi05Engine:
             wait = step0_wait if step == 0 else None
             with self._launches(step):
                 if self.expert_path == "persistent":
-                    x = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, wait, scratch)
+                    x, x_t = self._denoise_step_persistent(step, x, x_t, pos, mask, kv, seq, wait, scratch)
                 else:
-                    x = self._denoise_step(step, x, x_t, pos, mask, kv, seq, wait)
+                    x, x_t = self._denoise_step(step, x, x_t, pos, mask, kv, seq, wait)
             mark(3 + step)
         if self._prefetch_forked:              # the prefetch stream's launches join before the graph ends
             torch.cuda.current_stream().wait_stream(self.streams.get("prefetch"))

@@ -376,58 +376,67 @@ def quantize_fp8(x, out, quant_scale):
 
 
 @triton.jit
-def _euler_tail_kernel(X, Y, GATE, SCALE, SHIFT, WOUT, BOUT, XT, WIN, BIN, XNEXT, W, A, stride_x, stride_y, dt, eps,
-                       HAS_Y: tl.constexpr, HAS_NEXT: tl.constexpr, BLOCK_W: tl.constexpr, CHUNK: tl.constexpr,
-                       BLOCK_A: tl.constexpr, PDL: tl.constexpr):
-    """One program per action row: final adaRMS norm, v = h Wout^T + b, x_t += dt·v, next x = x_t Win^T + b."""
-    _await_previous(PDL)
+def _euler_tail_kernel(X, Y, GATE, SCALE, SHIFT, WOUT, BOUT, XT, XT_OUT, WIN, BIN, XNEXT, W, A, COLS, stride_x,
+                       stride_y, dt, eps, HAS_Y: tl.constexpr, HAS_NEXT: tl.constexpr, BLOCK_W: tl.constexpr,
+                       BLOCK_A: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    """Program (action row r, block j of COLS columns of the width): final adaRMS norm of row r, v = h Wout^T + b,
+    x_t' = x_t + dt·v (block 0 stores it into XT_OUT: the row's other programs still read XT), and the next
+    residual's columns of block j, x_t' Win^T + b. What the chain never writes (the norm tables, the action
+    projections' biases, this block's Win rows) loads before the chain wait."""
     r = tl.program_id(0)
+    j = tl.program_id(1)
     a = tl.arange(0, BLOCK_A)
     amask = a < A
     cols = tl.arange(0, BLOCK_W)
-    x = tl.load(X + r * stride_x + cols, mask=cols < W, other=0.0)
-    if HAS_Y:
-        x += tl.load(Y + r * stride_y + cols, mask=cols < W, other=0.0).to(tl.float32) * tl.load(GATE + cols, mask=cols < W, other=0.0)
-    rinv = 1.0 / tl.sqrt(tl.sum(x * x, 0) / W + eps)
-    v = tl.zeros([BLOCK_A], tl.float32)
-    for c0 in range(0, W, CHUNK):
-        c = c0 + tl.arange(0, CHUNK)
-        cm = c < W
-        xc = tl.load(X + r * stride_x + c, mask=cm, other=0.0)
-        if HAS_Y:
-            xc += tl.load(Y + r * stride_y + c, mask=cm, other=0.0).to(tl.float32) * tl.load(GATE + c, mask=cm, other=0.0)
-        h = xc * rinv * tl.load(SCALE + c, mask=cm, other=0.0) + tl.load(SHIFT + c, mask=cm, other=0.0)
-        h = h.to(tl.bfloat16).to(tl.float32)          # the engine's norm output is bf16, as everywhere else
-        wo = tl.load(WOUT + a[:, None] * W + c[None, :], mask=amask[:, None] & cm[None, :], other=0.0)
-        v += tl.sum(wo * h[None, :], 1)
-    xt = tl.load(XT + r * A + a, mask=amask, other=0.0) + dt * (v + tl.load(BOUT + a, mask=amask, other=0.0))
-    tl.store(XT + r * A + a, xt, mask=amask)
+    cmask = cols < W
+    scale = tl.load(SCALE + cols, mask=cmask, other=0.0)
+    shift = tl.load(SHIFT + cols, mask=cmask, other=0.0)
+    gate = tl.load(GATE + cols, mask=cmask, other=0.0) if HAS_Y else 1.0
+    bout = tl.load(BOUT + a, mask=amask, other=0.0)
     if HAS_NEXT:
-        for c0 in range(0, W, CHUNK):
-            c = c0 + tl.arange(0, CHUNK)
-            cm = c < W
-            wi = tl.load(WIN + c[:, None] * A + a[None, :], mask=cm[:, None] & amask[None, :], other=0.0)
-            xn = tl.sum(wi * xt[None, :], 1) + tl.load(BIN + c, mask=cm, other=0.0)
-            tl.store(XNEXT + r * stride_x + c, xn, mask=cm)
+        n = j * COLS + tl.arange(0, BLOCK_N)
+        nmask = (tl.arange(0, BLOCK_N) < COLS) & (n < W)
+        win = tl.load(WIN + n[:, None] * A + a[None, :], mask=nmask[:, None] & amask[None, :], other=0.0)
+        bin = tl.load(BIN + n, mask=nmask, other=0.0)
+    _await_previous(PDL)
+    x = tl.load(X + r * stride_x + cols, mask=cmask, other=0.0)
+    if HAS_Y:
+        x += tl.load(Y + r * stride_y + cols, mask=cmask, other=0.0).to(tl.float32) * gate
+    h = x * (1.0 / tl.sqrt(tl.sum(x * x, 0) / W + eps)) * scale + shift
+    h = h.to(tl.bfloat16).to(tl.float32)          # the engine's norm output is bf16, as everywhere else
+    wo = tl.load(WOUT + a[:, None] * W + cols[None, :], mask=amask[:, None] & cmask[None, :], other=0.0)
+    xt = tl.load(XT + r * A + a, mask=amask, other=0.0) + dt * (tl.sum(wo * h[None, :], 1) + bout)
+    if j == 0:
+        tl.store(XT_OUT + r * A + a, xt, mask=amask)
+    if HAS_NEXT:
+        tl.store(XNEXT + r * stride_x + n, tl.sum(win * xt[None, :], 1) + bin, mask=nmask)
 
 
-def euler_tail(x, scale, shift, w_out, b_out, x_t, dt: float, w_in=None, b_in=None, x_next=None, y=None, gate=None,
-               eps: float = 1e-6, chunk: int = 1024, num_warps: int = 8):
-    """The end of a denoise step in one launch: h = adaRMS(x [+ gate ⊙ y]) (bf16-rounded), x_t += dt · (h Wout^T + b)
-    in place, and with w_in the next step's residual x_next = x_t Win^T + b. All fp32; x [M, W], x_t [M, A].
-    Launch shape default: chunk 1024 with 8 warps, 6.8 us against 9.8 for 256 / 4 (expert_layer-*-s4-fold.json)."""
+TAIL_BLOCKS = 1    # programs a row of euler_tail (the next residual's width cut into that many blocks)
+
+
+def euler_tail(x, scale, shift, w_out, b_out, x_t, x_t_out, dt: float, w_in=None, b_in=None, x_next=None, y=None,
+               gate=None, eps: float = 1e-6, blocks: int = TAIL_BLOCKS, num_warps: int = 8):
+    """The end of a denoise step in one launch: h = adaRMS(x [+ gate ⊙ y]) (bf16-rounded), x_t_out = x_t + dt ·
+    (h Wout^T + b) (a buffer other than x_t: `blocks` programs a row read x_t), and with w_in the next step's
+    residual x_next = x_t_out Win^T + b, its width over the `blocks` programs of a row. All fp32; x [M, W], x_t
+    [M, A]."""
     rows, width = x.shape
     act = x_t.shape[1]
-    if w_out.shape != (act, width) or not x_t.is_contiguous() or (w_in is not None and w_in.shape != (width, act)):
-        raise ValueError(f"euler_tail: x [M, W], x_t [M, A] contiguous, Wout [A, W], Win [W, A]; got x {tuple(x.shape)}, "
-                         f"x_t {tuple(x_t.shape)}, Wout {tuple(w_out.shape)}")
+    if (w_out.shape != (act, width) or not x_t.is_contiguous() or x_t_out.shape != x_t.shape
+            or not x_t_out.is_contiguous() or x_t_out.data_ptr() == x_t.data_ptr()
+            or (w_in is not None and w_in.shape != (width, act)) or blocks < 1 or width % blocks):
+        raise ValueError(f"euler_tail: x [M, W], x_t and a separate x_t_out [M, A] contiguous, Wout [A, W], "
+                         f"Win [W, A], blocks dividing W; got x {tuple(x.shape)}, x_t {tuple(x_t.shape)}, x_t_out "
+                         f"{tuple(x_t_out.shape)}{' (the same buffer)' if x_t_out.data_ptr() == x_t.data_ptr() else ''}"
+                         f", Wout {tuple(w_out.shape)}, blocks {blocks}")
     has_next = w_in is not None
-    _euler_tail_kernel[(rows,)](x, y if y is not None else x, gate if gate is not None else x, scale, shift, w_out,
-                                b_out, x_t, w_in if has_next else w_out, b_in if has_next else b_out,
-                                x_next if has_next else x, width, act, x.stride(0), y.stride(0) if y is not None else 0,
-                                dt, eps, HAS_Y=y is not None, HAS_NEXT=has_next, BLOCK_W=triton.next_power_of_2(width),
-                                CHUNK=min(chunk, triton.next_power_of_2(width)), BLOCK_A=triton.next_power_of_2(act),
-                                num_warps=num_warps, **_dependent())
+    _euler_tail_kernel[(rows, blocks if has_next else 1)](
+        x, y if y is not None else x, gate if gate is not None else x, scale, shift, w_out, b_out, x_t, x_t_out,
+        w_in if has_next else w_out, b_in if has_next else b_out, x_next if has_next else x, width, act,
+        width // blocks, x.stride(0), y.stride(0) if y is not None else 0, dt, eps, HAS_Y=y is not None,
+        HAS_NEXT=has_next, BLOCK_W=triton.next_power_of_2(width), BLOCK_A=triton.next_power_of_2(act),
+        BLOCK_N=triton.next_power_of_2(width // blocks), num_warps=num_warps, **_dependent())
     return x_next
 
 
