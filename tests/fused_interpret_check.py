@@ -183,12 +183,8 @@ ref = F.scaled_dot_product_attention(qkv5[0], qkv5[1], qkv5[2]).transpose(1, 2).
 even = fused.packed_attention(packed_e, torch.empty(Vw * Te, Hh * Dh, dtype=torch.bfloat16), Te, Hh, Dh, 16, 16)
 check("packed attention, tokens a block multiple (no masks)", even, ref, 1e-2)
 check("packed attention, the same with masks", fused.packed_attention(
-    packed_e, torch.empty(Vw * Te, Hh * Dh, dtype=torch.bfloat16), Te, Hh, Dh, 16, 16, even=False), even.float(), 0)
-try:
-    fused.packed_attention(packed, torch.empty(Vw * Tk, Hh * Dh, dtype=torch.bfloat16), Tk, Hh, Dh, 16, 16, even=True)
-    failures.append("packed attention dropped the masks for 40 tokens in blocks of 16")
-except ValueError:
-    print("packed attention, even for tokens not a block multiple: refused")
+    packed_e, torch.empty(Vw * Te, Hh * Dh, dtype=torch.bfloat16), Te, Hh, Dh, 16, 16, keep_masks=True), even.float(),
+      0)
 Dp = 32                                                   # a power-of-two head dim: no second column part
 packed_p = torch.randn(Vw * Tk, 3 * Hh * Dp).bfloat16()
 qkv5 = packed_p.float().view(Vw, Tk, 3, Hh, Dp).permute(2, 0, 3, 1, 4)

@@ -567,13 +567,13 @@ def attention_head_split(head_dim: int) -> tuple[int, int]:
 
 
 def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: int = 64, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 3, quant_scale=None, head_split=None, even=None):
+                     num_warps: int = 4, num_stages: int = 3, quant_scale=None, head_split=None, keep_masks=False):
     """SigLIP's attention (no mask, softmax scale 1/sqrt(head_dim)) from the fused QKV output qkv [views·tokens,
     3·heads·head_dim] into out [views·tokens, heads·head_dim]: no permute copies on either side. Default launch
     shape: the fastest of bench/vision_ops.py (6.3 us against 9.7 for cuDNN SDPA plus the copies, H100).
     quant_scale: out is E4M3 for an FP8 o projection. head_split: (D_LO, D_HI) of the kernel's head dim, default
-    attention_head_split(head_dim); (next power of two, 0) pads it instead (bench/vision_ops.py compares). even:
-    drop the token / key masks (default: where tokens is a multiple of both blocks; False keeps them, to compare)."""
+    attention_head_split(head_dim); (next power of two, 0) pads it instead (bench/vision_ops.py compares). The token
+    / key masks are dropped where tokens is a multiple of both blocks; keep_masks keeps them (to compare)."""
     rows = qkv.shape[0]
     if qkv.shape[1] != 3 * heads * head_dim or rows % tokens or tuple(out.shape) != (rows, heads * head_dim):
         raise ValueError(f"packed_attention: qkv {tuple(qkv.shape)} / out {tuple(out.shape)} do not match "
@@ -581,16 +581,13 @@ def packed_attention(qkv, out, tokens: int, heads: int, head_dim: int, block_m: 
     d_lo, d_hi = head_split or attention_head_split(head_dim)
     if d_lo + d_hi < head_dim or (d_hi and d_lo > head_dim):
         raise ValueError(f"packed_attention: head split {(d_lo, d_hi)} does not cover head dim {head_dim}")
-    fits = tokens % block_m == 0 and tokens % block_n == 0
-    if even and not fits:
-        raise ValueError(f"packed_attention: even asked for, but {tokens} tokens are not a multiple of the blocks "
-                         f"{block_m} x {block_n}")
+    even = tokens % block_m == 0 and tokens % block_n == 0 and not keep_masks
     grid = (triton.cdiv(tokens, block_m), rows // tokens * heads)
     _packed_attention_kernel[grid](qkv, out, quant_scale if quant_scale is not None else qkv, tokens, heads,
                                    head_dim ** -0.5 * 1.4426950408889634, qkv.stride(0), out.stride(0), D=head_dim,
                                    D_LO=d_lo, D_HI=d_hi, BLOCK_M=block_m, BLOCK_N=block_n,
                                    QUANT=quant_scale is not None, DOT_F32=INTERPRETED,
-                                   EVEN=fits if even is None else even, num_warps=num_warps, num_stages=num_stages)
+                                   EVEN=even, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
