@@ -189,9 +189,8 @@
 #   part 96 (ran at bd19e3c; the bulk-copy prologue tied and was removed): the few-row W4A16 kernel with its
 #     prologue's weight stages by bulk copies on mbarriers (stage 0 waits for its own weights only) against the single
 #     cp.async group: its GPU tests, the engine's W4A16 tests, the sweep at M = 1 and 10
-#   part 97: the denoise step's euler_tail on 1 (default) / 2 / 4 / 8 / 16 programs a row (the engine variants of
-#     Plan A), the kernel and engine GPU tests, Plan A validation, bench/kernel_bench.py (its timing loop now
-#     timing.back_to_back)
+#   part 97: the kernel and engine GPU tests; the denoise step's euler_tail on 1 (default) / 2 / 4 / 8 / 16 programs
+#     a row (the engine variants of Plan A and Plan B h100_fast)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|97   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -542,12 +541,12 @@ elif [ "$1" = 95 ]; then   # Plan A validation with each stage against its bf16 
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 96 ]; then   # ran at bd19e3c (the few-row W4A16 bulk-copy prologue: tied, removed)
   echo "part 96 ran at bd19e3c; the few-row W4A16 bulk-copy prologue was removed (see the header)"; exit 1
-elif [ "$1" = 97 ]; then   # euler_tail programs a row; GPU tests; Plan A validation; the kernel bench
+elif [ "$1" = 97 ]; then   # GPU tests; euler_tail programs a row in both plans
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 15,16,17,18,19 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
-  run python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21,22,23 \
+    --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
