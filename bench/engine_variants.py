@@ -100,7 +100,7 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                                                 ("mlp+next_attention", 4), ("mlp+next_attention", 2),
                                                 ("o+mlp+next_attention", 8), ("mlp", 8))),
                    *((f"the denoise step's euler_tail on {blocks} programs a row", {"tail_blocks": blocks})
-                     for blocks in (2, 4, 8, 16)),
+                     for blocks in (1, 2, 8, 16)),
                    ("the engine default again (drift within the run)", {}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),

@@ -303,7 +303,7 @@ def test_tail_blocks_give_the_same_actions(policies):
             actions[blocks] = policy.infer(obs, noise)
             assert np.array_equal(eng.slots[eng._key(obs)].noise.cpu().numpy(), kept)
     finally:
-        eng.set_tail_blocks(1)
+        eng.set_tail_blocks(fused.TAIL_BLOCKS)
     for blocks in (4, 8):
         np.testing.assert_allclose(actions[blocks], actions[1], rtol=1e-5, atol=1e-5)
 

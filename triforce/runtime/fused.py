@@ -382,7 +382,7 @@ def _euler_tail_kernel(X, Y, GATE, SCALE, SHIFT, WOUT, BOUT, XT, XT_OUT, WIN, BI
     """Program (action row r, block j of COLS columns of the width): final adaRMS norm of row r, v = h Wout^T + b,
     x_t' = x_t + dt·v (block 0 stores it into XT_OUT: the row's other programs still read XT), and the next
     residual's columns of block j, x_t' Win^T + b. What the chain never writes (the norm tables, the action
-    projections' biases, this block's Win rows) loads before the chain wait."""
+    projections' biases, this block's Win rows) loads before the chain wait, and Wout is asked into L2 there."""
     r = tl.program_id(0)
     j = tl.program_id(1)
     a = tl.arange(0, BLOCK_A)
@@ -393,6 +393,8 @@ def _euler_tail_kernel(X, Y, GATE, SCALE, SHIFT, WOUT, BOUT, XT, XT_OUT, WIN, BI
     shift = tl.load(SHIFT + cols, mask=cmask, other=0.0)
     gate = tl.load(GATE + cols, mask=cmask, other=0.0) if HAS_Y else 1.0
     bout = tl.load(BOUT + a, mask=amask, other=0.0)
+    if PDL:   # Wout into L2 while the kernel before runs (a step of expert weights has evicted it since)
+        _prefetch_l2(WOUT, tl.where(a < A, a, 0), W, W, 8)
     if HAS_NEXT:
         n = j * COLS + tl.arange(0, BLOCK_N)
         nmask = (tl.arange(0, BLOCK_N) < COLS) & (n < W)
@@ -412,7 +414,7 @@ def _euler_tail_kernel(X, Y, GATE, SCALE, SHIFT, WOUT, BOUT, XT, XT_OUT, WIN, BI
         tl.store(XNEXT + r * stride_x + n, tl.sum(win * xt[None, :], 1) + bin, mask=nmask)
 
 
-TAIL_BLOCKS = 1    # programs a row of euler_tail (the next residual's width cut into that many blocks)
+TAIL_BLOCKS = 4    # programs a row of euler_tail (the next residual's width cut into that many blocks)
 
 
 def euler_tail(x, scale, shift, w_out, b_out, x_t, x_t_out, dt: float, w_in=None, b_in=None, x_next=None, y=None,
