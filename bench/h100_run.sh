@@ -190,9 +190,9 @@
 #     prologue's weight stages by bulk copies on mbarriers (stage 0 waits for its own weights only) against the single
 #     cp.async group: its GPU tests, the engine's W4A16 tests, the sweep at M = 1 and 10
 #   part 97: the kernel and engine GPU tests; the denoise step's euler_tail on 4 (the new default) / 1 / 2 / 8 / 16
-#     programs a row (the engine variants of Plan A); both validations; bench/kernel_bench.py (its timing loop now
-#     timing.back_to_back)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|97   (carry .device_carry and .whl)
+#     programs a row (the engine variants of Plan A); both validations
+#   part 98: bench/kernel_bench.py (its timing loop now timing.back_to_back)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|98   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -542,14 +542,15 @@ elif [ "$1" = 95 ]; then   # Plan A validation with each stage against its bf16 
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 96 ]; then   # ran at bd19e3c (the few-row W4A16 bulk-copy prologue: tied, removed)
   echo "part 96 ran at bd19e3c; the few-row W4A16 bulk-copy prologue was removed (see the header)"; exit 1
-elif [ "$1" = 97 ]; then   # GPU tests; euler_tail programs a row (Plan A variants); both validations; kernel bench
+elif [ "$1" = 97 ]; then   # GPU tests; euler_tail programs a row (Plan A variants); both validations
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv | tee -a "$LOG"
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 15,16,17,18,19 --out-dir "$OUT"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-  run timeout 90 python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
+elif [ "$1" = 98 ]; then   # bench/kernel_bench.py with its timing loop on timing.back_to_back
+  run python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
