@@ -191,7 +191,8 @@
 #     cp.async group: its GPU tests, the engine's W4A16 tests, the sweep at M = 1 and 10
 #   part 97: the kernel and engine GPU tests; the denoise step's euler_tail on 4 (the new default) / 1 / 2 / 8 / 16
 #     programs a row (the engine variants of Plan A); both validations
-#   part 98: bench/kernel_bench.py (its timing loop now timing.back_to_back)
+#   part 98: bench/kernel_bench.py (its timing loop now timing.back_to_back); the replayed graph's layers and
+#     kernels (bench/graph_timeline.py, Plan A) with the euler_tail on 4 programs a row
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|98   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -549,8 +550,9 @@ elif [ "$1" = 97 ]; then   # GPU tests; euler_tail programs a row (Plan A varian
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
   mkdir -p "$OUT/fast"
   run python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 --runs 100 --report-dir "$OUT/fast"
-elif [ "$1" = 98 ]; then   # bench/kernel_bench.py with its timing loop on timing.back_to_back
-  run python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
+elif [ "$1" = 98 ]; then   # the kernel bench on timing.back_to_back; the replayed graph's layers with the new tail
+  run timeout 200 python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
+  run timeout 150 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
