@@ -193,7 +193,8 @@
 #     programs a row (the engine variants of Plan A); both validations
 #   part 98: bench/kernel_bench.py (its timing loop now timing.back_to_back); the replayed graph's layers and
 #     kernels (bench/graph_timeline.py, Plan A) with the euler_tail on 4 programs a row
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|98   (carry .device_carry and .whl)
+#   part 99: the euler_tail's programs a row in Plan B h100_fast (engine variants)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|99   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -553,6 +554,9 @@ elif [ "$1" = 97 ]; then   # GPU tests; euler_tail programs a row (Plan A varian
 elif [ "$1" = 98 ]; then   # the kernel bench on timing.back_to_back; the replayed graph's layers with the new tail
   run timeout 200 python3 bench/kernel_bench.py --out "$OUT" --commit "${TRIFORCE_COMMIT:-unknown}"
   run timeout 150 python3 bench/with_devbuild.py bench/graph_timeline.py --plan a --out-dir "$OUT"
+elif [ "$1" = 99 ]; then   # the euler_tail's programs a row in Plan B
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21,22,23 \
+    --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
