@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The wheel's few-row W4A16 kernel (w4a16_skinny) on the Gemma gate's weights (16384 x 2048 int4) at M = 1 and 10,
 splits 2 (each M's best in bench/w4a16_sweep.py), two calls each: the launches for Nsight Compute to read (its
-default cache control flushes the caches before each profiled launch, so each reads its weights from DRAM). The sweep has M = 10 at 51% of copy bandwidth against 60% at
-M = 1 for the same bytes; the counters say where the difference goes (DRAM throughput, issue stalls, tensor pipe).
+default cache control flushes the caches before each profiled launch, so each reads its weights from DRAM). The
+sweep has M = 10 at 51% of copy bandwidth against 60% at M = 1 for the same bytes; the counters say where the
+difference goes (DRAM throughput, issue stalls, tensor pipe).
 Run under ncu, e.g.
     ncu -k regex:w4a16_skinny --section SpeedOfLight --section WarpStateStats --section SchedulerStats \\
         python3 bench/with_devbuild.py bench/ncu_w4a16_skinny.py"""

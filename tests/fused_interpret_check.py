@@ -237,12 +237,15 @@ for blocks in (1, 2, 3):   # the next residual's width over 1-3 programs a row (
 xt_new = torch.empty_like(xt)
 fused.euler_tail(xr, sc, sh, wo, bo, xt, xt_new, -0.1, y=yr, gate=gr)      # the last step: no next residual
 check("euler tail, last step: x_t update", xt_new, xt_ref, 2e-2)
-for why, args in (("a transposed action_out weight", (wo.T.contiguous(), bo, xt, torch.empty_like(xt))),
-                  ("x_t updated in place", (wo, bo, xt, xt)),
-                  ("blocks not dividing the width", (wo, bo, xt, torch.empty_like(xt), -0.1, wi, bi, xn))):
+refused = (("a transposed action_out weight", lambda: fused.euler_tail(xr, sc, sh, wo.T.contiguous(), bo, xt,
+                                                                       torch.empty_like(xt), -0.1)),
+           ("x_t updated in place", lambda: fused.euler_tail(xr, sc, sh, wo, bo, xt, xt, -0.1)),
+           ("blocks not dividing the width", lambda: fused.euler_tail(xr, sc, sh, wo, bo, xt, torch.empty_like(xt),
+                                                                      -0.1, wi, bi, xn, blocks=5)))
+for why, call in refused:
     try:   # refused before any launch, x_t untouched
         before = xt.clone()
-        fused.euler_tail(xr, sc, sh, *args[:4], -0.1, *args[5:], blocks=5 if "blocks" in why else 1)
+        call()
         failures.append(f"euler tail: {why} was not refused")
     except ValueError as err:
         print(f"euler tail, {why}: refused ({str(err)[:40]}...)")
