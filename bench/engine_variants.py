@@ -34,6 +34,8 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   slots once).
 - tail_blocks: programs a row of the denoise step's euler_tail (fused.TAIL_BLOCKS); each repeats the row's norm and
   action_out and writes a block of the next residual.
+- skinny_early_weights: the bf16 expert o / down (few-row split-K kernel into the residual) load their first weight
+  block before their chain wait.
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -86,7 +88,8 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
                    "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
-                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS}
+                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS,
+                   "skinny_early_weights": False}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -101,6 +104,8 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                                                 ("o+mlp+next_attention", 8), ("mlp", 8))),
                    *((f"the denoise step's euler_tail on {blocks} programs a row", {"tail_blocks": blocks})
                      for blocks in (1, 2, 8, 16)),
+                   ("the bf16 expert o / down loading their first weight block before the chain wait",
+                    {"skinny_early_weights": True}),
                    ("the engine default again (drift within the run)", {}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
@@ -144,6 +149,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_l2_lookahead(*settings["l2_lookahead"])
     eng.set_w4a16_few_row_splits(settings["w4a16_few_row_splits"])
     eng.set_tail_blocks(settings["tail_blocks"])
+    eng.set_skinny_early_weights(settings["skinny_early_weights"])
 
 
 def main():

@@ -194,7 +194,9 @@
 #   part 98: bench/kernel_bench.py (its timing loop now timing.back_to_back); the replayed graph's layers and
 #     kernels (bench/graph_timeline.py, Plan A) with the euler_tail on 4 programs a row
 #   part 99: the euler_tail's programs a row in Plan B h100_fast (engine variants)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|99   (carry .device_carry and .whl)
+#   part 100: the bf16 expert o / down loading their first weight block before the chain wait: its engine GPU test,
+#     the engine variants of Plan A, twice
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|100   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -557,6 +559,11 @@ elif [ "$1" = 98 ]; then   # the kernel bench on timing.back_to_back; the replay
 elif [ "$1" = 99 ]; then   # the euler_tail's programs a row in Plan B
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21,22,23 \
     --out-dir "$OUT"
+elif [ "$1" = 100 ]; then   # the skinny o / down with their first weight block before the chain wait
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "skinny_early or tail_blocks"
+  mkdir -p "$OUT/again"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 19,20 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 19,20 --out-dir "$OUT/again"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

@@ -309,6 +309,22 @@ def test_tail_blocks_give_the_same_actions(policies):
         np.testing.assert_allclose(actions[blocks], actions[1], rtol=1e-5, atol=1e-5)
 
 
+def test_skinny_early_weights_give_the_same_actions(policies):
+    """The bf16 expert o / down loading their first weight block before the chain wait give the same actions."""
+    _, policy = policies
+    eng = policy.backend
+    rng = np.random.default_rng(10)
+    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
+    try:
+        eng.set_skinny_early_weights(False)
+        before = policy.infer(obs, noise)
+        eng.set_skinny_early_weights(True)
+        after = policy.infer(obs, noise)
+    finally:
+        eng.set_skinny_early_weights(False)
+    assert cosine(before, after) >= 0.99999
+
+
 def test_step0_beside_the_prefix_gives_the_serial_actions(policies):
     """Denoise step 0 on its own stream, waiting per layer for the prefix's K/V, gives the serial engine's actions,
     replay after replay and whichever stream goes first (a missing wait would read K/V not written yet)."""
