@@ -196,7 +196,9 @@
 #   part 99: the euler_tail's programs a row in Plan B h100_fast (engine variants)
 #   part 100: the bf16 expert o / down loading their first weight block before the chain wait: its engine GPU test,
 #     the engine variants of Plan A, twice
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|100   (carry .device_carry and .whl)
+#   part 101: the few-row W4A16 kernel streaming its weights by bulk copies on one mbarrier a stage (4 and 8
+#     stages): its kernel and engine GPU tests, the sweep at M = 1 / 10 / 64, Plan B h100_fast with it (variants)
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|101   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -564,6 +566,12 @@ elif [ "$1" = 100 ]; then   # the skinny o / down with their first weight block 
   mkdir -p "$OUT/again"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 19,20 --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 19,20 --out-dir "$OUT/again"
+elif [ "$1" = 101 ]; then   # the few-row W4A16 weights by bulk copies
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "w4a16 or plan_b"
+  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10,64 --out-dir "$OUT"
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 33,34 \
+    --out-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

@@ -318,6 +318,7 @@ class Pi05Engine:
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.tail_blocks = fused.TAIL_BLOCKS                                # set_tail_blocks
         self.skinny_early_weights = False                                   # set_skinny_early_weights
+        self.w4a16_bulk_weights = False                                     # set_w4a16_bulk_weights
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
         self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
         self._prefetch_forked = False                                       # in this forward (_denoise joins it)
@@ -388,7 +389,7 @@ class Pi05Engine:
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "w4a16_few_row_splits": self.w4a16_few_row_splits,
                 "qkv_prefetch": self.qkv_prefetch, "tail_blocks": self.tail_blocks,
-                "skinny_early_weights": self.skinny_early_weights,
+                "skinny_early_weights": self.skinny_early_weights, "w4a16_bulk_weights": self.w4a16_bulk_weights,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
                 "l2_lookahead": list(self.l2_lookahead)}
@@ -646,6 +647,14 @@ class Pi05Engine:
         if stages not in allowed:
             raise TriforceError(f"W4A16 GeGLU stages {stages}: one of {allowed} expected")
         self.w4a16_geglu_stages = stages
+        self.slots.clear()
+
+    def set_w4a16_bulk_weights(self, on: bool) -> None:
+        """Whether the wheel's few-row W4A16 kernel (Plan B's expert o / down and gate/up + GeGLU on 'mma') streams
+        its weights by bulk copies on one mbarrier a stage instead of cp.async groups. Graphs re-capture."""
+        self.w4a16_bulk_weights = bool(on)
+        for layer in self._w4a16_layers(("o", "down", "gate_up")):
+            layer.bulk_weights = self.w4a16_bulk_weights
         self.slots.clear()
 
     def set_tail_blocks(self, blocks: int) -> None:
