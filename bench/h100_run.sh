@@ -197,7 +197,8 @@
 #   part 100: the bf16 expert o / down loading their first weight block before the chain wait: its engine GPU test,
 #     the engine variants of Plan A, twice
 #   part 101: the few-row W4A16 kernel streaming its weights by bulk copies on one mbarrier a stage (4 and 8
-#     stages): its kernel and engine GPU tests, the sweep at M = 1 / 10 / 64, Plan B h100_fast with it (variants)
+#     stages): its kernel and engine GPU tests, the sweep at M = 1 / 10 / 64, Plan B h100_fast with it (variants);
+#     then part 100's Plan A variants once
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|101   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -572,6 +573,9 @@ elif [ "$1" = 101 ]; then   # the few-row W4A16 weights by bulk copies
   run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10,64 --out-dir "$OUT"
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 33,34 \
     --out-dir "$OUT"
+  mkdir -p "$OUT/plana"   # then part 100's Plan A variants once, if the time allows
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k skinny_early
+  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 19,20 --out-dir "$OUT/plana"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
