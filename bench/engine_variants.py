@@ -34,9 +34,6 @@ after warm-up), the stage split, agreement with the first variant and the ratio 
   slots once).
 - tail_blocks: programs a row of the denoise step's euler_tail (fused.TAIL_BLOCKS); each repeats the row's norm and
   action_out and writes a block of the next residual.
-- skinny_early_weights: the bf16 expert o / down (few-row split-K kernel into the residual) load their first weight
-  block before their chain wait.
-- w4a16_bulk_weights: the wheel's few-row W4A16 kernel streams its weights by bulk copies on one mbarrier a stage.
 - w4a16_few_row / w4a16_geglu: the kernel of Plan B's W4A16 expert o/down and of its gate/up with GeGLU
   (plan_b.FEW_ROW_W4A16_KERNELS: Triton, or the wheel's warp-MMA kernel on prepacked fragments).
 Session 4 also compared here, in records kept under bench/results/: SigLIP attention by cuDNN SDPA against the packed
@@ -89,8 +86,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
                    "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
-                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS,
-                   "skinny_early_weights": False, "w4a16_bulk_weights": False}
+                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -105,8 +101,6 @@ SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode
                                                 ("o+mlp+next_attention", 8), ("mlp", 8))),
                    *((f"the denoise step's euler_tail on {blocks} programs a row", {"tail_blocks": blocks})
                      for blocks in (1, 2, 8, 16)),
-                   ("the bf16 expert o / down loading their first weight block before the chain wait",
-                    {"skinny_early_weights": True}),
                    ("the engine default again (drift within the run)", {}))
 VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the prefix; carveout 100% shared)",
                    ENGINE_DEFAULTS),
@@ -127,10 +121,7 @@ VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the p
                   ("FP8 fast accumulation in vision and the prefix",
                    {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix")}),
                   ("FP8 fast accumulation in vision and the prefix, torch's GEMMs",
-                   {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix"), "gemm_tuning": ()}),
-                  ("W4A16 few-row weights by bulk copies on one mbarrier a stage (o / down and gate/up + GeGLU)",
-                   {**ENGINE_DEFAULTS, "w4a16_bulk_weights": True}),
-                  ("the engine default again (drift within the run)", ENGINE_DEFAULTS))}
+                   {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix"), "gemm_tuning": ()}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -153,8 +144,6 @@ def apply(eng, settings: dict) -> None:
     eng.set_l2_lookahead(*settings["l2_lookahead"])
     eng.set_w4a16_few_row_splits(settings["w4a16_few_row_splits"])
     eng.set_tail_blocks(settings["tail_blocks"])
-    eng.set_skinny_early_weights(settings["skinny_early_weights"])
-    eng.set_w4a16_bulk_weights(settings["w4a16_bulk_weights"])
 
 
 def main():

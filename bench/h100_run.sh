@@ -194,11 +194,11 @@
 #   part 98: bench/kernel_bench.py (its timing loop now timing.back_to_back); the replayed graph's layers and
 #     kernels (bench/graph_timeline.py, Plan A) with the euler_tail on 4 programs a row
 #   part 99: the euler_tail's programs a row in Plan B h100_fast (engine variants)
-#   part 100: the bf16 expert o / down loading their first weight block before the chain wait: its engine GPU test,
-#     the engine variants of Plan A, twice
-#   part 101: the few-row W4A16 kernel streaming its weights by bulk copies on one mbarrier a stage (4 and 8
-#     stages): its kernel and engine GPU tests, the sweep at M = 1 / 10 / 64, Plan B h100_fast with it (variants);
-#     then part 100's Plan A variants once
+#   part 100 (its Plan A variants ran inside part 101 at 716f5a6; lost and removed): the bf16 expert o / down loading
+#     their first weight block before the chain wait
+#   part 101 (ran at 716f5a6; the bulk-copy weight stream lost and was removed): the few-row W4A16 kernel streaming
+#     its weights by bulk copies on one mbarrier a stage (4 and 8 stages): its GPU tests, the sweep at M = 1 / 10 /
+#     64, Plan B h100_fast with it; then part 100's Plan A variants once
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|101   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -562,20 +562,9 @@ elif [ "$1" = 98 ]; then   # the kernel bench on timing.back_to_back; the replay
 elif [ "$1" = 99 ]; then   # the euler_tail's programs a row in Plan B
   run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 19,20,21,22,23 \
     --out-dir "$OUT"
-elif [ "$1" = 100 ]; then   # the skinny o / down with their first weight block before the chain wait
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "skinny_early or tail_blocks"
-  mkdir -p "$OUT/again"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 19,20 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 19,20 --out-dir "$OUT/again"
-elif [ "$1" = 101 ]; then   # the few-row W4A16 weights by bulk copies
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k "w4a16 or plan_b"
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10,64 --out-dir "$OUT"
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast --only 33,34 \
-    --out-dir "$OUT"
-  mkdir -p "$OUT/plana"   # then part 100's Plan A variants once, if the time allows
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k skinny_early
-  run python3 bench/with_devbuild.py bench/engine_variants.py --plan a --only 19,20 --out-dir "$OUT/plana"
+elif [ "$1" = 100 ] || [ "$1" = 101 ]; then   # ran at 716f5a6 (early weights, bulk-copy weights: lost, removed)
+  echo "part $1 ran at 716f5a6; the bf16 early weights and the W4A16 bulk-copy weights were removed (see the header)"
+  exit 1
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

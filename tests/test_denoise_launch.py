@@ -165,30 +165,6 @@ def test_qkv_prefetch_default_follows_the_qkv_weight_kind():
     assert stub.qkv_prefetch is False and not stub.slots                        # graphs re-capture
 
 
-def test_skinny_early_weights_reach_the_bf16_o_and_down_layers():
-    from triforce.runtime.engine import Linear
-
-    o, down = object.__new__(Linear), object.__new__(Linear)      # bf16 layers (no weights needed here)
-    quantized = SimpleNamespace(early_weights=False)
-    stub = SimpleNamespace(expert_layers=[{"o": o, "down": down}, {"o": quantized, "down": down}],
-                           skinny_early_weights=False, slots={"graph": 1})
-    Pi05Engine.set_skinny_early_weights(stub, True)
-    assert o.early_weights and down.early_weights and not quantized.early_weights and not stub.slots
-    Pi05Engine.set_skinny_early_weights(stub, False)
-    assert not o.early_weights and not down.early_weights
-
-
-def test_w4a16_bulk_weights_reach_every_w4a16_few_row_layer():
-    """set_w4a16_bulk_weights reaches Plan B's W4A16 o / down / gate_up (what _w4a16_layers finds) and re-captures."""
-    layers = [SimpleNamespace(bulk_weights=False) for _ in range(3)]
-    stub = SimpleNamespace(_w4a16_layers=lambda names: layers if tuple(names) == ("o", "down", "gate_up") else [],
-                           w4a16_bulk_weights=False, slots={"graph": 1})
-    Pi05Engine.set_w4a16_bulk_weights(stub, True)
-    assert all(layer.bulk_weights for layer in layers) and stub.w4a16_bulk_weights and not stub.slots
-    Pi05Engine.set_w4a16_bulk_weights(stub, False)
-    assert not any(layer.bulk_weights for layer in layers)
-
-
 def test_tail_blocks_must_divide_the_expert_width():
     stub = SimpleNamespace(cfg=SimpleNamespace(expert=SimpleNamespace(width=1024)), tail_blocks=1, slots={"graph": 1})
     for bad in (0, 3, 2048):
@@ -240,16 +216,15 @@ def test_reports_record_the_engine_launch_settings():
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
                            w4a16_few_row_splits={"down": 24}, qkv_prefetch=True, tail_blocks=4,
-                           skinny_early_weights=True, w4a16_bulk_weights=True, e4m3_outputs=("prefix",),
-                           prefix_rope_tokens=4, gemm_tuning=("vision", "prefix"), fp8_fast_accum=(),
-                           l2_lookahead=("mlp", 32))
+                           e4m3_outputs=("prefix",), prefix_rope_tokens=4, gemm_tuning=("vision", "prefix"),
+                           fp8_fast_accum=(), l2_lookahead=("mlp", 32))
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
                         "w4a16_geglu_stages": 8, "w4a16_few_row_splits": {"down": 24}, "qkv_prefetch": True,
-                        "tail_blocks": 4, "skinny_early_weights": True, "w4a16_bulk_weights": True,
-                        "e4m3_outputs": ("prefix",), "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"),
-                        "fp8_fast_accum": (), "l2_lookahead": ["mlp", 32]}
+                        "tail_blocks": 4, "e4m3_outputs": ("prefix",),
+                        "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": (),
+                        "l2_lookahead": ["mlp", 32]}
     assert _denoise_note([0.05] + [0.5] * 9, settings) == (
         "0.500/step (step 0: 0.050 after the prefix ends), fused_epilogue expert layers, dependent launches "
         "(carveout 100% shared), cluster attention (triton in step 0)")

@@ -134,26 +134,6 @@ def test_w4a16_few_row_kernels_give_the_same_actions():
         eng.set_w4a16_few_row("cutlass")
 
 
-def test_w4a16_bulk_weights_give_the_same_actions():
-    """Plan B's W4A16 o / down and gate/up + GeGLU on the mma kernel streaming their weights by bulk copies give the
-    cp.async form's actions, replay after replay."""
-    _load_devbuild()
-    b = Policy.load("synthetic:pi05_tiny", "pi05_tiny", plan="b", recipe="h100", calibration=4)
-    eng = b.backend
-    rng = np.random.default_rng(11)
-    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
-    for layers in (("o", "down"), ("gate_up",)):
-        eng.set_w4a16_few_row("mma", layers)
-    want = b.infer(obs, noise)
-    try:
-        eng.set_w4a16_bulk_weights(True)
-        assert all(layer[n].bulk_weights for layer in eng.expert_layers for n in ("o", "down", "gate_up"))
-        for _ in range(3):
-            assert cosine(b.infer(obs, noise), want) >= 0.99999
-    finally:
-        eng.set_w4a16_bulk_weights(False)
-
-
 def test_qkv_weight_prefetch_is_the_int4_default_and_keeps_the_actions(policies):
     """The QKV + RoPE kernel asking L2 for its weights before its chain wait changes no result: on by default for
     Plan B's int4 weights, off for Plan A's bf16 ones, and either way the same actions replay after replay."""
@@ -327,22 +307,6 @@ def test_tail_blocks_give_the_same_actions(policies):
         eng.set_tail_blocks(fused.TAIL_BLOCKS)
     for blocks in (4, 8):
         np.testing.assert_allclose(actions[blocks], actions[1], rtol=1e-5, atol=1e-5)
-
-
-def test_skinny_early_weights_give_the_same_actions(policies):
-    """The bf16 expert o / down loading their first weight block before the chain wait give the same actions."""
-    _, policy = policies
-    eng = policy.backend
-    rng = np.random.default_rng(10)
-    obs, noise = random_observation(TINY, rng, 2, 5), random_noise(TINY, rng)
-    try:
-        eng.set_skinny_early_weights(False)
-        before = policy.infer(obs, noise)
-        eng.set_skinny_early_weights(True)
-        after = policy.infer(obs, noise)
-    finally:
-        eng.set_skinny_early_weights(False)
-    assert cosine(before, after) >= 0.99999
 
 
 def test_step0_beside_the_prefix_gives_the_serial_actions(policies):

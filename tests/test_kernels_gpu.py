@@ -222,13 +222,9 @@ def test_w4a16_skinny_matches_reference(tk, m, n, k):
     assert _rel_err(out, ref) < 1e-5, "integer codes enter the MMA exactly; only fp32 summation order differs"
 
 
-@pytest.mark.parametrize("splits, tiles_per_warp, stages, bulk",
-                         [(1, 1, 0, False), (1, 2, 0, False), (3, 1, 0, False), (16, 2, 0, False), (1000, 1, 0, False),
-                          (1, 1, 0, True), (16, 2, 4, True), (1, 1, 8, True), (3, 1, 8, True), (1000, 1, 8, True),
-                          (2, 1, 8, False)])
-def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_warp, stages, bulk):
-    """A gated residual add (the expert's o/down form) with a strided x; every split count and tile shape, both
-    pipeline depths, weights by cp.async or by bulk copies (CTAs with fewer groups than stages among them)."""
+@pytest.mark.parametrize("splits, tiles_per_warp", [(1, 1), (1, 2), (3, 1), (16, 2), (1000, 1)])
+def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_warp):
+    """A gated residual add (the expert's o/down form) with a strided x; every split count and tile shape."""
     m, n, k = 10, 1024, 2048
     gen = torch.Generator(device="cuda").manual_seed(5)
     q, s = _weights(n, k, gen)
@@ -236,23 +232,9 @@ def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_war
     gate = torch.randn(n, device="cuda", generator=gen)
     residual = torch.randn(m, n, device="cuda", generator=gen)
     expect = residual + gate * _reference(x, q, s)
-    tk.w4a16_skinny(x, *_fragments(q, s), residual, gate, splits=splits, tiles_per_warp=tiles_per_warp,
-                    stages=stages, bulk_weights=bulk)
+    tk.w4a16_skinny(x, *_fragments(q, s), residual, gate, splits=splits, tiles_per_warp=tiles_per_warp)
     torch.cuda.synchronize()
     torch.testing.assert_close(residual, expect, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("m, n, k", [(1, 16384, 2048), (10, 2048, 16384), (16, 48, 384), (5, 1040, 1024)])
-def test_w4a16_skinny_bulk_weights_8_stages_match_reference(tk, m, n, k):
-    """The bulk-copy weight stream with 8 stages (every mbarrier phase reused across the ring at K = 16384; CTAs
-    whose warps own no tile at N = 48 and 1040) against the reference."""
-    gen = torch.Generator(device="cuda").manual_seed(m + n + k)
-    q, s = _weights(n, k, gen)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
-    out = torch.zeros(m, n, device="cuda")
-    tk.w4a16_skinny(x, *_fragments(q, s), out, splits=1, tiles_per_warp=1, stages=8, bulk_weights=True)
-    torch.cuda.synchronize()
-    assert _rel_err(out, _reference(x, q, s)) < 1e-5
 
 
 def test_w4a16_skinny_is_exact_on_single_nonzero_weight(tk):
@@ -269,11 +251,9 @@ def test_w4a16_skinny_is_exact_on_single_nonzero_weight(tk):
     torch.testing.assert_close(out, expect, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("form", [{}, {"bulk_weights": True}, {"bulk_weights": True, "stages": 8, "tiles_per_warp": 1}])
-def test_w4a16_skinny_in_a_graph_with_dependent_launches(tk, form):
+def test_w4a16_skinny_in_a_graph_with_dependent_launches(tk):
     """Captured as a chain of programmatic dependent launches accumulating into one output: each call must see the
-    one before it (the engine's denoise chain form); weights by cp.async or by bulk copies requested before the
-    wait."""
+    one before it (the engine's denoise chain form)."""
     m, n, k = 10, 1024, 4096
     gen = torch.Generator(device="cuda").manual_seed(9)
     q, s = _weights(n, k, gen)
@@ -282,11 +262,11 @@ def test_w4a16_skinny_in_a_graph_with_dependent_launches(tk, form):
     out = torch.zeros(m, n, device="cuda")
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        tk.w4a16_skinny(x, w, sc, out, dependent=True, **form)
+        tk.w4a16_skinny(x, w, sc, out, dependent=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
             for _ in range(8):
-                tk.w4a16_skinny(x, w, sc, out, dependent=True, **form)
+                tk.w4a16_skinny(x, w, sc, out, dependent=True)
     out.zero_()
     graph.replay()
     torch.cuda.synchronize()
@@ -301,9 +281,6 @@ SKINNY_BAD = {
     "canonical scales": lambda x, w, s, out: (x, w, s.reshape(256, 4), out),
     "x wrong K": lambda x, w, s, out: (x[:, :384].contiguous(), w, s, out),
     "x column stride": lambda x, w, s, out: (torch.cat([x, x], 1)[:, ::2], w, s, out),
-    "stages 6": lambda x, w, s, out: (x, w, s, out, None, 0, 1, False, 6),
-    "stages 8, two tiles a warp": lambda x, w, s, out: (x, w, s, out, None, 0, 2, False, 8),
-    "stages 8, tiles by M": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 8),
 }
 
 
@@ -319,19 +296,17 @@ def test_w4a16_skinny_refuses_bad_input(tk, case):
     assert bool((out == 1.0).all()), "a refused call must leave the output untouched"
 
 
-@pytest.mark.parametrize("m, stages, bulk", [(1, 0, False), (10, 0, False), (16, 0, False), (40, 0, False),
-                                            (64, 0, False), (1, 8, False), (10, 8, False), (64, 8, False),
-                                            (10, 0, True), (1, 8, True), (10, 8, True), (64, 8, True)])
-def test_w4a16_skinny_geglu_matches_reference(tk, m, stages, bulk):
+@pytest.mark.parametrize("m, stages", [(1, 0), (10, 0), (16, 0), (40, 0), (64, 0), (1, 8), (10, 8), (64, 8)])
+def test_w4a16_skinny_geglu_matches_reference(tk, m, stages):
     """The expert's gate/up (I = 4096, K = 1024) with its GeGLU: gate/up interleaved in 8-row blocks, act written;
-    with the default pipeline and with 8 stages, weights by cp.async or by bulk copies."""
+    with the default pipeline and with 8 stages."""
     inter, k = 4096, 1024
     gen = torch.Generator(device="cuda").manual_seed(m)
     q, s = _weights(2 * inter, k, gen)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
     act = torch.full((m, inter), float("nan"), device="cuda", dtype=torch.bfloat16)   # every element must be written
     tk.w4a16_skinny_geglu(x, *_fragments(formats.interleave_gate_up(q), formats.interleave_gate_up(s)), act,
-                          stages=stages, bulk_weights=bulk)
+                          stages=stages)
     torch.cuda.synchronize()
     ref = formats.geglu_tanh(_reference(x, q, s))
     assert torch.isfinite(act).all()

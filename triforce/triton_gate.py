@@ -68,8 +68,7 @@ KERNELS = {
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_skinny_gemm_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "GATE": "fp32", "OUT": "fp32"},
-        "const": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True, "DOT_F32": False, "PDL": True,
-                  "EARLY_W": True},
+        "const": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "HAS_GATE": True, "DOT_F32": False, "PDL": True},
         "options": {"num_warps": 4, "num_stages": 3}, "dot": True},
     "_qkv_rope_kernel": {
         "ptr": {"X": "bf16", "W": "bf16", "SC": "bf16", "POS": "i32", "COS": "fp32", "SIN": "fp32", "QOUT": "bf16",

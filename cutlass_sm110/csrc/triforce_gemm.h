@@ -34,8 +34,7 @@ struct W4A16Problem {
 // scales [N/16][K/128][16] bf16. splits: CTAs along K (0: fill the resident CTA slots once); tiles_per_warp: 16-row
 // tiles per warp (1 or 2); dependent: programmatic dependent launch (waits on the GPU for the kernel before).
 // With act instead of out: gelu_tanh(gate) * up of gate/up rows interleaved in 8-row blocks, each CTA all of K;
-// stages: the pipeline depth (0: the default 4, or 8; 8 with one tile a warp in the split form). bulk_weights: the
-// weights and scales by bulk copies on one mbarrier a stage instead of cp.async groups.
+// stages: its cp.async pipeline depth (0: the default 4, or 8).
 struct W4A16SkinnyProblem {
   const void* x;
   const void* weight;
@@ -49,8 +48,7 @@ struct W4A16SkinnyProblem {
   int tiles_per_warp;
   bool dependent;
   int sm_count;
-  int stages = 0;
-  bool bulk_weights = false;
+  int stages = 0;     // GeGLU form only
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches

@@ -10,14 +10,11 @@
 // exact) minus 136: the integers q in [-8, 7] enter the MMA exactly, and each group's sum is scaled in fp32.
 //
 // Pipeline: a CTA of 8 warps owns 8 * RT row tiles of 16 features and a range of whole groups (128 k); every stage
-// (one group) brings each warp's weights, the tiles' scales and the x slice of all tokens into shared memory,
-// STAGES deep (4, or 8 on request). x always comes by cp.async groups; the weights and scales either join them
-// (the cp.async form) or come by bulk copies on one mbarrier a stage (bulk_weights): then a stage waits for its own
-// weights only, not for every stage committed before its x (cp.async groups complete in order), so all STAGES - 1
-// prefetched stages can be in flight while stage 0 computes. The weights and scales of the first stages are
-// requested before griddepcontrol.wait (they do not depend on the kernel before; under programmatic dependent
-// launch their reads overlap it). Splits of K across CTAs add their partial sums with fp32 reductions into `out`,
-// which the caller zeroes (or is the residual).
+// (one group) brings each warp's weights, the tiles' scales and the x slice of all tokens into shared memory with
+// cp.async, STAGES deep (4; the GeGLU form, whose CTA walks all of K, optionally 8). The weights and scales of the
+// first stages are requested before griddepcontrol.wait (they do not depend on the kernel before; under
+// programmatic dependent launch their reads overlap it). Splits of K across CTAs add their partial sums with fp32
+// reductions into `out`, which the caller zeroes (or is the residual).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -52,26 +49,6 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 
-// Bulk copies completing on mbarriers (sm_90+): the weight stream of the bulk_weights form.
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, int bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n .reg .pred done;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      " @!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, int bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
-}
-
 // Nibbles at bits 4i and 16 + 4i of w (after the caller's shift) as bf16x2 of q = u - 8, exactly.
 __device__ __forceinline__ uint32_t nibble_pair_to_bf16x2(uint32_t w) {
   uint32_t biased;  // (w & 0x000F000F) | 0x43004300: bf16 128 + u in each half
@@ -105,7 +82,6 @@ struct SkinnyArgs {
   __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
   int m, n, k, splits;
   int64_t ldx, ldo;
-  bool bulk_weights;            // weights and scales by bulk copies on one mbarrier a stage (else cp.async)
 };
 
 template <int NT, int RT, int WARPS, int STAGES>
@@ -114,7 +90,7 @@ struct SkinnySmem {
   static constexpr int kScaleBytes = WARPS * RT * 16 * 2;
   static constexpr int kXBytes = 2 * NT * 8 * kChunk * 2;         // two chunks x (8 NT tokens) x 64 k, bf16
   static constexpr int kStageBytes = kWeightBytes + kScaleBytes + kXBytes;
-  static constexpr int kBytes = STAGES * (kStageBytes + 8);   // + one mbarrier a stage (bulk_weights)
+  static constexpr int kBytes = STAGES * kStageBytes;
 };
 
 template <int RT, int NT>
@@ -151,34 +127,8 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
     valid[r] = tile[r] < tiles;
   }
 
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + STAGES * S::kStageBytes);
-  if (a.bulk_weights) {  // one arrival a warp a stage (its lane 0 asks for its tiles' bytes)
-    if (threadIdx.x == 0) {
-      for (int i = 0; i < STAGES; ++i) mbar_init(bars + i, WARPS);
-      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-  }
-
   auto issue_weights = [&](int i) {  // stage i's weights and scales (this warp's tiles)
     unsigned char* base = smem + (i % STAGES) * S::kStageBytes;
-    if (a.bulk_weights) {
-      if (lane != 0) return;
-      int bytes = 0;
-#pragma unroll
-      for (int r = 0; r < RT; ++r) bytes += valid[r] ? 2 * 32 * 16 + 32 : 0;
-      uint64_t* bar = bars + i % STAGES;
-      mbar_arrive_expect_tx(bar, bytes);
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        if (!valid[r]) continue;
-        bulk_copy(base + (warp * RT + r) * 2 * 32 * 16, a.weight + (int64_t(tile[r]) * chunks + 2 * (gbeg + i)) * 32,
-                  2 * 32 * 16, bar);
-        bulk_copy(base + S::kWeightBytes + (warp * RT + r) * 32, a.scales + (int64_t(tile[r]) * groups + gbeg + i) * 16,
-                  32, bar);
-      }
-      return;
-    }
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
       if (!valid[r]) continue;
@@ -206,7 +156,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 
   for (int i = 0; i < STAGES - 1; ++i)
     if (i < ng) issue_weights(i);
-  cp_async_commit();  // (empty in the bulk form)
+  cp_async_commit();
   grid_dependency_wait();  // x, gate and out belong to the kernels before
   launch_dependents();
   for (int i = 0; i < STAGES - 1; ++i) {
@@ -219,7 +169,6 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 
   for (int i = 0; i < ng; ++i) {
     cp_async_wait<STAGES - 2>();  // stage i has landed (for this thread) ...
-    if (a.bulk_weights) mbar_wait(bars + i % STAGES, (i / STAGES) & 1);
     __syncthreads();               // ... for every thread, and stage i - 1's slot is free
     if (i + STAGES - 1 < ng) {
       issue_weights(i + STAGES - 1);
@@ -349,12 +298,6 @@ void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream
     throw std::runtime_error("w4a16_skinny_geglu: stages must be 0 (default, 4), 4 or 8, got " +
                              std::to_string(p.stages));
   }
-  if (p.stages == 8) {  // one tile a warp only: 8 stages of two tiles a warp would not fit beside x at M > 16
-    if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false, 8>(args, p, stream);
-    throw std::runtime_error("w4a16_skinny: stages 8 needs tiles_per_warp 1, got " + std::to_string(p.tiles_per_warp));
-  }
-  if (p.stages != 0 && p.stages != kStages)
-    throw std::runtime_error("w4a16_skinny: stages must be 0 (default, 4), 4 or 8, got " + std::to_string(p.stages));
   if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false>(args, p, stream);
   if (p.tiles_per_warp == 2) return launch<NT, 2, 8, false>(args, p, stream);
   throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));
@@ -381,7 +324,7 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
     throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
-               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo, p.bulk_weights};
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

@@ -225,11 +225,9 @@ class Linear:
         """What this layer's few-row kernel in the denoise chain reads (what an L2 lookahead asks for)."""
         return (self.weight,)
 
-    early_weights = False   # the few-row kernel loads its first weight block before its chain wait (the engine's)
-
     def add_into(self, residual, x, gate):
         """residual (fp32 [M, N]) += gate ⊙ (x W^T), for M <= fused.SKINNY_MAX_ROWS."""
-        fused.skinny_linear(x, self.weight, out=residual, gate=gate, early_weights=self.early_weights)
+        fused.skinny_linear(x, self.weight, out=residual, gate=gate)
 
     @property
     def nbytes(self) -> int:
@@ -317,8 +315,6 @@ class Pi05Engine:
         self.w4a16_few_row_splits: dict = {}                                # set_w4a16_few_row_splits
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.tail_blocks = fused.TAIL_BLOCKS                                # set_tail_blocks
-        self.skinny_early_weights = False                                   # set_skinny_early_weights
-        self.w4a16_bulk_weights = False                                     # set_w4a16_bulk_weights
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
         self._lookahead: dict = {}                                          # the capture's L2Lookahead tables
         self._prefetch_forked = False                                       # in this forward (_denoise joins it)
@@ -389,7 +385,6 @@ class Pi05Engine:
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "w4a16_few_row_splits": self.w4a16_few_row_splits,
                 "qkv_prefetch": self.qkv_prefetch, "tail_blocks": self.tail_blocks,
-                "skinny_early_weights": self.skinny_early_weights, "w4a16_bulk_weights": self.w4a16_bulk_weights,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
                 "l2_lookahead": list(self.l2_lookahead)}
@@ -649,14 +644,6 @@ class Pi05Engine:
         self.w4a16_geglu_stages = stages
         self.slots.clear()
 
-    def set_w4a16_bulk_weights(self, on: bool) -> None:
-        """Whether the wheel's few-row W4A16 kernel (Plan B's expert o / down and gate/up + GeGLU on 'mma') streams
-        its weights by bulk copies on one mbarrier a stage instead of cp.async groups. Graphs re-capture."""
-        self.w4a16_bulk_weights = bool(on)
-        for layer in self._w4a16_layers(("o", "down", "gate_up")):
-            layer.bulk_weights = self.w4a16_bulk_weights
-        self.slots.clear()
-
     def set_tail_blocks(self, blocks: int) -> None:
         """Programs a row of the denoise step's euler_tail (fused.TAIL_BLOCKS; each takes a block of the next
         residual's width and repeats the row's norm and action_out). Captured graphs are dropped and re-capture."""
@@ -664,16 +651,6 @@ class Pi05Engine:
             raise TriforceError(f"euler tail blocks {blocks}: a divisor of the expert width {self.cfg.expert.width} "
                                 f"expected")
         self.tail_blocks = blocks
-        self.slots.clear()
-
-    def set_skinny_early_weights(self, on: bool) -> None:
-        """Whether the bf16 expert o / down (the few-row split-K kernel adding into the residual) load their first
-        weight block before their chain wait. Captured graphs are dropped and re-capture."""
-        self.skinny_early_weights = bool(on)
-        for layer in self.expert_layers:
-            for name in ("o", "down"):
-                if type(layer[name]) is Linear:
-                    layer[name].early_weights = self.skinny_early_weights
         self.slots.clear()
 
     def set_qkv_prefetch(self, on: bool) -> None:

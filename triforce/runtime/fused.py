@@ -684,26 +684,16 @@ def mqa_attention_split(q, k, v, bias, out, block_m: int = 16, block_n: int = 64
 @triton.jit
 def _skinny_gemm_kernel(X, W, GATE, OUT, M, N, K, K_SPLIT, stride_x, stride_w, stride_o,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_GATE: tl.constexpr,
-                        DOT_F32: tl.constexpr, PDL: tl.constexpr, EARLY_W: tl.constexpr):
+                        DOT_F32: tl.constexpr, PDL: tl.constexpr):
     """out[M, N] += [gate ⊙] x[M, K-range] @ w[N, K-range]^T for a few rows M (<= BLOCK_M): split-K partials meet by
-    atomics in fp32 out, zeroed or the residual stream itself. EARLY_W: the first weight block is loaded before the
-    chain wait (weights are never written by the chain), so its latency overlaps the kernel before."""
+    atomics in fp32 out, zeroed or the residual stream itself."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1) * K_SPLIT
     m = tl.arange(0, BLOCK_M)
     nmask = n < N
+    _await_previous(PDL)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    if EARLY_W:
-        k = k_start + tl.arange(0, BLOCK_K)
-        w = tl.load(W + n[:, None] * stride_w + k[None, :], mask=nmask[:, None], other=0.0)
-        _await_previous(PDL)
-        x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
-        acc += dot_t(x, w, DOT_F32)
-        first = k_start + BLOCK_K
-    else:
-        _await_previous(PDL)
-        first = k_start
-    for k0 in range(first, k_start + K_SPLIT, BLOCK_K):
+    for k0 in range(k_start, k_start + K_SPLIT, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m[:, None] < M, other=0.0)
         w = tl.load(W + n[:, None] * stride_w + k[None, :], mask=nmask[:, None], other=0.0)
@@ -727,11 +717,10 @@ def _split_k(n_blocks: int, k_blocks: int, programs: int) -> int:
 
 
 def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 128, programs: int = 256,
-                  num_warps: int = 4, num_stages: int = 3, early_weights: bool = False):
+                  num_warps: int = 4, num_stages: int = 3):
     """y (fp32 [M, N]) = x [M, K] @ w [N, K]^T for M <= 16: weight streaming over about `programs` programs (split-K
     with atomics into `out`, which must be zeroed; allocated zeroed when not given). gate (fp32 [N]): out += gate ⊙
-    (x @ w^T) instead, so with out the fp32 residual this is the gated residual add. early_weights: the first
-    weight block is loaded before the chain wait (under dependent launches). Launch shape defaults:
+    (x @ w^T) instead, so with out the fp32 residual this is the gated residual add. Launch shape defaults:
     bench/results/expert_kernels-*.json (block_n 32 was fastest for the expert's o and down)."""
     rows, kdim = x.shape
     n = w.shape[0]
@@ -744,8 +733,8 @@ def skinny_linear(x, w, out=None, gate=None, block_n: int = 32, block_k: int = 1
     _skinny_gemm_kernel[(n_blocks, split)](x, w, gate if gate is not None else out, out, rows, n, kdim, kdim // split,
                                            x.stride(0), w.stride(0), out.stride(0), BLOCK_M=SKINNY_MAX_ROWS,
                                            BLOCK_N=block_n, BLOCK_K=block_k, HAS_GATE=gate is not None,
-                                           DOT_F32=INTERPRETED, EARLY_W=early_weights, num_warps=num_warps,
-                                           num_stages=num_stages, **_dependent())
+                                           DOT_F32=INTERPRETED, num_warps=num_warps, num_stages=num_stages,
+                                           **_dependent())
     return out
 
 
