@@ -199,8 +199,9 @@
 #   part 101 (ran at 716f5a6; the bulk-copy weight stream lost and was removed): the few-row W4A16 kernel streaming
 #     its weights by bulk copies on one mbarrier a stage (4 and 8 stages): its GPU tests, the sweep at M = 1 / 10 /
 #     64, Plan B h100_fast with it; then part 100's Plan A variants once
-#   part 102: the few-row W4A16 kernel's direct form (weights into registers, no shared-memory pipeline, many short
-#     CTAs): its GPU tests, the sweep at M = 1 / 10 / 16
+#   part 102 (ran at 77279b6; the direct form lost at the Gemma shapes, tied in the expert's chain, and was
+#     removed): the few-row W4A16 kernel's direct form (weights into registers, no shared-memory pipeline, many
+#     short CTAs): its GPU tests, the sweep at M = 1 / 10 / 16
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|102   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -567,9 +568,8 @@ elif [ "$1" = 99 ]; then   # the euler_tail's programs a row in Plan B
 elif [ "$1" = 100 ] || [ "$1" = 101 ]; then   # ran at 716f5a6 (early weights, bulk-copy weights: lost, removed)
   echo "part $1 ran at 716f5a6; the bf16 early weights and the W4A16 bulk-copy weights were removed (see the header)"
   exit 1
-elif [ "$1" = 102 ]; then   # the few-row W4A16 direct form
-  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
-  run python3 bench/with_devbuild.py bench/w4a16_sweep.py --rows 1,10,16 --out-dir "$OUT"
+elif [ "$1" = 102 ]; then   # ran at 77279b6 (the few-row W4A16 direct form: removed)
+  echo "part 102 ran at 77279b6; the few-row W4A16 direct form was removed (see the header)"; exit 1
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
