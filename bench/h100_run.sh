@@ -202,7 +202,9 @@
 #   part 102 (ran at 77279b6; the direct form lost at the Gemma shapes, tied in the expert's chain, and was
 #     removed): the few-row W4A16 kernel's direct form (weights into registers, no shared-memory pipeline, many
 #     short CTAs): its GPU tests, the sweep at M = 1 / 10 / 16
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|102   (carry .device_carry and .whl)
+#   part 103: the final code (the engine is session 25's): the kernel, activation-quantization and engine GPU
+#     tests, then Plan A's validation as far as the time allows
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|103   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -570,6 +572,9 @@ elif [ "$1" = 100 ] || [ "$1" = 101 ]; then   # ran at 716f5a6 (early weights, b
   exit 1
 elif [ "$1" = 102 ]; then   # ran at 77279b6 (the few-row W4A16 direct form: removed)
   echo "part 102 ran at 77279b6; the few-row W4A16 direct form was removed (see the header)"; exit 1
+elif [ "$1" = 103 ]; then   # the final code's GPU tests, then Plan A's validation
+  run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
+  run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
 elif [ "$1" = 74 ]; then   # both validations only
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"
