@@ -182,9 +182,9 @@ qkv5 = packed_e.float().view(Vw, Te, 3, Hh, Dh).permute(2, 0, 3, 1, 4)
 ref = F.scaled_dot_product_attention(qkv5[0], qkv5[1], qkv5[2]).transpose(1, 2).reshape(Vw * Te, Hh * Dh)
 even = fused.packed_attention(packed_e, torch.empty(Vw * Te, Hh * Dh, dtype=torch.bfloat16), Te, Hh, Dh, 16, 16)
 check("packed attention, tokens a block multiple (no masks)", even, ref, 1e-2)
-check("packed attention, the same with masks", fused.packed_attention(
-    packed_e, torch.empty(Vw * Te, Hh * Dh, dtype=torch.bfloat16), Te, Hh, Dh, 16, 16, keep_masks=True), even.float(),
-      0)
+masked = fused.packed_attention(packed_e, torch.empty(Vw * Te, Hh * Dh, dtype=torch.bfloat16), Te, Hh, Dh, 16, 16,
+                                keep_masks=True)
+check("packed attention, the same with masks", masked, even.float(), 0)
 Dp = 32                                                   # a power-of-two head dim: no second column part
 packed_p = torch.randn(Vw * Tk, 3 * Hh * Dp).bfloat16()
 qkv5 = packed_p.float().view(Vw, Tk, 3, Hh, Dp).permute(2, 0, 3, 1, 4)

@@ -425,13 +425,14 @@ def euler_tail(x, scale, shift, w_out, b_out, x_t, x_t_out, dt: float, w_in=None
     [M, A]."""
     rows, width = x.shape
     act = x_t.shape[1]
+    if x_t_out.data_ptr() == x_t.data_ptr():
+        raise ValueError("euler_tail: x_t_out must be a buffer other than x_t (the row's programs all read x_t)")
     if (w_out.shape != (act, width) or not x_t.is_contiguous() or x_t_out.shape != x_t.shape
-            or not x_t_out.is_contiguous() or x_t_out.data_ptr() == x_t.data_ptr()
-            or (w_in is not None and w_in.shape != (width, act)) or blocks < 1 or width % blocks):
-        raise ValueError(f"euler_tail: x [M, W], x_t and a separate x_t_out [M, A] contiguous, Wout [A, W], "
-                         f"Win [W, A], blocks dividing W; got x {tuple(x.shape)}, x_t {tuple(x_t.shape)}, x_t_out "
-                         f"{tuple(x_t_out.shape)}{' (the same buffer)' if x_t_out.data_ptr() == x_t.data_ptr() else ''}"
-                         f", Wout {tuple(w_out.shape)}, blocks {blocks}")
+            or not x_t_out.is_contiguous() or (w_in is not None and w_in.shape != (width, act))
+            or blocks < 1 or width % blocks):
+        raise ValueError(f"euler_tail: x [M, W], x_t and x_t_out [M, A] contiguous, Wout [A, W], Win [W, A], blocks "
+                         f"dividing W; got x {tuple(x.shape)}, x_t {tuple(x_t.shape)}, x_t_out "
+                         f"{tuple(x_t_out.shape)}, Wout {tuple(w_out.shape)}, blocks {blocks}")
     has_next = w_in is not None
     _euler_tail_kernel[(rows, blocks if has_next else 1)](
         x, y if y is not None else x, gate if gate is not None else x, scale, shift, w_out, b_out, x_t, x_t_out,
