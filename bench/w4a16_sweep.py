@@ -16,7 +16,8 @@ and tail included), the ceiling the W4A16 figure is read against (session 18); a
 bytes (each program sums its contiguous slice of int32, 16-byte loads; the fastest of a few launch shapes), since a
 weight stream reads and writes nothing back, and reads alone may run the DRAM faster than a copy's mix.
 Records bench/results/w4a16_sweep-<gpu>-<date>.json.
-    python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--out-dir bench/results]"""
+    python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--chain-grid]
+        [--kernels mma] [--rows 1,10] [--out-dir bench/results]"""
 
 import itertools
 import sys
@@ -42,6 +43,10 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
 # splits 3 / 6 / 24: the most CTAs that fit the H100's resident slots once (3 a SM x 132) for the Gemma gate (128 row
 # blocks), the expert gate/up (64) and the Gemma down (16); the default rounds that count up (a partial second wave)
 MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
+# session 27: the 16-byte reductions of four features and the split MMA chains, at the kernel's own splits and at
+# the best counts of the Gemma gate (2) and the Gemma / expert down (24)
+MMA_GRID += [{**base, **form} for base in (DEFAULT, dict(splits=2), dict(splits=24))
+             for form in (dict(vector_reduce=True), dict(ilp=True), dict(vector_reduce=True, ilp=True))]
 # (session 18's clusters of 2 / 4 CTAs and session 21's K tiles of 128 at the token tile 64 tied the default and were
 # removed: w4a16_sweep-nvidia-h200-*-s18-clusters.json, w4a16_sweep-nvidia-h100-*-s21-k128.json)
 CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]
@@ -94,7 +99,7 @@ def timed(call, x, weights, acc, shape, copies, int4_bytes, copy, dependent=Fals
     return {"shape": shape, "us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy}
 
 
-def sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, copy) -> dict:
+def sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, copy, chain_grid=False) -> dict:
     tried = []
     for shape in grid:
         try:
@@ -109,6 +114,10 @@ def sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, cop
     default = next(t for t in ok if t["shape"] == DEFAULT)
     chain = {label: timed(call, x, weights, acc, t["shape"], copies, int4_bytes, copy, dependent=True)
              for label, t in (("default", default), ("best", best))}
+    if chain_grid:   # every launch shape chained too, and the fastest of them
+        chain["tried"] = [timed(call, x, weights, acc, t["shape"], copies, int4_bytes, copy, dependent=True)
+                          for t in ok]
+        chain["best"] = min(chain["tried"] + [chain["best"]], key=lambda t: t["us"])
     return {"default": default, "best": best, "tried": tried, "chained": chain}
 
 
@@ -159,7 +168,7 @@ def same_bytes_read_us(nbytes: int) -> tuple[float, dict, int]:
     return best
 
 
-def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
+def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS, chain_grid=False):
     copies = max(2, int(2 * 50e6 // (n * k // 2)) + 1)          # int4 copies covering 2x the 50 MB L2
     q = [fm.quantize_int4_g128(torch.randn(n, k, device="cuda") * 0.05) for _ in range(copies)]
     w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, int(2 * 50e6 // (n * k * 2)) + 1))]
@@ -184,7 +193,8 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS):
                "same_bytes_read": {"us": read_us, "bytes": read_bytes, "shape": read_shape,
                                    "copy_fraction": read_fraction}}
         for kname, (weights, call, grid, read) in prepared.items():
-            r = row[kname] = sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, copy)
+            r = row[kname] = sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, copy,
+                                          chain_grid and grid_too)
             r["best_vs_cublas"] = cublas / r["best"]["us"]
             print(f"{name} M={m} {kname}: best {r['best']['shape']} {r['best']['us']:.2f} us = "
                   f"{r['best']['copy_fraction']:.0%} of copy BW (default {r['default']['us']:.2f} us, cuBLAS bf16 "
@@ -200,6 +210,9 @@ def main():
     ap.add_argument("--shapes", type=int, default=len(SHAPES), help="only the first N GEMM shapes")
     ap.add_argument("--triton-grid", action="store_true", help="also the Triton kernel's launch-shape grid (sessions "
                     "3-5 swept it: w4a16_sweep-*-s5.json)")
+    ap.add_argument("--chain-grid", action="store_true", help="time every launch shape chained too (not only the "
+                    "default and the best)")
+    ap.add_argument("--kernels", default="", help="only these kernels (comma-separated: triton, mma, cutlass)")
     a = ap.parse_args()
     torch.manual_seed(0)
     try:
@@ -208,9 +221,15 @@ def main():
     except ImportError:
         tk = None
     table = kernels(tk, a.triton_grid)
+    if a.kernels:
+        wanted = a.kernels.split(",")
+        if unknown := sorted(set(wanted) - set(table)):
+            raise SystemExit(f"w4a16_sweep: no kernel {unknown} here (have {sorted(table)})")
+        table = {name: table[name] for name in wanted}
     copy = copy_gbs()
     rows_m = tuple(int(v) for v in a.rows.split(","))
-    rows = [r for name, n, k in SHAPES[:a.shapes] for r in sweep_shape(name, n, k, copy, table, not a.engine_shape_only, rows_m)]
+    rows = [r for name, n, k in SHAPES[:a.shapes]
+            for r in sweep_shape(name, n, k, copy, table, not a.engine_shape_only, rows_m, a.chain_grid)]
     rep.print_table(f"few-row W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches)",
                     ["gemm", "M", "kernel", "default us", "best us", "best shape", "best % of copy BW",
                      "cuBLAS bf16 us", "chained us", "chained % of copy BW", "same-bytes copy % of copy BW",
