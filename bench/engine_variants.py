@@ -86,8 +86,7 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
                    "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
-                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS,
-                   "w4a16_few_row_forms": {}}
+                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -122,10 +121,7 @@ VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the p
                   ("FP8 fast accumulation in vision and the prefix",
                    {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix")}),
                   ("FP8 fast accumulation in vision and the prefix, torch's GEMMs",
-                   {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix"), "gemm_tuning": ()}),
-                  *((f"W4A16 few-row kernel forms {forms} (session 27)", {**ENGINE_DEFAULTS, "w4a16_few_row_forms": forms})
-                    for forms in ({"vector_reduce": True}, {"ilp": True}, {"vector_reduce": True, "ilp": True})),
-                  ("the engine default again (drift within the run)", ENGINE_DEFAULTS))}
+                   {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix"), "gemm_tuning": ()}))}
 
 
 def apply(eng, settings: dict) -> None:
@@ -148,7 +144,6 @@ def apply(eng, settings: dict) -> None:
     eng.set_l2_lookahead(*settings["l2_lookahead"])
     eng.set_w4a16_few_row_splits(settings["w4a16_few_row_splits"])
     eng.set_tail_blocks(settings["tail_blocks"])
-    eng.set_w4a16_few_row_forms(settings["w4a16_few_row_forms"])
 
 
 def main():

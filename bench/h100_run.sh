@@ -204,9 +204,11 @@
 #     short CTAs): its GPU tests, the sweep at M = 1 / 10 / 16
 #   part 103: the final code (the engine is session 25's): the kernel, activation-quantization and engine GPU
 #     tests, then Plan A's validation as far as the time allows
-#   part 104: the few-row W4A16 kernel's 16-byte reductions and split MMA chains: its GPU tests, the sweep at
-#     M = 1 / 10 (every launch shape chained too), Plan B h100_fast with each form
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|104   (carry .device_carry and .whl)
+#   part 104 (ran at 54161e2; both forms lost or tied and were removed): the few-row W4A16 kernel's 16-byte
+#     reductions and split MMA chains: its GPU tests, the sweep at M = 1 / 10 (every launch shape chained too),
+#     Plan B h100_fast with each form
+#   part 105: the final code (session 25's engine): Plan B h100_fast's validation, then Plan A's
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|105   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -574,14 +576,15 @@ elif [ "$1" = 100 ] || [ "$1" = 101 ]; then   # ran at 716f5a6 (early weights, b
   exit 1
 elif [ "$1" = 102 ]; then   # ran at 77279b6 (the few-row W4A16 direct form: removed)
   echo "part 102 ran at 77279b6; the few-row W4A16 direct form was removed (see the header)"; exit 1
-elif [ "$1" = 104 ]; then   # the few-row W4A16 kernel's forms: tests, sweep, Plan B
+elif [ "$1" = 105 ]; then   # the final code: both validations
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
-  run timeout 200 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --chain-grid \
-    --out-dir "$OUT"
-  run timeout 200 python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast \
-    --only 32,33,34,35 --out-dir "$OUT"
-  run timeout 100 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py -k few_row
+  mkdir -p "$OUT/fast"
+  run timeout 280 python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 \
+    --runs 100 --report-dir "$OUT/fast"
+  run timeout 250 python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 \
+    --report-dir "$OUT"
+elif [ "$1" = 104 ]; then   # ran at 54161e2 (the few-row W4A16 forms: removed)
+  echo "part 104 ran at 54161e2; the few-row W4A16 kernel forms were removed (see the header)"; exit 1
 elif [ "$1" = 103 ]; then   # the final code's GPU tests, then Plan A's validation
   run python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py tests/test_act_quant_gpu.py tests/test_engine_gpu.py
   run python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 --report-dir "$OUT"

@@ -43,10 +43,8 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
 # splits 3 / 6 / 24: the most CTAs that fit the H100's resident slots once (3 a SM x 132) for the Gemma gate (128 row
 # blocks), the expert gate/up (64) and the Gemma down (16); the default rounds that count up (a partial second wave)
 MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
-# session 27: the 16-byte reductions of four features and the split MMA chains, at the kernel's own splits and at
-# the best counts of the Gemma gate (2) and the Gemma / expert down (24)
-MMA_GRID += [{**base, **form} for base in (DEFAULT, dict(splits=2), dict(splits=24))
-             for form in (dict(vector_reduce=True), dict(ilp=True), dict(vector_reduce=True, ilp=True))]
+# (session 27's 16-byte reductions of four features and split MMA chains lost or tied at every shape and in Plan B,
+# and were removed: w4a16_sweep-nvidia-h100-*-s27-forms.json)
 # (session 18's clusters of 2 / 4 CTAs and session 21's K tiles of 128 at the token tile 64 tied the default and were
 # removed: w4a16_sweep-nvidia-h200-*-s18-clusters.json, w4a16_sweep-nvidia-h100-*-s21-k128.json)
 CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]

@@ -130,14 +130,8 @@ def test_w4a16_few_row_kernels_give_the_same_actions():
         assert all(layer[name].few_row == "mma" for layer in eng.expert_layers for name in layers), \
             "the h100 recipe's expert layers are W4A16"
         assert cosine(b.infer(obs, noise), want) >= 0.9999
-    for forms in ({"vector_reduce": True}, {"ilp": True}, {"vector_reduce": True, "ilp": True}):
-        eng.set_w4a16_few_row_forms(forms)
-        assert cosine(b.infer(obs, noise), want) >= 0.9999, forms
-    eng.set_w4a16_few_row_forms({})
     with pytest.raises(TriforceError, match="unknown few-row W4A16 kernel"):
         eng.set_w4a16_few_row("cutlass")
-    with pytest.raises(TriforceError, match="W4A16 few-row forms"):
-        eng.set_w4a16_few_row_forms({"vector": True})
 
 
 def test_qkv_weight_prefetch_is_the_int4_default_and_keeps_the_actions(policies):

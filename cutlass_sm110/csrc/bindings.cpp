@@ -163,8 +163,7 @@ void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::T
 // Few rows (M <= 64): the weight-streaming MMA kernel of every family on the fragment layout
 // (formats.pack_int4_fragments / pack_scales_fragments). out (fp32) is added to: zero it, or pass the residual.
 void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
-                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent,
-                  bool vector_reduce, bool ilp) {
+                  const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent) {
   const char* op = "w4a16_skinny";
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
               ": out must be a CUDA fp32 [M, N] with unit column stride");
@@ -185,15 +184,13 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(), nullptr,
                                  int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
                                  sm_count()};
-  p.vector_reduce = vector_reduce;
-  p.ilp = ilp;
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
 // The same kernel with gate/up interleaved in 8-row blocks (formats.interleave_gate_up, then the fragment packing):
 // act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T), written (the expert's gate/up + GeGLU in one launch).
 void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor act,
-                        bool dependent, int64_t stages, bool ilp) {
+                        bool dependent, int64_t stages) {
   const char* op = "w4a16_skinny_geglu";
   TORCH_CHECK(act.is_cuda() && act.scalar_type() == at::kBFloat16 && act.dim() == 2 && act.stride(1) == 1, op,
               ": act must be a CUDA bf16 [M, N/2] with unit column stride");
@@ -204,7 +201,6 @@ void w4a16_skinny_geglu(const at::Tensor& x, const at::Tensor& w, const at::Tens
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), nullptr, nullptr, act.data_ptr(),
                                  int(m), int(n), int(k), x.stride(0), act.stride(0), 1, 1, dependent, sm_count(),
                                  int(stages)};
-  p.ilp = ilp;
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -437,11 +433,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("splits") = 1, py::arg("nondeterministic") = false);
   m.def("w4a16_skinny", &w4a16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ dequant(W)^T for M <= 64, fragment layout",
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
-        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false,
-        py::arg("vector_reduce") = false, py::arg("ilp") = false);
+        py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false);
   m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
         "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
-        py::arg("dependent") = false, py::arg("stages") = 0, py::arg("ilp") = false);
+        py::arg("dependent") = false, py::arg("stages") = 0);
   m.def("set_chain_carveout", &triforce::set_chain_carveout, "preferred shared-memory carveout (percent, "
         "-1: the driver's choice) of the wheel's later dependent launches (few-row W4A16, mqa_cluster_attention)", py::arg("percent"));
   m.def("mqa_cluster_attention", &mqa_cluster_attention, "out[R,D] = softmax(q k^T/sqrt(D) + bias) v, one kv head, "

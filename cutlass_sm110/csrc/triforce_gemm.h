@@ -49,8 +49,6 @@ struct W4A16SkinnyProblem {
   bool dependent;
   int sm_count;
   int stages = 0;     // GeGLU form only
-  bool vector_reduce = false;  // add form: 16-byte reductions of four features (16-byte aligned out, ldo % 4 == 0)
-  bool ilp = false;            // up to four partial sums a tile instead of one dependent MMA chain
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches

@@ -14,9 +14,7 @@
 // cp.async, STAGES deep (4; the GeGLU form, whose CTA walks all of K, optionally 8). The weights and scales of the
 // first stages are requested before griddepcontrol.wait (they do not depend on the kernel before; under
 // programmatic dependent launch their reads overlap it). Splits of K across CTAs add their partial sums with fp32
-// reductions into `out`, which the caller zeroes (or is the residual): one per element, or (vector_reduce) the
-// CTA's sums gathered in shared memory and added four features at a time (one 16-byte reduction, sm_90+).
-// ILP: a group's eight MMAs of a tile accumulate into up to four partial sums instead of one dependent chain.
+// reductions into `out`, which the caller zeroes (or is the residual).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -84,7 +82,6 @@ struct SkinnyArgs {
   __nv_bfloat16* act;           // GEGLU: bf16 [M, N/2] written
   int m, n, k, splits;
   int64_t ldx, ldo;
-  bool vector_reduce;
 };
 
 template <int NT, int RT, int WARPS, int STAGES>
@@ -110,50 +107,13 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
-// The CTA's gated sums into out four features at a time: each thread's fragments into a [tokens][features] tile of
-// shared memory (the pipeline's, free now; rows padded by 4 floats so the quads of a warp hit distinct banks), then
-// one 16-byte fp32 reduction per four features (float4 atomicAdd: sm_90 and later) instead of four.
-template <int NT, int RT, int WARPS, int STAGES>
-__device__ __forceinline__ void reduce_vectors(const SkinnyArgs& a, const float (&acc)[RT][NT][4], const int (&tile)[RT],
-                                               const bool (&valid)[RT], unsigned char* smem) {
-  constexpr int kFeatures = WARPS * RT * 16, kLd = kFeatures + 4;
-  static_assert(NT * 8 * kLd * 4 <= SkinnySmem<NT, RT, WARPS, STAGES>::kBytes, "the tile fits the pipeline's memory");
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  float* tile_sums = reinterpret_cast<float*>(smem);
-  __syncthreads();  // every warp is past its last shared-memory read
-#pragma unroll
-  for (int r = 0; r < RT; ++r) {
-    if (!valid[r]) continue;
-    const int row = tile[r] * 16 + g, local = (warp * RT + r) * 16 + g;
-    const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      float* lo = tile_sums + (j * 8 + 2 * t) * kLd + local;
-      lo[0] = gate_lo * acc[r][j][0];
-      lo[8] = gate_hi * acc[r][j][2];
-      lo[kLd] = gate_lo * acc[r][j][1];
-      lo[kLd + 8] = gate_hi * acc[r][j][3];
-    }
-  }
-  __syncthreads();
-  const int feature0 = blockIdx.x * kFeatures;
-  for (int idx = threadIdx.x; idx < a.m * (kFeatures / 4); idx += WARPS * 32) {
-    const int tok = idx / (kFeatures / 4), quad = idx % (kFeatures / 4), feature = feature0 + 4 * quad;
-    if (feature >= a.n) continue;  // tiles past N (N % 16 == 0: a quad is wholly in or out)
-    const float4 v = *reinterpret_cast<const float4*>(tile_sums + tok * kLd + 4 * quad);
-    atomicAdd(reinterpret_cast<float4*>(a.out + tok * a.ldo + feature), v);
-  }
-}
-
 // NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp; WARPS per CTA. GEGLU: the weights are
 // gate/up interleaved in 8-row blocks (formats.interleave_gate_up), so a tile's rows g and g + 8 are gate and up of
 // one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (the CTA covers all of K: splits = 1).
-template <int NT, int RT, int WARPS, bool GEGLU, int STAGES, bool ILP>
+template <int NT, int RT, int WARPS, bool GEGLU, int STAGES>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) {
   using S = SkinnySmem<NT, RT, WARPS, STAGES>;
   constexpr int kThreads = WARPS * 32;
-  // partial sums a tile: the NT token tiles already give NT independent chains; ILP adds up to four in all
-  constexpr int P = ILP && NT < 4 ? 4 / NT : 1;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
@@ -218,9 +178,8 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 
     const unsigned char* base = smem + (i % STAGES) * S::kStageBytes;
     const uint4* xs = reinterpret_cast<const uint4*>(base + S::kWeightBytes + S::kScaleBytes);
-    float part[P][RT][NT][4];
-#pragma unroll
-    for (int p = 0; p < P; ++p) zero(part[p]);
+    float part[RT][NT][4];
+    zero(part);
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       uint4 wq[RT];
@@ -240,8 +199,8 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
           const uint4 xv = xs[(c * NT * 8 + j * 8 + g) * 8 + ((2 * t + h) ^ g)];
 #pragma unroll
           for (int r = 0; r < RT; ++r) {
-            mma_bf16(part[(2 * h) % P][r][j], af[r][0], xv.x, xv.y);
-            mma_bf16(part[(2 * h + 1) % P][r][j], af[r][1], xv.z, xv.w);
+            mma_bf16(part[r][j], af[r][0], xv.x, xv.y);
+            mma_bf16(part[r][j], af[r][1], xv.z, xv.w);
           }
         }
       }
@@ -253,22 +212,15 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
       const float s_hi = __bfloat162float(sc[(warp * RT + r) * 16 + g + 8]);
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
-#pragma unroll
-        for (int p = 1; p < P; ++p)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) part[0][r][j][e] += part[p][r][j][e];
-        acc[r][j][0] += s_lo * part[0][r][j][0];
-        acc[r][j][1] += s_lo * part[0][r][j][1];
-        acc[r][j][2] += s_hi * part[0][r][j][2];
-        acc[r][j][3] += s_hi * part[0][r][j][3];
+        acc[r][j][0] += s_lo * part[r][j][0];
+        acc[r][j][1] += s_lo * part[r][j][1];
+        acc[r][j][2] += s_hi * part[r][j][2];
+        acc[r][j][3] += s_hi * part[r][j][3];
       }
     }
   }
   cp_async_wait<0>();
 
-  if constexpr (!GEGLU) {
-    if (a.vector_reduce) return reduce_vectors<NT, RT, WARPS, STAGES>(a, acc, tile, valid, smem);
-  }
   // c0, c1: feature g, tokens 2t, 2t + 1; c2, c3: feature g + 8.
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
@@ -301,10 +253,10 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
-template <int NT, int RT, int WARPS, bool GEGLU, int STAGES, bool ILP>
-void launch_kernel(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
+template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>
+void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   using S = SkinnySmem<NT, RT, WARPS, STAGES>;
-  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU, STAGES, ILP>;
+  auto kernel = w4a16_skinny_kernel<NT, RT, WARPS, GEGLU, STAGES>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
   if (attr != cudaSuccess)
@@ -334,12 +286,6 @@ void launch_kernel(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStre
   config.numAttrs = p.dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
   if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
-}
-
-template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>
-void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  if (p.ilp) return launch_kernel<NT, RT, WARPS, GEGLU, STAGES, true>(args, p, stream);
-  launch_kernel<NT, RT, WARPS, GEGLU, STAGES, false>(args, p, stream);
 }
 
 template <int NT>
@@ -376,12 +322,9 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
                              std::to_string(p.m) + " N=" + std::to_string(p.n) + " K=" + std::to_string(p.k) + ")");
   if ((p.act != nullptr) == (p.out != nullptr))
     throw std::runtime_error("w4a16_skinny: exactly one of out (fp32 add) and act (GeGLU) must be given");
-  if (p.vector_reduce && (p.act != nullptr || p.ldo % 4 || reinterpret_cast<uintptr_t>(p.out) % 16))
-    throw std::runtime_error("w4a16_skinny: vector_reduce needs the add form with a 16-byte aligned out and a row "
-                             "stride that is a multiple of 4 floats");
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
-               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo, p.vector_reduce};
+               static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

@@ -232,14 +232,12 @@ def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scale
 
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
                  gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
-                 dependent: bool = False, vector_reduce: bool = False, ilp: bool = False) -> None:
+                 dependent: bool = False) -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
     pack_scales_fragments [N/16, K/128, 16] bf16). `out` is added to (zero it, or pass the residual); x may be a
     row-strided view. splits: CTAs along K (0: fill the GPU once); tiles_per_warp: 16-row tiles per warp (0: by M);
-    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it); vector_reduce: the
-    CTA's sums added four features at a time (16-byte reductions: out 16-byte aligned, its row stride a multiple of
-    4); ilp: up to four partial sums a tile instead of one dependent MMA chain."""
+    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it)."""
     op = "w4a16_skinny"
     _require_op(op)
     if x.dim() != 2 or out.dim() != 2:
@@ -254,24 +252,21 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
                           f"{list(out.shape)}")
     if gate is not None:
         _check(op, "gate", gate, torch.float32, (n,))
-    if vector_reduce and (out.data_ptr() % 16 or out.stride(0) % 4):
-        raise KernelError(f"{op}: vector_reduce needs out 16-byte aligned with a row stride that is a multiple of 4 "
-                          f"floats, got stride {out.stride(0)}")
     if splits < 0 or tiles_per_warp not in (0, 1, 2):
         raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, vector_reduce, ilp)
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
 
 
 W4A16_SKINNY_GEGLU_STAGES = (0, 4, 8)   # 0: the default (4)
 
 
 def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, act: torch.Tensor,
-                       dependent: bool = False, stages: int = 0, ilp: bool = False) -> None:
+                       dependent: bool = False, stages: int = 0) -> None:
     """act[M, N/2] (bf16) = gelu_tanh(x @ gate^T) * (x @ up^T) for M <= 64: w4a16_skinny on gate/up weights whose
     rows were interleaved in 8-row blocks (formats.interleave_gate_up, then pack_int4_fragments /
     pack_scales_fragments). Each CTA covers all of K; nothing is accumulated, act is written. stages: the cp.async
-    pipeline depth (W4A16_SKINNY_GEGLU_STAGES); ilp: as w4a16_skinny's."""
+    pipeline depth (W4A16_SKINNY_GEGLU_STAGES)."""
     op = "w4a16_skinny_geglu"
     _require_op(op)
     if stages not in W4A16_SKINNY_GEGLU_STAGES:
@@ -287,7 +282,7 @@ def w4a16_skinny_geglu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
     if act.dtype != torch.bfloat16 or act.stride(1) != 1:
         raise KernelError(f"{op}: act must be bf16 with unit column stride, got {act.dtype}")
     _check_same_device(op, x, weight, scales, act)
-    _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent, stages, ilp)
+    _ext().w4a16_skinny_geglu(x, weight, scales, act, dependent, stages)
 
 
 def set_chain_carveout(percent: int) -> None:

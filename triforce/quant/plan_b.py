@@ -142,7 +142,6 @@ class W4A16Linear:
         self.nbytes = self.qweight.numel() + self.scales.numel() * 2
         self.few_row, self._fragments = "triton", None   # the engine sets it (engine._default_w4a16_few_row)
         self.few_row_splits = 0                            # the mma kernel's CTAs along K (0: its own choice)
-        self.few_row_forms: dict = {}                      # the mma kernel's vector_reduce / ilp (set_w4a16_few_row_forms)
 
     def use_few_row_kernel(self, kernel: str) -> None:
         """Which kernel runs add_into / geglu_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the weights on first use
@@ -161,8 +160,7 @@ class W4A16Linear:
     def geglu_into(self, x, act, stages: int = 0):
         """act (bf16 [M, N/2]) = gelu_tanh(x gate^T) ⊙ (x up^T), few rows, on the wheel's kernel (gate/up layers;
         stages: its pipeline depth, 0 the wheel's default)."""
-        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent(), stages=stages,
-                                   ilp=self.few_row_forms.get("ilp", False))
+        self.tk.w4a16_skinny_geglu(x, *self._fragments, act, dependent=fused.launching_dependent(), stages=stages)
 
     def __call__(self, x, arena=None):
         rows = x.shape[0]
@@ -192,7 +190,7 @@ class W4A16Linear:
         """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
         if self.few_row == "mma":
             self.tk.w4a16_skinny(x, *self._fragments, residual, gate, splits=self.few_row_splits,
-                                 dependent=fused.launching_dependent(), **self.few_row_forms)
+                                 dependent=fused.launching_dependent())
         else:
             fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
 

@@ -183,7 +183,6 @@ W4A16_ADD_INTO_LAYERS = ("o", "down")              # of those, the ones added in
 # nothing (engine_variants-planb-*-s23-splits.json, H100; alone at M = 10 chained 2.82 vs 3.18 us,
 # w4a16_sweep-*-s23-splits.json)
 W4A16_FEW_ROW_SPLITS = {"down": 24}
-W4A16_FEW_ROW_FORMS = ("vector_reduce", "ilp")      # the few-row kernel's forms (set_w4a16_few_row_forms; session 27)
 
 
 def few_row_layer(layer_id: str) -> bool:
@@ -314,7 +313,6 @@ class Pi05Engine:
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.w4a16_few_row_splits: dict = {}                                # set_w4a16_few_row_splits
-        self.w4a16_few_row_forms: dict = {}                                 # set_w4a16_few_row_forms
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.tail_blocks = fused.TAIL_BLOCKS                                # set_tail_blocks
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
@@ -386,7 +384,6 @@ class Pi05Engine:
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "w4a16_few_row_splits": self.w4a16_few_row_splits,
-                "w4a16_few_row_forms": self.w4a16_few_row_forms,
                 "qkv_prefetch": self.qkv_prefetch, "tail_blocks": self.tail_blocks,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
@@ -635,17 +632,6 @@ class Pi05Engine:
             for layer in self._w4a16_layers((name,)):
                 layer.few_row_splits = splits.get(name, 0)
         self.w4a16_few_row_splits = dict(splits)
-        self.slots.clear()
-
-    def set_w4a16_few_row_forms(self, forms: dict) -> None:
-        """The wheel's few-row kernel's forms for every W4A16 expert layer on it (W4A16_FEW_ROW_FORMS:
-        vector_reduce: o / down add four features a reduction; ilp: split MMA chains, gate/up too). Graphs
-        re-capture."""
-        if set(forms) - set(W4A16_FEW_ROW_FORMS) or any(not isinstance(v, bool) for v in forms.values()):
-            raise TriforceError(f"W4A16 few-row forms {forms}: booleans for {W4A16_FEW_ROW_FORMS} expected")
-        for layer in self._w4a16_layers(W4A16_FEW_ROW_LAYERS):
-            layer.few_row_forms = {n: v for n, v in forms.items() if v and (n == "ilp" or not layer.gate_up)}
-        self.w4a16_few_row_forms = dict(forms)
         self.slots.clear()
 
     def set_w4a16_geglu_stages(self, stages: int) -> None:
