@@ -207,7 +207,7 @@
 #   part 104 (ran at 54161e2; both forms lost or tied and were removed): the few-row W4A16 kernel's 16-byte
 #     reductions and split MMA chains: its GPU tests, the sweep at M = 1 / 10 (every launch shape chained too),
 #     Plan B h100_fast with each form
-#   part 105: the final code (session 25's engine): Plan B h100_fast's validation, then Plan A's
+#   part 105: the final code (session 25's engine): Plan B h100_fast's validation, Plan A's, the engine benchmark
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|105   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -579,10 +579,12 @@ elif [ "$1" = 102 ]; then   # ran at 77279b6 (the few-row W4A16 direct form: rem
 elif [ "$1" = 105 ]; then   # the final code: both validations
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   mkdir -p "$OUT/fast"
-  run timeout 280 python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 \
+  run timeout 240 python3 bench/with_devbuild.py scripts/validate_plan_b.py --recipe h100_fast --observations 64 \
     --runs 100 --report-dir "$OUT/fast"
-  run timeout 250 python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 \
+  run timeout 200 python3 bench/with_devbuild.py scripts/validate_plan_a.py --observations 32 --runs 100 \
     --report-dir "$OUT"
+  run timeout 120 python3 bench/with_devbuild.py bench/run_bench.py --plan all --recipe h100_fast --runs 50 \
+    --out-dir "$OUT"
 elif [ "$1" = 104 ]; then   # ran at 54161e2 (the few-row W4A16 forms: removed)
   echo "part 104 ran at 54161e2; the few-row W4A16 kernel forms were removed (see the header)"; exit 1
 elif [ "$1" = 103 ]; then   # the final code's GPU tests, then Plan A's validation
