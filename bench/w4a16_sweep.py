@@ -14,7 +14,9 @@ Also, per shape, a device-to-device copy moving the same bytes (read + written =
 same way: what a kernel of this size reaches of the 1 GiB copy's bandwidth when it only moves bytes (launch, ramp-up
 and tail included), the ceiling the W4A16 figure is read against (session 18); and a kernel that only reads the same
 bytes (each program sums its contiguous slice of int32, 16-byte loads; the fastest of a few launch shapes), since a
-weight stream reads and writes nothing back, and reads alone may run the DRAM faster than a copy's mix.
+weight stream reads and writes nothing back, and reads alone may run the DRAM faster than a copy's mix; that
+kernel also chained as the W4A16 kernels are (dependent launches, its first block read before the wait: session 27),
+the ceiling of the chained figures.
 Records bench/results/w4a16_sweep-<gpu>-<date>.json.
     python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--chain-grid]
         [--kernels mma] [--rows 1,10] [--out-dir bench/results]"""
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.quant import formats as fm  # noqa: E402
@@ -132,12 +135,16 @@ def same_bytes_copy_us(moved: int) -> float:
 
 
 @triton.jit
-def _read_kernel(X, OUT, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+def _read_kernel(X, OUT, BLOCK: tl.constexpr, ITERS: tl.constexpr, PDL: tl.constexpr):
     """Sums this program's ITERS contiguous blocks of int32 (no mask: the buffer is a whole number of slices), so
-    the bytes are only read."""
+    the bytes are only read. PDL: chained as the W4A16 kernels are (their form: the first block is read before the
+    wait on the kernel before, as the few-row kernel requests its first weights)."""
     base = tl.program_id(0).to(tl.int64) * ITERS * BLOCK
-    acc = tl.zeros([BLOCK], dtype=tl.int32)
-    for i in range(ITERS):
+    acc = tl.load(X + base + tl.arange(0, BLOCK))
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    for i in range(1, ITERS):
         acc += tl.load(X + base + i * BLOCK + tl.arange(0, BLOCK))
     tl.store(OUT + tl.program_id(0), tl.sum(acc, 0))
 
@@ -146,9 +153,10 @@ READ_BLOCK = 1024                   # int32 a block: 4 KB, 8 a thread of 4 warps
 READ_SLICES = (1, 4, 8, 16, 32)     # blocks a program: 4224 ... 132 programs for the Gemma weights
 
 
-def same_bytes_read_us(nbytes: int) -> tuple[float, dict, int]:
+def same_bytes_read_us(nbytes: int, chained: bool = False) -> tuple[float, dict, int]:
     """Per-call us of the fastest read-only launch shape over (at least) nbytes, over buffers covering 2x the 50 MB
-    L2, in the sweep's CUDA-graph timing: (us, shape, bytes read)."""
+    L2, in the sweep's CUDA-graph timing: (us, shape, bytes read). chained: as dependent launches (the W4A16
+    kernels' chained form)."""
     best = None
     for iters in READ_SLICES:
         programs = -(-nbytes // (4 * READ_BLOCK * iters))
@@ -156,8 +164,13 @@ def same_bytes_read_us(nbytes: int) -> tuple[float, dict, int]:
         bufs = [torch.randint(0, 7, (read // 4,), dtype=torch.int32, device="cuda")
                 for _ in range(max(2, int(2 * 50e6 // read) + 1))]
         out = torch.empty(programs, dtype=torch.int32, device="cuda")
-        us = per_call_us(lambda i: _read_kernel[(programs,)](bufs[i], out, BLOCK=READ_BLOCK, ITERS=iters,
-                                                             num_warps=4), len(bufs))
+        call = lambda i: _read_kernel[(programs,)](bufs[i], out, BLOCK=READ_BLOCK, ITERS=iters,  # noqa: E731
+                                                   num_warps=4, PDL=chained, launch_pdl=chained)
+        if chained:
+            with fused.dependent_launches():
+                us = per_call_us(call, len(bufs))
+        else:
+            us = per_call_us(call, len(bufs))
         expect = int(bufs[-1].view(programs, -1).sum(1, dtype=torch.int64).sum())
         if int(out.sum(dtype=torch.int64)) != expect:
             raise RuntimeError(f"read-only kernel summed {int(out.sum())}, expected {expect}")
@@ -177,9 +190,13 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS, chain_grid=False
     same = same_bytes_copy_us(int4_bytes)
     read_us, read_shape, read_bytes = same_bytes_read_us(int4_bytes)
     read_fraction = read_bytes / (read_us * 1e-6) / 1e9 / copy
+    chained_us, chained_shape, chained_bytes = same_bytes_read_us(int4_bytes, chained=True)
+    chained_read = {"us": chained_us, "bytes": chained_bytes, "shape": chained_shape,
+                    "copy_fraction": chained_bytes / (chained_us * 1e-6) / 1e9 / copy}
     print(f"{name}: a copy moving the same {int4_bytes / 1e6:.1f} MB {same:.2f} us = "
           f"{int4_bytes / (same * 1e-6) / 1e9 / copy:.0%} of copy BW; reading {read_bytes / 1e6:.1f} MB "
-          f"{read_us:.2f} us = {read_fraction:.0%} ({read_shape})", flush=True)
+          f"{read_us:.2f} us = {read_fraction:.0%} ({read_shape}), chained {chained_us:.2f} us = "
+          f"{chained_read['copy_fraction']:.0%}", flush=True)
     out = []
     for m in rows_m:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -189,7 +206,7 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS, chain_grid=False
         row = {"gemm": name, "m": m, "n": n, "k": k, "int4_bytes": int4_bytes, "cublas_bf16_us": cublas,
                "same_bytes_copy_us": same, "same_bytes_copy_fraction": int4_bytes / (same * 1e-6) / 1e9 / copy,
                "same_bytes_read": {"us": read_us, "bytes": read_bytes, "shape": read_shape,
-                                   "copy_fraction": read_fraction}}
+                                   "copy_fraction": read_fraction, "chained": chained_read}}
         for kname, (weights, call, grid, read) in prepared.items():
             r = row[kname] = sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, copy,
                                           chain_grid and grid_too)
@@ -231,11 +248,12 @@ def main():
     rep.print_table(f"few-row W4A16 at M <= 64 (copy {copy:.0f} GB/s; us per call; chained: dependent launches)",
                     ["gemm", "M", "kernel", "default us", "best us", "best shape", "best % of copy BW",
                      "cuBLAS bf16 us", "chained us", "chained % of copy BW", "same-bytes copy % of copy BW",
-                     "same-bytes read % of copy BW"],
+                     "same-bytes read % of copy BW", "chained read % of copy BW"],
                     [[r["gemm"], r["m"], kname, r[kname]["default"]["us"], r[kname]["best"]["us"],
                       str(r[kname]["best"]["shape"]), f"{r[kname]['best']['copy_fraction']:.0%}", r["cublas_bf16_us"],
                       r[kname]["chained"]["best"]["us"], f"{r[kname]['chained']['best']['copy_fraction']:.0%}",
-                      f"{r['same_bytes_copy_fraction']:.0%}", f"{r['same_bytes_read']['copy_fraction']:.0%}"]
+                      f"{r['same_bytes_copy_fraction']:.0%}", f"{r['same_bytes_read']['copy_fraction']:.0%}",
+                      f"{r['same_bytes_read']['chained']['copy_fraction']:.0%}"]
                      for r in rows for kname in table])
     rep.record_run(a.out_dir, "w4a16_sweep", {
         "copy_gbs": copy, "kernels": list(table), "rows": rows,
