@@ -45,13 +45,10 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
 # splits 3 / 6 / 24: the most CTAs that fit the H100's resident slots once (3 a SM x 132) for the Gemma gate (128 row
 # blocks), the expert gate/up (64) and the Gemma down (16); the default rounds that count up (a partial second wave)
-# direct: no shared-memory pipeline, each warp's weights straight into registers before the chain wait, many short
-# CTAs (M <= 16; session 26, measured chained at every launch shape in session 27); its splits count CTAs along K
-# per 16-row tile (0: each warp at most 4 groups)
-MMA_GRID = ([DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
-            + [dict(direct=True, splits=sp) for sp in (0, 1, 2, 4, 8, 16)])
+MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
 # (session 27's 16-byte reductions of four features and split MMA chains lost or tied at every shape and in Plan B,
-# and were removed: w4a16_sweep-nvidia-h100-*-s27-forms.json)
+# and were removed: w4a16_sweep-nvidia-h100-*-s27-forms.json; session 26's direct form, restored in session 27 to
+# time it chained, stayed below this grid's best chained shape: w4a16_sweep-nvidia-h100-*-s27-direct-chained.json)
 # (session 18's clusters of 2 / 4 CTAs and session 21's K tiles of 128 at the token tile 64 tied the default and were
 # removed: w4a16_sweep-nvidia-h200-*-s18-clusters.json, w4a16_sweep-nvidia-h100-*-s21-k128.json)
 CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]

@@ -49,7 +49,6 @@ struct W4A16SkinnyProblem {
   bool dependent;
   int sm_count;
   int stages = 0;     // GeGLU form only
-  bool direct = false;  // the add form at M <= 16 without the shared-memory pipeline (w4a16_skinny.cu)
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches

@@ -15,13 +15,6 @@
 // first stages are requested before griddepcontrol.wait (they do not depend on the kernel before; under
 // programmatic dependent launch their reads overlap it). Splits of K across CTAs add their partial sums with fp32
 // reductions into `out`, which the caller zeroes (or is the residual).
-//
-// The direct form (the add form at M <= 16, on request): no shared-memory pipeline. A CTA of 4 warps owns one row
-// tile of 16 features and a range of groups (split y of `splits`), dealt to its warps as contiguous ranges; each
-// warp loads up to 4 groups of its weights (8 x 16 bytes a lane) straight into registers at once, and x's fragments
-// from global memory (L1: every CTA of an SM reads the same x). Many short CTAs, like a read-only stream, so the
-// block scheduler balances the weight stream over the SMs; the warps' sums meet in shared memory, one fp32 atomic
-// add an output.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -71,14 +64,6 @@ __device__ __forceinline__ void dequant_word(uint32_t w, uint32_t (&a)[4]) {
   a[1] = nibble_pair_to_bf16x2(w >> 4);
   a[2] = nibble_pair_to_bf16x2(w >> 8);
   a[3] = nibble_pair_to_bf16x2(w >> 12);
-}
-
-// A weight load that is read once: not kept in L1.
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
 }
 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -268,138 +253,6 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
-constexpr int kDirectWarps = 4;
-constexpr int kDirectBatch = 4;   // groups a warp loads at once
-
-template <int NT>
-__global__ void __launch_bounds__(kDirectWarps * 32) w4a16_skinny_direct_kernel(SkinnyArgs a) {
-  __shared__ float red[kDirectWarps][NT * 4][32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int tile = blockIdx.x, chunks = a.k / kChunk, groups = a.k / kGroup;
-  const int sbeg = int(int64_t(blockIdx.y) * groups / a.splits);
-  const int span = int(int64_t(blockIdx.y + 1) * groups / a.splits) - sbeg;
-  const int gbeg = sbeg + span * warp / kDirectWarps, gend = sbeg + span * (warp + 1) / kDirectWarps;
-  const uint4* wt = a.weight + int64_t(tile) * chunks * 32 + lane;
-  const __nv_bfloat16* st = a.scales + int64_t(tile) * groups * 16;
-
-  uint4 wq[2 * kDirectBatch];
-  auto load = [&](int g0) {
-#pragma unroll
-    for (int i = 0; i < kDirectBatch; ++i)
-      if (g0 + i < gend) {
-        wq[2 * i] = load_stream(wt + 2 * (g0 + i) * 32);
-        wq[2 * i + 1] = load_stream(wt + (2 * (g0 + i) + 1) * 32);
-      }
-  };
-  load(gbeg);              // the weights do not depend on the kernel before
-  grid_dependency_wait();  // x, gate and out do
-  launch_dependents();
-
-  float acc[NT][4];
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
-  for (int g0 = gbeg; g0 < gend; g0 += kDirectBatch) {
-    if (g0 != gbeg) load(g0);
-#pragma unroll
-    for (int i = 0; i < kDirectBatch; ++i) {
-      const int grp = g0 + i;
-      if (grp >= gend) break;
-      float part[NT][4];
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const uint4 w = wq[2 * i + c];
-        const int64_t k0 = int64_t(2 * grp + c) * kChunk + 16 * t;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {  // k steps 2h and 2h + 1: lane t's k in [16t + 8h, 16t + 8h + 8)
-          uint32_t a0[4], a1[4];
-          dequant_word(h == 0 ? w.x : w.z, a0);
-          dequant_word(h == 0 ? w.y : w.w, a1);
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const int tok = j * 8 + g;
-            uint4 xv = make_uint4(0, 0, 0, 0);
-            if (tok < a.m) xv = __ldg(reinterpret_cast<const uint4*>(a.x + tok * a.ldx + k0 + 8 * h));
-            mma_bf16(part[j], a0, xv.x, xv.y);
-            mma_bf16(part[j], a1, xv.z, xv.w);
-          }
-        }
-      }
-      const float s_lo = __bfloat162float(st[grp * 16 + g]), s_hi = __bfloat162float(st[grp * 16 + g + 8]);
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        acc[j][0] += s_lo * part[j][0];
-        acc[j][1] += s_lo * part[j][1];
-        acc[j][2] += s_hi * part[j][2];
-        acc[j][3] += s_hi * part[j][3];
-      }
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) red[warp][j * 4 + e][lane] = acc[j][e];
-  __syncthreads();
-  if (warp != 0) return;
-  const int row = tile * 16 + g;
-  const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    float v[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      v[e] = 0.f;
-#pragma unroll
-      for (int w = 0; w < kDirectWarps; ++w) v[e] += red[w][j * 4 + e][lane];
-    }
-    const int tok = j * 8 + 2 * t;  // c0, c1: feature g, tokens 2t, 2t + 1; c2, c3: feature g + 8
-    if (tok < a.m) {
-      atomicAdd(a.out + tok * a.ldo + row, gate_lo * v[0]);
-      atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * v[2]);
-    }
-    if (tok + 1 < a.m) {
-      atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * v[1]);
-      atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * v[3]);
-    }
-  }
-}
-
-// A launch with the chain's attributes (programmatic dependent launch, the chain's carveout) where asked.
-template <typename Kernel>
-void launch_kernel(Kernel kernel, dim3 grid, dim3 block, int smem_bytes, const SkinnyArgs& a,
-                   const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[2];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  attribute[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
-  attribute[1].val.sharedMemCarveout = unsigned(g_carveout);
-  config.attrs = attribute;
-  config.numAttrs = p.dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
-  if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
-    throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
-}
-
-// Default splits of the direct form: each warp at most one batch of groups.
-template <int NT>
-void launch_direct(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  const int groups = p.k / kGroup;
-  int splits = p.splits > 0 ? p.splits : (groups + kDirectWarps * kDirectBatch - 1) / (kDirectWarps * kDirectBatch);
-  SkinnyArgs a = args;
-  a.splits = splits < groups ? splits : groups;
-  launch_kernel(w4a16_skinny_direct_kernel<NT>, dim3(unsigned(p.n / 16), unsigned(a.splits)),
-                dim3(kDirectWarps * 32), 0, a, p, stream);
-}
-
 template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>
 void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   using S = SkinnySmem<NT, RT, WARPS, STAGES>;
@@ -419,7 +272,20 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
   }
   SkinnyArgs a = args;
   a.splits = splits < p.k / kGroup ? splits : p.k / kGroup;
-  launch_kernel(kernel, dim3(unsigned(row_blocks), unsigned(a.splits)), dim3(WARPS * 32), S::kBytes, a, p, stream);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(row_blocks), unsigned(a.splits));
+  config.blockDim = dim3(WARPS * 32);
+  config.dynamicSmemBytes = S::kBytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[2];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  attribute[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+  attribute[1].val.sharedMemCarveout = unsigned(g_carveout);
+  config.attrs = attribute;
+  config.numAttrs = p.dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
+  if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
+    throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
 }
 
 template <int NT>
@@ -459,12 +325,6 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
                static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
-  if (p.direct) {
-    if (p.act != nullptr || p.m > 16)
-      throw std::runtime_error("w4a16_skinny: the direct form takes the add form (out) at M <= 16 (got M=" +
-                               std::to_string(p.m) + (p.act != nullptr ? ", GeGLU)" : ")"));
-    return p.m <= 8 ? launch_direct<1>(a, p, stream) : launch_direct<2>(a, p, stream);
-  }
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);
