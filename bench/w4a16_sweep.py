@@ -46,12 +46,11 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
 # splits 3 / 6 / 24: the most CTAs that fit the H100's resident slots once (3 a SM x 132) for the Gemma gate (128 row
 # blocks), the expert gate/up (64) and the Gemma down (16); the default rounds that count up (a partial second wave)
 MMA_GRID = [DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
-# deeper pipelines (session 27): every group of a CTA requested before the chain wait where stages - 1 cover them
-# (the Gemma gate's 16 groups at splits 4 / 3 / 2: 4 / 5-6 / 8 a CTA; the Gemma down's 128 at 24: 5-6)
-MMA_GRID += [dict(splits=sp, stages=st, tiles_per_warp=1) for sp, st in ((4, 5), (4, 8), (3, 8), (2, 8), (24, 8))]
 # (session 27's 16-byte reductions of four features and split MMA chains lost or tied at every shape and in Plan B,
 # and were removed: w4a16_sweep-nvidia-h100-*-s27-forms.json; session 26's direct form, restored in session 27 to
-# time it chained, stayed below this grid's best chained shape: w4a16_sweep-nvidia-h100-*-s27-direct-chained.json)
+# time it chained, stayed below this grid's best chained shape: w4a16_sweep-nvidia-h100-*-s27-direct-chained.json;
+# and the add form with 5 / 8 stages, every group of a CTA requested before the chain wait, lost chained:
+# w4a16_sweep-nvidia-h100-*-s27-stages.json)
 # (session 18's clusters of 2 / 4 CTAs and session 21's K tiles of 128 at the token tile 64 tied the default and were
 # removed: w4a16_sweep-nvidia-h200-*-s18-clusters.json, w4a16_sweep-nvidia-h100-*-s21-k128.json)
 CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", "stream_k_nd", "split_k:2", "split_k:4")]

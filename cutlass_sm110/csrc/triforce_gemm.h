@@ -48,7 +48,7 @@ struct W4A16SkinnyProblem {
   int tiles_per_warp;
   bool dependent;
   int sm_count;
-  int stages = 0;     // cp.async pipeline depth: 0 (4), 4 or 8 (GeGLU); 0, 4, 5 or 8 (add form, one tile a warp)
+  int stages = 0;     // GeGLU form only
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches

@@ -298,18 +298,6 @@ void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream
     throw std::runtime_error("w4a16_skinny_geglu: stages must be 0 (default, 4), 4 or 8, got " +
                              std::to_string(p.stages));
   }
-  // deeper pipelines of the add form (one row tile a warp): every group of a CTA of up to STAGES - 1 groups is
-  // requested before griddepcontrol.wait (splits 4 at the Gemma gate: 4 groups, 5 stages)
-  if (p.stages == 5 || p.stages == 8) {
-    if (p.tiles_per_warp != 1)
-      throw std::runtime_error("w4a16_skinny: stages 5 and 8 take tiles_per_warp 1, got " +
-                               std::to_string(p.tiles_per_warp));
-    if (p.stages == 5) return launch<NT, 1, 8, false, 5>(args, p, stream);
-    return launch<NT, 1, 8, false, 8>(args, p, stream);
-  }
-  if (p.stages != 0 && p.stages != kStages)
-    throw std::runtime_error("w4a16_skinny: stages must be 0 (default, 4), 4, 5 or 8, got " +
-                             std::to_string(p.stages));
   if (p.tiles_per_warp == 1) return launch<NT, 1, 8, false>(args, p, stream);
   if (p.tiles_per_warp == 2) return launch<NT, 2, 8, false>(args, p, stream);
   throw std::runtime_error("w4a16_skinny: tiles_per_warp must be 1 or 2, got " + std::to_string(p.tiles_per_warp));
