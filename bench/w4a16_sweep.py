@@ -21,6 +21,7 @@ Records bench/results/w4a16_sweep-<gpu>-<date>.json.
     python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--chain-grid]
         [--kernels mma] [--rows 1,10] [--out-dir bench/results]"""
 
+import contextlib
 import itertools
 import sys
 from pathlib import Path
@@ -30,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.quant import formats as fm  # noqa: E402
@@ -58,8 +58,11 @@ CUTLASS_GRID = [DEFAULT] + [dict(schedule=s) for s in ("heuristic", "stream_k", 
 # launch shape then: 1.4-2.9x faster (bench/results/w4a16_sweep-*-s5.json, "convert_default" / "magic_default")
 
 
-def per_call_us(call, copies):
-    return time_graph_us([lambda i=i: call(i) for i in range(copies)], warmup_s=0.3)
+def per_call_us(call, copies, dependent=False):
+    """Per call of call(i) over the copies, in one CUDA graph; dependent: as programmatic dependent launches (the
+    engine's denoise chain form)."""
+    with fused.dependent_launches() if dependent else contextlib.nullcontext():
+        return time_graph_us([lambda i=i: call(i) for i in range(copies)], warmup_s=0.3)
 
 
 def kernels(tk, triton_grid: bool):
@@ -95,11 +98,7 @@ def cutlass_kernel(tk):
 
 
 def timed(call, x, weights, acc, shape, copies, int4_bytes, copy, dependent=False) -> dict:
-    if dependent:
-        with fused.dependent_launches():
-            us = per_call_us(lambda i: call(x, weights[i], acc, shape, True), copies)
-    else:
-        us = per_call_us(lambda i: call(x, weights[i], acc, shape, False), copies)
+    us = per_call_us(lambda i: call(x, weights[i], acc, shape, dependent), copies, dependent)
     return {"shape": shape, "us": us, "copy_fraction": int4_bytes / (us * 1e-6) / 1e9 / copy}
 
 
@@ -116,12 +115,14 @@ def sweep_kernel(call, grid, read, x, weights, acc, ref, copies, int4_bytes, cop
     ok = [t for t in tried if "us" in t]
     best = min(ok, key=lambda t: t["us"])
     default = next(t for t in ok if t["shape"] == DEFAULT)
-    chain = {label: timed(call, x, weights, acc, t["shape"], copies, int4_bytes, copy, dependent=True)
-             for label, t in (("default", default), ("best", best))}
-    if chain_grid:   # every launch shape chained too, and the fastest of them
-        chain["tried"] = [timed(call, x, weights, acc, t["shape"], copies, int4_bytes, copy, dependent=True)
-                          for t in ok]
-        chain["best"] = min(chain["tried"] + [chain["best"]], key=lambda t: t["us"])
+    if chain_grid:   # every launch shape chained, and the fastest of them chained
+        tried_chained = [timed(call, x, weights, acc, t["shape"], copies, int4_bytes, copy, dependent=True)
+                         for t in ok]
+        chain = {"default": next(t for t in tried_chained if t["shape"] == DEFAULT),
+                 "best": min(tried_chained, key=lambda t: t["us"]), "tried": tried_chained}
+    else:            # the default and the plain best shape chained
+        chain = {label: timed(call, x, weights, acc, t["shape"], copies, int4_bytes, copy, dependent=True)
+                 for label, t in (("default", default), ("best", best))}
     return {"default": default, "best": best, "tried": tried, "chained": chain}
 
 
@@ -144,9 +145,7 @@ def _read_kernel(X, OUT, BLOCK: tl.constexpr, ITERS: tl.constexpr, PDL: tl.const
     wait on the kernel before, as the few-row kernel requests its first weights)."""
     base = tl.program_id(0).to(tl.int64) * ITERS * BLOCK
     acc = tl.load(X + base + tl.arange(0, BLOCK))
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    fused._await_previous(PDL)
     for i in range(1, ITERS):
         acc += tl.load(X + base + i * BLOCK + tl.arange(0, BLOCK))
     tl.store(OUT + tl.program_id(0), tl.sum(acc, 0))
@@ -167,13 +166,8 @@ def same_bytes_read_us(nbytes: int, chained: bool = False) -> tuple[float, dict,
         bufs = [torch.randint(0, 7, (read // 4,), dtype=torch.int32, device="cuda")
                 for _ in range(max(2, int(2 * 50e6 // read) + 1))]
         out = torch.empty(programs, dtype=torch.int32, device="cuda")
-        call = lambda i: _read_kernel[(programs,)](bufs[i], out, BLOCK=READ_BLOCK, ITERS=iters,  # noqa: E731
-                                                   num_warps=4, PDL=chained, launch_pdl=chained)
-        if chained:
-            with fused.dependent_launches():
-                us = per_call_us(call, len(bufs))
-        else:
-            us = per_call_us(call, len(bufs))
+        us = per_call_us(lambda i: _read_kernel[(programs,)](bufs[i], out, BLOCK=READ_BLOCK, ITERS=iters, num_warps=4,
+                                                             PDL=chained, launch_pdl=chained), len(bufs), chained)
         expect = int(bufs[-1].view(programs, -1).sum(1, dtype=torch.int64).sum())
         if int(out.sum(dtype=torch.int64)) != expect:
             raise RuntimeError(f"read-only kernel summed {int(out.sum())}, expected {expect}")

@@ -113,3 +113,12 @@ def test_records_name_the_commit_and_a_tree_that_differs_from_it(tmp_path, monke
     assert rep.git_commit(paths=("kernels",)) == head + "-dirty"
     monkeypatch.setenv("TRIFORCE_COMMIT", "abc1234")
     assert rep.git_commit() == "abc1234"
+
+
+def test_w4a16_sweep_refuses_an_unknown_kernel_before_any_timing():
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "bench/w4a16_sweep.py", "--kernels", "triton,nope"], cwd=repo,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(
+        "w4a16_sweep: no kernel ['nope'] here (have ["), r.stderr
+    assert "recorded:" not in r.stdout
