@@ -218,7 +218,7 @@
 #     M = 1 / 10 with every launch shape chained
 #   part 109: the few-row W4A16 register-streamed form (each warp's weights in a ring of registers, x and scales
 #     in shared memory once a CTA): the sweep of the Gemma gate at M = 1 / 10 with every launch shape
-#     chained, Plan B h100_fast with it on the expert's o / down (engine variant 29), its GPU tests
+#     chained, its GPU tests (device time allowed no engine variant)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|109   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -591,8 +591,6 @@ elif [ "$1" = 109 ]; then   # the register-streamed few-row form
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 100 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 1 \
     --chain-grid --out-dir "$OUT"
-  run timeout 100 python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast \
-    --only 0,29,23 --out-dir "$OUT"
   run timeout 30 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "streamed or graph"
 elif [ "$1" = 108 ]; then   # ran at f658ce1 (the add form's 5 / 8 stages: removed)
   echo "part 108 ran at f658ce1; the add form's deeper pipelines were removed (see the header)"; exit 1
