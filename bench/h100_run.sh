@@ -216,9 +216,12 @@
 #   part 108 (ran at f658ce1; the deeper pipelines lost chained and were removed): the few-row W4A16 add form
 #     with 5 / 8 stages (every group of a CTA requested before the chain wait): its GPU tests, the sweep at
 #     M = 1 / 10 with every launch shape chained
-#   part 109: the few-row W4A16 register-streamed form (each warp's weights in a ring of registers, x and scales
-#     in shared memory once a CTA): the sweep of the Gemma gate at M = 1 / 10 with every launch shape
-#     chained, its GPU tests (device time allowed no engine variant)
+#   part 109 (prepared in session 28 and never run: no device machine could be started; the form was taken out
+#     of main unmeasured, `git checkout 3405820 -- bench/engine_variants.py bench/w4a16_sweep.py cutlass_sm110
+#     tests triforce` restores it, then bash bench/prebuild_device.sh): the few-row W4A16 register-streamed form
+#     (each warp's weights in a ring of 2 / 4 groups of registers, x and scales in shared memory once a CTA, no
+#     barrier a group): the sweep of the Gemma shapes at M = 1 / 10 with every launch shape chained, Plan B
+#     h100_fast with it on the expert's o / down (engine variants 29-34), its GPU tests
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|109   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -587,11 +590,17 @@ elif [ "$1" = 100 ] || [ "$1" = 101 ]; then   # ran at 716f5a6 (early weights, b
   exit 1
 elif [ "$1" = 102 ]; then   # ran at 77279b6 (the few-row W4A16 direct form: removed)
   echo "part 102 ran at 77279b6; the few-row W4A16 direct form was removed (see the header)"; exit 1
-elif [ "$1" = 109 ]; then   # the register-streamed few-row form
+elif [ "$1" = 109 ]; then   # the register-streamed few-row form (restore it first: see the header)
+  if ! grep -q W4A16_STREAMED_DEPTHS cutlass_sm110/triforce_kernels/__init__.py; then
+    echo "part 109 needs session 28's register-streamed form: git checkout 3405820 -- bench/engine_variants.py" \
+      "bench/w4a16_sweep.py cutlass_sm110 tests triforce (see the header)"; exit 1
+  fi
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run timeout 100 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 1 \
+  run timeout 200 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 2 \
     --chain-grid --out-dir "$OUT"
-  run timeout 30 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k "streamed or graph"
+  run timeout 200 python3 bench/with_devbuild.py bench/engine_variants.py --plan b --recipe h100_fast \
+    --only 0,29,30,31,32,33,34,23 --out-dir "$OUT"
+  run timeout 100 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
 elif [ "$1" = 108 ]; then   # ran at f658ce1 (the add form's 5 / 8 stages: removed)
   echo "part 108 ran at f658ce1; the add form's deeper pipelines were removed (see the header)"; exit 1
 elif [ "$1" = 107 ]; then   # ran at f3b35ce (the direct form: removed again)
