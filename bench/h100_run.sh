@@ -592,8 +592,7 @@ elif [ "$1" = 102 ]; then   # ran at 77279b6 (the few-row W4A16 direct form: rem
   echo "part 102 ran at 77279b6; the few-row W4A16 direct form was removed (see the header)"; exit 1
 elif [ "$1" = 109 ]; then   # the register-streamed few-row form (restore it first: see the header)
   if ! grep -q W4A16_STREAMED_DEPTHS cutlass_sm110/triforce_kernels/__init__.py; then
-    echo "part 109 needs session 28's register-streamed form: git checkout 3405820 -- bench/engine_variants.py" \
-      "bench/w4a16_sweep.py cutlass_sm110 tests triforce (see the header)"; exit 1
+    echo "part 109 needs session 28's register-streamed form, out of main: the header says how to restore it"; exit 1
   fi
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 200 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 2 \
