@@ -216,12 +216,12 @@
 #   part 108 (ran at f658ce1; the deeper pipelines lost chained and were removed): the few-row W4A16 add form
 #     with 5 / 8 stages (every group of a CTA requested before the chain wait): its GPU tests, the sweep at
 #     M = 1 / 10 with every launch shape chained
-#   part 109 (prepared in session 28 and never run: no device machine could be started; the form was taken out
-#     of main unmeasured, `git checkout 3405820 -- bench/engine_variants.py bench/w4a16_sweep.py cutlass_sm110
-#     tests triforce` restores it, then bash bench/prebuild_device.sh): the few-row W4A16 register-streamed form
-#     (each warp's weights in a ring of 2 / 4 groups of registers, x and scales in shared memory once a CTA, no
-#     barrier a group): the sweep of the Gemma shapes at M = 1 / 10 with every launch shape chained, Plan B
-#     h100_fast with it on the expert's o / down (engine variants 29-34), its GPU tests
+#   part 109 (prepared in session 28, never run: no device machine could be started in sessions 28 and 29; the
+#     form is out of main unmeasured, `git checkout 5beb451 -- bench/engine_variants.py bench/w4a16_sweep.py
+#     cutlass_sm110 tests triforce` restores it, then bash bench/prebuild_device.sh): the few-row W4A16
+#     register-streamed form (each warp's weights in a ring of 2 / 4 groups of registers, x and scales in shared
+#     memory once a CTA, no barrier a group): the sweep of the Gemma shapes at M = 1 / 10 with every launch shape
+#     chained, Plan B h100_fast with it on the expert's o / down (engine variants 29-34), its GPU tests
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|109   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
