@@ -86,7 +86,8 @@ ENGINE_DEFAULTS = {"expert_path": "fused_epilogue", "overlap_step0": True, "prio
                    "w4a16_geglu_stages": W4A16_GEGLU_STAGES, "qkv_prefetch": "engine",
                    "e4m3_outputs": "engine", "prefix_rope_tokens": PREFIX_ROPE_TOKENS,
                    "gemm_tuning": GEMM_TUNING_STAGES, "fp8_fast_accum": "engine", "l2_lookahead": L2_LOOKAHEAD_DEFAULT,
-                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS}
+                   "w4a16_few_row_splits": W4A16_FEW_ROW_SPLITS, "tail_blocks": TAIL_BLOCKS,
+                   "w4a16_few_row_depth": {}}
 SHARED_VARIANTS = (("denoise attention on Triton (partials + combine)", {"decode_attention": "triton"}),
                    ("the prefix's RoPE with 1 token a program (before the fifteenth session)", {"prefix_rope_tokens": 1}),
                    ("the prefix's RoPE with 4 tokens a program", {"prefix_rope_tokens": 4}),
@@ -117,6 +118,12 @@ VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the p
                      f"count fills the resident CTA slots once; engine.W4A16_FEW_ROW_SPLITS)",
                      {**ENGINE_DEFAULTS, "w4a16_few_row_splits": splits})
                     for splits in ({}, {"down": 16}, {"down": 8}, {"o": 8}, {"o": 8, "down": 16})),
+                  *((f"W4A16 o / down on the register-streamed few-row form, depth {depth}, splits "
+                     f"{splits or 'by the kernel'} (session 28)",
+                     {**ENGINE_DEFAULTS, "w4a16_few_row_depth": depth, "w4a16_few_row_splits": splits})
+                    for depth, splits in (({"o": 2, "down": 2}, {}), ({"o": 4, "down": 4}, {}),
+                                          ({"o": 2, "down": 2}, {"down": 24}), ({"o": 4, "down": 4}, {"o": 8, "down": 8}),
+                                          ({"down": 2}, {"down": 24}), ({"o": 2}, {"down": 24}))),
                   ("FP8 fast accumulation in the prefix", {**ENGINE_DEFAULTS, "fp8_fast_accum": ("prefix",)}),
                   ("FP8 fast accumulation in vision and the prefix",
                    {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix")}),
@@ -143,6 +150,7 @@ def apply(eng, settings: dict) -> None:
     eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
     eng.set_l2_lookahead(*settings["l2_lookahead"])
     eng.set_w4a16_few_row_splits(settings["w4a16_few_row_splits"])
+    eng.set_w4a16_few_row_depth(settings["w4a16_few_row_depth"])
     eng.set_tail_blocks(settings["tail_blocks"])
 
 

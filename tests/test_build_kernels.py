@@ -73,7 +73,7 @@ def _assert_wheel(build: _Build, family: str, opcodes: set) -> None:
     assert info["family"] == family and info["sass_gate"]["passed"]
     gate = build.result.gate
     assert gate.passed and len(gate.gemm) >= 1
-    warp_mma = ("w4a16_skinny_kernel", "mqa_cluster_attention_kernel")   # warp-level HMMA, every family
+    warp_mma = ("w4a16_skinny_kernel", "w4a16_streamed_kernel", "mqa_cluster_attention_kernel")  # warp-level HMMA
     for name, found in gate.gemm.items():
         assert set(found) & ({"HMMA"} if any(w in name for w in warp_mma) else opcodes), (name, found)
     for kernel in warp_mma:

@@ -215,13 +215,14 @@ def test_reports_record_the_engine_launch_settings():
 
     stub = SimpleNamespace(expert_path="fused_epilogue", overlap_step0=True, denoise_launch="dependent", carveout=100,
                            decode_attention="cluster", step0_attention="triton", w4a16_geglu_stages=8,
-                           w4a16_few_row_splits={"down": 24}, qkv_prefetch=True, tail_blocks=4,
-                           e4m3_outputs=("prefix",), prefix_rope_tokens=4, gemm_tuning=("vision", "prefix"),
+                           w4a16_few_row_splits={"down": 24}, w4a16_few_row_depth=2, qkv_prefetch=True,
+                           tail_blocks=4, e4m3_outputs=("prefix",), prefix_rope_tokens=4, gemm_tuning=("vision", "prefix"),
                            fp8_fast_accum=(), l2_lookahead=("mlp", 32))
     settings = Pi05Engine.launch_settings(stub)
     assert settings == {"expert_path": "fused_epilogue", "overlap_step0": True, "denoise_launch": "dependent",
                         "chain_carveout": 100, "decode_attention": "cluster", "step0_attention": "triton",
-                        "w4a16_geglu_stages": 8, "w4a16_few_row_splits": {"down": 24}, "qkv_prefetch": True,
+                        "w4a16_geglu_stages": 8, "w4a16_few_row_splits": {"down": 24}, "w4a16_few_row_depth": 2,
+                        "qkv_prefetch": True,
                         "tail_blocks": 4, "e4m3_outputs": ("prefix",),
                         "prefix_rope_tokens": 4, "gemm_tuning": ("vision", "prefix"), "fp8_fast_accum": (),
                         "l2_lookahead": ["mlp", 32]}

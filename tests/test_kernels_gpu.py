@@ -237,6 +237,25 @@ def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_war
     torch.testing.assert_close(residual, expect, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("m, n, k, launch", [
+    (1, 16384, 2048, dict(depth=4)), (10, 2048, 16384, dict(depth=2)), (16, 1024, 4096, dict(depth=4, splits=3)),
+    (5, 48, 384, dict(depth=2, cta_warps=4)), (9, 2560, 1024, dict(depth=4, cta_warps=4, splits=8)),
+    (1, 1024, 1024, dict(depth=2, splits=1000)), (12, 1040, 2944, dict(depth=4, splits=2))])
+def test_w4a16_skinny_streamed_adds_the_same(tk, m, n, k, launch):
+    """The register-streamed form (depth > 0) as a gated residual add with a strided x: ring depths past a CTA's
+    groups (K = 384), partial CTAs of tiles (N = 48, 1040), uneven splits (23 groups over 2), splits past the
+    group count."""
+    gen = torch.Generator(device="cuda").manual_seed(m + n + k)
+    q, s = _weights(n, k, gen)
+    x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16, generator=gen)[:, :k]
+    gate = torch.randn(n, device="cuda", generator=gen)
+    residual = torch.randn(m, n, device="cuda", generator=gen)
+    expect = residual + gate * _reference(x, q, s)
+    tk.w4a16_skinny(x, *_fragments(q, s), residual, gate, **launch)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(residual, expect, rtol=1e-4, atol=1e-4)
+
+
 def test_w4a16_skinny_is_exact_on_single_nonzero_weight(tk):
     n, k, m = 32, 256, 12
     codes = torch.zeros(n, k, dtype=torch.int8, device="cuda")
@@ -251,9 +270,10 @@ def test_w4a16_skinny_is_exact_on_single_nonzero_weight(tk):
     torch.testing.assert_close(out, expect, rtol=0, atol=0)
 
 
-def test_w4a16_skinny_in_a_graph_with_dependent_launches(tk):
+@pytest.mark.parametrize("depth", [0, 2, 4])
+def test_w4a16_skinny_in_a_graph_with_dependent_launches(tk, depth):
     """Captured as a chain of programmatic dependent launches accumulating into one output: each call must see the
-    one before it (the engine's denoise chain form)."""
+    one before it (the engine's denoise chain form), in both forms."""
     m, n, k = 10, 1024, 4096
     gen = torch.Generator(device="cuda").manual_seed(9)
     q, s = _weights(n, k, gen)
@@ -262,11 +282,11 @@ def test_w4a16_skinny_in_a_graph_with_dependent_launches(tk):
     out = torch.zeros(m, n, device="cuda")
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        tk.w4a16_skinny(x, w, sc, out, dependent=True)
+        tk.w4a16_skinny(x, w, sc, out, dependent=True, depth=depth)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
             for _ in range(8):
-                tk.w4a16_skinny(x, w, sc, out, dependent=True)
+                tk.w4a16_skinny(x, w, sc, out, dependent=True, depth=depth)
     out.zero_()
     graph.replay()
     torch.cuda.synchronize()
@@ -281,6 +301,10 @@ SKINNY_BAD = {
     "canonical scales": lambda x, w, s, out: (x, w, s.reshape(256, 4), out),
     "x wrong K": lambda x, w, s, out: (x[:, :384].contiguous(), w, s, out),
     "x column stride": lambda x, w, s, out: (torch.cat([x, x], 1)[:, ::2], w, s, out),
+    "streamed at 17 rows": lambda x, w, s, out: (torch.zeros(17, 512, device="cuda", dtype=torch.bfloat16), w, s,
+                                                 out[:1].expand(17, -1), None, 0, 0, False, 2),
+    "streamed depth 3": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 3),
+    "streamed 2 warps": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 2, 2),
 }
 
 

@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -253,6 +254,187 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
+// The register-streamed form (the add form, M <= 16; `depth` > 0): no shared-memory weight pipeline and no CTA
+// barrier a group. Each warp owns one 16-row tile and streams its groups' weights straight into a ring of DEPTH
+// groups of registers (ld.global.nc, the first DEPTH groups before griddepcontrol.wait); each warp advances on its
+// own. The CTA's scales (before the wait) and its whole x slice (after it) come into shared memory once, behind one
+// barrier, so the x of a group is shared by the CTA's WARPS tiles as in the pipelined form.
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <int NT>
+__host__ __device__ constexpr int streamed_x_bytes_a_group() { return 2 * NT * 8 * kChunk * 2; }
+
+template <int NT, int WARPS, int DEPTH>
+__global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a) {
+  constexpr int kThreads = WARPS * 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
+  const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
+  const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
+  const int tile = blockIdx.x * WARPS + warp;
+  const bool valid = tile < tiles;
+  unsigned char* xs_bytes = smem;
+  __nv_bfloat16* sc = reinterpret_cast<__nv_bfloat16*>(smem + ng * streamed_x_bytes_a_group<NT>());
+
+  const uint4* wsrc = a.weight + (int64_t(valid ? tile : 0) * chunks + 2 * gbeg) * 32 + lane;
+  uint4 w[DEPTH][2];
+#pragma unroll
+  for (int d = 0; d < DEPTH; ++d)
+    if (valid && d < ng) {
+      w[d][0] = load_stream(wsrc + d * 64);
+      w[d][1] = load_stream(wsrc + d * 64 + 32);
+    }
+  for (int idx = threadIdx.x; idx < WARPS * ng * 2; idx += kThreads) {  // scales: [warp][group][16]
+    const int wi = idx / (2 * ng), i = (idx >> 1) % ng, half = idx & 1;
+    const int tl = blockIdx.x * WARPS + wi;
+    const bool in = tl < tiles;
+    cp_async16(sc + (wi * ng + i) * 16 + half * 8,
+               in ? a.scales + (int64_t(tl) * groups + gbeg + i) * 16 + half * 8 : a.scales, in ? 16 : 0);
+  }
+  cp_async_commit();
+  grid_dependency_wait();  // x, gate and out belong to the kernels before
+  launch_dependents();
+  const int64_t k0 = int64_t(gbeg) * kGroup;
+  for (int idx = threadIdx.x; idx < 2 * ng * NT * 8 * 8; idx += kThreads) {  // x: [chunk][token][16-byte segment]
+    const int seg = idx & 7, tok = (idx >> 3) % (NT * 8), c = idx / (NT * 64);
+    const bool in = tok < a.m;
+    const __nv_bfloat16* src = in ? a.x + tok * a.ldx + k0 + c * kChunk + seg * 8 : a.x;
+    cp_async16(xs_bytes + ((c * NT * 8 + tok) * 8 + (seg ^ (tok & 7))) * 16, src, in ? 16 : 0);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  if (!valid) return;
+
+  const uint4* xs = reinterpret_cast<const uint4*>(xs_bytes);
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+  for (int i0 = 0; i0 < ng; i0 += DEPTH) {
+#pragma unroll
+    for (int d = 0; d < DEPTH; ++d) {
+      const int i = i0 + d;
+      if (i >= ng) break;
+      float part[NT][4];
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
+#pragma unroll
+      for (int cc = 0; cc < 2; ++cc) {
+        const uint4 wq = w[d][cc];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          uint32_t af[2][4];
+          dequant_word(h == 0 ? wq.x : wq.z, af[0]);
+          dequant_word(h == 0 ? wq.y : wq.w, af[1]);
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            const uint4 xv = xs[((2 * i + cc) * NT * 8 + j * 8 + g) * 8 + ((2 * t + h) ^ g)];
+            mma_bf16(part[j], af[0], xv.x, xv.y);
+            mma_bf16(part[j], af[1], xv.z, xv.w);
+          }
+        }
+      }
+      if (i + DEPTH < ng) {  // the slot is consumed: ask for the group DEPTH ahead
+        w[d][0] = load_stream(wsrc + (i + DEPTH) * 64);
+        w[d][1] = load_stream(wsrc + (i + DEPTH) * 64 + 32);
+      }
+      const float s_lo = __bfloat162float(sc[(warp * ng + i) * 16 + g]);
+      const float s_hi = __bfloat162float(sc[(warp * ng + i) * 16 + g + 8]);
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        acc[j][0] += s_lo * part[j][0];
+        acc[j][1] += s_lo * part[j][1];
+        acc[j][2] += s_hi * part[j][2];
+        acc[j][3] += s_hi * part[j][3];
+      }
+    }
+  }
+
+  const int row = tile * 16 + g;
+  const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int tok = j * 8 + 2 * t;
+    if (tok < a.m) {
+      atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[j][0]);
+      atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[j][2]);
+    }
+    if (tok + 1 < a.m) {
+      atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[j][1]);
+      atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[j][3]);
+    }
+  }
+}
+
+// Launch attributes shared by both forms: a programmatic dependent launch, and the chain's carveout when set.
+struct ChainAttributes {
+  cudaLaunchAttribute attribute[2];
+  void apply(cudaLaunchConfig_t& config, bool dependent) {
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    attribute[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+    attribute[1].val.sharedMemCarveout = unsigned(g_carveout);
+    config.attrs = attribute;
+    config.numAttrs = dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
+  }
+};
+
+constexpr int kStreamedMaxSmem = 96 * 1024;
+
+template <int NT, int WARPS, int DEPTH>
+void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
+  auto kernel = w4a16_streamed_kernel<NT, WARPS, DEPTH>;
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStreamedMaxSmem);
+  if (attr != cudaSuccess)
+    throw std::runtime_error(std::string("w4a16_skinny(depth): cannot allow ") + std::to_string(kStreamedMaxSmem) +
+                             " bytes of shared memory: " + cudaGetErrorString(attr));
+  const int groups = p.k / kGroup, row_blocks = (p.n / 16 + WARPS - 1) / WARPS;
+  // default: at most 8 groups a CTA (its x slice in shared memory), and at least two CTAs a SM
+  int splits = p.splits > 0 ? p.splits
+                            : std::max((groups + 7) / 8, (2 * p.sm_count + row_blocks - 1) / row_blocks);
+  splits = std::min(splits, groups);
+  const int ng_max = (groups + splits - 1) / splits;
+  const int bytes = ng_max * (streamed_x_bytes_a_group<NT>() + WARPS * 32);
+  if (bytes > kStreamedMaxSmem)
+    throw std::runtime_error("w4a16_skinny(depth): " + std::to_string(ng_max) + " groups a CTA need " +
+                             std::to_string(bytes) + " bytes of shared memory (at most " +
+                             std::to_string(kStreamedMaxSmem) + "): raise splits");
+  SkinnyArgs a = args;
+  a.splits = splits;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(row_blocks), unsigned(splits));
+  config.blockDim = dim3(WARPS * 32);
+  config.dynamicSmemBytes = unsigned(bytes);
+  config.stream = stream;
+  ChainAttributes attributes;
+  attributes.apply(config, p.dependent);
+  if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
+    throw std::runtime_error(std::string("w4a16_skinny(depth): launch failed: ") + cudaGetErrorString(err));
+}
+
+template <int NT>
+void launch_streamed_shape(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
+  const int warps = p.cta_warps ? p.cta_warps : 8;
+  if (warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2>(args, p, stream);
+  if (warps == 4 && p.depth == 4) return launch_streamed<NT, 4, 4>(args, p, stream);
+  if (warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2>(args, p, stream);
+  if (warps == 8 && p.depth == 4) return launch_streamed<NT, 8, 4>(args, p, stream);
+  throw std::runtime_error("w4a16_skinny(depth): depth must be 2 or 4 and cta_warps 0 (8), 4 or 8; got " +
+                           std::to_string(p.depth) + ", " + std::to_string(p.cta_warps));
+}
+
 template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>
 void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   using S = SkinnySmem<NT, RT, WARPS, STAGES>;
@@ -277,13 +459,8 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
   config.blockDim = dim3(WARPS * 32);
   config.dynamicSmemBytes = S::kBytes;
   config.stream = stream;
-  cudaLaunchAttribute attribute[2];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  attribute[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
-  attribute[1].val.sharedMemCarveout = unsigned(g_carveout);
-  config.attrs = attribute;
-  config.numAttrs = p.dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
+  ChainAttributes attributes;
+  attributes.apply(config, p.dependent);
   if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
 }
@@ -325,6 +502,12 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
   SkinnyArgs a{static_cast<const __nv_bfloat16*>(p.x), static_cast<const uint4*>(p.weight),
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
                static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
+  if (p.depth != 0) {
+    if (p.act != nullptr || p.m > 16)
+      throw std::runtime_error("w4a16_skinny(depth): the register-streamed form is the add form at M <= 16 (got M=" +
+                               std::to_string(p.m) + ")");
+    return p.m <= 8 ? launch_streamed_shape<1>(a, p, stream) : launch_streamed_shape<2>(a, p, stream);
+  }
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);
   if (p.m <= 32) return launch_rows<4>(a, p, stream);

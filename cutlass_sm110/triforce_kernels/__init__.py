@@ -208,6 +208,9 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
 
 
 W4A16_SKINNY_MAX_ROWS = 64
+W4A16_STREAMED_MAX_ROWS = 16          # w4a16_skinny(depth > 0): two token tiles of 8
+W4A16_STREAMED_DEPTHS = (0, 2, 4)     # 0: the pipelined form
+W4A16_STREAMED_CTA_WARPS = (0, 4, 8)  # 0: 8
 
 
 def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> None:
@@ -232,12 +235,15 @@ def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scale
 
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
                  gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
-                 dependent: bool = False) -> None:
+                 dependent: bool = False, depth: int = 0, cta_warps: int = 0) -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
     pack_scales_fragments [N/16, K/128, 16] bf16). `out` is added to (zero it, or pass the residual); x may be a
     row-strided view. splits: CTAs along K (0: fill the GPU once); tiles_per_warp: 16-row tiles per warp (0: by M);
-    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it)."""
+    dependent: a programmatic dependent launch (waits on the GPU for the kernel before it). depth > 0: the
+    register-streamed form (M <= W4A16_STREAMED_MAX_ROWS) with `depth` groups of each warp's weights in flight in
+    registers instead of the shared-memory pipeline, `cta_warps` 16-row tiles a CTA (0: 8); splits then defaults to at
+    most 8 groups a CTA and two CTAs a SM, and tiles_per_warp is not used."""
     op = "w4a16_skinny"
     _require_op(op)
     if x.dim() != 2 or out.dim() != 2:
@@ -254,8 +260,14 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
         _check(op, "gate", gate, torch.float32, (n,))
     if splits < 0 or tiles_per_warp not in (0, 1, 2):
         raise KernelError(f"{op}: splits must be >= 0 and tiles_per_warp 0, 1 or 2; got {splits}, {tiles_per_warp}")
+    if depth not in W4A16_STREAMED_DEPTHS or cta_warps not in W4A16_STREAMED_CTA_WARPS:
+        raise KernelError(f"{op}: depth must be one of {W4A16_STREAMED_DEPTHS} and cta_warps one of "
+                          f"{W4A16_STREAMED_CTA_WARPS}; got {depth}, {cta_warps}")
+    if depth and m > W4A16_STREAMED_MAX_ROWS:
+        raise KernelError(f"{op}: the register-streamed form (depth > 0) takes 1..{W4A16_STREAMED_MAX_ROWS} rows, "
+                          f"got M={m}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent)
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, depth, cta_warps)
 
 
 W4A16_SKINNY_GEGLU_STAGES = (0, 4, 8)   # 0: the default (4)

@@ -142,6 +142,7 @@ class W4A16Linear:
         self.nbytes = self.qweight.numel() + self.scales.numel() * 2
         self.few_row, self._fragments = "triton", None   # the engine sets it (engine._default_w4a16_few_row)
         self.few_row_splits = 0                            # the mma kernel's CTAs along K (0: its own choice)
+        self.few_row_depth = 0                             # > 0: the mma kernel's register-streamed form
 
     def use_few_row_kernel(self, kernel: str) -> None:
         """Which kernel runs add_into / geglu_into (FEW_ROW_W4A16_KERNELS); "mma" prepacks the weights on first use
@@ -190,7 +191,7 @@ class W4A16Linear:
         """residual (fp32 [M, N]) += gate ⊙ (x dequant(W)^T), few rows (the denoise step's o and down)."""
         if self.few_row == "mma":
             self.tk.w4a16_skinny(x, *self._fragments, residual, gate, splits=self.few_row_splits,
-                                 dependent=fused.launching_dependent())
+                                 dependent=fused.launching_dependent(), depth=self.few_row_depth)
         else:
             fused.skinny_w4a16(x, self.qweight, self.scales, out=residual, gate=gate)
 

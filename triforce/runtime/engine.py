@@ -183,6 +183,9 @@ W4A16_ADD_INTO_LAYERS = ("o", "down")              # of those, the ones added in
 # nothing (engine_variants-planb-*-s23-splits.json, H100; alone at M = 10 chained 2.82 vs 3.18 us,
 # w4a16_sweep-*-s23-splits.json)
 W4A16_FEW_ROW_SPLITS = {"down": 24}
+# groups of each warp's weights in flight in registers: the wheel's register-streamed few-row form (0: the pipelined
+# form; session 28)
+W4A16_FEW_ROW_DEPTHS = (0, 2, 4)
 
 
 def few_row_layer(layer_id: str) -> bool:
@@ -313,6 +316,7 @@ class Pi05Engine:
         self.carveout, self._carveout_pushed = CHAIN_CARVEOUT, False   # set_carveout
         self.w4a16_geglu_stages = W4A16_GEGLU_STAGES                        # set_w4a16_geglu_stages
         self.w4a16_few_row_splits: dict = {}                                # set_w4a16_few_row_splits
+        self.w4a16_few_row_depth: dict = {}                                 # set_w4a16_few_row_depth
         self.qkv_prefetch = False                                           # set_qkv_prefetch (QKV_PREFETCH)
         self.tail_blocks = fused.TAIL_BLOCKS                                # set_tail_blocks
         self.l2_lookahead = L2_LOOKAHEAD_DEFAULT                            # set_l2_lookahead
@@ -384,7 +388,7 @@ class Pi05Engine:
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "w4a16_few_row_splits": self.w4a16_few_row_splits,
-                "qkv_prefetch": self.qkv_prefetch, "tail_blocks": self.tail_blocks,
+                "w4a16_few_row_depth": self.w4a16_few_row_depth, "qkv_prefetch": self.qkv_prefetch, "tail_blocks": self.tail_blocks,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
                 "l2_lookahead": list(self.l2_lookahead)}
@@ -632,6 +636,24 @@ class Pi05Engine:
             for layer in self._w4a16_layers((name,)):
                 layer.few_row_splits = splits.get(name, 0)
         self.w4a16_few_row_splits = dict(splits)
+        self.slots.clear()
+
+    def set_w4a16_few_row_depth(self, depths: dict) -> None:
+        """The register-streamed form of the wheel's few-row kernel for the W4A16 expert layers named (o, down:
+        {name: groups in flight a warp, W4A16_FEW_ROW_DEPTHS}; 0 or absent: the pipelined form). Graphs re-capture.
+        Refused for layers on another few-row kernel."""
+        unknown = set(depths) - set(W4A16_ADD_INTO_LAYERS)
+        if unknown or any(v not in W4A16_FEW_ROW_DEPTHS for v in depths.values()):
+            raise TriforceError(f"W4A16 few-row depths {depths}: one of {W4A16_FEW_ROW_DEPTHS} for "
+                                f"{W4A16_ADD_INTO_LAYERS} expected")
+        other = sorted({layer.few_row for n, v in depths.items() if v for layer in self._w4a16_layers((n,))} - {"mma"})
+        if other:
+            raise TriforceError(f"W4A16 few-row depths {depths}: those layers run the {', '.join(other)} few-row "
+                                f"kernel; the register-streamed form is the wheel's 'mma' kernel's")
+        for name in W4A16_ADD_INTO_LAYERS:
+            for layer in self._w4a16_layers((name,)):
+                layer.few_row_depth = depths.get(name, 0)
+        self.w4a16_few_row_depth = dict(depths)
         self.slots.clear()
 
     def set_w4a16_geglu_stages(self, stages: int) -> None:
