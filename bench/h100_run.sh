@@ -216,10 +216,8 @@
 #   part 108 (ran at f658ce1; the deeper pipelines lost chained and were removed): the few-row W4A16 add form
 #     with 5 / 8 stages (every group of a CTA requested before the chain wait): its GPU tests, the sweep at
 #     M = 1 / 10 with every launch shape chained
-#   part 109 (prepared in session 28, never run: no device machine could be started in sessions 28 and 29; the
-#     form is out of main unmeasured, `git checkout 5beb451 -- bench/engine_variants.py bench/w4a16_sweep.py
-#     cutlass_sm110 tests triforce` restores it, then bash bench/prebuild_device.sh): the few-row W4A16
-#     register-streamed form (each warp's weights in a ring of 2 / 4 groups of registers, x and scales in shared
+#   part 109 (prepared in session 28; ran at 5beb451 in session 29, and the form went back into main): the few-row
+#     W4A16 register-streamed form (each warp's weights in a ring of 2 / 4 groups of registers, x and scales in shared
 #     memory once a CTA, no barrier a group): the sweep of the Gemma shapes at M = 1 / 10 with every launch shape
 #     chained, Plan B h100_fast with it on the expert's o / down (engine variants 29-34), its GPU tests
 #   part 110 (session 29, after part 109): the register-streamed form's sweep on the Gemma shapes at M = 1 / 10 / 16
@@ -599,10 +597,7 @@ elif [ "$1" = 110 ]; then   # the streamed form's wider grid, then M = 1 again
     --chain-grid --out-dir "$OUT"
   run timeout 110 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1 --shapes 2 \
     --chain-grid --out-dir "$OUT/repeat"
-elif [ "$1" = 109 ]; then   # the register-streamed few-row form (restore it first: see the header)
-  if ! grep -q W4A16_STREAMED_DEPTHS cutlass_sm110/triforce_kernels/__init__.py; then
-    echo "part 109 needs session 28's register-streamed form, out of main: the header says how to restore it"; exit 1
-  fi
+elif [ "$1" = 109 ]; then   # the register-streamed few-row form
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 200 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 2 \
     --chain-grid --out-dir "$OUT"
