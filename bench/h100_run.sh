@@ -221,7 +221,7 @@
 #     memory once a CTA, no barrier a group): the sweep of the Gemma shapes at M = 1 / 10 with every launch shape
 #     chained, Plan B h100_fast with it on the expert's o / down (engine variants 29-34), its GPU tests
 #   part 110 (session 29, after part 109): the register-streamed form's sweep on the Gemma shapes at M = 1 / 10
-#     with splits 3 / 6 / 12 / 16 added, every launch shape chained; then the same grid at M = 1 again (the repeat)
+#     with splits 3 / 6 / 12 / 16 added, every launch shape chained (part 109's shapes timed again: the repeat)
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|110   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -590,13 +590,10 @@ elif [ "$1" = 100 ] || [ "$1" = 101 ]; then   # ran at 716f5a6 (early weights, b
   exit 1
 elif [ "$1" = 102 ]; then   # ran at 77279b6 (the few-row W4A16 direct form: removed)
   echo "part 102 ran at 77279b6; the few-row W4A16 direct form was removed (see the header)"; exit 1
-elif [ "$1" = 110 ]; then   # the streamed form's wider grid, then M = 1 again
+elif [ "$1" = 110 ]; then   # the streamed form's wider grid (it times part 109's shapes again too)
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  mkdir -p "$OUT/repeat"
-  run timeout 190 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 2 \
+  run timeout 170 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 2 \
     --chain-grid --out-dir "$OUT"
-  run timeout 90 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1 --shapes 2 \
-    --chain-grid --out-dir "$OUT/repeat"
 elif [ "$1" = 109 ]; then   # the register-streamed few-row form
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 200 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 2 \
