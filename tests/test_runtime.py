@@ -232,6 +232,7 @@ def test_w4a16_few_row_splits_setting_refuses_other_layers_and_bad_counts():
     o, down = SimpleNamespace(few_row="mma", few_row_splits=0), SimpleNamespace(few_row="mma", few_row_splits=0)
     stub = SimpleNamespace(w4a16_few_row_splits={}, slots={"key": 1},
                            _w4a16_layers=lambda names: [{"o": o, "down": down}[n] for n in names])
+    stub._set_mma_add_into = lambda name, values: Pi05Engine._set_mma_add_into(stub, name, values)
     for bad in ({"gate_up": 4}, {"down": -1}, {"down": 2.5}):
         with pytest.raises(TriforceError, match="W4A16 few-row splits .* non-negative ints for \\('o', 'down'\\)"):
             Pi05Engine.set_w4a16_few_row_splits(stub, bad)
@@ -254,8 +255,9 @@ def test_w4a16_few_row_splits_are_refused_on_the_triton_kernel_and_dropped_openl
     for layer in layers.values():
         layer.use_few_row_kernel = lambda kernel, layer=layer: setattr(layer, "few_row", kernel)
     logged = []
-    stub = SimpleNamespace(w4a16_few_row_splits={}, slots={}, log=logged.append,
+    stub = SimpleNamespace(w4a16_few_row_splits={}, w4a16_few_row_depth={}, slots={}, log=logged.append,
                            _w4a16_layers=lambda names: [layers[n] for n in names if n in layers])
+    stub._set_mma_add_into = lambda name, values: Pi05Engine._set_mma_add_into(stub, name, values)
     stub.set_w4a16_few_row_splits = lambda splits: Pi05Engine.set_w4a16_few_row_splits(stub, splits)
     stub.set_w4a16_few_row_splits({"down": 24})
     Pi05Engine.set_w4a16_few_row(stub, "triton", ("o", "down"))
@@ -267,6 +269,40 @@ def test_w4a16_few_row_splits_are_refused_on_the_triton_kernel_and_dropped_openl
         stub.set_w4a16_few_row_splits({"down": 24})
     assert stub.w4a16_few_row_splits == {} and layers["down"].few_row_splits == 0
     stub.set_w4a16_few_row_splits({"down": 0})        # zero (the kernel's own count) asks nothing of the kernel
+
+
+def test_w4a16_few_row_depth_is_checked_applied_and_dropped_openly_when_triton_takes_over():
+    """The register-streamed form (depth) is the 'mma' kernel's, for o / down only: bad depths and layers on Triton
+    are refused and change nothing; an accepted depth reaches the layer; switching it to Triton drops it with a log
+    line, beside the splits."""
+    from types import SimpleNamespace
+
+    from triforce.runtime.engine import Pi05Engine
+
+    layers = {n: SimpleNamespace(few_row="mma", few_row_splits=0, few_row_depth=0) for n in ("o", "down")}
+    for layer in layers.values():
+        layer.use_few_row_kernel = lambda kernel, layer=layer: setattr(layer, "few_row", kernel)
+    logged = []
+    stub = SimpleNamespace(w4a16_few_row_splits={}, w4a16_few_row_depth={}, slots={"key": 1}, log=logged.append,
+                           _w4a16_layers=lambda names: [layers[n] for n in names if n in layers])
+    stub._set_mma_add_into = lambda name, values: Pi05Engine._set_mma_add_into(stub, name, values)
+    for bad in ({"gate_up": 2}, {"down": 3}, {"o": -2}):
+        with pytest.raises(TriforceError, match="W4A16 few-row depth .* one of \\(0, 2, 4\\) for \\('o', 'down'\\)"):
+            Pi05Engine.set_w4a16_few_row_depth(stub, bad)
+    assert stub.slots and stub.w4a16_few_row_depth == {} and layers["down"].few_row_depth == 0
+    Pi05Engine.set_w4a16_few_row_splits(stub, {"down": 24})
+    Pi05Engine.set_w4a16_few_row_depth(stub, {"down": 2})
+    assert (layers["o"].few_row_depth, layers["down"].few_row_depth) == (0, 2) and not stub.slots
+    Pi05Engine.set_w4a16_few_row(stub, "triton", ("o", "down"))
+    assert stub.w4a16_few_row_depth == {} == stub.w4a16_few_row_splits and layers["down"].few_row_depth == 0
+    assert logged == ["[engine] W4A16 few-row splits {'down': 24} dropped: they split the 'mma' kernel, these layers "
+                      "now run 'triton'",
+                      "[engine] W4A16 few-row depth {'down': 2} dropped: they set the register-streamed form of the "
+                      "'mma' kernel, these layers now run 'triton'"]
+    with pytest.raises(TriforceError, match="those layers run the triton few-row kernel; the register-streamed form is "
+                                            "the wheel's 'mma' kernel's"):
+        Pi05Engine.set_w4a16_few_row_depth(stub, {"o": 4})
+    assert stub.w4a16_few_row_depth == {} and layers["o"].few_row_depth == 0
 
 
 def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_prefix():

@@ -186,6 +186,10 @@ W4A16_FEW_ROW_SPLITS = {"down": 24}
 # groups of each warp's weights in flight in registers: the wheel's register-streamed few-row form (0: the pipelined
 # form; session 28)
 W4A16_FEW_ROW_DEPTHS = (0, 2, 4)
+# the 'mma' kernel's per-layer settings of o / down (engine attribute w4a16_few_row_<name>, layer few_row_<name>):
+# what the refusal calls them, and what the log says when a switch to another kernel drops them
+MMA_ADD_INTO_SETTINGS = {"splits": ("splits along K are", "they split"),
+                         "depth": ("the register-streamed form is", "they set the register-streamed form of")}
 
 
 def few_row_layer(layer_id: str) -> bool:
@@ -388,7 +392,8 @@ class Pi05Engine:
                 "denoise_launch": self.denoise_launch, "chain_carveout": self.carveout,
                 "decode_attention": self.decode_attention, "step0_attention": self.step0_attention,
                 "w4a16_geglu_stages": self.w4a16_geglu_stages, "w4a16_few_row_splits": self.w4a16_few_row_splits,
-                "w4a16_few_row_depth": self.w4a16_few_row_depth, "qkv_prefetch": self.qkv_prefetch, "tail_blocks": self.tail_blocks,
+                "w4a16_few_row_depth": self.w4a16_few_row_depth, "qkv_prefetch": self.qkv_prefetch,
+                "tail_blocks": self.tail_blocks,
                 "e4m3_outputs": self.e4m3_outputs, "prefix_rope_tokens": self.prefix_rope_tokens,
                 "gemm_tuning": self.gemm_tuning, "fp8_fast_accum": self.fp8_fast_accum,
                 "l2_lookahead": list(self.l2_lookahead)}
@@ -614,46 +619,44 @@ class Pi05Engine:
         the residual; gate_up: with its GeGLU); a no-op without them. Captured graphs are dropped and re-capture."""
         for layer in self._w4a16_layers(layers):
             layer.use_few_row_kernel(kernel)
-        dropped = {n: v for n, v in self.w4a16_few_row_splits.items() if n in layers} if kernel != "mma" else {}
-        if dropped:   # the splits are the mma kernel's: drop them openly rather than keep a setting nothing reads
-            self.set_w4a16_few_row_splits({n: v for n, v in self.w4a16_few_row_splits.items() if n not in dropped})
-            self.log(f"[engine] W4A16 few-row splits {dropped} dropped: they split the 'mma' kernel, these layers "
-                     f"now run '{kernel}'")
+        for name, (_, verb) in MMA_ADD_INTO_SETTINGS.items() if kernel != "mma" else ():
+            held = getattr(self, f"w4a16_few_row_{name}")
+            dropped = {n: v for n, v in held.items() if n in layers}
+            if dropped:   # the mma kernel's settings: drop them openly rather than keep a setting nothing reads
+                self._set_mma_add_into(name, {n: v for n, v in held.items() if n not in dropped})
+                self.log(f"[engine] W4A16 few-row {name} {dropped} dropped: {verb} the 'mma' kernel, these layers "
+                         f"now run '{kernel}'")
         self.slots.clear()
 
     def set_w4a16_few_row_splits(self, splits: dict) -> None:
         """CTAs along K of the wheel's few-row kernel for the W4A16 expert layers named (o, down: {name: splits}; 0
         or absent: the kernel's own choice, which fills the resident CTA slots once). Graphs re-capture. Refused for
         layers on another few-row kernel (the Triton kernel has no such split)."""
-        unknown = set(splits) - set(W4A16_ADD_INTO_LAYERS)
-        if unknown or any(not isinstance(v, int) or v < 0 for v in splits.values()):
+        if set(splits) - set(W4A16_ADD_INTO_LAYERS) or any(not isinstance(v, int) or v < 0 for v in splits.values()):
             raise TriforceError(f"W4A16 few-row splits {splits}: non-negative ints for {W4A16_ADD_INTO_LAYERS} expected")
-        other = sorted({layer.few_row for n, v in splits.items() if v for layer in self._w4a16_layers((n,))} - {"mma"})
-        if other:
-            raise TriforceError(f"W4A16 few-row splits {splits}: those layers run the {', '.join(other)} few-row "
-                                f"kernel; splits along K are the wheel's 'mma' kernel's (set_w4a16_few_row('mma') first)")
-        for name in W4A16_ADD_INTO_LAYERS:
-            for layer in self._w4a16_layers((name,)):
-                layer.few_row_splits = splits.get(name, 0)
-        self.w4a16_few_row_splits = dict(splits)
-        self.slots.clear()
+        self._set_mma_add_into("splits", splits)
 
     def set_w4a16_few_row_depth(self, depths: dict) -> None:
         """The register-streamed form of the wheel's few-row kernel for the W4A16 expert layers named (o, down:
         {name: groups in flight a warp, W4A16_FEW_ROW_DEPTHS}; 0 or absent: the pipelined form). Graphs re-capture.
         Refused for layers on another few-row kernel."""
-        unknown = set(depths) - set(W4A16_ADD_INTO_LAYERS)
-        if unknown or any(v not in W4A16_FEW_ROW_DEPTHS for v in depths.values()):
-            raise TriforceError(f"W4A16 few-row depths {depths}: one of {W4A16_FEW_ROW_DEPTHS} for "
+        if set(depths) - set(W4A16_ADD_INTO_LAYERS) or any(v not in W4A16_FEW_ROW_DEPTHS for v in depths.values()):
+            raise TriforceError(f"W4A16 few-row depth {depths}: one of {W4A16_FEW_ROW_DEPTHS} for "
                                 f"{W4A16_ADD_INTO_LAYERS} expected")
-        other = sorted({layer.few_row for n, v in depths.items() if v for layer in self._w4a16_layers((n,))} - {"mma"})
+        self._set_mma_add_into("depth", depths)
+
+    def _set_mma_add_into(self, name: str, values: dict) -> None:
+        """One of the 'mma' kernel's per-layer settings (MMA_ADD_INTO_SETTINGS) on o / down (absent: 0, the kernel's
+        default), refused for layers running another kernel; graphs re-capture."""
+        other = sorted({layer.few_row for n, v in values.items() if v for layer in self._w4a16_layers((n,))} - {"mma"})
         if other:
-            raise TriforceError(f"W4A16 few-row depths {depths}: those layers run the {', '.join(other)} few-row "
-                                f"kernel; the register-streamed form is the wheel's 'mma' kernel's")
-        for name in W4A16_ADD_INTO_LAYERS:
-            for layer in self._w4a16_layers((name,)):
-                layer.few_row_depth = depths.get(name, 0)
-        self.w4a16_few_row_depth = dict(depths)
+            raise TriforceError(f"W4A16 few-row {name} {values}: those layers run the {', '.join(other)} few-row "
+                                f"kernel; {MMA_ADD_INTO_SETTINGS[name][0]} the wheel's 'mma' kernel's "
+                                f"(set_w4a16_few_row('mma') first)")
+        for layer_name in W4A16_ADD_INTO_LAYERS:
+            for layer in self._w4a16_layers((layer_name,)):
+                setattr(layer, f"few_row_{name}", values.get(layer_name, 0))
+        setattr(self, f"w4a16_few_row_{name}", dict(values))
         self.slots.clear()
 
     def set_w4a16_geglu_stages(self, stages: int) -> None:
