@@ -377,18 +377,26 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
   }
 }
 
-// Launch attributes shared by both forms: a programmatic dependent launch, and the chain's carveout when set.
-struct ChainAttributes {
+// Launches either form: a programmatic dependent launch when `dependent`, with the chain's carveout when set; a
+// failed launch names the form.
+template <typename Kernel>
+void launch_chained(Kernel kernel, const SkinnyArgs& a, dim3 grid, int warps, int smem_bytes, bool dependent,
+                    cudaStream_t stream, const char* form) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(unsigned(warps * 32));
+  config.dynamicSmemBytes = unsigned(smem_bytes);
+  config.stream = stream;
   cudaLaunchAttribute attribute[2];
-  void apply(cudaLaunchConfig_t& config, bool dependent) {
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    attribute[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
-    attribute[1].val.sharedMemCarveout = unsigned(g_carveout);
-    config.attrs = attribute;
-    config.numAttrs = dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
-  }
-};
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  attribute[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+  attribute[1].val.sharedMemCarveout = unsigned(g_carveout);
+  config.attrs = attribute;
+  config.numAttrs = dependent ? (g_carveout >= 0 ? 2 : 1) : 0;
+  if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
+    throw std::runtime_error(std::string(form) + ": launch failed: " + cudaGetErrorString(err));
+}
 
 constexpr int kStreamedMaxSmem = 96 * 1024;
 
@@ -413,15 +421,8 @@ void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaSt
                              std::to_string(kStreamedMaxSmem) + "): raise splits");
   SkinnyArgs a = args;
   a.splits = splits;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(row_blocks), unsigned(splits));
-  config.blockDim = dim3(WARPS * 32);
-  config.dynamicSmemBytes = unsigned(bytes);
-  config.stream = stream;
-  ChainAttributes attributes;
-  attributes.apply(config, p.dependent);
-  if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
-    throw std::runtime_error(std::string("w4a16_skinny(depth): launch failed: ") + cudaGetErrorString(err));
+  launch_chained(kernel, a, dim3(unsigned(row_blocks), unsigned(splits)), WARPS, bytes, p.dependent, stream,
+                 "w4a16_skinny(depth)");
 }
 
 template <int NT>
@@ -454,15 +455,8 @@ void launch(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t st
   }
   SkinnyArgs a = args;
   a.splits = splits < p.k / kGroup ? splits : p.k / kGroup;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(row_blocks), unsigned(a.splits));
-  config.blockDim = dim3(WARPS * 32);
-  config.dynamicSmemBytes = S::kBytes;
-  config.stream = stream;
-  ChainAttributes attributes;
-  attributes.apply(config, p.dependent);
-  if (auto err = cudaLaunchKernelEx(&config, kernel, a); err != cudaSuccess)
-    throw std::runtime_error(std::string("w4a16_skinny: launch failed: ") + cudaGetErrorString(err));
+  launch_chained(kernel, a, dim3(unsigned(row_blocks), unsigned(a.splits)), WARPS, S::kBytes, p.dependent, stream,
+                 "w4a16_skinny");
 }
 
 template <int NT>
