@@ -108,6 +108,16 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
+// A CTA's place in both forms: its lane fragment coordinates, the 16-row tiles and K groups of the problem, and
+// the groups [gbeg, gbeg + ng) of its split along K (blockIdx.y of a.splits).
+struct CtaSlice {
+  int lane, warp, g, t, tiles, chunks, groups, gbeg, ng;
+  __device__ explicit CtaSlice(const SkinnyArgs& a)
+      : lane(threadIdx.x & 31), warp(threadIdx.x >> 5), g(lane >> 2), t(lane & 3), tiles(a.n / 16),
+        chunks(a.k / kChunk), groups(a.k / kGroup), gbeg(int(int64_t(blockIdx.y) * groups / a.splits)),
+        ng(int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg) {}
+};
+
 // NT: token tiles of 8 (M <= 8 NT); RT: row tiles of 16 features per warp; WARPS per CTA. GEGLU: the weights are
 // gate/up interleaved in 8-row blocks (formats.interleave_gate_up), so a tile's rows g and g + 8 are gate and up of
 // one feature and the epilogue writes gelu_tanh(gate) * up as bf16 (the CTA covers all of K: splits = 1).
@@ -116,10 +126,9 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   using S = SkinnySmem<NT, RT, WARPS, STAGES>;
   constexpr int kThreads = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
-  const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
-  const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
+  const CtaSlice cs(a);
+  const int lane = cs.lane, warp = cs.warp, g = cs.g, t = cs.t, tiles = cs.tiles, chunks = cs.chunks;
+  const int groups = cs.groups, gbeg = cs.gbeg, ng = cs.ng;
   int tile[RT];
   bool valid[RT];
 #pragma unroll
@@ -274,10 +283,9 @@ template <int NT, int WARPS, int DEPTH>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a) {
   constexpr int kThreads = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int tiles = a.n / 16, chunks = a.k / kChunk, groups = a.k / kGroup;
-  const int gbeg = int(int64_t(blockIdx.y) * groups / a.splits);
-  const int ng = int(int64_t(blockIdx.y + 1) * groups / a.splits) - gbeg;
+  const CtaSlice cs(a);
+  const int lane = cs.lane, warp = cs.warp, g = cs.g, t = cs.t, tiles = cs.tiles, chunks = cs.chunks;
+  const int groups = cs.groups, gbeg = cs.gbeg, ng = cs.ng;
   const int tile = blockIdx.x * WARPS + warp;
   const bool valid = tile < tiles;
   unsigned char* xs_bytes = smem;
