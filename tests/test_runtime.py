@@ -279,7 +279,8 @@ def test_w4a16_few_row_depth_is_checked_applied_and_dropped_openly_when_triton_t
 
     from triforce.runtime.engine import Pi05Engine
 
-    layers = {n: SimpleNamespace(few_row="mma", few_row_splits=0, few_row_depth=0) for n in ("o", "down")}
+    wheel = SimpleNamespace(W4A16_STREAMED_DEPTHS=(0, 2, 4))
+    layers = {n: SimpleNamespace(few_row="mma", few_row_splits=0, few_row_depth=0, tk=wheel) for n in ("o", "down")}
     for layer in layers.values():
         layer.use_few_row_kernel = lambda kernel, layer=layer: setattr(layer, "few_row", kernel)
     logged = []

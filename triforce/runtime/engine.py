@@ -183,9 +183,6 @@ W4A16_ADD_INTO_LAYERS = ("o", "down")              # of those, the ones added in
 # nothing (engine_variants-planb-*-s23-splits.json, H100; alone at M = 10 chained 2.82 vs 3.18 us,
 # w4a16_sweep-*-s23-splits.json)
 W4A16_FEW_ROW_SPLITS = {"down": 24}
-# groups of each warp's weights in flight in registers: the wheel's register-streamed few-row form (0: the pipelined
-# form; session 28)
-W4A16_FEW_ROW_DEPTHS = (0, 2, 4)
 # the 'mma' kernel's per-layer settings of o / down (engine attribute w4a16_few_row_<name>, layer few_row_<name>):
 # what the refusal calls them, and what the log says when a switch to another kernel drops them
 MMA_ADD_INTO_SETTINGS = {"splits": ("splits along K are", "they split"),
@@ -638,11 +635,12 @@ class Pi05Engine:
 
     def set_w4a16_few_row_depth(self, depths: dict) -> None:
         """The register-streamed form of the wheel's few-row kernel for the W4A16 expert layers named (o, down:
-        {name: groups in flight a warp, W4A16_FEW_ROW_DEPTHS}; 0 or absent: the pipelined form). Graphs re-capture.
-        Refused for layers on another few-row kernel."""
-        if set(depths) - set(W4A16_ADD_INTO_LAYERS) or any(v not in W4A16_FEW_ROW_DEPTHS for v in depths.values()):
-            raise TriforceError(f"W4A16 few-row depth {depths}: one of {W4A16_FEW_ROW_DEPTHS} for "
-                                f"{W4A16_ADD_INTO_LAYERS} expected")
+        {name: groups in flight a warp, the wheel's W4A16_STREAMED_DEPTHS}; 0 or absent: the pipelined form). Graphs
+        re-capture. Refused for layers on another few-row kernel."""
+        layers = self._w4a16_layers(W4A16_ADD_INTO_LAYERS)
+        allowed = layers[0].tk.W4A16_STREAMED_DEPTHS if layers else tuple(depths.values())
+        if set(depths) - set(W4A16_ADD_INTO_LAYERS) or any(v not in allowed for v in depths.values()):
+            raise TriforceError(f"W4A16 few-row depth {depths}: one of {allowed} for {W4A16_ADD_INTO_LAYERS} expected")
         self._set_mma_add_into("depth", depths)
 
     def _set_mma_add_into(self, name: str, values: dict) -> None:
