@@ -272,21 +272,28 @@ def test_w4a16_few_row_splits_are_refused_on_the_triton_kernel_and_dropped_openl
 
 
 def test_w4a16_few_row_depth_is_checked_applied_and_dropped_openly_when_triton_takes_over():
-    """The register-streamed form (depth) is the 'mma' kernel's, for o / down only: bad depths and layers on Triton
-    are refused and change nothing; an accepted depth reaches the layer; switching it to Triton drops it with a log
-    line, beside the splits."""
+    """The register-streamed form (depth) is the 'mma' kernel's, for o / down at horizons it takes: bad depths, too
+    long a horizon and layers on Triton are refused and change nothing; an accepted depth reaches the layer;
+    switching it to Triton drops it with a log line, beside the splits."""
     from types import SimpleNamespace
 
     from triforce.runtime.engine import Pi05Engine
 
-    wheel = SimpleNamespace(W4A16_STREAMED_DEPTHS=(0, 2, 4))
+    wheel = SimpleNamespace(W4A16_STREAMED_DEPTHS=(0, 2, 4), W4A16_STREAMED_MAX_ROWS=16)
     layers = {n: SimpleNamespace(few_row="mma", few_row_splits=0, few_row_depth=0, tk=wheel) for n in ("o", "down")}
     for layer in layers.values():
         layer.use_few_row_kernel = lambda kernel, layer=layer: setattr(layer, "few_row", kernel)
     logged = []
     stub = SimpleNamespace(w4a16_few_row_splits={}, w4a16_few_row_depth={}, slots={"key": 1}, log=logged.append,
-                           _w4a16_layers=lambda names: [layers[n] for n in names if n in layers])
+                           _w4a16_layers=lambda names: [layers[n] for n in names if n in layers],
+                           cfg=SimpleNamespace(name="pi05_base", action_horizon=50))
     stub._set_mma_add_into = lambda name, values: Pi05Engine._set_mma_add_into(stub, name, values)
+    with pytest.raises(TriforceError, match="takes at most 16 rows, pi05_base's action horizon is 50"):
+        Pi05Engine.set_w4a16_few_row_depth(stub, {"down": 2})
+    assert stub.slots and stub.w4a16_few_row_depth == {}
+    Pi05Engine.set_w4a16_few_row_depth(stub, {"down": 0})     # the pipelined form: any horizon
+    assert stub.w4a16_few_row_depth == {"down": 0}
+    stub.cfg, stub.slots, stub.w4a16_few_row_depth = SimpleNamespace(name="pi05_libero", action_horizon=10), {"k": 1}, {}
     for bad in ({"gate_up": 2}, {"down": 3}, {"o": -2}):
         with pytest.raises(TriforceError, match="W4A16 few-row depth .* one of \\(0, 2, 4\\) for \\('o', 'down'\\)"):
             Pi05Engine.set_w4a16_few_row_depth(stub, bad)

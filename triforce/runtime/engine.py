@@ -636,11 +636,15 @@ class Pi05Engine:
     def set_w4a16_few_row_depth(self, depths: dict) -> None:
         """The register-streamed form of the wheel's few-row kernel for the W4A16 expert layers named (o, down:
         {name: groups in flight a warp, the wheel's W4A16_STREAMED_DEPTHS}; 0 or absent: the pipelined form). Graphs
-        re-capture. Refused for layers on another few-row kernel."""
+        re-capture. Refused for layers on another few-row kernel, and for an action horizon above the form's rows."""
         layers = self._w4a16_layers(W4A16_ADD_INTO_LAYERS)
         allowed = layers[0].tk.W4A16_STREAMED_DEPTHS if layers else tuple(depths.values())
         if set(depths) - set(W4A16_ADD_INTO_LAYERS) or any(v not in allowed for v in depths.values()):
             raise TriforceError(f"W4A16 few-row depth {depths}: one of {allowed} for {W4A16_ADD_INTO_LAYERS} expected")
+        if layers and any(depths.values()) and self.cfg.action_horizon > layers[0].tk.W4A16_STREAMED_MAX_ROWS:
+            raise TriforceError(f"W4A16 few-row depth {depths}: the register-streamed form takes at most "
+                                f"{layers[0].tk.W4A16_STREAMED_MAX_ROWS} rows, {self.cfg.name}'s action horizon is "
+                                f"{self.cfg.action_horizon}")
         self._set_mma_add_into("depth", depths)
 
     def _set_mma_add_into(self, name: str, values: dict) -> None:
