@@ -220,9 +220,13 @@
 #     W4A16 register-streamed form (each warp's weights in a ring of 2 / 4 groups of registers, x and scales in shared
 #     memory once a CTA, no barrier a group): the sweep of the Gemma shapes at M = 1 / 10 with every launch shape
 #     chained, Plan B h100_fast with it on the expert's o / down (engine variants 29-34), its GPU tests
-#   part 110 (session 29, after part 109): the register-streamed form's sweep on the Gemma shapes at M = 1 / 10
-#     with splits 3 / 6 / 12 / 16 added, every launch shape chained (part 109's shapes timed again: the repeat)
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|110   (carry .device_carry and .whl)
+#   part 110 (session 29; never ran, folded into part 111)
+#   part 111 (session 30): the register-streamed form with 16 tiles a CTA (16 warps, or 2 tiles a warp: half the x
+#     each CTA reads from L2) beside part 109's shapes (the repeat), splits 3-32, the Gemma shapes at M = 1 / 10 / 16,
+#     every launch shape chained; its GPU tests
+#   part 112 (session 30): the same sweep at M = 32 / 64 (the form now takes up to 64 rows), against the pipelined
+#     kernel and CUTLASS's mixed-input GEMM
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|112   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -590,9 +594,14 @@ elif [ "$1" = 100 ] || [ "$1" = 101 ]; then   # ran at 716f5a6 (early weights, b
   exit 1
 elif [ "$1" = 102 ]; then   # ran at 77279b6 (the few-row W4A16 direct form: removed)
   echo "part 102 ran at 77279b6; the few-row W4A16 direct form was removed (see the header)"; exit 1
-elif [ "$1" = 110 ]; then   # the streamed form's wider grid (it times part 109's shapes again too)
+elif [ "$1" = 111 ]; then   # the streamed form with 16 tiles a CTA, M <= 16 (part 109's shapes again too)
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
-  run timeout 170 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10 --shapes 2 \
+  run timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
+  run timeout 330 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10,16 --shapes 2 \
+    --chain-grid --out-dir "$OUT"
+elif [ "$1" = 112 ]; then   # the streamed form at M = 32 / 64
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run timeout 500 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma,cutlass --rows 32,64 --shapes 2 \
     --chain-grid --out-dir "$OUT"
 elif [ "$1" = 109 ]; then   # the register-streamed few-row form
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"

@@ -46,11 +46,15 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
 # splits 3 / 6 / 24: the most CTAs that fit the H100's resident slots once (3 a SM x 132) for the Gemma gate (128 row
 # blocks), the expert gate/up (64) and the Gemma down (16); the default rounds that count up (a partial second wave)
 # depth: the register-streamed form (M <= 16; session 28): each warp's weights in a ring of `depth` groups of
-# registers, x and scales in shared memory once a CTA, no barrier a group; cta_warps tiles a CTA, splits CTAs along K
-# (0: at most 8 groups a CTA and two CTAs a SM)
+# registers, x and scales in shared memory once a CTA, no barrier a group; cta_warps warps a CTA of tiles_per_warp
+# 16-row tiles, splits CTAs along K (0: at most 8 groups a CTA and two CTAs a SM). Session 30: 16 tiles a CTA (16
+# warps, or 2 tiles a warp) halve the x slice each CTA reads from L2 (M / (4 * tiles a CTA) of the weight bytes: 31%
+# at M = 10 with 8); depth 4 and 4 warps of one tile lost at every point of part 109, so only three splits of them
+STREAMED_SPLITS = (0, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 MMA_GRID = ([DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
-            + [dict(depth=d, cta_warps=w, splits=sp) for d, w, sp in itertools.product((2, 4), (4, 8),
-                                                                                      (0, 2, 3, 4, 6, 8, 12, 16, 24))])
+            + [dict(depth=2, cta_warps=w, tiles_per_warp=t, splits=sp)
+               for (w, t), sp in itertools.product(((8, 1), (16, 1), (4, 2), (8, 2)), STREAMED_SPLITS)]
+            + [dict(depth=d, cta_warps=w, splits=sp) for (d, w), sp in itertools.product(((2, 4), (4, 8)), (0, 4, 24))])
 # (session 27's 16-byte reductions of four features and split MMA chains lost or tied at every shape and in Plan B,
 # and were removed: w4a16_sweep-nvidia-h100-*-s27-forms.json; session 26's direct form, restored in session 27 to
 # time it chained, stayed below this grid's best chained shape: w4a16_sweep-nvidia-h100-*-s27-direct-chained.json;

@@ -240,11 +240,13 @@ def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_war
 @pytest.mark.parametrize("m, n, k, launch", [
     (1, 16384, 2048, dict(depth=4)), (10, 2048, 16384, dict(depth=2)), (16, 1024, 4096, dict(depth=4, splits=3)),
     (5, 48, 384, dict(depth=2, cta_warps=4)), (9, 2560, 1024, dict(depth=4, cta_warps=4, splits=8)),
-    (1, 1024, 1024, dict(depth=2, splits=1000)), (12, 1040, 2944, dict(depth=4, splits=2))])
+    (1, 1024, 1024, dict(depth=2, splits=1000)), (12, 1040, 2944, dict(depth=4, splits=2)),
+    (10, 2048, 16384, dict(depth=2, cta_warps=16, splits=32)), (16, 1040, 2944, dict(depth=2, tiles_per_warp=2)),
+    (3, 48, 384, dict(depth=2, cta_warps=4, tiles_per_warp=2)), (7, 16384, 2048, dict(depth=2, tiles_per_warp=2))])
 def test_w4a16_skinny_streamed_adds_the_same(tk, m, n, k, launch):
     """The register-streamed form (depth > 0) as a gated residual add with a strided x: ring depths past a CTA's
-    groups (K = 384), partial CTAs of tiles (N = 48, 1040), uneven splits (23 groups over 2), splits past the
-    group count."""
+    groups (K = 384), partial CTAs of tiles (N = 48, 1040; with 2 tiles a warp, a warp's second tile past N: 65 and
+    3 tiles), uneven splits (23 groups over 2), splits past the group count, 16 warps a CTA."""
     gen = torch.Generator(device="cuda").manual_seed(m + n + k)
     q, s = _weights(n, k, gen)
     x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16, generator=gen)[:, :k]
@@ -305,6 +307,7 @@ SKINNY_BAD = {
                                                  out[:1].expand(17, -1), None, 0, 0, False, 2),
     "streamed depth 3": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 3),
     "streamed 2 warps": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 2, 2),
+    "streamed shape not compiled": lambda x, w, s, out: (x, w, s, out, None, 0, 2, False, 4, 16),
 }
 
 

@@ -263,11 +263,13 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
   }
 }
 
-// The register-streamed form (the add form, M <= 16; `depth` > 0): no shared-memory weight pipeline and no CTA
-// barrier a group. Each warp owns one 16-row tile and streams its groups' weights straight into a ring of DEPTH
+// The register-streamed form (the add form, any M <= 64; `depth` > 0): no shared-memory weight pipeline and no CTA
+// barrier a group. Each warp owns RT 16-row tiles and streams its groups' weights straight into a ring of DEPTH
 // groups of registers (ld.global.nc, the first DEPTH groups before griddepcontrol.wait); each warp advances on its
 // own. The CTA's scales (before the wait) and its whole x slice (after it) come into shared memory once, behind one
-// barrier, so the x of a group is shared by the CTA's WARPS tiles as in the pipelined form.
+// barrier, so the x of a group is shared by the CTA's WARPS * RT tiles. A CTA reads its x slice from L2 once for
+// all its tiles: at M = 10 with 8 tiles a CTA that is 31% of the weight bytes again (M / (4 * tiles a CTA)), so RT 2
+// or 16 warps halve it, and RT 2 also serves two tiles' MMAs from each shared-memory x load.
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -279,31 +281,37 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
 template <int NT>
 __host__ __device__ constexpr int streamed_x_bytes_a_group() { return 2 * NT * 8 * kChunk * 2; }
 
-template <int NT, int WARPS, int DEPTH>
+template <int NT, int WARPS, int DEPTH, int RT>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a) {
-  constexpr int kThreads = WARPS * 32;
+  constexpr int kThreads = WARPS * 32, kTilesCta = WARPS * RT;
   extern __shared__ __align__(16) unsigned char smem[];
   const CtaSlice cs(a);
   const int lane = cs.lane, warp = cs.warp, g = cs.g, t = cs.t, tiles = cs.tiles, chunks = cs.chunks;
   const int groups = cs.groups, gbeg = cs.gbeg, ng = cs.ng;
-  const int tile = blockIdx.x * WARPS + warp;
-  const bool valid = tile < tiles;
+  const int tile0 = (blockIdx.x * WARPS + warp) * RT;  // the warp's tiles: tile0 .. tile0 + RT - 1
+  bool valid[RT];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) valid[r] = tile0 + r < tiles;
   unsigned char* xs_bytes = smem;
   __nv_bfloat16* sc = reinterpret_cast<__nv_bfloat16*>(smem + ng * streamed_x_bytes_a_group<NT>());
 
-  const uint4* wsrc = a.weight + (int64_t(valid ? tile : 0) * chunks + 2 * gbeg) * 32 + lane;
-  uint4 w[DEPTH][2];
+  const uint4* wsrc[RT];
+  uint4 w[DEPTH][RT][2];
 #pragma unroll
-  for (int d = 0; d < DEPTH; ++d)
-    if (valid && d < ng) {
-      w[d][0] = load_stream(wsrc + d * 64);
-      w[d][1] = load_stream(wsrc + d * 64 + 32);
-    }
-  for (int idx = threadIdx.x; idx < WARPS * ng * 2; idx += kThreads) {  // scales: [warp][group][16]
-    const int wi = idx / (2 * ng), i = (idx >> 1) % ng, half = idx & 1;
-    const int tl = blockIdx.x * WARPS + wi;
+  for (int r = 0; r < RT; ++r) {
+    wsrc[r] = a.weight + (int64_t(valid[r] ? tile0 + r : 0) * chunks + 2 * gbeg) * 32 + lane;
+#pragma unroll
+    for (int d = 0; d < DEPTH; ++d)
+      if (valid[r] && d < ng) {
+        w[d][r][0] = load_stream(wsrc[r] + d * 64);
+        w[d][r][1] = load_stream(wsrc[r] + d * 64 + 32);
+      }
+  }
+  for (int idx = threadIdx.x; idx < kTilesCta * ng * 2; idx += kThreads) {  // scales: [CTA tile][group][16]
+    const int ti = idx / (2 * ng), i = (idx >> 1) % ng, half = idx & 1;
+    const int tl = blockIdx.x * kTilesCta + ti;
     const bool in = tl < tiles;
-    cp_async16(sc + (wi * ng + i) * 16 + half * 8,
+    cp_async16(sc + (ti * ng + i) * 16 + half * 8,
                in ? a.scales + (int64_t(tl) * groups + gbeg + i) * 16 + half * 8 : a.scales, in ? 16 : 0);
   }
   cp_async_commit();
@@ -319,68 +327,75 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
-  if (!valid) return;
+  if (!valid[0]) return;
 
   const uint4* xs = reinterpret_cast<const uint4*>(xs_bytes);
-  float acc[NT][4];
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+  float acc[RT][NT][4];
+  zero(acc);
   for (int i0 = 0; i0 < ng; i0 += DEPTH) {
 #pragma unroll
     for (int d = 0; d < DEPTH; ++d) {
       const int i = i0 + d;
       if (i >= ng) break;
-      float part[NT][4];
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
+      float part[RT][NT][4];
+      zero(part);
 #pragma unroll
       for (int cc = 0; cc < 2; ++cc) {
-        const uint4 wq = w[d][cc];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          uint32_t af[2][4];
-          dequant_word(h == 0 ? wq.x : wq.z, af[0]);
-          dequant_word(h == 0 ? wq.y : wq.w, af[1]);
+          uint32_t af[RT][2][4];
+#pragma unroll
+          for (int r = 0; r < RT; ++r) {
+            const uint4 wq = w[d][r][cc];
+            dequant_word(h == 0 ? wq.x : wq.z, af[r][0]);
+            dequant_word(h == 0 ? wq.y : wq.w, af[r][1]);
+          }
 #pragma unroll
           for (int j = 0; j < NT; ++j) {
             const uint4 xv = xs[((2 * i + cc) * NT * 8 + j * 8 + g) * 8 + ((2 * t + h) ^ g)];
-            mma_bf16(part[j], af[0], xv.x, xv.y);
-            mma_bf16(part[j], af[1], xv.z, xv.w);
+#pragma unroll
+            for (int r = 0; r < RT; ++r) {
+              mma_bf16(part[r][j], af[r][0], xv.x, xv.y);
+              mma_bf16(part[r][j], af[r][1], xv.z, xv.w);
+            }
           }
         }
       }
-      if (i + DEPTH < ng) {  // the slot is consumed: ask for the group DEPTH ahead
-        w[d][0] = load_stream(wsrc + (i + DEPTH) * 64);
-        w[d][1] = load_stream(wsrc + (i + DEPTH) * 64 + 32);
-      }
-      const float s_lo = __bfloat162float(sc[(warp * ng + i) * 16 + g]);
-      const float s_hi = __bfloat162float(sc[(warp * ng + i) * 16 + g + 8]);
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        acc[j][0] += s_lo * part[j][0];
-        acc[j][1] += s_lo * part[j][1];
-        acc[j][2] += s_hi * part[j][2];
-        acc[j][3] += s_hi * part[j][3];
+      for (int r = 0; r < RT; ++r) {
+        if (i + DEPTH < ng && valid[r]) {  // the slot is consumed: ask for the group DEPTH ahead
+          w[d][r][0] = load_stream(wsrc[r] + (i + DEPTH) * 64);
+          w[d][r][1] = load_stream(wsrc[r] + (i + DEPTH) * 64 + 32);
+        }
+        const float s_lo = __bfloat162float(sc[((warp * RT + r) * ng + i) * 16 + g]);
+        const float s_hi = __bfloat162float(sc[((warp * RT + r) * ng + i) * 16 + g + 8]);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          acc[r][j][0] += s_lo * part[r][j][0];
+          acc[r][j][1] += s_lo * part[r][j][1];
+          acc[r][j][2] += s_hi * part[r][j][2];
+          acc[r][j][3] += s_hi * part[r][j][3];
+        }
       }
     }
   }
 
-  const int row = tile * 16 + g;
-  const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
 #pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    const int tok = j * 8 + 2 * t;
-    if (tok < a.m) {
-      atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[j][0]);
-      atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[j][2]);
-    }
-    if (tok + 1 < a.m) {
-      atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[j][1]);
-      atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[j][3]);
+  for (int r = 0; r < RT; ++r) {
+    if (!valid[r]) break;
+    const int row = (tile0 + r) * 16 + g;
+    const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int tok = j * 8 + 2 * t;
+      if (tok < a.m) {
+        atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[r][j][0]);
+        atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[r][j][2]);
+      }
+      if (tok + 1 < a.m) {
+        atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[r][j][1]);
+        atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[r][j][3]);
+      }
     }
   }
 }
@@ -408,21 +423,25 @@ void launch_chained(Kernel kernel, const SkinnyArgs& a, dim3 grid, int warps, in
 
 constexpr int kStreamedMaxSmem = 96 * 1024;
 
-template <int NT, int WARPS, int DEPTH>
+template <int NT, int WARPS, int DEPTH, int RT>
 void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  auto kernel = w4a16_streamed_kernel<NT, WARPS, DEPTH>;
+  auto kernel = w4a16_streamed_kernel<NT, WARPS, DEPTH, RT>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStreamedMaxSmem);
   if (attr != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny(depth): cannot allow ") + std::to_string(kStreamedMaxSmem) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
-  const int groups = p.k / kGroup, row_blocks = (p.n / 16 + WARPS - 1) / WARPS;
-  // default: at most 8 groups a CTA (its x slice in shared memory), and at least two CTAs a SM
+  const int groups = p.k / kGroup, row_blocks = (p.n / 16 + WARPS * RT - 1) / (WARPS * RT);
+  const int group_bytes = streamed_x_bytes_a_group<NT>() + WARPS * RT * 32;  // x slice and scales
+  // default: at most 8 groups a CTA (its x slice in shared memory, fewer where they do not fit), and at least two
+  // CTAs a SM
+  const int ng_default = std::min(8, kStreamedMaxSmem / group_bytes);
   int splits = p.splits > 0 ? p.splits
-                            : std::max((groups + 7) / 8, (2 * p.sm_count + row_blocks - 1) / row_blocks);
+                            : std::max((groups + ng_default - 1) / ng_default,
+                                       (2 * p.sm_count + row_blocks - 1) / row_blocks);
   splits = std::min(splits, groups);
   const int ng_max = (groups + splits - 1) / splits;
-  const int bytes = ng_max * (streamed_x_bytes_a_group<NT>() + WARPS * 32);
+  const int bytes = ng_max * group_bytes;
   if (bytes > kStreamedMaxSmem)
     throw std::runtime_error("w4a16_skinny(depth): " + std::to_string(ng_max) + " groups a CTA need " +
                              std::to_string(bytes) + " bytes of shared memory (at most " +
@@ -433,15 +452,23 @@ void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaSt
                  "w4a16_skinny(depth)");
 }
 
+// The compiled (depth, warps a CTA, tiles a warp) shapes: the wheel's W4A16_STREAMED_SHAPES
 template <int NT>
 void launch_streamed_shape(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  const int warps = p.cta_warps ? p.cta_warps : 8;
-  if (warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2>(args, p, stream);
-  if (warps == 4 && p.depth == 4) return launch_streamed<NT, 4, 4>(args, p, stream);
-  if (warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2>(args, p, stream);
-  if (warps == 8 && p.depth == 4) return launch_streamed<NT, 8, 4>(args, p, stream);
-  throw std::runtime_error("w4a16_skinny(depth): depth must be 2 or 4 and cta_warps 0 (8), 4 or 8; got " +
-                           std::to_string(p.depth) + ", " + std::to_string(p.cta_warps));
+  const int warps = p.cta_warps ? p.cta_warps : 8, rt = p.tiles_per_warp ? p.tiles_per_warp : 1;
+  if (rt == 1) {
+    if (warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2, 1>(args, p, stream);
+    if (warps == 4 && p.depth == 4) return launch_streamed<NT, 4, 4, 1>(args, p, stream);
+    if (warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2, 1>(args, p, stream);
+    if (warps == 8 && p.depth == 4) return launch_streamed<NT, 8, 4, 1>(args, p, stream);
+    if (warps == 16 && p.depth == 2) return launch_streamed<NT, 16, 2, 1>(args, p, stream);
+  } else if (rt == 2) {
+    if (warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2, 2>(args, p, stream);
+    if (warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2, 2>(args, p, stream);
+  }
+  throw std::runtime_error("w4a16_skinny(depth): (depth, cta_warps, tiles_per_warp) must be one of (2|4, 4|8, 1), "
+                           "(2, 16, 1), (2, 4|8, 2); got (" + std::to_string(p.depth) + ", " +
+                           std::to_string(warps) + ", " + std::to_string(rt) + ")");
 }
 
 template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>
@@ -505,10 +532,11 @@ void w4a16_skinny_run(const W4A16SkinnyProblem& p, cudaStream_t stream) {
                static_cast<const __nv_bfloat16*>(p.scales), p.gate, p.out,
                static_cast<__nv_bfloat16*>(p.act), p.m, p.n, p.k, 1, p.ldx, p.ldo};
   if (p.depth != 0) {
-    if (p.act != nullptr || p.m > 16)
-      throw std::runtime_error("w4a16_skinny(depth): the register-streamed form is the add form at M <= 16 (got M=" +
-                               std::to_string(p.m) + ")");
-    return p.m <= 8 ? launch_streamed_shape<1>(a, p, stream) : launch_streamed_shape<2>(a, p, stream);
+    if (p.act != nullptr) throw std::runtime_error("w4a16_skinny(depth): the register-streamed form is the add form");
+    if (p.m <= 8) return launch_streamed_shape<1>(a, p, stream);
+    if (p.m <= 16) return launch_streamed_shape<2>(a, p, stream);
+    if (p.m <= 32) return launch_streamed_shape<4>(a, p, stream);
+    return launch_streamed_shape<8>(a, p, stream);
   }
   if (p.m <= 8) return launch_rows<1>(a, p, stream);
   if (p.m <= 16) return launch_rows<2>(a, p, stream);

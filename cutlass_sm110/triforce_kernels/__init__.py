@@ -208,9 +208,11 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
 
 
 W4A16_SKINNY_MAX_ROWS = 64
-W4A16_STREAMED_MAX_ROWS = 16          # w4a16_skinny(depth > 0): two token tiles of 8
+W4A16_STREAMED_MAX_ROWS = 64          # w4a16_skinny(depth > 0): up to eight token tiles of 8
 W4A16_STREAMED_DEPTHS = (0, 2, 4)     # 0: the pipelined form
-W4A16_STREAMED_CTA_WARPS = (0, 4, 8)  # 0: 8
+W4A16_STREAMED_CTA_WARPS = (0, 4, 8, 16)  # 0: 8
+# the register-streamed form's compiled (depth, warps a CTA, 16-row tiles a warp) shapes
+W4A16_STREAMED_SHAPES = ((2, 4, 1), (4, 4, 1), (2, 8, 1), (4, 8, 1), (2, 16, 1), (2, 4, 2), (2, 8, 2))
 
 
 def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> None:
@@ -242,8 +244,8 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     row-strided view. splits: CTAs along K (0: fill the GPU once); tiles_per_warp: 16-row tiles per warp (0: by M);
     dependent: a programmatic dependent launch (waits on the GPU for the kernel before it). depth > 0: the
     register-streamed form (M <= W4A16_STREAMED_MAX_ROWS) with `depth` groups of each warp's weights in flight in
-    registers instead of the shared-memory pipeline, `cta_warps` 16-row tiles a CTA (0: 8); splits then defaults to at
-    most 8 groups a CTA and two CTAs a SM, and tiles_per_warp is not used."""
+    registers instead of the shared-memory pipeline, `cta_warps` warps a CTA (0: 8) of `tiles_per_warp` 16-row tiles
+    each (0: 1), one of W4A16_STREAMED_SHAPES; splits then defaults to at most 8 groups a CTA and two CTAs a SM."""
     op = "w4a16_skinny"
     _require_op(op)
     if x.dim() != 2 or out.dim() != 2:
@@ -266,6 +268,9 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     if depth and m > W4A16_STREAMED_MAX_ROWS:
         raise KernelError(f"{op}: the register-streamed form (depth > 0) takes 1..{W4A16_STREAMED_MAX_ROWS} rows, "
                           f"got M={m}")
+    if depth and (depth, cta_warps or 8, tiles_per_warp or 1) not in W4A16_STREAMED_SHAPES:
+        raise KernelError(f"{op}: the register-streamed form has no (depth, cta_warps, tiles_per_warp) = "
+                          f"({depth}, {cta_warps or 8}, {tiles_per_warp or 1}); compiled: {W4A16_STREAMED_SHAPES}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
     _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, depth, cta_warps)
 
