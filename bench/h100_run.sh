@@ -226,7 +226,9 @@
 #     every launch shape chained; its GPU tests
 #   part 112 (session 30): the same sweep at M = 32 / 64 (the form now takes up to 64 rows), against the pipelined
 #     kernel and CUTLASS's mixed-input GEMM
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|112   (carry .device_carry and .whl)
+#   part 113 (session 30, after parts 111/112): the streamed form with its x slice arriving group by group (an
+#     mbarrier a group) beside the same shapes with the whole slice behind one CTA barrier, M = 10 / 32; GPU tests
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|113   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -599,6 +601,11 @@ elif [ "$1" = 111 ]; then   # the streamed form with 16 tiles a CTA, M <= 16 (pa
   run timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run timeout 330 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10,16 --shapes 2 \
     --chain-grid --out-dir "$OUT"
+elif [ "$1" = 113 ]; then   # the streamed form's x by group, M = 10 / 32
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
+  run timeout 330 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --streamed-only --rows 10,32 \
+    --shapes 2 --chain-grid --out-dir "$OUT"
 elif [ "$1" = 112 ]; then   # the streamed form at M = 32 / 64
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 500 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma,cutlass --rows 32,64 --shapes 2 \

@@ -19,7 +19,7 @@ kernel also chained as the W4A16 kernels are (dependent launches, its first bloc
 the ceiling of the chained figures.
 Records bench/results/w4a16_sweep-<gpu>-<date>.json.
     python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--chain-grid]
-        [--kernels mma] [--rows 1,10] [--out-dir bench/results]"""
+        [--kernels mma] [--streamed-only] [--rows 1,10] [--out-dir bench/results]"""
 
 import contextlib
 import itertools
@@ -54,7 +54,12 @@ STREAMED_SPLITS = (0, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 MMA_GRID = ([DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
             + [dict(depth=2, cta_warps=w, tiles_per_warp=t, splits=sp)
                for (w, t), sp in itertools.product(((8, 1), (16, 1), (4, 2), (8, 2)), STREAMED_SPLITS)]
-            + [dict(depth=d, cta_warps=w, splits=sp) for (d, w), sp in itertools.product(((2, 4), (4, 8)), (0, 4, 24))])
+            + [dict(depth=d, cta_warps=w, splits=sp) for (d, w), sp in itertools.product(((2, 4), (4, 8)), (0, 4, 24))]
+            + [dict(depth=2, cta_warps=w, tiles_per_warp=t, splits=sp, x_by_group=True)
+               for (w, t), sp in itertools.product(((8, 1), (4, 2), (8, 2)), STREAMED_SPLITS)])
+# x_by_group (session 30): each group's x slice counted by its own mbarrier, so a warp starts on group 0 once its x
+# is in, not after the CTA's whole slice (at M = 10 the slice is up to 32 KB a CTA, read from L2 after the chain wait
+# while only the ring's first groups of weights are in flight)
 # (session 27's 16-byte reductions of four features and split MMA chains lost or tied at every shape and in Plan B,
 # and were removed: w4a16_sweep-nvidia-h100-*-s27-forms.json; session 26's direct form, restored in session 27 to
 # time it chained, stayed below this grid's best chained shape: w4a16_sweep-nvidia-h100-*-s27-direct-chained.json;
@@ -234,6 +239,8 @@ def main():
     ap.add_argument("--chain-grid", action="store_true", help="time every launch shape chained too (not only the "
                     "default and the best)")
     ap.add_argument("--kernels", default="", help="only these kernels (comma-separated: triton, mma, cutlass)")
+    ap.add_argument("--streamed-only", action="store_true", help="of the mma kernel's grid, only its default and the "
+                    "register-streamed shapes (depth > 0)")
     a = ap.parse_args()
     torch.manual_seed(0)
     try:
@@ -247,6 +254,9 @@ def main():
         if unknown := sorted(set(wanted) - set(table)):
             raise SystemExit(f"w4a16_sweep: no kernel {unknown} here (have {sorted(table)})")
         table = {name: table[name] for name in wanted}
+    if a.streamed_only and "mma" in table:
+        prepare, call, grid, read = table["mma"]
+        table["mma"] = (prepare, call, [s for s in grid if s == DEFAULT or s.get("depth")], read)
     copy = copy_gbs()
     rows_m = tuple(int(v) for v in a.rows.split(","))
     rows = [r for name, n, k in SHAPES[:a.shapes]

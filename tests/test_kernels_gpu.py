@@ -242,11 +242,17 @@ def test_w4a16_skinny_every_launch_shape_adds_the_same(tk, splits, tiles_per_war
     (5, 48, 384, dict(depth=2, cta_warps=4)), (9, 2560, 1024, dict(depth=4, cta_warps=4, splits=8)),
     (1, 1024, 1024, dict(depth=2, splits=1000)), (12, 1040, 2944, dict(depth=4, splits=2)),
     (10, 2048, 16384, dict(depth=2, cta_warps=16, splits=32)), (16, 1040, 2944, dict(depth=2, tiles_per_warp=2)),
-    (3, 48, 384, dict(depth=2, cta_warps=4, tiles_per_warp=2)), (7, 16384, 2048, dict(depth=2, tiles_per_warp=2))])
+    (3, 48, 384, dict(depth=2, cta_warps=4, tiles_per_warp=2)), (7, 16384, 2048, dict(depth=2, tiles_per_warp=2)),
+    (33, 2048, 16384, dict(depth=2, cta_warps=4, tiles_per_warp=2, splits=24)), (64, 1040, 2944, dict(depth=2)),
+    (10, 16384, 2048, dict(depth=2, x_by_group=True)), (3, 48, 384, dict(depth=2, cta_warps=4, tiles_per_warp=2,
+                                                                          x_by_group=True)),
+    (16, 1040, 2944, dict(depth=2, tiles_per_warp=2, splits=2, x_by_group=True)),
+    (64, 2048, 16384, dict(depth=2, tiles_per_warp=2, splits=32, x_by_group=True))])
 def test_w4a16_skinny_streamed_adds_the_same(tk, m, n, k, launch):
     """The register-streamed form (depth > 0) as a gated residual add with a strided x: ring depths past a CTA's
     groups (K = 384), partial CTAs of tiles (N = 48, 1040; with 2 tiles a warp, a warp's second tile past N: 65 and
-    3 tiles), uneven splits (23 groups over 2), splits past the group count, 16 warps a CTA."""
+    3 tiles), uneven splits (23 groups over 2), splits past the group count, 16 warps a CTA, 17-64 rows (token tiles
+    of 4 and 8), the x slice arriving group by group."""
     gen = torch.Generator(device="cuda").manual_seed(m + n + k)
     q, s = _weights(n, k, gen)
     x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16, generator=gen)[:, :k]
@@ -303,8 +309,8 @@ SKINNY_BAD = {
     "canonical scales": lambda x, w, s, out: (x, w, s.reshape(256, 4), out),
     "x wrong K": lambda x, w, s, out: (x[:, :384].contiguous(), w, s, out),
     "x column stride": lambda x, w, s, out: (torch.cat([x, x], 1)[:, ::2], w, s, out),
-    "streamed at 17 rows": lambda x, w, s, out: (torch.zeros(17, 512, device="cuda", dtype=torch.bfloat16), w, s,
-                                                 out[:1].expand(17, -1), None, 0, 0, False, 2),
+    "streamed x_by_group not compiled": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 4, 8, True),
+    "x_by_group without depth": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 0, 0, True),
     "streamed depth 3": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 3),
     "streamed 2 warps": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 2, 2),
     "streamed shape not compiled": lambda x, w, s, out: (x, w, s, out, None, 0, 2, False, 4, 16),

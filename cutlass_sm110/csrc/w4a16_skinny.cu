@@ -281,7 +281,27 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
 template <int NT>
 __host__ __device__ constexpr int streamed_x_bytes_a_group() { return 2 * NT * 8 * kChunk * 2; }
 
-template <int NT, int WARPS, int DEPTH, int RT>
+// BYGROUP: the x slice arrives group by group, each group's copies counted by its own mbarrier (every thread's
+// cp.async.mbarrier.arrive.noinc after its copies of that group), so a warp starts on group i once group i's x is in
+// instead of after the whole slice and a CTA barrier.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(uint32_t(__cvta_generic_to_shared(bar))), "r"(count)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
+                   uint32_t(__cvta_generic_to_shared(bar)))
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar) {
+  asm volatile(
+      "{\n .reg .pred done;\n wait:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], 0;\n"
+      "@!done bra wait;\n}\n" ::"r"(uint32_t(__cvta_generic_to_shared(bar)))
+      : "memory");
+}
+
+template <int NT, int WARPS, int DEPTH, int RT, bool BYGROUP>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a) {
   constexpr int kThreads = WARPS * 32, kTilesCta = WARPS * RT;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -294,6 +314,11 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
   for (int r = 0; r < RT; ++r) valid[r] = tile0 + r < tiles;
   unsigned char* xs_bytes = smem;
   __nv_bfloat16* sc = reinterpret_cast<__nv_bfloat16*>(smem + ng * streamed_x_bytes_a_group<NT>());
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sc + kTilesCta * ng * 16);  // BYGROUP: one a group
+  if (BYGROUP) {
+    if (threadIdx.x < ng) mbar_init(bars + threadIdx.x, kThreads);
+    __syncthreads();
+  }
 
   const uint4* wsrc[RT];
   uint4 w[DEPTH][RT][2];
@@ -318,16 +343,28 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
   grid_dependency_wait();  // x, gate and out belong to the kernels before
   launch_dependents();
   const int64_t k0 = int64_t(gbeg) * kGroup;
-  for (int idx = threadIdx.x; idx < 2 * ng * NT * 8 * 8; idx += kThreads) {  // x: [chunk][token][16-byte segment]
+  const auto copy_x = [&](int idx) {  // x: [chunk][token][16-byte segment]
     const int seg = idx & 7, tok = (idx >> 3) % (NT * 8), c = idx / (NT * 64);
     const bool in = tok < a.m;
     const __nv_bfloat16* src = in ? a.x + tok * a.ldx + k0 + c * kChunk + seg * 8 : a.x;
     cp_async16(xs_bytes + ((c * NT * 8 + tok) * 8 + (seg ^ (tok & 7))) * 16, src, in ? 16 : 0);
+  };
+  if (BYGROUP) {
+    for (int i = 0; i < ng; ++i) {
+      for (int idx = threadIdx.x; idx < 2 * NT * 64; idx += kThreads) copy_x(i * 2 * NT * 64 + idx);
+      cp_async_arrive(bars + i);
+    }
+    if (!valid[0]) {  // leave once this CTA's copies are all in
+      mbar_wait(bars + ng - 1);
+      return;
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < 2 * ng * NT * 64; idx += kThreads) copy_x(idx);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    if (!valid[0]) return;
   }
-  cp_async_commit();
-  cp_async_wait<0>();
-  __syncthreads();
-  if (!valid[0]) return;
 
   const uint4* xs = reinterpret_cast<const uint4*>(xs_bytes);
   float acc[RT][NT][4];
@@ -337,6 +374,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
     for (int d = 0; d < DEPTH; ++d) {
       const int i = i0 + d;
       if (i >= ng) break;
+      if (BYGROUP) mbar_wait(bars + i);
       float part[RT][NT][4];
       zero(part);
 #pragma unroll
@@ -423,16 +461,16 @@ void launch_chained(Kernel kernel, const SkinnyArgs& a, dim3 grid, int warps, in
 
 constexpr int kStreamedMaxSmem = 96 * 1024;
 
-template <int NT, int WARPS, int DEPTH, int RT>
+template <int NT, int WARPS, int DEPTH, int RT, bool BYGROUP = false>
 void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  auto kernel = w4a16_streamed_kernel<NT, WARPS, DEPTH, RT>;
+  auto kernel = w4a16_streamed_kernel<NT, WARPS, DEPTH, RT, BYGROUP>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStreamedMaxSmem);
   if (attr != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny(depth): cannot allow ") + std::to_string(kStreamedMaxSmem) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
   const int groups = p.k / kGroup, row_blocks = (p.n / 16 + WARPS * RT - 1) / (WARPS * RT);
-  const int group_bytes = streamed_x_bytes_a_group<NT>() + WARPS * RT * 32;  // x slice and scales
+  const int group_bytes = streamed_x_bytes_a_group<NT>() + WARPS * RT * 32 + 8;  // x slice, scales, mbarrier
   // default: at most 8 groups a CTA (its x slice in shared memory, fewer where they do not fit), and at least two
   // CTAs a SM
   const int ng_default = std::min(8, kStreamedMaxSmem / group_bytes);
@@ -456,6 +494,14 @@ void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaSt
 template <int NT>
 void launch_streamed_shape(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   const int warps = p.cta_warps ? p.cta_warps : 8, rt = p.tiles_per_warp ? p.tiles_per_warp : 1;
+  if (p.x_by_group) {
+    if (rt == 1 && warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2, 1, true>(args, p, stream);
+    if (rt == 2 && warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2, 2, true>(args, p, stream);
+    if (rt == 2 && warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2, 2, true>(args, p, stream);
+    throw std::runtime_error("w4a16_skinny(depth, x_by_group): (depth, cta_warps, tiles_per_warp) must be one of "
+                             "(2, 8, 1), (2, 4|8, 2); got (" + std::to_string(p.depth) + ", " +
+                             std::to_string(warps) + ", " + std::to_string(rt) + ")");
+  }
   if (rt == 1) {
     if (warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2, 1>(args, p, stream);
     if (warps == 4 && p.depth == 4) return launch_streamed<NT, 4, 4, 1>(args, p, stream);
