@@ -121,8 +121,7 @@ VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the p
                   *((f"W4A16 o / down on the register-streamed few-row form, depth {depth}, splits "
                      f"{splits or 'by the kernel'} (session 28)",
                      {**ENGINE_DEFAULTS, "w4a16_few_row_depth": depth, "w4a16_few_row_splits": splits})
-                    for depth, splits in (({"o": 2, "down": 2}, {}), ({"o": 4, "down": 4}, {}),
-                                          ({"o": 2, "down": 2}, {"down": 24}), ({"o": 4, "down": 4}, {"o": 8, "down": 8}),
+                    for depth, splits in (({"o": 2, "down": 2}, {}), ({"o": 2, "down": 2}, {"down": 24}),
                                           ({"down": 2}, {"down": 24}), ({"o": 2}, {"down": 24}))),
                   ("FP8 fast accumulation in the prefix", {**ENGINE_DEFAULTS, "fp8_fast_accum": ("prefix",)}),
                   ("FP8 fast accumulation in vision and the prefix",

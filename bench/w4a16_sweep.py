@@ -45,21 +45,17 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
                            for bn, g, w in itertools.product((64, 128, 256), (1, 2), (4, 8))]
 # splits 3 / 6 / 24: the most CTAs that fit the H100's resident slots once (3 a SM x 132) for the Gemma gate (128 row
 # blocks), the expert gate/up (64) and the Gemma down (16); the default rounds that count up (a partial second wave)
-# depth: the register-streamed form (M <= 16; session 28): each warp's weights in a ring of `depth` groups of
-# registers, x and scales in shared memory once a CTA, no barrier a group; cta_warps warps a CTA of tiles_per_warp
-# 16-row tiles, splits CTAs along K (0: at most 8 groups a CTA and two CTAs a SM). Session 30: 16 tiles a CTA (16
-# warps, or 2 tiles a warp) halve the x slice each CTA reads from L2 (M / (4 * tiles a CTA) of the weight bytes: 31%
-# at M = 10 with 8); depth 4 and 4 warps of one tile lost at every point of part 109, so only three splits of them
+# depth: the register-streamed form (session 28; any M <= 64 since session 30): each warp's weights in a ring of
+# `depth` groups of registers, x and scales in shared memory once a CTA, no barrier a group; cta_warps warps a CTA of
+# tiles_per_warp 16-row tiles, splits CTAs along K (0: at most 8 groups a CTA and two CTAs a SM). 16 tiles a CTA (2 a
+# warp) halve the x slice each CTA reads from L2 (M / (4 * tiles a CTA) of the weight bytes: 31% at M = 10 with 8).
+# (Session 30 removed, having lost at every point: depth 4, 4 warps of one tile and 16 warps a CTA
+# (w4a16_sweep-nvidia-h100-*-s30-tiles-a-cta.json), and the x slice arriving group by group behind an mbarrier a
+# group (tied or lost: *-s30-x-by-group.json).)
 STREAMED_SPLITS = (0, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 MMA_GRID = ([DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
             + [dict(depth=2, cta_warps=w, tiles_per_warp=t, splits=sp)
-               for (w, t), sp in itertools.product(((8, 1), (16, 1), (4, 2), (8, 2)), STREAMED_SPLITS)]
-            + [dict(depth=d, cta_warps=w, splits=sp) for (d, w), sp in itertools.product(((2, 4), (4, 8)), (0, 4, 24))]
-            + [dict(depth=2, cta_warps=w, tiles_per_warp=t, splits=sp, x_by_group=True)
                for (w, t), sp in itertools.product(((8, 1), (4, 2), (8, 2)), STREAMED_SPLITS)])
-# x_by_group (session 30): each group's x slice counted by its own mbarrier, so a warp starts on group 0 once its x
-# is in, not after the CTA's whole slice (at M = 10 the slice is up to 32 KB a CTA, read from L2 after the chain wait
-# while only the ring's first groups of weights are in flight)
 # (session 27's 16-byte reductions of four features and split MMA chains lost or tied at every shape and in Plan B,
 # and were removed: w4a16_sweep-nvidia-h100-*-s27-forms.json; session 26's direct form, restored in session 27 to
 # time it chained, stayed below this grid's best chained shape: w4a16_sweep-nvidia-h100-*-s27-direct-chained.json;

@@ -164,7 +164,7 @@ void check_skinny_operands(const at::Tensor& x, const at::Tensor& w, const at::T
 // (formats.pack_int4_fragments / pack_scales_fragments). out (fp32) is added to: zero it, or pass the residual.
 void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor out,
                   const c10::optional<at::Tensor>& gate, int64_t splits, int64_t tiles_per_warp, bool dependent,
-                  int64_t depth, int64_t cta_warps, bool x_by_group) {
+                  int64_t depth, int64_t cta_warps) {
   const char* op = "w4a16_skinny";
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.stride(1) == 1, op,
               ": out must be a CUDA fp32 [M, N] with unit column stride");
@@ -187,7 +187,7 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
                                 : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(), nullptr,
                                  int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
-                                 sm_count(), 0, int(depth), int(cta_warps), x_by_group};
+                                 sm_count(), 0, int(depth), int(cta_warps)};
   triforce::w4a16_skinny_run(p, current_stream());
 }
 
@@ -438,7 +438,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a16_skinny", &w4a16_skinny, "out[M,N] (fp32) += [gate *] x[M,K] @ dequant(W)^T for M <= 64, fragment layout",
         py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("out"), py::arg("gate") = py::none(),
         py::arg("splits") = 0, py::arg("tiles_per_warp") = 0, py::arg("dependent") = false, py::arg("depth") = 0,
-        py::arg("cta_warps") = 0, py::arg("x_by_group") = false);
+        py::arg("cta_warps") = 0);
   m.def("w4a16_skinny_geglu", &w4a16_skinny_geglu, "act[M,N/2] = gelu_tanh(x @ gate^T) * (x @ up^T), gate/up "
         "interleaved, M <= 64", py::arg("x"), py::arg("weight"), py::arg("scales"), py::arg("act"),
         py::arg("dependent") = false, py::arg("stages") = 0);

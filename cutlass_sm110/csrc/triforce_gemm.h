@@ -51,7 +51,6 @@ struct W4A16SkinnyProblem {
   int stages = 0;     // GeGLU form only
   int depth = 0;      // > 0: the register-streamed add form (M <= 16) with this many groups in flight a warp
   int cta_warps = 0;  // its warps a CTA (0: 8)
-  bool x_by_group = false;  // its x slice arrives group by group (an mbarrier a group)
 };
 int w4a16_skinny_default_tiles_per_warp(int m);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches

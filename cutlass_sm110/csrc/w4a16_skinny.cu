@@ -268,8 +268,8 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
 // groups of registers (ld.global.nc, the first DEPTH groups before griddepcontrol.wait); each warp advances on its
 // own. The CTA's scales (before the wait) and its whole x slice (after it) come into shared memory once, behind one
 // barrier, so the x of a group is shared by the CTA's WARPS * RT tiles. A CTA reads its x slice from L2 once for
-// all its tiles: at M = 10 with 8 tiles a CTA that is 31% of the weight bytes again (M / (4 * tiles a CTA)), so RT 2
-// or 16 warps halve it, and RT 2 also serves two tiles' MMAs from each shared-memory x load.
+// all its tiles: at M = 10 with 8 tiles a CTA that is 31% of the weight bytes again (M / (4 * tiles a CTA)); RT 2
+// halves it and serves two tiles' MMAs from each shared-memory x load (parts 111-113: up to 5% faster at M >= 10).
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -281,27 +281,7 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
 template <int NT>
 __host__ __device__ constexpr int streamed_x_bytes_a_group() { return 2 * NT * 8 * kChunk * 2; }
 
-// BYGROUP: the x slice arrives group by group, each group's copies counted by its own mbarrier (every thread's
-// cp.async.mbarrier.arrive.noinc after its copies of that group), so a warp starts on group i once group i's x is in
-// instead of after the whole slice and a CTA barrier.
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(uint32_t(__cvta_generic_to_shared(bar))), "r"(count)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
-                   uint32_t(__cvta_generic_to_shared(bar)))
-               : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar) {
-  asm volatile(
-      "{\n .reg .pred done;\n wait:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], 0;\n"
-      "@!done bra wait;\n}\n" ::"r"(uint32_t(__cvta_generic_to_shared(bar)))
-      : "memory");
-}
-
-template <int NT, int WARPS, int DEPTH, int RT, bool BYGROUP>
+template <int NT, int WARPS, int DEPTH, int RT>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a) {
   constexpr int kThreads = WARPS * 32, kTilesCta = WARPS * RT;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -314,11 +294,6 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
   for (int r = 0; r < RT; ++r) valid[r] = tile0 + r < tiles;
   unsigned char* xs_bytes = smem;
   __nv_bfloat16* sc = reinterpret_cast<__nv_bfloat16*>(smem + ng * streamed_x_bytes_a_group<NT>());
-  uint64_t* bars = reinterpret_cast<uint64_t*>(sc + kTilesCta * ng * 16);  // BYGROUP: one a group
-  if (BYGROUP) {
-    if (threadIdx.x < ng) mbar_init(bars + threadIdx.x, kThreads);
-    __syncthreads();
-  }
 
   const uint4* wsrc[RT];
   uint4 w[DEPTH][RT][2];
@@ -343,28 +318,16 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
   grid_dependency_wait();  // x, gate and out belong to the kernels before
   launch_dependents();
   const int64_t k0 = int64_t(gbeg) * kGroup;
-  const auto copy_x = [&](int idx) {  // x: [chunk][token][16-byte segment]
+  for (int idx = threadIdx.x; idx < 2 * ng * NT * 8 * 8; idx += kThreads) {  // x: [chunk][token][16-byte segment]
     const int seg = idx & 7, tok = (idx >> 3) % (NT * 8), c = idx / (NT * 64);
     const bool in = tok < a.m;
     const __nv_bfloat16* src = in ? a.x + tok * a.ldx + k0 + c * kChunk + seg * 8 : a.x;
     cp_async16(xs_bytes + ((c * NT * 8 + tok) * 8 + (seg ^ (tok & 7))) * 16, src, in ? 16 : 0);
-  };
-  if (BYGROUP) {
-    for (int i = 0; i < ng; ++i) {
-      for (int idx = threadIdx.x; idx < 2 * NT * 64; idx += kThreads) copy_x(i * 2 * NT * 64 + idx);
-      cp_async_arrive(bars + i);
-    }
-    if (!valid[0]) {  // leave once this CTA's copies are all in
-      mbar_wait(bars + ng - 1);
-      return;
-    }
-  } else {
-    for (int idx = threadIdx.x; idx < 2 * ng * NT * 64; idx += kThreads) copy_x(idx);
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    if (!valid[0]) return;
   }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  if (!valid[0]) return;
 
   const uint4* xs = reinterpret_cast<const uint4*>(xs_bytes);
   float acc[RT][NT][4];
@@ -374,7 +337,6 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
     for (int d = 0; d < DEPTH; ++d) {
       const int i = i0 + d;
       if (i >= ng) break;
-      if (BYGROUP) mbar_wait(bars + i);
       float part[RT][NT][4];
       zero(part);
 #pragma unroll
@@ -461,16 +423,16 @@ void launch_chained(Kernel kernel, const SkinnyArgs& a, dim3 grid, int warps, in
 
 constexpr int kStreamedMaxSmem = 96 * 1024;
 
-template <int NT, int WARPS, int DEPTH, int RT, bool BYGROUP = false>
+template <int NT, int WARPS, int DEPTH, int RT>
 void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
-  auto kernel = w4a16_streamed_kernel<NT, WARPS, DEPTH, RT, BYGROUP>;
+  auto kernel = w4a16_streamed_kernel<NT, WARPS, DEPTH, RT>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStreamedMaxSmem);
   if (attr != cudaSuccess)
     throw std::runtime_error(std::string("w4a16_skinny(depth): cannot allow ") + std::to_string(kStreamedMaxSmem) +
                              " bytes of shared memory: " + cudaGetErrorString(attr));
   const int groups = p.k / kGroup, row_blocks = (p.n / 16 + WARPS * RT - 1) / (WARPS * RT);
-  const int group_bytes = streamed_x_bytes_a_group<NT>() + WARPS * RT * 32 + 8;  // x slice, scales, mbarrier
+  const int group_bytes = streamed_x_bytes_a_group<NT>() + WARPS * RT * 32;  // x slice and scales
   // default: at most 8 groups a CTA (its x slice in shared memory, fewer where they do not fit), and at least two
   // CTAs a SM
   const int ng_default = std::min(8, kStreamedMaxSmem / group_bytes);
@@ -493,28 +455,14 @@ void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaSt
 // The compiled (depth, warps a CTA, tiles a warp) shapes: the wheel's W4A16_STREAMED_SHAPES
 template <int NT>
 void launch_streamed_shape(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
+  // (depth 4, 4 warps of one tile and 16 warps lost at every point of parts 109 / 111: removed)
   const int warps = p.cta_warps ? p.cta_warps : 8, rt = p.tiles_per_warp ? p.tiles_per_warp : 1;
-  if (p.x_by_group) {
-    if (rt == 1 && warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2, 1, true>(args, p, stream);
-    if (rt == 2 && warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2, 2, true>(args, p, stream);
-    if (rt == 2 && warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2, 2, true>(args, p, stream);
-    throw std::runtime_error("w4a16_skinny(depth, x_by_group): (depth, cta_warps, tiles_per_warp) must be one of "
-                             "(2, 8, 1), (2, 4|8, 2); got (" + std::to_string(p.depth) + ", " +
-                             std::to_string(warps) + ", " + std::to_string(rt) + ")");
-  }
-  if (rt == 1) {
-    if (warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2, 1>(args, p, stream);
-    if (warps == 4 && p.depth == 4) return launch_streamed<NT, 4, 4, 1>(args, p, stream);
-    if (warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2, 1>(args, p, stream);
-    if (warps == 8 && p.depth == 4) return launch_streamed<NT, 8, 4, 1>(args, p, stream);
-    if (warps == 16 && p.depth == 2) return launch_streamed<NT, 16, 2, 1>(args, p, stream);
-  } else if (rt == 2) {
-    if (warps == 4 && p.depth == 2) return launch_streamed<NT, 4, 2, 2>(args, p, stream);
-    if (warps == 8 && p.depth == 2) return launch_streamed<NT, 8, 2, 2>(args, p, stream);
-  }
-  throw std::runtime_error("w4a16_skinny(depth): (depth, cta_warps, tiles_per_warp) must be one of (2|4, 4|8, 1), "
-                           "(2, 16, 1), (2, 4|8, 2); got (" + std::to_string(p.depth) + ", " +
-                           std::to_string(warps) + ", " + std::to_string(rt) + ")");
+  if (p.depth == 2 && warps == 8 && rt == 1) return launch_streamed<NT, 8, 2, 1>(args, p, stream);
+  if (p.depth == 2 && warps == 4 && rt == 2) return launch_streamed<NT, 4, 2, 2>(args, p, stream);
+  if (p.depth == 2 && warps == 8 && rt == 2) return launch_streamed<NT, 8, 2, 2>(args, p, stream);
+  throw std::runtime_error("w4a16_skinny(depth): (depth, cta_warps, tiles_per_warp) must be one of (2, 8, 1), "
+                           "(2, 4, 2), (2, 8, 2); got (" + std::to_string(p.depth) + ", " + std::to_string(warps) +
+                           ", " + std::to_string(rt) + ")");
 }
 
 template <int NT, int RT, int WARPS, bool GEGLU, int STAGES = kStages>

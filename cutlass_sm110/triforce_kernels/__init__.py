@@ -209,11 +209,11 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
 
 W4A16_SKINNY_MAX_ROWS = 64
 W4A16_STREAMED_MAX_ROWS = 64          # w4a16_skinny(depth > 0): up to eight token tiles of 8
-W4A16_STREAMED_DEPTHS = (0, 2, 4)     # 0: the pipelined form
-W4A16_STREAMED_CTA_WARPS = (0, 4, 8, 16)  # 0: 8
-# the register-streamed form's compiled (depth, warps a CTA, 16-row tiles a warp) shapes
-W4A16_STREAMED_SHAPES = ((2, 4, 1), (4, 4, 1), (2, 8, 1), (4, 8, 1), (2, 16, 1), (2, 4, 2), (2, 8, 2))
-W4A16_STREAMED_BY_GROUP_SHAPES = ((2, 8, 1), (2, 4, 2), (2, 8, 2))   # those compiled with x_by_group too
+W4A16_STREAMED_DEPTHS = (0, 2)        # 0: the pipelined form
+W4A16_STREAMED_CTA_WARPS = (0, 4, 8)  # 0: 8
+# the register-streamed form's compiled (depth, warps a CTA, 16-row tiles a warp) shapes (session 30: depth 4, 4
+# warps of one tile and 16 warps lost at every point, w4a16_sweep-nvidia-h100-*-s30-tiles-a-cta.json)
+W4A16_STREAMED_SHAPES = ((2, 8, 1), (2, 4, 2), (2, 8, 2))
 
 
 def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> None:
@@ -238,7 +238,7 @@ def _check_skinny_operands(op: str, x: torch.Tensor, weight: torch.Tensor, scale
 
 def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
                  gate: torch.Tensor | None = None, splits: int = 0, tiles_per_warp: int = 0,
-                 dependent: bool = False, depth: int = 0, cta_warps: int = 0, x_by_group: bool = False) -> None:
+                 dependent: bool = False, depth: int = 0, cta_warps: int = 0) -> None:
     """out[M, N] (fp32) += [gate ⊙] x[M, K] @ dequant(W)^T for M <= 64: the few-row weight-streaming kernel of every
     family, on the fragment layout of triforce.quant.formats (pack_int4_fragments [N/16, K/64, 512] uint8,
     pack_scales_fragments [N/16, K/128, 16] bf16). `out` is added to (zero it, or pass the residual); x may be a
@@ -246,9 +246,7 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     dependent: a programmatic dependent launch (waits on the GPU for the kernel before it). depth > 0: the
     register-streamed form (M <= W4A16_STREAMED_MAX_ROWS) with `depth` groups of each warp's weights in flight in
     registers instead of the shared-memory pipeline, `cta_warps` warps a CTA (0: 8) of `tiles_per_warp` 16-row tiles
-    each (0: 1), one of W4A16_STREAMED_SHAPES; splits then defaults to at most 8 groups a CTA and two CTAs a SM.
-    x_by_group (one of W4A16_STREAMED_BY_GROUP_SHAPES): the CTA's x slice arrives group by group (an mbarrier a
-    group) and each warp starts on a group once its x is in, instead of after the whole slice and a CTA barrier."""
+    each (0: 1), one of W4A16_STREAMED_SHAPES; splits then defaults to at most 8 groups a CTA and two CTAs a SM."""
     op = "w4a16_skinny"
     _require_op(op)
     if x.dim() != 2 or out.dim() != 2:
@@ -271,14 +269,11 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     if depth and m > W4A16_STREAMED_MAX_ROWS:
         raise KernelError(f"{op}: the register-streamed form (depth > 0) takes 1..{W4A16_STREAMED_MAX_ROWS} rows, "
                           f"got M={m}")
-    shape = (depth, cta_warps or 8, tiles_per_warp or 1)
-    compiled = W4A16_STREAMED_BY_GROUP_SHAPES if x_by_group else W4A16_STREAMED_SHAPES
-    if (depth or x_by_group) and shape not in compiled:
-        raise KernelError(f"{op}: the register-streamed form{' with x_by_group' if x_by_group else ''} has no "
-                          f"(depth, cta_warps, tiles_per_warp) = {shape}; compiled: {compiled}")
+    if depth and (depth, cta_warps or 8, tiles_per_warp or 1) not in W4A16_STREAMED_SHAPES:
+        raise KernelError(f"{op}: the register-streamed form has no (depth, cta_warps, tiles_per_warp) = "
+                          f"({depth}, {cta_warps or 8}, {tiles_per_warp or 1}); compiled: {W4A16_STREAMED_SHAPES}")
     _check_same_device(op, x, weight, scales, out, *([gate] if gate is not None else []))
-    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, depth, cta_warps,
-                        bool(x_by_group))
+    _ext().w4a16_skinny(x, weight, scales, out, gate, splits, tiles_per_warp, dependent, depth, cta_warps)
 
 
 W4A16_SKINNY_GEGLU_STAGES = (0, 4, 8)   # 0: the default (4)
