@@ -108,6 +108,25 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
+// The add form's epilogue of one 16-row tile (rows `row` and `row` + 8 of lane (g, t)): [gate ⊙] acc added into
+// the fp32 out with reductions (the splits along K meet there).
+template <int NT>
+__device__ __forceinline__ void add_tile_into_out(const SkinnyArgs& a, const float (&acc)[NT][4], int row, int t) {
+  const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int tok = j * 8 + 2 * t;
+    if (tok < a.m) {
+      atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[j][0]);
+      atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[j][2]);
+    }
+    if (tok + 1 < a.m) {
+      atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[j][1]);
+      atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[j][3]);
+    }
+  }
+}
+
 // A CTA's place in both forms: its lane fragment coordinates, the 16-row tiles and K groups of the problem, and
 // the groups [gbeg, gbeg + ng) of its split along K (blockIdx.y of a.splits).
 struct CtaSlice {
@@ -245,20 +264,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
           a.act[(tok + 1) * a.ldo + feature] = __float2bfloat16(gelu_tanh(acc[r][j][1]) * acc[r][j][3]);
       }
     } else {
-      const int row = tile[r] * 16 + g;
-      const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        const int tok = j * 8 + 2 * t;
-        if (tok < a.m) {
-          atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[r][j][0]);
-          atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[r][j][2]);
-        }
-        if (tok + 1 < a.m) {
-          atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[r][j][1]);
-          atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[r][j][3]);
-        }
-      }
+      add_tile_into_out(a, acc[r], tile[r] * 16 + g, t);
     }
   }
 }
@@ -383,20 +389,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
     if (!valid[r]) break;
-    const int row = (tile0 + r) * 16 + g;
-    const float gate_lo = a.gate ? a.gate[row] : 1.f, gate_hi = a.gate ? a.gate[row + 8] : 1.f;
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      const int tok = j * 8 + 2 * t;
-      if (tok < a.m) {
-        atomicAdd(a.out + tok * a.ldo + row, gate_lo * acc[r][j][0]);
-        atomicAdd(a.out + tok * a.ldo + row + 8, gate_hi * acc[r][j][2]);
-      }
-      if (tok + 1 < a.m) {
-        atomicAdd(a.out + (tok + 1) * a.ldo + row, gate_lo * acc[r][j][1]);
-        atomicAdd(a.out + (tok + 1) * a.ldo + row + 8, gate_hi * acc[r][j][3]);
-      }
-    }
+    add_tile_into_out(a, acc[r], (tile0 + r) * 16 + g, t);
   }
 }
 
