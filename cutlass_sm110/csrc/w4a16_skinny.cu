@@ -108,6 +108,20 @@ __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
+// A group's exact integer-code sums into the accumulators, scaled by the tile's rows' group scales (rows g: s_lo,
+// rows g + 8: s_hi).
+template <int NT>
+__device__ __forceinline__ void add_scaled_group(float (&acc)[NT][4], const float (&part)[NT][4], float s_lo,
+                                                 float s_hi) {
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    acc[j][0] += s_lo * part[j][0];
+    acc[j][1] += s_lo * part[j][1];
+    acc[j][2] += s_hi * part[j][2];
+    acc[j][3] += s_hi * part[j][3];
+  }
+}
+
 // The add form's epilogue of one 16-row tile (rows `row` and `row` + 8 of lane (g, t)): [gate ⊙] acc added into
 // the fp32 out with reductions (the splits along K meet there).
 template <int NT>
@@ -239,13 +253,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_skinny_kernel(SkinnyArgs a) 
     for (int r = 0; r < RT; ++r) {
       const float s_lo = __bfloat162float(sc[(warp * RT + r) * 16 + g]);
       const float s_hi = __bfloat162float(sc[(warp * RT + r) * 16 + g + 8]);
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        acc[r][j][0] += s_lo * part[r][j][0];
-        acc[r][j][1] += s_lo * part[r][j][1];
-        acc[r][j][2] += s_hi * part[r][j][2];
-        acc[r][j][3] += s_hi * part[r][j][3];
-      }
+      add_scaled_group(acc[r], part[r], s_lo, s_hi);
     }
   }
   cp_async_wait<0>();
@@ -375,13 +383,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_streamed_kernel(SkinnyArgs a
         }
         const float s_lo = __bfloat162float(sc[((warp * RT + r) * ng + i) * 16 + g]);
         const float s_hi = __bfloat162float(sc[((warp * RT + r) * ng + i) * 16 + g + 8]);
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          acc[r][j][0] += s_lo * part[r][j][0];
-          acc[r][j][1] += s_lo * part[r][j][1];
-          acc[r][j][2] += s_hi * part[r][j][2];
-          acc[r][j][3] += s_hi * part[r][j][3];
-        }
+        add_scaled_group(acc[r], part[r], s_lo, s_hi);
       }
     }
   }
