@@ -246,7 +246,8 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     dependent: a programmatic dependent launch (waits on the GPU for the kernel before it). depth > 0: the
     register-streamed form (M <= W4A16_STREAMED_MAX_ROWS) with `depth` groups of each warp's weights in flight in
     registers instead of the shared-memory pipeline, `cta_warps` warps a CTA (0: 8) of `tiles_per_warp` 16-row tiles
-    each (0: 1), one of W4A16_STREAMED_SHAPES; splits then defaults to at most 8 groups a CTA and two CTAs a SM."""
+    each (0: 1), one of W4A16_STREAMED_SHAPES; splits then defaults to at most 8 groups a CTA (fewer where their x
+    slice would pass 96 KB of shared memory) and two CTAs a SM."""
     op = "w4a16_skinny"
     _require_op(op)
     if x.dim() != 2 or out.dim() != 2:
