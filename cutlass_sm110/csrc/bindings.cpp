@@ -181,10 +181,8 @@ void w4a16_skinny(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
               ": splits >= 0 (0: fill the GPU) and tiles_per_warp 0 (default), 1 or 2; got ", splits, ", ",
               tiles_per_warp);
   const c10::cuda::CUDAGuard guard(x.device());
-  // the streamed form (depth > 0) takes one tile a warp unless asked
-  const int rt = tiles_per_warp ? int(tiles_per_warp)
-                 : depth        ? 1
-                                : triforce::w4a16_skinny_default_tiles_per_warp(int(m));
+  const int rt =
+      tiles_per_warp ? int(tiles_per_warp) : triforce::w4a16_skinny_default_tiles_per_warp(int(m), int(depth));
   triforce::W4A16SkinnyProblem p{x.data_ptr(), w.data_ptr(), s.data_ptr(), gate_ptr, out.data_ptr<float>(), nullptr,
                                  int(m), int(n), int(k), x.stride(0), out.stride(0), int(splits), rt, dependent,
                                  sm_count(), 0, int(depth), int(cta_warps)};

@@ -52,7 +52,8 @@ struct W4A16SkinnyProblem {
   int depth = 0;      // > 0: the register-streamed add form (M <= 16) with this many groups in flight a warp
   int cta_warps = 0;  // its warps a CTA (0: 8)
 };
-int w4a16_skinny_default_tiles_per_warp(int m);
+// 16-row tiles a warp when not asked: the pipelined form by M, the register-streamed form (depth > 0) one
+int w4a16_skinny_default_tiles_per_warp(int m, int depth);
 // The preferred shared-memory carveout (percent; -1: the driver's choice) of the wheel's later dependent launches
 // (the few-row W4A16 kernels and mqa_cluster_attention: one split for the whole denoise chain).
 void set_chain_carveout(int percent);

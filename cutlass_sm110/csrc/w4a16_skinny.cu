@@ -451,7 +451,7 @@ void launch_streamed(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaSt
 template <int NT>
 void launch_streamed_shape(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream_t stream) {
   // (depth 4, 4 warps of one tile and 16 warps lost at every point of parts 109 / 111: removed)
-  const int warps = p.cta_warps ? p.cta_warps : 8, rt = p.tiles_per_warp ? p.tiles_per_warp : 1;
+  const int warps = p.cta_warps ? p.cta_warps : 8, rt = p.tiles_per_warp;
   if (p.depth == 2 && warps == 8 && rt == 1) return launch_streamed<NT, 8, 2, 1>(args, p, stream);
   if (p.depth == 2 && warps == 4 && rt == 2) return launch_streamed<NT, 4, 2, 2>(args, p, stream);
   if (p.depth == 2 && warps == 8 && rt == 2) return launch_streamed<NT, 8, 2, 2>(args, p, stream);
@@ -500,7 +500,7 @@ void launch_rows(const SkinnyArgs& args, const W4A16SkinnyProblem& p, cudaStream
 
 }  // namespace
 
-int w4a16_skinny_default_tiles_per_warp(int m) { return m > 16 ? 2 : 1; }
+int w4a16_skinny_default_tiles_per_warp(int m, int depth) { return depth == 0 && m > 16 ? 2 : 1; }
 
 void set_chain_carveout(int percent) {
   if (percent != -1 && (percent < 0 || percent > 100))

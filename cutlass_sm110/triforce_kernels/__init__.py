@@ -208,12 +208,12 @@ def w4a16_gemm(x: torch.Tensor, packed_weight: torch.Tensor, packed_scales: torc
 
 
 W4A16_SKINNY_MAX_ROWS = 64
-W4A16_STREAMED_MAX_ROWS = 64          # w4a16_skinny(depth > 0): up to eight token tiles of 8
-W4A16_STREAMED_DEPTHS = (0, 2)        # 0: the pipelined form
-W4A16_STREAMED_CTA_WARPS = (0, 4, 8)  # 0: 8
+W4A16_STREAMED_MAX_ROWS = W4A16_SKINNY_MAX_ROWS   # w4a16_skinny(depth > 0): up to eight token tiles of 8
 # the register-streamed form's compiled (depth, warps a CTA, 16-row tiles a warp) shapes (session 30: depth 4, 4
 # warps of one tile and 16 warps lost at every point, w4a16_sweep-nvidia-h100-*-s30-tiles-a-cta.json)
 W4A16_STREAMED_SHAPES = ((2, 8, 1), (2, 4, 2), (2, 8, 2))
+W4A16_STREAMED_DEPTHS = (0,) + tuple(sorted({s[0] for s in W4A16_STREAMED_SHAPES}))     # 0: the pipelined form
+W4A16_STREAMED_CTA_WARPS = (0,) + tuple(sorted({s[1] for s in W4A16_STREAMED_SHAPES}))  # 0: 8
 
 
 def _check_rows(op: str, name: str, t: torch.Tensor, dim: int | None = None) -> None:
@@ -267,9 +267,6 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     if depth not in W4A16_STREAMED_DEPTHS or cta_warps not in W4A16_STREAMED_CTA_WARPS:
         raise KernelError(f"{op}: depth must be one of {W4A16_STREAMED_DEPTHS} and cta_warps one of "
                           f"{W4A16_STREAMED_CTA_WARPS}; got {depth}, {cta_warps}")
-    if depth and m > W4A16_STREAMED_MAX_ROWS:
-        raise KernelError(f"{op}: the register-streamed form (depth > 0) takes 1..{W4A16_STREAMED_MAX_ROWS} rows, "
-                          f"got M={m}")
     if depth and (depth, cta_warps or 8, tiles_per_warp or 1) not in W4A16_STREAMED_SHAPES:
         raise KernelError(f"{op}: the register-streamed form has no (depth, cta_warps, tiles_per_warp) = "
                           f"({depth}, {cta_warps or 8}, {tiles_per_warp or 1}); compiled: {W4A16_STREAMED_SHAPES}")
