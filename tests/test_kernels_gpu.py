@@ -308,6 +308,7 @@ SKINNY_BAD = {
     "streamed depth 3": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 3),
     "streamed 2 warps": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 2, 2),
     "streamed shape not compiled": lambda x, w, s, out: (x, w, s, out, None, 0, 1, False, 2, 4),
+    "cta_warps without depth": lambda x, w, s, out: (x, w, s, out, None, 0, 0, False, 0, 4),
 }
 
 

@@ -49,7 +49,7 @@ struct W4A16SkinnyProblem {
   bool dependent;
   int sm_count;
   int stages = 0;     // GeGLU form only
-  int depth = 0;      // > 0: the register-streamed add form (M <= 16) with this many groups in flight a warp
+  int depth = 0;      // > 0: the register-streamed add form (M <= 64) with this many groups in flight a warp
   int cta_warps = 0;  // its warps a CTA (0: 8)
 };
 // 16-row tiles a warp when not asked: the pipelined form by M, the register-streamed form (depth > 0) one

@@ -267,6 +267,9 @@ def w4a16_skinny(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ou
     if depth not in W4A16_STREAMED_DEPTHS or cta_warps not in W4A16_STREAMED_CTA_WARPS:
         raise KernelError(f"{op}: depth must be one of {W4A16_STREAMED_DEPTHS} and cta_warps one of "
                           f"{W4A16_STREAMED_CTA_WARPS}; got {depth}, {cta_warps}")
+    if cta_warps and not depth:
+        raise KernelError(f"{op}: cta_warps={cta_warps} sets the register-streamed form's CTA (depth > 0); the "
+                          f"pipelined form (depth 0) has 8 warps a CTA")
     if depth and (depth, cta_warps or 8, tiles_per_warp or 1) not in W4A16_STREAMED_SHAPES:
         raise KernelError(f"{op}: the register-streamed form has no (depth, cta_warps, tiles_per_warp) = "
                           f"({depth}, {cta_warps or 8}, {tiles_per_warp or 1}); compiled: {W4A16_STREAMED_SHAPES}")
