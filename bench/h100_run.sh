@@ -230,7 +230,15 @@
 #     mbarrier a group) beside the same shapes with the whole slice behind one CTA barrier, M = 10 / 32; GPU tests
 #   part 114 (session 30): the W4A16 few-row GPU tests at the final streamed form (x by group, depth 4, 4 warps of
 #     one tile and 16 warps removed after parts 111-113), and its shapes' sweep at M = 1 / 10 again
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|114   (carry .device_carry and .whl)
+#   part 115 (session 31, at 7e4201e of branch diag31): the streamed form with its reductions, its x slice or half its
+#     MMAs left out (TRIFORCE_W4A16_DIAG; where M = 10 / 16 lose against M = 1); GPU tests and a probe of the
+#     warpgroup form
+#   part 116 (session 31, at 7e4201e of branch diag31): the warpgroup form (Hopper wgmma; lost, removed) beside the
+#     streamed form, M = 1 ... 64
+#   part 117 (session 31, at 0fd3b6c of branch wg31): the streamed form with the splits' sums meeting in a cluster
+#     (DSMEM; lost, removed) beside it, M = 1 ... 64; the few-row GPU tests
+#   part 118 (branch vred31, not run yet): the streamed form's 16-byte reductions against its scalar ones
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|118   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -603,6 +611,10 @@ elif [ "$1" = 111 ]; then   # the streamed form with 16 tiles a CTA, M <= 16 (pa
   run timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
   run timeout 330 python3 bench/with_devbuild.py bench/w4a16_sweep.py --kernels mma --rows 1,10,16 --shapes 2 \
     --chain-grid --out-dir "$OUT"
+elif [ "$1" = 115 ] || [ "$1" = 116 ] || [ "$1" = 117 ]; then   # ran on branches diag31 / wg31 (forms removed)
+  echo "part $1 ran at 7e4201e (branch diag31) or 0fd3b6c (branch wg31); see the header"; exit 1
+elif [ "$1" = 118 ]; then   # on branch vred31
+  echo "part 118 runs on branch vred31 (its 16-byte reductions are not on main); see the header"; exit 1
 elif [ "$1" = 114 ]; then   # the kernel wheel's GPU tests
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 60 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny

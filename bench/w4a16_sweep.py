@@ -19,7 +19,7 @@ kernel also chained as the W4A16 kernels are (dependent launches, its first bloc
 the ceiling of the chained figures.
 Records bench/results/w4a16_sweep-<gpu>-<date>.json.
     python3 bench/with_devbuild.py bench/w4a16_sweep.py [--engine-shape-only] [--triton-grid] [--chain-grid]
-        [--kernels mma] [--streamed-only] [--rows 1,10] [--out-dir bench/results]"""
+        [--kernels mma] [--streamed-only] [--splits 2,4] [--rows 1,10] [--out-dir bench/results]"""
 
 import contextlib
 import itertools
@@ -51,7 +51,10 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
 # warp) halve the x slice each CTA reads from L2 (M / (4 * tiles a CTA) of the weight bytes: 31% at M = 10 with 8).
 # (Session 30 removed, having lost at every point: depth 4, 4 warps of one tile and 16 warps a CTA
 # (w4a16_sweep-nvidia-h100-*-s30-tiles-a-cta.json), and the x slice arriving group by group behind an mbarrier a
-# group (tied or lost: *-s30-x-by-group.json).)
+# group (tied or lost: *-s30-x-by-group.json). Session 31 removed two more forms that lost at every point: each
+# warpgroup's four tiles as one Hopper wgmma with x read from shared memory by the tensor cores (1.2-2.0x slower:
+# *-s31-warpgroup.json), and the splits' sums meeting in a cluster's shared memory before one reduction into out
+# (1.2-2.0x slower: *-s31-cluster.json).)
 STREAMED_SPLITS = (0, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 MMA_GRID = ([DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
             + [dict(depth=2, cta_warps=w, tiles_per_warp=t, splits=sp)
@@ -237,6 +240,7 @@ def main():
     ap.add_argument("--kernels", default="", help="only these kernels (comma-separated: triton, mma, cutlass)")
     ap.add_argument("--streamed-only", action="store_true", help="of the mma kernel's grid, only its default and the "
                     "register-streamed shapes (depth > 0)")
+    ap.add_argument("--splits", default="", help="of the streamed shapes, only these splits (comma-separated)")
     a = ap.parse_args()
     torch.manual_seed(0)
     try:
@@ -253,6 +257,10 @@ def main():
     if a.streamed_only and "mma" in table:
         prepare, call, grid, read = table["mma"]
         table["mma"] = (prepare, call, [s for s in grid if s == DEFAULT or s.get("depth")], read)
+    if a.splits and "mma" in table:
+        keep = {int(v) for v in a.splits.split(",")}
+        prepare, call, grid, read = table["mma"]
+        table["mma"] = (prepare, call, [s for s in grid if not s.get("depth") or s["splits"] in keep], read)
     copy = copy_gbs()
     rows_m = tuple(int(v) for v in a.rows.split(","))
     rows = [r for name, n, k in SHAPES[:a.shapes]
