@@ -52,9 +52,9 @@ TRITON_GRID = [DEFAULT] + [dict(block_n=bn, groups=g, num_warps=w, num_stages=2)
 # (Session 30 removed, having lost at every point: depth 4, 4 warps of one tile and 16 warps a CTA
 # (w4a16_sweep-nvidia-h100-*-s30-tiles-a-cta.json), and the x slice arriving group by group behind an mbarrier a
 # group (tied or lost: *-s30-x-by-group.json). Session 31 removed two more forms that lost at every point: each
-# warpgroup's four tiles as one Hopper wgmma with x read from shared memory by the tensor cores (1.2-2.0x slower:
+# warpgroup's four tiles as one Hopper wgmma with x read from shared memory by the tensor cores (1.28-1.46x slower:
 # *-s31-warpgroup.json), and the splits' sums meeting in a cluster's shared memory before one reduction into out
-# (1.2-2.0x slower: *-s31-cluster.json).)
+# (1.21-2.08x slower: *-s31-cluster.json).)
 STREAMED_SPLITS = (0, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 MMA_GRID = ([DEFAULT] + [dict(splits=sp) for sp in (1, 2, 3, 4, 6, 24)] + [dict(tiles_per_warp=t) for t in (1, 2)]
             + [dict(depth=2, cta_warps=w, tiles_per_warp=t, splits=sp)
