@@ -74,7 +74,8 @@ import numpy as np  # noqa: E402
 
 from triforce import report as rep  # noqa: E402
 from triforce.runtime.engine import (CHAIN_CARVEOUT, GEMM_TUNING_STAGES, L2_LOOKAHEAD_DEFAULT,  # noqa: E402
-                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_FEW_ROW_SPLITS, W4A16_GEGLU_STAGES)
+                                     PREFIX_ROPE_TOKENS, QKV_PREFETCH, W4A16_FEW_ROW_LAYERS,
+                                     W4A16_FEW_ROW_SPLITS, W4A16_GEGLU_STAGES)
 from triforce.runtime.fused import TAIL_BLOCKS  # noqa: E402
 from triforce.runtime.policy import Policy  # noqa: E402
 from triforce.timing import time_cuda  # noqa: E402
@@ -130,15 +131,32 @@ VARIANTS = {"a": (("engine default (cluster attention but in step 0 beside the p
                    {**ENGINE_DEFAULTS, "fp8_fast_accum": ("vision", "prefix"), "gemm_tuning": ()}))}
 
 
+W4A16_SETTINGS = ("w4a16_few_row", "w4a16_geglu", "w4a16_geglu_stages", "w4a16_few_row_splits", "w4a16_few_row_depth")
+
+
+def apply_w4a16(eng, settings: dict) -> None:
+    """The W4A16 settings. ENGINE_DEFAULTS' go to the layers the engine has in W4A16 (they ask nothing of those it
+    lacks, e.g. on Plan A); a variant's own go to every layer they name, for the engine to refuse where it lacks them."""
+    names = W4A16_FEW_ROW_LAYERS
+    if all(settings[k] == ENGINE_DEFAULTS[k] for k in W4A16_SETTINGS):
+        names = eng.w4a16_layer_names()
+        settings = {**settings, "w4a16_few_row_splits": {n: v for n, v in settings["w4a16_few_row_splits"].items()
+                                                         if n in names}}
+    for name in names:
+        eng.set_w4a16_few_row(settings["w4a16_geglu" if name == "gate_up" else "w4a16_few_row"], layers=(name,))
+    if "gate_up" in names:
+        eng.set_w4a16_geglu_stages(settings["w4a16_geglu_stages"])
+    eng.set_w4a16_few_row_splits(settings["w4a16_few_row_splits"])
+    eng.set_w4a16_few_row_depth(settings["w4a16_few_row_depth"])
+
+
 def apply(eng, settings: dict) -> None:
     eng.set_expert_path(settings["expert_path"])
     eng.set_overlap_step0(settings["overlap_step0"], settings["priority"])
     eng.set_denoise_launch(settings["denoise_launch"])
-    eng.set_w4a16_few_row(settings["w4a16_few_row"], layers=("o", "down"))
-    eng.set_w4a16_few_row(settings["w4a16_geglu"], layers=("gate_up",))
+    apply_w4a16(eng, settings)
     eng.set_carveout(settings["carveout"])
     eng.set_decode_attention(settings["decode_attention"], beside_prefix=settings["step0_attention"])
-    eng.set_w4a16_geglu_stages(settings["w4a16_geglu_stages"])   # a no-op without W4A16 gate/up layers
     prefetch = QKV_PREFETCH[eng.qkv_weight_kind()]
     eng.set_qkv_prefetch(prefetch if settings["qkv_prefetch"] == "engine" else not prefetch)
     eng.set_prefix_rope_tokens(settings["prefix_rope_tokens"])
@@ -148,8 +166,6 @@ def apply(eng, settings: dict) -> None:
     accum = settings["fp8_fast_accum"]
     eng.set_fp8_fast_accum(eng.default_fp8_fast_accum() if accum == "engine" else accum)
     eng.set_l2_lookahead(*settings["l2_lookahead"])
-    eng.set_w4a16_few_row_splits(settings["w4a16_few_row_splits"])
-    eng.set_w4a16_few_row_depth(settings["w4a16_few_row_depth"])
     eng.set_tail_blocks(settings["tail_blocks"])
 
 

@@ -120,6 +120,7 @@ def test_geglu_pipeline_depth_is_checked_against_the_wheel_and_kept_out_of_step0
     gate_ups = [SimpleNamespace(tk=wheel) for _ in range(3)]
     stub = SimpleNamespace(slots={"graph": 1}, w4a16_geglu_stages=0, overlap_step0=True,
                            _w4a16_layers=lambda names: gate_ups if names == ("gate_up",) else [])
+    stub._refuse_absent_w4a16 = lambda what, names: Pi05Engine._refuse_absent_w4a16(stub, what, names)
     with pytest.raises(TriforceError, match=r"W4A16 GeGLU stages 6: one of \(0, 4, 8\) expected"):
         Pi05Engine.set_w4a16_geglu_stages(stub, 6)
     assert stub.w4a16_geglu_stages == 0 and stub.slots                          # nothing changed
@@ -149,6 +150,42 @@ def test_engine_variants_refuses_recipes_without_plan_b():
         r = subprocess.run([sys.executable, "bench/engine_variants.py", "--plan", "b", "--only", only], cwd=repo,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode != 0 and f"--only {only} / --plan b: the plan's variants are 0.." in r.stderr
+
+
+def test_engine_variants_asks_the_w4a16_defaults_only_of_the_engines_w4a16_layers():
+    """bench/engine_variants.py runs every variant on Plan A too: the W4A16 defaults reach only the layers the engine
+    has in W4A16 (none there: nothing asked), while a variant's own W4A16 settings reach the engine whole, for its
+    setters to refuse where it lacks the layers."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "engine_variants.py"
+    spec = importlib.util.spec_from_file_location("engine_variants", path)
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+
+    def engine(names):
+        calls = []
+        stub = SimpleNamespace(w4a16_layer_names=lambda: names, calls=calls)
+        for setter in ("set_w4a16_few_row", "set_w4a16_geglu_stages", "set_w4a16_few_row_splits",
+                       "set_w4a16_few_row_depth"):
+            setattr(stub, setter, lambda *a, setter=setter, **k: calls.append((setter, a, k)))
+        return stub
+
+    defaults = variants.ENGINE_DEFAULTS
+    plan_a = engine(())
+    variants.apply_w4a16(plan_a, defaults)
+    assert plan_a.calls == [("set_w4a16_few_row_splits", ({},), {}), ("set_w4a16_few_row_depth", ({},), {})]
+    mlp_only = engine(("gate_up",))
+    variants.apply_w4a16(mlp_only, defaults)
+    assert [c[0] for c in mlp_only.calls] == ["set_w4a16_few_row", "set_w4a16_geglu_stages",
+                                              "set_w4a16_few_row_splits", "set_w4a16_few_row_depth"]
+    assert mlp_only.calls[0][2] == {"layers": ("gate_up",)} and mlp_only.calls[2][1] == ({},)
+    asked = engine(())
+    variants.apply_w4a16(asked, {**defaults, "w4a16_few_row_depth": {"down": 2}})
+    assert [c[2].get("layers") for c in asked.calls[:3]] == [("o",), ("down",), ("gate_up",)]
+    assert asked.calls[-2:] == [("set_w4a16_few_row_splits", (defaults["w4a16_few_row_splits"],), {}),
+                                ("set_w4a16_few_row_depth", ({"down": 2},), {})]
 
 
 def test_qkv_prefetch_default_follows_the_qkv_weight_kind():

@@ -222,22 +222,40 @@ def test_step0_overlap_setting_refuses_an_unknown_priority_and_changes_nothing()
     assert set(OVERLAP_PRIORITIES) == {"equal", "prefix", "step0"}
 
 
-def test_w4a16_few_row_splits_setting_refuses_other_layers_and_bad_counts():
-    """Splits along K are for the W4A16 layers added into the residual (o, down) only; a refused call changes
-    nothing, an accepted one reaches every such layer and drops the captured graphs."""
+def _w4a16_engine(layers: dict, **attrs):
+    """A stand-in engine whose W4A16 expert layers are `layers` ({name: layer}, one of each), with the engine's own
+    W4A16 setters and their helpers bound to it."""
     from types import SimpleNamespace
 
     from triforce.runtime.engine import Pi05Engine
 
-    o, down = SimpleNamespace(few_row="mma", few_row_splits=0), SimpleNamespace(few_row="mma", few_row_splits=0)
-    stub = SimpleNamespace(w4a16_few_row_splits={}, slots={"key": 1},
-                           _w4a16_layers=lambda names: [{"o": o, "down": down}[n] for n in names])
-    stub._set_mma_add_into = lambda name, values: Pi05Engine._set_mma_add_into(stub, name, values)
+    stub = SimpleNamespace(w4a16_few_row_splits={}, w4a16_few_row_depth={}, w4a16_geglu_stages=0, slots={"key": 1},
+                           _w4a16_layers=lambda names: [layers[n] for n in names if n in layers], **attrs)
+    for method in ("_set_mma_add_into", "_refuse_absent_w4a16", "w4a16_layer_names", "set_w4a16_few_row",
+                   "set_w4a16_few_row_splits", "set_w4a16_few_row_depth", "set_w4a16_geglu_stages",
+                   "_default_w4a16_few_row"):
+        setattr(stub, method, getattr(Pi05Engine, method).__get__(stub))
+    return stub
+
+
+def _w4a16_layer(kernel="mma", tk=None):
+    from types import SimpleNamespace
+
+    layer = SimpleNamespace(few_row=kernel, few_row_splits=0, few_row_depth=0, tk=tk)
+    layer.use_few_row_kernel = lambda kernel: setattr(layer, "few_row", kernel)
+    return layer
+
+
+def test_w4a16_few_row_splits_setting_refuses_other_layers_and_bad_counts():
+    """Splits along K are for the W4A16 layers added into the residual (o, down) only; a refused call changes
+    nothing, an accepted one reaches every such layer and drops the captured graphs."""
+    o, down = _w4a16_layer(), _w4a16_layer()
+    stub = _w4a16_engine({"o": o, "down": down})
     for bad in ({"gate_up": 4}, {"down": -1}, {"down": 2.5}):
         with pytest.raises(TriforceError, match="W4A16 few-row splits .* non-negative ints for \\('o', 'down'\\)"):
-            Pi05Engine.set_w4a16_few_row_splits(stub, bad)
+            stub.set_w4a16_few_row_splits(bad)
     assert stub.slots and (o.few_row_splits, down.few_row_splits) == (0, 0)
-    Pi05Engine.set_w4a16_few_row_splits(stub, {"down": 24})
+    stub.set_w4a16_few_row_splits({"down": 24})
     assert (o.few_row_splits, down.few_row_splits) == (0, 24) and not stub.slots
     assert stub.w4a16_few_row_splits == {"down": 24}
 
@@ -245,22 +263,11 @@ def test_w4a16_few_row_splits_setting_refuses_other_layers_and_bad_counts():
 def test_w4a16_few_row_splits_are_refused_on_the_triton_kernel_and_dropped_openly_when_it_takes_over():
     """Splits along K belong to the wheel's 'mma' kernel: asked for on layers running Triton they are refused, and
     switching split layers to Triton drops them with a log line, never keeping a setting nothing reads."""
-    from types import SimpleNamespace
-
-    from triforce.runtime.engine import Pi05Engine
-
-    layers = {"o": SimpleNamespace(few_row="mma", few_row_splits=0),
-              "down": SimpleNamespace(few_row="mma", few_row_splits=0)}
-
-    for layer in layers.values():
-        layer.use_few_row_kernel = lambda kernel, layer=layer: setattr(layer, "few_row", kernel)
+    layers = {"o": _w4a16_layer(), "down": _w4a16_layer()}
     logged = []
-    stub = SimpleNamespace(w4a16_few_row_splits={}, w4a16_few_row_depth={}, slots={}, log=logged.append,
-                           _w4a16_layers=lambda names: [layers[n] for n in names if n in layers])
-    stub._set_mma_add_into = lambda name, values: Pi05Engine._set_mma_add_into(stub, name, values)
-    stub.set_w4a16_few_row_splits = lambda splits: Pi05Engine.set_w4a16_few_row_splits(stub, splits)
+    stub = _w4a16_engine(layers, log=logged.append)
     stub.set_w4a16_few_row_splits({"down": 24})
-    Pi05Engine.set_w4a16_few_row(stub, "triton", ("o", "down"))
+    stub.set_w4a16_few_row("triton", ("o", "down"))
     assert stub.w4a16_few_row_splits == {} and layers["down"].few_row_splits == 0
     assert logged == ["[engine] W4A16 few-row splits {'down': 24} dropped: they split the 'mma' kernel, these layers "
                       "now run 'triton'"]
@@ -277,31 +284,24 @@ def test_w4a16_few_row_depth_is_checked_applied_and_dropped_openly_when_triton_t
     switching it to Triton drops it with a log line, beside the splits."""
     from types import SimpleNamespace
 
-    from triforce.runtime.engine import Pi05Engine
-
     wheel = SimpleNamespace(W4A16_STREAMED_DEPTHS=(0, 2, 4), W4A16_STREAMED_MAX_ROWS=16)
-    layers = {n: SimpleNamespace(few_row="mma", few_row_splits=0, few_row_depth=0, tk=wheel) for n in ("o", "down")}
-    for layer in layers.values():
-        layer.use_few_row_kernel = lambda kernel, layer=layer: setattr(layer, "few_row", kernel)
+    layers = {n: _w4a16_layer(tk=wheel) for n in ("o", "down")}
     logged = []
-    stub = SimpleNamespace(w4a16_few_row_splits={}, w4a16_few_row_depth={}, slots={"key": 1}, log=logged.append,
-                           _w4a16_layers=lambda names: [layers[n] for n in names if n in layers],
-                           cfg=SimpleNamespace(name="pi05_base", action_horizon=50))
-    stub._set_mma_add_into = lambda name, values: Pi05Engine._set_mma_add_into(stub, name, values)
+    stub = _w4a16_engine(layers, log=logged.append, cfg=SimpleNamespace(name="pi05_base", action_horizon=50))
     with pytest.raises(TriforceError, match="takes at most 16 rows, pi05_base's action horizon is 50"):
-        Pi05Engine.set_w4a16_few_row_depth(stub, {"down": 2})
+        stub.set_w4a16_few_row_depth({"down": 2})
     assert stub.slots and stub.w4a16_few_row_depth == {}
-    Pi05Engine.set_w4a16_few_row_depth(stub, {"down": 0})     # the pipelined form: any horizon
+    stub.set_w4a16_few_row_depth({"down": 0})     # the pipelined form: any horizon
     assert stub.w4a16_few_row_depth == {"down": 0}
     stub.cfg, stub.slots, stub.w4a16_few_row_depth = SimpleNamespace(name="pi05_libero", action_horizon=10), {"k": 1}, {}
     for bad in ({"gate_up": 2}, {"down": 3}, {"o": -2}):
         with pytest.raises(TriforceError, match="W4A16 few-row depth .* one of \\(0, 2, 4\\) for \\('o', 'down'\\)"):
-            Pi05Engine.set_w4a16_few_row_depth(stub, bad)
+            stub.set_w4a16_few_row_depth(bad)
     assert stub.slots and stub.w4a16_few_row_depth == {} and layers["down"].few_row_depth == 0
-    Pi05Engine.set_w4a16_few_row_splits(stub, {"down": 24})
-    Pi05Engine.set_w4a16_few_row_depth(stub, {"down": 2})
+    stub.set_w4a16_few_row_splits({"down": 24})
+    stub.set_w4a16_few_row_depth({"down": 2})
     assert (layers["o"].few_row_depth, layers["down"].few_row_depth) == (0, 2) and not stub.slots
-    Pi05Engine.set_w4a16_few_row(stub, "triton", ("o", "down"))
+    stub.set_w4a16_few_row("triton", ("o", "down"))
     assert stub.w4a16_few_row_depth == {} == stub.w4a16_few_row_splits and layers["down"].few_row_depth == 0
     assert logged == ["[engine] W4A16 few-row splits {'down': 24} dropped: they split the 'mma' kernel, these layers "
                       "now run 'triton'",
@@ -309,8 +309,42 @@ def test_w4a16_few_row_depth_is_checked_applied_and_dropped_openly_when_triton_t
                       "'mma' kernel, these layers now run 'triton'"]
     with pytest.raises(TriforceError, match="those layers run the triton few-row kernel; the register-streamed form is "
                                             "the wheel's 'mma' kernel's"):
-        Pi05Engine.set_w4a16_few_row_depth(stub, {"o": 4})
+        stub.set_w4a16_few_row_depth({"o": 4})
     assert stub.w4a16_few_row_depth == {} and layers["o"].few_row_depth == 0
+
+
+def test_w4a16_settings_for_layers_the_engine_lacks_in_w4a16_are_refused_and_change_nothing():
+    """On Plan A (no W4A16 expert layers) or a recipe with only some of them in W4A16, a W4A16 setting naming the
+    others would be kept and read by nothing: every setter refuses it in one line that names the layers, and leaves
+    the engine as it was; the engine's own default asks only for the layers it has."""
+    from types import SimpleNamespace
+
+    wheel = SimpleNamespace(W4A16_STREAMED_DEPTHS=(0, 2, 4), W4A16_STREAMED_MAX_ROWS=16,
+                            W4A16_SKINNY_GEGLU_STAGES=(0, 4, 8), has_op=lambda op: True)
+    plan_a = _w4a16_engine({}, cfg=SimpleNamespace(name="pi05_libero", action_horizon=10))
+    refusals = ((plan_a.set_w4a16_few_row, ("mma", ("o", "down")), "kernel 'mma' for \\('o', 'down'\\): .* o, down "),
+                (plan_a.set_w4a16_few_row_splits, ({"down": 0},), "splits \\{'down': 0\\}: .* down "),
+                (plan_a.set_w4a16_few_row_depth, ({"o": 2},), "depth \\{'o': 2\\}: .* o "),
+                (plan_a.set_w4a16_geglu_stages, (8,), "GeGLU stages 8: .* gate_up "))
+    for setter, args, what in refusals:
+        with pytest.raises(TriforceError, match=f"^W4A16 (few-row )?{what}layers \\(Plan A, or a recipe keeping them "
+                                                f"in another precision\\); its W4A16 layers: none$"):
+            setter(*args)
+    assert (plan_a.slots, plan_a.w4a16_few_row_splits, plan_a.w4a16_few_row_depth, plan_a.w4a16_geglu_stages) == \
+        ({"key": 1}, {}, {}, 0)
+    plan_a.set_w4a16_few_row_splits({})               # asking nothing of no layer
+    plan_a._default_w4a16_few_row()                   # Plan A: nothing to set, nothing logged (no log attribute)
+
+    logged = []
+    gate_up = _w4a16_layer(kernel="triton", tk=wheel)
+    mlp_only = _w4a16_engine({"gate_up": gate_up}, log=logged.append)
+    mlp_only._default_w4a16_few_row()                 # W4A16_FEW_ROW_SPLITS' down is not asked of a bf16 down
+    assert gate_up.few_row == "mma" and mlp_only.w4a16_few_row_splits == {}
+    assert logged == ["[engine] W4A16 expert gate_up few-row kernel: mma, splits along K the kernel's own"]
+    with pytest.raises(TriforceError, match="its W4A16 layers: gate_up$"):
+        mlp_only.set_w4a16_few_row_splits({"down": 24})
+    mlp_only.set_w4a16_geglu_stages(8)
+    assert mlp_only.w4a16_geglu_stages == 8 and mlp_only.w4a16_few_row_splits == {}
 
 
 def test_plan_a_report_gives_the_later_steps_time_when_step0_hides_behind_the_prefix():

@@ -402,15 +402,16 @@ class Pi05Engine:
     def _default_w4a16_few_row(self) -> None:
         """Plan B's W4A16 expert o/down and gate/up (+ GeGLU) on the wheel's warp-MMA kernel where the wheel has it:
         8.86-8.87 vs 8.97-8.99 ms on the Triton kernels, two H100 runs (engine_variants-planb-*-s9-*.json)."""
-        w4a16 = self._w4a16_layers(W4A16_FEW_ROW_LAYERS)
-        if not w4a16:
+        names = self.w4a16_layer_names()
+        if not names:
             return
-        kernel = "mma" if w4a16[0].tk.has_op("w4a16_skinny") else "triton"
-        self.set_w4a16_few_row(kernel, W4A16_FEW_ROW_LAYERS)
+        kernel = "mma" if self._w4a16_layers(names)[0].tk.has_op("w4a16_skinny") else "triton"
+        self.set_w4a16_few_row(kernel, names)
+        splits = {n: v for n, v in W4A16_FEW_ROW_SPLITS.items() if n in names}
         if kernel == "mma":
-            self.set_w4a16_few_row_splits(W4A16_FEW_ROW_SPLITS)
-        splits = W4A16_FEW_ROW_SPLITS or "the kernel's own"
-        self.log(f"[engine] W4A16 expert o/down/gate_up few-row kernel: {kernel}"
+            self.set_w4a16_few_row_splits(splits)
+        splits = splits or "the kernel's own"
+        self.log(f"[engine] W4A16 expert {'/'.join(names)} few-row kernel: {kernel}"
                  + (f", splits along K {splits}" if kernel == "mma"
                     else " (this triforce_kernels wheel has no w4a16_skinny)"))
 
@@ -611,9 +612,23 @@ class Pi05Engine:
         """Plan B's W4A16 expert layers among `names` (qkv, o, gate_up, down) of every layer."""
         return [layer[n] for layer in self.expert_layers for n in names if hasattr(layer[n], "use_few_row_kernel")]
 
+    def w4a16_layer_names(self) -> tuple:
+        """Which of W4A16_FEW_ROW_LAYERS (o, down, gate_up) run W4A16 here: none on Plan A or a recipe keeping the
+        expert in another precision; the W4A16 setters refuse the others."""
+        return tuple(n for n in W4A16_FEW_ROW_LAYERS if self._w4a16_layers((n,)))
+
+    def _refuse_absent_w4a16(self, what: str, names) -> None:
+        """A W4A16 setting named for layers that are not W4A16 here would be kept and read by nothing: refused."""
+        absent = [n for n in names if not self._w4a16_layers((n,))]
+        if absent:
+            raise TriforceError(f"{what}: this engine has no W4A16 expert {', '.join(absent)} layers (Plan A, or a "
+                                f"recipe keeping them in another precision); its W4A16 layers: "
+                                f"{', '.join(self.w4a16_layer_names()) or 'none'}")
+
     def set_w4a16_few_row(self, kernel: str, layers=W4A16_FEW_ROW_LAYERS) -> None:
         """The kernel (plan_b.FEW_ROW_W4A16_KERNELS) of the W4A16 expert layers named in `layers` (o, down: added into
-        the residual; gate_up: with its GeGLU); a no-op without them. Captured graphs are dropped and re-capture."""
+        the residual; gate_up: with its GeGLU); refused for layers not W4A16 here. Captured graphs re-capture."""
+        self._refuse_absent_w4a16(f"W4A16 few-row kernel '{kernel}' for {tuple(layers)}", layers)
         for layer in self._w4a16_layers(layers):
             layer.use_few_row_kernel(kernel)
         for name, (_, verb) in MMA_ADD_INTO_SETTINGS.items() if kernel != "mma" else ():
@@ -631,6 +646,7 @@ class Pi05Engine:
         layers on another few-row kernel (the Triton kernel has no such split)."""
         if set(splits) - set(W4A16_ADD_INTO_LAYERS) or any(not isinstance(v, int) or v < 0 for v in splits.values()):
             raise TriforceError(f"W4A16 few-row splits {splits}: non-negative ints for {W4A16_ADD_INTO_LAYERS} expected")
+        self._refuse_absent_w4a16(f"W4A16 few-row splits {splits}", splits)
         self._set_mma_add_into("splits", splits)
 
     def set_w4a16_few_row_depth(self, depths: dict) -> None:
@@ -641,6 +657,7 @@ class Pi05Engine:
         allowed = layers[0].tk.W4A16_STREAMED_DEPTHS if layers else tuple(depths.values())
         if set(depths) - set(W4A16_ADD_INTO_LAYERS) or any(v not in allowed for v in depths.values()):
             raise TriforceError(f"W4A16 few-row depth {depths}: one of {allowed} for {W4A16_ADD_INTO_LAYERS} expected")
+        self._refuse_absent_w4a16(f"W4A16 few-row depth {depths}", depths)
         if layers and any(depths.values()) and self.cfg.action_horizon > layers[0].tk.W4A16_STREAMED_MAX_ROWS:
             raise TriforceError(f"W4A16 few-row depth {depths}: the register-streamed form takes at most "
                                 f"{layers[0].tk.W4A16_STREAMED_MAX_ROWS} rows, {self.cfg.name}'s action horizon is "
@@ -664,8 +681,8 @@ class Pi05Engine:
     def set_w4a16_geglu_stages(self, stages: int) -> None:
         """The cp.async pipeline depth of the wheel's few-row gate/up + GeGLU kernel in denoise steps 1-9 (0: its
         default, 4; W4A16_GEGLU_STAGES); step 0 beside the prefix keeps the default. Captured graphs re-capture."""
-        layers = self._w4a16_layers(("gate_up",))
-        allowed = layers[0].tk.W4A16_SKINNY_GEGLU_STAGES if layers else (stages,)
+        self._refuse_absent_w4a16(f"W4A16 GeGLU stages {stages}", ("gate_up",))
+        allowed = self._w4a16_layers(("gate_up",))[0].tk.W4A16_SKINNY_GEGLU_STAGES
         if stages not in allowed:
             raise TriforceError(f"W4A16 GeGLU stages {stages}: one of {allowed} expected")
         self.w4a16_geglu_stages = stages
