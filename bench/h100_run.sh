@@ -237,7 +237,8 @@
 #     streamed form, M = 1 ... 64
 #   part 117 (session 31, at 0fd3b6c of branch wg31): the streamed form with the splits' sums meeting in a cluster
 #     (DSMEM; lost, removed) beside it, M = 1 ... 64; the few-row GPU tests
-#   part 118 (branch vred31, not run yet): the streamed form's 16-byte reductions against its scalar ones
+#   part 118 (branch rt4, not run yet): the streamed form's 16-byte reductions against its scalar ones, with 4 tiles a
+#     warp (M <= 16) beside the kept shapes, M = 10 ... 32; the few-row GPU tests
 # Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|118   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -613,8 +614,8 @@ elif [ "$1" = 111 ]; then   # the streamed form with 16 tiles a CTA, M <= 16 (pa
     --chain-grid --out-dir "$OUT"
 elif [ "$1" = 115 ] || [ "$1" = 116 ] || [ "$1" = 117 ]; then   # ran on branches diag31 / wg31 (forms removed)
   echo "part $1 ran at 7e4201e (branch diag31) or 0fd3b6c (branch wg31); see the header"; exit 1
-elif [ "$1" = 118 ]; then   # on branch vred31
-  echo "part 118 runs on branch vred31 (its 16-byte reductions are not on main); see the header"; exit 1
+elif [ "$1" = 118 ]; then   # on branch rt4
+  echo "part 118 runs on branch rt4 (its 16-byte reductions and 4 tiles a warp are not on main); see the header"; exit 1
 elif [ "$1" = 114 ]; then   # the kernel wheel's GPU tests
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 60 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_gpu.py -k skinny
