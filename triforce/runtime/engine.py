@@ -646,7 +646,6 @@ class Pi05Engine:
         layers on another few-row kernel (the Triton kernel has no such split)."""
         if set(splits) - set(W4A16_ADD_INTO_LAYERS) or any(not isinstance(v, int) or v < 0 for v in splits.values()):
             raise TriforceError(f"W4A16 few-row splits {splits}: non-negative ints for {W4A16_ADD_INTO_LAYERS} expected")
-        self._refuse_absent_w4a16(f"W4A16 few-row splits {splits}", splits)
         self._set_mma_add_into("splits", splits)
 
     def set_w4a16_few_row_depth(self, depths: dict) -> None:
@@ -657,7 +656,6 @@ class Pi05Engine:
         allowed = layers[0].tk.W4A16_STREAMED_DEPTHS if layers else tuple(depths.values())
         if set(depths) - set(W4A16_ADD_INTO_LAYERS) or any(v not in allowed for v in depths.values()):
             raise TriforceError(f"W4A16 few-row depth {depths}: one of {allowed} for {W4A16_ADD_INTO_LAYERS} expected")
-        self._refuse_absent_w4a16(f"W4A16 few-row depth {depths}", depths)
         if layers and any(depths.values()) and self.cfg.action_horizon > layers[0].tk.W4A16_STREAMED_MAX_ROWS:
             raise TriforceError(f"W4A16 few-row depth {depths}: the register-streamed form takes at most "
                                 f"{layers[0].tk.W4A16_STREAMED_MAX_ROWS} rows, {self.cfg.name}'s action horizon is "
@@ -666,7 +664,8 @@ class Pi05Engine:
 
     def _set_mma_add_into(self, name: str, values: dict) -> None:
         """One of the 'mma' kernel's per-layer settings (MMA_ADD_INTO_SETTINGS) on o / down (absent: 0, the kernel's
-        default), refused for layers running another kernel; graphs re-capture."""
+        default), refused for layers not W4A16 here or running another kernel; graphs re-capture."""
+        self._refuse_absent_w4a16(f"W4A16 few-row {name} {values}", values)
         other = sorted({layer.few_row for n, v in values.items() if v for layer in self._w4a16_layers((n,))} - {"mma"})
         if other:
             raise TriforceError(f"W4A16 few-row {name} {values}: those layers run the {', '.join(other)} few-row "
