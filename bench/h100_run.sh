@@ -242,7 +242,9 @@
 #   part 119 (session 33, not run yet): the issue rate of warp-level bf16 MMA (mma.sync m16n8k16, the few-row W4A16
 #     kernel's instruction) at 4-32 warps a SM and 1-16 independent MMAs a warp, against cuBLAS's bf16 GEMM in the
 #     same run: whether the Gemma gate's MMAs at M = 32 / 64 fit the time #4's 70% allows on that instruction
-# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|119   (carry .device_carry and .whl)
+#   part 120: every GPU test of the checkout (`pytest -m gpu tests/`: kernels, activation quantization, cuBLASLt,
+#     engine, the MMA probe); with part 105 after it, the final code's check
+# Usage there: TRIFORCE_COMMIT=<sha> bash bench/h100_run.sh 1|2|...|120   (carry .device_carry and .whl)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -617,6 +619,9 @@ elif [ "$1" = 111 ]; then   # the streamed form with 16 tiles a CTA, M <= 16 (pa
     --chain-grid --out-dir "$OUT"
 elif [ "$1" = 115 ] || [ "$1" = 116 ] || [ "$1" = 117 ]; then   # ran on branches diag31 / wg31 (forms removed)
   echo "part $1 ran at 7e4201e (branch diag31) or 0fd3b6c (branch wg31); see the header"; exit 1
+elif [ "$1" = 120 ]; then   # every GPU test of the checkout (pytest -m gpu over tests/), with the development build
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
+  run timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider tests/
 elif [ "$1" = 119 ]; then   # mma.sync's issue rate against cuBLAS bf16 (no kernel wheel; about a minute)
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw --format=csv | tee -a "$LOG"
   run timeout 60 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_mma_rate.py
