@@ -82,3 +82,49 @@ def test_the_probe_does_the_mmas_it_counts(tmp_path):
     noisy = probe.run(8, warps_per_sm=8, iters=100, seed=1)
     torch.cuda.synchronize()
     assert torch.isfinite(noisy).all() and noisy.abs().max() > 0 and noisy.unique().numel() > 1
+
+
+SASS_SNIPPET = """
+        Function : kernel_a
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0020*/                   LOP3.LUT R2, R2, 0xf, RZ, 0xc0, !PT ;
+        /*0030*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0040*/                   ISETP.NE.AND P0, PT, R2, RZ, PT ;
+        /*0050*/               @P0 BRA 0x10 ;
+        /*0060*/                   LDS.128 R8, [R3] ;
+        /*0070*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0080*/               @P0 BRA 0x60 ;
+        /*0090*/                   EXIT ;
+        /*00a0*/                   BRA 0xa0;
+        Function : kernel_b
+        /*0000*/                   EXIT ;
+"""
+
+
+def test_loop_mix_takes_the_loop_with_the_most_tensor_instructions():
+    import sass_loop_mix as slm
+
+    fns = slm.functions(SASS_SNIPPET)
+    assert set(fns) == {"kernel_a", "kernel_b"}
+    body = slm.main_loop(fns["kernel_a"])     # 0x10-0x50 (two HMMAs), not 0x60-0x80 (one) nor the self-branch tail
+    assert [addr for addr, _, _ in body] == [0x10, 0x20, 0x30, 0x40, 0x50]
+    m = slm.mix(body)
+    assert (m["instructions"], m["tensor"], m["per_tensor"]) == (5, 2, 2.5)
+    assert m["opcodes"] == {"HMMA": 2, "LOP3": 1, "ISETP": 1, "BRA": 1}
+    assert slm.main_loop(fns["kernel_b"]) == []
+    assert slm.short_name("void ns::(anonymous namespace)::k<4, 8, 2, 2>(ns::(anonymous namespace)::Args)") == \
+        "k<4, 8, 2, 2>"
+
+
+@pytest.mark.compile
+def test_loop_mix_of_the_probe_is_whole_rounds_of_its_mmas(tmp_path):
+    import sass_loop_mix as slm
+
+    rows = {slm.short_name(r["kernel"]): r for r in
+            slm.analyse(mma_rate.compile_cubin("sm_90a", tmp_path), r"mma_rate_ilp")}
+    for ilp in mma_rate.ILPS:
+        r = rows[f"mma_rate_ilp{ilp}"]
+        assert r["tensor"] >= ilp and r["tensor"] % ilp == 0, (ilp, r)
+        # the probe's loop is its MMAs and a counter (NOPs pad dependent MMAs at ILP 1 / 2): nothing else issues
+        assert sum(n for op, n in r["opcodes"].items() if op not in ("HMMA", "NOP")) <= 4, r["opcodes"]
