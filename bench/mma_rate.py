@@ -126,8 +126,9 @@ class Driver:
 
     def resident_ctas(self, fn, threads: int) -> int:
         n = ctypes.c_int()
+        occupancy = self.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor
         self.check("cuOccupancyMaxActiveBlocksPerMultiprocessor",
-                   self.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), fn, threads, ctypes.c_size_t(0)))
+                   occupancy(ctypes.byref(n), fn, threads, ctypes.c_size_t(0)))
         return n.value
 
     def launch(self, fn, grid: int, threads: int, stream: int, iters: int, seed: int, out_ptr: int) -> None:

@@ -71,7 +71,7 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 
 def short_name(demangled: str) -> str:
-    """`w4a16_streamed_kernel<4, 8, 2, 2>` of `void ns::(anonymous namespace)::w4a16_streamed_kernel<4, 8, 2, 2>(...)`."""
+    """`k<4, 8, 2, 2>` of `void ns::(anonymous namespace)::k<4, 8, 2, 2>(...)`: the name and template arguments."""
     m = re.search(r"(\w+(?:<[^<>]*>)?)\((?!anonymous)", demangled)
     return m.group(1) if m else demangled
 
