@@ -178,15 +178,15 @@ def measure(probe: Probe, warps: list[int], ilps: list[int], runs: int) -> list[
     for w in warps:
         for ilp in ilps:
             fn = probe.fn(ilp)
-            resident = probe.driver.resident_ctas(fn, WARPS_A_CTA * 32) * WARPS_A_CTA
+            fit = probe.driver.resident_ctas(fn, WARPS_A_CTA * 32) * WARPS_A_CTA   # launched beyond it: waves
             # about 1 ms at 600 TFLOP/s: long against the launch, short against the power limiter's settling
             iters = max(64, int(600e12 * 1e-3 / (probe.grid(w) * WARPS_A_CTA * ilp * FLOP_PER_MMA)))
             t = time_cuda(lambda: probe.run(ilp, w, iters), runs=runs, warmup_s=0.5)
             rows.append({"warps_per_sm": w, "ilp": ilp, "iters": iters, "registers": probe.driver.registers(fn),
-                         "resident_warps_per_sm": resident, "ms": t["median_ms"],
+                         "warps_that_fit_a_sm": fit, "ms": t["median_ms"],
                          "tflops": probe.flop(ilp, w, iters) / (t["median_ms"] * 1e-3) / 1e12})
             print(f"  {w:2d} warps/SM, ILP {ilp:2d}: {rows[-1]['tflops']:6.1f} TFLOP/s "
-                  f"({rows[-1]['registers']} registers, {resident} warps resident a SM)", flush=True)
+                  f"({rows[-1]['registers']} registers, at most {fit} warps fit a SM)", flush=True)
     return rows
 
 
@@ -220,8 +220,8 @@ def main():
     proj = projections(rates, best["tflops"], copy)
     rep.print_table(f"mma.sync m16n8k16 bf16 on {probe.arch} ({probe.sms} SMs; cuBLAS bf16 8192^3 sustained "
                     f"{gemm_tflops:.0f} TFLOP/s in this run)",
-                    ["warps/SM", "ILP", "registers", "resident warps/SM", "TFLOP/s", "x cuBLAS bf16"],
-                    [[r["warps_per_sm"], r["ilp"], r["registers"], r["resident_warps_per_sm"], f"{r['tflops']:.1f}",
+                    ["warps/SM", "ILP", "registers", "warps that fit a SM", "TFLOP/s", "x cuBLAS bf16"],
+                    [[r["warps_per_sm"], r["ilp"], r["registers"], r["warps_that_fit_a_sm"], f"{r['tflops']:.1f}",
                       f"{r['tflops'] / gemm_tflops:.2f}"] for r in rows])
     rep.print_table(f"Gemma gate {GATE['n']}x{GATE['k']}: its MMAs' time against #4's 70% of copy BW "
                     f"({copy:.0f} GB/s)",
