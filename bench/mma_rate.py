@@ -4,11 +4,11 @@ GEMM, in one run: can a kernel on that instruction reach #4's 70% of copy bandwi
 
 bench/mma_rate.cu is compiled here with nvcc (any CUDA 13 toolkit: CUDA_HOME, the pinned PyPI one, or PATH) for the
 GPU's arch and launched through the driver API on torch's stream: warps a SM x independent MMAs a warp (ILP), each
-launch about 1 ms of MMAs on register operands, timed with CUDA events after warm-up (median). Beside it, the 8192^3
-bf16 GEMM's sustained rate (Phase 0's ceiling) and the 1 GiB copy's bandwidth. Then, for the Gemma gate (16384 x
-2048, the W4A16 sweep's shape) at M = 10 / 16 / 32 / 64: the time its MMAs take at mma.sync's best measured rate and
-at the streamed form's occupancy (8 warps a SM, 2 tiles a warp: ILP 2 x the token tiles), against the time #4's 70%
-allows. Records bench/results/mma_rate-<gpu>-<date>.json.
+launch about 1 ms of MMAs on register operands, timed as Phase 0 times its GEMM ceiling (launches back to back
+between CUDA events, the median of those 1-2 s in). Beside it, that ceiling (cuBLAS's 8192^3 bf16 GEMM) and the
+1 GiB copy's bandwidth. Then, for the Gemma gate (16384 x 2048, the W4A16 sweep's shape) at M = 10 / 16 / 32 / 64: the
+time its MMAs take at mma.sync's best measured rate and at the streamed form's occupancy (8 warps a SM, 2 tiles a
+warp: ILP 2 x the token tiles), against the time #4's 70% allows. Records bench/results/mma_rate-<gpu>-<date>.json.
     python3 bench/mma_rate.py [--warps 4,8,16,32] [--ilp 1,2,4,8,16] [--out-dir bench/results]"""
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def projections(rates: dict, best_tflops: float, copy_gbs: float, ms=(10, 16, 32
     return rows
 
 
-def parse_points(warps: str, ilps: str, runs: int) -> tuple[list[int], list[int]]:
-    """--warps / --ilp / --runs checked before any GPU work: warps a SM in multiples of a CTA's 4 (at most 64),
-    ILPs of the compiled ones."""
+def parse_points(warps: str, ilps: str) -> tuple[list[int], list[int]]:
+    """--warps / --ilp checked before any GPU work: warps a SM in multiples of a CTA's 4 (at most 64), ILPs of the
+    compiled ones."""
     try:
         w, i = [int(v) for v in warps.split(",")], [int(v) for v in ilps.split(",")]
     except ValueError:
@@ -76,8 +76,6 @@ def parse_points(warps: str, ilps: str, runs: int) -> tuple[list[int], list[int]
         raise TriforceError(f"--warps {bad}: warps a SM must be multiples of {WARPS_A_CTA} (a CTA's) up to 64")
     if bad := [v for v in i if v not in ILPS]:
         raise TriforceError(f"--ilp {bad}: not compiled (mma_rate.cu has {list(ILPS)})")
-    if runs < 5:
-        raise TriforceError(f"--runs {runs}: at least 5 timed launches a point")
     return w, i
 
 
@@ -171,17 +169,19 @@ class Probe:
         return self.grid(warps_per_sm) * WARPS_A_CTA * iters * ilp * FLOP_PER_MMA
 
 
-def measure(probe: Probe, warps: list[int], ilps: list[int], runs: int) -> list[dict]:
-    from triforce.timing import time_cuda
+def measure(probe: Probe, warps: list[int], ilps: list[int]) -> list[dict]:
+    """Each point timed as Phase 0 times cuBLAS (time_sustained: launches back to back, the median of those starting
+    1-2 s in), so both run at the clocks the power limiter settles to."""
+    from triforce.timing import time_sustained
 
     rows = []
     for w in warps:
         for ilp in ilps:
             fn = probe.fn(ilp)
             fit = probe.driver.resident_ctas(fn, WARPS_A_CTA * 32) * WARPS_A_CTA   # launched beyond it: waves
-            # about 1 ms at 600 TFLOP/s: long against the launch, short against the power limiter's settling
+            # about 1 ms a launch at 600 TFLOP/s: long against the launch itself
             iters = max(64, int(600e12 * 1e-3 / (probe.grid(w) * WARPS_A_CTA * ilp * FLOP_PER_MMA)))
-            t = time_cuda(lambda: probe.run(ilp, w, iters), runs=runs, warmup_s=0.5)
+            t = time_sustained(lambda: probe.run(ilp, w, iters))
             rows.append({"warps_per_sm": w, "ilp": ilp, "iters": iters, "registers": probe.driver.registers(fn),
                          "warps_that_fit_a_sm": fit, "ms": t["median_ms"],
                          "tflops": probe.flop(ilp, w, iters) / (t["median_ms"] * 1e-3) / 1e12})
@@ -194,10 +194,9 @@ def main():
     ap = rep.bench_parser(__doc__)
     ap.add_argument("--warps", default="4,8,16,32", help="warps a SM, comma-separated (multiples of 4)")
     ap.add_argument("--ilp", default=",".join(map(str, ILPS)), help=f"independent MMAs a warp, of {ILPS}")
-    ap.add_argument("--runs", type=int, default=30, help="timed launches a point (median)")
     a = ap.parse_args()
     try:
-        warps, ilps = parse_points(a.warps, a.ilp, a.runs)
+        warps, ilps = parse_points(a.warps, a.ilp)
     except TriforceError as err:
         raise SystemExit(f"mma_rate: {err}") from None
     import torch
@@ -209,7 +208,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         try:
             probe = Probe(Path(tmp))
-            rows = measure(probe, warps, ilps, a.runs)
+            rows = measure(probe, warps, ilps)
         except TriforceError as err:
             raise SystemExit(f"mma_rate: {err}") from None
     x = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
@@ -233,8 +232,8 @@ def main():
     rep.record_run(a.out_dir, "mma_rate", {
         "arch": probe.arch, "sms": probe.sms, "cublas_bf16_8192_tflops": gemm_tflops, "copy_gbs": copy,
         "rows": rows, "best": best, "gemma_gate_projection": proj,
-        "timing": "each point: one launch of ~1 ms of MMAs, CUDA events, median of --runs after 0.5 s of warm-up; "
-                  "cuBLAS: time_sustained (Phase 0's)"})
+        "timing": "each point and cuBLAS: time_sustained (Phase 0's): launches of ~1 ms back to back between CUDA "
+                  "events, the median of those starting 1-2 s in"})
 
 
 if __name__ == "__main__":
