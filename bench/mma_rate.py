@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from triforce import report as rep  # noqa: E402
 from triforce.errors import TriforceError  # noqa: E402
+from triforce.quant.formats import int4_g128_bytes  # noqa: E402
 
 SOURCE = Path(__file__).resolve().with_suffix(".cu")
 ILPS = (1, 2, 4, 8, 16)
@@ -39,11 +40,6 @@ def gemm_mmas(m: int, n: int, k: int) -> int:
     return (n // 16) * (k // 16) * math.ceil(m / 8)
 
 
-def int4_bytes(n: int, k: int) -> int:
-    """The W4A16 GEMM's weight bytes: int4 codes plus a bf16 scale a group of 128 (bench/w4a16_sweep.py's count)."""
-    return n * k // 2 + n * (k // 128) * 2
-
-
 def streamed_ilp(m: int) -> int:
     """Independent MMAs a warp of the streamed form issues a k step: its tiles x the token tiles."""
     return STREAMED["tiles_per_warp"] * math.ceil(m / 8)
@@ -55,7 +51,7 @@ def projections(rates: dict, best_tflops: float, copy_gbs: float, ms=(10, 16, 32
     rows = []
     for m in ms:
         flop = gemm_mmas(m, GATE["n"], GATE["k"]) * FLOP_PER_MMA
-        target_us = int4_bytes(GATE["n"], GATE["k"]) / (TARGET_COPY_FRACTION * copy_gbs * 1e3)
+        target_us = int4_g128_bytes(GATE["n"], GATE["k"]) / (TARGET_COPY_FRACTION * copy_gbs * 1e3)
         shape = (STREAMED["warps_per_sm"], streamed_ilp(m))
         at_shape = rates.get(shape)
         rows.append({"m": m, "mma_gflop": flop / 1e9, "target_us": target_us,

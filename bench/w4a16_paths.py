@@ -53,7 +53,7 @@ def main():
             "cutlass_w4a16": graph_ms(lambda i: tk.w4a16_gemm(x, *packed[i], out16, wsp), copies),
             "triton_w4a16": graph_ms(lambda i: fused.skinny_w4a16(x, *q[i], out=acc), copies),
         }
-        int4_bytes = n * k // 2 + n * (k // 128) * 2
+        int4_bytes = fm.int4_g128_bytes(n, k)
         rows.append({"gemm": name, "m": m, "n": n, "k": k, "ms": t, "rel_err": {"cutlass_w4a16": err_cutlass, "triton_w4a16": err_triton},
                      "triton_w4a16_weight_gbs": int4_bytes / (t["triton_w4a16"] * 1e-3) / 1e9,
                      "cutlass_w4a16_weight_gbs": int4_bytes / (t["cutlass_w4a16"] * 1e-3) / 1e9})

@@ -193,7 +193,7 @@ def sweep_shape(name, n, k, copy, table, grid_too, rows_m=ROWS, chain_grid=False
     copies = max(2, int(2 * 50e6 // (n * k // 2)) + 1)          # int4 copies covering 2x the 50 MB L2
     q = [fm.quantize_int4_g128(torch.randn(n, k, device="cuda") * 0.05) for _ in range(copies)]
     w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, int(2 * 50e6 // (n * k * 2)) + 1))]
-    int4_bytes = n * k // 2 + n * (k // 128) * 2
+    int4_bytes = fm.int4_g128_bytes(n, k)
     ref_w = fm.dequantize_int4_g128(*q[0])
     prepared = {kname: ([prep(*qs) for qs in q], call, grid if grid_too else [DEFAULT], read)
                 for kname, (prep, call, grid, read) in table.items()}

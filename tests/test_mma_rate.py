@@ -18,7 +18,7 @@ from triforce.errors import TriforceError  # noqa: E402
 
 def test_gemm_counts_match_the_w4a16_sweep():
     # the sweep's record of the Gemma gate: 17301504 int4 bytes; 4.30 GFLOP of MMAs at M = 64 (README)
-    assert mma_rate.int4_bytes(16384, 2048) == 17301504
+    assert mma_rate.int4_g128_bytes(16384, 2048) == 17301504
     assert mma_rate.gemm_mmas(64, 16384, 2048) * mma_rate.FLOP_PER_MMA == 2 * 64 * 16384 * 2048
     # M = 10 pads to two token tiles of 8: the MMAs of M = 16
     assert mma_rate.gemm_mmas(10, 16384, 2048) == mma_rate.gemm_mmas(16, 16384, 2048) == 1024 * 128 * 2

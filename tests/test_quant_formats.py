@@ -338,6 +338,13 @@ def test_swizzle_accepts_e4m3_and_round_trips_real_scales():
     assert torch.equal(fmt.dequantize_nvfp4(packed, back, g), fmt.dequantize_nvfp4(packed, sf, g))
 
 
+def test_int4_g128_bytes_are_the_packed_codes_and_scales():
+    packed, scales = fmt.quantize_int4_g128(torch.randn(48, 384))
+    assert fmt.int4_g128_bytes(48, 384) == packed.numel() * packed.element_size() + scales.numel() * scales.element_size()
+    with pytest.raises(TriforceError, match="K a multiple of 128"):
+        fmt.int4_g128_bytes(48, 200)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: fmt.nvfp4_sf_bytes(10, 24), "K=24 is not a multiple of 16"),
     (lambda: fmt.nvfp4_sf_bytes(0, 64), "must be positive"),

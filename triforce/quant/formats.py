@@ -93,6 +93,13 @@ def quantize_int4_g128(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pack_int4(q.reshape(n, k)), scales
 
 
+def int4_g128_bytes(n: int, k: int) -> int:
+    """Bytes of an [N, K] int4 group-128 weight: the codes (K/2 a row) and a bf16 scale a group (what a W4A16 GEMM
+    streams; the benchmarks read its time against copy bandwidth on these bytes)."""
+    _require(n > 0 and k > 0 and k % INT4_GROUP == 0, f"int4_g128_bytes: N={n}, K={k} (K a multiple of {INT4_GROUP})")
+    return n * k // 2 + n * (k // INT4_GROUP) * 2
+
+
 def dequantize_int4_g128(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """(uint8 [N, K//2], bf16 [N, K//128]) -> fp32 weights [N, K] = q * scale."""
     q = unpack_int4(packed).float()
