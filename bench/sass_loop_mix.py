@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import re
 import subprocess
 import sys
@@ -23,19 +24,16 @@ sys.path.insert(0, str(REPO))
 from triforce import report as rep  # noqa: E402
 from triforce.errors import TriforceError  # noqa: E402
 
-TENSOR_OPS = ("HMMA", "HGMMA", "QGMMA", "IMMA", "UTCHMMA", "UTCQMMA", "UTCOMMA")
-_FUNCTION = re.compile(r"^\s*Function : (\S+)", re.M)
-_INSTR = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);", re.M)
 
+@functools.cache
+def tensor_ops() -> frozenset:
+    """Every tensor-core opcode the project declares: each target's (triforce/data/targets.toml) and each kernel
+    unit's own (cutlass_sm110/kernels.toml, e.g. the few-row kernels' HMMA)."""
+    from triforce.kernels import load_spec
+    from triforce.targets import KNOWN_ARCHS, tensor_core_sass_for
 
-def functions(sass_text: str) -> dict[str, list[tuple[int, str, str]]]:
-    """{mangled name: [(address, opcode with modifiers, operands)]} of every function in cuobjdump -sass output."""
-    marks = list(_FUNCTION.finditer(sass_text))
-    out = {}
-    for i, m in enumerate(marks):
-        body = sass_text[m.end():marks[i + 1].start() if i + 1 < len(marks) else len(sass_text)]
-        out[m.group(1)] = [(int(a, 16), op, rest.strip()) for a, op, rest in _INSTR.findall(body)]
-    return out
+    return frozenset({op for arch in KNOWN_ARCHS for op in tensor_core_sass_for(arch)}
+                     | {op for unit in load_spec().units for op in unit.tensor_core_sass})
 
 
 def main_loop(instrs: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
@@ -51,7 +49,8 @@ def main_loop(instrs: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
 
 
 def tensor_count(body) -> int:
-    return sum(1 for _, op, _ in body if op.split(".")[0] in TENSOR_OPS)
+    ops = tensor_ops()
+    return sum(1 for _, op, _ in body if op.split(".")[0] in ops)
 
 
 def mix(body) -> dict:
@@ -81,8 +80,7 @@ def analyse(binary: Path, kernel_regex: str) -> list[dict]:
 
     if not binary.is_file():
         raise TriforceError(f"{binary}: no such binary (bench/prebuild_device.sh makes the Hopper development build)")
-    found = {name: instrs for name, instrs in functions(sass.dump_sass(binary)).items()
-             if re.search(kernel_regex, name)}
+    found = {k.name: k.instructions for k in sass.parse_sass(sass.dump_sass(binary)) if re.search(kernel_regex, k.name)}
     if not found:
         raise TriforceError(f"{binary}: no kernel matches {kernel_regex!r}")
     pretty = demangle(sorted(found))

@@ -105,7 +105,9 @@ SASS_SNIPPET = """
 def test_loop_mix_takes_the_loop_with_the_most_tensor_instructions():
     import sass_loop_mix as slm
 
-    fns = slm.functions(SASS_SNIPPET)
+    from triforce import sass
+
+    fns = {k.name: k.instructions for k in sass.parse_sass(SASS_SNIPPET)}
     assert set(fns) == {"kernel_a", "kernel_b"}
     body = slm.main_loop(fns["kernel_a"])     # 0x10-0x50 (two HMMAs), not 0x60-0x80 (one) nor the self-branch tail
     assert [addr for addr, _, _ in body] == [0x10, 0x20, 0x30, 0x40, 0x50]
@@ -123,8 +125,21 @@ def test_loop_mix_of_the_probe_is_whole_rounds_of_its_mmas(tmp_path):
 
     rows = {slm.short_name(r["kernel"]): r for r in
             slm.analyse(mma_rate.compile_cubin("sm_90a", tmp_path), r"mma_rate_ilp")}
+    with pytest.raises(TriforceError, match="no kernel matches 'zzz'"):
+        slm.analyse(tmp_path / "mma_rate.sm_90a.cubin", "zzz")
     for ilp in mma_rate.ILPS:
         r = rows[f"mma_rate_ilp{ilp}"]
         assert r["tensor"] >= ilp and r["tensor"] % ilp == 0, (ilp, r)
         # the probe's loop is its MMAs and a counter (NOPs pad dependent MMAs at ILP 1 / 2): nothing else issues
         assert sum(n for op, n in r["opcodes"].items() if op not in ("HMMA", "NOP")) <= 4, r["opcodes"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/_C.so"], "sass_loop_mix: /nonexistent/_C.so: no such binary"),
+    (["bench/mma_rate.cu"], "sass_loop_mix: cuobjdump -sass bench/mma_rate.cu failed"),   # source, not a binary
+])
+def test_loop_mix_bad_input_is_one_line_and_non_zero(args, message):
+    r = subprocess.run([sys.executable, "bench/sass_loop_mix.py", *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(message), r.stderr

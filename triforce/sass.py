@@ -21,7 +21,7 @@ from .errors import TriforceError
 
 _FUNCTION_RE = re.compile(r"^\s*Function : (\S+)\s*$")
 _ARCH_RE = re.compile(r"^\s*(?:arch = |code for )(sm_\w+)\s*$")   # a fatbin's cubin header, or a bare cubin's
-_INSTR_RE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
+_INSTR_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\s*([^;]*)")
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Kernel:
     name: str
     arch: str
     opcodes: list = field(default_factory=list)  # full opcodes with modifiers, e.g. UTCQMMA.2CTA, in order
+    # (address, opcode, operands) of each, in order: where branches go (bench/sass_loop_mix.py reads loops)
+    instructions: list = field(default_factory=list)
 
 
 @dataclass
@@ -102,7 +104,8 @@ def parse_sass(text: str) -> list[Kernel]:
             current = Kernel(m.group(1), arch)
             kernels.append(current)
         elif current is not None and (m := _INSTR_RE.search(line)):
-            current.opcodes.append(m.group(1))
+            current.opcodes.append(m.group(2))
+            current.instructions.append((int(m.group(1), 16), m.group(2), m.group(3).strip()))
     return kernels
 
 
