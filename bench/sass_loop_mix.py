@@ -4,15 +4,16 @@ branch) with the most tensor-core instructions, its length, its MMAs and what el
 kernel's work per loop trip this bounds what it can reach: e.g. the few-row W4A16 streamed form runs DEPTH groups
 of its RT tiles a trip, so the Gemma gate (16384 x 2048: 1024 tiles x 16 groups) is (1024 / RT) x (16 / DEPTH)
 trips, spread over 4 schedulers a SM.
-    python3 bench/sass_loop_mix.py [BINARY] [--kernel REGEX]
+    python3 bench/sass_loop_mix.py [BINARY] [--kernel REGEX] [--out-dir bench/results]
 BINARY: a cubin, .so or wheel's _C.so (default: the carried Hopper development build,
 .device_carry/devbuild-hopper/_C.so; bench/prebuild_device.sh makes it)."""
 
 from __future__ import annotations
 
-import argparse
 import collections
 import functools
+import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def analyse(binary: Path, kernel_regex: str) -> list[dict]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = rep.bench_parser(__doc__)
     ap.add_argument("binary", nargs="?", default=str(REPO / ".device_carry/devbuild-hopper/_C.so"),
                     help="cubin, .so or _C.so to read")
     ap.add_argument("--kernel", default="w4a16_streamed_kernel", help="regex over the kernels' mangled names")
@@ -102,6 +103,12 @@ def main():
                     [[short_name(r["kernel"]), r["instructions"], r["tensor"],
                       f"{r['per_tensor']:.2f}" if r["per_tensor"] else "-",
                       ", ".join(f"{k} {v}" for k, v in list(r["opcodes"].items())[:8])] for r in rows])
+    binary = Path(a.binary)
+    rep.record_run(a.out_dir, "sass_loop_mix", {
+        "binary": str(binary), "binary_sha256": hashlib.sha256(binary.read_bytes()).hexdigest(),
+        "devbuild_stamp": json.loads(stamp.read_text()) if (stamp := binary.parent / "stamp.json").is_file() else None,
+        "kernel_regex": a.kernel, "rows": rows,
+        "method": "static: cuobjdump -sass, the loop (backward branch) with the most tensor-core instructions"})
 
 
 if __name__ == "__main__":
